@@ -1,0 +1,50 @@
+"""The `bimanual-vla` command line: one entry point, one module per subcommand.
+
+Each subcommand lives in ``bimanual_vla/commands/<name>.py`` and exposes
+``add_parser(subparsers)``; the parser it adds carries ``func`` (taking the
+parsed args, returning an exit code). Subcommand modules import heavy
+dependencies (torch, mujoco, rclpy) inside ``func`` only, so ``--help`` and
+``check-rig`` stay fast and work without them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from bimanual_vla import __version__
+from bimanual_vla.config import ConfigError
+from bimanual_vla.rosenv import apply_pip_defaults
+
+COMMAND_MODULES: tuple[str, ...] = (
+    'bimanual_vla.commands.check_rig',
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog='bimanual-vla',
+        description='Bimanual VLA control stack: bring up, record, replay, evaluate, train.',
+    )
+    parser.add_argument('--version', action='version', version=f'%(prog)s {__version__}')
+    sub = parser.add_subparsers(dest='command', metavar='COMMAND', required=True)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    apply_pip_defaults()
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as exc:
+        print(f'error: {exc}', file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == '__main__':
+    sys.exit(main())

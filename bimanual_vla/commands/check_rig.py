@@ -1,0 +1,30 @@
+"""`bimanual-vla check-rig FILE...`: validate rig files and print what they describe."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from bimanual_vla.config import ConfigError, load_rig, rig_summary
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        'check-rig',
+        help='validate rig YAML files and print a summary',
+        description='Validate rig files (paths or shipped rig names such as so101_bimanual). '
+        'Exit status 2 if any file is invalid; each problem names the file and the field.',
+    )
+    p.add_argument('rigs', nargs='+', metavar='FILE', help='rig YAML path or shipped rig name')
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    status = 0
+    for rig in args.rigs:
+        try:
+            print(rig_summary(load_rig(rig)))
+        except ConfigError as exc:
+            print(f'error: {exc}', file=sys.stderr)
+            status = 2
+    return status

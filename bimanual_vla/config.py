@@ -1,0 +1,305 @@
+"""Rig and policy configuration: pydantic models, YAML loading, and clear errors.
+
+A rig is described entirely by one YAML file (arms, servos, joints, limits,
+cameras, control rate, URDF); nothing about a rig is hard-coded in the nodes.
+Every model forbids unknown fields so a typo ("baud_rate") fails loudly at start
+instead of silently falling back to a default on a real robot. Any failure is
+raised as ``ConfigError`` with one message naming the file and the field path
+(e.g. ``so101.yaml: arms[0].joints[2].lower: ...``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+NAME_PATTERN = r'^[A-Za-z][A-Za-z0-9_]*$'
+
+
+class ConfigError(ValueError):
+    """A configuration file is missing, unparsable or invalid; the message names file and field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra='forbid', frozen=True, strict=False)
+
+
+# --------------------------------------------------------------------------- rig
+
+
+class JointConfig(_Strict):
+    """One servo-driven joint: bus id, name, and position limits in radians."""
+
+    id: int = Field(ge=0, le=252, description='servo id on the bus (0..252)')
+    name: str = Field(pattern=NAME_PATTERN)
+    lower: float
+    upper: float
+
+    @model_validator(mode='after')
+    def _limits_ordered(self) -> JointConfig:
+        if not (math.isfinite(self.lower) and math.isfinite(self.upper)):
+            raise ValueError('lower and upper must be finite numbers')
+        if self.lower >= self.upper:
+            raise ValueError(f'lower ({self.lower}) must be < upper ({self.upper})')
+        return self
+
+
+class ArmConfig(_Strict):
+    """One arm: the serial bus it lives on and its joints in kinematic order."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    protocol: Literal['feetech', 'dynamixel', 'sim']
+    port: str = ''
+    baudrate: int = Field(default=1_000_000, gt=0)
+    calibration: str | None = None
+    joints: list[JointConfig] = Field(min_length=1)
+    gripper: str | None = Field(default=None, description='name of the joint that is the gripper')
+    read_rate_hz: float = Field(default=100.0, gt=0, le=1000)
+    command_timeout_s: float = Field(default=0.5, gt=0, description='watchdog: hold after this long without commands')
+    max_step_rad: float = Field(default=0.05, gt=0, description='largest goal change per driver tick')
+    allow_missing_servos: bool = False
+
+    @field_validator('joints')
+    @classmethod
+    def _unique_joints(cls, joints: list[JointConfig]) -> list[JointConfig]:
+        _reject_duplicates([j.name for j in joints], 'joint name')
+        _reject_duplicates([j.id for j in joints], 'servo id')
+        return joints
+
+    @model_validator(mode='after')
+    def _port_and_gripper(self) -> ArmConfig:
+        if self.protocol != 'sim' and not self.port:
+            raise ValueError(f'arm {self.name!r}: protocol {self.protocol!r} needs a port')
+        if self.gripper is not None and self.gripper not in self.joint_names:
+            raise ValueError(f'gripper {self.gripper!r} is not one of the joints {self.joint_names}')
+        return self
+
+    @property
+    def joint_names(self) -> list[str]:
+        return [j.name for j in self.joints]
+
+    def qualified_joint_names(self) -> list[str]:
+        """Names as published on joint_states: ``<arm>_<joint>``."""
+        return [f'{self.name}_{j.name}' for j in self.joints]
+
+
+class CameraConfig(_Strict):
+    """One camera: an OpenCV source (device path or index, video file, or test_pattern)."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    source: str | int
+    width: int = Field(default=640, gt=0, le=7680)
+    height: int = Field(default=480, gt=0, le=4320)
+    fps: float = Field(default=30.0, gt=0, le=240)
+
+
+class RigConfig(_Strict):
+    """A whole rig: arms, cameras, control rate, URDF and e-stop behaviour."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    control_rate_hz: float = Field(default=50.0, gt=0, le=1000)
+    urdf: str
+    estop_action: Literal['hold', 'torque_off'] = 'hold'
+    arms: list[ArmConfig] = Field(min_length=1)
+    cameras: list[CameraConfig] = Field(default_factory=list)
+    sim: dict[str, Any] | None = Field(default=None, description='simulator settings, only for simulated rigs')
+
+    @field_validator('arms')
+    @classmethod
+    def _unique_arms(cls, arms: list[ArmConfig]) -> list[ArmConfig]:
+        _reject_duplicates([a.name for a in arms], 'arm name')
+        by_port: dict[str, list[int]] = {}
+        for arm in arms:
+            if arm.protocol == 'sim':
+                continue
+            ids = by_port.setdefault(arm.port, [])
+            ids.extend(j.id for j in arm.joints)
+        for port, ids in by_port.items():
+            _reject_duplicates(ids, f'servo id on shared port {port}')
+        return arms
+
+    @field_validator('cameras')
+    @classmethod
+    def _unique_cameras(cls, cameras: list[CameraConfig]) -> list[CameraConfig]:
+        _reject_duplicates([c.name for c in cameras], 'camera name')
+        return cameras
+
+    def arm(self, name: str) -> ArmConfig:
+        for arm in self.arms:
+            if arm.name == name:
+                return arm
+        raise ConfigError(f'rig {self.name!r} has no arm {name!r}; arms: {[a.name for a in self.arms]}')
+
+    def camera(self, name: str) -> CameraConfig:
+        for cam in self.cameras:
+            if cam.name == name:
+                return cam
+        raise ConfigError(f'rig {self.name!r} has no camera {name!r}; cameras: {[c.name for c in self.cameras]}')
+
+    def all_joint_names(self) -> list[str]:
+        """Every qualified joint name of the rig, arms in config order."""
+        return [n for arm in self.arms for n in arm.qualified_joint_names()]
+
+
+# ------------------------------------------------------------------------ policy
+
+
+class ReasoningConfig(_Strict):
+    enabled: bool = True
+    every_n_chunks: int = Field(default=1, ge=1, description='decode a new subtask every N chunks')
+    max_tokens: int = Field(default=16, ge=1, le=256)
+
+
+class InferenceConfig(_Strict):
+    num_steps: int = Field(default=10, ge=1, le=100, description='flow-matching Euler steps')
+    execution_horizon: int = Field(default=25, ge=1, description='actions executed before the next chunk is due')
+    chunking: Literal['rtc', 'naive', 'ensemble'] = 'rtc'
+    rtc_beta: float = Field(default=5.0, gt=0, description='cap on the RTC guidance weight')
+    ensemble_decay: float = Field(default=0.1, ge=0, description='temporal-ensembling exponential weight')
+    device: str = 'cpu'
+
+
+class StalenessConfig(_Strict):
+    camera_max_age_s: float = Field(default=0.5, gt=0)
+    joint_max_age_s: float = Field(default=0.2, gt=0)
+
+
+class SafetyConfig(_Strict):
+    max_velocity_rad_s: float = Field(default=2.0, gt=0, description='per-joint speed cap on streamed commands')
+    enabled_at_start: bool = False
+
+
+class PolicyConfig(_Strict):
+    """How the policy node runs a checkpoint on a rig."""
+
+    checkpoint: str
+    task: str = ''
+    reasoning: ReasoningConfig = Field(default_factory=ReasoningConfig)
+    inference: InferenceConfig = Field(default_factory=InferenceConfig)
+    staleness: StalenessConfig = Field(default_factory=StalenessConfig)
+    safety: SafetyConfig = Field(default_factory=SafetyConfig)
+
+
+# ------------------------------------------------------------------------ loading
+
+_M = TypeVar('_M', bound=BaseModel)
+
+
+def _reject_duplicates(values: list[Any], what: str) -> None:
+    seen: set[Any] = set()
+    dups = sorted({str(v) for v in values if v in seen or seen.add(v)})
+    if dups:
+        raise ValueError(f'duplicate {what}: {", ".join(dups)}')
+
+
+def _format_loc(loc: tuple[Any, ...]) -> str:
+    out = ''
+    for part in loc:
+        if isinstance(part, int):
+            out += f'[{part}]'
+        else:
+            out += ('.' if out else '') + str(part)
+    return out or '<top level>'
+
+
+def format_validation_error(path: str | os.PathLike[str], err: ValidationError) -> str:
+    """One line per problem: ``file: field.path: message``."""
+    lines = []
+    for e in err.errors():
+        loc = _format_loc(tuple(p for p in e['loc'] if not str(p).startswith('function-after')))
+        msg = e['msg'].removeprefix('Value error, ')
+        if e['type'] == 'extra_forbidden':
+            msg = 'unknown field (check the spelling)'
+        lines.append(f'{path}: {loc}: {msg}')
+    return '\n'.join(lines)
+
+
+def _load_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f'{path}: file not found')
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f'{path}: not valid YAML: {exc}') from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f'{path}: <top level>: expected a mapping of fields, got {type(data).__name__}')
+    return data
+
+
+def _validate(model: type[_M], data: dict[str, Any], path: str | os.PathLike[str]) -> _M:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(path, exc)) from None
+
+
+def share_dir() -> Path:
+    """Where config/, urdf/ and launch/ live: the installed share dir or the source checkout."""
+    try:
+        from ament_index_python.packages import get_package_share_directory
+
+        return Path(get_package_share_directory('bimanual_vla'))
+    except Exception:  # not installed through colcon, or ament_index not importable
+        pass
+    checkout = Path(__file__).resolve().parents[1]
+    if (checkout / 'config' / 'rigs').is_dir():
+        return checkout
+    import sys
+
+    return Path(sys.prefix) / 'share' / 'bimanual_vla'
+
+
+def resolve_rig_path(rig: str | os.PathLike[str]) -> Path:
+    """A rig file path, or the name of a shipped rig (``so101_bimanual``)."""
+    path = Path(os.path.expanduser(str(rig)))
+    if path.suffix in ('.yaml', '.yml') or path.exists() or os.sep in str(rig):
+        return path
+    return share_dir() / 'config' / 'rigs' / f'{rig}.yaml'
+
+
+def resolve_policy_path(policy: str | os.PathLike[str]) -> Path:
+    """A policy file path, or the name of a shipped policy config (``default``)."""
+    path = Path(os.path.expanduser(str(policy)))
+    if path.suffix in ('.yaml', '.yml') or path.exists() or os.sep in str(policy):
+        return path
+    return share_dir() / 'config' / 'policy' / f'{policy}.yaml'
+
+
+def resolve_share_relative(path: str) -> Path:
+    """Paths in configs (urdf, checkpoint) are absolute, ~-relative, or relative to the share dir."""
+    p = Path(os.path.expanduser(path))
+    return p if p.is_absolute() else share_dir() / p
+
+
+def load_rig(rig: str | os.PathLike[str]) -> RigConfig:
+    """Load and validate a rig file (or shipped rig name); raise ConfigError on any problem."""
+    path = resolve_rig_path(rig)
+    return _validate(RigConfig, _load_yaml(path), path)
+
+
+def load_policy(policy: str | os.PathLike[str]) -> PolicyConfig:
+    """Load and validate a policy file (or shipped policy name); raise ConfigError on any problem."""
+    path = resolve_policy_path(policy)
+    return _validate(PolicyConfig, _load_yaml(path), path)
+
+
+def rig_summary(rig: RigConfig) -> str:
+    """Human-readable overview printed by ``bimanual-vla check-rig``."""
+    lines = [
+        f'rig {rig.name}: {len(rig.arms)} arm(s), {len(rig.cameras)} camera(s), '
+        f'control {rig.control_rate_hz:g} Hz, e-stop {rig.estop_action}',
+        f'  urdf: {rig.urdf}' + ('' if resolve_share_relative(rig.urdf).is_file() else '  (not found)'),
+    ]
+    for arm in rig.arms:
+        where = '' if arm.protocol == 'sim' else f' on {arm.port} @ {arm.baudrate} baud'
+        lines.append(f'  arm {arm.name}: {arm.protocol}{where}, {len(arm.joints)} joints')
+        for j in arm.joints:
+            lines.append(f'    id {j.id:3d}  {arm.name}_{j.name:<16s} [{j.lower:+.3f}, {j.upper:+.3f}] rad')
+    for cam in rig.cameras:
+        lines.append(f'  camera {cam.name}: {cam.source} {cam.width}x{cam.height} @ {cam.fps:g} fps')
+    return '\n'.join(lines)

@@ -1,0 +1,53 @@
+"""Small helpers every node shares: rig parameter, diagnostics status, time conversions."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from builtin_interfaces.msg import Time
+from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
+from rclpy.node import Node
+
+from bimanual_vla.config import RigConfig, load_rig
+
+OK = DiagnosticStatus.OK
+WARN = DiagnosticStatus.WARN
+ERROR = DiagnosticStatus.ERROR
+STALE = DiagnosticStatus.STALE
+
+
+def declare_rig(node: Node, default: str = '') -> RigConfig:
+    """Declare the `rig` parameter (a rig YAML path or shipped rig name) and load it.
+
+    Raises ConfigError (naming file and field) if the parameter is empty or the file is invalid.
+    """
+    from bimanual_vla.config import ConfigError
+
+    rig = node.declare_parameter('rig', default).get_parameter_value().string_value
+    if not rig:
+        raise ConfigError(f'node {node.get_name()}: parameter "rig" is required (a rig YAML path or name)')
+    return load_rig(rig)
+
+
+def diagnostic_status(
+    name: str, level: int, message: str, values: Mapping[str, Any] | None = None, hardware_id: str = ''
+) -> DiagnosticStatus:
+    """A DiagnosticStatus with values rendered as strings (floats with 4 significant digits)."""
+    status = DiagnosticStatus(name=name, level=bytes([level]), message=message, hardware_id=hardware_id)
+    for key, value in (values or {}).items():
+        text = f'{value:.4g}' if isinstance(value, float) else str(value)
+        status.values.append(KeyValue(key=key, value=text))
+    return status
+
+
+def stamp_to_sec(stamp: Time) -> float:
+    return stamp.sec + stamp.nanosec * 1e-9
+
+
+def sec_to_stamp(seconds: float) -> Time:
+    sec = int(seconds // 1)
+    nanosec = int(round((seconds - sec) * 1e9))
+    if nanosec >= 1_000_000_000:
+        sec, nanosec = sec + 1, nanosec - 1_000_000_000
+    return Time(sec=sec, nanosec=nanosec)

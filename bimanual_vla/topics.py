@@ -1,0 +1,107 @@
+"""Topic and service names and their QoS profiles: the one place nodes take them from.
+
+Names are relative so a whole rig can be pushed into a namespace. QoS follows
+the contract in docs/architecture.md: sensor streams are best effort / keep last
+(a late frame is worthless), commands are reliable with depth 1 (only the newest
+target matters), and state a late joiner must see (task, reasoning, estop,
+robot_description) is transient local.
+"""
+
+from __future__ import annotations
+
+from rclpy.qos import (
+    DurabilityPolicy,
+    HistoryPolicy,
+    QoSProfile,
+    ReliabilityPolicy,
+    qos_profile_sensor_data,
+    qos_profile_system_default,
+)
+
+# ----------------------------------------------------------------- QoS profiles
+
+SENSOR_QOS: QoSProfile = qos_profile_sensor_data
+"""Cameras and joint_states: best effort, keep last 5, volatile."""
+
+COMMAND_QOS = QoSProfile(
+    reliability=ReliabilityPolicy.RELIABLE,
+    durability=DurabilityPolicy.VOLATILE,
+    history=HistoryPolicy.KEEP_LAST,
+    depth=1,
+)
+"""arms/<arm>/joint_command: reliable, keep last 1."""
+
+LATCHED_QOS = QoSProfile(
+    reliability=ReliabilityPolicy.RELIABLE,
+    durability=DurabilityPolicy.TRANSIENT_LOCAL,
+    history=HistoryPolicy.KEEP_LAST,
+    depth=1,
+)
+"""policy/task, policy/reasoning, estop, robot_description: late joiners get the last value."""
+
+RELIABLE_QOS = QoSProfile(
+    reliability=ReliabilityPolicy.RELIABLE,
+    durability=DurabilityPolicy.VOLATILE,
+    history=HistoryPolicy.KEEP_LAST,
+    depth=10,
+)
+"""policy/subtask, policy/action_chunk, policy/markers, sim/success."""
+
+DIAGNOSTICS_QOS: QoSProfile = qos_profile_system_default
+"""diagnostics: the ROS default (reliable, keep last 10)."""
+
+CLOCK_QOS = QoSProfile(
+    reliability=ReliabilityPolicy.BEST_EFFORT,
+    durability=DurabilityPolicy.VOLATILE,
+    history=HistoryPolicy.KEEP_LAST,
+    depth=1,
+)
+"""/clock as rclpy's time source subscribes to it."""
+
+# ----------------------------------------------------------------------- topics
+
+JOINT_STATES = 'joint_states'
+POLICY_TASK = 'policy/task'
+POLICY_SUBTASK = 'policy/subtask'
+POLICY_REASONING = 'policy/reasoning'
+POLICY_ACTION_CHUNK = 'policy/action_chunk'
+POLICY_MARKERS = 'policy/markers'
+ESTOP = 'estop'
+DIAGNOSTICS = '/diagnostics'
+ROBOT_DESCRIPTION = 'robot_description'
+CLOCK = '/clock'
+SIM_SUCCESS = 'sim/success'
+
+# --------------------------------------------------------------------- services
+
+POLICY_ENABLE = 'policy/enable'
+
+
+def camera_image(camera: str) -> str:
+    """sensor_msgs/Image (rgb8), stamped with capture time."""
+    return f'cameras/{camera}/image_raw'
+
+
+def camera_info(camera: str) -> str:
+    """sensor_msgs/CameraInfo matching camera_image."""
+    return f'cameras/{camera}/camera_info'
+
+
+def camera_frame(camera: str) -> str:
+    """frame_id of a camera's images."""
+    return f'{camera}_optical_frame'
+
+
+def arm_command(arm: str) -> str:
+    """sensor_msgs/JointState position targets for one arm."""
+    return f'arms/{arm}/joint_command'
+
+
+def arm_torque(arm: str) -> str:
+    """std_srvs/SetBool: torque on/off for one arm."""
+    return f'arms/{arm}/torque'
+
+
+def qualified_joint(arm: str, joint: str) -> str:
+    """Joint name as published: ``<arm>_<joint>``."""
+    return f'{arm}_{joint}'

@@ -1,0 +1,1 @@
+"""Hardware and simulated hardware: servo protocols, buses, emulator, arm/camera/sim nodes."""

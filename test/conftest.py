@@ -1,0 +1,50 @@
+"""Test-wide ROS 2 setup: localhost-only discovery and a domain id unique to this session.
+
+Set before rclpy is imported anywhere, and inherited by every subprocess a test
+starts, so no test traffic leaves the machine and parallel test sessions on one
+machine do not hear each other.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
+os.environ['ROS_DOMAIN_ID'] = os.environ.get('BIMANUAL_TEST_DOMAIN_ID', str(os.getpid() % 100 + 1))
+os.environ.setdefault('MUJOCO_GL', 'egl')
+os.environ.setdefault('HF_HUB_OFFLINE', '1')
+os.environ.setdefault('TRANSFORMERS_OFFLINE', '1')
+
+
+@pytest.fixture
+def ros_context() -> Iterator[object]:
+    """A fresh rclpy Context per test, shut down afterwards (even if the test fails)."""
+    import rclpy
+    from rclpy.context import Context
+
+    context = Context()
+    rclpy.init(context=context)
+    try:
+        yield context
+    finally:
+        if context.ok():
+            rclpy.shutdown(context=context)
+
+
+def spin_until(executor, predicate: Callable[[], bool], timeout: float) -> bool:
+    """Spin `executor` until `predicate()` is true or `timeout` seconds pass; return the predicate."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        executor.spin_once(timeout_sec=0.05)
+    return predicate()
+
+
+@pytest.fixture
+def spin() -> Callable[..., bool]:
+    return spin_until

@@ -11,10 +11,11 @@ from rclpy.node import Node
 
 from bimanual_vla.config import RigConfig, load_rig
 
-OK = DiagnosticStatus.OK
-WARN = DiagnosticStatus.WARN
-ERROR = DiagnosticStatus.ERROR
-STALE = DiagnosticStatus.STALE
+# Levels as the message wants them (a single byte: b'\x00' .. b'\x03').
+OK: bytes = DiagnosticStatus.OK
+WARN: bytes = DiagnosticStatus.WARN
+ERROR: bytes = DiagnosticStatus.ERROR
+STALE: bytes = DiagnosticStatus.STALE
 
 
 def declare_rig(node: Node, default: str = '') -> RigConfig:
@@ -31,10 +32,10 @@ def declare_rig(node: Node, default: str = '') -> RigConfig:
 
 
 def diagnostic_status(
-    name: str, level: int, message: str, values: Mapping[str, Any] | None = None, hardware_id: str = ''
+    name: str, level: bytes, message: str, values: Mapping[str, Any] | None = None, hardware_id: str = ''
 ) -> DiagnosticStatus:
     """A DiagnosticStatus with values rendered as strings (floats with 4 significant digits)."""
-    status = DiagnosticStatus(name=name, level=bytes([level]), message=message, hardware_id=hardware_id)
+    status = DiagnosticStatus(name=name, level=level, message=message, hardware_id=hardware_id)
     for key, value in (values or {}).items():
         text = f'{value:.4g}' if isinstance(value, float) else str(value)
         status.values.append(KeyValue(key=key, value=text))

@@ -1,0 +1,211 @@
+"""Rig and policy config validation: shipped files load, and each kind of bad file fails clearly."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bimanual_vla.config import (
+    ConfigError,
+    load_policy,
+    load_rig,
+    resolve_rig_path,
+    share_dir,
+)
+
+SHIPPED_RIGS = ['so101_bimanual', 'koch_bimanual', 'aloha_sim']
+
+
+def base_rig() -> dict:
+    """A small valid rig as plain data; tests break one thing at a time."""
+    return {
+        'name': 'test_rig',
+        'control_rate_hz': 50,
+        'urdf': 'urdf/test.urdf',
+        'estop_action': 'hold',
+        'arms': [
+            {
+                'name': 'left',
+                'protocol': 'feetech',
+                'port': '/dev/ttyACM0',
+                'baudrate': 1000000,
+                'joints': [
+                    {'id': 1, 'name': 'shoulder_pan', 'lower': -1.0, 'upper': 1.0},
+                    {'id': 2, 'name': 'gripper', 'lower': 0.0, 'upper': 1.5},
+                ],
+            }
+        ],
+        'cameras': [{'name': 'base', 'source': 'test_pattern', 'width': 640, 'height': 480, 'fps': 30}],
+    }
+
+
+def write(tmp_path: Path, data: dict, name: str = 'rig.yaml') -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.mark.parametrize('rig', SHIPPED_RIGS)
+def test_shipped_rigs_load(rig: str) -> None:
+    cfg = load_rig(rig)
+    assert cfg.name == rig
+    assert [a.name for a in cfg.arms] == ['left', 'right']
+    assert len(cfg.cameras) == 3
+    for arm in cfg.arms:
+        assert arm.gripper == 'gripper'
+        assert all(j.lower < j.upper for j in arm.joints)
+
+
+def test_shipped_rig_contents() -> None:
+    so101 = load_rig('so101_bimanual')
+    assert so101.arm('left').protocol == 'feetech'
+    assert so101.arm('left').joint_names == [
+        'shoulder_pan',
+        'shoulder_lift',
+        'elbow_flex',
+        'wrist_flex',
+        'wrist_roll',
+        'gripper',
+    ]
+    assert so101.arm('right').qualified_joint_names()[0] == 'right_shoulder_pan'
+    assert so101.arm('left').joints[4].upper == pytest.approx(2.84121)
+    koch = load_rig('koch_bimanual')
+    assert {a.protocol for a in koch.arms} == {'dynamixel'}
+    aloha = load_rig('aloha_sim')
+    assert [c.name for c in aloha.cameras] == ['top', 'left_wrist', 'right_wrist']
+    assert aloha.arm('left').joint_names[:6] == [
+        'waist',
+        'shoulder',
+        'elbow',
+        'forearm_roll',
+        'wrist_angle',
+        'wrist_rotate',
+    ]
+    assert len(aloha.all_joint_names()) == 14
+
+
+def test_valid_minimal_rig_and_path_resolution(tmp_path: Path) -> None:
+    path = write(tmp_path, base_rig())
+    cfg = load_rig(path)
+    assert cfg.arm('left').joints[1].upper == 1.5
+    assert cfg.all_joint_names() == ['left_shoulder_pan', 'left_gripper']
+    assert resolve_rig_path('aloha_sim') == share_dir() / 'config' / 'rigs' / 'aloha_sim.yaml'
+    with pytest.raises(ConfigError, match="no arm 'middle'"):
+        cfg.arm('middle')
+
+
+def mutate(data: dict, dotted: str, value) -> dict:
+    """Set data at a path like 'arms.0.joints.1.lower' (value None deletes the key)."""
+    node = data
+    parts = dotted.split('.')
+    for part in parts[:-1]:
+        node = node[int(part)] if part.isdigit() else node[part]
+    last = parts[-1]
+    if value is None:
+        del node[last]
+    elif last.isdigit():
+        node[int(last)] = value
+    else:
+        node[last] = value
+    return data
+
+
+@pytest.mark.parametrize(
+    ('path', 'value', 'field', 'message'),
+    [
+        ('baud_rate', 57600, 'baud_rate', 'unknown field'),
+        ('arms.0.joints.0.lowr', 0.0, 'arms[0].joints[0].lowr', 'unknown field'),
+        ('control_rate_hz', 'fast', 'control_rate_hz', 'valid number'),
+        ('arms.0.joints.1.id', 'two', 'arms[0].joints[1].id', 'valid integer'),
+        ('arms.0.joints.1.name', 'shoulder_pan', 'arms[0].joints', 'duplicate joint name: shoulder_pan'),
+        ('arms.0.joints.1.id', 1, 'arms[0].joints', 'duplicate servo id: 1'),
+        ('arms.0.joints.1.lower', 2.0, 'arms[0].joints[1]', 'lower (2.0) must be < upper (1.5)'),
+        ('arms.0.joints.1.lower', 1.5, 'arms[0].joints[1]', 'must be < upper'),
+        ('arms.0.protocol', 'canbus', 'arms[0].protocol', "'feetech', 'dynamixel' or 'sim'"),
+        ('estop_action', 'explode', 'estop_action', "'hold' or 'torque_off'"),
+        ('arms.0.port', '', 'arms[0]', 'needs a port'),
+        ('arms.0.joints.0.id', 300, 'arms[0].joints[0].id', 'less than or equal to 252'),
+        ('urdf', None, 'urdf', 'Field required'),
+        ('arms', [], 'arms', 'at least 1 item'),
+        ('cameras.0.width', -640, 'cameras[0].width', 'greater than 0'),
+    ],
+)
+def test_bad_rig_names_file_and_field(tmp_path: Path, path: str, value, field: str, message: str) -> None:
+    rig_file = write(tmp_path, mutate(base_rig(), path, value))
+    with pytest.raises(ConfigError) as err:
+        load_rig(rig_file)
+    text = str(err.value)
+    assert text.startswith(f'{rig_file}: {field}'), text
+    assert message in text, text
+
+
+def test_duplicate_arm_and_shared_port_ids(tmp_path: Path) -> None:
+    data = base_rig()
+    data['arms'].append(dict(data['arms'][0]))
+    with pytest.raises(ConfigError, match=r'arms: .*duplicate arm name: left'):
+        load_rig(write(tmp_path, data))
+    data['arms'][1] = {**data['arms'][0], 'name': 'right'}  # same port, same ids
+    with pytest.raises(ConfigError, match=r'duplicate servo id on shared port /dev/ttyACM0: 1, 2'):
+        load_rig(write(tmp_path, data))
+    data['arms'][1] = {**data['arms'][0], 'name': 'right', 'port': '/dev/ttyACM1'}
+    assert [a.name for a in load_rig(write(tmp_path, data)).arms] == ['left', 'right']
+
+
+def test_missing_and_unparsable_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r'nope\.yaml: file not found'):
+        load_rig(tmp_path / 'nope.yaml')
+    with pytest.raises(ConfigError, match=r'config/rigs/no_such_rig\.yaml: file not found'):
+        load_rig('no_such_rig')
+    bad = tmp_path / 'bad.yaml'
+    bad.write_text('name: [unclosed\n')
+    with pytest.raises(ConfigError, match='not valid YAML'):
+        load_rig(bad)
+    bad.write_text('- just\n- a list\n')
+    with pytest.raises(ConfigError, match='expected a mapping'):
+        load_rig(bad)
+
+
+def test_nan_limit_rejected(tmp_path: Path) -> None:
+    path = tmp_path / 'nan.yaml'
+    path.write_text(yaml.safe_dump(base_rig()).replace('upper: 1.5', 'upper: .nan'))
+    with pytest.raises(ConfigError, match=r'arms\[0\]\.joints\[1\]: lower and upper must be finite'):
+        load_rig(path)
+
+
+def test_shipped_policy_loads_and_bad_policy_fails(tmp_path: Path) -> None:
+    policy = load_policy('default')
+    assert policy.inference.num_steps == 10
+    assert policy.inference.chunking == 'rtc'
+    assert policy.safety.enabled_at_start is False
+    bad = tmp_path / 'policy.yaml'
+    bad.write_text(yaml.safe_dump({'checkpoint': 'x', 'inference': {'chunking': 'magic', 'num_step': 3}}))
+    with pytest.raises(ConfigError) as err:
+        load_policy(bad)
+    text = str(err.value)
+    assert f'{bad}: inference.chunking:' in text
+    assert f'{bad}: inference.num_step: unknown field' in text
+
+
+def test_check_rig_cli(tmp_path: Path) -> None:
+    ok = subprocess.run(
+        [sys.executable, '-m', 'bimanual_vla.cli', 'check-rig', 'so101_bimanual'],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert 'rig so101_bimanual: 2 arm(s), 3 camera(s), control 50 Hz' in ok.stdout
+    assert 'left_wrist_roll' in ok.stdout and '[-2.744, +2.841] rad' in ok.stdout
+    bad_file = write(tmp_path, mutate(base_rig(), 'arms.0.protocol', 'canbus'))
+    bad = subprocess.run(
+        [sys.executable, '-m', 'bimanual_vla.cli', 'check-rig', str(bad_file)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert bad.returncode == 2
+    assert f'error: {bad_file}: arms[0].protocol:' in bad.stderr

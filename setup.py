@@ -71,6 +71,7 @@ setup(
     entry_points={
         'console_scripts': [
             'bimanual-vla = bimanual_vla.cli:main',
+            'sim_rig = drivers.sim_rig:main',
         ],
     },
 )

@@ -71,10 +71,16 @@ DIAGNOSTICS = '/diagnostics'
 ROBOT_DESCRIPTION = 'robot_description'
 CLOCK = '/clock'
 SIM_SUCCESS = 'sim/success'
+SIM_EXPERT_SUBTASK = 'sim/expert_subtask'
+"""std_msgs/String, latched: the scripted expert's current subtask while it drives the sim."""
+SIM_RESET_SEED = 'sim/reset_seed'
+"""std_msgs/Int64: reset the sim episode to this seed."""
 
 # --------------------------------------------------------------------- services
 
 POLICY_ENABLE = 'policy/enable'
+SIM_RESET = 'sim/reset'
+"""std_srvs/Trigger: restart the sim episode with the sim_rig's `seed` parameter."""
 
 
 def camera_image(camera: str) -> str:

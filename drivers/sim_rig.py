@@ -1,0 +1,396 @@
+"""The `sim_rig` node: the MuJoCo ALOHA rig behind the same topics as the real rig.
+
+Nothing above the drivers can tell it from hardware: it publishes ``joint_states``
+(one message per arm per control tick, names ``<arm>_<joint>``) and each camera's
+``image_raw`` + ``camera_info``, and follows ``arms/<arm>/joint_command`` and
+``estop`` exactly like the arm drivers do (limits, NaN rejection, max step per tick,
+hold on e-stop). Additionally it publishes ``/clock`` (sim time), ``sim/success`` and
+the task's reward stage in diagnostics, and resets episodes on request.
+
+Threads, and why:
+
+* physics thread: steps the scene at the control rate, paced to wall time by
+  ``real_time_factor`` (0 = as fast as possible), publishes clock and joint states;
+* render thread: owns the EGL context (it works only on the thread that made it),
+  renders a snapshot copy of the state taken at each render tick, so a frame never
+  shows a half-stepped scene. As fast as possible, physics waits for each frame (every
+  frame is rendered, for data collection); in real time a late frame is dropped and
+  counted instead of slowing physics down;
+* the executor's thread(s): command/e-stop/reset callbacks and 1 Hz diagnostics.
+
+Reset: call ``sim/reset`` (std_srvs/Trigger) to restart with the ``seed`` parameter
+(set it first with a parameter client to choose the episode), or publish a seed on
+``sim/reset_seed`` (std_msgs/Int64) to reset to that seed in one message.
+With ``expert:=true`` the node drives the arms with the built-in scripted expert,
+publishes its targets on ``arms/<arm>/joint_command`` (so a recording holds them as
+actions) and its subtask on ``sim/expert_subtask``.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.node import Node
+from rosgraph_msgs.msg import Clock
+from sensor_msgs.msg import CameraInfo, Image, JointState
+from std_msgs.msg import Bool, Int64, String
+from std_srvs.srv import Trigger
+
+from bimanual_vla import topics
+from bimanual_vla.config import ConfigError
+from bimanual_vla.ros_utils import ERROR, OK, WARN, declare_rig, diagnostic_status, sec_to_stamp
+from drivers.sim_scene import MAX_REWARD, SceneRenderer, SimScene, rig_cameras, snapshot
+
+
+def camera_info_msg(camera: str, width: int, height: int, fovy_deg: float) -> CameraInfo:
+    """Pinhole intrinsics of a MuJoCo camera (square pixels, principal point at the centre)."""
+    fy = 0.5 * height / math.tan(math.radians(fovy_deg) / 2)
+    cx, cy = (width - 1) / 2, (height - 1) / 2
+    info = CameraInfo(width=width, height=height, distortion_model='plumb_bob')
+    info.header.frame_id = topics.camera_frame(camera)
+    info.d = [0.0] * 5
+    info.k = [fy, 0.0, cx, 0.0, fy, cy, 0.0, 0.0, 1.0]
+    info.r = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
+    info.p = [fy, 0.0, cx, 0.0, 0.0, fy, cy, 0.0, 0.0, 0.0, 1.0, 0.0]
+    return info
+
+
+class SimRig(Node):
+    """MuJoCo ALOHA rig node (see module docstring)."""
+
+    def __init__(self, node_name: str = 'sim_rig', **kwargs) -> None:
+        super().__init__(node_name, **kwargs)
+        self.rig = declare_rig(self, default='aloha_sim')
+        sim = self.rig.sim or {}
+
+        def param(name: str, default, description: str):
+            return self.declare_parameter(name, default, ParameterDescriptor(description=description)).value
+
+        task = param('task', str(sim.get('task', 'transfer_cube')), 'transfer_cube | insertion (fixed at start)')
+        seed = int(param('seed', int(sim.get('seed', 0)), 'episode seed used at start and by sim/reset'))
+        default_render = max((c.fps for c in self.rig.cameras), default=0.0)
+        self.render_rate_hz = float(param('render_rate_hz', float(default_render), 'camera rate in sim time; 0: off'))
+        self.real_time_factor = float(
+            param('real_time_factor', float(sim.get('real_time_factor', 1.0)), '1: real time; 0: as fast as possible')
+        )
+        width = int(param('camera_width', 0, 'override every camera width (0: rig value)'))
+        height = int(param('camera_height', 0, 'override every camera height (0: rig value)'))
+        self.use_expert = bool(param('expert', False, 'drive the arms with the built-in scripted expert'))
+        if self.real_time_factor < 0 or not math.isfinite(self.real_time_factor):
+            raise ConfigError(f'real_time_factor must be >= 0, got {self.real_time_factor}')
+        if self.render_rate_hz < 0:
+            raise ConfigError(f'render_rate_hz must be >= 0, got {self.render_rate_hz}')
+        if width < 0 or height < 0:
+            raise ConfigError('camera_width/camera_height must be >= 0')
+
+        self.scene = SimScene(self.rig, task=task, seed=seed)
+        sizes = {c.name: (width or c.width, height or c.height) for c in self.rig.cameras}
+        self.cameras = rig_cameras(self.rig, sizes) if self.render_rate_hz > 0 else {}
+        self._lock = threading.Lock()  # scene state, goals, estop, reset requests
+        self._estop = False
+        self._pending_reset: int | None = None
+        self._expert = None
+        self._expert_subtask = ''
+        self._expert_subtask_update = ''
+        self._rejected = 0
+        self._commands = 0
+        self._overruns = 0
+        self._frames = 0
+        self._frames_dropped = 0
+        self._render_ms = 0.0
+        self._render_error = ''
+        self._last_success: bool | None = None
+
+        # publishers
+        self._clock_pub = self.create_publisher(Clock, topics.CLOCK, topics.CLOCK_QOS)
+        self._joint_pub = self.create_publisher(JointState, topics.JOINT_STATES, topics.SENSOR_QOS)
+        self._success_pub = self.create_publisher(Bool, topics.SIM_SUCCESS, topics.LATCHED_QOS)
+        self._subtask_pub = self.create_publisher(String, topics.SIM_EXPERT_SUBTASK, topics.LATCHED_QOS)
+        self._diag_pub = self.create_publisher(DiagnosticArray, topics.DIAGNOSTICS, topics.DIAGNOSTICS_QOS)
+        self._image_pubs = {c: self.create_publisher(Image, topics.camera_image(c), topics.SENSOR_QOS) for c in self.cameras}
+        self._info_pubs = {c: self.create_publisher(CameraInfo, topics.camera_info(c), topics.SENSOR_QOS) for c in self.cameras}
+        self._cmd_echo_pubs = {}
+        self._infos = {}
+        for cam, (w, h) in self.cameras.items():
+            cam_id = self.scene.model.camera(cam).id
+            self._infos[cam] = camera_info_msg(cam, w, h, float(self.scene.model.cam_fovy[cam_id]))
+
+        # subscriptions and services
+        for arm in self.rig.arms:
+            if self.use_expert:
+                self._cmd_echo_pubs[arm.name] = self.create_publisher(
+                    JointState, topics.arm_command(arm.name), topics.COMMAND_QOS
+                )
+            else:
+                self.create_subscription(
+                    JointState,
+                    topics.arm_command(arm.name),
+                    lambda msg, a=arm.name: self._on_command(a, msg),
+                    topics.COMMAND_QOS,
+                )
+        self.create_subscription(Bool, topics.ESTOP, self._on_estop, topics.LATCHED_QOS)
+        self.create_subscription(Int64, topics.SIM_RESET_SEED, self._on_reset_seed, topics.RELIABLE_QOS)
+        self.create_service(Trigger, topics.SIM_RESET, self._on_reset)
+        self.create_timer(1.0, self._publish_diagnostics)
+
+        if self.use_expert:
+            self._start_expert()
+        self._running = True
+        self._render_request = threading.Condition()
+        self._render_snapshot = snapshot(self.scene.model, self.scene.data)
+        self._render_pending = False
+        self._render_ready = threading.Event()
+        self._render_thread = None
+        if self.cameras:
+            self._render_thread = threading.Thread(target=self._render_loop, name='sim_rig_render', daemon=True)
+            self._render_thread.start()
+            if not self._render_ready.wait(30.0) or self._render_error:
+                self._running = False
+                raise RuntimeError(f'sim_rig: the renderer did not start: {self._render_error or "timeout"}')
+        self._physics_thread = threading.Thread(target=self._physics_loop, name='sim_rig_physics', daemon=True)
+        self._physics_thread.start()
+        self.get_logger().info(
+            f'sim rig {self.rig.name}: task {self.scene.task}, seed {self.scene.seed}, '
+            f'{self.rig.control_rate_hz:g} Hz physics ({self.scene.substeps} substeps), '
+            f'cameras {list(self.cameras)} at {self.render_rate_hz:g} Hz, real_time_factor {self.real_time_factor:g}'
+        )
+
+    # ------------------------------------------------------------------ inputs
+
+    def _on_command(self, arm: str, msg: JointState) -> None:
+        amap = self.scene.arms[arm]
+        expected = amap.config.qualified_joint_names()
+        try:
+            if not msg.name:
+                targets = list(msg.position)
+            else:
+                if len(msg.name) != len(msg.position):
+                    raise ValueError(f'{len(msg.name)} names but {len(msg.position)} positions')
+                unknown = [n for n in msg.name if n not in expected]
+                if unknown:
+                    raise ValueError(f'unknown joint(s) {unknown}; expected names from {expected}')
+                prefix = len(arm) + 1
+                targets = {n[prefix:]: p for n, p in zip(msg.name, msg.position, strict=True)}
+            with self._lock:
+                if self._estop:
+                    return
+                self.scene.command(arm, targets)
+                self._commands += 1
+        except ValueError as exc:
+            self._rejected += 1
+            self.get_logger().warning(f'arm {arm}: joint_command rejected: {exc}', throttle_duration_sec=2.0)
+
+    def _on_estop(self, msg: Bool) -> None:
+        with self._lock:
+            if msg.data and not self._estop:
+                self.scene.hold()
+                self.get_logger().warning('e-stop: holding the current pose')
+            elif not msg.data and self._estop:
+                self.get_logger().info('e-stop released: following new commands')
+            self._estop = bool(msg.data)
+
+    def _on_reset(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        seed = int(self.get_parameter('seed').value)
+        with self._lock:
+            self._pending_reset = seed
+        response.success = True
+        response.message = f'reset to task {self.scene.task} seed {seed} at the next tick'
+        return response
+
+    def _on_reset_seed(self, msg: Int64) -> None:
+        with self._lock:
+            self._pending_reset = int(msg.data)
+
+    def _start_expert(self) -> None:
+        from drivers.expert import ScriptedExpert
+
+        self._expert = ScriptedExpert(self.rig, self.scene.task, self.scene.seed)
+
+    # ------------------------------------------------------------------ physics
+
+    def _physics_loop(self) -> None:
+        dt = self.scene.control_dt
+        render_period = 1.0 / self.render_rate_hz if self.cameras else math.inf
+        next_render = 0.0
+        wall_next = time.monotonic()
+        tick = 0
+        while self._running:
+            with self._lock:
+                if self._pending_reset is not None:
+                    self.scene.reset(self._pending_reset)
+                    self._pending_reset = None
+                    next_render = 0.0
+                    self._last_success = None
+                    if self.use_expert:
+                        self._start_expert()
+                    self.get_logger().info(f'episode reset: seed {self.scene.seed}')
+                expert_targets = None
+                if self._expert is not None and not self._estop:
+                    expert_targets, subtask = self._expert.act(self.scene.steps)
+                    for arm, target in expert_targets.items():
+                        self.scene.command(arm, target)
+                    self._expert_subtask_update = subtask
+                self.scene.step()
+                sim_time = self.scene.time
+                states = {
+                    a: (self.scene.joint_positions(a), self.scene.joint_velocities(a), self.scene.joint_efforts(a))
+                    for a in self.scene.arms
+                }
+                success = self.scene.success
+                frame_due = sim_time + 1e-9 >= next_render
+                if frame_due:
+                    next_render += render_period
+                    with self._render_request:
+                        if self._render_pending:
+                            self._frames_dropped += 1
+                        else:
+                            snapshot(self.scene.model, self.scene.data, self._render_snapshot)
+                            self._render_pending = True
+                            self._render_request.notify()
+            stamp = sec_to_stamp(sim_time)
+            self._clock_pub.publish(Clock(clock=stamp))
+            for arm, (pos, vel, eff) in states.items():
+                msg = JointState(
+                    name=self.scene.arms[arm].config.qualified_joint_names(),
+                    position=pos.tolist(),
+                    velocity=vel.tolist(),
+                    effort=eff.tolist(),
+                )
+                msg.header.stamp = stamp
+                self._joint_pub.publish(msg)
+            if expert_targets is not None:
+                for arm, target in expert_targets.items():
+                    cmd = JointState(name=self.scene.arms[arm].config.qualified_joint_names(), position=list(target))
+                    cmd.header.stamp = stamp
+                    self._cmd_echo_pubs[arm].publish(cmd)
+                if self._expert_subtask_update != self._expert_subtask:
+                    self._expert_subtask = self._expert_subtask_update
+                    self._subtask_pub.publish(String(data=self._expert_subtask))
+            if success != self._last_success or tick % max(1, round(1.0 / dt)) == 0:
+                self._last_success = success
+                self._success_pub.publish(Bool(data=success))
+            tick += 1
+            if frame_due and self.real_time_factor == 0:
+                with self._render_request:  # lockstep: every frame rendered when not real time
+                    self._render_request.wait_for(lambda: not self._render_pending or not self._running, 10.0)
+            if self.real_time_factor > 0:
+                wall_next += dt / self.real_time_factor
+                delay = wall_next - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+                elif delay < -0.25:  # far behind (loaded machine): resynchronise instead of bursting
+                    self._overruns += 1
+                    wall_next = time.monotonic()
+
+    # ------------------------------------------------------------------ render
+
+    def _render_loop(self) -> None:
+        try:
+            renderer = SceneRenderer(self.scene.model, self.cameras)
+        except Exception as exc:  # no EGL, bad size...: report it to the constructor
+            self._render_error = f'{type(exc).__name__}: {exc}'
+            self._render_ready.set()
+            return
+        self._render_ready.set()
+        try:
+            while self._running:
+                with self._render_request:
+                    self._render_request.wait_for(lambda: self._render_pending or not self._running, 0.5)
+                    if not self._render_pending:
+                        continue
+                t0 = time.perf_counter()
+                # physics does not touch the snapshot while _render_pending is set
+                data = self._render_snapshot
+                stamp = sec_to_stamp(float(data.time))
+                for cam, (w, h) in self.cameras.items():
+                    pixels = renderer.render(data, cam)
+                    img = Image(height=h, width=w, encoding='rgb8', is_bigendian=0, step=w * 3)
+                    img.header.stamp = stamp
+                    img.header.frame_id = topics.camera_frame(cam)
+                    img.data = pixels.tobytes()
+                    self._image_pubs[cam].publish(img)
+                    info = self._infos[cam]
+                    info.header.stamp = stamp
+                    self._info_pubs[cam].publish(info)
+                self._render_ms = 0.9 * self._render_ms + 0.1 * (time.perf_counter() - t0) * 1e3
+                self._frames += 1
+                with self._render_request:
+                    self._render_pending = False
+                    self._render_request.notify_all()
+        finally:
+            renderer.close()
+
+    # ------------------------------------------------------------------ diagnostics
+
+    def _publish_diagnostics(self) -> None:
+        with self._lock:
+            values = {
+                'task': self.scene.task,
+                'seed': self.scene.seed,
+                'sim_time_s': self.scene.time,
+                'reward_stage': self.scene.reward,
+                'max_reward': MAX_REWARD,
+                'max_stage_this_episode': self.scene.max_reward_reached,
+                'stage': self.scene.stage_name(),
+                'success': self.scene.success,
+                'estop': self._estop,
+                'commands_accepted': self._commands,
+                'commands_rejected': self._rejected,
+                'pacing_overruns': self._overruns,
+                'frames_rendered': self._frames,
+                'frames_dropped': self._frames_dropped,
+                'render_ms_all_cameras': self._render_ms,
+                'real_time_factor': self.real_time_factor,
+            }
+            if self._expert is not None:
+                values['expert_subtask'] = self._expert_subtask
+        level, message = OK, f'stage {values["reward_stage"]}/{MAX_REWARD}: {values["stage"]}'
+        if self._estop:
+            level, message = WARN, 'e-stop: holding'
+        if self._render_thread is not None and not self._render_thread.is_alive() and self._running:
+            level, message = ERROR, f'render thread stopped {self._render_error}'
+        msg = DiagnosticArray()
+        msg.header.stamp = self.get_clock().now().to_msg()
+        msg.status.append(diagnostic_status(f'{self.get_name()}: sim', level, message, values, self.rig.name))
+        self._diag_pub.publish(msg)
+
+    def destroy_node(self) -> None:
+        self._running = False
+        with self._render_request:
+            self._render_request.notify_all()
+        if self._physics_thread.is_alive():
+            self._physics_thread.join(5.0)
+        if self._render_thread is not None and self._render_thread.is_alive():
+            self._render_thread.join(5.0)
+        super().destroy_node()
+
+
+def main(args: list[str] | None = None) -> None:
+    from bimanual_vla.rosenv import apply_pip_defaults
+
+    apply_pip_defaults()
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = SimRig()
+        executor = MultiThreadedExecutor(num_threads=2)
+        executor.add_node(node)
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except ConfigError as exc:
+        import sys
+
+        print(f'sim_rig: {exc}', file=sys.stderr)
+        raise SystemExit(2) from None
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+

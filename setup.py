@@ -45,6 +45,7 @@ setup(
         ('share/' + package_name, ['package.xml']),
         share('config/rigs', 'config/rigs/*.yaml'),
         share('config/policy', 'config/policy/*.yaml'),
+        share('urdf', 'urdf/*.urdf'),
     ],
     install_requires=['setuptools'],
     extras_require={
@@ -72,6 +73,7 @@ setup(
         'console_scripts': [
             'bimanual-vla = bimanual_vla.cli:main',
             'sim_rig = drivers.sim_rig:main',
+            'camera_driver = drivers.camera_node:main',
         ],
     },
 )

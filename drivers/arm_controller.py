@@ -1,0 +1,453 @@
+"""One arm's I/O loop body, without ROS: bus lifecycle, reading, goal writing, torque, e-stop.
+
+The ``arm_driver`` node is a thin ROS shell around this class: its read thread
+calls :meth:`ArmController.cycle` at the read rate, its subscriptions and services
+call :meth:`submit_command`, :meth:`set_estop` and :meth:`set_torque`. One lock
+serialises all of them, so a torque change or e-stop never interleaves with a
+half-finished read/write cycle.
+
+What it survives, and how:
+
+* **Port gone** (USB unplugged, emulator stopped): any ``PortError`` closes the bus;
+  the next cycles reopen it with exponential backoff. After a reconnect the goals
+  restart from the measured positions, so the arm never jumps to a stale target.
+* **Servos not answering**: a servo that misses ``missing_after`` reads in a row is
+  reported missing. With ``allow_missing_servos`` the others keep working; without
+  it no goal is written until every servo is back. A servo that returns resumes
+  from its measured position. If *no* servo answers for a while the link is treated
+  as lost and reopened.
+* **No calibration**: works with the identity mapping but says so in every
+  diagnostics message (the node logs it loudly at start).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from bimanual_vla.config import ArmConfig
+from drivers.bus import BusError, PortError, ServoBus
+from drivers.calibration import ArmCalibration
+from drivers.command_filter import CommandFilter, CommandRejected, JointLimit
+
+Log = Callable[[str, str], None]  # (level: 'info'|'warn'|'error', message)
+
+
+@dataclass
+class Reading:
+    """One cycle's measurement: positions (rad) in joint order, None where a servo did not answer."""
+
+    t: float
+    positions: list[float | None]
+
+
+def write_eeprom(bus: ServoBus, servo_id: int, register_name: str, value: int) -> None:
+    """Write an EEPROM register, unlocking the Feetech EEPROM around it so the value persists.
+
+    Dynamixel refuses EEPROM writes while torque is on; the caller turns torque off first.
+    """
+    ct = bus.control_table
+    reg = ct.register(register_name)
+    lock = ct.lock
+    if lock is not None:
+        bus.write(servo_id, lock.address, ct.encode(lock, 0))
+        try:
+            bus.write(servo_id, reg.address, ct.encode(reg, value))
+        finally:
+            bus.write(servo_id, lock.address, ct.encode(lock, 1))
+    else:
+        bus.write(servo_id, reg.address, ct.encode(reg, value))
+
+
+@dataclass
+class ControllerStats:
+    cycles: int = 0
+    reads_ok: int = 0
+    connects: int = 0
+    disconnects: int = 0
+    goal_writes: int = 0
+    homing_offsets_restored: int = 0
+    last_error: str = ''
+    last_error_time: float | None = None
+    missing_events: dict[int, int] = field(default_factory=dict)
+
+
+class ArmController:
+    """Owns one arm's ServoBus; every public method is thread-safe."""
+
+    def __init__(
+        self,
+        arm: ArmConfig,
+        calibration: ArmCalibration,
+        *,
+        read_rate_hz: float | None = None,
+        command_timeout_s: float | None = None,
+        max_step_rad: float | None = None,
+        estop_action: str = 'hold',
+        torque_on_start: bool = True,
+        missing_after: int = 5,
+        link_lost_after_s: float = 0.5,
+        backoff_initial_s: float = 0.1,
+        backoff_max_s: float = 2.0,
+        bus_factory: Callable[..., ServoBus] = ServoBus,
+        log: Log | None = None,
+    ) -> None:
+        if arm.protocol not in ('feetech', 'dynamixel'):
+            raise ValueError(f'arm {arm.name!r}: protocol {arm.protocol!r} has no servo bus (sim arms use sim_rig)')
+        if estop_action not in ('hold', 'torque_off'):
+            raise ValueError(f'estop_action must be hold or torque_off, not {estop_action!r}')
+        self.arm = arm
+        self.calibration = calibration
+        self.read_rate_hz = read_rate_hz or arm.read_rate_hz
+        self.estop_action = estop_action
+        self.missing_after = missing_after
+        self.link_lost_after_s = link_lost_after_s
+        self.backoff_initial_s = backoff_initial_s
+        self.backoff_max_s = backoff_max_s
+        self._bus_factory = bus_factory
+        self._log = log or (lambda level, msg: None)
+        self.lock = threading.RLock()
+
+        self.joint_names = [j.name for j in arm.joints]
+        self.qualified_names = arm.qualified_joint_names()
+        self.ids = [j.id for j in arm.joints]
+        self.filter = CommandFilter(
+            [JointLimit(q, j.lower, j.upper) for q, j in zip(self.qualified_names, arm.joints, strict=True)],
+            max_step_rad=max_step_rad or arm.max_step_rad,
+            command_timeout_s=command_timeout_s or arm.command_timeout_s,
+        )
+        self.filter.set_enabled(torque_on_start)
+        self.torque_wanted = torque_on_start
+
+        self.bus: ServoBus | None = None
+        self.connected = False
+        self.missing: set[int] = set()
+        self._misses = dict.fromkeys(self.ids, 0)
+        self._last_any_reply: float | None = None
+        self._backoff_s = backoff_initial_s
+        self._next_connect = 0.0
+        self.stats = ControllerStats()
+
+    # ------------------------------------------------------------ utilities
+
+    def _error(self, message: str, level: str = 'error') -> None:
+        self.stats.last_error = message
+        self.stats.last_error_time = time.monotonic()
+        self._log(level, message)
+
+    def _ticks_to_rad(self, index: int, ticks: int) -> float:
+        return self.calibration.to_radians(self.joint_names[index], ticks)
+
+    def _rad_to_ticks(self, index: int, rad: float) -> int:
+        return self.calibration.to_ticks(self.joint_names[index], rad)
+
+    @property
+    def present_ids(self) -> list[int]:
+        return [i for i in self.ids if i not in self.missing]
+
+    @property
+    def motion_allowed(self) -> bool:
+        """Missing servos block motion unless the rig allows running without them."""
+        return self.connected and (not self.missing or self.arm.allow_missing_servos)
+
+    # ----------------------------------------------------------- connection
+
+    def _connect(self, now: float) -> bool:
+        """Open the bus, find the servos, restore homing offsets, take over without moving."""
+        bus = self._bus_factory(self.arm.port, self.arm.protocol, self.arm.baudrate)
+        try:
+            bus.open()
+            missing = set()
+            for sid in self.ids:
+                try:
+                    bus.ping(sid)
+                except PortError:
+                    raise
+                except BusError:
+                    missing.add(sid)
+            if len(missing) == len(self.ids):
+                raise BusError(f'no servo answered on {self.arm.port} (ids {self.ids})')
+            if missing and not self.arm.allow_missing_servos:
+                self._error(
+                    f'arm {self.arm.name}: servo(s) {sorted(missing)} do not answer on {self.arm.port}; '
+                    'not moving the arm (set allow_missing_servos: true to run without them)'
+                )
+            elif missing:
+                self._error(f'arm {self.arm.name}: servo(s) {sorted(missing)} missing; running without them', 'warn')
+            self.bus, self.missing = bus, missing
+            self._misses = {sid: (self.missing_after if sid in missing else 0) for sid in self.ids}
+            if not self.calibration.is_identity:
+                self._restore_homing_offsets()
+            positions = self._read_positions_once()
+            self.filter.reset_to(positions)
+            if self.torque_wanted:
+                self._torque_on(positions)
+            else:
+                self._write_torque(False)
+        except (BusError, OSError) as exc:
+            bus.close()
+            self.bus = None
+            self._error(f'arm {self.arm.name}: cannot connect to {self.arm.port}: {exc}')
+            self._schedule_reconnect(now)
+            return False
+        self.connected = True
+        self.stats.connects += 1
+        self._backoff_s = self.backoff_initial_s
+        self._last_any_reply = now
+        self._log('info', f'arm {self.arm.name}: connected on {self.arm.port} ({len(self.present_ids)} servos)')
+        return True
+
+    def _schedule_reconnect(self, now: float) -> None:
+        self._next_connect = now + self._backoff_s
+        self._backoff_s = min(self._backoff_s * 2.0, self.backoff_max_s)
+
+    def _disconnect(self, reason: str, now: float) -> None:
+        if self.bus is not None:
+            self.bus.close()
+        self.bus = None
+        if self.connected:
+            self.stats.disconnects += 1
+            self._error(f'arm {self.arm.name}: lost {self.arm.port}: {reason}; reconnecting')
+        self.connected = False
+        self._schedule_reconnect(now)
+
+    def _restore_homing_offsets(self) -> None:
+        """The calibrated ranges assume the servo's homing-offset register; put it back if it differs."""
+        assert self.bus is not None
+        ct = self.bus.control_table
+        for name, sid in zip(self.joint_names, self.ids, strict=True):
+            if sid in self.missing:
+                continue
+            want = self.calibration.joints[name].homing_offset
+            have = ct.decode(ct.homing_offset, self.bus.read(sid, ct.homing_offset.address, ct.homing_offset.length))
+            if have != want:
+                self._error(
+                    f'arm {self.arm.name}: servo {sid} ({name}) homing offset is {have}, calibration says {want}; '
+                    'writing the calibrated value (torque off for the write)',
+                    'warn',
+                )
+                self.bus.write(sid, ct.torque_enable.address, ct.encode(ct.torque_enable, 0))
+                write_eeprom(self.bus, sid, 'homing_offset', want)
+                self.stats.homing_offsets_restored += 1
+
+    def _read_positions_once(self) -> list[float | None]:
+        assert self.bus is not None
+        ct = self.bus.control_table
+        reg = ct.present_position
+        replies = self.bus.sync_read(self.present_ids, reg.address, reg.length) if self.present_ids else {}
+        out: list[float | None] = []
+        for i, sid in enumerate(self.ids):
+            data = replies.get(sid)
+            out.append(None if data is None else self._ticks_to_rad(i, ct.decode(reg, data)))
+        return out
+
+    def _write_goals(self, goals: dict[int, float]) -> None:
+        assert self.bus is not None
+        ct = self.bus.control_table
+        reg = ct.goal_position
+        data = {
+            self.ids[i]: ct.encode(reg, self._rad_to_ticks(i, rad))
+            for i, rad in goals.items()
+            if self.ids[i] not in self.missing
+        }
+        if data:
+            self.bus.sync_write(reg.address, data)
+            self.stats.goal_writes += 1
+
+    def _write_torque(self, on: bool) -> list[int]:
+        """Torque on/off for every present servo; returns the ids that failed (port errors propagate)."""
+        assert self.bus is not None
+        ct = self.bus.control_table
+        failed = []
+        for sid in self.present_ids:
+            try:
+                self.bus.write(sid, ct.torque_enable.address, ct.encode(ct.torque_enable, int(on)))
+            except PortError:
+                raise
+            except BusError as exc:
+                failed.append(sid)
+                self._error(f'arm {self.arm.name}: torque {"on" if on else "off"} failed for servo {sid}: {exc}')
+        return failed
+
+    def _torque_on(self, positions: Sequence[float | None]) -> list[int]:
+        """Goal = present position first, then torque: a servo never lunges at an old goal."""
+        self.filter.reset_to(positions)
+        self._write_goals({i: p for i, p in enumerate(self.filter.goal) if p is not None})
+        failed = self._write_torque(True)
+        self.filter.set_enabled(True)
+        return failed
+
+    # ---------------------------------------------------------------- cycle
+
+    def cycle(self, now: float | None = None) -> Reading | None:
+        """One read (+ write) cycle. Returns the reading, or None while not connected."""
+        now = time.monotonic() if now is None else now
+        with self.lock:
+            self.stats.cycles += 1
+            if not self.connected:
+                if now < self._next_connect or not self._connect(now):
+                    return None
+            try:
+                return self._cycle_connected(now)
+            except PortError as exc:
+                self._disconnect(str(exc), now)
+                return None
+            except BusError as exc:
+                self._error(f'arm {self.arm.name}: bus error: {exc}', 'warn')
+                return None
+
+    def _cycle_connected(self, now: float) -> Reading:
+        assert self.bus is not None
+        ct = self.bus.control_table
+        reg = ct.present_position
+        try:
+            replies = self.bus.sync_read(self.ids, reg.address, reg.length)
+        except PortError:
+            raise
+        except BusError as exc:
+            self._error(f'arm {self.arm.name}: sync read failed: {exc}', 'warn')
+            replies = {}
+        positions: list[float | None] = []
+        for i, sid in enumerate(self.ids):
+            data = replies.get(sid)
+            if data is None:
+                positions.append(None)
+                self._note_miss(i, sid)
+                continue
+            rad = self._ticks_to_rad(i, ct.decode(reg, data))
+            positions.append(rad)
+            self._note_reply(i, sid, rad)
+        if any(p is not None for p in positions):
+            self._last_any_reply = now
+            self.stats.reads_ok += 1
+        elif self._last_any_reply is not None and now - self._last_any_reply > self.link_lost_after_s:
+            self._disconnect(f'no servo answered for {now - self._last_any_reply:.2f} s', now)
+            return Reading(now, positions)
+        if not self.filter.enabled:
+            # Torque off: keep goals on the measured positions so re-enabling never jumps.
+            for i, p in enumerate(positions):
+                if p is not None:
+                    self.filter.goal[i] = p
+        elif self.motion_allowed:
+            goals = self.filter.tick(now)
+            if goals:
+                self._write_goals(goals)
+        return Reading(now, positions)
+
+    def _note_miss(self, index: int, sid: int) -> None:
+        self._misses[sid] += 1
+        if self._misses[sid] == self.missing_after and sid not in self.missing:
+            self.missing.add(sid)
+            self.stats.missing_events[sid] = self.stats.missing_events.get(sid, 0) + 1
+            what = 'continuing with the others' if self.arm.allow_missing_servos else 'holding the arm until it is back'
+            self._error(f'arm {self.arm.name}: servo {sid} ({self.joint_names[index]}) stopped answering; {what}')
+
+    def _note_reply(self, index: int, sid: int, rad: float) -> None:
+        self._misses[sid] = 0
+        if sid in self.missing:
+            self.missing.discard(sid)
+            self._log('info', f'arm {self.arm.name}: servo {sid} ({self.joint_names[index]}) answers again')
+            self.filter.set_goal(index, rad)
+            if self.filter.enabled and self.bus is not None:
+                # It may have lost power: put its goal on where it is before torquing it.
+                ct = self.bus.control_table
+                goal = ct.encode(ct.goal_position, self._rad_to_ticks(index, rad))
+                try:
+                    self.bus.write(sid, ct.goal_position.address, goal)
+                    self.bus.write(sid, ct.torque_enable.address, ct.encode(ct.torque_enable, 1))
+                except PortError:
+                    raise
+                except BusError as exc:
+                    self._error(f'arm {self.arm.name}: servo {sid} back but torque on failed: {exc}', 'warn')
+
+    # ------------------------------------------------------------- commands
+
+    def submit_command(self, names: Sequence[str], positions: Sequence[float], now: float | None = None) -> list[str]:
+        """Validate and accept a command (see CommandFilter.submit); raises CommandRejected."""
+        now = time.monotonic() if now is None else now
+        with self.lock:
+            return self.filter.submit(names, positions, now)
+
+    def set_estop(self, active: bool) -> None:
+        with self.lock:
+            was = self.filter.estopped
+            self.filter.set_estop(active)
+            if active and not was:
+                self._log('warn', f'arm {self.arm.name}: E-STOP active ({self.estop_action})')
+                if self.estop_action == 'torque_off':
+                    self.torque_wanted = False
+                    self.filter.set_enabled(False)
+                    if self.connected:
+                        try:
+                            self._write_torque(False)
+                        except PortError as exc:
+                            self._disconnect(str(exc), time.monotonic())
+            elif was and not active:
+                extra = ' torque stays off until the torque service turns it on;' if not self.filter.enabled else ''
+                self._log('info', f'arm {self.arm.name}: e-stop released;{extra} waiting for a new command')
+
+    def set_torque(self, on: bool) -> tuple[bool, str]:
+        """Torque service: returns (success, message)."""
+        with self.lock:
+            if on and self.filter.estopped and self.estop_action == 'torque_off':
+                return False, 'e-stop is active (estop_action torque_off): release it before enabling torque'
+            self.torque_wanted = on
+            if not self.connected:
+                self.filter.set_enabled(on)
+                return False, f'arm {self.arm.name} is not connected; torque will be {"on" if on else "off"} on connect'
+            try:
+                if on:
+                    failed = self._torque_on(self._read_positions_once())
+                else:
+                    failed = self._write_torque(False)
+                    self.filter.set_enabled(False)
+            except PortError as exc:
+                self._disconnect(str(exc), time.monotonic())
+                return False, f'port error: {exc}'
+            except BusError as exc:
+                return False, f'bus error: {exc}'
+            if failed:
+                return False, f'torque {"on" if on else "off"} failed for servo(s) {failed}'
+            return True, f'torque {"on" if on else "off"} for servo(s) {self.present_ids}'
+
+    def close(self, torque_off: bool = False) -> None:
+        with self.lock:
+            if self.bus is not None and torque_off and self.connected:
+                try:
+                    self._write_torque(False)
+                except BusError:
+                    pass
+            if self.bus is not None:
+                self.bus.close()
+            self.bus = None
+            self.connected = False
+
+    # ---------------------------------------------------------- diagnostics
+
+    def snapshot(self) -> dict[str, object]:
+        """Values for the diagnostics message (rates are computed by the caller from ``stats.cycles``)."""
+        with self.lock:
+            counters = dict(self.bus.counters.as_dict()) if self.bus is not None else {}
+            values: dict[str, object] = {
+                'connected': self.connected,
+                'port': self.arm.port,
+                'state': self.filter.state if self.connected else 'disconnected',
+                'torque': 'on' if self.filter.enabled else 'off',
+                'estop': self.filter.estopped,
+                'missing_servos': sorted(self.missing),
+                'calibration': self.calibration.source,
+                'connects': self.stats.connects,
+                'disconnects': self.stats.disconnects,
+                'goal_writes': self.stats.goal_writes,
+                'last_error': self.stats.last_error or '-',
+            }
+            for key, value in counters.items():
+                values[f'bus_{key}'] = value
+            for key, value in sorted(self.filter.counters.items()):
+                values[f'cmd_{key}'] = value
+            return values
+
+
+__all__ = ['ArmController', 'CommandRejected', 'Reading', 'write_eeprom']

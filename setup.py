@@ -46,6 +46,8 @@ setup(
         share('config/rigs', 'config/rigs/*.yaml'),
         share('config/policy', 'config/policy/*.yaml'),
         share('urdf', 'urdf/*.urdf'),
+        share('launch', 'launch/*.launch.py'),
+        share('config/rviz', 'config/rviz/*.rviz'),
     ],
     install_requires=['setuptools'],
     extras_require={
@@ -72,6 +74,9 @@ setup(
     entry_points={
         'console_scripts': [
             'bimanual-vla = bimanual_vla.cli:main',
+            'bag_record = bimanual_vla.bag_record:main',
+            'bag_replay = bimanual_vla.bag_replay:main',
+            'arm_driver = drivers.arm_node:main',
             'sim_rig = drivers.sim_rig:main',
             'camera_driver = drivers.camera_node:main',
         ],

@@ -1,0 +1,287 @@
+"""Calibration: tick <-> radian mapping, our file format, LeRobot import, CLI (import and interactive)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bimanual_vla.config import load_rig
+from drivers.calibration import (
+    ArmCalibration,
+    CalibrationError,
+    JointCalibration,
+    calibration_for_arm,
+    identity_calibration,
+    load_calibration,
+    parse_calibration,
+)
+
+K = 2 * math.pi / 4096  # rad per tick
+
+JOINTS = [
+    {'id': 1, 'name': 'shoulder_pan', 'lower': -1.9, 'upper': 1.9},
+    {'id': 2, 'name': 'shoulder_lift', 'lower': -1.7, 'upper': 1.7},
+    {'id': 3, 'name': 'elbow_flex', 'lower': -1.6, 'upper': 1.6},
+    {'id': 4, 'name': 'wrist_flex', 'lower': -1.6, 'upper': 1.6},
+    {'id': 5, 'name': 'wrist_roll', 'lower': -2.7, 'upper': 2.8},
+    {'id': 6, 'name': 'gripper', 'lower': -0.17, 'upper': 1.7},
+]
+
+# A LeRobot SO-101 follower calibration in the current format (values as such files look).
+LEROBOT_SO101 = {
+    'shoulder_pan': {'id': 1, 'drive_mode': 0, 'homing_offset': -1470, 'range_min': 758, 'range_max': 3292},
+    'shoulder_lift': {'id': 2, 'drive_mode': 0, 'homing_offset': 157, 'range_min': 612, 'range_max': 3401},
+    'elbow_flex': {'id': 3, 'drive_mode': 0, 'homing_offset': -1276, 'range_min': 871, 'range_max': 3081},
+    'wrist_flex': {'id': 4, 'drive_mode': 0, 'homing_offset': 1989, 'range_min': 904, 'range_max': 3207},
+    'wrist_roll': {'id': 5, 'drive_mode': 0, 'homing_offset': -542, 'range_min': 142, 'range_max': 3966},
+    'gripper': {'id': 6, 'drive_mode': 0, 'homing_offset': 1407, 'range_min': 2031, 'range_max': 3476},
+}
+
+# The older list-based LeRobot format (Koch, software offsets in half-turn units).
+LEROBOT_LEGACY_KOCH = {
+    'homing_offset': [-2048, 2048, 3072, -1024, -2048, -2048],
+    'drive_mode': [0, 1, 0, 0, 1, 0],
+    'start_pos': [2035, 3038, 1043, 1985, 2054, 2011],
+    'end_pos': [3074, 2000, 2060, 3035, 1005, 3014],
+    'calib_mode': ['DEGREE', 'DEGREE', 'DEGREE', 'DEGREE', 'DEGREE', 'LINEAR'],
+    'motor_names': ['shoulder_pan', 'shoulder_lift', 'elbow_flex', 'wrist_flex', 'wrist_roll', 'gripper'],
+}
+
+
+def write_rig(
+    tmp_path: Path, *, calibration: str | None = None, protocol: str = 'feetech', port: str = '/dev/null'
+) -> Path:
+    arm = {'name': 'left', 'protocol': protocol, 'port': port, 'gripper': 'gripper', 'joints': JOINTS}
+    if calibration is not None:
+        arm['calibration'] = calibration
+    path = tmp_path / 'rig.yaml'
+    path.write_text(yaml.safe_dump({'name': 'test_rig', 'urdf': 'urdf/none.urdf', 'arms': [arm]}))
+    return path
+
+
+@pytest.fixture
+def arm(tmp_path):
+    return load_rig(write_rig(tmp_path)).arm('left')
+
+
+def calib(direction: int = 1, zero: float = 2048.0) -> ArmCalibration:
+    return ArmCalibration(
+        joints={
+            'j': JointCalibration(
+                id=1, homing_offset=0, range_min=1000, range_max=3000, direction=direction, zero_ticks=zero
+            )
+        }
+    )
+
+
+# ----------------------------------------------------------------- mapping
+
+
+@pytest.mark.parametrize('direction', [1, -1])
+def test_ticks_radians_round_trip(direction: int) -> None:
+    c = calib(direction)
+    for ticks in (1000, 1500, 2048, 2049, 2999):
+        assert c.to_ticks('j', c.to_radians('j', ticks)) == ticks
+    assert c.to_radians('j', 2048 + 1024) == pytest.approx(direction * math.pi / 2)
+    assert c.to_ticks('j', direction * 0.5) == round(2048 + 0.5 / K)
+
+
+def test_goal_ticks_stay_inside_calibrated_range_and_reject_nan() -> None:
+    c = calib()
+    assert c.to_ticks('j', 10.0) == 3000
+    assert c.to_ticks('j', -10.0) == 1000
+    with pytest.raises(ValueError, match='not finite'):
+        c.to_ticks('j', math.nan)
+    assert c.range_radians('j') == pytest.approx(((1000 - 2048) * K, (3000 - 2048) * K))
+
+
+def test_identity_is_marked_and_centred(arm) -> None:
+    c = identity_calibration(arm)
+    assert c.is_identity and c.source == 'identity'
+    assert c.to_radians('shoulder_pan', 2048) == 0.0
+    assert c.to_ticks('wrist_roll', math.pi / 2) == 3072
+    assert {n: j.id for n, j in c.joints.items()} == {j['name']: j['id'] for j in JOINTS}
+
+
+# ------------------------------------------------------------------- files
+
+
+def test_save_and_load_round_trip(tmp_path, arm) -> None:
+    c = parse_calibration(LEROBOT_SO101, arm=arm)
+    path = c.save(tmp_path / 'sub' / 'left.json')
+    text = path.read_text()
+    assert json.loads(text)['format'] == 'bimanual_vla.calibration' and json.loads(text)['version'] == 1
+    again = load_calibration(path)
+    assert again == c
+    assert [p.name for p in path.parent.iterdir()] == ['left.json']  # no temp file left behind
+
+
+def test_invalid_files_name_file_and_field(tmp_path, arm) -> None:
+    good = json.loads(parse_calibration(LEROBOT_SO101, arm=arm).to_json())
+    bad = json.loads(json.dumps(good))
+    bad['joints']['elbow_flex']['range_min'] = 4000
+    p = tmp_path / 'bad.json'
+    p.write_text(json.dumps(bad))
+    with pytest.raises(
+        CalibrationError, match=r'bad\.json: joints\.elbow_flex: range_min \(4000\) must be < range_max'
+    ):
+        load_calibration(p)
+
+    typo = json.loads(json.dumps(good))
+    typo['joints']['gripper']['zero_tick'] = 1
+    p.write_text(json.dumps(typo))
+    with pytest.raises(CalibrationError, match=r'joints\.gripper\.zero_tick: unknown field'):
+        load_calibration(p)
+
+    p.write_text('{"shoulder_pan": {"id": 1, ')
+    with pytest.raises(CalibrationError, match='not valid JSON'):
+        load_calibration(p)
+
+    p.write_text(json.dumps({'shoulder_pan': {'id': 1, 'drive_mode': 0, 'range_min': 1, 'range_max': 9}}))
+    with pytest.raises(CalibrationError, match=r"shoulder_pan: missing field\(s\) \['homing_offset'\]"):
+        load_calibration(p)
+
+    p.write_text(json.dumps([1, 2]))
+    with pytest.raises(CalibrationError, match='expected a JSON object'):
+        load_calibration(p)
+
+    p.write_text(json.dumps({'format': 'someone_else', 'joints': {}}))
+    with pytest.raises(CalibrationError, match='unknown calibration format'):
+        load_calibration(p)
+
+    with pytest.raises(CalibrationError, match='calibration file not found'):
+        load_calibration(tmp_path / 'nope.json')
+
+
+# ---------------------------------------------------------- LeRobot import
+
+
+def test_lerobot_current_format(arm) -> None:
+    c = parse_calibration(LEROBOT_SO101, arm=arm)
+    assert c.source == 'lerobot' and c.protocol == 'feetech'
+    pan = c.joints['shoulder_pan']
+    assert (pan.id, pan.homing_offset, pan.range_min, pan.range_max, pan.direction) == (1, -1470, 758, 3292, 1)
+    # LeRobot degrees: (ticks - mid) * 360 / 4095; zero at the middle of the range.
+    assert c.to_radians('shoulder_pan', (758 + 3292) / 2) == 0.0
+    assert c.to_radians('shoulder_pan', 2025 + 1024) == pytest.approx(math.pi / 2)
+    # Gripper: LeRobot 0 % = range_min (closed) -> 0 rad, opening positive.
+    assert c.to_radians('gripper', 2031) == 0.0
+    assert c.to_radians('gripper', 3476) == pytest.approx((3476 - 2031) * K)
+    assert c.check_against(arm) == [] or all('calibrated range' in w for w in c.check_against(arm))
+
+
+def test_lerobot_drive_mode_reverses() -> None:
+    data = json.loads(json.dumps(LEROBOT_SO101))
+    data['wrist_flex']['drive_mode'] = 1
+    data['gripper']['drive_mode'] = 1
+    c = parse_calibration(data, protocol='feetech')
+    mid = (904 + 3207) / 2
+    assert c.to_radians('wrist_flex', mid + 100) == pytest.approx(-100 * K)
+    # Reversed gripper: LeRobot's 0 % is range_max.
+    assert c.to_radians('gripper', 3476) == 0.0
+    assert c.to_radians('gripper', 3376) == pytest.approx(100 * K)
+
+
+def test_lerobot_legacy_format_matches_its_formula(arm) -> None:
+    c = parse_calibration(LEROBOT_LEGACY_KOCH, arm=arm, protocol='dynamixel')
+    assert c.source == 'lerobot_legacy' and c.protocol == 'dynamixel'
+    for i, name in enumerate(LEROBOT_LEGACY_KOCH['motor_names'][:5]):
+        sign = -1 if LEROBOT_LEGACY_KOCH['drive_mode'][i] else 1
+        offset = LEROBOT_LEGACY_KOCH['homing_offset'][i]
+        for raw in (-300, 0, 1000, 2048, 4000):
+            legacy_degrees = (sign * raw + offset) / 2048 * 180  # LeRobot's old DEGREE mapping
+            # raw values outside one turn around the zero are clamped by to_ticks, not by to_radians
+            assert c.to_radians(name, raw) == pytest.approx(math.radians(legacy_degrees))
+        assert c.joints[name].homing_offset == 0  # software offset: servo register stays 0
+    # LINEAR gripper: 0 % at start_pos.
+    assert c.to_radians('gripper', 2011) == 0.0
+    assert c.to_radians('gripper', 2511) == pytest.approx(500 * K)
+    assert (c.joints['gripper'].range_min, c.joints['gripper'].range_max) == (2011, 3014)
+
+
+def test_lerobot_legacy_needs_rig_and_matching_names(arm) -> None:
+    with pytest.raises(CalibrationError, match='no servo ids'):
+        parse_calibration(LEROBOT_LEGACY_KOCH)
+    data = dict(
+        LEROBOT_LEGACY_KOCH, motor_names=['shoulder_pan', 'x', 'elbow_flex', 'wrist_flex', 'wrist_roll', 'gripper']
+    )
+    with pytest.raises(CalibrationError, match=r"motor_names\[1\]: 'x' is not a joint"):
+        parse_calibration(data, arm=arm)
+    data = dict(LEROBOT_LEGACY_KOCH, drive_mode=[0, 1])
+    with pytest.raises(CalibrationError, match='drive_mode: expected a list of 6'):
+        parse_calibration(data, arm=arm)
+
+
+# ------------------------------------------------------- choosing for an arm
+
+
+def test_calibration_for_arm_falls_back_loudly(tmp_path) -> None:
+    arm = load_rig(write_rig(tmp_path)).arm('left')
+    c, warnings = calibration_for_arm(arm)
+    assert c.is_identity and 'NO CALIBRATION' in warnings[0]
+    arm = load_rig(write_rig(tmp_path, calibration=str(tmp_path / 'missing.json'))).arm('left')
+    c, warnings = calibration_for_arm(arm)
+    assert c.is_identity and 'NOT FOUND' in warnings[0] and 'missing.json' in warnings[0]
+
+
+def test_calibration_for_arm_rejects_mismatch(tmp_path) -> None:
+    path = tmp_path / 'left.json'
+    arm = load_rig(write_rig(tmp_path, calibration=str(path))).arm('left')
+    data = json.loads(json.dumps(LEROBOT_SO101))
+    data['elbow_flex']['id'] = 9
+    path.write_text(json.dumps(data))
+    with pytest.raises(CalibrationError, match='elbow_flex: rig id 3, calibration id 9'):
+        calibration_for_arm(arm)
+    del data['gripper']
+    path.write_text(json.dumps(data))
+    with pytest.raises(CalibrationError, match=r"no entry for joint\(s\) \['gripper'\]"):
+        calibration_for_arm(arm)
+    path.write_text('not json')
+    with pytest.raises(CalibrationError, match='not valid JSON'):
+        calibration_for_arm(arm)
+
+
+def test_rig_limits_outside_range_warn(tmp_path) -> None:
+    path = tmp_path / 'left.json'
+    arm = load_rig(write_rig(tmp_path, calibration=str(path))).arm('left')
+    data = json.loads(json.dumps(LEROBOT_SO101))
+    data['elbow_flex'].update(range_min=1800, range_max=2300)  # +-0.38 rad, rig allows +-1.6
+    path.write_text(json.dumps(data))
+    c, warnings = calibration_for_arm(arm)
+    assert c.source == 'lerobot'
+    assert any(w.startswith('left_elbow_flex: rig limits') for w in warnings)
+    assert c.to_ticks('elbow_flex', 1.6) == 2300
+
+
+# ---------------------------------------------------------------- CLI import
+
+
+def test_cli_import_lerobot(tmp_path, capsys) -> None:
+    from bimanual_vla.cli import main
+
+    def cli(arm: str, src: Path, out: Path) -> int:
+        return main(['calibrate', '--rig', str(rig), '--arm', arm, '--import-lerobot', str(src), '--output', str(out)])
+
+    rig = write_rig(tmp_path)
+    src = tmp_path / 'lerobot.json'
+    src.write_text(json.dumps(LEROBOT_SO101))
+    out = tmp_path / 'cal' / 'left.json'
+    assert cli('left', src, out) == 0
+    printed = capsys.readouterr().out
+    assert f'wrote {out}' in printed and 'shoulder_pan' in printed
+    c = load_calibration(out)
+    assert c.source == 'lerobot' and c.joints['shoulder_pan'].homing_offset == -1470
+    # An existing file is not overwritten without --force.
+    assert cli('left', src, out) == 1
+    assert 'exists' in capsys.readouterr().err
+    # A broken input file fails with exit 2 and writes nothing.
+    src.write_text('{}')
+    other = tmp_path / 'other.json'
+    assert cli('left', src, other) == 2
+    assert not other.exists()
+    assert cli('nope', src, other) == 2
+    assert "has no arm 'nope'" in capsys.readouterr().err

@@ -17,7 +17,10 @@ from bimanual_vla import __version__
 from bimanual_vla.config import ConfigError
 from bimanual_vla.rosenv import apply_pip_defaults
 
-COMMAND_MODULES: tuple[str, ...] = ('bimanual_vla.commands.check_rig',)
+COMMAND_MODULES: tuple[str, ...] = (
+    'bimanual_vla.commands.check_rig',
+    'bimanual_vla.commands.calibrate',
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -274,7 +274,7 @@ class TestPatternSource(FrameSource):
 
     @property
     def description(self) -> str:
-        return f'test_pattern {self.width}x{self.height}@{self.fps:g}'
+        return TEST_PATTERN
 
     def open(self) -> None:
         self._t0_ns = time.monotonic_ns()
@@ -675,8 +675,6 @@ class Capture:
                     self._failures += 1
                 delay = self._reopen(delay)
                 continue
-            if stop.is_set():
-                break
             if self.frames.put(frame):
                 with self._lock:
                     self._captured += 1

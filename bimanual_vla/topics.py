@@ -71,6 +71,8 @@ DIAGNOSTICS = '/diagnostics'
 ROBOT_DESCRIPTION = 'robot_description'
 CLOCK = '/clock'
 SIM_SUCCESS = 'sim/success'
+RECORD_EPISODE = 'record/episode'
+"""std_msgs/String: a label starts a labelled episode in the bag being recorded, '' ends it."""
 SIM_EXPERT_SUBTASK = 'sim/expert_subtask'
 """std_msgs/String, latched: the scripted expert's current subtask while it drives the sim."""
 SIM_RESET_SEED = 'sim/reset_seed'

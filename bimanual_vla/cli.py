@@ -19,9 +19,11 @@ from bimanual_vla.rosenv import apply_pip_defaults
 
 COMMAND_MODULES: tuple[str, ...] = (
     'bimanual_vla.commands.check_rig',
+    'bimanual_vla.commands.run',
     'bimanual_vla.commands.record',
     'bimanual_vla.commands.replay',
     'bimanual_vla.commands.calibrate',
+    'bimanual_vla.commands.make_checkpoint',
 )
 
 

@@ -1,0 +1,64 @@
+"""Camera images to model pixels with OpenCV/numpy (PI0ImageProcessor needs torchvision).
+
+The geometry follows pi0's ``resize_with_pad``: keep the aspect ratio, scale the
+longer side to fit, centre the image and fill the borders with black, so a
+640x480 camera and a square camera both reach the model undistorted. Values go
+from uint8 [0, 255] to float32 [-1, 1] (SigLIP's 0.5 mean / 0.5 std), channels
+first, RGB.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+
+class ObservationError(ValueError):
+    """An observation the model cannot use: wrong image shape/dtype, missing camera, bad state."""
+
+
+def check_image(name: str, image: object) -> np.ndarray:
+    """Return `image` if it is an HxWx3 uint8 array, else raise ObservationError naming the camera."""
+    if not isinstance(image, np.ndarray):
+        raise ObservationError(f'camera {name!r}: expected a numpy array, got {type(image).__name__}')
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ObservationError(f'camera {name!r}: expected an HxWx3 RGB image, got shape {image.shape}')
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise ObservationError(f'camera {name!r}: empty image (shape {image.shape})')
+    if image.dtype != np.uint8:
+        raise ObservationError(f'camera {name!r}: expected dtype uint8, got {image.dtype}')
+    return image
+
+
+def resize_with_pad_geometry(height: int, width: int, target_h: int, target_w: int) -> tuple[int, int, int, int]:
+    """(new_h, new_w, top, left): the resized size and where it sits, centred, in the target."""
+    scale = min(target_h / height, target_w / width)
+    new_h = min(target_h, max(1, round(height * scale)))
+    new_w = min(target_w, max(1, round(width * scale)))
+    return new_h, new_w, (target_h - new_h) // 2, (target_w - new_w) // 2
+
+
+def resize_with_pad(image: np.ndarray, target_h: int, target_w: int) -> np.ndarray:
+    """Aspect-preserving resize into a black (0) uint8 canvas of target_h x target_w."""
+    h, w = image.shape[:2]
+    new_h, new_w, top, left = resize_with_pad_geometry(h, w, target_h, target_w)
+    if (new_h, new_w) != (h, w):
+        shrinking = new_h < h or new_w < w
+        image = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+    canvas = np.zeros((target_h, target_w, 3), dtype=np.uint8)
+    canvas[top : top + new_h, left : left + new_w] = image
+    return canvas
+
+
+def image_to_model(name: str, image: object, size: tuple[int, int]) -> np.ndarray:
+    """One camera frame -> float32 (3, H, W) in [-1, 1], ready for SigLIP."""
+    rgb = resize_with_pad(check_image(name, image), size[0], size[1])
+    return (rgb.astype(np.float32) / 127.5 - 1.0).transpose(2, 0, 1)
+
+
+def images_to_model(images: dict[str, np.ndarray], camera_names: list[str], size: tuple[int, int]) -> np.ndarray:
+    """All cameras in the checkpoint's order -> float32 (n_cameras, 3, H, W)."""
+    missing = [c for c in camera_names if c not in images]
+    if missing:
+        raise ObservationError(f'missing camera image(s) {missing}; the checkpoint expects {camera_names}')
+    return np.stack([image_to_model(c, images[c], size) for c in camera_names])

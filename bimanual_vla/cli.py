@@ -24,6 +24,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     'bimanual_vla.commands.replay',
     'bimanual_vla.commands.calibrate',
     'bimanual_vla.commands.make_checkpoint',
+    'bimanual_vla.commands.sim_expert',
 )
 
 

@@ -1,0 +1,76 @@
+"""What a rig consists of, as a list of nodes: the one source of truth for launch files and CLI.
+
+`launch/*.launch.py` turn these specs into launch_ros `Node` actions; `bimanual-vla run` and
+`bimanual-vla demo` instantiate the same classes with the same parameters in one process under a
+`MultiThreadedExecutor`. Adding a node kind to a rig happens here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from bimanual_vla.config import RigConfig, load_rig, resolve_share_relative
+
+# executable (console script) -> node class, "module:Class"
+NODE_CLASSES: dict[str, str] = {
+    'arm_driver': 'drivers.arm_node:ArmDriver',
+    'camera_driver': 'drivers.camera_node:CameraDriver',
+    'sim_rig': 'drivers.sim_rig:SimRig',
+    'policy_node': 'policy_node.node:PolicyNode',
+}
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """One node of a bringup: which executable, under which name, with which parameters."""
+
+    executable: str
+    name: str
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def node_class(self) -> type:
+        module_name, class_name = NODE_CLASSES[self.executable].split(':')
+        return getattr(importlib.import_module(module_name), class_name)
+
+
+def is_simulated(rig: RigConfig) -> bool:
+    """A rig whose arms are all simulated is brought up with sim_rig instead of drivers."""
+    return all(arm.protocol == 'sim' for arm in rig.arms)
+
+
+def rig_nodes(
+    rig_ref: str,
+    *,
+    policy: str | None = 'default',
+    use_sim_time: bool | None = None,
+    sim_overrides: dict[str, Any] | None = None,
+    policy_overrides: dict[str, Any] | None = None,
+) -> list[NodeSpec]:
+    """Nodes for a rig (a path or shipped name): drivers or the simulator, then the policy.
+
+    `policy=None` leaves the policy node out (teleoperation, data collection). Simulated rigs run
+    on sim time by default.
+    """
+    rig = load_rig(rig_ref)
+    sim = is_simulated(rig)
+    sim_time = sim if use_sim_time is None else use_sim_time
+    common = {'rig': str(rig_ref), 'use_sim_time': sim_time}
+    specs: list[NodeSpec] = []
+    if sim:
+        specs.append(NodeSpec('sim_rig', 'sim_rig', {**common, **(sim_overrides or {})}))
+    else:
+        specs += [NodeSpec('arm_driver', f'arm_driver_{a.name}', {**common, 'arm': a.name}) for a in rig.arms]
+        specs += [
+            NodeSpec('camera_driver', f'camera_driver_{c.name}', {**common, 'camera': c.name}) for c in rig.cameras
+        ]
+    if policy is not None:
+        specs.append(NodeSpec('policy_node', 'policy_node', {**common, 'policy': policy, **(policy_overrides or {})}))
+    return specs
+
+
+def robot_description(rig_ref: str) -> str:
+    """The rig's URDF text, as robot_state_publisher and rviz want it on `robot_description`."""
+    return resolve_share_relative(load_rig(rig_ref).urdf).read_text()

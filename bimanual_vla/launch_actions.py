@@ -1,0 +1,48 @@
+"""Launch actions shared by launch/*.launch.py: bimanual_vla.bringup specs as launch_ros Nodes.
+
+Imported only by launch files (it needs launch_ros). Kept thin on purpose: which nodes a rig has
+and their parameters come from `bimanual_vla.bringup`, the same source `bimanual-vla run` uses.
+"""
+
+from __future__ import annotations
+
+from launch_ros.actions import Node
+
+from bimanual_vla.bringup import NodeSpec, robot_description
+from bimanual_vla.config import share_dir
+
+PACKAGE = 'bimanual_vla'
+
+
+def spec_actions(specs: list[NodeSpec]) -> list[Node]:
+    return [
+        Node(package=PACKAGE, executable=s.executable, name=s.name, parameters=[s.parameters], output='screen')
+        for s in specs
+    ]
+
+
+def robot_state_publisher(rig: str, use_sim_time: bool) -> Node:
+    return Node(
+        package='robot_state_publisher',
+        executable='robot_state_publisher',
+        parameters=[{'robot_description': robot_description(rig), 'use_sim_time': use_sim_time}],
+        output='screen',
+    )
+
+
+def rviz(use_sim_time: bool) -> Node:
+    return Node(
+        package='rviz2',
+        executable='rviz2',
+        arguments=['-d', str(share_dir() / 'config' / 'rviz' / 'bimanual.rviz')],
+        parameters=[{'use_sim_time': use_sim_time}],
+        output='screen',
+    )
+
+
+def recorder(rig: str, out: str) -> Node:
+    return Node(package=PACKAGE, executable='bimanual-vla', arguments=['record', out, '--rig', rig], output='screen')
+
+
+def truthy(text: str) -> bool:
+    return text.strip().lower() in ('1', 'true', 'yes', 'on')

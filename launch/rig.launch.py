@@ -1,0 +1,37 @@
+"""Real rig: one arm_driver per arm and one camera_driver per camera from the rig YAML, the policy
+node, robot_state_publisher with the rig's URDF, and optionally rviz2 and a bag recorder.
+
+    ros2 launch bimanual_vla rig.launch.py rig:=so101_bimanual policy:=default rviz:=true record:=~/bags/run1
+"""
+
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.substitutions import LaunchConfiguration
+
+from bimanual_vla.bringup import rig_nodes
+from bimanual_vla.launch_actions import recorder, robot_state_publisher, rviz, spec_actions, truthy
+
+
+def _nodes(context):
+    rig = LaunchConfiguration('rig').perform(context)
+    policy = LaunchConfiguration('policy').perform(context)
+    record = LaunchConfiguration('record').perform(context)
+    specs = rig_nodes(rig, policy=policy or None, use_sim_time=False)
+    actions = spec_actions(specs) + [robot_state_publisher(rig, use_sim_time=False)]
+    if truthy(LaunchConfiguration('rviz').perform(context)):
+        actions.append(rviz(use_sim_time=False))
+    if record:
+        actions.append(recorder(rig, record))
+    return actions
+
+
+def generate_launch_description():
+    return LaunchDescription(
+        [
+            DeclareLaunchArgument('rig', default_value='so101_bimanual', description='rig YAML path or shipped name'),
+            DeclareLaunchArgument('policy', default_value='default', description='policy YAML or name; empty: none'),
+            DeclareLaunchArgument('rviz', default_value='false', description='start rviz2 with bimanual.rviz'),
+            DeclareLaunchArgument('record', default_value='', description='record a bag to this directory'),
+            OpaqueFunction(function=_nodes),
+        ]
+    )

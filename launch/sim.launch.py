@@ -1,0 +1,43 @@
+"""Simulated rig: sim_rig (MuJoCo ALOHA) instead of the drivers, on sim time, plus the policy node,
+robot_state_publisher, and optionally rviz2 and a bag recorder.
+
+    ros2 launch bimanual_vla sim.launch.py task:=transfer_cube seed:=3 rviz:=true
+"""
+
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.substitutions import LaunchConfiguration
+
+from bimanual_vla.bringup import rig_nodes
+from bimanual_vla.launch_actions import recorder, robot_state_publisher, rviz, spec_actions, truthy
+
+
+def _nodes(context):
+    rig = LaunchConfiguration('rig').perform(context)
+    policy = LaunchConfiguration('policy').perform(context)
+    record = LaunchConfiguration('record').perform(context)
+    sim = {
+        'task': LaunchConfiguration('task').perform(context),
+        'seed': int(LaunchConfiguration('seed').perform(context)),
+    }
+    specs = rig_nodes(rig, policy=policy or None, use_sim_time=True, sim_overrides=sim)
+    actions = spec_actions(specs) + [robot_state_publisher(rig, use_sim_time=True)]
+    if truthy(LaunchConfiguration('rviz').perform(context)):
+        actions.append(rviz(use_sim_time=True))
+    if record:
+        actions.append(recorder(rig, record))
+    return actions
+
+
+def generate_launch_description():
+    return LaunchDescription(
+        [
+            DeclareLaunchArgument('rig', default_value='aloha_sim', description='simulated rig YAML or name'),
+            DeclareLaunchArgument('task', default_value='transfer_cube', description='transfer_cube | insertion'),
+            DeclareLaunchArgument('seed', default_value='0', description='seed of the object poses'),
+            DeclareLaunchArgument('policy', default_value='default', description='policy YAML or name; empty: none'),
+            DeclareLaunchArgument('rviz', default_value='false', description='start rviz2 with bimanual.rviz'),
+            DeclareLaunchArgument('record', default_value='', description='record a bag to this directory'),
+            OpaqueFunction(function=_nodes),
+        ]
+    )

@@ -1,0 +1,279 @@
+"""camera_driver through a real rclpy subscriber over Fast DDS: content, order, stamps, recovery, bad parameters."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from bimanual_vla import topics
+from bimanual_vla.config import ConfigError, resolve_rig_path
+from drivers.capture import CaptureError, TestPatternRenderer, decode_frame_number
+
+pytestmark = pytest.mark.ros
+
+W, H, FPS = 160, 120, 30.0
+
+
+def write_pattern_video(path: Path, frames: int, fps: float = FPS) -> list[np.ndarray]:
+    """A lossless (FFV1) video of test-pattern frames 0..frames-1; returns the RGB frames written."""
+    import cv2
+
+    renderer = TestPatternRenderer(W, H, 'file')
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*'FFV1'), fps, (W, H))
+    assert writer.isOpened(), 'OpenCV cannot write FFV1'
+    images = [renderer.render(n) for n in range(frames)]
+    for rgb in images:
+        writer.write(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    writer.release()
+    return images
+
+
+@pytest.fixture
+def rig_file(tmp_path: Path) -> Path:
+    """The shipped so101 rig with small cameras, so tests stay light on a loaded machine."""
+    data = yaml.safe_load(resolve_rig_path('so101_bimanual').read_text())
+    data['cameras'] = [
+        {'name': 'base', 'source': 'test_pattern', 'width': W, 'height': H, 'fps': FPS},
+        {'name': 'left_wrist', 'source': '/dev/video98', 'width': W, 'height': H, 'fps': FPS},
+        {'name': 'big', 'source': 'test_pattern', 'width': 320, 'height': 240, 'fps': FPS},
+    ]
+    path = tmp_path / 'rig.yaml'
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+class Harness:
+    """A CameraDriver and a subscriber node (images, camera_info, diagnostics) in one executor."""
+
+    def __init__(self, context, spin, params: dict[str, object]) -> None:
+        from diagnostic_msgs.msg import DiagnosticArray
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.node import Node
+        from rclpy.parameter import Parameter
+        from sensor_msgs.msg import CameraInfo, Image
+
+        from drivers.camera_node import CameraDriver
+
+        self.spin_until = spin
+        overrides = [Parameter(k, value=v) for k, v in params.items()]
+        self.driver = CameraDriver(context=context, parameter_overrides=overrides)
+        cam = self.driver.camera.name
+        self.listener = Node('camera_test_listener', context=context)
+        self.images: list[tuple[float, Image]] = []
+        self.infos: list[CameraInfo] = []
+        self.diags: list[dict[str, str]] = []
+        self.listener.create_subscription(
+            Image, topics.camera_image(cam), lambda m: self.images.append((time.monotonic(), m)), topics.SENSOR_QOS
+        )
+        self.listener.create_subscription(CameraInfo, topics.camera_info(cam), self.infos.append, topics.SENSOR_QOS)
+        self.listener.create_subscription(DiagnosticArray, topics.DIAGNOSTICS, self._on_diag, topics.DIAGNOSTICS_QOS)
+        self.executor = SingleThreadedExecutor(context=context)
+        self.executor.add_node(self.driver)
+        self.executor.add_node(self.listener)
+
+    def _on_diag(self, msg) -> None:
+        for status in msg.status:
+            if status.name.startswith(self.driver.get_name()):
+                entry = {kv.key: kv.value for kv in status.values}
+                entry['_level'] = str(status.level[0] if isinstance(status.level, bytes) else status.level)
+                entry['_message'] = status.message
+                self.diags.append(entry)
+
+    def spin(self, predicate, timeout: float = 20.0) -> bool:
+        return self.spin_until(self.executor, predicate, timeout)
+
+    def close(self) -> None:
+        self.executor.shutdown()
+        self.driver.destroy_node()
+        self.listener.destroy_node()
+
+
+@pytest.fixture
+def harness(ros_context, spin):
+    made: list[Harness] = []
+
+    def make(**params: object) -> Harness:
+        h = Harness(ros_context, spin, params)
+        made.append(h)
+        return h
+
+    yield make
+    for h in made:
+        h.close()
+
+
+def _stamp(msg) -> int:
+    return msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+
+
+def test_test_pattern_arrives_exact_in_order_with_capture_stamps(harness, rig_file: Path) -> None:
+    h = harness(rig=str(rig_file), camera='base')
+    start_ns = h.driver.get_clock().now().nanoseconds
+    published = lambda: [d for d in h.diags if int(d['frames_published']) > 0]  # noqa: E731
+    assert h.spin(lambda: len(h.images) >= 12 and published()), f'{len(h.images)} images, diagnostics {h.diags}'
+    end_ns = h.driver.get_clock().now().nanoseconds
+    renderer = TestPatternRenderer(W, H, 'base')
+    numbers, stamps = [], []
+    for _, msg in h.images:
+        assert (msg.encoding, msg.width, msg.height, msg.step) == ('rgb8', W, H, W * 3)
+        assert msg.header.frame_id == 'base_optical_frame'
+        image = np.frombuffer(msg.data, np.uint8).reshape(H, W, 3)
+        number = decode_frame_number(image)
+        assert number is not None
+        np.testing.assert_array_equal(image, renderer.render(number))
+        numbers.append(number)
+        stamps.append(_stamp(msg))
+    assert all(b > a for a, b in zip(numbers, numbers[1:], strict=False)), numbers
+    assert all(b > a for a, b in zip(stamps, stamps[1:], strict=False)), 'stamps not strictly increasing'
+    assert start_ns - 1_000_000_000 < stamps[0] and stamps[-1] <= end_ns
+    # Stamps are capture times: spaced by the pattern's schedule (1/30 s per frame number), not by arrival.
+    spacing = (stamps[-1] - stamps[0]) / (numbers[-1] - numbers[0])
+    assert 0.5e9 / FPS < spacing < 3e9 / FPS
+    info_stamps = {_stamp(i) for i in h.infos}
+    assert info_stamps & set(stamps), 'camera_info does not share stamps with the images'
+    info = h.infos[-1]
+    assert (info.width, info.height, info.header.frame_id) == (W, H, 'base_optical_frame')
+    diag = published()[-1]
+    assert diag['state'] == 'streaming' and diag['source'] == 'test_pattern' and diag['resolution'] == f'{W}x{H}'
+    assert int(diag['frames_published']) > 0 and int(diag['reconnects']) == 0
+    assert int(diag['dropped_frames']) == int(diag['dropped_superseded']) + int(diag['dropped_source_gaps'])
+
+
+def test_video_file_is_published_in_order_with_its_content(harness, rig_file: Path, tmp_path: Path) -> None:
+    path = tmp_path / 'clip.avi'
+    written = write_pattern_video(path, frames=10, fps=FPS)
+    h = harness(rig=str(rig_file), camera='base', source=str(path))
+    assert h.spin(lambda: len(h.images) >= 15), f'only {len(h.images)} images'
+    numbers = []
+    for _, msg in h.images:
+        image = np.frombuffer(msg.data, np.uint8).reshape(H, W, 3)
+        number = decode_frame_number(image)
+        assert number is not None and 0 <= number < 10
+        np.testing.assert_array_equal(image, written[number])
+        numbers.append(number)
+    # In file order, looping back to the start: each step goes forward (mod 10), never repeats a frame.
+    steps = [(b - a) % 10 for a, b in zip(numbers, numbers[1:], strict=False)]
+    assert all(step >= 1 for step in steps), numbers
+    assert any(b < a for a, b in zip(numbers, numbers[1:], strict=False)), f'no loop seen: {numbers}'
+    stamps = [_stamp(m) for _, m in h.images]
+    assert all(b > a for a, b in zip(stamps, stamps[1:], strict=False))
+
+
+def test_publishing_resumes_after_the_file_disappears_and_returns(harness, rig_file: Path, tmp_path: Path) -> None:
+    path, away = tmp_path / 'clip.avi', tmp_path / 'elsewhere.avi'
+    write_pattern_video(path, frames=5, fps=FPS)
+    h = harness(rig=str(rig_file), camera='base', source=str(path), reconnect_initial_s=0.1, reconnect_max_s=0.4)
+    assert h.spin(lambda: len(h.images) >= 3)
+    os.rename(path, away)
+    assert h.spin(lambda: any(d['state'] == 'reconnecting' for d in h.diags)), 'outage never reported'
+    outage = next(d for d in h.diags if d['state'] == 'reconnecting')
+    assert outage['_level'] == '2' and 'not found' in outage['last_error']
+    assert 'reconnecting' in outage['_message']
+    h.spin(lambda: False, timeout=0.3)  # let in-flight frames land
+    count = len(h.images)
+    h.spin(lambda: False, timeout=1.0)
+    assert len(h.images) == count, 'published while the source was gone'
+    last_stamp = _stamp(h.images[-1][1])
+    os.rename(away, path)
+    assert h.spin(lambda: len(h.images) >= count + 5), 'publishing did not resume'
+    assert h.spin(lambda: h.diags[-1]['state'] == 'streaming' and int(h.diags[-1]['reconnects']) >= 1)
+    resumed = [m for _, m in h.images[count:]]
+    assert _stamp(resumed[0]) > last_stamp
+    assert all(decode_frame_number(np.frombuffer(m.data, np.uint8).reshape(H, W, 3)) in range(5) for m in resumed)
+    assert int(h.diags[-1]['failures']) >= 1
+
+
+def test_stamps_follow_sim_time(harness, rig_file: Path, ros_context) -> None:
+    from rclpy.node import Node
+    from rosgraph_msgs.msg import Clock
+
+    clock_node = Node('fake_sim_clock', context=ros_context)
+    clock_pub = clock_node.create_publisher(Clock, topics.CLOCK, topics.CLOCK_QOS)
+    h = harness(rig=str(rig_file), camera='base', use_sim_time=True)
+    h.executor.add_node(clock_node)
+    sim_ns = 1_000 * 1_000_000_000
+
+    def tick() -> bool:
+        nonlocal sim_ns
+        sim_ns += 10_000_000
+        clock_pub.publish(Clock(clock=_time(sim_ns)))
+        return len(h.images) >= 5
+
+    assert h.spin(tick, timeout=30.0)
+    stamps = [_stamp(m) for _, m in h.images]
+    assert all(1_000e9 <= s <= sim_ns for s in stamps), stamps
+    h.executor.remove_node(clock_node)
+    clock_node.destroy_node()
+
+
+def _time(ns: int):
+    from builtin_interfaces.msg import Time
+
+    return Time(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)
+
+
+@pytest.mark.parametrize(
+    ('params', 'error', 'message'),
+    [
+        ({'camera': 'base', 'source': '/dev/video99'}, CaptureError, 'camera device /dev/video99 does not exist'),
+        ({'camera': 'left_wrist'}, CaptureError, '/dev/video98 does not exist'),
+        ({'camera': 'base', 'source': '{tmp}/nope.mp4'}, CaptureError, 'nope.mp4 not found'),
+        ({'camera': 'big', 'source': '{tmp}/clip.avi'}, CaptureError, 'is 160x120 but the camera is configured'),
+        ({'camera': 'base', 'source': 'usb cam'}, CaptureError, "'usb cam' is not a V4L2 device"),
+        ({'camera': 'top'}, ConfigError, "has no camera 'top'"),
+        ({}, ConfigError, 'parameter "camera" is required'),
+        ({'camera': 'base', 'camera_info_file': '{tmp}/calib.yaml'}, ConfigError, 'calib.yaml: camera_info_file not'),
+    ],
+)
+def test_bad_parameters_fail_at_start_with_a_clear_error(
+    ros_context, rig_file: Path, tmp_path: Path, params: dict[str, str], error: type, message: str
+) -> None:
+    from rclpy.parameter import Parameter
+
+    from drivers.camera_node import CameraDriver
+
+    write_pattern_video(tmp_path / 'clip.avi', frames=2)
+    values = {'rig': str(rig_file), **{k: v.replace('{tmp}', str(tmp_path)) for k, v in params.items()}}
+    with pytest.raises(error) as info:
+        CameraDriver(context=ros_context, parameter_overrides=[Parameter(k, value=v) for k, v in values.items()])
+    assert message in str(info.value)
+
+
+def test_calibration_file_fills_camera_info(harness, rig_file: Path, tmp_path: Path) -> None:
+    calib = tmp_path / 'base.yaml'
+    k = [100.0, 0.0, 80.0, 0.0, 101.0, 60.0, 0.0, 0.0, 1.0]
+    p = [100.0, 0.0, 80.0, 0.0, 0.0, 101.0, 60.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+    calib.write_text(
+        yaml.safe_dump(
+            {
+                'image_width': W,
+                'image_height': H,
+                'camera_name': 'base',
+                'camera_matrix': {'rows': 3, 'cols': 3, 'data': k},
+                'distortion_model': 'plumb_bob',
+                'distortion_coefficients': {'rows': 1, 'cols': 5, 'data': [0.1, -0.2, 0.0, 0.0, 0.05]},
+                'projection_matrix': {'rows': 3, 'cols': 4, 'data': p},
+            }
+        )
+    )
+    h = harness(rig=str(rig_file), camera='base', camera_info_file=str(calib))
+    assert h.spin(lambda: len(h.infos) >= 1)
+    info = h.infos[-1]
+    assert list(info.k) == k and list(info.p) == p and list(info.d) == [0.1, -0.2, 0.0, 0.0, 0.05]
+    assert info.distortion_model == 'plumb_bob'
+
+
+def test_executable_reports_a_bad_device_in_one_line_and_exits_2(rig_file: Path) -> None:
+    cmd = [sys.executable, '-m', 'drivers.camera_node', '--ros-args', '-p', f'rig:={rig_file}', '-p', 'camera:=base']
+    cmd += ['-p', 'source:=/dev/video99']
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode == 2, result.stderr
+    assert 'camera_driver: error: camera device /dev/video99 does not exist' in result.stderr
+    assert 'Traceback' not in result.stderr

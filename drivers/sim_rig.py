@@ -113,8 +113,12 @@ class SimRig(Node):
         self._success_pub = self.create_publisher(Bool, topics.SIM_SUCCESS, topics.LATCHED_QOS)
         self._subtask_pub = self.create_publisher(String, topics.SIM_EXPERT_SUBTASK, topics.LATCHED_QOS)
         self._diag_pub = self.create_publisher(DiagnosticArray, topics.DIAGNOSTICS, topics.DIAGNOSTICS_QOS)
-        self._image_pubs = {c: self.create_publisher(Image, topics.camera_image(c), topics.SENSOR_QOS) for c in self.cameras}
-        self._info_pubs = {c: self.create_publisher(CameraInfo, topics.camera_info(c), topics.SENSOR_QOS) for c in self.cameras}
+        self._image_pubs = {
+            c: self.create_publisher(Image, topics.camera_image(c), topics.SENSOR_QOS) for c in self.cameras
+        }
+        self._info_pubs = {
+            c: self.create_publisher(CameraInfo, topics.camera_info(c), topics.SENSOR_QOS) for c in self.cameras
+        }
         self._cmd_echo_pubs = {}
         self._infos = {}
         for cam, (w, h) in self.cameras.items():
@@ -393,4 +397,3 @@ def main(args: list[str] | None = None) -> None:
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()
-

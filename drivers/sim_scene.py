@@ -27,13 +27,16 @@ What this module adds on top of the MJCF:
 from __future__ import annotations
 
 import importlib.util
-import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import mujoco
 import numpy as np
+
+# Headless by default: MuJoCo picks its GL backend when first imported.
+os.environ.setdefault('MUJOCO_GL', 'egl')
+import mujoco
 
 from bimanual_vla.config import ArmConfig, ConfigError, RigConfig
 
@@ -415,7 +418,3 @@ def rig_cameras(rig: RigConfig, sizes: Mapping[str, tuple[int, int]] | None = No
     for cam in rig.cameras:
         out[cam.name] = (sizes or {}).get(cam.name, (cam.width, cam.height))
     return out
-
-
-def finite(values: Sequence[float]) -> bool:
-    return all(math.isfinite(v) for v in values)

@@ -1,0 +1,341 @@
+"""A scripted expert for the simulated ALOHA tasks, labelling every step with its subtask.
+
+It exists to make demonstrations (and to prove the sim rig can be solved through its
+own command interface): for each gripper a list of Cartesian waypoints (position of the
+point between the fingertips + gripper orientation) is laid out from the episode's
+initial object poses, interpolated with a minimum-jerk profile, and solved to joint
+targets by damped-least-squares IK on MuJoCo's Jacobian (``mj_jac`` at that point) on a
+private kinematic copy of the model. The plan is computed once per episode, so
+:meth:`ScriptedExpert.act` is a table look-up by control step: the same plan can be
+played in-process (:func:`run_episode`) or over ROS topics against the ``sim_rig`` node.
+
+Each waypoint carries a subtask in words ("move the right gripper above the cube",
+"grasp the cube", ...), the label a pi0.5-style policy learns to write before acting.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import mujoco
+import numpy as np
+
+from bimanual_vla.config import RigConfig
+from drivers.sim_scene import ARM_PREFIX, SimScene, load_model, sample_object_poses
+
+# Point between the fingertips, in the gripper_link frame (x: pointing, y: finger closing axis).
+TCP_OFFSET = np.array([0.13, 0.0, 0.0])
+GRIPPER_OPEN = 0.050  # left-finger slide, metres: ~5.5 cm between the pads
+GRIPPER_CLOSED = 0.021  # the limit; squeezing an object leaves a steady grip force
+CUBE_HALF = 0.02
+PEG_HALF_Z = 0.01
+PEG_HALF_X = 0.06
+SOCKET_CENTRE_Z = 0.022  # resting height of the socket body (its walls reach 2 mm lower)
+PIN_END_X = 0.04  # the pin's +x end in the socket frame
+
+
+def _rot(x_axis: np.ndarray, y_axis: np.ndarray) -> np.ndarray:
+    """Rotation matrix with the given (orthonormalised) x and y axes as columns."""
+    x = x_axis / np.linalg.norm(x_axis)
+    y = y_axis - x * np.dot(x, y_axis)
+    y /= np.linalg.norm(y)
+    return np.column_stack([x, y, np.cross(x, y)])
+
+
+def _quat(mat: np.ndarray) -> np.ndarray:
+    q = np.zeros(4)
+    mujoco.mju_mat2Quat(q, mat.reshape(-1))
+    return q
+
+
+def _slerp(q0: np.ndarray, q1: np.ndarray, s: float) -> np.ndarray:
+    dot = float(np.dot(q0, q1))
+    if dot < 0:
+        q1, dot = -q1, -dot
+    if dot > 0.9995:
+        q = q0 + s * (q1 - q0)
+        return q / np.linalg.norm(q)
+    theta = np.arccos(dot)
+    return (np.sin((1 - s) * theta) * q0 + np.sin(s * theta) * q1) / np.sin(theta)
+
+
+def _min_jerk(s: float) -> float:
+    s = min(max(s, 0.0), 1.0)
+    return s**3 * (10 - 15 * s + 6 * s**2)
+
+
+@dataclass(frozen=True)
+class Waypoint:
+    """Reach `pos`/`rot` (TCP, world frame) and gripper `grip` by time `t` (s); `label` names the move."""
+
+    t: float
+    pos: np.ndarray
+    rot: np.ndarray
+    grip: float
+    label: str
+
+
+class ArmIK:
+    """Damped-least-squares IK for one arm's six joints, on a private MjData."""
+
+    def __init__(self, model: mujoco.MjModel, rig: RigConfig, arm: str) -> None:
+        self.model = model
+        self.data = mujoco.MjData(model)
+        prefix = ARM_PREFIX[arm]
+        cfg = rig.arm(arm)
+        self.arm_joints = [j for j in cfg.joints if j.name != cfg.gripper]
+        ids = [model.joint(f'{prefix}/{j.name}').id for j in self.arm_joints]
+        self.qadr = np.array([model.jnt_qposadr[i] for i in ids])
+        self.dadr = np.array([model.jnt_dofadr[i] for i in ids])
+        self.lower = np.array([j.lower for j in self.arm_joints])
+        self.upper = np.array([j.upper for j in self.arm_joints])
+        self.body = model.body(f'{prefix}/gripper_link').id
+        self._jacp = np.zeros((3, model.nv))
+        self._jacr = np.zeros((3, model.nv))
+
+    def tcp(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        d = self.data
+        d.qpos[self.qadr] = q
+        mujoco.mj_kinematics(self.model, d)
+        rot = d.xmat[self.body].reshape(3, 3).copy()
+        return d.xpos[self.body] + rot @ TCP_OFFSET, rot
+
+    def solve(self, pos: np.ndarray, rot: np.ndarray, q0: np.ndarray, iters: int = 60) -> tuple[np.ndarray, float]:
+        """Joint angles reaching (pos, rot) from q0; returns (q, position error in metres)."""
+        q = q0.copy()
+        damping = 1e-4
+        err_p = np.inf
+        for _ in range(iters):
+            p, r = self.tcp(q)
+            err_p_vec = pos - p
+            err_r_vec = 0.5 * sum(np.cross(r[:, i], rot[:, i]) for i in range(3))
+            err_p = float(np.linalg.norm(err_p_vec))
+            if err_p < 1e-4 and np.linalg.norm(err_r_vec) < 1e-3:
+                break
+            mujoco.mj_comPos(self.model, self.data)
+            mujoco.mj_jac(self.model, self.data, self._jacp, self._jacr, p, self.body)
+            jac = np.vstack([self._jacp[:, self.dadr], self._jacr[:, self.dadr]])
+            err = np.concatenate([err_p_vec, err_r_vec])
+            dq = jac.T @ np.linalg.solve(jac @ jac.T + damping * np.eye(6), err)
+            q = np.clip(q + np.clip(dq, -0.3, 0.3), self.lower, self.upper)
+        return q, err_p
+
+
+class ScriptedExpert:
+    """Plans one episode of `task` from the seed's object poses; `act(step)` gives joint targets + subtask."""
+
+    def __init__(self, rig: RigConfig, task: str, seed: int, object_poses: dict[str, np.ndarray] | None = None):
+        self.rig = rig
+        self.task = task
+        self.seed = seed
+        self.dt = 1.0 / rig.control_rate_hz
+        self.poses = object_poses if object_poses is not None else sample_object_poses(task, seed)
+        model = load_model(task)
+        self.ik = {arm: ArmIK(model, rig, arm) for arm in ('left', 'right')}
+        scene_home = SimScene(rig, task=task, seed=seed)
+        self.home_q = {arm: self._arm_only(rig, arm, scene_home.joint_positions(arm)) for arm in self.ik}
+        plans = self._waypoints()
+        self.num_steps = int(round(max(w[-1].t for w in plans.values()) / self.dt)) + 1
+        self.joint_plan: dict[str, np.ndarray] = {}
+        self.labels: list[str] = []
+        self.max_ik_error = 0.0
+        self._solve(plans)
+
+    @staticmethod
+    def _arm_only(rig: RigConfig, arm: str, q: np.ndarray) -> np.ndarray:
+        cfg = rig.arm(arm)
+        return np.array([v for j, v in zip(cfg.joints, q, strict=True) if j.name != cfg.gripper])
+
+    # ------------------------------------------------------------------ waypoints
+
+    def _waypoints(self) -> dict[str, list[Waypoint]]:
+        if self.task == 'transfer_cube':
+            return self._transfer_cube()
+        return self._insertion()
+
+    def _start(self, arm: str, label: str) -> Waypoint:
+        pos, rot = self.ik[arm].tcp(self.home_q[arm])
+        return Waypoint(0.0, pos, rot, GRIPPER_OPEN, label)
+
+    def _transfer_cube(self) -> dict[str, list[Waypoint]]:
+        cube = self.poses['red_box_joint'][:3].copy()
+        cube[2] = CUBE_HALF
+        tilt = np.radians(60)
+        # right gripper points down at the cube from the +x side, fingers closing along world y
+        pick = _rot(np.array([-np.cos(tilt), 0, -np.sin(tilt)]), np.array([0, -1.0, 0]))
+        meet = np.array([0.0, 0.5, 0.25])
+        # left gripper horizontal from the -x side, fingers closing vertically
+        hand = _rot(np.array([1.0, 0, 0]), np.array([0, 0, 1.0]))
+        r_open, closed = GRIPPER_OPEN, GRIPPER_CLOSED
+        right = [
+            self._start('right', 'move the right gripper above the cube'),
+            Waypoint(1.6, cube + [0, 0, 0.08], pick, r_open, 'move the right gripper above the cube'),
+            Waypoint(2.4, cube + [0, 0, 0.0], pick, r_open, 'lower the right gripper around the cube'),
+            Waypoint(3.0, cube + [0, 0, 0.0], pick, closed, 'grasp the cube with the right gripper'),
+            Waypoint(3.4, cube + [0, 0, 0.05], pick, closed, 'lift the cube'),
+            Waypoint(4.6, meet + [0.02, 0, 0], pick, closed, 'hand the cube to the left arm'),
+            Waypoint(6.0, meet + [0.02, 0, 0], pick, closed, 'hold the cube for the left gripper'),
+            Waypoint(6.6, meet + [0.02, 0, 0], pick, r_open, 'release the cube from the right gripper'),
+            Waypoint(7.4, meet + [0.12, 0, 0.02], pick, r_open, 'move the right gripper away'),
+            Waypoint(8.0, meet + [0.12, 0, 0.02], pick, r_open, 'hold the cube with the left arm'),
+        ]
+        left_grasp = meet + [0.0, 0, -0.015]
+        left = [
+            self._start('left', 'wait for the right arm'),
+            Waypoint(3.4, self._start('left', '').pos, hand, r_open, 'wait for the right arm'),
+            Waypoint(4.6, left_grasp + [-0.1, 0, 0], hand, r_open, 'move the left gripper towards the cube'),
+            Waypoint(5.4, left_grasp, hand, r_open, 'move the left gripper around the cube'),
+            Waypoint(6.0, left_grasp, hand, closed, 'grasp the cube with the left gripper'),
+            Waypoint(6.6, left_grasp, hand, closed, 'release the cube from the right gripper'),
+            Waypoint(7.4, left_grasp + [-0.08, 0, 0], hand, closed, 'move the cube to the left'),
+            Waypoint(8.0, left_grasp + [-0.08, 0, 0], hand, closed, 'hold the cube with the left arm'),
+        ]
+        return {'left': left, 'right': right}
+
+    def _insertion(self) -> dict[str, list[Waypoint]]:
+        # Both grippers point straight down, fingers closing along world y, fingertips 3 mm above the
+        # table: the held objects then keep known vertical offsets from the TCP and cannot tilt in x.
+        tip_clearance = 0.003
+        grasp_z = tip_clearance + (0.154 - TCP_OFFSET[0])
+        peg = self.poses['red_peg_joint'][:3].copy()
+        socket = self.poses['blue_socket_joint'][:3].copy()
+        peg_dz = PEG_HALF_Z - grasp_z  # object centre below the TCP once grasped
+        socket_dz = SOCKET_CENTRE_Z - grasp_z
+        down = np.array([0, 0, -1.0])
+        r_pick = _rot(down, np.array([0, -1.0, 0]))
+        l_pick = _rot(down, np.array([0, 1.0, 0]))
+        grip_x = 0.035  # grasp each object this far from its centre, on the outer side
+        peg_grasp = np.array([peg[0] + grip_x, peg[1], grasp_z])
+        socket_grasp = np.array([socket[0] - grip_x, socket[1], grasp_z])
+        # meeting point: socket centre there; the peg's -x end enters the socket's +x opening and
+        # stops 3 mm past the pin's +x end (socket frame: opening at +0.06, pin end at +0.04).
+        meet = np.array([-0.03, 0.5, 0.2])
+        socket_tcp = meet + [-grip_x, 0, -socket_dz]
+        peg_centre_inserted = meet + [PIN_END_X + PEG_HALF_X - 0.003, 0, 0]
+        peg_tcp_inserted = peg_centre_inserted + [grip_x, 0, -peg_dz]
+        peg_tcp_aligned = peg_tcp_inserted + [0.05, 0, 0]
+        closed, opened = GRIPPER_CLOSED, GRIPPER_OPEN
+        right = [
+            self._start('right', 'move the right gripper above the peg'),
+            Waypoint(1.6, peg_grasp + [0, 0, 0.08], r_pick, opened, 'move the right gripper above the peg'),
+            Waypoint(2.4, peg_grasp, r_pick, opened, 'lower the right gripper around the peg'),
+            Waypoint(3.0, peg_grasp, r_pick, closed, 'grasp the peg'),
+            Waypoint(3.6, peg_grasp + [0, 0, 0.08], r_pick, closed, 'lift the peg'),
+            Waypoint(5.0, peg_tcp_aligned, r_pick, closed, 'line the peg up with the socket'),
+            Waypoint(6.4, peg_tcp_inserted, r_pick, closed, 'insert the peg into the socket'),
+            Waypoint(7.2, peg_tcp_inserted, r_pick, closed, 'hold the peg in the socket'),
+        ]
+        left = [
+            self._start('left', 'move the left gripper above the socket'),
+            Waypoint(1.6, socket_grasp + [0, 0, 0.08], l_pick, opened, 'move the left gripper above the socket'),
+            Waypoint(2.4, socket_grasp, l_pick, opened, 'lower the left gripper around the socket'),
+            Waypoint(3.0, socket_grasp, l_pick, closed, 'grasp the socket'),
+            Waypoint(3.6, socket_grasp + [0, 0, 0.08], l_pick, closed, 'lift the socket'),
+            Waypoint(5.0, socket_tcp, l_pick, closed, 'line the peg up with the socket'),
+            Waypoint(6.4, socket_tcp, l_pick, closed, 'insert the peg into the socket'),
+            Waypoint(7.2, socket_tcp, l_pick, closed, 'hold the peg in the socket'),
+        ]
+        return {'left': left, 'right': right}
+
+    # ------------------------------------------------------------------ solving
+
+    def _sample(self, wps: list[Waypoint], t: float) -> tuple[np.ndarray, np.ndarray, float, str]:
+        if t >= wps[-1].t:
+            w = wps[-1]
+            return w.pos, w.rot, w.grip, w.label
+        for a, b in zip(wps, wps[1:], strict=False):
+            if a.t <= t < b.t:
+                s = _min_jerk((t - a.t) / (b.t - a.t))
+                pos = a.pos + s * (b.pos - a.pos)
+                quat = _slerp(_quat(a.rot), _quat(b.rot), s)
+                rot = np.zeros(9)
+                mujoco.mju_quat2Mat(rot, quat)
+                return pos, rot.reshape(3, 3), a.grip + s * (b.grip - a.grip), b.label
+        raise AssertionError('unreachable')
+
+    def _solve(self, plans: dict[str, list[Waypoint]]) -> None:
+        n = self.num_steps
+        labels = {arm: [] for arm in plans}
+        for arm, wps in plans.items():
+            ik = self.ik[arm]
+            q = self.home_q[arm].copy()
+            out = np.zeros((n, len(ik.qadr) + 1))
+            for k in range(n):
+                pos, rot, grip, label = self._sample(wps, (k + 1) * self.dt)
+                q, err = ik.solve(pos, rot, q)
+                self.max_ik_error = max(self.max_ik_error, err)
+                out[k, :-1] = q
+                out[k, -1] = grip
+                labels[arm].append(label)
+            # columns in the rig's joint order (the gripper wherever the rig puts it)
+            cfg = self.rig.arm(arm)
+            names = [j.name for j in ik.arm_joints] + [cfg.gripper]
+            self.joint_plan[arm] = out[:, [names.index(j) for j in cfg.joint_names]]
+        # One label per step: the arm doing the "active" part (the right until the left takes over).
+        self.labels = [self._merge(labels['left'][k], labels['right'][k]) for k in range(n)]
+
+    @staticmethod
+    def _merge(left: str, right: str) -> str:
+        if left == right or left.startswith('wait'):
+            return right
+        if right.startswith('hold the cube for'):
+            return left
+        return right if 'right' in right and 'left' not in left else left
+
+    # ------------------------------------------------------------------ playing
+
+    def act(self, step: int) -> tuple[dict[str, np.ndarray], str]:
+        """Joint targets (rig order, gripper last) for control step `step` (0 = first tick) and its subtask."""
+        k = min(max(int(step), 0), self.num_steps - 1)
+        return {arm: plan[k].copy() for arm, plan in self.joint_plan.items()}, self.labels[k]
+
+    def done(self, step: int) -> bool:
+        return step >= self.num_steps
+
+
+def run_episode(scene: SimScene, expert: ScriptedExpert, extra_steps: int = 0, on_step=None) -> dict:
+    """Play `expert` on `scene` (already reset to the expert's seed); return the episode's outcome."""
+    labels = []
+    for k in range(expert.num_steps + extra_steps):
+        targets, label = expert.act(k)
+        for arm, target in targets.items():
+            scene.command(arm, target)
+        scene.step()
+        labels.append(label)
+        if on_step is not None:
+            on_step(k, scene, label)
+    return {
+        'seed': scene.seed,
+        'success': scene.success,
+        'max_stage': scene.max_reward_reached,
+        'final_stage': scene.reward,
+        'steps': scene.steps,
+        'subtasks': list(dict.fromkeys(labels)),
+    }
+
+
+def evaluate(rig: RigConfig, task: str, episodes: int, seed: int) -> dict:
+    """Success rate of the expert over `episodes` seeds starting at `seed` (success = stage 4 at the end)."""
+    results = []
+    for i in range(episodes):
+        scene = SimScene(rig, task=task, seed=seed + i)
+        expert = ScriptedExpert(rig, task, seed + i)
+        results.append(run_episode(scene, expert))
+    successes = sum(r['success'] for r in results)
+    return {
+        'task': task,
+        'episodes': episodes,
+        'first_seed': seed,
+        'successes': successes,
+        'success_rate': successes / max(1, episodes),
+        'reached_stage_4_rate': sum(r['max_stage'] >= 4 for r in results) / max(1, episodes),
+        'failed_seeds': [r['seed'] for r in results if not r['success']],
+        'failed_final_stages': [r['final_stage'] for r in results if not r['success']],
+    }
+
+
+if __name__ == '__main__':  # quick look: python -m drivers.expert
+    from bimanual_vla.config import load_rig
+
+    print(json.dumps(evaluate(load_rig('aloha_sim'), 'transfer_cube', 5, 0), indent=1))

@@ -66,6 +66,7 @@ class ControllerStats:
     cycles: int = 0
     reads_ok: int = 0
     connects: int = 0
+    failed_connects: int = 0
     disconnects: int = 0
     goal_writes: int = 0
     homing_offsets_restored: int = 0
@@ -129,6 +130,7 @@ class ArmController:
         self._backoff_s = backoff_initial_s
         self._next_connect = 0.0
         self.stats = ControllerStats()
+        self._past_counters: dict[str, int] = {}
 
     # ------------------------------------------------------------ utilities
 
@@ -186,10 +188,13 @@ class ArmController:
                 self._torque_on(positions)
             else:
                 self._write_torque(False)
-        except (BusError, OSError) as exc:
-            bus.close()
+        except Exception as exc:  # any failure while taking over the arm: report, back off, retry
+            self._retire(bus)
             self.bus = None
-            self._error(f'arm {self.arm.name}: cannot connect to {self.arm.port}: {exc}')
+            message = f'arm {self.arm.name}: cannot connect to {self.arm.port}: {exc}'
+            if message != self.stats.last_error:  # a long outage logs once, not at every retry
+                self._error(message)
+            self.stats.failed_connects += 1
             self._schedule_reconnect(now)
             return False
         self.connected = True
@@ -203,10 +208,17 @@ class ArmController:
         self._next_connect = now + self._backoff_s
         self._backoff_s = min(self._backoff_s * 2.0, self.backoff_max_s)
 
+    def _retire(self, bus: ServoBus) -> None:
+        """Close a bus and keep its counters, so diagnostics count across reconnects."""
+        bus.close()
+        for key, value in bus.counters.as_dict().items():
+            self._past_counters[key] = self._past_counters.get(key, 0) + value
+
     def _disconnect(self, reason: str, now: float) -> None:
         if self.bus is not None:
-            self.bus.close()
+            self._retire(self.bus)
         self.bus = None
+        self.missing = set()
         if self.connected:
             self.stats.disconnects += 1
             self._error(f'arm {self.arm.name}: lost {self.arm.port}: {reason}; reconnecting')
@@ -296,6 +308,9 @@ class ArmController:
                 return None
             except BusError as exc:
                 self._error(f'arm {self.arm.name}: bus error: {exc}', 'warn')
+                return None
+            except Exception as exc:  # e.g. termios.error from a vanished tty: treat as a lost port, never die
+                self._disconnect(f'{type(exc).__name__}: {exc}', now)
                 return None
 
     def _cycle_connected(self, now: float) -> Reading:
@@ -420,7 +435,7 @@ class ArmController:
                 except BusError:
                     pass
             if self.bus is not None:
-                self.bus.close()
+                self._retire(self.bus)
             self.bus = None
             self.connected = False
 
@@ -429,7 +444,10 @@ class ArmController:
     def snapshot(self) -> dict[str, object]:
         """Values for the diagnostics message (rates are computed by the caller from ``stats.cycles``)."""
         with self.lock:
-            counters = dict(self.bus.counters.as_dict()) if self.bus is not None else {}
+            counters = dict(self._past_counters)
+            if self.bus is not None:
+                for key, value in self.bus.counters.as_dict().items():
+                    counters[key] = counters.get(key, 0) + value
             values: dict[str, object] = {
                 'connected': self.connected,
                 'port': self.arm.port,
@@ -439,6 +457,7 @@ class ArmController:
                 'missing_servos': sorted(self.missing),
                 'calibration': self.calibration.source,
                 'connects': self.stats.connects,
+                'failed_connects': self.stats.failed_connects,
                 'disconnects': self.stats.disconnects,
                 'goal_writes': self.stats.goal_writes,
                 'last_error': self.stats.last_error or '-',

@@ -73,7 +73,7 @@ class ArmDriver(Node):
 
         calibration, warnings = calibration_for_arm(arm, calibration_path or None)
         for warning in warnings:
-            self.get_logger().warn(warning)
+            self.get_logger().warning(warning)
         if calibration.is_identity:
             self.get_logger().error(
                 f'arm {arm.name}: RUNNING UNCALIBRATED (identity mapping). Published angles and accepted commands '
@@ -114,8 +114,14 @@ class ArmDriver(Node):
     # --------------------------------------------------------------- logging
 
     def _log(self, level: str, message: str) -> None:
+        # One call site per severity: rclpy keys its logging state by call site and refuses a severity change.
         logger = self.get_logger()
-        {'info': logger.info, 'warn': logger.warn}.get(level, logger.error)(message)
+        if level == 'info':
+            logger.info(message)
+        elif level == 'warn':
+            logger.warning(message)
+        else:
+            logger.error(message)
 
     # ------------------------------------------------------------- I/O thread
 
@@ -156,12 +162,12 @@ class ArmDriver(Node):
         try:
             notes = self.controller.submit_command(list(msg.name), list(msg.position))
         except CommandRejected as exc:
-            self.get_logger().warn(
+            self.get_logger().warning(
                 f'arm {self.arm.name}: command rejected ({exc.reason}): {exc}', throttle_duration_sec=1.0
             )
             return
         if notes:
-            self.get_logger().warn(f'arm {self.arm.name}: {"; ".join(notes)}', throttle_duration_sec=1.0)
+            self.get_logger().warning(f'arm {self.arm.name}: {"; ".join(notes)}', throttle_duration_sec=1.0)
 
     def _on_estop(self, msg: Bool) -> None:
         self.controller.set_estop(bool(msg.data))

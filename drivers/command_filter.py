@@ -157,7 +157,7 @@ class CommandFilter:
     # ------------------------------------------------------------------ ticks
 
     def tick(self, now: float) -> dict[int, float] | None:
-        """Goals to write this tick (joint index -> rad), or None when nothing should be written.
+        """Goals that change this tick (joint index -> rad), or None when nothing should be written.
 
         Each goal moves at most ``max_step_rad`` toward its target. After
         ``command_timeout_s`` without a command the targets collapse onto the goals
@@ -181,6 +181,8 @@ class CommandFilter:
             if abs(delta) > self.max_step_rad:
                 self.counters['step_limited'] += 1
                 delta = math.copysign(self.max_step_rad, delta)
+            if delta == 0.0:
+                continue  # already there: the servo holds its goal, no need to resend it
             new = goal + delta
             self.goal[i] = new
             out[i] = new

@@ -1,0 +1,454 @@
+"""The arm_driver node over real Fast DDS and a real pty with the servo-bus emulator behind it.
+
+Each test writes a rig YAML whose port is a symlink to the emulator's pty (so a test
+can pull the port away and bring it back), starts the node in-process, and talks to
+it only through ROS topics and services; assertions read the emulated servos'
+registers, the bytes the driver actually wrote.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bimanual_vla import topics
+
+pytestmark = pytest.mark.ros
+
+K = 2 * math.pi / 4096  # rad per tick
+IDS = [1, 2, 3, 4, 5, 6]
+NAMES = ['shoulder_pan', 'shoulder_lift', 'elbow_flex', 'wrist_flex', 'wrist_roll', 'gripper']
+QUALIFIED = [f'left_{n}' for n in NAMES]
+LIMITS = {'shoulder_pan': 1.0, 'elbow_flex': 1.5}  # symmetric limits; others 1.7
+
+
+def ticks(rad: float, direction: int = 1) -> int:
+    return round(2048 + direction * rad / K)
+
+
+class Harness:
+    """Emulator + rig + arm_driver node + a test node with publishers, subscribers and a torque client."""
+
+    def __init__(
+        self,
+        tmp_path: Path,
+        context,
+        spin,
+        *,
+        estop_action: str = 'hold',
+        allow_missing: bool = False,
+        faults=None,
+        params: dict | None = None,
+        calibration: dict | None = None,
+    ) -> None:
+        from drivers.emulator import FaultConfig, ServoBusEmulator
+
+        self.tmp_path, self.context, self._spin = tmp_path, context, spin
+        self.emu = ServoBusEmulator('feetech', IDS, faults=faults or FaultConfig(), max_speed_ticks_per_s=4000)
+        self.goals: list[tuple[int, int]] = []
+        self.emu.on_goal = lambda sid, t: self.goals.append((sid, t))
+        self.link = tmp_path / 'ttyARM0'
+        os.symlink(self.emu.start(), self.link)
+        joints = [
+            {'id': i, 'name': n, 'lower': -LIMITS.get(n, 1.7), 'upper': LIMITS.get(n, 1.7)}
+            for i, n in zip(IDS, NAMES, strict=True)
+        ]
+        cal_path = tmp_path / 'left.json'
+        if calibration is None:
+            calibration = self.default_calibration()
+        if calibration:  # {} = no file at the configured path
+            cal_path.write_text(json.dumps(calibration))
+        arm = {
+            'name': 'left',
+            'protocol': 'feetech',
+            'port': str(self.link),
+            'calibration': str(cal_path),
+            'joints': joints,
+            'gripper': 'gripper',
+            'allow_missing_servos': allow_missing,
+            'read_rate_hz': 100,
+        }
+        self.rig = tmp_path / 'rig.yaml'
+        self.rig.write_text(
+            yaml.safe_dump({'name': 'test_rig', 'urdf': 'urdf/none.urdf', 'estop_action': estop_action, 'arms': [arm]})
+        )
+        self.params = params or {}
+
+    @staticmethod
+    def default_calibration() -> dict:
+        # wrist_flex is mounted reversed: its angle grows as its ticks fall.
+        return {
+            'format': 'bimanual_vla.calibration',
+            'version': 1,
+            'arm': 'left',
+            'protocol': 'feetech',
+            'joints': {
+                n: {
+                    'id': i,
+                    'homing_offset': 0,
+                    'range_min': 0,
+                    'range_max': 4095,
+                    'direction': -1 if n == 'wrist_flex' else 1,
+                    'zero_ticks': 2048,
+                }
+                for i, n in zip(IDS, NAMES, strict=True)
+            },
+        }
+
+    def start(self) -> Harness:
+        from diagnostic_msgs.msg import DiagnosticArray
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.node import Node
+        from rclpy.parameter import Parameter
+        from sensor_msgs.msg import JointState
+        from std_msgs.msg import Bool
+        from std_srvs.srv import SetBool
+
+        from drivers.arm_node import ArmDriver
+
+        overrides = [Parameter('rig', value=str(self.rig)), Parameter('arm', value='left')]
+        overrides += [Parameter(k, value=v) for k, v in self.params.items()]
+        self.node = ArmDriver(context=self.context, parameter_overrides=overrides)
+        self.peer = Node('arm_test_peer', context=self.context)
+        self.states: list[JointState] = []
+        self.diags: list = []
+        self.peer.create_subscription(JointState, topics.JOINT_STATES, self.states.append, topics.SENSOR_QOS)
+        self.peer.create_subscription(
+            DiagnosticArray,
+            topics.DIAGNOSTICS,
+            lambda m: self.diags.extend(s for s in m.status if 'arm left' in s.name),
+            topics.DIAGNOSTICS_QOS,
+        )
+        self.cmd_pub = self.peer.create_publisher(JointState, topics.arm_command('left'), topics.COMMAND_QOS)
+        self.estop_pub = self.peer.create_publisher(Bool, topics.ESTOP, topics.LATCHED_QOS)
+        self.torque = self.peer.create_client(SetBool, topics.arm_torque('left'))
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self.executor.add_node(self.peer)
+        assert self.spin(lambda: self.cmd_pub.get_subscription_count() == 1, 15), 'command subscription not matched'
+        assert self.spin(lambda: len(self.states) > 5, 15), 'no joint_states from the driver'
+        return self
+
+    def spin(self, predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
+        return self._spin(self.executor, predicate, timeout)
+
+    def command(self, names: list[str], positions: list[float]) -> None:
+        from sensor_msgs.msg import JointState
+
+        self.cmd_pub.publish(JointState(name=names, position=positions))
+
+    def command_until(self, names, positions, predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
+        """Stream a command at ~20 Hz (as a policy would) until ``predicate`` holds."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.command(names, positions)
+            if self.spin(predicate, 0.05):
+                return True
+        return predicate()
+
+    def estop(self, active: bool) -> None:
+        from std_msgs.msg import Bool
+
+        self.estop_pub.publish(Bool(data=active))
+
+    def call_torque(self, on: bool):
+        from std_srvs.srv import SetBool
+
+        assert self.spin(lambda: self.torque.service_is_ready(), 10), 'torque service not available'
+        future = self.torque.call_async(SetBool.Request(data=on))
+        assert self.spin(future.done, 10), 'torque service did not answer'
+        return future.result()
+
+    def latest(self) -> dict[str, float]:
+        return dict(zip(self.states[-1].name, self.states[-1].position, strict=True)) if self.states else {}
+
+    def diag(self) -> dict[str, str]:
+        return {kv.key: kv.value for kv in self.diags[-1].values} if self.diags else {}
+
+    def fresh_diag(self, predicate: Callable[[dict[str, str]], bool], timeout: float = 10.0) -> dict[str, str]:
+        self.diags.clear()
+        assert self.spin(lambda: bool(self.diags) and predicate(self.diag()), timeout), f'diagnostics: {self.diag()}'
+        return self.diag()
+
+    def servo(self, sid: int):
+        return self.emu.servo(sid)
+
+    def close(self) -> None:
+        if hasattr(self, 'executor'):
+            self.executor.shutdown()
+            self.node.destroy_node()
+            self.peer.destroy_node()
+        self.emu.stop()
+
+
+@pytest.fixture
+def harness(tmp_path, ros_context, spin):
+    made: list[Harness] = []
+
+    def make(**kwargs) -> Harness:
+        h = Harness(tmp_path, ros_context, spin, **kwargs)
+        made.append(h)
+        return h.start()
+
+    yield make
+    for h in made:
+        h.close()
+
+
+# ------------------------------------------------------------------------------- following
+
+
+@pytest.mark.slow
+def test_command_moves_servos_clamps_rejects_and_torque(harness) -> None:
+    h = harness(params={'max_step_rad': 0.5})
+    # At start the driver holds the present pose: goals = present, torque on, nothing moved.
+    assert all(h.servo(i).torque_enabled for i in IDS)
+    assert [h.servo(i).goal_position for i in IDS] == [2048] * 6
+    assert h.latest() == pytest.approx(dict.fromkeys(QUALIFIED, 0.0))
+    assert list(h.states[-1].name) == QUALIFIED and len(h.states[-1].velocity) == 6
+
+    # A command moves the emulated servos (reversed joint included) and shows up in joint_states.
+    target = {'left_shoulder_pan': 0.3, 'left_wrist_flex': 0.4}
+    assert h.command_until(
+        list(target),
+        list(target.values()),
+        lambda: h.servo(1).present_position == ticks(0.3) and h.servo(4).present_position == ticks(0.4, -1),
+    )
+    assert h.servo(1).goal_position == ticks(0.3) == 2244
+    assert h.servo(4).goal_position == ticks(0.4, -1) == 1787
+    assert h.servo(2).goal_position == 2048  # joints not in the command stay put
+    assert h.spin(lambda: abs(h.latest().get('left_shoulder_pan', 0) - 0.3) < K, 5)
+    assert h.latest()['left_wrist_flex'] == pytest.approx(0.4, abs=K)
+
+    # Beyond the joint limit: clamped to it (shoulder_pan upper = 1.0 rad).
+    assert h.command_until(['left_shoulder_pan'], [2.5], lambda: h.servo(1).goal_position == ticks(1.0))
+    h.spin(lambda: False, 0.3)
+    assert h.servo(1).goal_position == ticks(1.0)
+
+    # NaN and unknown names: rejected whole, no goal written, counted in diagnostics.
+    h.goals.clear()
+    # Keep-last-1 commands: send each bad one until the driver has seen it, then the next.
+    bad = [
+        (['left_shoulder_pan', 'left_elbow_flex'], [math.nan, 0.2]),
+        (['left_shoulder_pan', 'right_elbow_flex'], [0.0, 0.2]),
+        (['left_shoulder_pan'], [math.inf]),
+    ]
+    for n, (names, positions) in enumerate(bad, start=1):
+        assert h.command_until(names, positions, lambda n=n: h.node.controller.filter.counters['rejected'] == n)
+    d = h.fresh_diag(lambda d: d.get('cmd_rejected') == '3')
+    assert d['cmd_rejected_not_finite'] == '2' and d['cmd_rejected_unknown_joint'] == '1'
+    assert h.goals == [] and h.servo(1).goal_position == ticks(1.0) and h.servo(3).goal_position == 2048
+
+    # Torque service: off releases every servo; on again takes over at the present pose without a jump.
+    response = h.call_torque(False)
+    assert response.success, response.message
+    assert not any(h.servo(i).torque_enabled for i in IDS)
+    h.servo(2).set_present_position(2300)  # the user moves the limp arm by hand
+    assert h.spin(lambda: abs(h.latest().get('left_shoulder_lift', 0) - 252 * K) < 1e-9, 5)
+    response = h.call_torque(True)
+    assert response.success, response.message
+    assert all(h.servo(i).torque_enabled for i in IDS)
+    assert h.servo(2).goal_position == 2300 and h.servo(1).goal_position == h.servo(1).present_position
+    d = h.fresh_diag(lambda d: d.get('torque') == 'on')
+    assert d['connected'] == 'True' and d['calibration'] == 'manual' and d['missing_servos'] == '[]'
+    assert float(d['read_rate_hz']) > 20
+
+
+@pytest.mark.slow
+def test_max_step_per_tick_ramps_goals(harness) -> None:
+    h = harness(params={'max_step_rad': 0.02})
+    h.goals.clear()
+    assert h.command_until(['left_elbow_flex'], [1.2], lambda: h.servo(3).goal_position == ticks(1.2), 15)
+    elbow = [t for sid, t in h.goals if sid == 3]
+    steps = [b - a for a, b in zip([2048, *elbow], elbow, strict=False)]
+    assert len(elbow) >= 1.2 / 0.02  # a ramp, not a jump
+    assert max(steps) <= math.ceil(0.02 / K) and min(steps) >= 0
+
+
+# ------------------------------------------------------------------------- watchdog, e-stop
+
+
+@pytest.mark.slow
+def test_watchdog_holds_then_estop_holds(harness) -> None:
+    h = harness(params={'max_step_rad': 0.01, 'command_timeout_s': 0.3})
+    # One command toward a far target, then silence: the ramp stops where it is after the timeout.
+    h.command(['left_shoulder_lift'], [1.5])
+    assert h.spin(lambda: h.servo(2).goal_position > 2060, 10)
+    d = h.fresh_diag(lambda d: d.get('state') == 'watchdog_hold')
+    held = h.servo(2).goal_position
+    assert 2048 < held < ticks(1.5)
+    h.spin(lambda: False, 0.5)
+    assert h.servo(2).goal_position == held
+    assert int(d['cmd_watchdog_trips']) >= 1
+
+    # Commands again: it moves again.
+    assert h.command_until(['left_shoulder_lift'], [0.0], lambda: h.servo(2).goal_position < held - 10)
+
+    # E-stop (hold): no more goals, commands refused, torque stays on.
+    h.estop(True)
+    d = h.fresh_diag(lambda d: d.get('estop') == 'True')
+    assert d['state'] == 'estop'
+    h.goals.clear()
+    frozen = h.servo(2).goal_position
+    h.command_until(['left_shoulder_lift'], [-1.0], lambda: False, 0.6)
+    assert h.goals == [] and h.servo(2).goal_position == frozen
+    assert all(h.servo(i).torque_enabled for i in IDS)
+    assert int(h.fresh_diag(lambda d: 'cmd_rejected_estop' in d)['cmd_rejected_estop']) > 0
+
+    # Released: moves again on a new command.
+    h.estop(False)
+    assert h.command_until(['left_shoulder_lift'], [-0.2], lambda: h.servo(2).goal_position == ticks(-0.2), 15)
+
+
+@pytest.mark.slow
+def test_estop_torque_off(harness) -> None:
+    h = harness(estop_action='torque_off')
+    assert all(h.servo(i).torque_enabled for i in IDS)
+    h.estop(True)
+    assert h.spin(lambda: not any(h.servo(i).torque_enabled for i in IDS), 10)
+    response = h.call_torque(True)
+    assert not response.success and 'e-stop' in response.message
+    assert not any(h.servo(i).torque_enabled for i in IDS)
+    h.estop(False)
+    h.spin(lambda: False, 0.3)
+    assert not any(h.servo(i).torque_enabled for i in IDS)  # stays limp until asked
+    assert h.call_torque(True).success
+    assert all(h.servo(i).torque_enabled for i in IDS)
+
+
+# ------------------------------------------------------------------------- faults
+
+
+@pytest.mark.slow
+def test_missing_servo_reported_others_keep_working(harness) -> None:
+    from drivers.emulator import FaultConfig
+
+    h = harness(allow_missing=True, faults=FaultConfig(missing_ids={5}))
+    assert 'left_wrist_roll' not in h.latest() and 'left_shoulder_pan' in h.latest()
+    h.fresh_diag(lambda d: d.get('missing_servos') == '[5]')
+    assert h.diags[-1].level == b'\x01'  # WARN: allowed to run without it
+    assert h.command_until(
+        ['left_shoulder_pan', 'left_wrist_roll'], [0.2, 0.2], lambda: h.servo(1).present_position == ticks(0.2)
+    )
+    assert h.servo(5).goal_position == 2048  # the missing servo got nothing
+    # A servo dropping out mid-run is reported too; it comes back where it is, without a jump.
+    h.emu.faults.missing_ids = {5, 3}
+    h.fresh_diag(lambda d: d.get('missing_servos') == '[3, 5]')
+    assert h.spin(lambda: 'left_elbow_flex' not in h.states[-1].name, 5)
+    assert h.command_until(['left_shoulder_pan'], [-0.2], lambda: h.servo(1).present_position == ticks(-0.2))
+    h.emu.faults.missing_ids = set()
+    h.fresh_diag(lambda d: d.get('missing_servos') == '[]')
+    assert h.spin(lambda: set(h.states[-1].name) == set(QUALIFIED), 5)
+    assert h.servo(5).goal_position == 2048 and h.servo(5).torque_enabled
+
+
+@pytest.mark.slow
+def test_missing_servo_blocks_motion_when_not_allowed(harness) -> None:
+    from drivers.emulator import FaultConfig
+
+    h = harness(allow_missing=False, faults=FaultConfig(missing_ids={2}))
+    d = h.fresh_diag(lambda d: d.get('missing_servos') == '[2]')
+    assert h.diags[-1].level == b'\x02'  # ERROR
+    h.goals.clear()
+    h.command_until(['left_shoulder_pan'], [0.3], lambda: False, 0.6)
+    assert h.goals == [] and h.servo(1).goal_position == 2048
+    assert d['connected'] == 'True'
+
+
+@pytest.mark.slow
+def test_port_disappears_and_comes_back(harness) -> None:
+    from drivers.emulator import ServoBusEmulator
+
+    h = harness()
+    assert h.command_until(['left_shoulder_pan'], [0.1], lambda: h.servo(1).present_position == ticks(0.1))
+    # Unplug: the emulator goes away and so does the port path.
+    h.emu.stop()
+    h.link.unlink()
+    d = h.fresh_diag(lambda d: d.get('connected') == 'False')
+    assert h.diags[-1].level == b'\x02'
+    h.states.clear()
+    h.spin(lambda: False, 0.5)
+    assert h.states == []  # nothing published while the arm is gone (no stale values)
+
+    # Plug back in (a new pty behind the same path): joint_states resume, commands work again.
+    new = ServoBusEmulator('feetech', IDS, max_speed_ticks_per_s=4000)
+    h.emu = new  # the fixture stops it
+    new.set_present_position(1, 2100)
+    os.symlink(new.start(), h.link)
+    assert h.spin(lambda: len(h.states) > 3, 15), 'joint_states did not resume after the port came back'
+    assert h.latest()['left_shoulder_pan'] == pytest.approx(52 * K)
+    assert new.servo(1).torque_enabled and new.servo(1).goal_position == 2100  # took over where it is
+    assert h.command_until(['left_shoulder_pan'], [-0.1], lambda: new.servo(1).present_position == ticks(-0.1))
+    d = h.fresh_diag(lambda d: d.get('connected') == 'True')
+    assert int(d['disconnects']) == 1 and int(d['connects']) == 2
+
+
+# ------------------------------------------------------------------------- calibration
+
+
+@pytest.mark.slow
+def test_calibration_homing_offset_restored_and_applied(harness) -> None:
+    cal = Harness.default_calibration()
+    cal['joints']['shoulder_pan'].update(homing_offset=300, zero_ticks=2000)
+    h = harness(calibration=cal)
+    # The servo's offset register was 0: the driver wrote the calibrated one (torque off for the EEPROM write).
+    assert h.servo(1).read_register('homing_offset') == 300
+    # Feetech reports present = actual - offset: 2048 - 300 = 1748 -> (1748 - 2000) ticks from zero.
+    assert h.spin(lambda: abs(h.latest().get('left_shoulder_pan', 1) - (1748 - 2000) * K) < 1e-9, 5)
+    assert h.command_until(['left_shoulder_pan'], [0.0], lambda: h.servo(1).present_position == 2000)
+
+
+@pytest.mark.slow
+def test_uncalibrated_arm_says_so(harness) -> None:
+    h = harness(calibration={})  # no calibration file at the configured path
+    d = h.fresh_diag(lambda d: d.get('calibration') == 'identity')
+    assert 'UNCALIBRATED' in h.diags[-1].message and h.diags[-1].level == b'\x01'
+    assert d['connected'] == 'True'
+    assert h.latest()['left_shoulder_pan'] == 0.0  # identity: servo mid-point = 0 rad
+
+
+def test_bad_parameters_fail_clearly(tmp_path, ros_context) -> None:
+    from rclpy.parameter import Parameter
+
+    from bimanual_vla.config import ConfigError
+    from drivers.arm_node import ArmDriver
+
+    rig = tmp_path / 'rig.yaml'
+    rig.write_text(
+        yaml.safe_dump(
+            {
+                'name': 'r',
+                'urdf': 'x.urdf',
+                'arms': [
+                    {
+                        'name': 'left',
+                        'protocol': 'feetech',
+                        'port': '/dev/null',
+                        'joints': [{'id': 1, 'name': 'a', 'lower': -1, 'upper': 1}],
+                    },
+                ],
+            }
+        )
+    )
+    with pytest.raises(ConfigError, match="has no arm 'right'"):
+        ArmDriver(
+            context=ros_context, parameter_overrides=[Parameter('rig', value=str(rig)), Parameter('arm', value='right')]
+        )
+    with pytest.raises(ConfigError, match='parameter "arm" is required'):
+        ArmDriver(context=ros_context, parameter_overrides=[Parameter('rig', value=str(rig))])
+    with pytest.raises(ConfigError, match='estop_action'):
+        ArmDriver(
+            context=ros_context,
+            parameter_overrides=[
+                Parameter('rig', value=str(rig)),
+                Parameter('arm', value='left'),
+                Parameter('estop_action', value='explode'),
+            ],
+        )

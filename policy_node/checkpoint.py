@@ -232,7 +232,9 @@ def load_pi0(directory: Path, *, device: str = 'cpu', dtype: Any = None):
     """Load PI0ForConditionalGeneration from safetensors only; refuse missing or unexpected weights."""
     import torch
     from transformers import PI0ForConditionalGeneration
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # a progress bar per load would clutter node logs
     _check_config(directory)
     _check_safetensors(directory)
     try:

@@ -239,8 +239,6 @@ class BagReader:
         if self._reader is None:
             yield from self._salvage_messages(wanted, start_ns, stop_ns)
             return
-        from rosbags.rosbag2 import ReaderError
-
         conns = [c for c in self._reader.connections if wanted is None or c.topic in wanted]
         if not conns:
             return
@@ -253,7 +251,7 @@ class BagReader:
                     last_ts, seen_at_last = ts, set()
                 seen_at_last.add((conn.topic, data))
                 yield BagMessage(conn.topic, conn.msgtype, ts, data)
-        except (ReaderError, struct.error, EOFError, OSError, ValueError, zlib.error) as exc:
+        except Exception as exc:  # ReaderError, zstd/lz4 errors, struct.error: all mean a damaged file
             if not self._reader.path.is_dir():
                 raise BagError(f'{self.path}: {exc}') from exc
             problem = f'damaged while reading ({exc}); continuing with the salvage scanner'
@@ -521,7 +519,7 @@ def _plausible_chunk(buf: Any, off: int, size: int) -> bool:
     if comp not in ('', 'zstd', 'lz4'):
         return False
     records_len = _u64(buf, body + 32 + clen)
-    return length == 32 + 4 + clen + 8 + records_len
+    return length == 28 + 4 + clen + 8 + records_len
 
 
 def _salvage_pass(file: Path, scan: _Scan, want: set[str] | None, sink: Any, chunkwise: bool = False) -> Iterator[None]:
@@ -565,16 +563,21 @@ def _salvage_walk(file: Path, scan: _Scan, sink: Any) -> Iterator[None]:
                     rlen = _u64(buf, p)
                     if p + 8 + rlen > nxt:
                         raise _Truncated(f'chunk at byte {off}: payload runs past its record')
+                    data = None
                     try:
                         data = _decompress(bytes(buf[p + 8 : p + 8 + rlen]), comp, uncompressed)
-                    except Exception as exc:
-                        raise _Truncated(f'chunk at byte {off} does not decompress ({exc})') from exc
-                    if crc and zlib.crc32(data) != crc:
-                        raise _Truncated(f'chunk at byte {off} fails its CRC check')
-                    try:
-                        _parse_records(data, 0, len(data), scan, schemas, sink)
-                    except (_Truncated, struct.error, UnicodeDecodeError) as exc:
-                        scan.problems.append(f'{file.name}: chunk at byte {off} damaged ({exc}); rest of it skipped')
+                    except Exception as exc:  # the framing is intact: lose this chunk, go on with the next
+                        scan.problems.append(f'{file.name}: chunk at byte {off} does not decompress ({exc}); skipped')
+                    if data is not None and crc and zlib.crc32(data) != crc:
+                        scan.problems.append(f'{file.name}: chunk at byte {off} fails its CRC check; skipped')
+                        data = None
+                    if data is not None:
+                        try:
+                            _parse_records(data, 0, len(data), scan, schemas, sink)
+                        except (_Truncated, struct.error, UnicodeDecodeError) as exc:
+                            scan.problems.append(
+                                f'{file.name}: chunk at byte {off} damaged ({exc}); rest of it skipped'
+                            )
                     yield
                 elif op in (0x03, 0x04, 0x05):
                     _parse_records(buf, off, nxt, scan, schemas, sink)

@@ -285,3 +285,128 @@ def test_cli_import_lerobot(tmp_path, capsys) -> None:
     assert not other.exists()
     assert cli('nope', src, other) == 2
     assert "has no arm 'nope'" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------ CLI interactive
+
+
+class _Output:
+    """Collects a subprocess's stdout on a thread so the test can wait for prompts (which end without newline)."""
+
+    def __init__(self, stream) -> None:
+        import threading
+
+        self.text = ''
+        self._stream = stream
+        self._thread = threading.Thread(target=self._pump, daemon=True)
+        self._thread.start()
+
+    def _pump(self) -> None:
+        while chunk := self._stream.read1(4096) if hasattr(self._stream, 'read1') else self._stream.read(1):
+            self.text += chunk.decode() if isinstance(chunk, bytes) else chunk
+
+    def wait_for(self, needle: str, after: int = 0, timeout: float = 30.0) -> int:
+        import time
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            at = self.text.find(needle, after)
+            if at >= 0:
+                return at + len(needle)
+            time.sleep(0.01)
+        raise AssertionError(f'{needle!r} not printed; output so far:\n{self.text}')
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('protocol', ['feetech', 'dynamixel'])
+def test_cli_interactive_calibration_against_emulator(tmp_path, protocol) -> None:
+    import subprocess
+    import sys
+
+    from drivers.emulator import ServoBusEmulator
+
+    emu = ServoBusEmulator(protocol, [1, 2, 3, 4, 5, 6])
+    emu.external_motion = True  # positions change only when the test (the "user") moves them
+    port = emu.start()
+    try:
+        middle = {1: 2500, 2: 1800, 3: 2100, 4: 2048, 5: 3000, 6: 1500}  # raw angles in the middle pose
+        for sid, raw in middle.items():
+            emu.set_present_position(sid, raw)
+        rig = write_rig(tmp_path, protocol=protocol, port=port)
+        out = tmp_path / 'left.json'
+        cmd = [sys.executable, '-m', 'bimanual_vla.cli', 'calibrate', '--rig', str(rig), '--arm', 'left']
+        cmd += ['--output', str(out), '--reverse', 'wrist_roll']
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        output = _Output(proc.stdout)
+        try:
+            at = output.wait_for('torque is OFF')
+            assert not any(emu.servo(i).torque_enabled for i in range(1, 7))
+            at = output.wait_for('press Enter...', at)
+            proc.stdin.write(b'\n')
+            proc.stdin.flush()
+            at = output.wait_for('Step 2/3', at)
+            # Homing offsets put the middle pose at mid-scale (2047) in the servo's own registers.
+            for sid, raw in middle.items():
+                expected = raw - 2047 if protocol == 'feetech' else 2047 - raw
+                assert emu.servo(sid).read_register('homing_offset') == expected
+                assert emu.servo(sid).present_position == 2047
+            # The user swings every joint but the gripper from stop to stop...
+            extremes = {1: (1000, 3100), 2: (900, 2800), 3: (1500, 2600), 4: (1200, 2900), 5: (100, 3900)}
+            for sid, (low, high) in extremes.items():
+                name = JOINTS[sid - 1]['name']
+                emu.set_present_position(sid, low)
+                at = output.wait_for(f'range {name}: min {low} ', at)
+                emu.set_present_position(sid, high)
+                at = output.wait_for(f'range {name}: min {low} max {high}', at)
+                emu.set_present_position(sid, 2047)
+            # ...forgets the gripper, presses Enter (the prompt is already up) and is asked again.
+            proc.stdin.write(b'\n')
+            proc.stdin.flush()
+            at = output.wait_for("['gripper'] barely moved", at)
+            emu.set_present_position(6, 2000)
+            at = output.wait_for('range gripper: min 2000 max 2047', at)
+            emu.set_present_position(6, 2047)
+            proc.stdin.write(b'\n')
+            proc.stdin.flush()
+            at = output.wait_for('CLOSE the gripper', at)
+            emu.set_present_position(6, 2001)  # closed: near the low end of its travel
+            proc.stdin.write(b'\n')
+            proc.stdin.flush()
+            assert proc.wait(timeout=30) == 0, output.text
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert f'wrote {out}' in output.text
+        cal = load_calibration(out)
+        assert cal.source == 'calibrate' and cal.protocol == protocol
+        for sid, (low, high) in extremes.items():
+            j = cal.joints[JOINTS[sid - 1]['name']]
+            assert (j.id, j.range_min, j.range_max, j.zero_ticks) == (sid, low, high, 2047)
+            expected = middle[sid] - 2047 if protocol == 'feetech' else 2047 - middle[sid]
+            assert j.homing_offset == expected
+        assert cal.joints['wrist_roll'].direction == -1 and cal.joints['shoulder_pan'].direction == 1
+        grip = cal.joints['gripper']
+        assert (grip.range_min, grip.range_max, grip.zero_ticks) == (2000, 2047, 2001)
+        assert grip.direction == 1  # closed at the low end: opening increases ticks
+        assert cal.to_radians('shoulder_pan', 2047 + 1024) == pytest.approx(math.pi / 2)
+        assert cal.to_radians('wrist_roll', 2047 + 1024) == pytest.approx(-math.pi / 2)
+        assert not any(emu.servo(i).torque_enabled for i in range(1, 7))  # left limp for the user
+    finally:
+        emu.stop()
+
+
+def test_cli_interactive_fails_cleanly_without_servos(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    from drivers.emulator import FaultConfig, ServoBusEmulator
+
+    with ServoBusEmulator('feetech', [1, 2, 3, 4, 5, 6], faults=FaultConfig(missing_ids={4})) as emu:
+        rig = write_rig(tmp_path, port=emu.port)
+        out = tmp_path / 'left.json'
+        cmd = [sys.executable, '-m', 'bimanual_vla.cli', 'calibrate', '--rig', str(rig), '--arm', 'left']
+        proc = subprocess.run(cmd + ['--output', str(out)], input=b'', capture_output=True, timeout=60)
+    assert proc.returncode == 1
+    assert b'servo(s) [4] do not answer' in proc.stdout
+    assert not out.exists()

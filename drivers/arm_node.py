@@ -217,10 +217,13 @@ class ArmDriver(Node):
     # ---------------------------------------------------------------- teardown
 
     def destroy_node(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=5.0)
-        self.controller.close(torque_off=self.torque_off_on_exit)
+        # Also called on a node whose constructor failed half-way (rclpy destroys it at shutdown).
+        if hasattr(self, '_thread'):
+            self._stop.set()
+            if self._thread.is_alive():
+                self._thread.join(timeout=5.0)
+        if hasattr(self, 'controller'):
+            self.controller.close(torque_off=self.torque_off_on_exit)
         super().destroy_node()
 
 

@@ -1,0 +1,143 @@
+"""Register maps of the servos we drive (Feetech STS3215, Dynamixel X-series) and their value encodings.
+
+The two families disagree on how negative numbers are stored: Feetech uses
+sign-magnitude with the sign in a register-specific bit (bit 11 for the homing
+offset, bit 15 for positions), Dynamixel uses plain two's complement. Keeping
+that knowledge here, next to the addresses, means the bus, the emulator and the
+calibration code can all say ``table.decode(table.present_position, data)`` and
+never repeat a bit trick.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+
+@dataclass(frozen=True)
+class Register:
+    """One control-table entry: where it is, how wide, and whether it holds a signed value."""
+
+    address: int
+    length: int  # bytes
+    signed: bool = False
+    # Feetech only: the bit carrying the sign of a sign-magnitude value (None: the top bit).
+    sign_bit: int | None = None
+
+
+@dataclass(frozen=True)
+class ControlTable:
+    """The registers the stack uses on one servo family, plus value encode/decode for them."""
+
+    protocol: str  # 'feetech' | 'dynamixel'
+    model_number: Register
+    id: Register
+    baud_rate: Register
+    homing_offset: Register
+    min_position_limit: Register
+    max_position_limit: Register
+    torque_enable: Register
+    goal_position: Register
+    present_position: Register
+    resolution: int = 4096  # ticks per revolution
+    # Registers beyond the agreed minimum; None where the family has no such register.
+    operating_mode: Register | None = None
+    present_velocity: Register | None = None
+    lock: Register | None = None  # Feetech: 1 = EEPROM writes are not kept over power cycles
+    return_delay: Register | None = None
+    size: int = 256  # bytes of register space the emulator models
+    eeprom_end: int = 0  # Dynamixel refuses writes below this address while torque is on
+    default_model_number: int = 0
+    default_baud_value: int = 0  # baud_rate register value meaning 1 Mbaud
+
+    def register(self, name: str) -> Register:
+        """The register called ``name`` (a field name of this class); KeyError if there is none."""
+        value = getattr(self, name, None) if name in _REGISTER_FIELDS else None
+        if not isinstance(value, Register):
+            raise KeyError(f'{self.protocol} control table has no register {name!r}; known: {self.register_names()}')
+        return value
+
+    def register_names(self) -> tuple[str, ...]:
+        """Names of the registers this family has."""
+        return tuple(n for n in _REGISTER_FIELDS if isinstance(getattr(self, n), Register))
+
+    def encode(self, reg: Register, value: int) -> bytes:
+        """``value`` as the register's little-endian bytes; ValueError if it does not fit."""
+        value = int(value)
+        bits = 8 * reg.length
+        if not reg.signed:
+            if not 0 <= value < (1 << bits):
+                raise ValueError(f'{value} does not fit unsigned {reg.length}-byte register at {reg.address}')
+            raw = value
+        elif self.protocol == 'feetech':
+            sign_bit = bits - 1 if reg.sign_bit is None else reg.sign_bit
+            if abs(value) >= (1 << sign_bit):
+                raise ValueError(
+                    f'{value} does not fit register at {reg.address} (sign-magnitude, sign bit {sign_bit})'
+                )
+            raw = abs(value) | ((1 << sign_bit) if value < 0 else 0)
+        else:
+            if not -(1 << (bits - 1)) <= value < (1 << (bits - 1)):
+                raise ValueError(f'{value} does not fit signed {reg.length}-byte register at {reg.address}')
+            raw = value & ((1 << bits) - 1)
+        return raw.to_bytes(reg.length, 'little')
+
+    def decode(self, reg: Register, data: bytes) -> int:
+        """The value stored in ``data`` (exactly ``reg.length`` bytes, little endian)."""
+        if len(data) != reg.length:
+            raise ValueError(f'register at {reg.address} is {reg.length} bytes, got {len(data)}')
+        raw = int.from_bytes(data, 'little')
+        if not reg.signed:
+            return raw
+        bits = 8 * reg.length
+        if self.protocol == 'feetech':
+            sign_bit = bits - 1 if reg.sign_bit is None else reg.sign_bit
+            magnitude = raw & ((1 << sign_bit) - 1)
+            return -magnitude if raw & (1 << sign_bit) else magnitude
+        return raw - (1 << bits) if raw & (1 << (bits - 1)) else raw
+
+
+_REGISTER_FIELDS = tuple(f.name for f in fields(ControlTable) if 'Register' in str(f.type))
+
+# Feetech STS3215 (SMS/STS memory map; EEPROM below 40, SRAM from 40).
+FEETECH_STS = ControlTable(
+    protocol='feetech',
+    model_number=Register(3, 2),
+    id=Register(5, 1),
+    baud_rate=Register(6, 1),
+    return_delay=Register(7, 1),
+    min_position_limit=Register(9, 2),
+    max_position_limit=Register(11, 2),
+    homing_offset=Register(31, 2, signed=True, sign_bit=11),
+    operating_mode=Register(33, 1),
+    torque_enable=Register(40, 1),
+    goal_position=Register(42, 2, signed=True, sign_bit=15),
+    lock=Register(55, 1),
+    present_position=Register(56, 2, signed=True, sign_bit=15),
+    present_velocity=Register(58, 2, signed=True, sign_bit=15),
+    size=128,
+    default_model_number=777,  # STS3215
+    default_baud_value=0,  # 0 = 1 Mbaud
+)
+
+# Dynamixel X-series, protocol 2.0 (XL430-W250, XL330-M288, XM430, ...).
+DYNAMIXEL_X = ControlTable(
+    protocol='dynamixel',
+    model_number=Register(0, 2),
+    id=Register(7, 1),
+    baud_rate=Register(8, 1),
+    return_delay=Register(9, 1),
+    operating_mode=Register(11, 1),
+    homing_offset=Register(20, 4, signed=True),
+    max_position_limit=Register(48, 4),
+    min_position_limit=Register(52, 4),
+    torque_enable=Register(64, 1),
+    goal_position=Register(116, 4, signed=True),
+    present_velocity=Register(128, 4, signed=True),
+    present_position=Register(132, 4, signed=True),
+    size=256,
+    eeprom_end=64,
+    default_model_number=1060,  # XL430-W250 (XL330-M288 is 1200)
+    default_baud_value=3,  # 3 = 1 Mbaud
+)
+
+CONTROL_TABLES: dict[str, ControlTable] = {'feetech': FEETECH_STS, 'dynamixel': DYNAMIXEL_X}

@@ -1,0 +1,377 @@
+"""A servo bus on a pseudo-terminal: Feetech STS or Dynamixel 2.0 servos answering at the byte level.
+
+Drivers and the manufacturers' SDKs open the pty's slave path exactly as they
+would open /dev/ttyACM0, so everything above the serial port runs unmodified
+against it. Each emulated servo keeps a register file and moves its present
+position toward its goal at a limited speed while torque is on (computed lazily
+from elapsed time, so no ticking thread is needed). Faults can be switched on
+at run time: missing servos, slow replies, corrupted bytes, replies that arrive
+one transaction late, and line noise.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import select
+import threading
+import time
+import tty
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from drivers.control_table import CONTROL_TABLES, ControlTable
+from drivers.dynamixel_protocol import DYNAMIXEL
+from drivers.feetech_protocol import FEETECH
+from drivers.protocol_common import BROADCAST_ID, Instruction, InstructionPacket, PacketError, Protocol
+
+PROTOCOLS: dict[str, Protocol] = {'feetech': FEETECH, 'dynamixel': DYNAMIXEL}
+
+DXL_ERR_INSTRUCTION = 2
+DXL_ERR_DATA_LENGTH = 5
+DXL_ERR_ACCESS = 7
+FIRMWARE_VERSION = 46
+
+
+def protocol_for(name: str) -> Protocol:
+    """The packet codec for ``name`` ('feetech' or 'dynamixel'); ValueError names the choices."""
+    try:
+        return PROTOCOLS[name]
+    except KeyError:
+        raise ValueError(f'unknown servo protocol {name!r}; expected one of {sorted(PROTOCOLS)}') from None
+
+
+@dataclass
+class FaultConfig:
+    """Faults the emulator injects; mutable while it runs."""
+
+    missing_ids: set[int] = field(default_factory=set)  # servos that never answer (and ignore writes)
+    reply_delay_s: float = 0.0  # wait before every reply
+    corrupt_rate: float = 0.0  # probability a reply has one bit flipped (it frames, but fails its check)
+    late_reply_rate: float = 0.0  # probability a reply is withheld and sent before the next instruction's replies
+    noise_rate: float = 0.0  # probability of 1..8 random bytes before a reply
+    seed: int = 0
+
+
+class EmulatedServo:
+    """One servo's register file and motion. Thread-safe through its emulator's lock."""
+
+    def __init__(
+        self,
+        table: ControlTable,
+        servo_id: int,
+        model_number: int,
+        max_speed_ticks_per_s: float,
+        lock: threading.RLock,
+        owner: ServoBusEmulator,
+    ) -> None:
+        self.table = table
+        self.max_speed = float(max_speed_ticks_per_s)
+        self._lock = lock
+        self._owner = owner
+        self._regs = bytearray(table.size)
+        self._put('model_number', model_number)
+        self._put('id', servo_id)
+        self._put('baud_rate', table.default_baud_value)
+        self._put('min_position_limit', 0)
+        self._put('max_position_limit', table.resolution - 1)
+        center = table.resolution // 2
+        self._put('goal_position', center)
+        self._position = float(center)
+        self._last_update = time.monotonic()
+        self._put('present_position', center)
+
+    # ------------------------------------------------------------- raw access
+    def _put(self, name: str, value: int) -> None:
+        reg = self.table.register(name)
+        self._regs[reg.address : reg.address + reg.length] = self.table.encode(reg, value)
+
+    def _get(self, name: str) -> int:
+        reg = self.table.register(name)
+        return self.table.decode(reg, bytes(self._regs[reg.address : reg.address + reg.length]))
+
+    def _advance(self) -> None:
+        """Move present position toward the goal for the time elapsed since the last look."""
+        now = time.monotonic()
+        dt = now - self._last_update
+        self._last_update = now
+        if self._owner.external_motion or not self._regs[self.table.torque_enable.address]:
+            return
+        goal = self._get('goal_position')
+        step = self.max_speed * dt
+        delta = goal - self._position
+        self._position = float(goal) if abs(delta) <= step else self._position + (step if delta > 0 else -step)
+        self._store_position()
+
+    def _store_position(self) -> None:
+        reg = self.table.present_position
+        limit = 1 << (8 * reg.length - 1) if self.table.protocol == 'dynamixel' else (1 << 15)
+        ticks = max(-limit + 1, min(limit - 1, round(self._position)))
+        self._regs[reg.address : reg.address + reg.length] = self.table.encode(reg, ticks)
+
+    def read_bytes(self, address: int, length: int) -> bytes:
+        with self._lock:
+            self._advance()
+            data = bytes(self._regs[address : address + length])
+            return data + bytes(length - len(data))
+
+    def write_bytes(self, address: int, data: bytes) -> int:
+        """Apply a WRITE as the servo would; returns the protocol error code (0 = accepted)."""
+        table = self.table
+        with self._lock:
+            self._advance()
+            if address + len(data) > table.size:
+                return DXL_ERR_ACCESS if table.protocol == 'dynamixel' else 0
+            torque_on = self._regs[table.torque_enable.address]
+            if table.eeprom_end and torque_on and address < table.eeprom_end:
+                return DXL_ERR_ACCESS
+            old_offset = self._get('homing_offset')
+            old_id = self._get('id')
+            present = table.present_position
+            end = address + len(data)
+            for i, b in enumerate(data):
+                a = address + i
+                if not present.address <= a < present.address + present.length:  # present position is read-only
+                    self._regs[a] = b
+            goal = table.goal_position
+            if address < goal.address + goal.length and end > goal.address:
+                lo, hi = self._get('min_position_limit'), self._get('max_position_limit')
+                clamped = max(lo, min(hi, self._get('goal_position'))) if lo <= hi else self._get('goal_position')
+                self._put('goal_position', clamped)
+                if self._owner.on_goal is not None:
+                    self._owner.on_goal(self._get('id'), clamped)
+            new_offset = self._get('homing_offset')
+            if new_offset != old_offset:
+                # Present position is reported relative to the homing offset: Dynamixel adds it, Feetech subtracts.
+                shift = new_offset - old_offset
+                self._position += shift if table.protocol == 'dynamixel' else -shift
+                self._store_position()
+            new_id = self._get('id')
+            if new_id != old_id:
+                self._owner._rekey(old_id, new_id)
+            return 0
+
+    # ------------------------------------------------------------ for tests
+    def read_register(self, name: str) -> int:
+        reg = self.table.register(name)
+        return self.table.decode(reg, self.read_bytes(reg.address, reg.length))
+
+    def write_register(self, name: str, value: int) -> None:
+        reg = self.table.register(name)
+        if reg == self.table.present_position:
+            self.set_present_position(value)
+            return
+        error = self.write_bytes(reg.address, self.table.encode(reg, value))
+        if error:
+            raise ValueError(f'servo refused write of {name}={value}: {DYNAMIXEL.describe_error(error)}')
+
+    def set_present_position(self, ticks: int) -> None:
+        with self._lock:
+            self._advance()
+            self._position = float(ticks)
+            self._store_position()
+
+    @property
+    def present_position(self) -> int:
+        return self.read_register('present_position')
+
+    @property
+    def goal_position(self) -> int:
+        return self.read_register('goal_position')
+
+    @property
+    def torque_enabled(self) -> bool:
+        return bool(self.read_register('torque_enable'))
+
+
+class ServoBusEmulator:
+    """Servos of one protocol behind a pty; ``start()`` returns the path a driver opens."""
+
+    def __init__(
+        self,
+        protocol: str,
+        ids: Iterable[int],
+        *,
+        faults: FaultConfig | None = None,
+        max_speed_ticks_per_s: float = 3000.0,
+        model_number: int | None = None,
+    ) -> None:
+        self.protocol = protocol_for(protocol)
+        self.table = CONTROL_TABLES[protocol]
+        self.faults = faults if faults is not None else FaultConfig()
+        self.on_goal: Callable[[int, int], None] | None = None
+        self.external_motion = False
+        self.port = ''
+        self.instructions_received = 0
+        self._lock = threading.RLock()
+        model = self.table.default_model_number if model_number is None else model_number
+        self._servos: dict[int, EmulatedServo] = {}
+        for servo_id in ids:
+            if not 0 <= servo_id <= self.protocol.max_id:
+                raise ValueError(f'servo id {servo_id} out of range 0..{self.protocol.max_id}')
+            self._servos[servo_id] = EmulatedServo(self.table, servo_id, model, max_speed_ticks_per_s, self._lock, self)
+        self._rng = random.Random(self.faults.seed)
+        self._seed = self.faults.seed
+        self._late: list[bytes] = []
+        self._master = self._slave = -1
+        self._wake_r = self._wake_w = -1
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -------------------------------------------------------------- lifecycle
+    def start(self) -> str:
+        if self._thread is not None:
+            return self.port
+        self._master, self._slave = os.openpty()
+        tty.setraw(self._slave)  # no echo, no CR/LF translation: a serial line carries raw bytes
+        tty.setraw(self._master)
+        os.set_blocking(self._master, False)
+        self.port = os.ttyname(self._slave)
+        self._wake_r, self._wake_w = os.pipe()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._serve, name=f'servo-emulator-{self.port}', daemon=True)
+        self._thread.start()
+        return self.port
+
+    def stop(self) -> None:
+        if self._thread is None:
+            return
+        self._stop.set()
+        os.write(self._wake_w, b'x')
+        self._thread.join(timeout=5)
+        self._thread = None
+        for fd in (self._master, self._slave, self._wake_r, self._wake_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._master = self._slave = self._wake_r = self._wake_w = -1
+
+    def __enter__(self) -> ServoBusEmulator:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ---------------------------------------------------------------- access
+    def servo(self, servo_id: int) -> EmulatedServo:
+        with self._lock:
+            try:
+                return self._servos[servo_id]
+            except KeyError:
+                raise KeyError(f'no emulated servo with id {servo_id}; ids: {sorted(self._servos)}') from None
+
+    @property
+    def ids(self) -> list[int]:
+        with self._lock:
+            return sorted(self._servos)
+
+    def set_present_position(self, servo_id: int, ticks: int) -> None:
+        self.servo(servo_id).set_present_position(ticks)
+
+    def _rekey(self, old_id: int, new_id: int) -> None:
+        with self._lock:
+            servo = self._servos.pop(old_id)
+            self._servos[new_id] = servo
+
+    # --------------------------------------------------------------- serving
+    def _serve(self) -> None:
+        parser = self.protocol.parser('instruction')
+        while not self._stop.is_set():
+            try:
+                ready, _, _ = select.select([self._master, self._wake_r], [], [])
+            except (OSError, ValueError):
+                return
+            if self._wake_r in ready:
+                return
+            try:
+                data = os.read(self._master, 4096)
+            except BlockingIOError:
+                continue
+            except OSError:
+                # EIO: no process has the slave open right now (we keep one open, so this is transient)
+                if self._stop.wait(0.01):
+                    return
+                continue
+            for packet in parser.feed(data):
+                if isinstance(packet, InstructionPacket):
+                    self.instructions_received += 1
+                    replies = self._handle(packet)
+                    if replies:
+                        self._send(replies)
+
+    def _handle(self, packet: InstructionPacket) -> list[bytes]:
+        """Carry out one instruction; the status packets it produces, in bus order."""
+        proto, faults = self.protocol, self.faults
+        code, params, target = packet.instruction, packet.params, packet.servo_id
+        try:
+            with self._lock:
+                if code == Instruction.SYNC_READ and target == BROADCAST_ID:
+                    address, length, ids = proto.split_sync_read(params)
+                    return [
+                        proto.status(i, 0, self._servos[i].read_bytes(address, length))
+                        for i in ids
+                        if i in self._servos and i not in faults.missing_ids
+                    ]
+                if code == Instruction.SYNC_WRITE and target == BROADCAST_ID:
+                    address, items = proto.split_sync_write(params)
+                    for i, data in items.items():
+                        if i in self._servos and i not in faults.missing_ids:
+                            self._servos[i].write_bytes(address, data)
+                    return []
+                servo = self._servos.get(target)
+                if servo is None or target in faults.missing_ids:
+                    return []
+                if code == Instruction.PING:
+                    model = servo._get('model_number')
+                    return [proto.status(target, 0, proto.ping_reply_params(model, FIRMWARE_VERSION))]
+                if code == Instruction.READ:
+                    address, length = proto.split_read(params)
+                    if self.table.protocol == 'dynamixel' and address + length > self.table.size:
+                        return [proto.status(target, DXL_ERR_ACCESS)]
+                    return [proto.status(target, 0, servo.read_bytes(address, length))]
+                if code == Instruction.WRITE:
+                    address, data = proto.split_write(params)
+                    return [proto.status(target, servo.write_bytes(address, data))]
+                if self.table.protocol == 'dynamixel':
+                    return [proto.status(target, DXL_ERR_INSTRUCTION)]
+                return []
+        except PacketError:
+            if self.table.protocol == 'dynamixel' and target in self._servos:
+                return [proto.status(target, DXL_ERR_DATA_LENGTH)]
+            return []
+
+    def _send(self, replies: list[bytes]) -> None:
+        faults = self.faults
+        if faults.seed != self._seed:
+            self._rng = random.Random(faults.seed)
+            self._seed = faults.seed
+        rng = self._rng
+        out = bytearray()
+        for late in self._late:
+            out += late
+        self._late = []
+        for reply in replies:
+            if faults.noise_rate and rng.random() < faults.noise_rate:
+                out += rng.randbytes(rng.randint(1, 8))
+            if faults.corrupt_rate and rng.random() < faults.corrupt_rate:
+                reply = self._corrupt(reply, rng)
+            if faults.late_reply_rate and rng.random() < faults.late_reply_rate:
+                self._late.append(reply)
+                continue
+            out += reply
+        if faults.reply_delay_s > 0 and self._stop.wait(faults.reply_delay_s):
+            return
+        if out:
+            try:
+                os.write(self._master, out)
+            except OSError:
+                pass  # nobody is reading and the pty buffer is full: on a real bus these bytes would be lost too
+
+    def _corrupt(self, reply: bytes, rng: random.Random) -> bytes:
+        """Flip one bit after the error byte, so the frame still parses but fails its checksum/CRC."""
+        first = 5 if self.table.protocol == 'feetech' else 9
+        damaged = bytearray(reply)
+        index = rng.randrange(first, len(damaged))
+        damaged[index] ^= 1 << rng.randrange(8)
+        return bytes(damaged)

@@ -19,6 +19,7 @@ from bimanual_vla.rosenv import apply_pip_defaults
 
 COMMAND_MODULES: tuple[str, ...] = (
     'bimanual_vla.commands.check_rig',
+    'bimanual_vla.commands.emulate_bus',
     'bimanual_vla.commands.run',
     'bimanual_vla.commands.record',
     'bimanual_vla.commands.replay',

@@ -146,7 +146,7 @@ class BagReader:
             raise BagError(f'{self.path}: no readable bag here (no .mcap files{"; " + detail if detail else ""})')
         self._scan = _Scan()
         for file in self._mcap_files:
-            _salvage_pass(file, self._scan, want=None, sink=None)
+            _salvage_pass(file, self._scan, sink=None)
         self.problems.extend(self._scan.problems)
         if not self._scan.channels:
             raise BagError(f'{self.path}: nothing readable: ' + '; '.join(self.problems))
@@ -277,7 +277,7 @@ class BagReader:
                 if lo <= ts < hi and (wanted is None or channel.topic in wanted):
                     batch.append(BagMessage(channel.topic, channel.type, ts, data))
 
-            for _ in _salvage_pass(file, scan, want=wanted, sink=sink, chunkwise=True):
+            for _ in _salvage_pass(file, scan, sink=sink, chunkwise=True):
                 batch.sort(key=lambda m: m.timestamp_ns)
                 yield from batch
                 batch.clear()
@@ -522,7 +522,7 @@ def _plausible_chunk(buf: Any, off: int, size: int) -> bool:
     return length == 28 + 4 + clen + 8 + records_len
 
 
-def _salvage_pass(file: Path, scan: _Scan, want: set[str] | None, sink: Any, chunkwise: bool = False) -> Iterator[None]:
+def _salvage_pass(file: Path, scan: _Scan, sink: Any, chunkwise: bool = False) -> Iterator[None]:
     """Walk `file`'s MCAP records; yields after each chunk if `chunkwise` (else runs to the end).
 
     Every damaged region becomes one line in scan.problems naming the file and byte offset.

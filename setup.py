@@ -45,6 +45,7 @@ setup(
         ('share/' + package_name, ['package.xml']),
         share('config/rigs', 'config/rigs/*.yaml'),
         share('config/policy', 'config/policy/*.yaml'),
+        share('config/fastdds', 'config/fastdds/*.xml'),
         share('urdf', 'urdf/*.urdf'),
         share('launch', 'launch/*.launch.py'),
         share('config/rviz', 'config/rviz/*.rviz'),

@@ -72,7 +72,11 @@ class CameraDriver(Node):
             raise ConfigError(f'need 0 < reconnect_initial_s ({backoff_initial}) <= reconnect_max_s ({backoff_max})')
 
         self.camera: CameraConfig = cam
-        self._image = Image(encoding='rgb8', is_bigendian=0, width=cam.width, height=cam.height, step=cam.width * 3)
+        # check_fields=True makes the generated setter keep an array.array('B') as is; with the default
+        # (False) it wraps every assignment in array.array(...), a full Python copy per frame.
+        self._image = Image(
+            check_fields=True, encoding='rgb8', is_bigendian=0, width=cam.width, height=cam.height, step=cam.width * 3
+        )
         self._image.header.frame_id = topics.camera_frame(cam.name)
         self._info = load_camera_info(info_file, cam) if info_file else uncalibrated_camera_info(cam)
         self._info.header.frame_id = self._image.header.frame_id
@@ -132,7 +136,7 @@ class CameraDriver(Node):
         stamp = Time(sec=stamp_ns // 1_000_000_000, nanosec=stamp_ns % 1_000_000_000)
         msg = self._image
         msg.header.stamp = stamp
-        msg.data = frame.data  # array.array('B'): stored as is, copied once into the DDS sample
+        msg.data = frame.data  # array.array('B'): stored as is (check_fields), copied once in C at publish
         self._image_pub.publish(msg)
         self._info.header.stamp = stamp
         self._info_pub.publish(self._info)

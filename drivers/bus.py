@@ -41,6 +41,13 @@ from drivers.protocol_common import CorruptFrame, PacketError, StatusPacket
 
 BITS_PER_BYTE = 10  # 8N1: start bit, 8 data bits, stop bit
 
+try:  # termios.error is not an OSError; a vanished pty raises it from tcflush
+    import termios
+
+    _PORT_FAILURES: tuple[type[BaseException], ...] = (serial.SerialException, OSError, termios.error)
+except ImportError:  # Windows
+    _PORT_FAILURES = (serial.SerialException, OSError)
+
 
 class BusError(Exception):
     """Base of every bus failure; the message says what happened and to which servo."""
@@ -336,7 +343,7 @@ class ServoBus:
                         select.select([], [self._fd], [], 0.1)
             else:
                 ser.write(packet)
-        except (serial.SerialException, OSError, ValueError, TypeError) as exc:
+        except (*_PORT_FAILURES, ValueError, TypeError) as exc:
             self._port_failed(exc)
         now = time.monotonic()
         self._wire_free_at = max(self._wire_free_at, now) + len(packet) * self._byte_time
@@ -365,7 +372,7 @@ class ServoBus:
             return ser.read(max(1, ser.in_waiting))
         except BlockingIOError:
             return b''
-        except (serial.SerialException, OSError, ValueError, TypeError) as exc:
+        except (*_PORT_FAILURES, ValueError, TypeError) as exc:
             self._port_failed(exc)
             raise  # unreachable: _port_failed raises
 

@@ -52,6 +52,7 @@ class FaultConfig:
     late_reply_rate: float = 0.0  # probability a reply is withheld and sent before the next instruction's replies
     noise_rate: float = 0.0  # probability of 1..8 random bytes before a reply
     seed: int = 0
+    alarm_bits: dict[int, int] = field(default_factory=dict)  # servo id -> error bits it reports in every reply
 
 
 class EmulatedServo:
@@ -309,7 +310,7 @@ class ServoBusEmulator:
                 if code == Instruction.SYNC_READ and target == BROADCAST_ID:
                     address, length, ids = proto.split_sync_read(params)
                     return [
-                        proto.status(i, 0, self._servos[i].read_bytes(address, length))
+                        self._status(i, 0, self._servos[i].read_bytes(address, length))
                         for i in ids
                         if i in self._servos and i not in faults.missing_ids
                     ]
@@ -324,22 +325,25 @@ class ServoBusEmulator:
                     return []
                 if code == Instruction.PING:
                     model = servo._get('model_number')
-                    return [proto.status(target, 0, proto.ping_reply_params(model, FIRMWARE_VERSION))]
+                    return [self._status(target, 0, proto.ping_reply_params(model, FIRMWARE_VERSION))]
                 if code == Instruction.READ:
                     address, length = proto.split_read(params)
                     if self.table.protocol == 'dynamixel' and address + length > self.table.size:
-                        return [proto.status(target, DXL_ERR_ACCESS)]
-                    return [proto.status(target, 0, servo.read_bytes(address, length))]
+                        return [self._status(target, DXL_ERR_ACCESS)]
+                    return [self._status(target, 0, servo.read_bytes(address, length))]
                 if code == Instruction.WRITE:
                     address, data = proto.split_write(params)
-                    return [proto.status(target, servo.write_bytes(address, data))]
+                    return [self._status(target, servo.write_bytes(address, data))]
                 if self.table.protocol == 'dynamixel':
-                    return [proto.status(target, DXL_ERR_INSTRUCTION)]
+                    return [self._status(target, DXL_ERR_INSTRUCTION)]
                 return []
         except PacketError:
             if self.table.protocol == 'dynamixel' and target in self._servos:
-                return [proto.status(target, DXL_ERR_DATA_LENGTH)]
+                return [self._status(target, DXL_ERR_DATA_LENGTH)]
             return []
+
+    def _status(self, servo_id: int, error: int, params: bytes = b'') -> bytes:
+        return self.protocol.status(servo_id, error | self.faults.alarm_bits.get(servo_id, 0), params)
 
     def _send(self, replies: list[bytes]) -> None:
         faults = self.faults

@@ -152,7 +152,7 @@ class VLAPolicy:
         )
         self._token_ids = self._resolve_tokens()
         self._prompt_cache: tuple[str, list[int]] | None = None
-        self._cached_subtask: tuple[str, list[int]] | None = None
+        self._cached_subtask: tuple[str, str, list[int]] | None = None  # (task, text, ids)
         self._generator = torch.Generator(device='cpu')
         self._generator.seed()
 
@@ -224,6 +224,10 @@ class VLAPolicy:
 
     def check_joints(self, rig_joint_names: list[str]) -> None:
         check_joint_names(self.joint_names, rig_joint_names, self.directory)
+
+    def clear_subtask(self) -> None:
+        """Forget the last decoded subtask (the next `decode_subtask=False` call runs without one)."""
+        self._cached_subtask = None
 
     def seed(self, seed: int) -> None:
         """Make the noise of subsequent `infer` calls reproducible."""
@@ -444,8 +448,8 @@ class VLAPolicy:
         """One action chunk for `obs`. See the module docstring for the steps.
 
         Subtask choice: a non-empty `subtask_override` wins; else decode a new one if
-        `decode_subtask` and the checkpoint reasons; else reuse the last decoded one
-        ('cached'); else none ('disabled'). Raises ObservationError for unusable input
+        `decode_subtask` and the checkpoint reasons; else reuse the last decoded one if it
+        was decoded for the same task ('cached'); else none ('disabled'). Raises ObservationError for unusable input
         and NonFiniteActionError if the model's output is not finite.
         """
         times: dict[str, float] = {}
@@ -468,9 +472,9 @@ class VLAPolicy:
             budget = self.max_subtask_tokens if max_subtask_tokens is None else max_subtask_tokens
             ids, mask = self.decode_subtask(cache, mask, last_hidden, max(1, budget))
             source = 'model'
-            self._cached_subtask = (self.subtask_text(ids), ids)
-        elif self._cached_subtask is not None:
-            ids, source = self._cached_subtask[1], 'cached'
+            self._cached_subtask = (obs.task, self.subtask_text(ids), ids)
+        elif self._cached_subtask is not None and self._cached_subtask[0] == obs.task:
+            ids, source = self._cached_subtask[2], 'cached'
             mask = self.append_subtask(cache, mask, ids)
         else:
             ids, source = [], 'disabled'

@@ -136,6 +136,12 @@ def test_override_and_cached_subtask(tiny_checkpoint: Path) -> None:  # noqa: F8
     assert cached.subtask_token_ids == decoded.subtask_token_ids
     np.testing.assert_allclose(cached.actions, decoded.actions, rtol=1e-6, atol=1e-7)
 
+    # a subtask belongs to its task: a new task never reuses it, and clear_subtask forgets it
+    other_task = make_observation(policy, seed=5, task='insert the peg into the socket')
+    assert policy.infer(other_task, decode_subtask=False, noise=noise).subtask_source == 'disabled'
+    policy.clear_subtask()
+    assert policy.infer(obs, decode_subtask=False, noise=noise).subtask_source == 'disabled'
+
 
 def test_checkpoint_without_reasoning_never_decodes(tiny_checkpoint: Path, tmp_path: Path) -> None:  # noqa: F811
     ck = copy_checkpoint(tiny_checkpoint, tmp_path / 'ck')

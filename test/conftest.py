@@ -10,12 +10,16 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
 os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
 os.environ['ROS_DOMAIN_ID'] = os.environ.get('BIMANUAL_TEST_DOMAIN_ID', str(os.getpid() % 100 + 1))
 os.environ.setdefault('MUJOCO_GL', 'egl')
+# The Fast DDS profile the CLI uses on the pip path (large SHM segment, UDP on loopback only).
+FASTDDS_PROFILE = Path(__file__).resolve().parents[1] / 'config' / 'fastdds' / 'large_images.xml'
+os.environ.setdefault('FASTDDS_DEFAULT_PROFILES_FILE', str(FASTDDS_PROFILE))
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 os.environ.setdefault('TRANSFORMERS_OFFLINE', '1')
 

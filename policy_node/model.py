@@ -137,6 +137,7 @@ class VLAPolicy:
         self.max_subtask_tokens = max_subtask_tokens
         self.directory = directory
         self.config = model.config
+        self.dtype = next(model.parameters()).dtype
         self.joint_names: list[str] = list(metadata.joint_names)
         self.camera_names: list[str] = list(metadata.camera_names)
         self.chunk_size: int = metadata.chunk_size
@@ -167,17 +168,21 @@ class VLAPolicy:
         num_steps: int = 10,
         max_subtask_tokens: int = 16,
         rig_joint_names: list[str] | None = None,
+        dtype: str = 'float32',
     ) -> VLAPolicy:
         """Load a checkpoint directory offline from safetensors; see `policy_node.checkpoint`.
 
-        With `rig_joint_names`, refuse a checkpoint trained on other joints.
+        With `rig_joint_names`, refuse a checkpoint trained on other joints. `dtype`
+        ('float32' | 'bfloat16' | 'float16') is the compute precision; float32 on CPU.
         """
+        if dtype not in ('float32', 'bfloat16', 'float16'):
+            raise ValueError(f'dtype must be float32, bfloat16 or float16, got {dtype!r}')
         directory = check_directory(checkpoint_dir)
         metadata = _read_metadata(directory)
         if rig_joint_names is not None:
             check_joint_names(metadata.joint_names, rig_joint_names, directory)
         tokenizer = load_tokenizer(directory)
-        model = load_pi0(directory, device=device)
+        model = load_pi0(directory, device=device, dtype=getattr(torch, dtype))
         model.requires_grad_(False)  # inference only; RTC differentiates w.r.t. the noisy actions alone
         return cls(
             model,
@@ -271,9 +276,9 @@ class VLAPolicy:
         return _Prepared(
             input_ids=ids,
             attention_mask=torch.ones_like(ids),
-            pixel_values=torch.from_numpy(pixels)[None].to(self.device),
+            pixel_values=torch.from_numpy(pixels)[None].to(self.device, self.dtype),
             pixel_attention_mask=torch.ones((1, len(self.camera_names)), dtype=torch.bool, device=self.device),
-            state=torch.from_numpy(state)[None].to(self.device),
+            state=torch.from_numpy(state)[None].to(self.device, self.dtype),
         )
 
     # ------------------------------------------------------------------ model
@@ -403,13 +408,13 @@ class VLAPolicy:
     def _noise(self, noise: np.ndarray | None) -> torch.Tensor:
         shape = (self.chunk_size, self.config.max_action_dim)
         if noise is None:
-            return torch.randn((1, *shape), generator=self._generator).to(self.device)
+            return torch.randn((1, *shape), generator=self._generator).to(self.device, self.dtype)
         arr = np.asarray(noise, dtype=np.float32)
         if arr.shape not in (shape, (1, *shape)):
             raise ValueError(f'noise has shape {arr.shape}, expected {shape} (chunk_size, max_action_dim)')
         if not np.all(np.isfinite(arr)):
             raise ValueError('noise contains NaN or Inf')
-        return torch.from_numpy(arr.reshape(1, *shape)).to(self.device)
+        return torch.from_numpy(arr.reshape(1, *shape)).to(self.device, self.dtype)
 
     def _guide_tensors(self, guide: ChunkGuide) -> tuple[torch.Tensor, torch.Tensor, float]:
         n = len(self.joint_names)
@@ -432,7 +437,7 @@ class VLAPolicy:
         target[:k] = pad_last(self.action_norm.normalize(actions), width)
         w = np.zeros((self.chunk_size, width), dtype=np.float32)
         w[:k, :n] = weights[:, None]  # padded dims carry no meaning: never guide them
-        to = lambda a: torch.from_numpy(a)[None].to(self.device)  # noqa: E731
+        to = lambda a: torch.from_numpy(a)[None].to(self.device, self.dtype)  # noqa: E731
         return to(target), to(w), float(guide.max_guidance)
 
     def infer(

@@ -78,6 +78,7 @@ setup(
             'bag_record = bimanual_vla.bag_record:main',
             'bag_replay = bimanual_vla.bag_replay:main',
             'arm_driver = drivers.arm_node:main',
+            'policy_node = policy_node.node:main',
             'sim_rig = drivers.sim_rig:main',
             'camera_driver = drivers.camera_node:main',
         ],

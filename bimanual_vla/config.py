@@ -162,6 +162,9 @@ class InferenceConfig(_Strict):
     rtc_beta: float = Field(default=5.0, gt=0, description='cap on the RTC guidance weight')
     ensemble_decay: float = Field(default=0.1, ge=0, description='temporal-ensembling exponential weight')
     device: str = 'cpu'
+    torch_threads: int = Field(
+        default=0, ge=0, description='torch intra-op threads for inference (0: torch default); leave a core free'
+    )
 
 
 class StalenessConfig(_Strict):

@@ -10,16 +10,21 @@ takes over at the index where *now* falls in it (past actions are skipped, never
 
 Joining strategies (``ChunkExecutor``):
 
-* ``naive``: the new chunk replaces the old one from now on. Cheap, but where the two chunks
-  disagree the robot sees a jump at the switch.
+* ``naive``: the new chunk replaces the old one from its first step at or after *now* (the
+  aligned index). Cheap, but where the two chunks disagree the robot sees a jump at the switch.
 * ``ensemble``: temporal ensembling as in ACT (Zhao et al. 2023): every chunk that covers
   time ``t`` votes, with weight ``exp(-decay * k)`` for the k-th oldest (the oldest chunk weighs
   most). Smooths switches, at the price of lag and of averaging modes.
 * ``rtc``: real-time chunking (Black et al. 2025). The new chunk was sampled with a
   ``ChunkGuide`` (see ``plan_guide``) that inpaints its first ``d`` steps with the actions the
   robot executes while inference runs, and softly pulls the rest of the overlap towards the
-  old chunk; at arrival it simply replaces the old chunk like ``naive`` does, and the switch is
-  continuous because the two agree where it happens.
+  old chunk; at arrival it replaces the old chunk like ``naive`` does, and the switch is
+  continuous because the two agree where it happens. Guidance is soft (capped at beta), so the
+  model's inpainting is close but not exact; given the guide, ``add`` also blends the residual
+  away with the same soft mask (``w * committed + (1 - w) * new`` over the overlap): the frozen
+  steps, already executed, become exactly the committed ones, and the decaying part cross-fades
+  into the model's plan. The residual before blending is reported (``JoinReport.raw_jump``) so
+  the guidance quality stays visible.
 
 No ROS here: the policy node, the benchmark and the unit tests all drive these classes with
 plain floats (seconds) and numpy arrays (rig units, the checkpoint's joint order).
@@ -109,6 +114,7 @@ class JoinReport:
     reason: str  # 'first' | 'joined' | 'late' (chunk entirely in the past) | 'stale' (older than current)
     start_index: float  # fractional index of the new chunk at the join time
     jump: float  # max |new - old| over joints of the commanded action at the join time (0 if none)
+    raw_jump: float = 0.0  # the same before RTC residual blending (== jump for naive and ensemble)
 
 
 class ChunkExecutor:
@@ -121,7 +127,10 @@ class ChunkExecutor:
             raise ValueError(f'ensemble_decay must be >= 0, got {ensemble_decay}')
         self.strategy: Strategy = strategy
         self.ensemble_decay = float(ensemble_decay)
-        self._chunks: list[Chunk] = []  # oldest first; one element except for ensembling
+        # Oldest first. Ensembling: every chunk still covering the future. naive/rtc: the active chunk,
+        # plus during a switch the previous one, which stays in effect until ``_switch_at``.
+        self._chunks: list[Chunk] = []
+        self._switch_at = -math.inf
 
     # ------------------------------------------------------------------ state
 
@@ -137,6 +146,7 @@ class ChunkExecutor:
     def clear(self) -> None:
         """Forget every chunk (after a pause their times are in the past and must not be resumed)."""
         self._chunks.clear()
+        self._switch_at = -math.inf
 
     def end_time(self) -> float | None:
         """Latest time any held chunk covers."""
@@ -144,8 +154,11 @@ class ChunkExecutor:
 
     # ------------------------------------------------------------------- join
 
-    def add(self, chunk: Chunk, now: float) -> JoinReport:
-        """Join ``chunk`` at time ``now``. Rejects chunks entirely in the past or older than the current one."""
+    def add(self, chunk: Chunk, now: float, guide: GuidePlan | None = None) -> JoinReport:
+        """Join ``chunk`` at time ``now``. Rejects chunks entirely in the past or older than the current one.
+
+        ``guide``: the plan the chunk was sampled with (``rtc`` only); its residual is blended away.
+        """
         if not np.all(np.isfinite(chunk.actions)):
             raise ValueError('chunk contains NaN/Inf actions; refusing to execute it')
         current = self.current
@@ -156,15 +169,36 @@ class ChunkExecutor:
             return JoinReport(False, 'stale', start, 0.0)
         if chunk.position(now) > chunk.horizon - 1 + _EPS_STEPS:
             return JoinReport(False, 'late', start, 0.0)
-        before = self.sample(now).action if current is not None else None
+        if self.strategy == 'ensemble':
+            at = now
+        else:
+            # Switch on the new chunk's next grid point: between two of its steps the new chunk is a chord
+            # that the old one (on another grid) need not follow, on a step both agree on (RTC) it is exact.
+            at = chunk.t0 + max(0, math.ceil(start - _EPS_STEPS)) * chunk.dt
+        before = self.sample(at).action if current is not None else None
+        raw_jump = float(np.max(np.abs(chunk.sample(at) - before))) if before is not None else 0.0
+        if self.strategy == 'rtc' and guide is not None and current is not None:
+            chunk = blend_residual(chunk, guide)
         if self.strategy == 'ensemble':
             self._chunks.append(chunk)
             self._prune(now)
         else:
-            self._chunks = [chunk]
-        after = self.sample(now).action
+            active = self._active(now)
+            self._chunks = [active, chunk] if active is not None else [chunk]
+            self._switch_at = at
+        after = self.sample(at).action
         jump = float(np.max(np.abs(after - before))) if before is not None and after is not None else 0.0
-        return JoinReport(True, 'first' if current is None else 'joined', start, jump)
+        if self.strategy != 'rtc':
+            raw_jump = jump
+        return JoinReport(True, 'first' if current is None else 'joined', start, jump, raw_jump)
+
+    def _active(self, t: float) -> Chunk | None:
+        """naive/rtc: the chunk in effect at ``t``."""
+        if not self._chunks:
+            return None
+        if len(self._chunks) > 1 and t < self._switch_at - _EPS_STEPS * self._chunks[-1].dt:
+            return self._chunks[-2]
+        return self._chunks[-1]
 
     def _prune(self, now: float) -> None:
         """Drop chunks that end before ``now``, but always keep the newest (it is what we hold)."""
@@ -178,7 +212,8 @@ class ChunkExecutor:
         if not self._chunks:
             return Sample(None, False, 0)
         if self.strategy != 'ensemble':
-            chunk = self._chunks[-1]
+            chunk = self._active(t)
+            assert chunk is not None
             return Sample(chunk.sample(t), chunk.position(t) > chunk.horizon - 1 + _EPS_STEPS, 1)
         covering = [c for c in self._chunks if c.covers(t)]
         if not covering:
@@ -194,6 +229,8 @@ class ChunkExecutor:
         """``sample(t)`` for the control loop, which also forgets chunks that ended before ``t``."""
         if self.strategy == 'ensemble' and self._chunks:
             self._prune(t)
+        elif len(self._chunks) > 1 and self._active(t) is self._chunks[-1]:
+            self._chunks = self._chunks[-1:]  # the switch has happened
         return self.sample(t)
 
     def committed(self, times: Sequence[float]) -> np.ndarray | None:
@@ -225,13 +262,17 @@ def soft_mask(frozen: int, overlap: int) -> np.ndarray:
 
 
 class LatencyEstimator:
-    """Inference latency to plan the next guide with: the max of the last few measurements.
+    """Inference latency to plan the next guide with: the max of the last few measurements plus a margin.
 
-    Overestimating freezes a few more steps than needed (harmless); underestimating lets the
-    chunk arrive after steps it was free to change have been executed (a jump). Hence the max.
+    Overestimating freezes a few more steps than needed (harmless: they were going to be executed
+    from the old chunk anyway); underestimating lets the chunk arrive after steps it was free to
+    change have been executed (a jump, scaled by 1 - soft-mask weight). Hence max and margin.
     """
 
-    def __init__(self, window: int = 10, initial_s: float | None = None) -> None:
+    def __init__(self, window: int = 10, initial_s: float | None = None, margin: float = 0.2) -> None:
+        if margin < 0:
+            raise ValueError(f'margin must be >= 0, got {margin}')
+        self.margin = float(margin)
         self._recent: deque[float] = deque(maxlen=window)
         if initial_s is not None:
             self._recent.append(float(initial_s))
@@ -242,7 +283,7 @@ class LatencyEstimator:
 
     @property
     def estimate_s(self) -> float | None:
-        return max(self._recent) if self._recent else None
+        return max(self._recent) * (1.0 + self.margin) if self._recent else None
 
 
 @dataclass(frozen=True)
@@ -258,6 +299,19 @@ class GuidePlan:
         from policy_node.model import ChunkGuide
 
         return ChunkGuide(actions=self.actions.copy(), weights=self.weights.copy(), max_guidance=max_guidance)
+
+
+def blend_residual(chunk: Chunk, guide: GuidePlan) -> Chunk:
+    """``w * committed + (1 - w) * new`` over the guided steps: what the model's soft guidance aimed for, exactly."""
+    if abs(guide.t0 - chunk.t0) > _EPS_STEPS * chunk.dt:
+        raise ValueError(f'guide is for a chunk at t0={guide.t0}, not {chunk.t0}')
+    k = min(len(guide.weights), chunk.horizon)
+    if guide.actions.shape[1:] != chunk.actions.shape[1:]:
+        raise ValueError(f'guide has {guide.actions.shape[1]} joints, the chunk {chunk.actions.shape[1]}')
+    actions = chunk.actions.copy()
+    w = guide.weights[:k, None]
+    actions[:k] = w * guide.actions[:k] + (1.0 - w) * actions[:k]
+    return Chunk(actions, t0=chunk.t0, dt=chunk.dt, seq=chunk.seq)
 
 
 def delay_steps(*, t_obs: float, now: float, expected_latency_s: float, dt: float) -> int:

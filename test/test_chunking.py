@@ -170,7 +170,7 @@ def test_plan_guide_samples_between_steps_when_observation_is_off_grid() -> None
 
 
 def test_latency_estimator_is_conservative() -> None:
-    est = LatencyEstimator(window=3)
+    est = LatencyEstimator(window=3, margin=0.0)
     assert est.estimate_s is None
     for s in (0.10, 0.30, 0.20):
         est.add(s)
@@ -179,6 +179,7 @@ def test_latency_estimator_is_conservative() -> None:
     est.add(0.06)
     est.add(math.nan)  # ignored
     assert est.estimate_s == pytest.approx(0.20)
+    assert LatencyEstimator(initial_s=0.1).estimate_s == pytest.approx(0.12)  # default 20 % margin
 
 
 def test_rtc_switch_is_continuous_when_the_new_chunk_honours_the_guide() -> None:
@@ -198,3 +199,36 @@ def test_rtc_switch_is_continuous_when_the_new_chunk_honours_the_guide() -> None
     assert report.accepted and report.start_index <= plan.frozen_steps
     assert report.jump == pytest.approx(0.0, abs=1e-12)
     np.testing.assert_allclose(ex.step(arrival).action, before)
+
+
+def test_rtc_blends_the_guidance_residual_away_and_reports_it() -> None:
+    """Soft guidance leaves a residual; the executor blends it with the soft mask so the switch is exact."""
+    ex = ChunkExecutor('rtc')
+    ex.add(Chunk(ramp(50, 0.0, 0.01, n=2), t0=0.0, dt=DT), now=0.0)
+    plan = plan_guide(ex, t_obs=10 * DT, now=10 * DT, expected_latency_s=0.1, dt=DT, chunk_size=50)
+    assert plan is not None and plan.frozen_steps == 6
+    sampled = ramp(50, 0.3, 0.01, n=2)  # the model got within 0.2 of the committed actions everywhere
+    sampled[:40] = plan.actions + 0.2
+    report = ex.add(Chunk(sampled, t0=10 * DT, dt=DT), now=15 * DT, guide=plan)
+    assert report.raw_jump == pytest.approx(0.2)
+    assert report.jump == pytest.approx(0.0, abs=1e-12)
+    held = ex.current.actions
+    np.testing.assert_allclose(held[:6], plan.actions[:6])  # frozen: exactly the committed actions
+    k = len(plan.weights)
+    np.testing.assert_allclose(held[6:k], plan.actions[6:k] + 0.2 * (1 - plan.weights[6:k, None]))
+    np.testing.assert_allclose(held[k:], sampled[k:])  # beyond the overlap: the model's plan untouched
+    # Naive ignores any guide: the residual is the jump.
+    naive = ChunkExecutor('naive')
+    naive.add(Chunk(ramp(50, 0.0, 0.01, n=2), t0=0.0, dt=DT), now=0.0)
+    assert naive.add(Chunk(sampled, t0=10 * DT, dt=DT), now=15 * DT, guide=plan).jump == pytest.approx(0.2)
+
+
+def test_switch_waits_for_the_new_chunks_next_step_when_arriving_between_steps() -> None:
+    ex = ChunkExecutor('naive')
+    ex.add(Chunk(np.zeros((50, 1)), t0=0.0, dt=DT), now=0.0)
+    report = ex.add(Chunk(np.ones((50, 1)), t0=10 * DT, dt=DT), now=12.4 * DT)
+    assert report.start_index == pytest.approx(2.4)
+    assert ex.step(12.4 * DT).action[0] == 0.0  # still the old chunk
+    assert ex.step(12.9 * DT).action[0] == 0.0
+    assert ex.step(13.0 * DT).action[0] == 1.0  # new chunk from its step 3
+    assert len(ex.chunks) == 1

@@ -1,0 +1,583 @@
+"""The policy node: observations in, reasoning text + action chunks + control-rate joint commands out.
+
+Three loops that never wait on each other:
+
+* **inputs** (subscription callbacks): keep the latest frame of every camera and the latest
+  position of every joint, with their stamps. Cheap: no decoding, no copying beyond the message.
+* **inference** (a plain Python thread, so the model's seconds never occupy an executor thread):
+  when every input is fresh, assemble the observation, plan the real-time-chunking guide from
+  the executing chunk, run the model, and hand the chunk to the executor. Paced so a new chunk
+  starts every ``execution_horizon`` control steps (or back to back if inference is slower).
+* **control** (a timer at the rig's control rate, in its own callback group): ask the chunk
+  executor for the action at *now*, pass it through the safety gate, publish one
+  ``arms/<arm>/joint_command`` per arm.
+
+Shared state is guarded by one lock that is only ever held for microseconds (copying arrays,
+swapping a chunk), never across inference. Stale inputs stop inference and motion and drop the
+executing chunk (its times are gone by the time inputs recover); the gate then restarts from
+the measured joint positions at the max velocity.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import rclpy
+from builtin_interfaces.msg import Duration
+from diagnostic_msgs.msg import DiagnosticArray
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.node import Node
+from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import Bool, String
+from std_srvs.srv import SetBool
+from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+from visualization_msgs.msg import MarkerArray
+
+from bimanual_vla import topics
+from bimanual_vla.config import ConfigError, PolicyConfig, load_policy, resolve_share_relative
+from bimanual_vla.ros_utils import ERROR, OK, STALE, WARN, declare_rig, diagnostic_status, sec_to_stamp, stamp_to_sec
+from policy_node.chunking import Chunk, ChunkExecutor, GuidePlan, LatencyEstimator, plan_guide
+from policy_node.markers import GripperPaths, chunk_markers
+from policy_node.safety import CommandGate
+
+_ENCODINGS = {'rgb8': 3, 'bgr8': 3, 'rgba8': 4, 'bgra8': 4, 'mono8': 1}
+
+
+class ImageError(ValueError):
+    """An image message that cannot be turned into an RGB array."""
+
+
+def image_to_rgb(msg: Image) -> np.ndarray:
+    """sensor_msgs/Image (rgb8/bgr8/rgba8/bgra8/mono8) -> HxWx3 uint8 RGB, honouring ``step`` padding."""
+    channels = _ENCODINGS.get(msg.encoding)
+    if channels is None:
+        raise ImageError(f'unsupported encoding {msg.encoding!r} (use one of {", ".join(_ENCODINGS)})')
+    h, w, step = int(msg.height), int(msg.width), int(msg.step)
+    if h <= 0 or w <= 0 or step < w * channels:
+        raise ImageError(f'bad geometry {w}x{h}, step {step} for {msg.encoding}')
+    data = np.frombuffer(bytes(msg.data), dtype=np.uint8)
+    if data.size != h * step:
+        raise ImageError(f'{data.size} bytes for {h} rows of {step} bytes')
+    img = data.reshape(h, step)[:, : w * channels].reshape(h, w, channels)
+    if msg.encoding == 'mono8':
+        return np.repeat(img, 3, axis=2)
+    if msg.encoding.startswith('bgr'):
+        return np.ascontiguousarray(img[:, :, 2::-1])
+    return np.ascontiguousarray(img[:, :, :3])
+
+
+@dataclass
+class _Snapshot:
+    images: dict[str, np.ndarray]
+    state: np.ndarray
+    task: str
+    stamp: float
+    camera_stamps: dict[str, float]
+    guide: object | None  # the model's ChunkGuide
+    plan: GuidePlan | None  # the same, as planned (committed actions, weights), for residual blending
+    frozen_steps: int
+    decode_subtask: bool
+    override: str | None
+
+
+class _Stats:
+    """Rolling numbers for diagnostics and the benchmark (bounded memory for an eight-hour run)."""
+
+    def __init__(self, window: int = 3000) -> None:
+        self.tick_periods_ms: deque[float] = deque(maxlen=window)
+        self.tick_late_ms: deque[float] = deque(maxlen=window)
+        self.inference_ms: deque[float] = deque(maxlen=200)
+        self.frame_to_command_ms: deque[float] = deque(maxlen=500)
+        self.join_jumps: deque[float] = deque(maxlen=500)
+        # (jump, jump before RTC residual blending, start index, RTC frozen steps)
+        self.joins: deque[tuple[float, float, float, int]] = deque(maxlen=500)
+        self.chunks = 0
+        self.chunks_refused = 0
+        self.nonfinite_chunks = 0
+        self.inference_errors = 0
+        self.starved_ticks = 0
+        self.bad_images = 0
+        self.bad_joint_states = 0
+        self.last_error = ''
+
+
+def _pct(values, q: float) -> float:
+    return float(np.percentile(np.asarray(values), q)) if len(values) else float('nan')
+
+
+class PolicyNode(Node):
+    """Runs a VLA checkpoint on a rig: see the module docstring and docs/policy_node.md."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__('policy_node', **kwargs)
+        from policy_node.model import VLAPolicy  # torch/transformers: only when a node is built
+
+        self.rig = declare_rig(self)
+        policy_arg = self.declare_parameter('policy', 'default').get_parameter_value().string_value
+        self.policy_cfg: PolicyConfig = load_policy(policy_arg)
+        ckpt = self.declare_parameter('checkpoint', '').get_parameter_value().string_value
+        enabled = self.declare_parameter('enabled', self.policy_cfg.safety.enabled_at_start).value
+        strategy = self.declare_parameter('chunking', self.policy_cfg.inference.chunking).value
+        self.marker_every = max(1, int(self.declare_parameter('markers_every_n_chunks', 1).value))
+        checkpoint = resolve_share_relative(ckpt or self.policy_cfg.checkpoint)
+        if not Path(checkpoint).is_dir():
+            raise ConfigError(f'checkpoint {checkpoint} is not a directory (set the "checkpoint" parameter)')
+
+        inf = self.policy_cfg.inference
+        if inf.torch_threads > 0:  # torch's default takes every core and starves the control loop
+            import torch
+
+            torch.set_num_threads(inf.torch_threads)
+        self.model = VLAPolicy.load(
+            checkpoint,
+            device=inf.device,
+            num_steps=inf.num_steps,
+            max_subtask_tokens=self.policy_cfg.reasoning.max_tokens,
+        )
+        self.joint_names: list[str] = list(self.model.joint_names)
+        self.camera_names: list[str] = list(self.model.camera_names)
+        self.dt = 1.0 / float(self.model.control_rate_hz)
+        self.arms = self._commanded_arms()
+        self._check_cameras()
+
+        self.executor_ = ChunkExecutor(strategy, ensemble_decay=inf.ensemble_decay)
+        self.gate = CommandGate.from_rig(
+            self.rig, self.joint_names, max_velocity_rad_s=self.policy_cfg.safety.max_velocity_rad_s, enabled=enabled
+        )
+        self.latency = LatencyEstimator()
+        self.stats = _Stats()
+        self._lock = threading.Lock()
+        self._col = {n: i for i, n in enumerate(self.joint_names)}
+        self._joint_pos = np.full(len(self.joint_names), np.nan)
+        self._joint_stamp = np.full(len(self.joint_names), -np.inf)
+        self._frames: dict[str, Image] = {}
+        self._task = self.policy_cfg.task
+        self._override: str | None = None
+        self._last_reasoning: str | None = None
+        self._subtask = ''
+        self._stale: list[str] = ['no input yet']
+        self._pending_frames: dict[str, float] | None = None  # camera stamps of the newest chunk, until commanded
+        self._last_tick_wall: float | None = None
+
+        sensors = MutuallyExclusiveCallbackGroup()
+        control = MutuallyExclusiveCallbackGroup()
+        misc = MutuallyExclusiveCallbackGroup()
+        for cam in self.camera_names:
+            self.create_subscription(
+                Image,
+                topics.camera_image(cam),
+                lambda msg, cam=cam: self._on_image(cam, msg),
+                topics.SENSOR_QOS,
+                callback_group=sensors,
+            )
+        self.create_subscription(
+            JointState, topics.JOINT_STATES, self._on_joints, topics.SENSOR_QOS, callback_group=sensors
+        )
+        self.create_subscription(String, topics.POLICY_TASK, self._on_task, topics.LATCHED_QOS, callback_group=misc)
+        self.create_subscription(
+            String, topics.POLICY_SUBTASK, self._on_subtask, topics.RELIABLE_QOS, callback_group=misc
+        )
+        self.create_subscription(Bool, topics.ESTOP, self._on_estop, topics.LATCHED_QOS, callback_group=misc)
+        self.create_service(SetBool, topics.POLICY_ENABLE, self._on_enable, callback_group=misc)
+        self._cmd_pubs = {
+            arm: self.create_publisher(JointState, topics.arm_command(arm), topics.COMMAND_QOS) for arm in self.arms
+        }
+        self._chunk_pub = self.create_publisher(JointTrajectory, topics.POLICY_ACTION_CHUNK, topics.RELIABLE_QOS)
+        self._reasoning_pub = self.create_publisher(String, topics.POLICY_REASONING, topics.LATCHED_QOS)
+        self._marker_pub = self.create_publisher(MarkerArray, topics.POLICY_MARKERS, topics.RELIABLE_QOS)
+        self._diag_pub = self.create_publisher(DiagnosticArray, topics.DIAGNOSTICS, topics.DIAGNOSTICS_QOS)
+        self.paths = GripperPaths(self.rig, self.joint_names, list(self.arms))
+
+        self._control_timer = self.create_timer(1.0 / self.rig.control_rate_hz, self._tick, callback_group=control)
+        self.create_timer(1.0, self._publish_diagnostics, callback_group=misc)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._inference_loop, name='policy_inference', daemon=True)
+        self._thread.start()
+        self.get_logger().info(
+            f'policy {checkpoint.name}: {len(self.joint_names)} joints, cameras {self.camera_names}, '
+            f'chunk {self.model.chunk_size} @ {self.model.control_rate_hz:g} Hz, chunking {strategy}, '
+            f'control {self.rig.control_rate_hz:g} Hz, {"ENABLED" if enabled else "disabled (call policy/enable)"}; '
+            f'markers: {self.paths.mode}'
+        )
+
+    # ---------------------------------------------------------------- setup
+
+    def _commanded_arms(self) -> dict[str, tuple[list[str], np.ndarray]]:
+        """arm -> (qualified joint names, their columns in the chunk), for arms the checkpoint fully covers."""
+        rig_joints = set(self.rig.all_joint_names())
+        unknown = [n for n in self.joint_names if n not in rig_joints]
+        if unknown:
+            raise ConfigError(f'checkpoint joints {unknown} are not joints of rig {self.rig.name!r}')
+        arms: dict[str, tuple[list[str], np.ndarray]] = {}
+        cols = {n: i for i, n in enumerate(self.joint_names)}
+        for arm in self.rig.arms:
+            names = arm.qualified_joint_names()
+            covered = [n for n in names if n in cols]
+            if covered and len(covered) != len(names):
+                missing = sorted(set(names) - set(covered))
+                raise ConfigError(f'checkpoint covers arm {arm.name!r} only partly (missing {missing})')
+            if covered:
+                arms[arm.name] = (names, np.array([cols[n] for n in names]))
+            else:
+                self.get_logger().warning(f'arm {arm.name!r} is not in the checkpoint: it will not be commanded')
+        return arms
+
+    def _check_cameras(self) -> None:
+        rig_cams = {c.name for c in self.rig.cameras}
+        missing = [c for c in self.camera_names if c not in rig_cams]
+        if missing:
+            raise ConfigError(f'checkpoint expects cameras {missing} that rig {self.rig.name!r} does not have')
+
+    def now_s(self) -> float:
+        return self.get_clock().now().nanoseconds * 1e-9
+
+    # --------------------------------------------------------------- inputs
+
+    def _on_image(self, cam: str, msg: Image) -> None:
+        with self._lock:
+            self._frames[cam] = msg
+
+    def _on_joints(self, msg: JointState) -> None:
+        stamp = stamp_to_sec(msg.header.stamp)
+        if len(msg.position) != len(msg.name):
+            self.stats.bad_joint_states += 1
+            return
+        with self._lock:
+            for name, pos in zip(msg.name, msg.position, strict=True):
+                i = self._col.get(name)
+                if i is None:
+                    continue
+                if not math.isfinite(pos):  # the joint goes stale instead of feeding NaN to the model
+                    self.stats.bad_joint_states += 1
+                    continue
+                self._joint_pos[i] = pos
+                self._joint_stamp[i] = stamp
+
+    def _on_task(self, msg: String) -> None:
+        with self._lock:
+            self._task = msg.data.strip()
+        self.get_logger().info(f'task: {msg.data!r}')
+
+    def _on_subtask(self, msg: String) -> None:
+        text = msg.data.strip()
+        with self._lock:
+            self._override = text or None
+        self.get_logger().info(f'subtask override: {text!r}' if text else 'subtask override cleared')
+
+    def _on_estop(self, msg: Bool) -> None:
+        with self._lock:
+            changed = msg.data != self.gate.estop
+            self.gate.set_estop(msg.data)
+        # Two call sites: rclpy refuses one site logging at two severities.
+        if changed and msg.data:
+            self.get_logger().warning('E-STOP engaged: commands stopped, policy disabled')
+        elif changed:
+            self.get_logger().info('e-stop released; call policy/enable to move again')
+
+    def _on_enable(self, request: SetBool.Request, response: SetBool.Response) -> SetBool.Response:
+        with self._lock:
+            response.success, response.message = self.gate.set_enabled(request.data)
+        self.get_logger().info(f'policy/enable {request.data}: {response.message}')
+        return response
+
+    def _stale_inputs(self, now: float) -> list[str]:
+        """Which inputs are missing or too old (caller holds the lock)."""
+        stale: list[str] = []
+        max_cam = self.policy_cfg.staleness.camera_max_age_s
+        for cam in self.camera_names:
+            msg = self._frames.get(cam)
+            if msg is None:
+                stale.append(f'camera {cam}: no frame')
+                continue
+            age = now - stamp_to_sec(msg.header.stamp)
+            if age > max_cam or age < -max_cam:
+                stale.append(f'camera {cam}: {age:.2f} s old')
+        max_joint = self.policy_cfg.staleness.joint_max_age_s
+        ages = now - self._joint_stamp
+        bad = ~((ages <= max_joint) & (ages >= -max_joint))
+        if np.any(bad):
+            for arm, (_names, cols) in self.arms.items():
+                if np.any(bad[cols]):
+                    worst = float(np.max(ages[cols]))
+                    stale.append(f'joints {arm}: ' + ('none yet' if math.isinf(worst) else f'{worst:.2f} s old'))
+            other = [self.joint_names[i] for i in np.flatnonzero(bad) if not any(i in c for _, c in self.arms.values())]
+            if other:
+                stale.append(f'joints {other}: stale')
+        return stale
+
+    # -------------------------------------------------------------- control
+
+    def _tick(self) -> None:
+        wall = time.monotonic()
+        if self._last_tick_wall is not None:
+            self.stats.tick_periods_ms.append((wall - self._last_tick_wall) * 1e3)
+        self._last_tick_wall = wall
+        now = self.now_s()
+        with self._lock:
+            stale = self._stale_inputs(now)
+            if stale and not self._stale:
+                self.get_logger().warning(f'stale inputs, holding: {"; ".join(stale)}')
+            elif self._stale and not stale:
+                self.get_logger().info('all inputs fresh')
+            self._stale = stale
+            if stale:
+                self.executor_.clear()
+                sample = None
+            else:
+                sample = self.executor_.step(now)
+                if sample.exhausted:
+                    self.stats.starved_ticks += 1
+            measured = self._joint_pos.copy()
+            result = self.gate.step(
+                None if sample is None else sample.action, measured=measured, inputs_fresh=not stale
+            )
+            pending = self._pending_frames if result.command is not None else None
+            if pending is not None:
+                self._pending_frames = None
+        if result.command is None:
+            return
+        stamp = sec_to_stamp(now)
+        for arm, (names, cols) in self.arms.items():
+            msg = JointState()
+            msg.header.stamp = stamp
+            msg.name = names
+            msg.position = [float(v) for v in result.command[cols]]
+            self._cmd_pubs[arm].publish(msg)
+        if pending:
+            for cam_stamp in pending.values():
+                self.stats.frame_to_command_ms.append((self.now_s() - cam_stamp) * 1e3)
+
+    # ------------------------------------------------------------ inference
+
+    def _snapshot(self) -> _Snapshot | None:
+        """Everything one inference needs, copied under the lock; None if inputs are not usable."""
+        now = self.now_s()
+        with self._lock:
+            if self._stale_inputs(now) or not self._task:
+                return None
+            frames = dict(self._frames)
+            state = self._joint_pos.copy()
+            joint_stamp = float(np.min(self._joint_stamp))
+            task, override = self._task, self._override
+            cam_stamps = {c: stamp_to_sec(frames[c].header.stamp) for c in self.camera_names}
+            t_obs = min(joint_stamp, *cam_stamps.values())
+            guide, plan, frozen = None, None, 0
+            if self.executor_.strategy == 'rtc':
+                latency = self.latency.estimate_s
+                plan = plan_guide(
+                    self.executor_,
+                    t_obs=t_obs,
+                    now=now,
+                    expected_latency_s=latency if latency is not None else 0.0,
+                    dt=self.dt,
+                    chunk_size=self.model.chunk_size,
+                )
+                if plan is not None:
+                    guide, frozen = plan.to_chunk_guide(self.policy_cfg.inference.rtc_beta), plan.frozen_steps
+        images = {}
+        for cam in self.camera_names:
+            try:
+                images[cam] = image_to_rgb(frames[cam])
+            except ImageError as exc:
+                self.stats.bad_images += 1
+                self.stats.last_error = f'camera {cam}: {exc}'
+                return None
+        reasoning = self.policy_cfg.reasoning
+        decode = reasoning.enabled and self.stats.chunks % reasoning.every_n_chunks == 0
+        return _Snapshot(images, state, task, t_obs, cam_stamps, guide, plan, frozen, decode, override)
+
+    def _inference_loop(self) -> None:
+        from policy_node.model import NonFiniteActionError, Observation
+
+        horizon = max(1, min(self.policy_cfg.inference.execution_horizon, self.model.chunk_size))
+        next_start = -math.inf
+        while not self._stop.is_set():
+            if self.now_s() < next_start:
+                self._stop.wait(0.002)
+                continue
+            snap = self._snapshot()
+            if snap is None:
+                self._stop.wait(0.02)
+                continue
+            started = self.now_s()
+            wall0 = time.monotonic()
+            obs = Observation(images=snap.images, state=snap.state, task=snap.task, stamp=snap.stamp)
+            try:
+                result = self.model.infer(
+                    obs, decode_subtask=snap.decode_subtask, subtask_override=snap.override, guide=snap.guide
+                )
+            except NonFiniteActionError as exc:
+                self.stats.nonfinite_chunks += 1
+                self.stats.last_error = f'model output rejected: {exc}'
+                self.get_logger().error(
+                    f'non-finite model output rejected (never sent): {exc}', throttle_duration_sec=5
+                )
+                next_start = started + horizon * self.dt
+                continue
+            except Exception as exc:  # keep the node alive; diagnostics go ERROR and name it
+                self.stats.inference_errors += 1
+                self.stats.last_error = f'{type(exc).__name__}: {exc}'
+                self.get_logger().error(f'inference failed: {self.stats.last_error}', throttle_duration_sec=5)
+                self._stop.wait(0.5)
+                continue
+            latency_s = time.monotonic() - wall0
+            self.latency.add(latency_s)
+            self.stats.inference_ms.append(latency_s * 1e3)
+            self._accept(result, snap)
+            next_start = started + horizon * self.dt
+
+    def _accept(self, result, snap: _Snapshot) -> None:
+        try:
+            chunk = Chunk(
+                np.asarray(result.actions, dtype=np.float64), t0=snap.stamp, dt=self.dt, seq=self.stats.chunks
+            )
+            with self._lock:
+                report = self.executor_.add(chunk, now=self.now_s(), guide=snap.plan)
+                if report.accepted:
+                    self._pending_frames = snap.camera_stamps
+        except ValueError as exc:  # NaN that slipped past the model, wrong shape
+            self.stats.nonfinite_chunks += 1
+            self.stats.last_error = f'chunk rejected: {exc}'
+            self.get_logger().error(self.stats.last_error, throttle_duration_sec=5)
+            return
+        if not report.accepted:
+            self.stats.chunks_refused += 1
+            self.stats.last_error = f'chunk refused ({report.reason}): inference slower than the chunk'
+            return
+        self.stats.chunks += 1
+        if report.reason == 'joined':
+            self.stats.join_jumps.append(report.jump)
+            self.stats.joins.append((report.jump, report.raw_jump, report.start_index, snap.frozen_steps))
+        self._subtask = result.subtask
+        if result.subtask and result.subtask != self._last_reasoning:
+            self._last_reasoning = result.subtask
+            self._reasoning_pub.publish(String(data=result.subtask))
+        self._publish_chunk(chunk)
+        if self.stats.chunks % self.marker_every == 0:
+            label = f'[coach] {result.subtask}' if result.subtask_source == 'override' else result.subtask
+            self._marker_pub.publish(
+                chunk_markers(
+                    self.paths,
+                    chunk.actions,
+                    self.dt,
+                    stamp=sec_to_stamp(chunk.t0),
+                    reasoning=label,
+                    frozen_steps=snap.frozen_steps,
+                )
+            )
+
+    def _publish_chunk(self, chunk: Chunk) -> None:
+        msg = JointTrajectory()
+        msg.header.stamp = sec_to_stamp(chunk.t0)
+        msg.joint_names = self.joint_names
+        for i, row in enumerate(chunk.actions):
+            ns = int(round(i * chunk.dt * 1e9))
+            point = JointTrajectoryPoint(positions=[float(v) for v in row])
+            point.time_from_start = Duration(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)
+            msg.points.append(point)
+        self._chunk_pub.publish(msg)
+
+    # ---------------------------------------------------------- diagnostics
+
+    def diagnostics_values(self) -> dict[str, object]:
+        s = self.stats
+        with self._lock:
+            counters = self.gate.counters
+            values: dict[str, object] = {
+                'enabled': self.gate.enabled,
+                'estop': self.gate.estop,
+                'chunking': self.executor_.strategy,
+                'task': self._task,
+                'subtask': self._subtask,
+                'subtask_override': self._override or '',
+                'stale_inputs': '; '.join(self._stale) or 'none',
+                'commands_sent': counters.commands,
+                'rejected_outputs': s.nonfinite_chunks + counters.nonfinite_rejected,
+                'limit_clips': counters.limit_clips,
+                'velocity_clamps': counters.velocity_clamps,
+                'blocked_ticks': ', '.join(f'{k}={v}' for k, v in sorted(counters.blocked.items())) or 'none',
+            }
+        est = self.latency.estimate_s
+        values.update(
+            {
+                'chunks': s.chunks,
+                'chunks_refused_late': s.chunks_refused,
+                'inference_errors': s.inference_errors,
+                'inference_ms_p50': _pct(s.inference_ms, 50),
+                'inference_ms_max': max(s.inference_ms, default=float('nan')),
+                'rtc_delay_steps_planned': math.ceil(est / self.dt) + 1 if est is not None else 0,
+                'control_period_ms_p50': _pct(s.tick_periods_ms, 50),
+                'control_period_ms_p99': _pct(s.tick_periods_ms, 99),
+                'control_period_ms_max': max(s.tick_periods_ms, default=float('nan')),
+                'frame_to_command_ms_p50': _pct(s.frame_to_command_ms, 50),
+                'join_jump_max': max((j[0] for j in s.joins), default=0.0),
+                'join_jump_before_rtc_blend_max': max((j[1] for j in s.joins), default=0.0),
+                'rtc_joins_later_than_planned': sum(1 for j in s.joins if j[3] and j[2] > j[3] - 1),
+                'starved_ticks': s.starved_ticks,
+                'bad_images': s.bad_images,
+                'bad_joint_states': s.bad_joint_states,
+                'last_error': s.last_error or 'none',
+            }
+        )
+        return values
+
+    def _publish_diagnostics(self) -> None:
+        values = self.diagnostics_values()
+        if self.gate.estop:
+            level, message = ERROR, 'e-stop engaged'
+        elif self._stale:
+            level, message = STALE, 'stale inputs: ' + '; '.join(self._stale)
+        elif self.stats.inference_errors or self.stats.nonfinite_chunks:
+            level, message = WARN, f'model output rejected or failed: {self.stats.last_error}'
+        elif not self.gate.enabled:
+            level, message = OK, 'disabled (preview only: chunks and reasoning published, no commands)'
+        else:
+            level, message = OK, f'running, {self.stats.chunks} chunks'
+        array = DiagnosticArray()
+        array.header.stamp = self.get_clock().now().to_msg()
+        array.status.append(diagnostic_status(f'{self.get_name()}: policy', level, message, values))
+        self._diag_pub.publish(array)
+
+    # -------------------------------------------------------------- teardown
+
+    def destroy_node(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout=30.0)
+        super().destroy_node()
+
+
+def main(args: list[str] | None = None) -> None:
+    from bimanual_vla.rosenv import apply_pip_defaults
+
+    apply_pip_defaults()
+    rclpy.init(args=args)
+    node = None
+    try:
+        try:
+            node = PolicyNode()
+        except ValueError as exc:  # ConfigError, CheckpointError: a clear message, not a traceback
+            print(f'policy_node: {exc}', file=sys.stderr)
+            raise SystemExit(2) from None
+        executor = MultiThreadedExecutor(num_threads=4)
+        executor.add_node(node)
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+
+
+if __name__ == '__main__':
+    main()

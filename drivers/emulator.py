@@ -21,7 +21,7 @@ import tty
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from drivers.control_table import CONTROL_TABLES, ControlTable
+from drivers.control_table import CONTROL_TABLES, ControlTable, Register
 from drivers.dynamixel_protocol import DYNAMIXEL
 from drivers.feetech_protocol import FEETECH
 from drivers.protocol_common import BROADCAST_ID, Instruction, InstructionPacket, PacketError, Protocol
@@ -127,28 +127,32 @@ class EmulatedServo:
             torque_on = self._regs[table.torque_enable.address]
             if table.eeprom_end and torque_on and address < table.eeprom_end:
                 return DXL_ERR_ACCESS
-            old_offset = self._get('homing_offset')
-            old_id = self._get('id')
-            present = table.present_position
             end = address + len(data)
-            for i, b in enumerate(data):
-                a = address + i
-                if not present.address <= a < present.address + present.length:  # present position is read-only
-                    self._regs[a] = b
-            goal = table.goal_position
-            if address < goal.address + goal.length and end > goal.address:
+            touches_offset = _overlaps(table.homing_offset, address, end)
+            touches_id = _overlaps(table.id, address, end)
+            old_offset = self._get('homing_offset') if touches_offset else 0
+            old_id = self._get('id') if touches_id else 0
+            present = table.present_position
+            if _overlaps(present, address, end):
+                for i, b in enumerate(data):
+                    a = address + i
+                    if not present.address <= a < present.address + present.length:  # present position: read-only
+                        self._regs[a] = b
+            else:
+                self._regs[address:end] = data
+            if _overlaps(table.goal_position, address, end):
                 lo, hi = self._get('min_position_limit'), self._get('max_position_limit')
                 clamped = max(lo, min(hi, self._get('goal_position'))) if lo <= hi else self._get('goal_position')
                 self._put('goal_position', clamped)
                 if self._owner.on_goal is not None:
                     self._owner.on_goal(self._get('id'), clamped)
-            new_offset = self._get('homing_offset')
+            new_offset = self._get('homing_offset') if touches_offset else 0
             if new_offset != old_offset:
                 # Present position is reported relative to the homing offset: Dynamixel adds it, Feetech subtracts.
                 shift = new_offset - old_offset
                 self._position += shift if table.protocol == 'dynamixel' else -shift
                 self._store_position()
-            new_id = self._get('id')
+            new_id = self._get('id') if touches_id else 0
             if new_id != old_id:
                 self._owner._rekey(old_id, new_id)
             return 0
@@ -184,6 +188,10 @@ class EmulatedServo:
     @property
     def torque_enabled(self) -> bool:
         return bool(self.read_register('torque_enable'))
+
+
+def _overlaps(reg: Register, start: int, end: int) -> bool:
+    return start < reg.address + reg.length and end > reg.address
 
 
 class ServoBusEmulator:

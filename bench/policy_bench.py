@@ -199,6 +199,12 @@ SECTIONS: dict[str, Callable[..., dict[str, Any]]] = {
     'pi0_meta': bench_pi0_meta,
     'tiny_inference': bench_tiny_inference,
 }
+# Streaming sections (chunk-switch discontinuity per joining strategy, control-loop period and
+# camera-to-command latency with the real node): bench/policy_stream_bench.py.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from policy_stream_bench import SECTIONS as _STREAM_SECTIONS  # noqa: E402
+
+SECTIONS.update(_STREAM_SECTIONS)
 
 
 def main(argv: list[str] | None = None) -> int:

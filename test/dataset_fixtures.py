@@ -1,0 +1,124 @@
+"""Synthetic rig bags with known values, for the dataset, export and evaluation tests.
+
+Messages are serialised by rclpy (with the trailing alignment bytes it writes, see DESIGN.md
+pitfalls) and written with rosbags' Writer as our recorder writes them. Every value is a
+closed-form function of time, so tests can compute what a sample must contain.
+
+Layout (aloha_sim rig: arms left/right with 7 joints, cameras top/left_wrist/right_wrist):
+
+* joint_states: one message per arm every 20 ms (left at +1 ms, right at +2 ms);
+  joint j of arm a at tick i reads ``state_value(a, j, i)``;
+* arms/<arm>/joint_command: every 20 ms at +3 ms, ``command_value(a, j, i)``;
+* cameras: 10 Hz at +4 ms, 6x8 rgb8 frames filled with ``frame_value(cam, n)``;
+* policy/task (before the first episode), sim/expert_subtask labels, record/episode markers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SEC = 1_000_000_000
+MS = 1_000_000
+T0 = 1000 * SEC
+ARMS = ('left', 'right')
+JOINTS = ('waist', 'shoulder', 'elbow', 'forearm_roll', 'wrist_angle', 'wrist_rotate', 'gripper')
+CAMERAS = ('top', 'left_wrist', 'right_wrist')
+JOINT_NAMES = [f'{a}_{j}' for a in ARMS for j in JOINTS]
+TASK = 'transfer the cube to the left arm'
+HEADER_OFFSET = 5 * SEC - T0  # header stamps run on another clock (like sim time): recv + this
+
+
+def state_value(arm: int, joint: int, tick: int) -> float:
+    return 0.1 * joint + 0.01 * arm + 0.002 * tick
+
+
+def command_value(arm: int, joint: int, tick: int) -> float:
+    return 0.1 * joint + 0.01 * arm + 0.002 * tick + 0.05
+
+
+def frame_value(cam: int, n: int) -> int:
+    return (n * 7 + cam * 50) % 256
+
+
+@dataclass
+class BagSpec:
+    """What to put in a synthetic bag (times relative to T0, seconds)."""
+
+    episodes: list[tuple[str, float, float]] = field(default_factory=lambda: [('a', 0.0, 2.0), ('b', 2.5, 4.5)])
+    markers: bool = True
+    end_s: float = 4.5
+    cameras: tuple[str, ...] = CAMERAS
+    camera_gap: tuple[str, float, float] | None = ('right_wrist', 3.0, 3.7)  # camera silent in [from, to)
+    commands: bool = True
+    subtasks: tuple[tuple[float, str], ...] = ((0.0, 'reach the cube'), (1.0, 'grasp the cube'), (2.6, 'lift it'))
+    subtask_topic: str = '/sim/expert_subtask'
+    task: str | None = TASK
+    image_size: tuple[int, int] = (6, 8)  # height, width
+
+
+def _header(msg, recv: int) -> None:
+    stamp = recv + HEADER_OFFSET
+    msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp, SEC)
+
+
+def build_entries(spec: BagSpec) -> list[tuple[str, str, int, bytes]]:
+    from rclpy.serialization import serialize_message
+    from sensor_msgs.msg import Image, JointState
+    from std_msgs.msg import String
+
+    out: list[tuple[str, str, int, bytes]] = []
+    js, st = 'sensor_msgs/msg/JointState', 'std_msgs/msg/String'
+    if spec.task is not None:
+        out.append(('/policy/task', st, T0 - SEC // 2, serialize_message(String(data=spec.task))))
+    ticks = int(spec.end_s * 50)
+    for i in range(ticks):
+        base = T0 + i * 20 * MS
+        for a, arm in enumerate(ARMS):
+            msg = JointState(name=[f'{arm}_{j}' for j in JOINTS], position=[state_value(a, j, i) for j in range(7)])
+            _header(msg, base + (1 + a) * MS)
+            out.append(('/joint_states', js, base + (1 + a) * MS, serialize_message(msg)))
+            if spec.commands:
+                cmd = JointState(
+                    name=[f'{arm}_{j}' for j in JOINTS], position=[command_value(a, j, i) for j in range(7)]
+                )
+                _header(cmd, base + 3 * MS)
+                out.append((f'/arms/{arm}/joint_command', js, base + 3 * MS, serialize_message(cmd)))
+    h, w = spec.image_size
+    for n in range(int(spec.end_s * 10)):
+        recv = T0 + n * 100 * MS + 4 * MS
+        for c, cam in enumerate(CAMERAS):
+            if cam not in spec.cameras:
+                continue
+            gap = spec.camera_gap
+            if gap and gap[0] == cam and T0 + int(gap[1] * SEC) <= recv < T0 + int(gap[2] * SEC):
+                continue
+            img = Image(height=h, width=w, encoding='rgb8', step=3 * w, data=bytes([frame_value(c, n)]) * (h * w * 3))
+            img.header.frame_id = f'{cam}_optical_frame'
+            _header(img, recv)
+            out.append((f'/cameras/{cam}/image_raw', 'sensor_msgs/msg/Image', recv, serialize_message(img)))
+    for t, label in spec.subtasks:
+        out.append((spec.subtask_topic, st, T0 + int(t * SEC), serialize_message(String(data=label))))
+    if spec.markers:
+        for label, start, stop in spec.episodes:
+            out.append(('/record/episode', st, T0 + int(start * SEC), serialize_message(String(data=label))))
+            out.append(('/record/episode', st, T0 + int(stop * SEC), serialize_message(String(data=''))))
+    out.sort(key=lambda e: e[2])
+    return out
+
+
+def write_bag(path: Path, spec: BagSpec | None = None) -> Path:
+    """Write the synthetic bag to `path` (a new rosbag2 directory, MCAP) and return it."""
+    from rosbags.rosbag2 import StoragePlugin, Writer
+
+    from bimanual_vla.bag_types import type_definition
+
+    entries = build_entries(spec or BagSpec())
+    conns = {}
+    with Writer(path, version=9, storage_plugin=StoragePlugin.MCAP) as writer:
+        for topic, type_name, ts, data in entries:
+            if topic not in conns:
+                msgdef, digest = type_definition(type_name)
+                conns[topic] = writer.add_connection(topic, type_name, msgdef=msgdef, rihs01=digest)
+            writer.write(conns[topic], ts, data)
+    return path

@@ -21,6 +21,14 @@ dxl = pytest.importorskip('dynamixel_sdk', reason='dynamixel-sdk is a test-only 
 IDS = [1, 2, 3, 4, 5, 6]
 
 
+@pytest.fixture(autouse=True)
+def patient_sdks(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The SDKs wait 2 x LATENCY_TIMER (16 ms) for a reply; on a loaded two-core machine the emulator
+    # thread can be descheduled longer than that. Give them 200 ms: this test is about bytes, not speed.
+    monkeypatch.setattr(scs.port_handler, 'LATENCY_TIMER', 100)
+    monkeypatch.setattr(dxl.port_handler, 'LATENCY_TIMER', 100)
+
+
 @pytest.fixture
 def feetech() -> Iterator[tuple[ServoBusEmulator, object, object]]:
     with ServoBusEmulator('feetech', IDS) as emulator:

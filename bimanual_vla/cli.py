@@ -26,6 +26,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     'bimanual_vla.commands.calibrate',
     'bimanual_vla.commands.make_checkpoint',
     'bimanual_vla.commands.sim_expert',
+    'bimanual_vla.commands.eval',
+    'bimanual_vla.commands.export_lerobot',
 )
 
 

@@ -30,6 +30,7 @@ GRIPPER_OPEN = 0.050  # left-finger slide, metres: ~5.5 cm between the pads
 GRIPPER_CLOSED = 0.021  # the limit; squeezing an object leaves a steady grip force
 CUBE_HALF = 0.02
 PEG_HALF_Z = 0.01
+IK_DAMPING = 1e-4  # damped least squares: lambda^2
 PEG_HALF_X = 0.06
 SOCKET_CENTRE_Z = 0.022  # resting height of the socket body (its walls reach 2 mm lower)
 PIN_END_X = 0.04  # the pin's +x end in the socket frame
@@ -102,9 +103,8 @@ class ArmIK:
         return d.xpos[self.body] + rot @ TCP_OFFSET, rot
 
     def solve(self, pos: np.ndarray, rot: np.ndarray, q0: np.ndarray, iters: int = 60) -> tuple[np.ndarray, float]:
-        """Joint angles reaching (pos, rot) from q0; returns (q, position error in metres)."""
+        """Joint angles reaching (pos, rot), iterating from q0; returns (q, position error in metres)."""
         q = q0.copy()
-        damping = 1e-4
         err_p = np.inf
         for _ in range(iters):
             p, r = self.tcp(q)
@@ -117,7 +117,7 @@ class ArmIK:
             mujoco.mj_jac(self.model, self.data, self._jacp, self._jacr, p, self.body)
             jac = np.vstack([self._jacp[:, self.dadr], self._jacr[:, self.dadr]])
             err = np.concatenate([err_p_vec, err_r_vec])
-            dq = jac.T @ np.linalg.solve(jac @ jac.T + damping * np.eye(6), err)
+            dq = jac.T @ np.linalg.solve(jac @ jac.T + IK_DAMPING * np.eye(6), err)
             q = np.clip(q + np.clip(dq, -0.3, 0.3), self.lower, self.upper)
         return q, err_p
 

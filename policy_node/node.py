@@ -400,7 +400,7 @@ class PolicyNode(Node):
         horizon = max(1, min(self.policy_cfg.inference.execution_horizon, self.model.chunk_size))
         next_start = -math.inf
         while not self._stop.is_set():
-            if self.now_s() < next_start:
+            if self.now_s() < next_start and self.executor_.current is not None:  # nothing to run: start now
                 self._stop.wait(0.002)
                 continue
             snap = self._snapshot()

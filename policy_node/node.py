@@ -118,6 +118,8 @@ class PolicyNode(Node):
 
     def __init__(self, **kwargs) -> None:
         super().__init__('policy_node', **kwargs)
+        self._stop = threading.Event()  # first: destroy_node must work on a node whose set-up failed
+        self._thread: threading.Thread | None = None
         from policy_node.model import VLAPolicy  # torch/transformers: only when a node is built
 
         self.rig = declare_rig(self)
@@ -198,7 +200,6 @@ class PolicyNode(Node):
 
         self._control_timer = self.create_timer(1.0 / self.rig.control_rate_hz, self._tick, callback_group=control)
         self.create_timer(1.0, self._publish_diagnostics, callback_group=misc)
-        self._stop = threading.Event()
         self._thread = threading.Thread(target=self._inference_loop, name='policy_inference', daemon=True)
         self._thread.start()
         self.get_logger().info(
@@ -550,8 +551,9 @@ class PolicyNode(Node):
 
     def destroy_node(self) -> None:
         self._stop.set()
-        if self._thread.is_alive() and threading.current_thread() is not self._thread:
-            self._thread.join(timeout=30.0)
+        thread = self._thread
+        if thread is not None and thread.is_alive() and threading.current_thread() is not thread:
+            thread.join(timeout=30.0)
         super().destroy_node()
 
 

@@ -217,21 +217,23 @@ class ScriptedExpert:
         peg_tcp_aligned = peg_tcp_inserted + [0.05, 0, 0]
         closed, opened = GRIPPER_CLOSED, GRIPPER_OPEN
         right = [
-            self._start('right', 'move the right gripper above the peg'),
-            Waypoint(1.6, peg_grasp + [0, 0, 0.08], r_pick, opened, 'move the right gripper above the peg'),
-            Waypoint(2.4, peg_grasp, r_pick, opened, 'lower the right gripper around the peg'),
-            Waypoint(3.0, peg_grasp, r_pick, closed, 'grasp the peg'),
-            Waypoint(3.6, peg_grasp + [0, 0, 0.08], r_pick, closed, 'lift the peg'),
+            self._start('right', 'move the grippers above the peg and the socket'),
+            Waypoint(1.6, peg_grasp + [0, 0, 0.08], r_pick, opened, 'move the grippers above the peg and the socket'),
+            Waypoint(2.4, peg_grasp, r_pick, opened, 'lower the grippers around the peg and the socket'),
+            Waypoint(3.0, peg_grasp, r_pick, closed, 'grasp the peg and the socket'),
+            Waypoint(3.6, peg_grasp + [0, 0, 0.08], r_pick, closed, 'lift the peg and the socket'),
             Waypoint(5.0, peg_tcp_aligned, r_pick, closed, 'line the peg up with the socket'),
             Waypoint(6.4, peg_tcp_inserted, r_pick, closed, 'insert the peg into the socket'),
             Waypoint(7.2, peg_tcp_inserted, r_pick, closed, 'hold the peg in the socket'),
         ]
         left = [
-            self._start('left', 'move the left gripper above the socket'),
-            Waypoint(1.6, socket_grasp + [0, 0, 0.08], l_pick, opened, 'move the left gripper above the socket'),
-            Waypoint(2.4, socket_grasp, l_pick, opened, 'lower the left gripper around the socket'),
-            Waypoint(3.0, socket_grasp, l_pick, closed, 'grasp the socket'),
-            Waypoint(3.6, socket_grasp + [0, 0, 0.08], l_pick, closed, 'lift the socket'),
+            self._start('left', 'move the grippers above the peg and the socket'),
+            Waypoint(
+                1.6, socket_grasp + [0, 0, 0.08], l_pick, opened, 'move the grippers above the peg and the socket'
+            ),
+            Waypoint(2.4, socket_grasp, l_pick, opened, 'lower the grippers around the peg and the socket'),
+            Waypoint(3.0, socket_grasp, l_pick, closed, 'grasp the peg and the socket'),
+            Waypoint(3.6, socket_grasp + [0, 0, 0.08], l_pick, closed, 'lift the peg and the socket'),
             Waypoint(5.0, socket_tcp, l_pick, closed, 'line the peg up with the socket'),
             Waypoint(6.4, socket_tcp, l_pick, closed, 'insert the peg into the socket'),
             Waypoint(7.2, socket_tcp, l_pick, closed, 'hold the peg in the socket'),

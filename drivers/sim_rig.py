@@ -93,6 +93,7 @@ class SimRig(Node):
         sizes = {c.name: (width or c.width, height or c.height) for c in self.rig.cameras}
         self.cameras = rig_cameras(self.rig, sizes) if self.render_rate_hz > 0 else {}
         self._lock = threading.Lock()  # scene state, goals, estop, reset requests
+        self._render_request = threading.Condition()  # render snapshot hand-over
         self._estop = False
         self._pending_reset: int | None = None
         self._expert = None
@@ -146,7 +147,6 @@ class SimRig(Node):
         if self.use_expert:
             self._start_expert()
         self._running = True
-        self._render_request = threading.Condition()
         self._render_snapshot = snapshot(self.scene.model, self.scene.data)
         self._render_pending = False
         self._render_ready = threading.Event()
@@ -219,6 +219,16 @@ class SimRig(Node):
     # ------------------------------------------------------------------ physics
 
     def _physics_loop(self) -> None:
+        try:
+            self._physics_ticks()
+        except Exception as exc:  # rclpy shut down under us (Ctrl-C): stop quietly; anything else: say so
+            if self.context.ok() and self._running:
+                self.get_logger().error(f'physics thread stopped: {type(exc).__name__}: {exc}')
+            self._running = False
+            with self._render_request:
+                self._render_request.notify_all()
+
+    def _physics_ticks(self) -> None:
         dt = self.scene.control_dt
         render_period = 1.0 / self.render_rate_hz if self.cameras else math.inf
         next_render = 0.0
@@ -318,17 +328,26 @@ class SimRig(Node):
                     img.header.stamp = stamp
                     img.header.frame_id = topics.camera_frame(cam)
                     img.data = pixels.tobytes()
-                    self._image_pubs[cam].publish(img)
                     info = self._infos[cam]
                     info.header.stamp = stamp
+                    if not self.context.ok():
+                        break
+                    self._image_pubs[cam].publish(img)
                     self._info_pubs[cam].publish(info)
                 self._render_ms = 0.9 * self._render_ms + 0.1 * (time.perf_counter() - t0) * 1e3
                 self._frames += 1
                 with self._render_request:
                     self._render_pending = False
                     self._render_request.notify_all()
+        except Exception as exc:  # rclpy shut down under us (Ctrl-C): stop quietly; anything else: say so
+            if self.context.ok() and self._running:
+                self._render_error = f'{type(exc).__name__}: {exc}'
+                self.get_logger().error(f'render thread stopped: {self._render_error}')
         finally:
             renderer.close()
+            with self._render_request:
+                self._render_pending = False
+                self._render_request.notify_all()
 
     # ------------------------------------------------------------------ diagnostics
 
@@ -366,12 +385,13 @@ class SimRig(Node):
 
     def destroy_node(self) -> None:
         self._running = False
-        with self._render_request:
-            self._render_request.notify_all()
-        if self._physics_thread.is_alive():
-            self._physics_thread.join(5.0)
-        if self._render_thread is not None and self._render_thread.is_alive():
-            self._render_thread.join(5.0)
+        request = getattr(self, '_render_request', None)  # absent if the constructor failed early
+        if request is not None:
+            with request:
+                request.notify_all()
+        for thread in (getattr(self, '_physics_thread', None), getattr(self, '_render_thread', None)):
+            if thread is not None and thread.is_alive():
+                thread.join(5.0)
         super().destroy_node()
 
 

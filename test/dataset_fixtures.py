@@ -55,10 +55,11 @@ class BagSpec:
     subtask_topic: str = '/sim/expert_subtask'
     task: str | None = TASK
     image_size: tuple[int, int] = (6, 8)  # height, width
+    header_offset: int = HEADER_OFFSET  # 0: header stamps equal receive times (as a live rig on one clock)
 
 
-def _header(msg, recv: int) -> None:
-    stamp = recv + HEADER_OFFSET
+def _header(msg, recv: int, offset: int = HEADER_OFFSET) -> None:
+    stamp = recv + offset
     msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp, SEC)
 
 
@@ -76,13 +77,13 @@ def build_entries(spec: BagSpec) -> list[tuple[str, str, int, bytes]]:
         base = T0 + i * 20 * MS
         for a, arm in enumerate(ARMS):
             msg = JointState(name=[f'{arm}_{j}' for j in JOINTS], position=[state_value(a, j, i) for j in range(7)])
-            _header(msg, base + (1 + a) * MS)
+            _header(msg, base + (1 + a) * MS, spec.header_offset)
             out.append(('/joint_states', js, base + (1 + a) * MS, serialize_message(msg)))
             if spec.commands:
                 cmd = JointState(
                     name=[f'{arm}_{j}' for j in JOINTS], position=[command_value(a, j, i) for j in range(7)]
                 )
-                _header(cmd, base + 3 * MS)
+                _header(cmd, base + 3 * MS, spec.header_offset)
                 out.append((f'/arms/{arm}/joint_command', js, base + 3 * MS, serialize_message(cmd)))
     h, w = spec.image_size
     for n in range(int(spec.end_s * 10)):
@@ -95,7 +96,7 @@ def build_entries(spec: BagSpec) -> list[tuple[str, str, int, bytes]]:
                 continue
             img = Image(height=h, width=w, encoding='rgb8', step=3 * w, data=bytes([frame_value(c, n)]) * (h * w * 3))
             img.header.frame_id = f'{cam}_optical_frame'
-            _header(img, recv)
+            _header(img, recv, spec.header_offset)
             out.append((f'/cameras/{cam}/image_raw', 'sensor_msgs/msg/Image', recv, serialize_message(img)))
     for t, label in spec.subtasks:
         out.append((spec.subtask_topic, st, T0 + int(t * SEC), serialize_message(String(data=label))))

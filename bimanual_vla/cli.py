@@ -21,6 +21,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     'bimanual_vla.commands.check_rig',
     'bimanual_vla.commands.emulate_bus',
     'bimanual_vla.commands.run',
+    'bimanual_vla.commands.demo',
     'bimanual_vla.commands.record',
     'bimanual_vla.commands.replay',
     'bimanual_vla.commands.calibrate',

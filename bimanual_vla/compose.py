@@ -64,6 +64,14 @@ class Composition:
         raise KeyError(name)
 
     def shutdown(self) -> None:
+        # Detach the nodes so nothing new is scheduled, then let callbacks already handed to the thread
+        # pool finish: Executor.shutdown() in this rclpy destroys its guard condition without waiting
+        # for them, and a late callback then fails with "cannot use Destroyable".
+        for node in self.nodes:
+            self.executor.remove_node(node)
+        pool = getattr(self.executor, '_executor', None)
+        if pool is not None:
+            pool.shutdown(wait=True)
         self.executor.shutdown(timeout_sec=5.0)
         for node in reversed(self.nodes):
             node.destroy_node()

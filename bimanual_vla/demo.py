@@ -1,0 +1,173 @@
+"""`make demo`: one episode of the simulated rig, headless, written out for a person to look at.
+
+The rig runs exactly as `bimanual-vla run --rig aloha_sim` brings it up (bimanual_vla.bringup),
+driven either by the policy node with a trained checkpoint or, where no trained checkpoint is
+installed, by the sim's scripted expert. An observer node subscribes to the same topics rviz
+would (cameras, the subtask text, `sim/success`) and writes `episode.mp4`, `contact_sheet.png`
+(cameras side by side, the current subtask drawn on) and `result.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from sensor_msgs.msg import Image
+from std_msgs.msg import Bool, String
+
+from bimanual_vla import topics
+from bimanual_vla.config import RigConfig, load_policy, load_rig, resolve_share_relative
+from bimanual_vla.episode_video import EpisodeRecorder
+
+
+@dataclass
+class DemoResult:
+    driver: str
+    task: str
+    seed: int
+    success: bool = False
+    sim_time_s: float = 0.0
+    wall_time_s: float = 0.0
+    frames: int = 0
+    subtasks: list[str] = field(default_factory=list)
+    outputs: dict[str, str] = field(default_factory=dict)
+
+
+class DemoObserver(Node):
+    """Collects what the episode looks like from the rig's topics, in sim time."""
+
+    def __init__(self, rig: RigConfig, subtask_topic: str, video_fps: float, **kwargs) -> None:
+        super().__init__('demo_observer', **kwargs)
+        self._lock = threading.Lock()
+        self._images: dict[str, np.ndarray] = {}
+        self.cameras = [c.name for c in rig.cameras]
+        self.subtask = ''
+        self.subtasks: list[str] = []
+        self.success = False
+        self.success_since: float | None = None
+        self.recorder = EpisodeRecorder(height=240)
+        for cam in self.cameras:
+            self.create_subscription(
+                Image, topics.camera_image(cam), lambda msg, c=cam: self._on_image(c, msg), topics.SENSOR_QOS
+            )
+        self.create_subscription(String, subtask_topic, self._on_subtask, topics.LATCHED_QOS)
+        self.create_subscription(Bool, topics.SIM_SUCCESS, self._on_success, topics.LATCHED_QOS)
+        self.create_timer(1.0 / video_fps, self._add_frame)
+
+    def sim_time(self) -> float:
+        return self.get_clock().now().nanoseconds * 1e-9
+
+    def _on_image(self, camera: str, msg: Image) -> None:
+        if msg.encoding != 'rgb8':
+            return
+        image = np.frombuffer(msg.data, np.uint8).reshape(msg.height, msg.width, 3)
+        with self._lock:
+            self._images[camera] = image
+
+    def _on_subtask(self, msg: String) -> None:
+        with self._lock:
+            self.subtask = msg.data
+            if msg.data and (not self.subtasks or self.subtasks[-1] != msg.data):
+                self.subtasks.append(msg.data)
+
+    def _on_success(self, msg: Bool) -> None:
+        with self._lock:
+            if msg.data and not self.success:
+                self.success_since = self.sim_time()
+            self.success = self.success or msg.data
+
+    def _add_frame(self) -> None:
+        with self._lock:
+            if set(self._images) != set(self.cameras):
+                return
+            images = {c: self._images[c] for c in self.cameras}
+            lines = [
+                f'subtask: {self.subtask or "-"}',
+                f't = {self.sim_time():5.2f} s   success: {"yes" if self.success else "not yet"}',
+            ]
+        self.recorder.add(images, lines)
+
+
+def trained_checkpoint(policy: str = 'default') -> Path | None:
+    """The default policy's checkpoint directory, if one is installed."""
+    path = resolve_share_relative(load_policy(policy).checkpoint)
+    return path if (path / 'model.safetensors').is_file() else None
+
+
+def run_demo(
+    out: Path,
+    *,
+    rig_name: str = 'aloha_sim',
+    driver: str = 'auto',
+    task: str = 'transfer_cube',
+    seed: int = 0,
+    max_sim_s: float = 20.0,
+    max_wall_s: float = 300.0,
+    real_time_factor: float = 1.0,
+    video_fps: float = 10.0,
+) -> DemoResult:
+    """Run one episode and write its video, contact sheet and result; return the result."""
+    import rclpy
+
+    from bimanual_vla.bringup import rig_nodes
+    from bimanual_vla.compose import compose
+
+    rig = load_rig(rig_name)
+    checkpoint = trained_checkpoint()
+    if driver == 'auto':
+        driver = 'policy' if checkpoint is not None else 'expert'
+    if driver == 'policy' and checkpoint is None:
+        raise FileNotFoundError('no trained checkpoint installed for the default policy; use --driver expert')
+    sim = {'task': task, 'seed': seed, 'real_time_factor': real_time_factor, 'expert': driver == 'expert'}
+    specs = rig_nodes(
+        rig_name,
+        policy='default' if driver == 'policy' else None,
+        sim_overrides=sim,
+        policy_overrides={'enabled': True, 'checkpoint': str(checkpoint)} if driver == 'policy' else None,
+    )
+    subtask_topic = topics.POLICY_REASONING if driver == 'policy' else topics.SIM_EXPERT_SUBTASK
+    result = DemoResult(driver=driver, task=task, seed=seed)
+    started = time.monotonic()
+    rclpy.init()
+    try:
+        observer = DemoObserver(
+            rig, subtask_topic, video_fps, parameter_overrides=[Parameter('use_sim_time', value=True)]
+        )
+        if driver == 'policy':
+            task_pub = observer.create_publisher(String, topics.POLICY_TASK, topics.LATCHED_QOS)
+            task_pub.publish(String(data=load_policy('default').task))
+        composition = compose(specs, rig=rig_name, extra_nodes=[observer])
+
+        def finished() -> bool:
+            now = observer.sim_time()
+            if observer.success_since is not None and now - observer.success_since > 1.5:
+                return True
+            return now > max_sim_s or time.monotonic() - started > max_wall_s
+
+        try:
+            composition.spin(until=finished)
+            result.success = observer.success
+            result.sim_time_s = round(observer.sim_time(), 3)
+            result.subtasks = list(observer.subtasks)
+            recorder = observer.recorder
+        finally:
+            composition.shutdown()
+    finally:
+        if rclpy.ok():
+            rclpy.shutdown()
+    result.wall_time_s = round(time.monotonic() - started, 2)
+    result.frames = len(recorder.frames)
+    out.mkdir(parents=True, exist_ok=True)
+    if recorder.frames:
+        result.outputs['video'] = str(recorder.write_video(out / 'episode.mp4', fps=video_fps))
+        result.outputs['contact_sheet'] = str(recorder.write_contact_sheet(out / 'contact_sheet.png', count=12))
+    result_path = out / 'result.json'
+    result.outputs['result'] = str(result_path)
+    result_path.write_text(json.dumps(result.__dict__, indent=2) + '\n')
+    return result

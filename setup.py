@@ -34,7 +34,7 @@ policy = [
     'safetensors>=0.4',
 ]
 sim = ['mujoco>=3.2', 'gym-aloha>=0.1.1']
-bags = ['rosbags>=0.10', 'matplotlib>=3.7', 'tqdm>=4.60']
+bags = ['rosbags>=0.10', 'matplotlib>=3.7', 'tqdm>=4.60', 'pyarrow>=15']
 
 setup(
     name=package_name,

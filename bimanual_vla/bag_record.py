@@ -66,6 +66,7 @@ def rig_topics(rig: RigConfig | None) -> list[str]:
         T.POLICY_ACTION_CHUNK,
         T.ESTOP,
         T.SIM_SUCCESS,
+        T.SIM_EXPERT_SUBTASK,
         T.DIAGNOSTICS,
     ]
     return names

@@ -52,14 +52,27 @@ def rig_nodes(
     """Nodes for a rig (a path or shipped name): drivers or the simulator, then the policy.
 
     `policy=None` leaves the policy node out (teleoperation, data collection). Simulated rigs run
-    on sim time by default.
+    on sim time by default. A simulated rig with `servo_bus` (a sim_rig override or the rig's
+    `sim.servo_bus`) exposes each arm as an emulated servo bus and gets one real `arm_driver` per
+    arm on it (see drivers/sim_servo_bus.py); the drivers retry until the simulator's ptys appear.
     """
     rig = load_rig(rig_ref)
     sim = is_simulated(rig)
     sim_time = sim if use_sim_time is None else use_sim_time
     common = {'rig': str(rig_ref), 'use_sim_time': sim_time}
     specs: list[NodeSpec] = []
-    if sim:
+    servo_bus = str((sim_overrides or {}).get('servo_bus', (rig.sim or {}).get('servo_bus', '')) or '')
+    if sim and servo_bus:
+        from drivers.sim_servo_bus import default_directory, write_servo_bus_rig
+
+        directory = str((sim_overrides or {}).get('servo_bus_dir') or default_directory(rig.name))
+        bus_rig = str(write_servo_bus_rig(rig, servo_bus, directory))
+        sim_params = {**common, **(sim_overrides or {}), 'servo_bus': servo_bus, 'servo_bus_dir': directory}
+        specs.append(NodeSpec('sim_rig', 'sim_rig', sim_params))
+        specs += [
+            NodeSpec('arm_driver', f'arm_driver_{a.name}', {**common, 'rig': bus_rig, 'arm': a.name}) for a in rig.arms
+        ]
+    elif sim:
         specs.append(NodeSpec('sim_rig', 'sim_rig', {**common, **(sim_overrides or {})}))
     else:
         specs += [NodeSpec('arm_driver', f'arm_driver_{a.name}', {**common, 'arm': a.name}) for a in rig.arms]

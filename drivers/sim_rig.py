@@ -46,6 +46,7 @@ from bimanual_vla import topics
 from bimanual_vla.config import ConfigError
 from bimanual_vla.ros_utils import ERROR, OK, WARN, declare_rig, diagnostic_status, sec_to_stamp
 from drivers.sim_scene import MAX_REWARD, SceneRenderer, SimScene, rig_cameras, snapshot
+from drivers.sim_servo_bus import SimServoBus, check_protocol, default_directory, port_link, write_servo_bus_rig
 
 
 def camera_info_msg(camera: str, width: int, height: int, fovy_deg: float) -> CameraInfo:
@@ -82,6 +83,10 @@ class SimRig(Node):
         width = int(param('camera_width', 0, 'override every camera width (0: rig value)'))
         height = int(param('camera_height', 0, 'override every camera height (0: rig value)'))
         self.use_expert = bool(param('expert', False, 'drive the arms with the built-in scripted expert'))
+        servo_bus = str(
+            param('servo_bus', str(sim.get('servo_bus', '')), "'' | feetech | dynamixel: arms as emulated servo buses")
+        )
+        servo_bus_dir = str(param('servo_bus_dir', '', "where the drivers' rig file and pty links go ('': default)"))
         if self.real_time_factor < 0 or not math.isfinite(self.real_time_factor):
             raise ConfigError(f'real_time_factor must be >= 0, got {self.real_time_factor}')
         if self.render_rate_hz < 0:
@@ -90,6 +95,15 @@ class SimRig(Node):
             raise ConfigError('camera_width/camera_height must be >= 0')
 
         self.scene = SimScene(self.rig, task=task, seed=seed)
+        # Servo-bus mode: the arm drivers own joint_states, joint_command and e-stop for every arm.
+        self.servo_buses: dict[str, SimServoBus] = {}
+        self.servo_bus_rig_file = ''
+        if servo_bus:
+            check_protocol(servo_bus)
+            directory = servo_bus_dir or str(default_directory(self.rig.name))
+            self.servo_bus_rig_file = str(write_servo_bus_rig(self.rig, servo_bus, directory))
+            for arm in self.rig.arms:
+                self.servo_buses[arm.name] = SimServoBus(arm, servo_bus, port_link(directory, arm.name))
         sizes = {c.name: (width or c.width, height or c.height) for c in self.rig.cameras}
         self.cameras = rig_cameras(self.rig, sizes) if self.render_rate_hz > 0 else {}
         self._lock = threading.Lock()  # scene state, goals, estop, reset requests
@@ -110,7 +124,8 @@ class SimRig(Node):
 
         # publishers
         self._clock_pub = self.create_publisher(Clock, topics.CLOCK, topics.CLOCK_QOS)
-        self._joint_pub = self.create_publisher(JointState, topics.JOINT_STATES, topics.SENSOR_QOS)
+        if not self.servo_buses:  # with buses, joint_states is the arm drivers' alone
+            self._joint_pub = self.create_publisher(JointState, topics.JOINT_STATES, topics.SENSOR_QOS)
         self._success_pub = self.create_publisher(Bool, topics.SIM_SUCCESS, topics.LATCHED_QOS)
         self._subtask_pub = self.create_publisher(String, topics.SIM_EXPERT_SUBTASK, topics.LATCHED_QOS)
         self._diag_pub = self.create_publisher(DiagnosticArray, topics.DIAGNOSTICS, topics.DIAGNOSTICS_QOS)
@@ -132,7 +147,7 @@ class SimRig(Node):
                 self._cmd_echo_pubs[arm.name] = self.create_publisher(
                     JointState, topics.arm_command(arm.name), topics.COMMAND_QOS
                 )
-            else:
+            elif not self.servo_buses:
                 self.create_subscription(
                     JointState,
                     topics.arm_command(arm.name),
@@ -157,6 +172,19 @@ class SimRig(Node):
             if not self._render_ready.wait(30.0) or self._render_error:
                 self._running = False
                 raise RuntimeError(f'sim_rig: the renderer did not start: {self._render_error or "timeout"}')
+        for name, bus in self.servo_buses.items():
+            pty = bus.start(self.scene.joint_positions(name))
+            self.get_logger().info(f'arm {name}: emulated {bus.protocol} servo bus on {pty} (linked as {bus.link})')
+        if self.servo_buses:
+            self.get_logger().info(
+                f'servo-bus mode: start one arm_driver per arm with rig:={self.servo_bus_rig_file} '
+                f'(arms {list(self.servo_buses)}); they publish joint_states and follow joint_command and e-stop'
+            )
+            if self.real_time_factor != 1.0:
+                self.get_logger().warning(
+                    f'servo-bus mode with real_time_factor {self.real_time_factor:g}: the drivers run on wall time, '
+                    'so the arms follow commands more slowly (in sim time) than at real time'
+                )
         self._physics_thread = threading.Thread(target=self._physics_loop, name='sim_rig_physics', daemon=True)
         self._physics_thread.start()
         self.get_logger().info(
@@ -192,7 +220,9 @@ class SimRig(Node):
 
     def _on_estop(self, msg: Bool) -> None:
         with self._lock:
-            if msg.data and not self._estop:
+            if self.servo_buses:  # servos know nothing of e-stops: the arm drivers stop writing goals
+                self._estop = bool(msg.data)
+            elif msg.data and not self._estop:
                 self.scene.hold()
                 self.get_logger().warning('e-stop: holding the current pose')
             elif not msg.data and self._estop:
@@ -239,6 +269,9 @@ class SimRig(Node):
                 if self._pending_reset is not None:
                     self.scene.reset(self._pending_reset)
                     self._pending_reset = None
+                    for bus in self.servo_buses.values():
+                        bus.take_goals()  # goals aimed at the old episode's pose
+                        bus.power_cycle()
                     next_render = 0.0
                     self._last_success = None
                     if self.use_expert:
@@ -247,9 +280,11 @@ class SimRig(Node):
                 expert_targets = None
                 if self._expert is not None and not self._estop:
                     expert_targets, subtask = self._expert.act(self.scene.steps)
-                    for arm, target in expert_targets.items():
-                        self.scene.command(arm, target)
+                    if not self.servo_buses:  # with buses, the drivers carry the published targets
+                        for arm, target in expert_targets.items():
+                            self.scene.command(arm, target)
                     self._expert_subtask_update = subtask
+                self._apply_servo_buses()
                 self.scene.step()
                 sim_time = self.scene.time
                 states = {
@@ -269,7 +304,9 @@ class SimRig(Node):
                             self._render_request.notify()
             stamp = sec_to_stamp(sim_time)
             self._clock_pub.publish(Clock(clock=stamp))
-            for arm, (pos, vel, eff) in states.items():
+            for arm, bus in self.servo_buses.items():  # outside the sim lock: never held with the emulator's
+                bus.publish_positions(states[arm][0])
+            for arm, (pos, vel, eff) in ({} if self.servo_buses else states).items():  # bus mode: drivers publish
                 msg = JointState(
                     name=self.scene.arms[arm].config.qualified_joint_names(),
                     position=pos.tolist(),
@@ -301,6 +338,24 @@ class SimRig(Node):
                 elif delay < -0.25:  # far behind (loaded machine): resynchronise instead of bursting
                     self._overruns += 1
                     wall_next = time.monotonic()
+
+    def _apply_servo_buses(self) -> None:
+        """Goals written over each bus become joint targets; joints with torque off go limp.
+
+        Limp: the joint's target follows its measured position every tick, so gravity and
+        contacts move it, the nearest a position-actuated model gets to an unpowered servo.
+        Called with the sim lock held.
+        """
+        for arm, bus in self.servo_buses.items():
+            bus.update()
+            goals = bus.take_goals()
+            limp = bus.torque_off()
+            if limp:
+                current = self.scene.joint_positions(arm)
+                names = self.scene.arms[arm].config.joint_names
+                goals.update({name: float(current[names.index(name)]) for name in limp})
+            if goals:
+                self.scene.command(arm, goals)
 
     # ------------------------------------------------------------------ render
 
@@ -373,9 +428,16 @@ class SimRig(Node):
             }
             if self._expert is not None:
                 values['expert_subtask'] = self._expert_subtask
+            if self.servo_buses:
+                values['servo_bus_rig'] = self.servo_bus_rig_file
+                for arm, bus in self.servo_buses.items():
+                    values[f'servo_bus_{arm}_port'] = f'{bus.link} -> {bus.port}'
+                    values[f'servo_bus_{arm}_instructions'] = bus.emulator.instructions_received
+                    values[f'servo_bus_{arm}_goals'] = bus.goals_received
+                    values[f'servo_bus_{arm}_torque_off'] = ','.join(bus.torque_off()) or '-'
         level, message = OK, f'stage {values["reward_stage"]}/{MAX_REWARD}: {values["stage"]}'
         if self._estop:
-            level, message = WARN, 'e-stop: holding'
+            level, message = WARN, 'e-stop: holding' if not self.servo_buses else 'e-stop (held by the arm drivers)'
         if self._render_thread is not None and not self._render_thread.is_alive() and self._running:
             level, message = ERROR, f'render thread stopped {self._render_error}'
         msg = DiagnosticArray()
@@ -392,6 +454,8 @@ class SimRig(Node):
         for thread in (getattr(self, '_physics_thread', None), getattr(self, '_render_thread', None)):
             if thread is not None and thread.is_alive():
                 thread.join(5.0)
+        for bus in getattr(self, 'servo_buses', {}).values():
+            bus.stop()
         super().destroy_node()
 
 

@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     overrides = parse_overrides(args.set)
     specs = [
         NodeSpec(s.executable, s.name, {**s.parameters, **overrides.get(s.name, {})})
-        for s in rig_nodes(args.rig, policy=policy)
+        for s in rig_nodes(args.rig, policy=policy, sim_overrides=overrides.get('sim_rig'))
     ]
     unknown = set(overrides) - {s.name for s in specs}
     if unknown:

@@ -1,0 +1,263 @@
+"""Simulated arms behind emulated servo buses, so the real ``arm_driver`` drives the simulation.
+
+In this mode each simulated arm is a :class:`drivers.emulator.ServoBusEmulator` on a
+pseudo-terminal, in external-motion mode: the physics thread writes every joint's
+position into its servo's present-position register, and goal-position writes coming
+down the bus become the simulation's joint targets. ``arm_driver`` opens the pty as it
+would open ``/dev/ttyACM0`` and runs with no change at all: protocol, sync reads and
+writes, torque, watchdog, e-stop, calibration, reconnects are all the real code.
+
+What a driver needs is written to a directory, deterministically, *before* any pty
+exists (so a launch file can start the drivers at the same time as the simulator):
+
+* ``<rig>_servo_bus.yaml``: the sim rig with every arm on ``protocol: feetech|dynamixel``,
+  ``port: <dir>/<arm>.tty`` and ``calibration: <dir>/<arm>.calibration.json``;
+* ``<arm>.calibration.json``: 0 rad (or 0 m) at tick 2048, ticks increasing with the joint,
+  4096 ticks per turn, range = the joint limits (within the one turn a servo reports);
+* ``<arm>.tty``: a symlink to the arm's pty, made when the simulator starts and removed
+  when it stops. A driver started earlier just retries until it appears (its usual
+  reconnect with backoff), and reconnects by itself to a restarted simulator.
+
+Units: the calibration maps ``ticks -> (ticks - 2048) * 2*pi/4096`` for every joint, the
+arm driver's one mapping. Revolute joints come out in radians, exactly as a real servo's
+angle would. The ALOHA gripper joint is a finger's slide in *metres*, and the same mapping
+makes one tick worth 2*pi/4096 m = 1.53 mm: the driver publishes and accepts metres, as
+the policy expects, at a 1.53 mm resolution (23 ticks from closed 0.021 to open 0.057).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import yaml
+
+from bimanual_vla.config import ArmConfig, ConfigError, RigConfig
+from drivers.calibration import ArmCalibration, JointCalibration, now_iso
+from drivers.control_table import CONTROL_TABLES
+from drivers.emulator import FaultConfig, ServoBusEmulator
+
+SERVO_BUS_PROTOCOLS = ('feetech', 'dynamixel')
+RESOLUTION = 4096  # ticks per turn of the emulated STS3215 / Dynamixel X servos
+ZERO_TICKS = RESOLUTION // 2  # 0 rad (0 m for the gripper) at the servo's mid-point
+RAD_PER_TICK = 2.0 * math.pi / RESOLUTION
+
+
+def check_protocol(protocol: str) -> str:
+    """The protocol name, or ConfigError naming the choices."""
+    if protocol not in SERVO_BUS_PROTOCOLS:
+        raise ConfigError(f'servo_bus must be one of {list(SERVO_BUS_PROTOCOLS)} (or empty: off), got {protocol!r}')
+    return protocol
+
+
+def default_directory(rig_name: str) -> Path:
+    """Per user, rig and ROS domain: two simulators on different domains never share ptys or files."""
+    base = os.environ.get('XDG_RUNTIME_DIR') or os.path.join(tempfile.gettempdir(), f'bimanual_vla-{os.getuid()}')
+    domain = os.environ.get('ROS_DOMAIN_ID', '0') or '0'
+    return Path(base) / 'bimanual_vla' / f'{rig_name}_servo_bus_domain{domain}'
+
+
+def rig_file(directory: str | os.PathLike[str], rig: RigConfig) -> Path:
+    return Path(directory) / f'{rig.name}_servo_bus.yaml'
+
+
+def port_link(directory: str | os.PathLike[str], arm: str) -> Path:
+    return Path(directory) / f'{arm}.tty'
+
+
+def calibration_file(directory: str | os.PathLike[str], arm: str) -> Path:
+    return Path(directory) / f'{arm}.calibration.json'
+
+
+def to_ticks(value: float) -> int:
+    """Present-position ticks for a joint value (rad, or m for the gripper); not clamped."""
+    return round(ZERO_TICKS + value / RAD_PER_TICK)
+
+
+def to_value(ticks: int) -> float:
+    return (ticks - ZERO_TICKS) * RAD_PER_TICK
+
+
+def servo_calibration(arm: ArmConfig, protocol: str) -> ArmCalibration:
+    """Calibration matching what the simulator writes: zero at 2048, range = the limits within one turn."""
+    joints = {}
+    for j in arm.joints:
+        low = max(0, math.floor(ZERO_TICKS + j.lower / RAD_PER_TICK))
+        high = min(RESOLUTION - 1, math.ceil(ZERO_TICKS + j.upper / RAD_PER_TICK))
+        joints[j.name] = JointCalibration(
+            id=j.id, homing_offset=0, range_min=low, range_max=high, direction=1, zero_ticks=ZERO_TICKS
+        )
+    return ArmCalibration(
+        arm=arm.name, protocol=protocol, resolution=RESOLUTION, source='manual', created=now_iso(), joints=joints
+    )
+
+
+def servo_bus_rig(rig: RigConfig, protocol: str, directory: str | os.PathLike[str]) -> RigConfig:
+    """The rig as the arm drivers see it: bus arms on the pty links, limits within what a servo can report.
+
+    ±pi joints (waist, forearm roll, wrist rotate) lose 1.5 mrad at the top end: tick 4096
+    does not exist on a 4096-tick servo, so the limit becomes tick 4095.
+    """
+    check_protocol(protocol)
+    arms = []
+    for arm in rig.arms:
+        calib = servo_calibration(arm, protocol)
+        joints = []
+        for j in arm.joints:
+            low, high = calib.range_radians(j.name)
+            joints.append(j.model_copy(update={'lower': max(j.lower, low), 'upper': min(j.upper, high)}))
+        arms.append(
+            arm.model_copy(
+                update={
+                    'protocol': protocol,
+                    'port': str(port_link(directory, arm.name)),
+                    'calibration': str(calibration_file(directory, arm.name)),
+                    'joints': joints,
+                }
+            )
+        )
+    return RigConfig.model_validate(
+        {**rig.model_dump(), 'name': f'{rig.name}_servo_bus', 'arms': [a.model_dump() for a in arms], 'sim': None}
+    )
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=path.name + '.', suffix='.tmp', dir=path.parent)
+    try:
+        with os.fdopen(fd, 'w') as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_servo_bus_rig(rig: RigConfig, protocol: str, directory: str | os.PathLike[str]) -> Path:
+    """Write the drivers' rig YAML and one calibration per arm into ``directory``; return the rig file.
+
+    Deterministic apart from the calibrations' ``created`` stamp and written atomically, so the
+    bringup and the simulator may both write it, in any order, while a driver reads it.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    bus_rig = servo_bus_rig(rig, protocol, directory)
+    for arm in rig.arms:
+        servo_calibration(arm, protocol).save(calibration_file(directory, arm.name))
+    data = bus_rig.model_dump(exclude={'sim'})
+    header = (
+        f'# Generated by the sim_rig node (servo_bus: {protocol}) from rig {rig.name}: every simulated arm is an\n'
+        f'# emulated {protocol} servo bus on the pty its port links to while the simulator runs.\n'
+        f'# Start a driver with: arm_driver --ros-args -p rig:={rig_file(directory, rig)} -p arm:=<arm>\n'
+        '# Cameras stay in the simulator (their source "sim" is not a camera_driver source).\n'
+    )
+    path = rig_file(directory, rig)
+    _write_atomic(path, header + yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+class SimServoBus:
+    """One simulated arm's emulated bus: positions in, goals and torque out.
+
+    Thread use: :meth:`publish_positions`, :meth:`take_goals`, :meth:`torque_off` and
+    :meth:`update` are called by the physics thread; ``on_goal`` runs on the emulator's
+    thread and only queues, so the emulator's thread never waits for the simulator's lock
+    (no lock-order cycle, whatever the physics thread holds).
+    """
+
+    def __init__(self, arm: ArmConfig, protocol: str, link: str | os.PathLike[str]) -> None:
+        self.arm = arm
+        self.protocol = check_protocol(protocol)
+        self.link = Path(link)
+        self.ids = [j.id for j in arm.joints]
+        self._name_of = {j.id: j.name for j in arm.joints}
+        self.emulator = ServoBusEmulator(protocol, self.ids, faults=FaultConfig())
+        self.emulator.external_motion = True
+        self._goal_lock = threading.Lock()
+        self._pending: dict[int, int] = {}
+        self.goals_received = 0
+        self._hidden_until: tuple[int, float] | None = None
+        self.power_cycles = 0
+
+    @property
+    def port(self) -> str:
+        return self.emulator.port
+
+    def start(self, positions: Sequence[float]) -> str:
+        """Open the pty, power the servos up holding ``positions`` (torque on), and link the port; return the pty.
+
+        Torque starts on so an episode begins the same whether or not a driver is connected yet;
+        a driver taking over writes goal = present position, then torque on: nothing moves.
+        """
+        pty = self.emulator.start()
+        table = CONTROL_TABLES[self.protocol]
+        for sid, value in zip(self.ids, positions, strict=True):
+            servo = self.emulator.servo(sid)
+            servo.set_present_position(to_ticks(value))
+            servo.write_register('goal_position', max(0, min(table.resolution - 1, to_ticks(value))))
+            servo.write_register('torque_enable', 1)
+        self.emulator.on_goal = self._on_goal
+        self.link.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.link.with_name(f'.{self.link.name}.{os.getpid()}.tmp')
+        tmp.unlink(missing_ok=True)
+        os.symlink(pty, tmp)
+        os.replace(tmp, self.link)  # atomic: a driver never sees a missing or half-made link while we replace it
+        return pty
+
+    def stop(self) -> None:
+        """Remove the link (if it is still ours) and close the pty: connected drivers see the port vanish."""
+        with contextlib.suppress(OSError):
+            if os.readlink(self.link) == self.emulator.port:
+                self.link.unlink()
+        self.emulator.stop()
+
+    # ----------------------------------------------------------- emulator side
+
+    def _on_goal(self, servo_id: int, ticks: int) -> None:
+        with self._goal_lock:
+            self._pending[servo_id] = ticks
+            self.goals_received += 1
+
+    # ------------------------------------------------------------ physics side
+
+    def publish_positions(self, positions: Sequence[float]) -> None:
+        """Present-position registers from the simulated joint values (rig joint order)."""
+        for sid, value in zip(self.ids, positions, strict=True):
+            self.emulator.set_present_position(sid, to_ticks(float(value)))
+
+    def take_goals(self) -> dict[str, float]:
+        """Goals written over the bus since the last call, as {joint name: rad (m for the gripper)}."""
+        with self._goal_lock:
+            pending, self._pending = self._pending, {}
+        return {self._name_of[sid]: to_value(ticks) for sid, ticks in pending.items() if sid in self._name_of}
+
+    def torque_off(self) -> list[str]:
+        """Names of the joints whose servo has torque off (the simulator lets those go limp)."""
+        return [self._name_of[sid] for sid in self.ids if not self.emulator.servo(sid).torque_enabled]
+
+    def power_cycle(self, min_instructions: int = 12, max_s: float = 2.0) -> None:
+        """Make the servos drop off the bus briefly (after an episode reset teleports the arm).
+
+        The driver then sees every servo go missing and come back, and restarts its goals from
+        the measured positions instead of dragging the arm back to where it was before the reset.
+        Hidden until the driver has sent ``min_instructions`` more packets (>= 6 reads: it marks a servo
+        missing after 5 misses, and sends at most one goal write per read), so it notices however
+        loaded the machine is, or until ``max_s`` passed (no driver connected).
+        """
+        self.emulator.faults.missing_ids = set(self.ids)
+        self._hidden_until = (self.emulator.instructions_received + min_instructions, time.monotonic() + max_s)
+        self.power_cycles += 1
+
+    def update(self) -> None:
+        """Bring power-cycled servos back once the driver has noticed (called every physics tick)."""
+        if self._hidden_until is None:
+            return
+        reads, deadline = self._hidden_until
+        if self.emulator.instructions_received >= reads or time.monotonic() >= deadline:
+            self.emulator.faults.missing_ids = set()
+            self._hidden_until = None

@@ -144,7 +144,7 @@ def test_eval_cli_on_a_scripted_expert_bag(expert_bag, tmp_path) -> None:
 
     ckpt = make_tiny_checkpoint(tmp_path / 'ckpt', rig='aloha_sim', chunk_size=H, seed=0)
     out = tmp_path / 'eval'
-    args = ['eval', str(expert_bag), '--checkpoint', str(ckpt), '--out', str(out), '--stride', '25',
+    args = ['eval', str(expert_bag), '--checkpoint', str(ckpt), '--out', str(out), '--stride', '10',
             '--rig', 'aloha_sim', '--time-base', 'header']  # fmt: skip
     assert main(args) == 0
     report = json.loads((out / 'report.json').read_text())
@@ -241,6 +241,8 @@ def test_replayed_bag_drives_the_policy_node_on_sim_time(tmp_path, ros_context) 
         active_s = float(np.sum(gaps[~pauses])) / 1e3
         assert active_s > 0.25 * end_s, (active_s, gaps[pauses])
         rate = int(np.sum(~pauses)) / active_s
-        assert 40 <= rate <= 60, (rate, np.unique(np.round(gaps), return_counts=True))
+        # A loaded machine misses ticks (a 40 ms gap counts as one command), so only a floor on the rate;
+        # the median gap pins the period itself.
+        assert 25 <= rate <= 60, (rate, np.unique(np.round(gaps), return_counts=True))
         assert 18 <= float(np.median(gaps)) <= 22, np.median(gaps)
         assert all(np.all(np.isfinite(m.position)) for m in msgs)

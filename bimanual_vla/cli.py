@@ -29,6 +29,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     'bimanual_vla.commands.sim_expert',
     'bimanual_vla.commands.eval',
     'bimanual_vla.commands.export_lerobot',
+    'bimanual_vla.commands.collect',
+    'bimanual_vla.commands.train',
 )
 
 

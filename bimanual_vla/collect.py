@@ -1,0 +1,265 @@
+"""Collect demonstrations: the sim rig's scripted expert, recorded through the real topics and recorder.
+
+This is what a user does with a physical rig and a teleoperator, with the simulator standing in for
+both: `sim_rig` (``expert:=true``) publishes cameras, joint states, the expert's joint commands and its
+subtask labels; `BagRecorder` records them as a user's `bimanual-vla record` would; a small conductor
+node publishes the task on ``policy/task``, resets the sim to each episode's seed and brackets every
+episode with ``record/episode`` markers. All three nodes share one process and one executor
+(`bimanual_vla.compose`), so there is no process start cost per episode, and the sim runs as fast as
+the machine allows (``real_time_factor:=0``: physics waits for every camera frame, so no frame is
+dropped and the recording is identical to a real-time one apart from wall-clock receive times; train
+on it with ``time_base='header'``).
+
+Output: one bag (``OUT/``, rosbag2 + MCAP) holding every episode as a labelled episode
+(``"<task> seed <n>"``) and ``OUT/collect.json`` with each episode's seed, success, sim duration and
+the sim-time stamp of its first recorded tick.
+
+Episode boundaries: the conductor asks for a reset (``sim/reset_seed``) and publishes the start marker
+from its ``/clock`` callback as soon as it sees the reset's first tick; the marker reaches the recorder
+a few milliseconds later, so the first tick or two of an episode (20-40 ms of sim time, the arms still
+at rest) can fall before it. ``collect.json`` reports the first recorded stamp of every episode.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from rclpy.node import Node
+from rosgraph_msgs.msg import Clock
+from std_msgs.msg import Bool, Int64, String
+
+from bimanual_vla import topics
+from bimanual_vla.bag_record import EPISODE_QOS
+from bimanual_vla.config import RigConfig, load_rig
+from bimanual_vla.ros_utils import stamp_to_sec
+
+#: What the instruction on `policy/task` says for each simulated task.
+TASK_TEXT = {
+    'transfer_cube': 'transfer the cube from the right arm to the left arm',
+    'insertion': 'insert the peg into the socket',
+}
+
+SUMMARY_FILE = 'collect.json'
+
+
+@dataclass
+class EpisodeOutcome:
+    index: int
+    seed: int
+    label: str
+    success: bool = False
+    sim_duration_s: float = 0.0
+    first_tick_s: float | None = None  # sim time of the first tick after the start marker was sent
+    wall_s: float = 0.0
+
+
+@dataclass
+class CollectResult:
+    bag: str
+    task: str
+    task_text: str
+    episodes: list[EpisodeOutcome] = field(default_factory=list)
+    wall_s: float = 0.0
+    recorded_messages: dict[str, int] = field(default_factory=dict)
+    dropped_messages: int = 0
+
+    @property
+    def success_rate(self) -> float:
+        return sum(e.success for e in self.episodes) / max(1, len(self.episodes))
+
+    def to_json(self) -> dict:
+        out = asdict(self)
+        out['success_rate'] = self.success_rate
+        return out
+
+
+class CollectConductor(Node):
+    """Publishes the task, resets the sim per episode and sends the episode markers at the right tick."""
+
+    def __init__(self, task_text: str, **kwargs) -> None:
+        super().__init__('collect_conductor', **kwargs)
+        self._lock = threading.Lock()
+        self.sim_time = -1.0
+        self.success = False
+        self._reset_wanted: tuple[int, str] | None = None  # (seed, label) awaiting the reset's first tick
+        self.reset_done = threading.Event()
+        self.first_tick_s: float | None = None
+        self._task_pub = self.create_publisher(String, topics.POLICY_TASK, topics.LATCHED_QOS)
+        self._episode_pub = self.create_publisher(String, topics.RECORD_EPISODE, EPISODE_QOS)
+        self._reset_pub = self.create_publisher(Int64, topics.SIM_RESET_SEED, topics.RELIABLE_QOS)
+        self.create_subscription(Clock, topics.CLOCK, self._on_clock, topics.CLOCK_QOS)
+        self.create_subscription(Bool, topics.SIM_SUCCESS, self._on_success, topics.LATCHED_QOS)
+        self._task_pub.publish(String(data=task_text))
+
+    def _on_clock(self, msg: Clock) -> None:
+        now = stamp_to_sec(msg.clock)
+        with self._lock:
+            previous, self.sim_time = self.sim_time, now
+            if self._reset_wanted is not None and now < previous:
+                # the reset's first tick: start the episode now, before more ticks pass
+                _, label = self._reset_wanted
+                self._reset_wanted = None
+                self._episode_pub.publish(String(data=label))
+                self.first_tick_s = now
+                self.success = False
+                self.reset_done.set()
+
+    def _on_success(self, msg: Bool) -> None:
+        with self._lock:
+            self.success = bool(msg.data)
+
+    def start_episode(self, seed: int, label: str) -> None:
+        with self._lock:
+            self.reset_done.clear()
+            self._reset_wanted = (seed, label)
+        self._reset_pub.publish(Int64(data=int(seed)))
+
+    def end_episode(self) -> None:
+        self._episode_pub.publish(String(data=''))
+
+
+def episode_duration_s(rig: RigConfig, task: str, seed: int, tail_s: float) -> float:
+    """How long an episode of the expert lasts in sim time (its plan plus a tail to settle)."""
+    from drivers.expert import ScriptedExpert
+
+    expert = ScriptedExpert(rig, task, seed)
+    return expert.num_steps / rig.control_rate_hz + tail_s
+
+
+def collect(
+    out: Path,
+    *,
+    task: str = 'transfer_cube',
+    episodes: int = 10,
+    seed: int = 0,
+    rig_name: str = 'aloha_sim',
+    real_time_factor: float = 0.0,
+    tail_s: float = 1.0,
+    compress: bool = False,
+    progress: bool = True,
+    max_wall_per_episode_s: float = 300.0,
+) -> CollectResult:
+    """Record `episodes` expert episodes (seeds seed, seed+1, ...) into the bag `out`."""
+    import rclpy
+    from rclpy.parameter import Parameter
+
+    from bimanual_vla.bag_record import BagRecorder
+    from bimanual_vla.bringup import rig_nodes
+    from bimanual_vla.compose import compose
+
+    if task not in TASK_TEXT:
+        raise ValueError(f'unknown task {task!r}; choose from {sorted(TASK_TEXT)}')
+    if episodes < 1:
+        raise ValueError('episodes must be >= 1')
+    out = Path(out).expanduser()
+    if out.exists():
+        raise FileExistsError(f'{out}: output exists; the recorder writes a new bag directory')
+    rig = load_rig(rig_name)
+    result = CollectResult(bag=str(out), task=task, task_text=TASK_TEXT[task])
+    started = time.monotonic()
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    composition = None
+    recorder = None
+    spinner = None
+    stop = threading.Event()
+    try:
+        sim = {'task': task, 'seed': seed, 'real_time_factor': real_time_factor, 'expert': True}
+        # Not on sim time: the conductor reads /clock itself, and the recorder stamps receive times.
+        specs = rig_nodes(rig_name, policy=None, use_sim_time=False, sim_overrides=sim)
+        conductor = CollectConductor(TASK_TEXT[task], context=context)
+        recorder = BagRecorder(
+            context=context,
+            parameter_overrides=[
+                Parameter('output', value=str(out)),
+                Parameter('rig', value=rig_name),
+                Parameter('compress', value=bool(compress)),
+                Parameter('discovery_period_s', value=0.2),
+            ],
+        )
+        composition = compose(specs, context=context, extra_nodes=[conductor, recorder])
+        spinner = threading.Thread(
+            target=composition.spin, kwargs={'until': stop.is_set}, name='collect_spin', daemon=True
+        )
+        spinner.start()
+        _wait_for_recorder(recorder, rig, timeout_s=60.0)
+        # The expert's waypoint times do not depend on the seed: plan once for the episode length.
+        duration = episode_duration_s(rig, task, seed, tail_s)
+        bar = _progress(episodes, progress)
+        for i in range(episodes):
+            ep_seed = seed + i
+            label = f'{task} seed {ep_seed}'
+            t0 = time.monotonic()
+            conductor.start_episode(ep_seed, label)
+            if not conductor.reset_done.wait(30.0):
+                raise RuntimeError(f'episode {i}: the sim did not reset to seed {ep_seed} within 30 s')
+            while conductor.sim_time < duration:
+                if time.monotonic() - t0 > max_wall_per_episode_s:
+                    raise RuntimeError(
+                        f'episode {i}: sim time {conductor.sim_time:.2f} s after {max_wall_per_episode_s} s'
+                    )
+                if not spinner.is_alive():
+                    raise RuntimeError('the executor stopped')
+                time.sleep(0.005)
+            conductor.end_episode()
+            outcome = EpisodeOutcome(
+                index=i,
+                seed=ep_seed,
+                label=label,
+                success=conductor.success,
+                sim_duration_s=round(conductor.sim_time - (conductor.first_tick_s or 0.0), 3),
+                first_tick_s=conductor.first_tick_s,
+                wall_s=round(time.monotonic() - t0, 2),
+            )
+            result.episodes.append(outcome)
+            if bar is not None:
+                bar.set_postfix(success=f'{sum(e.success for e in result.episodes)}/{len(result.episodes)}')
+                bar.update(1)
+        if bar is not None:
+            bar.close()
+        time.sleep(0.3)  # let the end marker and the last messages arrive
+    finally:
+        stop.set()
+        if spinner is not None:
+            spinner.join(10.0)
+        if recorder is not None:
+            recorder.close()  # before the nodes are destroyed: it cancels its timers
+            result.recorded_messages = {s.name: s.count for s in recorder.topic_states.values()}
+            result.dropped_messages = recorder.dropped
+        if composition is not None:
+            composition.shutdown()
+        if context.ok():
+            rclpy.shutdown(context=context)
+    result.wall_s = round(time.monotonic() - started, 2)
+    if out.is_dir():
+        (out / SUMMARY_FILE).write_text(json.dumps(result.to_json(), indent=2) + '\n')
+    return result
+
+
+def _wait_for_recorder(recorder, rig: RigConfig, timeout_s: float) -> None:
+    """Wait until the recorder subscribes to everything the expert publishes (then let DDS match)."""
+    wanted = [topics.camera_image(c.name) for c in rig.cameras]
+    wanted += [topics.JOINT_STATES, topics.SIM_SUCCESS, topics.SIM_EXPERT_SUBTASK, topics.POLICY_TASK]
+    wanted += [topics.arm_command(a.name) for a in rig.arms]
+    wanted = ['/' + t.lstrip('/') for t in wanted]
+    deadline = time.monotonic() + timeout_s
+    while True:
+        missing = [t for t in wanted if t not in recorder.topic_states]
+        if not missing:
+            break
+        if time.monotonic() > deadline:
+            raise RuntimeError(f'the recorder did not find publishers for {missing} within {timeout_s} s')
+        time.sleep(0.05)
+    time.sleep(0.5)  # subscriptions exist; give discovery a moment to match them with the publishers
+
+
+def _progress(total: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit='episode', desc='collect')

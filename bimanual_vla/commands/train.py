@@ -1,0 +1,147 @@
+"""`bimanual-vla train`: train or fine-tune a PI0 checkpoint on recorded bags (actions + subtask text)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        'train',
+        help='train or fine-tune a PI0 checkpoint on recorded bags',
+        description='Flow matching on action chunks (pi0 recipe: Beta(1.5, 1) flow time, masked padding) plus '
+        'cross-entropy on the subtask text with a block-causal mask, AdamW with warm-up + cosine decay, gradient '
+        'clipping. OUT becomes a checkpoint directory VLAPolicy.load reads (normalisation statistics from the '
+        'data in bimanual_vla.json); OUT/train_state holds what --resume needs, OUT/training the loss curves.',
+    )
+    p.add_argument(
+        '--data', nargs='+', required=True, metavar='BAG', help='bag directories (bimanual-vla collect/record)'
+    )
+    p.add_argument('--out', required=True, type=Path, help='checkpoint directory to write')
+    src = p.add_mutually_exclusive_group()
+    src.add_argument('--init', type=Path, help='checkpoint to fine-tune (its tokenizer, cameras and shape)')
+    src.add_argument(
+        '--tiny-config',
+        metavar='KEY=VALUE',
+        nargs='*',
+        help='train a small PI0 from scratch; optional overrides of hidden, layers, heads, head_dim, '
+        'expert_hidden, vision_hidden, vision_layers, image_size, patch_size',
+    )
+    p.add_argument(
+        '--resume', action='store_true', help='continue the run saved in OUT (same settings, more --steps ok)'
+    )
+    p.add_argument('--rig', default='aloha_sim')
+    p.add_argument('--cameras', nargs='+', help='cameras the model sees (default: all of the rig)')
+    p.add_argument('--chunk-size', type=int, default=50)
+    p.add_argument('--steps', type=int, default=1000)
+    p.add_argument('--batch-size', type=int, default=16)
+    p.add_argument('--lr', type=float, default=3e-4)
+    p.add_argument('--min-lr-ratio', type=float, default=0.1, help='cosine decays to this fraction of --lr')
+    p.add_argument('--warmup', type=int, default=100)
+    p.add_argument('--weight-decay', type=float, default=1e-4)
+    p.add_argument('--grad-clip', type=float, default=1.0)
+    p.add_argument('--subtask-weight', type=float, default=1.0, help='weight of the subtask cross-entropy')
+    p.add_argument('--normalization', choices=['mean_std', 'quantile'], default='mean_std')
+    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--save-every', type=int, default=500)
+    p.add_argument('--threads', type=int, default=2, help="torch threads (the machine's cores)")
+    p.add_argument(
+        '--time-base',
+        choices=['header', 'receive'],
+        default='header',
+        help='header: sim recordings / stamped data (default); receive: recorder receive times',
+    )
+    p.add_argument('--default-task', default='', help='task text for bags without policy/task')
+    p.add_argument('--cache-dir', type=Path, help='decoded-sample cache (default ~/.cache/bimanual_vla/train)')
+    p.add_argument('--no-progress', action='store_true')
+    p.set_defaults(func=run)
+
+
+def _shape(overrides: list[str] | None):
+    from policy_node.train import ModelShape
+
+    shape = ModelShape()
+    for item in overrides or []:
+        key, _, value = item.partition('=')
+        if not hasattr(shape, key) or not value:
+            raise SystemExit(f'--tiny-config: expected KEY=VALUE with KEY in {list(shape.__dict__)}, got {item!r}')
+        setattr(shape, key, int(value))
+    return shape
+
+
+def run(args: argparse.Namespace) -> int:
+    import logging
+
+    from policy_node.train import TRAIN_STATE_DIR, Trainer, TrainConfig, config_from_json
+    from policy_node.train_data import build_cache
+
+    logging.basicConfig(level=logging.INFO, format='%(message)s')
+    out = args.out.expanduser()
+    if args.resume:
+        state = json.loads((out / TRAIN_STATE_DIR / 'state.json').read_text())
+        cfg = config_from_json(state['config'])
+        cfg.steps = max(cfg.steps, args.steps) if args.steps else cfg.steps
+        cfg.progress = not args.no_progress
+    else:
+        if out.exists() and any(out.iterdir()):
+            raise SystemExit(f'{out}: exists and is not empty (use --resume to continue a run, or a new --out)')
+        cfg = TrainConfig(
+            data=[str(Path(d).expanduser()) for d in args.data],
+            out=str(out),
+            rig=args.rig,
+            init=str(args.init) if args.init else None,
+            shape=_shape(args.tiny_config),
+            cameras=args.cameras,
+            chunk_size=args.chunk_size,
+            steps=args.steps,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            min_lr_ratio=args.min_lr_ratio,
+            warmup=args.warmup,
+            weight_decay=args.weight_decay,
+            grad_clip=args.grad_clip,
+            subtask_weight=args.subtask_weight,
+            normalization=args.normalization,
+            seed=args.seed,
+            save_every=args.save_every,
+            threads=args.threads,
+            time_base=args.time_base,
+            default_task=args.default_task,
+            cache_dir=str(args.cache_dir) if args.cache_dir else None,
+            progress=not args.no_progress,
+        )
+    image_size = cfg.shape.image_size
+    if cfg.init:
+        from policy_node.checkpoint import read_metadata
+
+        image_size = read_metadata(Path(cfg.init).expanduser()).image_size[0]
+    samples = build_cache(
+        cfg.data,
+        cfg.cache_dir or Path('~/.cache/bimanual_vla/train').expanduser(),
+        rig=cfg.rig,
+        image_size=(image_size, image_size),
+        chunk_size=cfg.chunk_size,
+        time_base=cfg.time_base,
+        default_task=cfg.default_task,
+        progress=cfg.progress,
+    )
+    trainer = Trainer(cfg, samples, resume=args.resume)
+    print(
+        json.dumps(
+            {
+                'samples': len(samples),
+                'episodes': samples.info['episodes'],
+                'subtasks': samples.subtasks,
+                'parameters': trainer.parameters,
+                'start_step': trainer.step,
+                'steps': cfg.steps,
+            }
+        ),
+        flush=True,
+    )
+    result = trainer.run()
+    summary = {k: v for k, v in result.__dict__.items() if k != 'history'}
+    print(json.dumps(summary, indent=2))
+    return 0

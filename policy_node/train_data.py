@@ -1,0 +1,204 @@
+"""Training samples decoded once into a compact on-disk cache, so the data loader costs nothing.
+
+`BagDataset` reads frames from MCAP chunks and decodes full-size images; doing that for every
+training step would keep both cores busy with I/O instead of learning. `build_cache` walks every
+episode once (sequentially, each frame decoded once), resizes each distinct camera frame to the
+model size with the same `resize_with_pad` the policy uses at run time, and stores:
+
+* ``frames_<cam>.npy``   uint8 (n_frames, H, W, 3), memory-mapped when training
+* ``arrays.npz``         per sample: frame index per camera, state, actions, actions_is_pad,
+                         task id, subtask id, episode; plus the task/subtask string tables
+* ``cache.json``         what the cache was built from (bags with sizes and mtimes, options)
+
+The cache is keyed by a hash of its inputs and reused by later runs on the same bags.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from policy_node.preprocess import resize_with_pad
+
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = 1
+
+
+@dataclass
+class CachedSamples:
+    """Everything a training step needs, as arrays (frames memory-mapped)."""
+
+    directory: Path
+    cameras: list[str]
+    joint_names: list[str]
+    frames: dict[str, np.ndarray]  # cam -> (n_frames, H, W, 3) uint8
+    frame_index: np.ndarray  # (N, n_cam) int64 into frames[cam]
+    state: np.ndarray  # (N, J) float32, rig units
+    actions: np.ndarray  # (N, H, J) float32, rig units
+    actions_is_pad: np.ndarray  # (N, H) bool
+    task_id: np.ndarray  # (N,) int64 into tasks
+    subtask_id: np.ndarray  # (N,) int64 into subtasks
+    episode: np.ndarray  # (N,) int64
+    tasks: list[str]
+    subtasks: list[str]
+    info: dict[str, Any]
+
+    def __len__(self) -> int:
+        return int(self.state.shape[0])
+
+    @property
+    def chunk_size(self) -> int:
+        return int(self.actions.shape[1])
+
+    def images(self, indices: np.ndarray) -> np.ndarray:
+        """uint8 (B, n_cam, H, W, 3) for the given sample indices."""
+        return np.stack(
+            [np.stack([self.frames[c][self.frame_index[i, k]] for k, c in enumerate(self.cameras)]) for i in indices]
+        )
+
+
+def cache_key(bags: list[Path], options: dict[str, Any]) -> str:
+    """A hash of the bags (path, size, mtime of every file) and the options that shape the samples."""
+    h = hashlib.sha256()
+    h.update(json.dumps({'version': CACHE_VERSION, 'options': options}, sort_keys=True).encode())
+    for bag in bags:
+        for f in sorted(p for p in bag.rglob('*') if p.is_file() and p.suffix in ('.mcap', '.db3', '.yaml')):
+            st = f.stat()
+            h.update(f'{f.resolve()}:{st.st_size}:{st.st_mtime_ns}'.encode())
+    return h.hexdigest()[:16]
+
+
+def build_cache(
+    bags: list[str | Path],
+    cache_root: str | Path,
+    *,
+    rig: str,
+    image_size: tuple[int, int],
+    chunk_size: int,
+    cameras: list[str] | None = None,
+    time_base: str = 'header',
+    default_task: str = '',
+    progress: bool = True,
+) -> CachedSamples:
+    """Decode `bags` into a cache under `cache_root` (reused if one with the same key exists)."""
+    from bimanual_vla.dataset import BagDataset
+
+    paths = [Path(b).expanduser().resolve() for b in bags]
+    options = {
+        'rig': rig,
+        'image_size': list(image_size),
+        'chunk_size': chunk_size,
+        'cameras': cameras,
+        'time_base': time_base,
+        'default_task': default_task,
+    }
+    directory = Path(cache_root).expanduser() / cache_key(paths, options)
+    if (directory / 'cache.json').is_file():
+        log.info('reusing sample cache %s', directory)
+        return load_cache(directory)
+    ds = BagDataset(
+        paths, rig=rig, chunk_size=chunk_size, cameras=cameras, time_base=time_base, default_task=default_task
+    )
+    tmp = directory.with_name(directory.name + '.partial')
+    tmp.mkdir(parents=True, exist_ok=True)
+    cams = list(ds.cameras)
+    h, w = image_size
+    n = len(ds)
+    frame_lists: dict[str, list[np.ndarray]] = {c: [] for c in cams}
+    frame_index = np.zeros((n, len(cams)), dtype=np.int64)
+    state = np.zeros((n, len(ds.joint_names)), dtype=np.float32)
+    actions = np.zeros((n, chunk_size, len(ds.joint_names)), dtype=np.float32)
+    is_pad = np.zeros((n, chunk_size), dtype=bool)
+    task_id = np.zeros(n, dtype=np.int64)
+    subtask_id = np.zeros(n, dtype=np.int64)
+    episode = np.zeros(n, dtype=np.int64)
+    tasks: dict[str, int] = {}
+    subtasks: dict[str, int] = {}
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=n, unit='sample', desc='decoding bags')
+    i = 0
+    for e in range(len(ds.episodes)):
+        last: dict[str, tuple[int, int]] = {}  # cam -> (source frame number, cache index)
+        ep = ds.episodes[e]
+        for k, s in enumerate(ds.iter_episode(e)):
+            for c_i, cam in enumerate(cams):
+                src = int(ep.frames[cam][k])
+                if cam not in last or last[cam][0] != src:
+                    frame_lists[cam].append(resize_with_pad(s['images'][cam], h, w))
+                    last[cam] = (src, len(frame_lists[cam]) - 1)
+                frame_index[i, c_i] = last[cam][1]
+            state[i] = s['state']
+            actions[i] = s['actions']
+            is_pad[i] = s['actions_is_pad']
+            task_id[i] = tasks.setdefault(s['task'], len(tasks))
+            subtask_id[i] = subtasks.setdefault(s['subtask'], len(subtasks))
+            episode[i] = e
+            i += 1
+            if bar is not None:
+                bar.update(1)
+    if bar is not None:
+        bar.close()
+    if i != n:
+        raise RuntimeError(f'expected {n} samples from the bags, decoded {i}')
+    for cam in cams:
+        np.save(tmp / f'frames_{cam}.npy', np.stack(frame_lists[cam]))
+    np.savez(
+        tmp / 'arrays.npz',
+        frame_index=frame_index,
+        state=state,
+        actions=actions,
+        actions_is_pad=is_pad,
+        task_id=task_id,
+        subtask_id=subtask_id,
+        episode=episode,
+    )
+    info = {
+        'version': CACHE_VERSION,
+        'bags': [str(p) for p in paths],
+        'options': options,
+        'cameras': cams,
+        'joint_names': list(ds.joint_names),
+        'rate_hz': ds.rate_hz,
+        'samples': n,
+        'episodes': len(ds.episodes),
+        'tasks': list(tasks),
+        'subtasks': list(subtasks),
+        'skipped': dict(ds.skipped),
+    }
+    (tmp / 'cache.json').write_text(json.dumps(info, indent=2) + '\n')
+    ds.close()
+    tmp.rename(directory)
+    return load_cache(directory)
+
+
+def load_cache(directory: str | Path) -> CachedSamples:
+    directory = Path(directory)
+    info = json.loads((directory / 'cache.json').read_text())
+    arrays = np.load(directory / 'arrays.npz', allow_pickle=False)
+    cams = list(info['cameras'])
+    return CachedSamples(
+        directory=directory,
+        cameras=cams,
+        joint_names=list(info['joint_names']),
+        frames={c: np.load(directory / f'frames_{c}.npy', mmap_mode='r', allow_pickle=False) for c in cams},
+        frame_index=arrays['frame_index'],
+        state=arrays['state'],
+        actions=arrays['actions'],
+        actions_is_pad=arrays['actions_is_pad'],
+        task_id=arrays['task_id'],
+        subtask_id=arrays['subtask_id'],
+        episode=arrays['episode'],
+        tasks=list(info['tasks']),
+        subtasks=list(info['subtasks']),
+        info=info,
+    )

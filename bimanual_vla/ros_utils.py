@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from builtin_interfaces.msg import Time
@@ -52,3 +52,45 @@ def sec_to_stamp(seconds: float) -> Time:
     if nanosec >= 1_000_000_000:
         sec, nanosec = sec + 1, nanosec - 1_000_000_000
     return Time(sec=sec, nanosec=nanosec)
+
+
+def run_node(
+    label: str,
+    node_class: Callable[[], Node],
+    args: list[str] | None = None,
+    *,
+    num_threads: int | None = None,
+    startup_errors: tuple[type[BaseException], ...] = (ValueError,),
+) -> int:
+    """The body of every node's ``main()``: start, spin until Ctrl-C, clean up; exit status.
+
+    A node whose constructor raises one of `startup_errors` (bad config, missing device or
+    checkpoint) prints one line and returns 2 instead of a traceback. ``num_threads=1`` spins a
+    SingleThreadedExecutor, anything else a MultiThreadedExecutor with that many threads.
+    """
+    import sys
+
+    import rclpy
+    from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
+
+    from bimanual_vla.rosenv import apply_pip_defaults
+
+    apply_pip_defaults()
+    rclpy.init(args=args)
+    node = None
+    try:
+        try:
+            node = node_class()
+        except startup_errors as exc:
+            print(f'{label}: error: {exc}', file=sys.stderr)
+            return 2
+        executor = SingleThreadedExecutor() if num_threads == 1 else MultiThreadedExecutor(num_threads=num_threads)
+        executor.add_node(node)
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return 0

@@ -27,8 +27,6 @@ import sys
 import threading
 import time
 
-import rclpy
-import rclpy.executors
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.node import Node
 from sensor_msgs.msg import JointState
@@ -37,7 +35,7 @@ from std_srvs.srv import SetBool
 
 from bimanual_vla import topics
 from bimanual_vla.config import ConfigError
-from bimanual_vla.ros_utils import ERROR, OK, WARN, declare_rig, diagnostic_status
+from bimanual_vla.ros_utils import ERROR, OK, WARN, declare_rig, diagnostic_status, run_node
 from drivers.arm_controller import ArmController, Reading
 from drivers.calibration import CalibrationError, calibration_for_arm
 from drivers.command_filter import CommandRejected, VelocityEstimator
@@ -228,24 +226,9 @@ class ArmDriver(Node):
 
 
 def main(args: list[str] | None = None) -> int:
-    from bimanual_vla.rosenv import apply_pip_defaults
-
-    apply_pip_defaults()
-    rclpy.init(args=args)
-    try:
-        node = ArmDriver()
-    except (ConfigError, CalibrationError, ValueError) as exc:
-        print(f'arm_driver: error: {exc}', file=sys.stderr)
-        rclpy.try_shutdown()
-        return 2
-    try:
-        rclpy.spin(node)
-    except (KeyboardInterrupt, rclpy.executors.ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return run_node(
+        'arm_driver', ArmDriver, args, num_threads=1, startup_errors=(ConfigError, CalibrationError, ValueError)
+    )
 
 
 if __name__ == '__main__':

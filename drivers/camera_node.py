@@ -25,18 +25,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-import rclpy
 import yaml
 from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import ParameterDescriptor
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, Image
 
 from bimanual_vla import topics
 from bimanual_vla.config import CameraConfig, ConfigError
-from bimanual_vla.ros_utils import ERROR, OK, WARN, declare_rig, diagnostic_status
+from bimanual_vla.ros_utils import ERROR, OK, WARN, declare_rig, diagnostic_status, run_node
 from drivers.capture import Capture, CaptureError, CaptureStats, Frame, make_source
 
 DIAGNOSTICS_PERIOD_S = 1.0
@@ -279,26 +277,7 @@ def load_camera_info(path_text: str, cam: CameraConfig) -> CameraInfo:
 
 
 def main(args: list[str] | None = None) -> int:
-    from bimanual_vla.rosenv import apply_pip_defaults
-
-    apply_pip_defaults()
-    rclpy.init(args=args)
-    try:
-        node = CameraDriver()
-    except (ConfigError, CaptureError) as exc:
-        print(f'camera_driver: error: {exc}', file=sys.stderr)
-        rclpy.try_shutdown()
-        return 2
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
-    try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return run_node('camera_driver', CameraDriver, args, num_threads=1, startup_errors=(ConfigError, CaptureError))
 
 
 if __name__ == '__main__':

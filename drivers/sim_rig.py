@@ -32,10 +32,8 @@ import math
 import threading
 import time
 
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import ParameterDescriptor
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import CameraInfo, Image, JointState
@@ -44,7 +42,7 @@ from std_srvs.srv import Trigger
 
 from bimanual_vla import topics
 from bimanual_vla.config import ConfigError
-from bimanual_vla.ros_utils import ERROR, OK, WARN, declare_rig, diagnostic_status, sec_to_stamp
+from bimanual_vla.ros_utils import ERROR, OK, WARN, declare_rig, diagnostic_status, run_node, sec_to_stamp
 from drivers.sim_scene import MAX_REWARD, SceneRenderer, SimScene, rig_cameras, snapshot
 from drivers.sim_servo_bus import SimServoBus, check_protocol, default_directory, port_link, write_servo_bus_rig
 
@@ -459,25 +457,5 @@ class SimRig(Node):
         super().destroy_node()
 
 
-def main(args: list[str] | None = None) -> None:
-    from bimanual_vla.rosenv import apply_pip_defaults
-
-    apply_pip_defaults()
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = SimRig()
-        executor = MultiThreadedExecutor(num_threads=2)
-        executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except ConfigError as exc:
-        import sys
-
-        print(f'sim_rig: {exc}', file=sys.stderr)
-        raise SystemExit(2) from None
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
+def main(args: list[str] | None = None) -> int:
+    return run_node('sim_rig', SimRig, args, num_threads=2, startup_errors=(ConfigError, RuntimeError))

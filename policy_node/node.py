@@ -29,11 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import rclpy
 from builtin_interfaces.msg import Duration
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool, String
@@ -43,7 +41,17 @@ from visualization_msgs.msg import MarkerArray
 
 from bimanual_vla import topics
 from bimanual_vla.config import ConfigError, PolicyConfig, load_policy, resolve_share_relative
-from bimanual_vla.ros_utils import ERROR, OK, STALE, WARN, declare_rig, diagnostic_status, sec_to_stamp, stamp_to_sec
+from bimanual_vla.ros_utils import (
+    ERROR,
+    OK,
+    STALE,
+    WARN,
+    declare_rig,
+    diagnostic_status,
+    run_node,
+    sec_to_stamp,
+    stamp_to_sec,
+)
 from policy_node.chunking import Chunk, ChunkExecutor, GuidePlan, LatencyEstimator, plan_guide
 from policy_node.markers import GripperPaths, chunk_markers
 from policy_node.safety import CommandGate
@@ -557,29 +565,10 @@ class PolicyNode(Node):
         super().destroy_node()
 
 
-def main(args: list[str] | None = None) -> None:
-    from bimanual_vla.rosenv import apply_pip_defaults
-
-    apply_pip_defaults()
-    rclpy.init(args=args)
-    node = None
-    try:
-        try:
-            node = PolicyNode()
-        except ValueError as exc:  # ConfigError, CheckpointError: a clear message, not a traceback
-            print(f'policy_node: {exc}', file=sys.stderr)
-            raise SystemExit(2) from None
-        executor = MultiThreadedExecutor(num_threads=4)
-        executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
+def main(args: list[str] | None = None) -> int:
+    # ConfigError, CheckpointError: a clear message, not a traceback
+    return run_node('policy_node', PolicyNode, args, num_threads=4, startup_errors=(ValueError,))
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(main())

@@ -61,7 +61,7 @@ def rig_nodes(
     sim_time = sim if use_sim_time is None else use_sim_time
     common = {'rig': str(rig_ref), 'use_sim_time': sim_time}
     specs: list[NodeSpec] = []
-    servo_bus = str((sim_overrides or {}).get('servo_bus', (rig.sim or {}).get('servo_bus', '')) or '')
+    servo_bus = str((sim_overrides or {}).get('servo_bus') or (rig.sim or {}).get('servo_bus') or '')  # '': rig's
     if sim and servo_bus:
         from drivers.sim_servo_bus import default_directory, write_servo_bus_rig
 

@@ -13,7 +13,8 @@ exists (so a launch file can start the drivers at the same time as the simulator
 * ``<rig>_servo_bus.yaml``: the sim rig with every arm on ``protocol: feetech|dynamixel``,
   ``port: <dir>/<arm>.tty`` and ``calibration: <dir>/<arm>.calibration.json``;
 * ``<arm>.calibration.json``: 0 rad (or 0 m) at tick 2048, ticks increasing with the joint,
-  4096 ticks per turn, range = the joint limits (within the one turn a servo reports);
+  4096 ticks per turn, range = the joint limits (ticks 0..4096 for the ALOHA's ±pi joints: the
+  emulated servos' max-position-limit register is set to 4096 so +pi is reachable, not cut to 4095);
 * ``<arm>.tty``: a symlink to the arm's pty, made when the simulator starts and removed
   when it stops. A driver started earlier just retries until it appears (its usual
   reconnect with backoff), and reconnects by itself to a restarted simulator.
@@ -40,13 +41,13 @@ import yaml
 
 from bimanual_vla.config import ArmConfig, ConfigError, RigConfig
 from drivers.calibration import ArmCalibration, JointCalibration, now_iso
-from drivers.control_table import CONTROL_TABLES
 from drivers.emulator import FaultConfig, ServoBusEmulator
 
 SERVO_BUS_PROTOCOLS = ('feetech', 'dynamixel')
 RESOLUTION = 4096  # ticks per turn of the emulated STS3215 / Dynamixel X servos
 ZERO_TICKS = RESOLUTION // 2  # 0 rad (0 m for the gripper) at the servo's mid-point
 RAD_PER_TICK = 2.0 * math.pi / RESOLUTION
+MAX_TICKS = RESOLUTION  # max-position-limit of the emulated servos: -pi..+pi is ticks 0..4096, both ends included
 
 
 def check_protocol(protocol: str) -> str:
@@ -85,11 +86,11 @@ def to_value(ticks: int) -> float:
 
 
 def servo_calibration(arm: ArmConfig, protocol: str) -> ArmCalibration:
-    """Calibration matching what the simulator writes: zero at 2048, range = the limits within one turn."""
+    """Calibration matching what the simulator writes: zero at 2048, range = the limits within ticks 0..4096."""
     joints = {}
     for j in arm.joints:
         low = max(0, math.floor(ZERO_TICKS + j.lower / RAD_PER_TICK))
-        high = min(RESOLUTION - 1, math.ceil(ZERO_TICKS + j.upper / RAD_PER_TICK))
+        high = min(MAX_TICKS, math.ceil(ZERO_TICKS + j.upper / RAD_PER_TICK))
         joints[j.name] = JointCalibration(
             id=j.id, homing_offset=0, range_min=low, range_max=high, direction=1, zero_ticks=ZERO_TICKS
         )
@@ -99,10 +100,10 @@ def servo_calibration(arm: ArmConfig, protocol: str) -> ArmCalibration:
 
 
 def servo_bus_rig(rig: RigConfig, protocol: str, directory: str | os.PathLike[str]) -> RigConfig:
-    """The rig as the arm drivers see it: bus arms on the pty links, limits within what a servo can report.
+    """The rig as the arm drivers see it: bus arms on the pty links, limits within ticks 0..4096.
 
-    ±pi joints (waist, forearm roll, wrist rotate) lose 1.5 mrad at the top end: tick 4096
-    does not exist on a 4096-tick servo, so the limit becomes tick 4095.
+    The ALOHA's limits all fit (±pi is ticks 0..4096), so they stay the sim's; a rig with joints
+    beyond ±pi would have them cut to what one turn of ticks can say.
     """
     check_protocol(protocol)
     arms = []
@@ -195,11 +196,11 @@ class SimServoBus:
         a driver taking over writes goal = present position, then torque on: nothing moves.
         """
         pty = self.emulator.start()
-        table = CONTROL_TABLES[self.protocol]
         for sid, value in zip(self.ids, positions, strict=True):
             servo = self.emulator.servo(sid)
+            servo.write_register('max_position_limit', MAX_TICKS)  # EEPROM: while torque is still off
             servo.set_present_position(to_ticks(value))
-            servo.write_register('goal_position', max(0, min(table.resolution - 1, to_ticks(value))))
+            servo.write_register('goal_position', max(0, min(MAX_TICKS, to_ticks(value))))
             servo.write_register('torque_enable', 1)
         self.emulator.on_goal = self._on_goal
         self.link.parent.mkdir(parents=True, exist_ok=True)

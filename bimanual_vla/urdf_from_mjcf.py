@@ -15,7 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from bimanual_vla.urdf_model import matrix_to_rpy
+from bimanual_vla.urdf_model import fmt_floats as _fmt
+from bimanual_vla.urdf_model import origin_element as _origin
+from bimanual_vla.urdf_model import segment_visual
 
 ARM_PREFIX = {'left': 'vx300s_left', 'right': 'vx300s_right'}
 # MJCF joint name -> rig joint name (config/rigs/aloha_sim.yaml); right_finger mirrors the gripper.
@@ -47,31 +49,6 @@ def _quat_to_matrix(q: np.ndarray) -> np.ndarray:
             [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
             [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
         ]
-    )
-
-
-def _origin(xyz: np.ndarray, rot: np.ndarray) -> str:
-    rpy = matrix_to_rpy(rot)
-    return f'<origin xyz="{_fmt(xyz)}" rpy="{_fmt(rpy)}"/>'
-
-
-def _fmt(values) -> str:
-    return ' '.join(f'{float(v):.6g}' for v in values)
-
-
-def _segment_visual(vec: np.ndarray, radius: float, color: str) -> str:
-    """A cylinder from the link origin to `vec` (the next joint), as a URDF visual."""
-    length = float(np.linalg.norm(vec))
-    if length < 1e-4:
-        return f'<visual><geometry><sphere radius="{radius * 1.3:.4g}"/></geometry><material name="{color}"/></visual>'
-    z = vec / length
-    ref = np.array([1.0, 0, 0]) if abs(z[0]) < 0.9 else np.array([0, 1.0, 0])
-    x = np.cross(ref, z)
-    x /= np.linalg.norm(x)
-    rot = np.column_stack([x, np.cross(z, x), z])
-    return (
-        f'<visual>{_origin(vec / 2, rot)}<geometry><cylinder radius="{radius:.4g}" length="{length:.4g}"/>'
-        f'</geometry><material name="{color}"/></visual>'
     )
 
 
@@ -123,7 +100,7 @@ def _arm(model, data, arm: str, prefix: str) -> list[str]:
                 '</geometry><material name="finger"/></visual>'
             )
         elif kids:
-            visual = _segment_visual(np.asarray(model.body_pos[kids[0]]), 0.018, 'link')
+            visual = segment_visual(np.asarray(model.body_pos[kids[0]]), 0.018, 'link', point_radius=0.018 * 1.3)
         else:
             visual = ''
         lines.append(f'  <link name="{link}">{visual}</link>')

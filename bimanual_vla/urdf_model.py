@@ -189,3 +189,41 @@ def _axis_angle(axis: np.ndarray, angle: float) -> np.ndarray:
             [t * x * z - s * y, t * y * z + s * x, t * z * z + c],
         ]
     )
+
+
+# ------------------------------------------------------------------ writing URDF text
+
+
+def fmt_floats(values) -> str:
+    """Numbers as URDF attributes want them: space-separated, 6 significant digits."""
+    return ' '.join(f'{float(v):.6g}' for v in values)
+
+
+def origin_element(xyz, rot: np.ndarray) -> str:
+    """An <origin> element for a translation and a rotation matrix."""
+    return f'<origin xyz="{fmt_floats(xyz)}" rpy="{fmt_floats(matrix_to_rpy(rot))}"/>'
+
+
+def segment_visual(vec: np.ndarray, radius: float, material: str, point_radius: float | None = None) -> str:
+    """A <visual> cylinder from the link origin to `vec` (typically the next joint's origin).
+
+    Where `vec` is (nearly) zero there is no segment to draw: a sphere of `point_radius`, or
+    nothing when `point_radius` is None.
+    """
+    vec = np.asarray(vec, dtype=float)
+    length = float(np.linalg.norm(vec))
+    if length < 1e-4:
+        if point_radius is None:
+            return ''
+        return (
+            f'<visual><geometry><sphere radius="{point_radius:.4g}"/></geometry><material name="{material}"/></visual>'
+        )
+    z = vec / length
+    ref = np.array([1.0, 0, 0]) if abs(z[0]) < 0.9 else np.array([0, 1.0, 0])
+    x = np.cross(ref, z)
+    x /= np.linalg.norm(x)
+    rot = np.column_stack([x, np.cross(z, x), z])
+    return (
+        f'<visual>{origin_element(vec / 2, rot)}<geometry><cylinder radius="{radius:.4g}" length="{length:.4g}"/>'
+        f'</geometry><material name="{material}"/></visual>'
+    )

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from bimanual_vla.config import RigConfig, load_rig, share_dir
-from bimanual_vla.urdf_model import matrix_to_rpy
+from bimanual_vla.urdf_model import fmt_floats as _fmt
+from bimanual_vla.urdf_model import segment_visual
 
 
 @dataclass(frozen=True)
@@ -90,25 +91,6 @@ BASE_CAMERA = ((0.45, 0.0, 0.55), (-2.3, 0.0, 1.5708))  # above and in front, lo
 RIGS = {'so101_bimanual': SO101, 'koch_bimanual': KOCH}
 
 
-def _fmt(values) -> str:
-    return ' '.join(f'{float(v):.6g}' for v in values)
-
-
-def _cylinder_to(vec: np.ndarray) -> str:
-    length = float(np.linalg.norm(vec))
-    if length < 1e-4:
-        return ''
-    z = vec / length
-    ref = np.array([1.0, 0, 0]) if abs(z[0]) < 0.9 else np.array([0, 1.0, 0])
-    x = np.cross(ref, z)
-    x /= np.linalg.norm(x)
-    rot = np.column_stack([x, np.cross(z, x), z])
-    return (
-        f'<visual><origin xyz="{_fmt(vec / 2)}" rpy="{_fmt(matrix_to_rpy(rot))}"/>'
-        f'<geometry><cylinder radius="0.012" length="{length:.4g}"/></geometry><material name="arm"/></visual>'
-    )
-
-
 def generate(rig: RigConfig, kin: ArmKinematics) -> str:
     out = [
         '<?xml version="1.0"?>',
@@ -135,7 +117,7 @@ def generate(rig: RigConfig, kin: ArmKinematics) -> str:
         for i, kj in enumerate(kin.joints):
             child = f'{arm.name}_{kj.child}'
             nxt = kin.joints[i + 1].xyz if i + 1 < len(kin.joints) else kin.tool_xyz
-            out.append(f'  <link name="{child}">{_cylinder_to(np.array(nxt, dtype=float))}</link>')
+            out.append(f'  <link name="{child}">{segment_visual(np.array(nxt, dtype=float), 0.012, "arm")}</link>')
             lim = limits[kj.joint]
             out.append(
                 f'  <joint name="{arm.name}_{kj.joint}" type="revolute"><parent link="{parent}"/>'

@@ -20,6 +20,9 @@ def _nodes(context):
         'task': LaunchConfiguration('task').perform(context),
         'seed': int(LaunchConfiguration('seed').perform(context)),
     }
+    servo_bus = LaunchConfiguration('servo_bus').perform(context)
+    if servo_bus:
+        sim['servo_bus'] = servo_bus
     specs = rig_nodes(rig, policy=policy or None, use_sim_time=True, sim_overrides=sim)
     actions = spec_actions(specs) + [robot_state_publisher(rig, use_sim_time=True)]
     if truthy(LaunchConfiguration('rviz').perform(context)):
@@ -35,6 +38,11 @@ def generate_launch_description():
             DeclareLaunchArgument('rig', default_value='aloha_sim', description='simulated rig YAML or name'),
             DeclareLaunchArgument('task', default_value='transfer_cube', description='transfer_cube | insertion'),
             DeclareLaunchArgument('seed', default_value='0', description='seed of the object poses'),
+            DeclareLaunchArgument(
+                'servo_bus',
+                default_value='',
+                description='feetech | dynamixel: each sim arm behind an emulated servo bus, driven by arm_driver',
+            ),
             DeclareLaunchArgument('policy', default_value='default', description='policy YAML or name; empty: none'),
             DeclareLaunchArgument('rviz', default_value='false', description='start rviz2 with bimanual.rviz'),
             DeclareLaunchArgument('record', default_value='', description='record a bag to this directory'),

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LAUNCH_FILES = sorted((ROOT / 'launch').glob('*.launch.py'))
 EXPECTED_ARGS = {
     'rig.launch.py': {'rig', 'policy', 'rviz', 'record'},
-    'sim.launch.py': {'rig', 'task', 'seed', 'policy', 'rviz', 'record'},
+    'sim.launch.py': {'rig', 'task', 'seed', 'servo_bus', 'policy', 'rviz', 'record'},
     'replay.launch.py': {'bag', 'rig', 'policy', 'rate', 'rviz'},
 }
 

@@ -31,6 +31,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     'bimanual_vla.commands.export_lerobot',
     'bimanual_vla.commands.collect',
     'bimanual_vla.commands.train',
+    'bimanual_vla.commands.eval_sim',
 )
 
 

@@ -74,7 +74,7 @@ def _shape(overrides: list[str] | None):
 def run(args: argparse.Namespace) -> int:
     import logging
 
-    from policy_node.train import TRAIN_STATE_DIR, Trainer, TrainConfig, config_from_json
+    from policy_node.train import TRAIN_STATE_DIR, TrainConfig, Trainer, config_from_json
     from policy_node.train_data import build_cache
 
     logging.basicConfig(level=logging.INFO, format='%(message)s')

@@ -60,6 +60,7 @@ from torch.utils.data import Dataset
 
 from bimanual_vla import topics as T
 from bimanual_vla.bag_read import BagError, BagReader, Episode, MissingTopicError
+from bimanual_vla.image_msgs import image_to_rgb
 
 log = logging.getLogger(__name__)
 
@@ -151,13 +152,6 @@ def header_stamp_ns(data: bytes) -> int:
     fmt = '<iI' if data[1] == 1 else '>iI'
     sec, nsec = struct.unpack_from(fmt, data, 4)
     return sec * 1_000_000_000 + nsec
-
-
-def image_array(msg: Any) -> np.ndarray:
-    """sensor_msgs/Image -> H x W x 3 uint8 RGB (the policy node's own conversion)."""
-    from policy_node.node import image_to_rgb
-
-    return image_to_rgb(msg)
 
 
 def _abs(namespace: str, topic: str) -> str:
@@ -456,7 +450,7 @@ class BagDataset(Dataset):
         for msg in reader.messages([topic], start_ns=recv, stop_ns=recv + 1):
             if self.options.time_base == 'header' and header_stamp_ns(msg.data) != want_sync:
                 continue
-            return image_array(reader.decode(msg))
+            return image_to_rgb(reader.decode(msg))
         raise BagError(f'{self.paths[ep.bag]}: frame of {topic} at {recv} ns is no longer readable')
 
     def labels_at(self, ep: _EpisodeIndex, t: int) -> tuple[str, str]:
@@ -540,7 +534,7 @@ class BagDataset(Dataset):
                     self.options.time_base != 'header' or header_stamp_ns(msg.data) == int(ep.cam_sync[cam][want])
                 )
                 if msg is not None and msg.timestamp_ns == recv and sync_ok:
-                    img = image_array(reader.decode(msg))
+                    img = image_to_rgb(reader.decode(msg))
                 else:  # out of receive order (header time base) or gone: an indexed read
                     img = self.read_frame(ep, cam, want)
                 decoded[cam] = (want, img)

@@ -24,6 +24,7 @@ from std_msgs.msg import Bool, String
 from bimanual_vla import topics
 from bimanual_vla.config import RigConfig, load_policy, load_rig, resolve_share_relative
 from bimanual_vla.episode_video import EpisodeRecorder
+from bimanual_vla.image_msgs import ImageError, image_to_rgb
 
 
 @dataclass
@@ -64,9 +65,10 @@ class DemoObserver(Node):
         return self.get_clock().now().nanoseconds * 1e-9
 
     def _on_image(self, camera: str, msg: Image) -> None:
-        if msg.encoding != 'rgb8':
+        try:
+            image = image_to_rgb(msg)
+        except ImageError:
             return
-        image = np.frombuffer(msg.data, np.uint8).reshape(msg.height, msg.width, 3)
         with self._lock:
             self._images[camera] = image
 

@@ -142,8 +142,13 @@ def collect(
     compress: bool = False,
     progress: bool = True,
     max_wall_per_episode_s: float = 300.0,
+    episode_s: float | None = None,
 ) -> CollectResult:
-    """Record `episodes` expert episodes (seeds seed, seed+1, ...) into the bag `out`."""
+    """Record `episodes` expert episodes (seeds seed, seed+1, ...) into the bag `out`.
+
+    `episode_s` cuts every episode after that many sim seconds (a quick look, tests); by default an
+    episode lasts the expert's whole plan plus `tail_s`.
+    """
     import rclpy
     from rclpy.parameter import Parameter
 
@@ -188,7 +193,7 @@ def collect(
         spinner.start()
         _wait_for_recorder(recorder, rig, timeout_s=60.0)
         # The expert's waypoint times do not depend on the seed: plan once for the episode length.
-        duration = episode_duration_s(rig, task, seed, tail_s)
+        duration = episode_s if episode_s is not None else episode_duration_s(rig, task, seed, tail_s)
         bar = _progress(episodes, progress)
         for i in range(episodes):
             ep_seed = seed + i

@@ -104,6 +104,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     grad_clip: float = 1.0
     subtask_weight: float = 1.0
+    flow_samples: int = 1
     normalization: str = 'mean_std'
     seed: int = 0
     save_every: int = 500
@@ -112,6 +113,8 @@ class TrainConfig:
     time_base: str = 'header'
     default_task: str = ''
     cache_dir: str | None = None
+    skip_episodes: list[str] = field(default_factory=list)
+    keep_failed: bool = False
     max_task_tokens: int = 48
     progress: bool = True
 
@@ -296,9 +299,13 @@ def sample_time(config: Any, batch_size: int, generator: torch.Generator) -> tor
 
 
 def compute_loss(
-    model: Any, batch: Batch, generator: torch.Generator, subtask_weight: float = 1.0
+    model: Any, batch: Batch, generator: torch.Generator, subtask_weight: float = 1.0, flow_samples: int = 1
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Flow-matching loss on the action chunk + cross-entropy on the subtask tokens (see module doc)."""
+    """Flow-matching loss on the action chunk + cross-entropy on the subtask tokens (see module doc).
+
+    `flow_samples` > 1 draws several (time, noise) pairs per sample on the same prefix cache: the
+    backbone (most of the cost) runs once, the cheap action expert once per draw.
+    """
     vlm = model.model.vlm
     embeds = model.model.embed_prefix(batch.input_ids, batch.pixel_values, batch.pixel_attention_mask)
     position_ids = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
@@ -322,19 +329,23 @@ def compute_loss(
         metrics['subtask_token_acc'] = float((logits.argmax(-1) == targets).float().mean())
 
     bsz = batch.state.shape[0]
-    t = sample_time(model.config, bsz, generator)
-    noise = torch.randn(batch.actions.shape, generator=generator)
-    x_t = t[:, None, None] * noise + (1 - t[:, None, None]) * batch.actions
-    target = noise - batch.actions
-    pred = model(
-        state=batch.state,
-        noise=x_t,
-        timestep=t,
-        attention_mask=batch.attention_mask,
-        past_key_values=out.past_key_values,
-    ).logits
-    sq = (pred.float() - target) ** 2 * batch.action_mask
-    flow = sq.sum() / batch.action_mask.sum().clamp(min=1)
+    cache = out.past_key_values
+    prefix_length = cache.get_seq_length()
+    flows = []
+    for _ in range(max(1, flow_samples)):
+        t = sample_time(model.config, bsz, generator)
+        noise = torch.randn(batch.actions.shape, generator=generator)
+        x_t = t[:, None, None] * noise + (1 - t[:, None, None]) * batch.actions
+        target = noise - batch.actions
+        pred = model(
+            state=batch.state, noise=x_t, timestep=t, attention_mask=batch.attention_mask, past_key_values=cache
+        ).logits
+        cache.crop(
+            prefix_length - cache.get_seq_length()
+        )  # drop the expert's keys/values: the next draw sees the prefix only
+        sq = (pred.float() - target) ** 2 * batch.action_mask
+        flows.append(sq.sum() / batch.action_mask.sum().clamp(min=1))
+    flow = torch.stack(flows).mean()
     metrics['flow'] = float(flow.detach())
     loss = flow + subtask_weight * ce if has_text else flow
     metrics['loss'] = float(loss.detach())
@@ -528,7 +539,9 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group['lr'] = lr
         batch = self.batches(batch_indices(self.step, len(self.samples), cfg.batch_size, cfg.seed))
-        loss, metrics = compute_loss(self.model, batch, step_generator(cfg.seed, self.step), cfg.subtask_weight)
+        loss, metrics = compute_loss(
+            self.model, batch, step_generator(cfg.seed, self.step), cfg.subtask_weight, cfg.flow_samples
+        )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)

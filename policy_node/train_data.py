@@ -85,9 +85,15 @@ def build_cache(
     cameras: list[str] | None = None,
     time_base: str = 'header',
     default_task: str = '',
+    skip_episodes: list[str] | None = None,
+    keep_failed: bool = False,
     progress: bool = True,
 ) -> CachedSamples:
-    """Decode `bags` into a cache under `cache_root` (reused if one with the same key exists)."""
+    """Decode `bags` into a cache under `cache_root` (reused if one with the same key exists).
+
+    Episodes whose label is in `skip_episodes` are left out, and so are episodes a `collect.json`
+    beside the bag (written by `bimanual-vla collect`) reports as failed, unless `keep_failed`.
+    """
     from bimanual_vla.dataset import BagDataset
 
     paths = [Path(b).expanduser().resolve() for b in bags]
@@ -98,6 +104,8 @@ def build_cache(
         'cameras': cameras,
         'time_base': time_base,
         'default_task': default_task,
+        'skip_episodes': sorted(skip_episodes or []),
+        'keep_failed': keep_failed,
     }
     directory = Path(cache_root).expanduser() / cache_key(paths, options)
     if (directory / 'cache.json').is_file():
@@ -106,11 +114,22 @@ def build_cache(
     ds = BagDataset(
         paths, rig=rig, chunk_size=chunk_size, cameras=cameras, time_base=time_base, default_task=default_task
     )
+    skip = set(skip_episodes or [])
+    if not keep_failed:
+        skip |= failed_episode_labels(paths)
+    kept = [e for e in range(len(ds.episodes)) if ds.episodes[e].label not in skip]
+    skipped_labels = sorted(
+        {ds.episodes[e].label for e in range(len(ds.episodes))} - {ds.episodes[e].label for e in kept}
+    )
+    if skipped_labels:
+        log.info('leaving out %d episode(s): %s', len(skipped_labels), ', '.join(skipped_labels))
+    if not kept:
+        raise ValueError('no episodes left to train on after skipping failed/excluded ones')
     tmp = directory.with_name(directory.name + '.partial')
     tmp.mkdir(parents=True, exist_ok=True)
     cams = list(ds.cameras)
     h, w = image_size
-    n = len(ds)
+    n = sum(len(ds.episode_range(e)) for e in kept)
     frame_lists: dict[str, list[np.ndarray]] = {c: [] for c in cams}
     frame_index = np.zeros((n, len(cams)), dtype=np.int64)
     state = np.zeros((n, len(ds.joint_names)), dtype=np.float32)
@@ -127,7 +146,7 @@ def build_cache(
 
         bar = tqdm(total=n, unit='sample', desc='decoding bags')
     i = 0
-    for e in range(len(ds.episodes)):
+    for e in kept:
         last: dict[str, tuple[int, int]] = {}  # cam -> (source frame number, cache index)
         ep = ds.episodes[e]
         for k, s in enumerate(ds.iter_episode(e)):
@@ -170,7 +189,8 @@ def build_cache(
         'joint_names': list(ds.joint_names),
         'rate_hz': ds.rate_hz,
         'samples': n,
-        'episodes': len(ds.episodes),
+        'episodes': len(kept),
+        'episodes_left_out': skipped_labels,
         'tasks': list(tasks),
         'subtasks': list(subtasks),
         'skipped': dict(ds.skipped),
@@ -179,6 +199,17 @@ def build_cache(
     ds.close()
     tmp.rename(directory)
     return load_cache(directory)
+
+
+def failed_episode_labels(bags: list[Path]) -> set[str]:
+    """Labels of the episodes `bimanual-vla collect` recorded as failed (from each bag's collect.json)."""
+    labels: set[str] = set()
+    for bag in bags:
+        summary = bag / 'collect.json'
+        if summary.is_file():
+            data = json.loads(summary.read_text())
+            labels |= {e['label'] for e in data.get('episodes', []) if not e.get('success', True)}
+    return labels
 
 
 def load_cache(directory: str | Path) -> CachedSamples:

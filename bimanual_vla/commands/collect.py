@@ -25,6 +25,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         '--real-time-factor', type=float, default=0.0, help='0 = as fast as possible (default), 1 = real time'
     )
     p.add_argument('--tail-s', type=float, default=1.0, help='sim seconds recorded after the expert finishes')
+    p.add_argument('--episode-s', type=float, help='cut every episode after this many sim seconds')
     p.add_argument('--compress', action='store_true', help='zstd-compress the MCAP chunks')
     p.add_argument('--no-progress', action='store_true')
     p.set_defaults(func=run)
@@ -42,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
         real_time_factor=args.real_time_factor,
         tail_s=args.tail_s,
         compress=args.compress,
+        episode_s=args.episode_s,
         progress=not args.no_progress,
     )
     summary = result.to_json()

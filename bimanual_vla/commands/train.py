@@ -43,6 +43,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument('--weight-decay', type=float, default=1e-4)
     p.add_argument('--grad-clip', type=float, default=1.0)
     p.add_argument('--subtask-weight', type=float, default=1.0, help='weight of the subtask cross-entropy')
+    p.add_argument('--flow-samples', type=int, default=1, help='(time, noise) draws per sample on one backbone pass')
     p.add_argument('--normalization', choices=['mean_std', 'quantile'], default='mean_std')
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--save-every', type=int, default=500)
@@ -55,6 +56,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument('--default-task', default='', help='task text for bags without policy/task')
     p.add_argument('--cache-dir', type=Path, help='decoded-sample cache (default ~/.cache/bimanual_vla/train)')
+    p.add_argument('--skip-episode', nargs='+', default=[], metavar='LABEL', help='episode labels to leave out')
+    p.add_argument('--keep-failed', action='store_true', help='also train on episodes collect.json reports as failed')
     p.add_argument('--no-progress', action='store_true')
     p.set_defaults(func=run)
 
@@ -103,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
             weight_decay=args.weight_decay,
             grad_clip=args.grad_clip,
             subtask_weight=args.subtask_weight,
+            flow_samples=args.flow_samples,
             normalization=args.normalization,
             seed=args.seed,
             save_every=args.save_every,
@@ -110,6 +114,8 @@ def run(args: argparse.Namespace) -> int:
             time_base=args.time_base,
             default_task=args.default_task,
             cache_dir=str(args.cache_dir) if args.cache_dir else None,
+            skip_episodes=list(args.skip_episode),
+            keep_failed=bool(args.keep_failed),
             progress=not args.no_progress,
         )
     image_size = cfg.shape.image_size
@@ -125,6 +131,8 @@ def run(args: argparse.Namespace) -> int:
         chunk_size=cfg.chunk_size,
         time_base=cfg.time_base,
         default_task=cfg.default_task,
+        skip_episodes=cfg.skip_episodes,
+        keep_failed=cfg.keep_failed,
         progress=cfg.progress,
     )
     trainer = Trainer(cfg, samples, resume=args.resume)

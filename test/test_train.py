@@ -1,0 +1,172 @@
+"""Training: block-causal subtask teacher forcing, loss going down, exact resume, loadable output, no pickles."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from policy_node.train import (
+    TRAIN_STATE_DIR,
+    BatchMaker,
+    ModelShape,
+    TrainConfig,
+    Trainer,
+    compute_loss,
+    learning_rate,
+    sample_time,
+    step_generator,
+)
+
+TINY = ModelShape(
+    hidden=32, layers=2, heads=2, head_dim=16, expert_hidden=16, vision_hidden=16, vision_layers=1,
+    image_size=32, patch_size=16,
+)  # fmt: skip
+
+
+@pytest.fixture(scope='module')
+def samples(tmp_path_factory):
+    """Two short expert episodes recorded through the topics, decoded into a 32 px sample cache."""
+    from bimanual_vla.collect import collect
+    from policy_node.train_data import build_cache
+
+    root = tmp_path_factory.mktemp('train')
+    collect(root / 'bag', episodes=2, seed=3, episode_s=1.0, progress=False)
+    return build_cache([root / 'bag'], root / 'cache', rig='aloha_sim', image_size=(32, 32), chunk_size=10,
+                       keep_failed=True, progress=False)  # fmt: skip
+
+
+def config(out, **kw) -> TrainConfig:
+    base = dict(data=[], out=str(out), shape=TINY, chunk_size=10, steps=3, batch_size=4, lr=3e-3, warmup=2,
+                save_every=0, log_every=1, threads=1, progress=False)  # fmt: skip
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+pytestmark = [pytest.mark.ros, pytest.mark.slow]
+
+
+def test_cache_holds_synchronised_samples(samples):
+    assert len(samples) == pytest.approx(2 * 50, abs=8)
+    assert samples.cameras == ['top', 'left_wrist', 'right_wrist']
+    assert samples.frames['top'].shape[1:] == (32, 32, 3) and samples.frames['top'].dtype == np.uint8
+    assert samples.tasks == ['transfer the cube from the right arm to the left arm']
+    assert 'move the right gripper above the cube' in samples.subtasks
+    # distinct frames only: 15 fps camera, 50 Hz samples
+    assert samples.frames['top'].shape[0] < len(samples) / 2
+    assert set(np.unique(samples.episode)) == {0, 1}
+
+
+def test_teacher_forced_subtask_matches_token_by_token_decoding(samples, tmp_path):
+    """The block-causal training mask gives each subtask token exactly what inference gives it."""
+    from policy_node.model import Observation, VLAPolicy
+
+    trainer = Trainer(config(tmp_path / 'ckpt'), samples)
+    trainer.save()
+    policy = VLAPolicy.load(tmp_path / 'ckpt')
+    maker = BatchMaker(samples, policy.tokenizer, policy.metadata, policy.model.config)
+    i = int(np.flatnonzero(np.array([len(s) for s in samples.subtasks])[samples.subtask_id] > 0)[0])
+    batch = maker(np.array([i]))
+    vlm = policy.model.model.vlm
+    embeds = policy.model.model.embed_prefix(batch.input_ids, batch.pixel_values, batch.pixel_attention_mask)
+    position_ids = batch.attention_mask.cumsum(-1) - 1
+    with torch.no_grad():
+        causal = vlm(inputs_embeds=embeds, attention_mask=batch.attention_mask, position_ids=position_ids,
+                     token_type_ids=batch.token_type_ids).last_hidden_state[0]  # fmt: skip
+        leaky = vlm(inputs_embeds=embeds, attention_mask=batch.attention_mask, position_ids=position_ids,
+                    token_type_ids=torch.zeros_like(batch.token_type_ids)).last_hidden_state[0]  # fmt: skip
+    images = {
+        c: np.ascontiguousarray(samples.frames[c][samples.frame_index[i, k]]) for k, c in enumerate(samples.cameras)
+    }
+    obs = Observation(images=images, state=samples.state[i].astype(np.float64), task=samples.tasks[0])
+    prep = policy.prepare(obs)
+    n = prep.input_ids.shape[1]
+    assert torch.equal(prep.input_ids[0], batch.input_ids[0, :n])  # same prompt layout as inference
+    cache, hidden = policy.encode_prefix(prep)
+    mask = prep.attention_mask
+    sub = maker.subtask_ids[samples.subtask_id[i]]
+    decoded = [hidden]
+    for token in sub[:-1]:
+        mask, hidden = policy._feed_token(cache, mask, token)
+        decoded.append(hidden)
+    decoded = torch.cat(decoded)
+    train_side = causal[n - 1 : n - 1 + len(sub)]
+    assert torch.allclose(train_side, decoded, atol=1e-5)
+    # with PI0's default bidirectional backbone the subtask tokens would read the answer
+    assert not torch.allclose(leaky[n - 1 : n - 1 + len(sub)], decoded, atol=1e-3)
+    # the loss covers the subtask tokens and the end marker, nothing else
+    assert (batch.labels != -100).sum() == len(sub)
+    assert batch.labels[0, n - 1 : n - 1 + len(sub)].tolist() == sub
+
+
+def test_short_training_lowers_the_loss(samples, tmp_path):
+    trainer = Trainer(config(tmp_path / 'ckpt', steps=40, batch_size=8, lr=1e-2), samples)
+    batch = trainer.batches(np.arange(0, len(samples), 4)[:16])
+
+    def fixed_loss() -> tuple[float, float]:
+        with torch.no_grad():
+            _, m = compute_loss(trainer.model, batch, step_generator(123, 0), flow_samples=4)
+        return m['flow'], m['subtask_ce']
+
+    flow0, ce0 = fixed_loss()
+    result = trainer.run()
+    flow1, ce1 = fixed_loss()
+    assert result.steps == 40
+    assert flow1 < 0.85 * flow0, (flow0, flow1)
+    assert ce1 < 0.5 * ce0, (ce0, ce1)
+    assert (tmp_path / 'ckpt' / 'training' / 'loss.png').stat().st_size > 1000
+    rows = (tmp_path / 'ckpt' / 'training' / 'log.csv').read_text().splitlines()
+    assert len(rows) == 41 and rows[0].startswith('flow') or 'loss' in rows[0]
+
+
+def test_resume_gives_the_same_next_step_loss(samples, tmp_path):
+    a, b = tmp_path / 'a', tmp_path / 'b'
+    trainer = Trainer(config(a, steps=2), samples)
+    trainer.run()  # saves model, optimizer and step at step 2
+    shutil.copytree(a, b)
+    trainer.cfg.steps = 3
+    uninterrupted = trainer.run().history[-1]['loss']
+    resumed_trainer = Trainer(config(b, steps=3), samples, resume=True)
+    assert resumed_trainer.step == 2
+    resumed = resumed_trainer.run().history[-1]['loss']
+    assert resumed == pytest.approx(uninterrupted, abs=1e-6)
+    for p, q in zip(trainer.model.parameters(), resumed_trainer.model.parameters(), strict=True):
+        assert torch.allclose(p, q, atol=1e-6)
+
+
+def test_output_is_a_loadable_checkpoint_without_pickles(samples, tmp_path):
+    from policy_node.checkpoint import check_directory, find_pickle_files, read_metadata
+    from policy_node.model import Observation, VLAPolicy
+
+    out = tmp_path / 'ckpt'
+    Trainer(config(out, steps=1), samples).run()
+    assert check_directory(out) == out
+    assert find_pickle_files(out) == []
+    assert (out / TRAIN_STATE_DIR / 'optimizer.safetensors').is_file()
+    state = json.loads((out / TRAIN_STATE_DIR / 'state.json').read_text())
+    assert state['step'] == 1
+    meta = read_metadata(out)
+    assert meta.joint_names == samples.joint_names
+    assert np.allclose(meta.normalization.state.mean, samples.state.astype(np.float64).mean(0), atol=1e-5)
+    assert meta.reasoning is True and meta.chunk_size == 10 and meta.image_size == (32, 32)
+    policy = VLAPolicy.load(out, num_steps=2, rig_joint_names=samples.joint_names)
+    images = {c: np.zeros((240, 320, 3), np.uint8) for c in samples.cameras}
+    result = policy.infer(Observation(images=images, state=samples.state[0].astype(np.float64), task=samples.tasks[0]))
+    assert result.actions.shape == (10, 14) and np.all(np.isfinite(result.actions))
+
+
+def test_flow_time_and_schedule_follow_the_recipe():
+    from transformers import PI0Config
+
+    t = sample_time(PI0Config(), 20000, step_generator(0, 0))
+    assert float(t.min()) >= 0.001 and float(t.max()) <= 1.0
+    # Beta(1.5, 1) has mean 0.6: pi0 spends more of its training near the noise end
+    assert float(t.mean()) == pytest.approx(0.6 * 0.999 + 0.001, abs=0.01)
+    cfg = TrainConfig(data=[], out='x', steps=100, warmup=10, lr=1e-3, min_lr_ratio=0.1)
+    assert learning_rate(0, cfg) == pytest.approx(1e-4)
+    assert learning_rate(9, cfg) == pytest.approx(1e-3)
+    assert learning_rate(100, cfg) == pytest.approx(1e-4)
+    assert learning_rate(55, cfg) == pytest.approx(0.55e-3)

@@ -25,8 +25,8 @@ pytestmark = [pytest.mark.ros, pytest.mark.slow]
 
 def test_sim_rig_and_policy_publish_every_contract_topic(
     ros_context,
-    tiny_checkpoint: Path,
-    tmp_path: Path,  # noqa: F811
+    tiny_checkpoint: Path,  # noqa: F811  (the session fixture imported above)
+    tmp_path: Path,
 ) -> None:
     from diagnostic_msgs.msg import DiagnosticArray
     from rclpy.node import Node

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import json
 
+import gym_aloha  # noqa: F401  (make test installs the sim extra; a missing one must fail, not skip)
+import mujoco  # noqa: F401
 import numpy as np
 import pytest
 
 from bimanual_vla.config import load_rig
-
-pytest.importorskip('mujoco')
-pytest.importorskip('gym_aloha')
-
 from drivers.expert import ScriptedExpert, run_episode
 from drivers.sim_scene import SimScene
 

@@ -6,10 +6,9 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 from dataset_fixtures import CAMERAS, JOINT_NAMES, MS, T0, TASK, command_value, frame_value, state_value, write_bag
-
-pq = pytest.importorskip('pyarrow.parquet')
 
 
 @pytest.fixture(scope='module')

@@ -10,13 +10,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 
+import dynamixel_sdk as dxl  # test-only dependencies (the test extra)
 import pytest
+import scservo_sdk as scs
 
 from drivers.control_table import DYNAMIXEL_X, FEETECH_STS
 from drivers.emulator import ServoBusEmulator
-
-scs = pytest.importorskip('scservo_sdk', reason='feetech-servo-sdk is a test-only dependency')
-dxl = pytest.importorskip('dynamixel_sdk', reason='dynamixel-sdk is a test-only dependency')
 
 IDS = [1, 2, 3, 4, 5, 6]
 

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import math
 
+import gym_aloha  # noqa: F401  (make test installs the sim extra; a missing one must fail, not skip)
+import mujoco  # noqa: F401
 import numpy as np
 import pytest
-
-pytest.importorskip('mujoco')
-pytest.importorskip('gym_aloha')
 
 from bimanual_vla import topics
 

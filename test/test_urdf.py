@@ -50,7 +50,8 @@ def test_bad_urdf_is_reported() -> None:
 
 
 def test_aloha_urdf_forward_kinematics_matches_mujoco() -> None:
-    mujoco = pytest.importorskip('mujoco')
+    import mujoco
+
     from bimanual_vla.urdf_from_mjcf import aloha_model_path
 
     rig = load_rig('aloha_sim')

@@ -119,7 +119,8 @@ def test_short_training_lowers_the_loss(samples, tmp_path):
     assert ce1 < 0.5 * ce0, (ce0, ce1)
     assert (tmp_path / 'ckpt' / 'training' / 'loss.png').stat().st_size > 1000
     rows = (tmp_path / 'ckpt' / 'training' / 'log.csv').read_text().splitlines()
-    assert len(rows) == 41 and rows[0].startswith('flow') or 'loss' in rows[0]
+    assert len(rows) == 41  # header + one row per step (log_every=1)
+    assert {'loss', 'flow', 'subtask_ce', 'lr'} <= set(rows[0].split(','))
 
 
 def test_resume_gives_the_same_next_step_loss(samples, tmp_path):

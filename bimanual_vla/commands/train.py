@@ -149,7 +149,12 @@ def run(args: argparse.Namespace) -> int:
         ),
         flush=True,
     )
-    result = trainer.run()
+
+    def log_line(entry: dict) -> None:  # without a progress bar, one JSON line per log interval (for nohup logs)
+        if not cfg.progress:
+            print(json.dumps({k: round(v, 5) if isinstance(v, float) else v for k, v in entry.items()}), flush=True)
+
+    result = trainer.run(on_log=log_line)
     summary = {k: v for k, v in result.__dict__.items() if k != 'history'}
     print(json.dumps(summary, indent=2))
     return 0

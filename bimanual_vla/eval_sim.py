@@ -59,6 +59,7 @@ class EpisodeReport:
     ticks: int = 0
     subtask_agreement_steps: float | None = None  # fraction of ticks whose subtask equals the expert's
     subtask_agreement_inferences: float | None = None  # fraction of inferences naming the expert's label
+    subtask_agreement_progress: float | None = None  # ticks whose subtask is the label of the plan step reached
     inferences: int = 0
     subtasks: list[str] = field(default_factory=list)
     wall_s: float = 0.0
@@ -82,9 +83,17 @@ class EvalObserver(Node):
         self.success = False
         self.reasoning = ''
         self.expert_labels: list[str] = []
+        self.expert_plan: np.ndarray | None = None  # (steps, joints) expert targets, joint_names order
+        self.joint_names = [f'{a.name}_{j.name}' for a in rig.arms for j in a.joints]
+        # grippers are in metres (0.036 m stroke): weigh them like ~1 rad in the nearest-plan-step search
+        self._weights = np.array([30.0 if j.name == a.gripper else 1.0 for a in rig.arms for j in a.joints])
+        self._q = np.full(len(self.joint_names), np.nan)
+        self._progress_k = 0
         self.dt = 1.0 / rig.control_rate_hz
-        self.tick_log: list[tuple[float, str, str]] = []  # (sim time, policy subtask, expert label)
-        self.inference_log: list[tuple[float, str, str]] = []
+        # (sim time, policy subtask, expert label at that time, expert label where the robot is in the plan)
+        self.tick_log: list[tuple[float, str, str, str]] = []
+        self.inference_log: list[tuple[float, str, str, str]] = []
+        self._progress_history: list[tuple[float, str]] = []
         self.recording = False
         self.video = False
         self.recorder = EpisodeRecorder(height=240)
@@ -98,6 +107,8 @@ class EvalObserver(Node):
         self.create_subscription(String, topics.POLICY_REASONING, self._on_reasoning, topics.LATCHED_QOS)
         self.create_subscription(MarkerArray, topics.POLICY_MARKERS, self._on_markers, topics.RELIABLE_QOS)
         self.create_subscription(Bool, topics.SIM_SUCCESS, self._on_success, topics.LATCHED_QOS)
+        self._col = {n: i for i, n in enumerate(self.joint_names)}
+        self.create_subscription(JointState, topics.JOINT_STATES, self._on_joints, topics.SENSOR_QOS)
         for arm in rig.arms:
             self.create_subscription(JointState, topics.arm_command(arm.name), self._on_command, topics.COMMAND_QOS)
         for cam in rig.cameras:
@@ -116,6 +127,26 @@ class EvalObserver(Node):
         k = min(max(int(round(t / self.dt)) - 1, 0), len(self.expert_labels) - 1)
         return self.expert_labels[k]
 
+    def progress_label(self) -> str:
+        """The expert's label at the plan step nearest the measured joints (searched forward only).
+
+        This names the phase the robot is actually in, whatever its pace: a policy that is slower
+        than the expert but does the same thing is compared with the label of what it is doing.
+        """
+        if self.expert_plan is None or not np.all(np.isfinite(self._q)):
+            return ''
+        lo = self._progress_k
+        hi = min(len(self.expert_plan), lo + 100)
+        d = np.abs((self.expert_plan[lo:hi] - self._q) * self._weights).sum(axis=1)
+        self._progress_k = lo + int(np.argmin(d))
+        return self.expert_labels[min(self._progress_k, len(self.expert_labels) - 1)]
+
+    def _on_joints(self, msg: JointState) -> None:
+        with self._lock:
+            for name, value in zip(msg.name, msg.position, strict=False):
+                if name in self._col:
+                    self._q[self._col[name]] = value
+
     def _on_clock(self, msg: Clock) -> None:
         now = stamp_to_sec(msg.clock)
         with self._lock:
@@ -125,10 +156,14 @@ class EvalObserver(Node):
                 self.success = False
                 self.tick_log = []
                 self.inference_log = []
+                self._progress_history = []
+                self._progress_k = 0
                 self.reset_seen.set()
                 return
             if self.recording:
-                self.tick_log.append((now, self.reasoning, self.expert_label(now)))
+                progress = self.progress_label()
+                self._progress_history.append((now, progress))
+                self.tick_log.append((now, self.reasoning, self.expert_label(now), progress))
 
     def _on_reasoning(self, msg: String) -> None:
         with self._lock:
@@ -140,7 +175,10 @@ class EvalObserver(Node):
                 t = stamp_to_sec(marker.header.stamp)
                 with self._lock:
                     if self.recording:
-                        self.inference_log.append((t, marker.text, self.expert_label(t)))
+                        times = [h[0] for h in self._progress_history]
+                        i = int(np.searchsorted(times, t, side='right')) - 1
+                        progress = self._progress_history[i][1] if i >= 0 else ''
+                        self.inference_log.append((t, marker.text, self.expert_label(t), progress))
 
     def _on_success(self, msg: Bool) -> None:
         with self._lock:
@@ -268,7 +306,11 @@ def evaluate_closed_loop(
             wall0 = time.monotonic()
             report = EpisodeReport(index=i, seed=ep_seed)
             _call_enable(observer, False)
-            observer.expert_labels = ScriptedExpert(rig, task, ep_seed).labels
+            expert = ScriptedExpert(rig, task, ep_seed)
+            observer.expert_labels = expert.labels
+            observer.expert_plan = np.concatenate(
+                [expert.joint_plan[a.name] for a in rig.arms], axis=1
+            )  # rig order per arm, arms in rig order: the observer's joint_names order
             observer.expect_reset()
             observer.reset_pub.publish(Int64(data=ep_seed))
             if not observer.reset_seen.wait(30.0) or not observer.frame_after_reset.wait(30.0):
@@ -301,15 +343,18 @@ def evaluate_closed_loop(
             report.ticks = len(ticks)
             if ticks:
                 report.subtask_agreement_steps = float(
-                    np.mean([normalise_text(p) == normalise_text(e) for _, p, e in ticks])
+                    np.mean([normalise_text(p) == normalise_text(e) for _, p, e, _ in ticks])
+                )
+                report.subtask_agreement_progress = float(
+                    np.mean([normalise_text(p) == normalise_text(g) for _, p, _, g in ticks])
                 )
             infs = list(observer.inference_log)
             report.inferences = len(infs)
             if infs:
                 report.subtask_agreement_inferences = float(
-                    np.mean([normalise_text(p) == normalise_text(e) for _, p, e in infs])
+                    np.mean([normalise_text(p) == normalise_text(e) for _, p, e, _ in infs])
                 )
-            report.subtasks = list(dict.fromkeys(p for _, p in [(t, s) for t, s, _ in infs]))
+            report.subtasks = list(dict.fromkeys(p for _, p, _, _ in infs))
             report.wall_s = round(time.monotonic() - wall0, 2)
             reports.append(report)
             if bar is not None:
@@ -353,6 +398,7 @@ def summarise(reports, checkpoint, task, seed, rtf, observer, outputs) -> dict:
         'mean_max_stage': mean(stages),
         'subtask_agreement_steps': mean([r.subtask_agreement_steps for r in reports]),
         'subtask_agreement_inferences': mean([r.subtask_agreement_inferences for r in reports]),
+        'subtask_agreement_progress': mean([r.subtask_agreement_progress for r in reports]),
         'commands_checked': observer.command_count,
         'command_limit_violations': observer.command_violations,
         'outputs': outputs,

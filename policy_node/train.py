@@ -105,6 +105,9 @@ class TrainConfig:
     grad_clip: float = 1.0
     subtask_weight: float = 1.0
     flow_samples: int = 1
+    state_dropout: float = 0.0
+    start_oversample_s: float = 0.0
+    start_oversample_factor: int = 1
     normalization: str = 'mean_std'
     seed: int = 0
     save_every: int = 500
@@ -375,6 +378,20 @@ def batch_indices(step: int, n: int, batch_size: int, seed: int) -> np.ndarray:
     return np.asarray(out, dtype=np.int64)
 
 
+def sample_table(samples: CachedSamples, cfg: TrainConfig) -> np.ndarray:
+    """Sample indices one epoch visits: each sample once, the first `start_oversample_s` seconds of
+    every episode `start_oversample_factor` times (where the arms still rest, only the cameras say
+    where the object is: those samples teach the model to look)."""
+    table = np.arange(len(samples), dtype=np.int64)
+    if cfg.start_oversample_factor > 1 and cfg.start_oversample_s > 0:
+        rate = float(samples.info.get('rate_hz', 50.0))
+        first = np.r_[True, samples.episode[1:] != samples.episode[:-1]]
+        starts = np.maximum.accumulate(np.where(first, np.arange(len(samples)), 0))
+        early = np.flatnonzero(np.arange(len(samples)) - starts < cfg.start_oversample_s * rate)
+        table = np.concatenate([table] + [early] * (cfg.start_oversample_factor - 1))
+    return table
+
+
 def step_generator(seed: int, step: int) -> torch.Generator:
     g = torch.Generator()
     g.manual_seed((seed * 1_000_003 + step) % (2**63))
@@ -522,6 +539,7 @@ class Trainer:
             betas=(0.9, 0.95),
             eps=1e-8,
         )
+        self.index_table = sample_table(samples, cfg)
         self.history: list[dict[str, float]] = []
         if resume:
             load_optimizer(self.optimizer, state_dir)
@@ -538,10 +556,15 @@ class Trainer:
         lr = learning_rate(self.step, cfg)
         for group in self.optimizer.param_groups:
             group['lr'] = lr
-        batch = self.batches(batch_indices(self.step, len(self.samples), cfg.batch_size, cfg.seed))
-        loss, metrics = compute_loss(
-            self.model, batch, step_generator(cfg.seed, self.step), cfg.subtask_weight, cfg.flow_samples
-        )
+        picks = batch_indices(self.step, len(self.index_table), cfg.batch_size, cfg.seed)
+        batch = self.batches(self.index_table[picks])
+        generator = step_generator(cfg.seed, self.step)
+        if cfg.state_dropout > 0:
+            # Zero (= the data mean, after normalisation) the state of some samples, so the model must
+            # read the scene from the cameras instead of extrapolating its own motion from proprioception.
+            keep = torch.rand(batch.state.shape[0], generator=generator) >= cfg.state_dropout
+            batch.state = batch.state * keep[:, None].float()
+        loss, metrics = compute_loss(self.model, batch, generator, cfg.subtask_weight, cfg.flow_samples)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)

@@ -171,3 +171,15 @@ def test_flow_time_and_schedule_follow_the_recipe():
     assert learning_rate(9, cfg) == pytest.approx(1e-3)
     assert learning_rate(100, cfg) == pytest.approx(1e-4)
     assert learning_rate(55, cfg) == pytest.approx(0.55e-3)
+
+
+def test_episode_starts_can_be_oversampled(samples):
+    from policy_node.train import sample_table
+
+    table = sample_table(samples, TrainConfig(data=[], out='x', start_oversample_s=0.2, start_oversample_factor=3))
+    counts = np.bincount(table, minlength=len(samples))
+    starts = np.flatnonzero(np.r_[True, samples.episode[1:] != samples.episode[:-1]])
+    for s in starts:  # 0.2 s at 50 Hz: the first 10 samples of every episode, three times
+        assert counts[s : s + 10].tolist() == [3] * 10
+        assert counts[s + 10] == 1
+    assert len(table) == len(samples) + 2 * 10 * len(starts)

@@ -44,6 +44,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument('--grad-clip', type=float, default=1.0)
     p.add_argument('--subtask-weight', type=float, default=1.0, help='weight of the subtask cross-entropy')
     p.add_argument('--flow-samples', type=int, default=1, help='(time, noise) draws per sample on one backbone pass')
+    p.add_argument(
+        '--state-dropout', type=float, default=0.0, help='probability of hiding the joint state from a sample'
+    )
+    p.add_argument(
+        '--start-oversample',
+        nargs=2,
+        type=float,
+        default=(0.0, 1),
+        metavar=('SECONDS', 'FACTOR'),
+        help='visit the first SECONDS of every episode FACTOR times per epoch',
+    )
     p.add_argument('--normalization', choices=['mean_std', 'quantile'], default='mean_std')
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--save-every', type=int, default=500)
@@ -107,6 +118,9 @@ def run(args: argparse.Namespace) -> int:
             grad_clip=args.grad_clip,
             subtask_weight=args.subtask_weight,
             flow_samples=args.flow_samples,
+            state_dropout=args.state_dropout,
+            start_oversample_s=float(args.start_oversample[0]),
+            start_oversample_factor=int(args.start_oversample[1]),
             normalization=args.normalization,
             seed=args.seed,
             save_every=args.save_every,

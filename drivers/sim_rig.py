@@ -290,7 +290,8 @@ class SimRig(Node):
                     for a in self.scene.arms
                 }
                 success = self.scene.success
-                frame_due = sim_time + 1e-9 >= next_render
+                # No cameras (render_rate_hz 0): no renderer thread, so never hand it (or wait for) a frame.
+                frame_due = bool(self.cameras) and sim_time + 1e-9 >= next_render
                 if frame_due:
                     next_render += render_period
                     with self._render_request:

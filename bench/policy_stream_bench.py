@@ -186,9 +186,9 @@ def bench_control_loop(seconds: float = 15.0, torch_threads: int = 1, chunking: 
     import torch
     import yaml
     from rclpy.context import Context
-    from rclpy.executors import MultiThreadedExecutor
     from rclpy.parameter import Parameter
 
+    from bimanual_vla.executors import NodeThreads
     from policy_node.node import PolicyNode
 
     threads_before = torch.get_num_threads()  # the node sets torch's (process-wide) count; put it back after
@@ -207,7 +207,7 @@ def bench_control_loop(seconds: float = 15.0, torch_threads: int = 1, chunking: 
                 }
             )
         )
-        executor = MultiThreadedExecutor(num_threads=4, context=context)
+        executor = NodeThreads(context=context)
         rig = _SyntheticRig(context)
         node = PolicyNode(
             context=context,

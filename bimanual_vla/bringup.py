@@ -1,8 +1,8 @@
 """What a rig consists of, as a list of nodes: the one source of truth for launch files and CLI.
 
 `launch/*.launch.py` turn these specs into launch_ros `Node` actions; `bimanual-vla run` and
-`bimanual-vla demo` instantiate the same classes with the same parameters in one process under a
-`MultiThreadedExecutor`. Adding a node kind to a rig happens here and nowhere else.
+`bimanual-vla demo` instantiate the same classes with the same parameters in one process, each node on
+its own executor thread (`bimanual_vla/executors.py`). Adding a node kind to a rig happens here and nowhere else.
 """
 
 from __future__ import annotations

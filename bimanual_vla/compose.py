@@ -1,4 +1,4 @@
-"""Run a bringup's nodes in one process under a MultiThreadedExecutor (the pip path's `ros2 launch`).
+"""Run a bringup's nodes in one process, each on its own executor thread (the pip path's `ros2 launch`).
 
 `bimanual-vla run` / `demo` and the end-to-end tests use this; the launch files start the same
 NodeSpecs as separate processes. A node that fails to construct (bad config, missing device) stops
@@ -12,13 +12,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from rclpy.context import Context
-from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from std_msgs.msg import String
 
 from bimanual_vla import topics
 from bimanual_vla.bringup import NodeSpec, robot_description
+from bimanual_vla.executors import NodeThreads
 
 
 class RobotDescriptionPublisher(Node):
@@ -40,10 +40,10 @@ def instantiate(spec: NodeSpec, context: Context | None = None) -> Node:
 
 @dataclass
 class Composition:
-    """Nodes of one bringup sharing one executor."""
+    """Nodes of one bringup in one process, each spinning in a thread of its own."""
 
     nodes: list[Node]
-    executor: MultiThreadedExecutor
+    executor: NodeThreads
     _started: float = field(default_factory=time.monotonic)
 
     def spin(self, duration_s: float | None = None, until: Callable[[], bool] | None = None) -> None:
@@ -64,15 +64,8 @@ class Composition:
         raise KeyError(name)
 
     def shutdown(self) -> None:
-        # Detach the nodes so nothing new is scheduled, then let callbacks already handed to the thread
-        # pool finish: Executor.shutdown() in this rclpy destroys its guard condition without waiting
-        # for them, and a late callback then fails with "cannot use Destroyable".
-        for node in self.nodes:
-            self.executor.remove_node(node)
-        pool = getattr(self.executor, '_executor', None)
-        if pool is not None:
-            pool.shutdown(wait=True)
-        self.executor.shutdown(timeout_sec=5.0)
+        # Every spin thread finishes its callback in progress before a node is destroyed.
+        self.executor.shutdown()
         for node in reversed(self.nodes):
             node.destroy_node()
 
@@ -83,9 +76,8 @@ def compose(
     rig: str | None = None,
     context: Context | None = None,
     extra_nodes: Iterable[Node] = (),
-    num_threads: int | None = None,
 ) -> Composition:
-    """Instantiate every spec (plus a robot_description publisher for `rig`) on one executor."""
+    """Instantiate every spec (plus a robot_description publisher for `rig`) and start spinning them."""
     nodes: list[Node] = []
     try:
         if rig is not None:
@@ -97,7 +89,7 @@ def compose(
             node.destroy_node()
         raise
     nodes.extend(extra_nodes)
-    executor = MultiThreadedExecutor(num_threads=num_threads, context=context)
+    executor = NodeThreads(context=context)
     for node in nodes:
         executor.add_node(node)
     return Composition(nodes, executor)

@@ -59,19 +59,19 @@ def run_node(
     node_class: Callable[[], Node],
     args: list[str] | None = None,
     *,
-    num_threads: int | None = None,
     startup_errors: tuple[type[BaseException], ...] = (ValueError,),
 ) -> int:
     """The body of every node's ``main()``: start, spin until Ctrl-C, clean up; exit status.
 
     A node whose constructor raises one of `startup_errors` (bad config, missing device or
-    checkpoint) prints one line and returns 2 instead of a traceback. ``num_threads=1`` spins a
-    SingleThreadedExecutor, anything else a MultiThreadedExecutor with that many threads.
+    checkpoint) prints one line and returns 2 instead of a traceback. The node spins on a
+    SingleThreadedExecutor: every node keeps its slow work in threads of its own, and rclpy's
+    MultiThreadedExecutor costs more than it gives (see ``bimanual_vla/executors.py``).
     """
     import sys
 
     import rclpy
-    from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
+    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 
     from bimanual_vla.rosenv import apply_pip_defaults
 
@@ -84,7 +84,7 @@ def run_node(
         except startup_errors as exc:
             print(f'{label}: error: {exc}', file=sys.stderr)
             return 2
-        executor = SingleThreadedExecutor() if num_threads == 1 else MultiThreadedExecutor(num_threads=num_threads)
+        executor = SingleThreadedExecutor()
         executor.add_node(node)
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):

@@ -226,9 +226,7 @@ class ArmDriver(Node):
 
 
 def main(args: list[str] | None = None) -> int:
-    return run_node(
-        'arm_driver', ArmDriver, args, num_threads=1, startup_errors=(ConfigError, CalibrationError, ValueError)
-    )
+    return run_node('arm_driver', ArmDriver, args, startup_errors=(ConfigError, CalibrationError, ValueError))
 
 
 if __name__ == '__main__':

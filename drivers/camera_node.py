@@ -277,7 +277,7 @@ def load_camera_info(path_text: str, cam: CameraConfig) -> CameraInfo:
 
 
 def main(args: list[str] | None = None) -> int:
-    return run_node('camera_driver', CameraDriver, args, num_threads=1, startup_errors=(ConfigError, CaptureError))
+    return run_node('camera_driver', CameraDriver, args, startup_errors=(ConfigError, CaptureError))
 
 
 if __name__ == '__main__':

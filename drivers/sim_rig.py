@@ -459,4 +459,4 @@ class SimRig(Node):
 
 
 def main(args: list[str] | None = None) -> int:
-    return run_node('sim_rig', SimRig, args, num_threads=2, startup_errors=(ConfigError, RuntimeError))
+    return run_node('sim_rig', SimRig, args, startup_errors=(ConfigError, RuntimeError))

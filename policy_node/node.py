@@ -8,7 +8,8 @@ Three loops that never wait on each other:
   when every input is fresh, assemble the observation, plan the real-time-chunking guide from
   the executing chunk, run the model, and hand the chunk to the executor. Paced so a new chunk
   starts every ``execution_horizon`` control steps (or back to back if inference is slower).
-* **control** (a timer at the rig's control rate, in its own callback group): ask the chunk
+* **control** (a timer at the rig's control rate; the node spins on one thread, and every other
+  callback only stores a message, so a tick waits at most microseconds for one): ask the chunk
   executor for the action at *now*, pass it through the safety gate, publish one
   ``arms/<arm>/joint_command`` per arm.
 
@@ -31,7 +32,6 @@ from pathlib import Path
 import numpy as np
 from builtin_interfaces.msg import Duration
 from diagnostic_msgs.msg import DiagnosticArray
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool, String
@@ -153,26 +153,18 @@ class PolicyNode(Node):
         self._pending_frames: dict[str, float] | None = None  # camera stamps of the newest chunk, until commanded
         self._last_tick_wall: float | None = None
 
-        sensors = MutuallyExclusiveCallbackGroup()
-        control = MutuallyExclusiveCallbackGroup()
-        misc = MutuallyExclusiveCallbackGroup()
         for cam in self.camera_names:
             self.create_subscription(
                 Image,
                 topics.camera_image(cam),
                 lambda msg, cam=cam: self._on_image(cam, msg),
                 topics.SENSOR_QOS,
-                callback_group=sensors,
             )
-        self.create_subscription(
-            JointState, topics.JOINT_STATES, self._on_joints, topics.SENSOR_QOS, callback_group=sensors
-        )
-        self.create_subscription(String, topics.POLICY_TASK, self._on_task, topics.LATCHED_QOS, callback_group=misc)
-        self.create_subscription(
-            String, topics.POLICY_SUBTASK, self._on_subtask, topics.RELIABLE_QOS, callback_group=misc
-        )
-        self.create_subscription(Bool, topics.ESTOP, self._on_estop, topics.LATCHED_QOS, callback_group=misc)
-        self.create_service(SetBool, topics.POLICY_ENABLE, self._on_enable, callback_group=misc)
+        self.create_subscription(JointState, topics.JOINT_STATES, self._on_joints, topics.SENSOR_QOS)
+        self.create_subscription(String, topics.POLICY_TASK, self._on_task, topics.LATCHED_QOS)
+        self.create_subscription(String, topics.POLICY_SUBTASK, self._on_subtask, topics.RELIABLE_QOS)
+        self.create_subscription(Bool, topics.ESTOP, self._on_estop, topics.LATCHED_QOS)
+        self.create_service(SetBool, topics.POLICY_ENABLE, self._on_enable)
         self._cmd_pubs = {
             arm: self.create_publisher(JointState, topics.arm_command(arm), topics.COMMAND_QOS) for arm in self.arms
         }
@@ -182,8 +174,8 @@ class PolicyNode(Node):
         self._diag_pub = self.create_publisher(DiagnosticArray, topics.DIAGNOSTICS, topics.DIAGNOSTICS_QOS)
         self.paths = GripperPaths(self.rig, self.joint_names, list(self.arms))
 
-        self._control_timer = self.create_timer(1.0 / self.rig.control_rate_hz, self._tick, callback_group=control)
-        self.create_timer(1.0, self._publish_diagnostics, callback_group=misc)
+        self._control_timer = self.create_timer(1.0 / self.rig.control_rate_hz, self._tick)
+        self.create_timer(1.0, self._publish_diagnostics)
         self._thread = threading.Thread(target=self._inference_loop, name='policy_inference', daemon=True)
         self._thread.start()
         self.get_logger().info(
@@ -543,7 +535,7 @@ class PolicyNode(Node):
 
 def main(args: list[str] | None = None) -> int:
     # ConfigError, CheckpointError: a clear message, not a traceback
-    return run_node('policy_node', PolicyNode, args, num_threads=4, startup_errors=(ValueError,))
+    return run_node('policy_node', PolicyNode, args, startup_errors=(ValueError,))
 
 
 if __name__ == '__main__':

@@ -88,18 +88,18 @@ def expert_bag(tmp_path_factory) -> Path:
     """~4 s of one transfer_cube episode: sim rig + scripted expert, recorded by our recorder."""
     import rclpy
     from rclpy.context import Context
-    from rclpy.executors import MultiThreadedExecutor
     from rclpy.node import Node
     from rclpy.parameter import Parameter
     from std_msgs.msg import String
 
     from bimanual_vla.bag_record import BagRecorder
+    from bimanual_vla.executors import NodeThreads
     from drivers.sim_rig import SimRig
 
     out = tmp_path_factory.mktemp('expert') / 'bag'
     context = Context()
     rclpy.init(context=context)
-    executor = MultiThreadedExecutor(num_threads=3, context=context)
+    executor = NodeThreads(context=context)
     nodes = []
     try:
         src = Node('eval_test_source', context=context)
@@ -120,9 +120,14 @@ def expert_bag(tmp_path_factory) -> Path:
         thread.start()
         wanted = {'/joint_states', '/cameras/top/image_raw', '/arms/left/joint_command', '/sim/expert_subtask'}
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not (wanted <= set(rec.topic_states) and ep_pub.get_subscription_count()):
+
+        def ready() -> bool:  # every topic subscribed and the expert's first label recorded
+            labelled = wanted <= set(rec.topic_states) and rec.topic_states['/sim/expert_subtask'].count > 0
+            return labelled and ep_pub.get_subscription_count() > 0
+
+        while time.monotonic() < deadline and not ready():
             time.sleep(0.05)
-        assert wanted <= set(rec.topic_states), rec.topic_states
+        assert ready(), rec.topic_states
         ep_pub.publish(String(data='transfer_cube'))
         time.sleep(4.0)
         ep_pub.publish(String(data=''))
@@ -138,11 +143,6 @@ def expert_bag(tmp_path_factory) -> Path:
 
 @pytest.mark.slow
 @pytest.mark.ros
-@pytest.mark.xfail(
-    reason='real-time closed loop: passed all session, then failed repeatedly in its last hour on this '
-    '2-core machine (composed policy/sim 2-5x slower; cause not found yet); kept running: XFAIL/XPASS',
-    strict=False,
-)
 def test_eval_cli_on_a_scripted_expert_bag(expert_bag, tmp_path) -> None:
     from bimanual_vla.cli import main
     from policy_node.tiny_checkpoint import make_tiny_checkpoint
@@ -179,20 +179,15 @@ def test_eval_cli_on_a_scripted_expert_bag(expert_bag, tmp_path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.ros
-@pytest.mark.xfail(
-    reason='real-time closed loop: passed all session, then failed repeatedly in its last hour on this '
-    '2-core machine (composed policy/sim 2-5x slower; cause not found yet); kept running: XFAIL/XPASS',
-    strict=False,
-)
 def test_replayed_bag_drives_the_policy_node_on_sim_time(tmp_path, ros_context) -> None:
     """Cameras + joint states replayed with /clock: the node (use_sim_time) commands at control rate."""
-    from rclpy.executors import MultiThreadedExecutor
     from rclpy.node import Node
     from rclpy.parameter import Parameter
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import JointState
 
     from bimanual_vla.bag_replay import BagPlayer
+    from bimanual_vla.executors import NodeThreads
     from policy_node.node import PolicyNode
     from policy_node.tiny_checkpoint import make_tiny_checkpoint
 
@@ -221,7 +216,7 @@ def test_replayed_bag_drives_the_policy_node_on_sim_time(tmp_path, ros_context) 
         Parameter('topics', value=['/cameras/top/image_raw', '/cameras/left_wrist/image_raw',
                                    '/cameras/right_wrist/image_raw', '/joint_states', '/policy/task']),
         Parameter('autostart', value=False)])  # fmt: skip
-    executor = MultiThreadedExecutor(num_threads=4, context=ros_context)
+    executor = NodeThreads(context=ros_context)
     for n in (node, sink, player):
         executor.add_node(n)
     thread = threading.Thread(target=executor.spin, daemon=True)

@@ -151,10 +151,10 @@ class Rig:
 
 @pytest.fixture
 def harness(ros_context):
-    """Spins the synthetic rig and any policy node added to it in a background MultiThreadedExecutor."""
-    from rclpy.executors import MultiThreadedExecutor
+    """Spins the synthetic rig and any policy node added to it on their own executor threads."""
+    from bimanual_vla.executors import NodeThreads
 
-    executor = MultiThreadedExecutor(num_threads=4, context=ros_context)
+    executor = NodeThreads(context=ros_context)
     rig = Rig(ros_context)
     executor.add_node(rig.node)
     nodes = []

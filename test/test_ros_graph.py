@@ -17,16 +17,17 @@ def test_environment_keeps_discovery_on_localhost() -> None:
 
 
 def test_two_nodes_exchange_joint_state(ros_context, spin) -> None:
-    from rclpy.executors import MultiThreadedExecutor
     from rclpy.node import Node
     from sensor_msgs.msg import JointState
+
+    from bimanual_vla.executors import NodeThreads
 
     talker = Node('talker', context=ros_context)
     listener = Node('listener', context=ros_context)
     received: list[JointState] = []
     listener.create_subscription(JointState, topics.JOINT_STATES, received.append, topics.SENSOR_QOS)
     pub = talker.create_publisher(JointState, topics.JOINT_STATES, topics.SENSOR_QOS)
-    executor = MultiThreadedExecutor(context=ros_context)
+    executor = NodeThreads(context=ros_context)
     executor.add_node(talker)
     executor.add_node(listener)
 

@@ -11,7 +11,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         'run',
         help='bring up a rig (drivers or simulator + policy node) in one process',
         description='Start exactly the nodes launch/rig.launch.py (or sim.launch.py for a simulated rig) starts, '
-        'composed in one process with a MultiThreadedExecutor, and publish robot_description. '
+        'composed in one process (each node spinning in a thread of its own), and publish robot_description. '
         'Stop with Ctrl-C.',
     )
     p.add_argument('--rig', required=True, help='rig YAML path or shipped name (e.g. so101_bimanual, aloha_sim)')

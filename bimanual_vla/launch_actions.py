@@ -44,5 +44,19 @@ def recorder(rig: str, out: str) -> Node:
     return Node(package=PACKAGE, executable='bimanual-vla', arguments=['record', out, '--rig', rig], output='screen')
 
 
+def bringup_actions(context, rig: str, specs: list[NodeSpec], use_sim_time: bool) -> list[Node]:
+    """The rig's nodes plus what every bringup launch adds: robot_state_publisher, and rviz2 and a
+    bag recorder when the `rviz` / `record` launch arguments ask for them."""
+    from launch.substitutions import LaunchConfiguration
+
+    actions = spec_actions(specs) + [robot_state_publisher(rig, use_sim_time=use_sim_time)]
+    if truthy(LaunchConfiguration('rviz').perform(context)):
+        actions.append(rviz(use_sim_time=use_sim_time))
+    record = LaunchConfiguration('record').perform(context)
+    if record:
+        actions.append(recorder(rig, record))
+    return actions
+
+
 def truthy(text: str) -> bool:
     return text.strip().lower() in ('1', 'true', 'yes', 'on')

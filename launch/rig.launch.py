@@ -9,20 +9,14 @@ from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 
 from bimanual_vla.bringup import rig_nodes
-from bimanual_vla.launch_actions import recorder, robot_state_publisher, rviz, spec_actions, truthy
+from bimanual_vla.launch_actions import bringup_actions
 
 
 def _nodes(context):
     rig = LaunchConfiguration('rig').perform(context)
     policy = LaunchConfiguration('policy').perform(context)
-    record = LaunchConfiguration('record').perform(context)
     specs = rig_nodes(rig, policy=policy or None, use_sim_time=False)
-    actions = spec_actions(specs) + [robot_state_publisher(rig, use_sim_time=False)]
-    if truthy(LaunchConfiguration('rviz').perform(context)):
-        actions.append(rviz(use_sim_time=False))
-    if record:
-        actions.append(recorder(rig, record))
-    return actions
+    return bringup_actions(context, rig, specs, use_sim_time=False)
 
 
 def generate_launch_description():

@@ -9,13 +9,12 @@ from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 
 from bimanual_vla.bringup import rig_nodes
-from bimanual_vla.launch_actions import recorder, robot_state_publisher, rviz, spec_actions, truthy
+from bimanual_vla.launch_actions import bringup_actions
 
 
 def _nodes(context):
     rig = LaunchConfiguration('rig').perform(context)
     policy = LaunchConfiguration('policy').perform(context)
-    record = LaunchConfiguration('record').perform(context)
     sim = {
         'task': LaunchConfiguration('task').perform(context),
         'seed': int(LaunchConfiguration('seed').perform(context)),
@@ -24,12 +23,7 @@ def _nodes(context):
     if servo_bus:
         sim['servo_bus'] = servo_bus
     specs = rig_nodes(rig, policy=policy or None, use_sim_time=True, sim_overrides=sim)
-    actions = spec_actions(specs) + [robot_state_publisher(rig, use_sim_time=True)]
-    if truthy(LaunchConfiguration('rviz').perform(context)):
-        actions.append(rviz(use_sim_time=True))
-    if record:
-        actions.append(recorder(rig, record))
-    return actions
+    return bringup_actions(context, rig, specs, use_sim_time=True)
 
 
 def generate_launch_description():

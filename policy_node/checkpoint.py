@@ -103,6 +103,9 @@ class CheckpointMetadata(BaseModel):
     chunk_size: int = Field(gt=0)
     control_rate_hz: float = Field(gt=0)
     image_size: tuple[int, int] = Field(description='model input (height, width) in pixels')
+    image_crops: dict[str, tuple[int, int, int, int]] = Field(
+        default_factory=dict, description='per camera: (x, y, width, height) cut out before resizing'
+    )
     normalization: NormalizationConfig
     tokens: SpecialTokens = Field(default_factory=SpecialTokens)
     reasoning: bool = Field(default=True, description='trained to write a subtask before acting')
@@ -122,6 +125,16 @@ class CheckpointMetadata(BaseModel):
         if v != METADATA_FORMAT_VERSION:
             raise ValueError(f'unsupported format_version {v} (this code reads {METADATA_FORMAT_VERSION})')
         return v
+
+    @model_validator(mode='after')
+    def _crops_name_cameras(self) -> CheckpointMetadata:
+        unknown = sorted(set(self.image_crops) - set(self.camera_names))
+        if unknown:
+            raise ValueError(f'image_crops names camera(s) {unknown} not in camera_names {self.camera_names}')
+        for cam, (x, y, w, h) in self.image_crops.items():
+            if x < 0 or y < 0 or w <= 0 or h <= 0:
+                raise ValueError(f'image_crops.{cam}: expected x, y >= 0 and width, height > 0, got {[x, y, w, h]}')
+        return self
 
     @model_validator(mode='after')
     def _stats_match_joints(self) -> CheckpointMetadata:

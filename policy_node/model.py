@@ -143,6 +143,7 @@ class VLAPolicy:
         self.chunk_size: int = metadata.chunk_size
         self.control_rate_hz: float = metadata.control_rate_hz
         self.image_size: tuple[int, int] = tuple(metadata.image_size)
+        self.image_crops = dict(metadata.image_crops)
         self.reasoning_supported: bool = metadata.reasoning
         norm = metadata.normalization
         self.state_norm = Normalizer(norm.state, norm.mode)
@@ -268,7 +269,7 @@ class VLAPolicy:
         return pad_last(self.state_norm.normalize(state), self.config.max_state_dim).astype(np.float32)
 
     def prepare(self, obs: Observation) -> _Prepared:
-        pixels = images_to_model(obs.images, self.camera_names, self.image_size)
+        pixels = images_to_model(obs.images, self.camera_names, self.image_size, self.image_crops)
         state = self.prepare_state(obs.state)
         if not isinstance(obs.task, str):
             raise ObservationError(f'task must be a string, got {type(obs.task).__name__}')

@@ -1,5 +1,10 @@
 """Camera images to model pixels with OpenCV/numpy (PI0ImageProcessor needs torchvision).
 
+An optional crop box per camera (x, y, width, height in the camera's pixels) is cut out first:
+a region of interest, e.g. the part of a fixed top camera's view where objects can be, reaches
+the model at a higher resolution than the whole frame would (the box is saved with the
+checkpoint, so training and the policy node cut the same region).
+
 The geometry follows pi0's ``resize_with_pad``: keep the aspect ratio, scale the
 longer side to fit, centre the image and fill the borders with black, so a
 640x480 camera and a square camera both reach the model undistorted. Values go
@@ -30,6 +35,23 @@ def check_image(name: str, image: object) -> np.ndarray:
     return image
 
 
+CropBox = tuple[int, int, int, int]
+"""(x, y, width, height) in source pixels."""
+
+
+def crop_image(name: str, image: np.ndarray, box: CropBox | None) -> np.ndarray:
+    """The `box` region of `image` (a view, no copy); the whole image if `box` is None."""
+    if box is None:
+        return image
+    x, y, w, h = box
+    height, width = image.shape[:2]
+    if x < 0 or y < 0 or w <= 0 or h <= 0 or x + w > width or y + h > height:
+        raise ObservationError(
+            f'camera {name!r}: crop box x={x} y={y} w={w} h={h} does not fit in its {width}x{height} image'
+        )
+    return image[y : y + h, x : x + w]
+
+
 def resize_with_pad_geometry(height: int, width: int, target_h: int, target_w: int) -> tuple[int, int, int, int]:
     """(new_h, new_w, top, left): the resized size and where it sits, centred, in the target."""
     scale = min(target_h / height, target_w / width)
@@ -50,15 +72,26 @@ def resize_with_pad(image: np.ndarray, target_h: int, target_w: int) -> np.ndarr
     return canvas
 
 
-def image_to_model(name: str, image: object, size: tuple[int, int]) -> np.ndarray:
+def model_rgb(name: str, image: object, size: tuple[int, int], crop: CropBox | None = None) -> np.ndarray:
+    """One camera frame -> the uint8 (H, W, 3) the model sees: checked, cropped, resized with padding."""
+    return resize_with_pad(crop_image(name, check_image(name, image), crop), size[0], size[1])
+
+
+def image_to_model(name: str, image: object, size: tuple[int, int], crop: CropBox | None = None) -> np.ndarray:
     """One camera frame -> float32 (3, H, W) in [-1, 1], ready for SigLIP."""
-    rgb = resize_with_pad(check_image(name, image), size[0], size[1])
+    rgb = model_rgb(name, image, size, crop)
     return (rgb.astype(np.float32) / 127.5 - 1.0).transpose(2, 0, 1)
 
 
-def images_to_model(images: dict[str, np.ndarray], camera_names: list[str], size: tuple[int, int]) -> np.ndarray:
+def images_to_model(
+    images: dict[str, np.ndarray],
+    camera_names: list[str],
+    size: tuple[int, int],
+    crops: dict[str, CropBox] | None = None,
+) -> np.ndarray:
     """All cameras in the checkpoint's order -> float32 (n_cameras, 3, H, W)."""
     missing = [c for c in camera_names if c not in images]
     if missing:
         raise ObservationError(f'missing camera image(s) {missing}; the checkpoint expects {camera_names}')
-    return np.stack([image_to_model(c, images[c], size) for c in camera_names])
+    crops = crops or {}
+    return np.stack([image_to_model(c, images[c], size, crops.get(c)) for c in camera_names])

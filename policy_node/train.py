@@ -118,6 +118,7 @@ class TrainConfig:
     cache_dir: str | None = None
     skip_episodes: list[str] = field(default_factory=list)
     keep_failed: bool = False
+    crops: dict[str, list[int]] = field(default_factory=dict)  # camera -> x, y, width, height (see preprocess)
     max_task_tokens: int = 48
     progress: bool = True
 
@@ -493,12 +494,16 @@ class Trainer:
             self.model = load_pi0(directory)
             check_tokenizer_covers(self.tokenizer, texts, str(directory))
             cameras = list(init_meta.camera_names)
+            crops = {c: tuple(b) for c, b in init_meta.image_crops.items()}
+            if cfg.crops and {c: tuple(b) for c, b in cfg.crops.items()} != crops:
+                raise ValueError(f'--crop {cfg.crops} differs from the crops {crops} {directory} was trained with')
             tokens = init_meta.tokens
             reasoning = init_meta.reasoning or any(samples.subtasks)
         else:
             self.tokenizer = new_tokenizer(texts)
             self.model = new_model(cfg.shape, self.tokenizer, cfg.chunk_size, cfg.seed)
             cameras = list(cfg.cameras or samples.cameras)
+            crops = {c: tuple(b) for c, b in cfg.crops.items()}
             tokens = SpecialTokens()
             reasoning = any(samples.subtasks)
         missing = [c for c in cameras if c not in samples.cameras]
@@ -522,6 +527,7 @@ class Trainer:
                 chunk_size=samples.chunk_size,
                 control_rate_hz=float(samples.info.get('rate_hz', 50.0)),
                 image_size=(vs, vs),
+                image_crops=crops,
                 normalization=norm,
                 tokens=tokens,
                 reasoning=reasoning,

@@ -3,7 +3,7 @@
 `BagDataset` reads frames from MCAP chunks and decodes full-size images; doing that for every
 training step would keep both cores busy with I/O instead of learning. `build_cache` walks every
 episode once (sequentially, each frame decoded once), resizes each distinct camera frame to the
-model size with the same `resize_with_pad` the policy uses at run time, and stores:
+model size with the same crop and `resize_with_pad` the policy uses at run time, and stores:
 
 * ``frames_<cam>.npy``   uint8 (n_frames, H, W, 3), memory-mapped when training
 * ``arrays.npz``         per sample: frame index per camera, state, actions, actions_is_pad,
@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from policy_node.preprocess import resize_with_pad
+from policy_node.preprocess import model_rgb
 
 log = logging.getLogger(__name__)
 
@@ -87,12 +87,15 @@ def build_cache(
     default_task: str = '',
     skip_episodes: list[str] | None = None,
     keep_failed: bool = False,
+    crops: dict[str, tuple[int, int, int, int]] | None = None,
     progress: bool = True,
 ) -> CachedSamples:
     """Decode `bags` into a cache under `cache_root` (reused if one with the same key exists).
 
     Episodes whose label is in `skip_episodes` are left out, and so are episodes a `collect.json`
     beside the bag (written by `bimanual-vla collect`) reports as failed, unless `keep_failed`.
+    `crops` (camera -> x, y, width, height) are cut out of the frames before resizing, exactly as
+    the policy does with a checkpoint's ``image_crops``.
     """
     from bimanual_vla.dataset import BagDataset
 
@@ -107,6 +110,9 @@ def build_cache(
         'skip_episodes': sorted(skip_episodes or []),
         'keep_failed': keep_failed,
     }
+    crops = {c: tuple(int(v) for v in box) for c, box in (crops or {}).items()}
+    if crops:  # only then part of the key, so caches built before crops existed stay valid
+        options['crops'] = {c: list(box) for c, box in sorted(crops.items())}
     directory = Path(cache_root).expanduser() / cache_key(paths, options)
     if (directory / 'cache.json').is_file():
         log.info('reusing sample cache %s', directory)
@@ -128,6 +134,9 @@ def build_cache(
     tmp = directory.with_name(directory.name + '.partial')
     tmp.mkdir(parents=True, exist_ok=True)
     cams = list(ds.cameras)
+    unknown = sorted(set(crops) - set(cams))
+    if unknown:
+        raise ValueError(f'crop for camera(s) {unknown} the data does not have; it has {cams}')
     h, w = image_size
     n = sum(len(ds.episode_range(e)) for e in kept)
     frame_lists: dict[str, list[np.ndarray]] = {c: [] for c in cams}
@@ -153,7 +162,7 @@ def build_cache(
             for c_i, cam in enumerate(cams):
                 src = int(ep.frames[cam][k])
                 if cam not in last or last[cam][0] != src:
-                    frame_lists[cam].append(resize_with_pad(s['images'][cam], h, w))
+                    frame_lists[cam].append(model_rgb(cam, s['images'][cam], (h, w), crops.get(cam)))
                     last[cam] = (src, len(frame_lists[cam]) - 1)
                 frame_index[i, c_i] = last[cam][1]
             state[i] = s['state']

@@ -164,6 +164,14 @@ def test_inconsistent_metadata_is_refused(tiny_checkpoint: Path, tmp_path: Path)
     _edit_metadata(ck, tokens__image='<pad>')
     with pytest.raises(CheckpointError, match='image_token_id'):
         VLAPolicy.load(ck)
+    ck = copy_checkpoint(tiny_checkpoint, tmp_path / 'ck5')
+    _edit_metadata(ck, image_crops={'nose_cam': [0, 0, 10, 10]})
+    with pytest.raises(CheckpointError, match=r"image_crops names camera\(s\) \['nose_cam'\]"):
+        VLAPolicy.load(ck)
+    ck = copy_checkpoint(tiny_checkpoint, tmp_path / 'ck6')
+    _edit_metadata(ck, image_crops={'top': [0, 0, 0, 10]})
+    with pytest.raises(CheckpointError, match='image_crops.top: expected'):
+        VLAPolicy.load(ck)
     ck = copy_checkpoint(tiny_checkpoint, tmp_path / 'ck4')
     _edit_metadata(ck, tokens__subtask_end='<not-a-token>')
     with pytest.raises(CheckpointError, match="subtask_end='<not-a-token>' is not in tokenizer.json"):

@@ -12,6 +12,7 @@ from policy_node.checkpoint import FeatureStats
 from policy_node.normalize import Normalizer, pad_last
 from policy_node.preprocess import (
     ObservationError,
+    crop_image,
     image_to_model,
     images_to_model,
     resize_with_pad,
@@ -130,3 +131,23 @@ def test_pad_to_model_width_and_back() -> None:
     np.testing.assert_array_equal(padded[:, 14:], 0.0)
     with pytest.raises(ValueError, match='do not fit'):
         pad_last(np.zeros(33), 32)
+
+
+def test_crop_cuts_the_box_before_resizing() -> None:
+    image = np.zeros((240, 320, 3), np.uint8)
+    image[100:110, 150:160] = (255, 0, 0)  # a 10x10 red cube
+    box = (130, 80, 64, 64)
+    assert crop_image('top', image, box).shape == (64, 64, 3)
+    whole = image_to_model('top', image, (32, 32))
+    cropped = image_to_model('top', image, (32, 32), crop=box)
+    # the cube covers ~1 model pixel of the whole frame but 5x5 of the crop, where the crop puts it
+    assert (cropped[0] > 0.9).sum() == 25 and (whole[0] > 0.9).sum() <= 1
+    assert np.all(cropped[0, 10:15, 10:15] > 0.9)
+    stacked = images_to_model({'top': image, 'wrist': image}, ['top', 'wrist'], (32, 32), {'top': box})
+    assert np.array_equal(stacked[0], cropped) and np.array_equal(stacked[1], whole)
+
+
+@pytest.mark.parametrize('box', [(300, 0, 64, 64), (0, 200, 64, 64), (-1, 0, 10, 10), (0, 0, 0, 10)])
+def test_crop_outside_the_image_is_refused_naming_the_camera(box) -> None:
+    with pytest.raises(ObservationError, match=r"camera 'top': crop box .* does not fit in its 320x240 image"):
+        image_to_model('top', np.zeros((240, 320, 3), np.uint8), (32, 32), crop=box)

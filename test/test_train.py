@@ -183,3 +183,32 @@ def test_episode_starts_can_be_oversampled(samples):
         assert counts[s : s + 10].tolist() == [3] * 10
         assert counts[s + 10] == 1
     assert len(table) == len(samples) + 2 * 10 * len(starts)
+
+
+def test_crop_is_applied_to_the_cache_and_saved_with_the_checkpoint(samples, tmp_path):
+    """Training and the policy cut the same region: cached pixels equal the policy's own preprocessing."""
+    from bimanual_vla.dataset import BagDataset
+    from policy_node.checkpoint import read_metadata
+    from policy_node.model import Observation, VLAPolicy
+    from policy_node.train_data import build_cache
+
+    bag = samples.directory.parent.parent / 'bag'
+    box = (100, 70, 120, 100)
+    options = dict(rig='aloha_sim', image_size=(32, 32), chunk_size=10, keep_failed=True, progress=False)
+    cropped = build_cache([bag], tmp_path / 'cache', crops={'top': box}, **options)
+    assert np.array_equal(cropped.frames['left_wrist'], samples.frames['left_wrist'])  # only top is cropped
+    assert not np.array_equal(cropped.frames['top'][0], samples.frames['top'][0])
+
+    trainer = Trainer(config(tmp_path / 'run', crops={'top': list(box)}), cropped)
+    trainer.run()
+    assert read_metadata(tmp_path / 'run').image_crops == {'top': box}
+    policy = VLAPolicy.load(tmp_path / 'run')
+    first = next(BagDataset([bag], rig='aloha_sim', chunk_size=10).iter_episode(0))
+    prepared = policy.prepare(Observation(first['images'], first['state'], cropped.tasks[0]))
+    for k, cam in enumerate(policy.camera_names):
+        expected = cropped.frames[cam][cropped.frame_index[0, cropped.cameras.index(cam)]]
+        got = prepared.pixel_values[0, k].numpy().transpose(1, 2, 0)
+        assert np.allclose((got + 1.0) * 127.5, expected, atol=1e-3), cam
+
+    with pytest.raises(ValueError, match=r"crop for camera\(s\) \['nose'\]"):
+        build_cache([bag], tmp_path / 'cache2', crops={'nose': box}, **options)

@@ -68,6 +68,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument('--default-task', default='', help='task text for bags without policy/task')
     p.add_argument('--cache-dir', type=Path, help='decoded-sample cache (default ~/.cache/bimanual_vla/train)')
     p.add_argument('--skip-episode', nargs='+', default=[], metavar='LABEL', help='episode labels to leave out')
+    p.add_argument(
+        '--crop',
+        nargs='+',
+        default=[],
+        metavar='CAM=X,Y,W,H',
+        help='cut this region (camera pixels) out of a camera before resizing; saved with the checkpoint',
+    )
     p.add_argument('--keep-failed', action='store_true', help='also train on episodes collect.json reports as failed')
     p.add_argument('--no-progress', action='store_true')
     p.set_defaults(func=run)
@@ -83,6 +90,20 @@ def _shape(overrides: list[str] | None):
             raise SystemExit(f'--tiny-config: expected KEY=VALUE with KEY in {list(shape.__dict__)}, got {item!r}')
         setattr(shape, key, int(value))
     return shape
+
+
+def _crops(items: list[str]) -> dict[str, list[int]]:
+    crops: dict[str, list[int]] = {}
+    for item in items:
+        cam, _, box = item.partition('=')
+        try:
+            values = [int(v) for v in box.split(',')]
+        except ValueError:
+            values = []
+        if not cam or len(values) != 4 or values[2] <= 0 or values[3] <= 0 or min(values[:2]) < 0:
+            raise SystemExit(f'--crop: expected CAM=X,Y,W,H (pixels, width and height > 0), got {item!r}')
+        crops[cam] = values
+    return crops
 
 
 def run(args: argparse.Namespace) -> int:
@@ -130,13 +151,16 @@ def run(args: argparse.Namespace) -> int:
             cache_dir=str(args.cache_dir) if args.cache_dir else None,
             skip_episodes=list(args.skip_episode),
             keep_failed=bool(args.keep_failed),
+            crops=_crops(args.crop),
             progress=not args.no_progress,
         )
-    image_size = cfg.shape.image_size
-    if cfg.init:
+    image_size, crops = cfg.shape.image_size, cfg.crops
+    if cfg.init:  # the checkpoint's own input geometry
         from policy_node.checkpoint import read_metadata
 
-        image_size = read_metadata(Path(cfg.init).expanduser()).image_size[0]
+        init_meta = read_metadata(Path(cfg.init).expanduser())
+        image_size = init_meta.image_size[0]
+        crops = cfg.crops or {c: list(box) for c, box in init_meta.image_crops.items()}
     samples = build_cache(
         cfg.data,
         cfg.cache_dir or Path('~/.cache/bimanual_vla/train').expanduser(),
@@ -147,6 +171,7 @@ def run(args: argparse.Namespace) -> int:
         default_task=cfg.default_task,
         skip_episodes=cfg.skip_episodes,
         keep_failed=cfg.keep_failed,
+        crops=crops,
         progress=cfg.progress,
     )
     trainer = Trainer(cfg, samples, resume=args.resume)

@@ -212,3 +212,29 @@ def test_crop_is_applied_to_the_cache_and_saved_with_the_checkpoint(samples, tmp
 
     with pytest.raises(ValueError, match=r"crop for camera\(s\) \['nose'\]"):
         build_cache([bag], tmp_path / 'cache2', crops={'nose': box}, **options)
+
+
+def test_train_cli_trains_resumes_without_data_and_refuses_bad_arguments(samples, tmp_path, capsys):
+    from bimanual_vla.cli import main
+    from policy_node.checkpoint import read_metadata
+
+    bag, out = str(samples.directory.parent.parent / 'bag'), tmp_path / 'run'
+    tiny = ['hidden=32', 'layers=2', 'heads=2', 'head_dim=16', 'expert_hidden=16', 'vision_hidden=16',
+            'vision_layers=1', 'image_size=32', 'patch_size=16']  # fmt: skip
+    common = ['--chunk-size', '10', '--batch-size', '4', '--threads', '1', '--save-every', '0', '--no-progress',
+              '--cache-dir', str(tmp_path / 'cache')]  # fmt: skip
+    args = ['train', '--data', bag, '--out', str(out), '--tiny-config', *tiny, '--steps', '2', '--keep-failed',
+            '--crop', 'top=100,70,120,100', *common]  # fmt: skip
+    assert main(args) == 0
+    assert read_metadata(out).image_crops == {'top': (100, 70, 120, 100)}
+    state = out / TRAIN_STATE_DIR / 'state.json'
+    assert json.loads(state.read_text())['step'] == 2
+    assert main(['train', '--out', str(out), '--resume', '--steps', '3', '--no-progress']) == 0
+    assert json.loads(state.read_text())['step'] == 3
+
+    with pytest.raises(SystemExit, match=r'--data is required \(except with --resume\)'):
+        main(['train', '--out', str(tmp_path / 'other'), '--tiny-config', *tiny])
+    with pytest.raises(SystemExit, match="--resume continues on the run's own data"):
+        main(['train', '--out', str(out), '--resume', '--data', str(tmp_path / 'elsewhere')])
+    with pytest.raises(SystemExit, match=r"--crop: expected CAM=X,Y,W,H .* got 'top=1,2,3'"):
+        main(['train', '--data', bag, '--out', str(tmp_path / 'other'), '--crop', 'top=1,2,3', *common])

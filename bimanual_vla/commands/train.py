@@ -17,7 +17,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         'data in bimanual_vla.json); OUT/train_state holds what --resume needs, OUT/training the loss curves.',
     )
     p.add_argument(
-        '--data', nargs='+', required=True, metavar='BAG', help='bag directories (bimanual-vla collect/record)'
+        '--data',
+        nargs='+',
+        metavar='BAG',
+        help='bag directories (bimanual-vla collect/record); not needed with --resume',
     )
     p.add_argument('--out', required=True, type=Path, help='checkpoint directory to write')
     src = p.add_mutually_exclusive_group()
@@ -117,9 +120,13 @@ def run(args: argparse.Namespace) -> int:
     if args.resume:
         state = json.loads((out / TRAIN_STATE_DIR / 'state.json').read_text())
         cfg = config_from_json(state['config'])
+        if args.data and [str(Path(d).expanduser()) for d in args.data] != cfg.data:
+            raise SystemExit(f"--resume continues on the run's own data {cfg.data}; drop --data or start a new --out")
         cfg.steps = max(cfg.steps, args.steps) if args.steps else cfg.steps
         cfg.progress = not args.no_progress
     else:
+        if not args.data:
+            raise SystemExit('--data is required (except with --resume)')
         if out.exists() and any(out.iterdir()):
             raise SystemExit(f'{out}: exists and is not empty (use --resume to continue a run, or a new --out)')
         cfg = TrainConfig(

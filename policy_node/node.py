@@ -57,6 +57,9 @@ from policy_node.chunking import Chunk, ChunkExecutor, GuidePlan, LatencyEstimat
 from policy_node.markers import GripperPaths, chunk_markers
 from policy_node.safety import CommandGate
 
+TIME_JUMP_TOLERANCE_S = 0.05
+"""ROS time further back than this from the latest seen counts as a jump (a sim reset, a bag loop)."""
+
 
 @dataclass
 class _Snapshot:
@@ -70,6 +73,7 @@ class _Snapshot:
     frozen_steps: int
     decode_subtask: bool
     override: str | None
+    epoch: int  # the time epoch it was taken in (see PolicyNode._note_time)
 
 
 class _Stats:
@@ -85,6 +89,7 @@ class _Stats:
         self.joins: deque[tuple[float, float, float, int]] = deque(maxlen=500)
         self.chunks = 0
         self.chunks_refused = 0
+        self.time_jumps = 0  # ROS time went backwards (sim reset, bag loop): chunks in flight dropped
         self.nonfinite_chunks = 0
         self.inference_errors = 0
         self.starved_ticks = 0
@@ -150,6 +155,8 @@ class PolicyNode(Node):
         self._last_reasoning: str | None = None
         self._subtask = ''
         self._stale: list[str] = ['no input yet']
+        self._time_epoch = 0  # +1 each time ROS time jumps backwards
+        self._latest_now = -math.inf
         self._pending_frames: dict[str, float] | None = None  # camera stamps of the newest chunk, until commanded
         self._last_tick_wall: float | None = None
 
@@ -265,6 +272,26 @@ class PolicyNode(Node):
         self.get_logger().info(f'policy/enable {request.data}: {response.message}')
         return response
 
+    def _note_time(self, now: float) -> None:
+        """Detect ROS time going backwards (caller holds the lock).
+
+        On sim time this happens when the simulator resets an episode or a replayed bag loops. The
+        executing chunk and any inference in flight belong to the old timeline (their stamps lie in
+        the future of the new one), so they are dropped, and inference is re-paced from now.
+        The tolerance absorbs the two threads reading the clock a moment apart.
+        """
+        if now < self._latest_now - TIME_JUMP_TOLERANCE_S:
+            self.stats.time_jumps += 1
+            self._time_epoch += 1
+            self.executor_.clear()
+            self._pending_frames = None
+            self.get_logger().info(
+                f'time jumped back {self._latest_now - now:.2f} s (sim reset or bag loop): executing chunk dropped'
+            )
+            self._latest_now = now
+        else:
+            self._latest_now = max(self._latest_now, now)
+
     def _stale_inputs(self, now: float) -> list[str]:
         """Which inputs are missing or too old (caller holds the lock)."""
         stale: list[str] = []
@@ -299,6 +326,7 @@ class PolicyNode(Node):
         self._last_tick_wall = wall
         now = self.now_s()
         with self._lock:
+            self._note_time(now)
             stale = self._stale_inputs(now)
             if stale and not self._stale:
                 self.get_logger().warning(f'stale inputs, holding: {"; ".join(stale)}')
@@ -338,8 +366,10 @@ class PolicyNode(Node):
         """Everything one inference needs, copied under the lock; None if inputs are not usable."""
         now = self.now_s()
         with self._lock:
+            self._note_time(now)
             if self._stale_inputs(now) or not self._task:
                 return None
+            epoch = self._time_epoch
             frames = dict(self._frames)
             state = self._joint_pos.copy()
             joint_stamp = float(np.min(self._joint_stamp))
@@ -369,15 +399,16 @@ class PolicyNode(Node):
                 return None
         reasoning = self.policy_cfg.reasoning
         decode = reasoning.enabled and self.stats.chunks % reasoning.every_n_chunks == 0
-        return _Snapshot(images, state, task, t_obs, cam_stamps, guide, plan, frozen, decode, override)
+        return _Snapshot(images, state, task, t_obs, cam_stamps, guide, plan, frozen, decode, override, epoch)
 
     def _inference_loop(self) -> None:
         from policy_node.model import NonFiniteActionError, Observation
 
         horizon = max(1, min(self.policy_cfg.inference.execution_horizon, self.model.chunk_size))
-        next_start = -math.inf
+        next_start, paced_epoch = -math.inf, 0
         while not self._stop.is_set():
-            if self.now_s() < next_start and self.executor_.current is not None:  # nothing to run: start now
+            waiting = self.now_s() < next_start and paced_epoch == self._time_epoch
+            if waiting and self.executor_.current is not None:  # nothing to run, or time jumped: start now
                 self._stop.wait(0.002)
                 continue
             snap = self._snapshot()
@@ -397,7 +428,7 @@ class PolicyNode(Node):
                 self.get_logger().error(
                     f'non-finite model output rejected (never sent): {exc}', throttle_duration_sec=5
                 )
-                next_start = started + horizon * self.dt
+                next_start, paced_epoch = started + horizon * self.dt, snap.epoch
                 continue
             except Exception as exc:  # keep the node alive; diagnostics go ERROR and name it
                 self.stats.inference_errors += 1
@@ -409,7 +440,7 @@ class PolicyNode(Node):
             self.latency.add(latency_s)
             self.stats.inference_ms.append(latency_s * 1e3)
             self._accept(result, snap)
-            next_start = started + horizon * self.dt
+            next_start, paced_epoch = started + horizon * self.dt, snap.epoch
 
     def _accept(self, result, snap: _Snapshot) -> None:
         try:
@@ -417,6 +448,9 @@ class PolicyNode(Node):
                 np.asarray(result.actions, dtype=np.float64), t0=snap.stamp, dt=self.dt, seq=self.stats.chunks
             )
             with self._lock:
+                self._note_time(self.now_s())
+                if snap.epoch != self._time_epoch:  # observed before time jumped back: another timeline
+                    return
                 report = self.executor_.add(chunk, now=self.now_s(), guide=snap.plan)
                 if report.accepted:
                     self._pending_frames = snap.camera_stamps
@@ -487,6 +521,7 @@ class PolicyNode(Node):
             {
                 'chunks': s.chunks,
                 'chunks_refused_late': s.chunks_refused,
+                'time_jumps': s.time_jumps,
                 'inference_errors': s.inference_errors,
                 'inference_ms_p50': _pct(s.inference_ms, 50),
                 'inference_ms_max': max(s.inference_ms, default=float('nan')),

@@ -352,3 +352,52 @@ def test_estop_stops_commands_and_requires_re_enable(harness, tiny_checkpoint, t
     assert rig.count(rig.commands['left']) == count, 'released e-stop resumed motion without enable'
     assert call_enable(rig, True) == (True, 'enabled')
     assert wait_for(lambda: rig.count(rig.commands['left']) >= count + 10, 30)
+
+
+def test_sim_time_jumping_back_drops_the_old_chunk_and_infers_on_the_new_timeline(
+    harness, tiny_checkpoint, tmp_path
+) -> None:
+    """A sim reset (or a looping bag) sends ROS time backwards: the node must keep acting on the new timeline."""
+    from rclpy.parameter import Parameter
+    from rosgraph_msgs.msg import Clock
+
+    from bimanual_vla.ros_utils import sec_to_stamp, stamp_to_sec
+
+    rig, start = harness
+    sim_now, jump_to = [100.0], [None]
+    clock_pub = rig.node.create_publisher(Clock, topics.CLOCK, topics.CLOCK_QOS)
+    running = threading.Event()
+    running.set()
+
+    def tick_clock() -> None:  # 1x real time, 100 Hz
+        while running.is_set():
+            target, jump_to[0] = jump_to[0], None
+            sim_now[0] = sim_now[0] + 0.01 if target is None else target
+            clock_pub.publish(Clock(clock=sec_to_stamp(sim_now[0])))
+            time.sleep(0.01)
+
+    ticker = threading.Thread(target=tick_clock, daemon=True)
+    ticker.start()
+    try:
+        rig.node.set_parameters([Parameter('use_sim_time', value=True)])
+        policy = write_policy(tmp_path, tiny_checkpoint, safety={'enabled_at_start': True})
+        node = start(policy, use_sim_time=True)
+        assert wait_for(lambda: rig.count(rig.commands['left']) >= 20, 60), node.diagnostics_values()
+        assert all(stamp_to_sec(m.header.stamp) > 99 for _, m in rig.snapshot(rig.chunks))
+
+        jump_to[0] = 1.0  # the reset (the clock thread is the only writer of sim_now)
+        assert wait_for(lambda: node.stats.time_jumps >= 1, 10), node.diagnostics_values()
+        jumped_at = rig.count(rig.chunks)  # + at most the one chunk that was already being published
+
+        def new_timeline(store) -> list:
+            return [m for _, m in rig.snapshot(store) if stamp_to_sec(m.header.stamp) < 50]
+
+        assert wait_for(lambda: len(new_timeline(rig.chunks)) >= 2, 30), node.diagnostics_values()
+        assert wait_for(lambda: len(new_timeline(rig.commands['left'])) >= 20, 30), node.diagnostics_values()
+        assert node.stats.time_jumps == 1
+        # Nothing planned on the old timeline was published after the jump had been seen.
+        late_old = [m for _, m in rig.snapshot(rig.chunks)[jumped_at + 1 :] if stamp_to_sec(m.header.stamp) > 50]
+        assert late_old == []
+    finally:
+        running.clear()
+        ticker.join(timeout=2)

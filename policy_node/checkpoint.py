@@ -25,6 +25,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from policy_node.preprocess import crop_box_problem
+
 METADATA_FILE = 'bimanual_vla.json'
 TOKENIZER_FILE = 'tokenizer.json'
 CONFIG_FILE = 'config.json'
@@ -131,9 +133,10 @@ class CheckpointMetadata(BaseModel):
         unknown = sorted(set(self.image_crops) - set(self.camera_names))
         if unknown:
             raise ValueError(f'image_crops names camera(s) {unknown} not in camera_names {self.camera_names}')
-        for cam, (x, y, w, h) in self.image_crops.items():
-            if x < 0 or y < 0 or w <= 0 or h <= 0:
-                raise ValueError(f'image_crops.{cam}: expected x, y >= 0 and width, height > 0, got {[x, y, w, h]}')
+        for cam, box in self.image_crops.items():
+            problem = crop_box_problem(box)
+            if problem:
+                raise ValueError(f'image_crops.{cam}: {problem}')
         return self
 
     @model_validator(mode='after')

@@ -447,11 +447,12 @@ class PolicyNode(Node):
             chunk = Chunk(
                 np.asarray(result.actions, dtype=np.float64), t0=snap.stamp, dt=self.dt, seq=self.stats.chunks
             )
+            now = self.now_s()
             with self._lock:
-                self._note_time(self.now_s())
+                self._note_time(now)
                 if snap.epoch != self._time_epoch:  # observed before time jumped back: another timeline
                     return
-                report = self.executor_.add(chunk, now=self.now_s(), guide=snap.plan)
+                report = self.executor_.add(chunk, now=now, guide=snap.plan)
                 if report.accepted:
                     self._pending_frames = snap.camera_stamps
         except ValueError as exc:  # NaN that slipped past the model, wrong shape

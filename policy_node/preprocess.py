@@ -39,13 +39,22 @@ CropBox = tuple[int, int, int, int]
 """(x, y, width, height) in source pixels."""
 
 
+def crop_box_problem(box: CropBox) -> str | None:
+    """What is wrong with `box` whatever the image (None if nothing): the one rule the CLI, the
+    checkpoint metadata and `crop_image` all apply."""
+    x, y, w, h = box
+    if x < 0 or y < 0 or w <= 0 or h <= 0:
+        return f'expected x, y >= 0 and width, height > 0, got {list(box)}'
+    return None
+
+
 def crop_image(name: str, image: np.ndarray, box: CropBox | None) -> np.ndarray:
     """The `box` region of `image` (a view, no copy); the whole image if `box` is None."""
     if box is None:
         return image
     x, y, w, h = box
     height, width = image.shape[:2]
-    if x < 0 or y < 0 or w <= 0 or h <= 0 or x + w > width or y + h > height:
+    if crop_box_problem(box) or x + w > width or y + h > height:
         raise ObservationError(
             f'camera {name!r}: crop box x={x} y={y} w={w} h={h} does not fit in its {width}x{height} image'
         )

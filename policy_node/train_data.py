@@ -131,12 +131,12 @@ def build_cache(
         log.info('leaving out %d episode(s): %s', len(skipped_labels), ', '.join(skipped_labels))
     if not kept:
         raise ValueError('no episodes left to train on after skipping failed/excluded ones')
-    tmp = directory.with_name(directory.name + '.partial')
-    tmp.mkdir(parents=True, exist_ok=True)
     cams = list(ds.cameras)
     unknown = sorted(set(crops) - set(cams))
     if unknown:
         raise ValueError(f'crop for camera(s) {unknown} the data does not have; it has {cams}')
+    tmp = directory.with_name(directory.name + '.partial')
+    tmp.mkdir(parents=True, exist_ok=True)
     h, w = image_size
     n = sum(len(ds.episode_range(e)) for e in kept)
     frame_lists: dict[str, list[np.ndarray]] = {c: [] for c in cams}

@@ -96,6 +96,8 @@ def _shape(overrides: list[str] | None):
 
 
 def _crops(items: list[str]) -> dict[str, list[int]]:
+    from policy_node.preprocess import crop_box_problem
+
     crops: dict[str, list[int]] = {}
     for item in items:
         cam, _, box = item.partition('=')
@@ -103,7 +105,7 @@ def _crops(items: list[str]) -> dict[str, list[int]]:
             values = [int(v) for v in box.split(',')]
         except ValueError:
             values = []
-        if not cam or len(values) != 4 or values[2] <= 0 or values[3] <= 0 or min(values[:2]) < 0:
+        if not cam or len(values) != 4 or crop_box_problem(tuple(values)):
             raise SystemExit(f'--crop: expected CAM=X,Y,W,H (pixels, width and height > 0), got {item!r}')
         crops[cam] = values
     return crops

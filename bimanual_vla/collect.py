@@ -143,11 +143,14 @@ def collect(
     progress: bool = True,
     max_wall_per_episode_s: float = 300.0,
     episode_s: float | None = None,
+    expert_noise_rad: float = 0.0,
 ) -> CollectResult:
     """Record `episodes` expert episodes (seeds seed, seed+1, ...) into the bag `out`.
 
     `episode_s` cuts every episode after that many sim seconds (a quick look, tests); by default an
-    episode lasts the expert's whole plan plus `tail_s`.
+    episode lasts the expert's whole plan plus `tail_s`. `expert_noise_rad` > 0 makes the expert execute
+    its plan with slow random joint offsets while recording the clean plan as the action (DART), so the
+    data shows how to get back on track; episodes the offsets make fail are marked failed as usual.
     """
     import rclpy
     from rclpy.parameter import Parameter
@@ -173,7 +176,13 @@ def collect(
     spinner = None
     stop = threading.Event()
     try:
-        sim = {'task': task, 'seed': seed, 'real_time_factor': real_time_factor, 'expert': True}
+        sim = {
+            'task': task,
+            'seed': seed,
+            'real_time_factor': real_time_factor,
+            'expert': True,
+            'expert_noise_rad': float(expert_noise_rad),
+        }
         # Not on sim time: the conductor reads /clock itself, and the recorder stamps receive times.
         specs = rig_nodes(rig_name, policy=None, use_sim_time=False, sim_overrides=sim)
         conductor = CollectConductor(TASK_TEXT[task], context=context)

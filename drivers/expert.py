@@ -125,7 +125,14 @@ class ArmIK:
 class ScriptedExpert:
     """Plans one episode of `task` from the seed's object poses; `act(step)` gives joint targets + subtask."""
 
-    def __init__(self, rig: RigConfig, task: str, seed: int, object_poses: dict[str, np.ndarray] | None = None):
+    def __init__(
+        self,
+        rig: RigConfig,
+        task: str,
+        seed: int,
+        object_poses: dict[str, np.ndarray] | None = None,
+        noise_rad: float = 0.0,
+    ):
         self.rig = rig
         self.task = task
         self.seed = seed
@@ -141,6 +148,7 @@ class ScriptedExpert:
         self.labels: list[str] = []
         self.max_ik_error = 0.0
         self._solve(plans)
+        self.noise = {arm: self._smooth_noise(arm, noise_rad) for arm in self.joint_plan}
 
     @staticmethod
     def _arm_only(rig: RigConfig, arm: str, q: np.ndarray) -> np.ndarray:
@@ -285,7 +293,38 @@ class ScriptedExpert:
             return left
         return right if 'right' in right and 'left' not in left else left
 
+    def _smooth_noise(self, arm: str, std: float) -> np.ndarray:
+        """(steps, joints) slow random offsets (std `std` rad, none on the gripper), for DART-style data.
+
+        Demonstrations that only ever visit the expert's own states teach a cloned policy nothing
+        about coming back when it drifts (Laskey et al., DART, 2017). Executing the plan with these
+        offsets added, while recording the clean plan as the action, shows the way back from every
+        perturbed state. The offsets are sums of 0.2-1 Hz sines (the arms' position loops follow
+        that without overshoot), seeded by the episode seed, faded in over the first second.
+        """
+        cols = self.joint_plan[arm].shape[1]
+        out = np.zeros((self.num_steps, cols))
+        if std <= 0:
+            return out
+        rng = np.random.default_rng([self.seed, 1 if arm == 'right' else 0, 7])
+        t = np.arange(self.num_steps) * self.dt
+        gripper = self.rig.arm(arm).joint_names.index(self.rig.arm(arm).gripper)
+        for j in range(cols):
+            if j == gripper:
+                continue
+            freqs = rng.uniform(0.2, 1.0, 3)
+            phases = rng.uniform(0, 2 * np.pi, 3)
+            wave = np.sin(2 * np.pi * freqs[:, None] * t[None] + phases[:, None]).sum(axis=0)
+            out[:, j] = std * wave / np.sqrt(1.5)  # three unit sines: variance 1.5
+        return out * np.clip(t / 1.0, 0.0, 1.0)[:, None]
+
     # ------------------------------------------------------------------ playing
+
+    def perturbed(self, step: int) -> dict[str, np.ndarray]:
+        """The targets to *execute* at `step`: the plan plus the DART offsets (the plan itself if noise is 0)."""
+        targets, _ = self.act(step)
+        k = min(max(int(step), 0), self.num_steps - 1)
+        return {arm: target + self.noise[arm][k] for arm, target in targets.items()}
 
     def act(self, step: int) -> tuple[dict[str, np.ndarray], str]:
         """Joint targets (rig order, gripper last) for control step `step` (0 = first tick) and its subtask."""

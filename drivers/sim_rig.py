@@ -81,6 +81,9 @@ class SimRig(Node):
         width = int(param('camera_width', 0, 'override every camera width (0: rig value)'))
         height = int(param('camera_height', 0, 'override every camera height (0: rig value)'))
         self.use_expert = bool(param('expert', False, 'drive the arms with the built-in scripted expert'))
+        self.expert_noise_rad = float(
+            param('expert_noise_rad', 0.0, 'DART: slow joint offsets (std, rad) executed, not published')
+        )
         servo_bus = str(
             param('servo_bus', str(sim.get('servo_bus', '')), "'' | feetech | dynamixel: arms as emulated servo buses")
         )
@@ -91,6 +94,8 @@ class SimRig(Node):
             raise ConfigError(f'render_rate_hz must be >= 0, got {self.render_rate_hz}')
         if width < 0 or height < 0:
             raise ConfigError('camera_width/camera_height must be >= 0')
+        if not (0.0 <= self.expert_noise_rad <= 0.2):
+            raise ConfigError(f'expert_noise_rad must be in [0, 0.2] rad, got {self.expert_noise_rad}')
 
         self.scene = SimScene(self.rig, task=task, seed=seed)
         # Servo-bus mode: the arm drivers own joint_states, joint_command and e-stop for every arm.
@@ -242,7 +247,7 @@ class SimRig(Node):
     def _start_expert(self) -> None:
         from drivers.expert import ScriptedExpert
 
-        self._expert = ScriptedExpert(self.rig, self.scene.task, self.scene.seed)
+        self._expert = ScriptedExpert(self.rig, self.scene.task, self.scene.seed, noise_rad=self.expert_noise_rad)
 
     # ------------------------------------------------------------------ physics
 
@@ -279,7 +284,8 @@ class SimRig(Node):
                 if self._expert is not None and not self._estop:
                     expert_targets, subtask = self._expert.act(self.scene.steps)
                     if not self.servo_buses:  # with buses, the drivers carry the published targets
-                        for arm, target in expert_targets.items():
+                        # executed with the DART offsets (if any); the clean plan is what gets published
+                        for arm, target in self._expert.perturbed(self.scene.steps).items():
                             self.scene.command(arm, target)
                     self._expert_subtask_update = subtask
                 self._apply_servo_buses()

@@ -104,6 +104,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     grad_clip: float = 1.0
     subtask_weight: float = 1.0
+    subtask_lookahead_s: float = 0.0  # train the text on the label this far ahead (see subtask_targets)
     flow_samples: int = 1
     state_dropout: float = 0.0
     start_oversample_s: float = 0.0
@@ -219,8 +220,10 @@ class BatchMaker:
         tokenizer: Any,
         metadata: CheckpointMetadata,
         config: Any,
+        subtask_lookahead_s: float = 0.0,
     ) -> None:
         self.samples = samples
+        self.subtask_target = subtask_targets(samples, subtask_lookahead_s)
         self.metadata = metadata
         self.config = config
         t = metadata.tokens
@@ -251,7 +254,7 @@ class BatchMaker:
         seqs, types, label_rows = [], [], []
         for i in indices:
             prompt = self.prompts[s.task_id[i]]
-            sub = self.subtask_ids[s.subtask_id[i]] if self.metadata.reasoning else []
+            sub = self.subtask_ids[self.subtask_target[i]] if self.metadata.reasoning else []
             seqs.append(prompt + sub)
             types.append([0] * len(prompt) + [1] * len(sub))
             # position p predicts token p+1: the last prompt token predicts the first subtask token
@@ -287,6 +290,24 @@ class BatchMaker:
             actions=torch.from_numpy(actions),
             action_mask=torch.from_numpy(action_mask),
         )
+
+
+def subtask_targets(samples: CachedSamples, lookahead_s: float) -> np.ndarray:
+    """Per sample, the subtask id the text is trained on: the label `lookahead_s` later in the same episode.
+
+    The policy writes its subtask once per chunk and the chunk then runs for the execution horizon,
+    so the text is in force from (latency) to (latency + horizon) after its observation. Training on
+    the label at about the middle of that window (e.g. 0.3 s for a 25-step horizon at 50 Hz) makes the
+    text name what the chunk is about to do rather than what the observation shows being done.
+    Near an episode's end the episode's last label is used.
+    """
+    n = len(samples)
+    if lookahead_s <= 0 or n == 0:
+        return samples.subtask_id.copy()
+    shift = int(round(lookahead_s * float(samples.info.get('rate_hz', 50.0))))
+    last = np.r_[samples.episode[1:] != samples.episode[:-1], True]
+    ends = np.minimum.accumulate(np.where(last, np.arange(n), n)[::-1])[::-1]  # last index of each episode
+    return samples.subtask_id[np.minimum(np.arange(n) + shift, ends)]
 
 
 # --------------------------------------------------------------------------- loss
@@ -535,7 +556,9 @@ class Trainer:
             )
         self.model.train()
         self.model.requires_grad_(True)
-        self.batches = BatchMaker(samples, self.tokenizer, self.metadata, self.model.config)
+        self.batches = BatchMaker(
+            samples, self.tokenizer, self.metadata, self.model.config, subtask_lookahead_s=cfg.subtask_lookahead_s
+        )
         decay, no_decay = [], []
         for name, p in self.model.named_parameters():
             (no_decay if p.ndim < 2 or 'norm' in name or 'embed' in name else decay).append(p)

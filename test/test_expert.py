@@ -59,6 +59,23 @@ def test_expert_succeeds_in_process(task: str, seed: int) -> None:
     assert stages.index(4) > stages.index(2)
 
 
+def test_dart_noise_perturbs_execution_not_the_plan() -> None:
+    clean = ScriptedExpert(RIG, 'transfer_cube', 4)
+    noisy = ScriptedExpert(RIG, 'transfer_cube', 4, noise_rad=0.02)
+    gripper = RIG.arm('right').joint_names.index('gripper')
+    for k in (0, 100, 300):
+        assert np.array_equal(noisy.act(k)[0]['right'], clean.act(k)[0]['right'])  # the recorded action
+    assert np.array_equal(noisy.perturbed(0)['right'], clean.act(0)[0]['right'])  # faded in from zero
+    offsets = np.array([noisy.perturbed(k)['right'] - clean.act(k)[0]['right'] for k in range(100, 400)])
+    assert np.all(offsets[:, gripper] == 0)  # never on the gripper
+    arm = np.delete(offsets, gripper, axis=1)
+    assert 0.01 < arm.std() < 0.03  # about the requested std
+    assert np.abs(np.diff(arm, axis=0)).max() < 0.02 * 2 * np.pi * 1.0 * 0.02 * 3  # slow: <= 1 Hz sines
+    again = ScriptedExpert(RIG, 'transfer_cube', 4, noise_rad=0.02)
+    assert np.array_equal(again.perturbed(250)['left'], noisy.perturbed(250)['left'])  # seeded by the episode
+    assert np.array_equal(clean.perturbed(250)['left'], clean.act(250)[0]['left'])  # 0: the plan itself
+
+
 def test_idle_arms_never_succeed() -> None:
     scene = SimScene(RIG, seed=11)
     for _ in range(200):

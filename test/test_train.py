@@ -185,6 +185,20 @@ def test_episode_starts_can_be_oversampled(samples):
     assert len(table) == len(samples) + 2 * 10 * len(starts)
 
 
+def test_subtask_lookahead_trains_on_the_later_label_within_the_episode(samples):
+    import dataclasses
+
+    from policy_node.train import subtask_targets
+
+    assert subtask_targets(samples, 0.0).tolist() == samples.subtask_id.tolist()
+    distinct = dataclasses.replace(samples, subtask_id=np.arange(len(samples)))  # a label per sample: see the shift
+    ahead = subtask_targets(distinct, 0.1)  # 5 samples at 50 Hz
+    ends = np.flatnonzero(np.r_[samples.episode[1:] != samples.episode[:-1], True])
+    assert len(ends) == 2
+    expected = [min(i + 5, ends[np.searchsorted(ends, i)]) for i in range(len(samples))]  # never into the next
+    assert ahead.tolist() == expected
+
+
 def test_crop_is_applied_to_the_cache_and_saved_with_the_checkpoint(samples, tmp_path):
     """Training and the policy cut the same region: cached pixels equal the policy's own preprocessing."""
     from bimanual_vla.dataset import BagDataset

@@ -26,6 +26,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument('--tail-s', type=float, default=1.0, help='sim seconds recorded after the expert finishes')
     p.add_argument('--episode-s', type=float, help='cut every episode after this many sim seconds')
+    p.add_argument(
+        '--expert-noise',
+        type=float,
+        default=0.0,
+        metavar='RAD',
+        help='DART: the expert executes its plan with slow joint offsets of this std (rad; 0.015 is a good start) '
+        'while the clean plan is recorded as the action, so a cloned policy learns to recover',
+    )
     p.add_argument('--compress', action='store_true', help='zstd-compress the MCAP chunks')
     p.add_argument('--no-progress', action='store_true')
     p.set_defaults(func=run)
@@ -44,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
         tail_s=args.tail_s,
         compress=args.compress,
         episode_s=args.episode_s,
+        expert_noise_rad=args.expert_noise,
         progress=not args.no_progress,
     )
     summary = result.to_json()

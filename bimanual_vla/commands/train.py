@@ -46,6 +46,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument('--weight-decay', type=float, default=1e-4)
     p.add_argument('--grad-clip', type=float, default=1.0)
     p.add_argument('--subtask-weight', type=float, default=1.0, help='weight of the subtask cross-entropy')
+    p.add_argument(
+        '--subtask-lookahead',
+        type=float,
+        default=0.0,
+        metavar='S',
+        help='train the subtask text on the label S seconds ahead (about latency + half the execution horizon, '
+        'e.g. 0.2 for a 10-step horizon at 50 Hz), so it names what the coming chunk does',
+    )
     p.add_argument('--flow-samples', type=int, default=1, help='(time, noise) draws per sample on one backbone pass')
     p.add_argument(
         '--state-dropout', type=float, default=0.0, help='probability of hiding the joint state from a sample'
@@ -147,6 +155,7 @@ def run(args: argparse.Namespace) -> int:
             weight_decay=args.weight_decay,
             grad_clip=args.grad_clip,
             subtask_weight=args.subtask_weight,
+            subtask_lookahead_s=args.subtask_lookahead,
             flow_samples=args.flow_samples,
             state_dropout=args.state_dropout,
             start_oversample_s=float(args.start_oversample[0]),

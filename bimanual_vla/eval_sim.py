@@ -56,6 +56,7 @@ class EpisodeReport:
     final_stage: int = 0
     sim_time_s: float = 0.0
     first_success_s: float | None = None
+    stage_first_s: dict[str, float] = field(default_factory=dict)  # sim time each reward stage was first reached
     ticks: int = 0
     subtask_agreement_steps: float | None = None  # fraction of ticks whose subtask equals the expert's
     subtask_agreement_inferences: float | None = None  # fraction of inferences naming the expert's label
@@ -320,6 +321,7 @@ def evaluate_closed_loop(
             first_success = None
             while True:
                 now = observer.sim_time
+                _note_stages(sim, report, now)
                 if observer.success and first_success is None:
                     first_success = now
                 if not observer.success:
@@ -333,6 +335,7 @@ def evaluate_closed_loop(
                 time.sleep(0.01)
             _call_enable(observer, False)
             observer.stop_recording()
+            _note_stages(sim, report, observer.sim_time)
             with sim._lock:
                 report.max_stage = int(sim.scene.max_reward_reached)
                 report.final_stage = int(sim.scene.reward)
@@ -380,6 +383,14 @@ def evaluate_closed_loop(
     return report
 
 
+def _note_stages(sim, report: EpisodeReport, now: float) -> None:
+    """Record when each reward stage was first reached (the policy's pace, to compare with the expert's)."""
+    with sim._lock:
+        reached = int(sim.scene.max_reward_reached)
+    for stage in range(1, reached + 1):
+        report.stage_first_s.setdefault(str(stage), round(now, 2))
+
+
 def summarise(reports, checkpoint, task, seed, rtf, observer, outputs) -> dict:
     def mean(values):
         values = [v for v in values if v is not None]
@@ -396,6 +407,11 @@ def summarise(reports, checkpoint, task, seed, rtf, observer, outputs) -> dict:
         'successes': sum(r.success for r in reports),
         'max_stage_histogram': {str(s): stages.count(s) for s in range(5)},
         'mean_max_stage': mean(stages),
+        'median_stage_first_s': {
+            str(k): float(np.median(times))
+            for k in range(1, 5)
+            if (times := [r.stage_first_s[str(k)] for r in reports if str(k) in r.stage_first_s])
+        },
         'subtask_agreement_steps': mean([r.subtask_agreement_steps for r in reports]),
         'subtask_agreement_inferences': mean([r.subtask_agreement_inferences for r in reports]),
         'subtask_agreement_progress': mean([r.subtask_agreement_progress for r in reports]),

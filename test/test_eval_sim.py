@@ -38,6 +38,7 @@ def test_one_short_episode_drives_the_sim_within_limits(checkpoint, tmp_path):
     assert report['commands_checked'] >= 1  # the policy node commanded the arms (every command is limit-checked)
     assert report['command_limit_violations'] == []
     assert 0 <= episode['max_stage'] <= 4
+    assert sorted(episode['stage_first_s']) == [str(s) for s in range(1, episode['max_stage'] + 1)]
     assert 0.0 <= report['subtask_agreement_steps'] <= 1.0
     assert (tmp_path / 'eval' / 'contact_sheet.png').stat().st_size > 10_000
     assert (tmp_path / 'eval' / 'episode.mp4').stat().st_size > 10_000

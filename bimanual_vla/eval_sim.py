@@ -63,6 +63,8 @@ class EpisodeReport:
     subtask_agreement_progress: float | None = None  # ticks whose subtask is the label of the plan step reached
     inferences: int = 0
     subtasks: list[str] = field(default_factory=list)
+    # [sim time, policy subtask in force, expert label] at every tick where either changes
+    timeline: list[tuple[float, str, str]] = field(default_factory=list)
     wall_s: float = 0.0
 
 
@@ -358,6 +360,7 @@ def evaluate_closed_loop(
                     np.mean([normalise_text(p) == normalise_text(e) for _, p, e, _ in infs])
                 )
             report.subtasks = list(dict.fromkeys(p for _, p, _, _ in infs))
+            report.timeline = _changes(ticks)
             report.wall_s = round(time.monotonic() - wall0, 2)
             reports.append(report)
             if bar is not None:
@@ -381,6 +384,15 @@ def evaluate_closed_loop(
     report['wall_s'] = round(time.monotonic() - started, 1)
     (out / 'report.json').write_text(json.dumps(report, indent=2) + '\n')
     return report
+
+
+def _changes(ticks: list[tuple[float, str, str, str]]) -> list[tuple[float, str, str]]:
+    """The ticks where the policy's subtask or the expert's label changes: where they disagree, at a glance."""
+    out: list[tuple[float, str, str]] = []
+    for t, policy, expert, _ in ticks:
+        if not out or (policy, expert) != out[-1][1:]:
+            out.append((round(t, 2), policy, expert))
+    return out
 
 
 def _note_stages(sim, report: EpisodeReport, now: float) -> None:

@@ -26,6 +26,8 @@ from bimanual_vla.config import RigConfig, load_policy, load_rig, resolve_share_
 from bimanual_vla.episode_video import EpisodeRecorder
 from bimanual_vla.image_msgs import ImageError, image_to_rgb
 
+POLICY_TASK = 'transfer_cube'  # the task of the default policy's checkpoint (config/policy/default.yaml)
+
 
 @dataclass
 class DemoResult:
@@ -122,10 +124,12 @@ def run_demo(
 
     rig = load_rig(rig_name)
     checkpoint = trained_checkpoint()
-    if driver == 'auto':
-        driver = 'policy' if checkpoint is not None else 'expert'
+    if driver == 'auto':  # the shipped checkpoint knows transfer_cube only
+        driver = 'policy' if checkpoint is not None and task == POLICY_TASK else 'expert'
     if driver == 'policy' and checkpoint is None:
         raise FileNotFoundError('no trained checkpoint installed for the default policy; use --driver expert')
+    if driver == 'policy' and task != POLICY_TASK:
+        raise ValueError(f'the default policy is trained for {POLICY_TASK} only; use --driver expert for {task}')
     sim = {'task': task, 'seed': seed, 'real_time_factor': real_time_factor, 'expert': driver == 'expert'}
     specs = rig_nodes(
         rig_name,

@@ -145,3 +145,26 @@ def test_demo_writes_video_contact_sheet_and_result(tmp_path: Path) -> None:
     assert sheet is not None and sheet.shape[0] > 240 and sheet.shape[1] > 3 * 240
     video = cv2.VideoCapture(str(tmp_path / 'demo' / 'episode.mp4'))
     assert int(video.get(cv2.CAP_PROP_FRAME_COUNT)) == result.frames > 10
+
+
+def test_demo_drives_the_rig_with_the_shipped_checkpoint(tmp_path: Path) -> None:
+    """`make demo` uses the trained checkpoint shipped in checkpoints/: it loads, moves the arms and narrates."""
+    from bimanual_vla.demo import run_demo, trained_checkpoint
+
+    assert trained_checkpoint() is not None, 'checkpoints/aloha_transfer_cube is part of the project'
+    result = run_demo(tmp_path / 'demo', seed=1003, max_sim_s=6.0)  # driver 'auto': the checkpoint
+    assert result.driver == 'policy'
+    assert result.sim_time_s >= 6.0
+    # its own subtask text, in the task's order: reach, lower, grasp... (the expert needs 3.4 s for four)
+    assert 'move the right gripper above the cube' in result.subtasks[:2], result.subtasks
+    first = result.subtasks.index('move the right gripper above the cube')
+    assert 'lower the right gripper around the cube' in result.subtasks[first + 1 :], result.subtasks
+    assert len(result.subtasks) >= 3, result.subtasks
+
+
+def test_demo_refuses_the_cube_policy_on_another_task(tmp_path: Path) -> None:
+    from bimanual_vla.demo import run_demo
+
+    with pytest.raises(ValueError, match='transfer_cube only'):
+        run_demo(tmp_path / 'demo', driver='policy', task='insertion')
+    assert not (tmp_path / 'demo').exists()  # refused before anything started or was written

@@ -16,7 +16,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         'episode.mp4, contact_sheet.png (cameras side by side, the subtask drawn on) and result.json.',
     )
     p.add_argument('--out', type=Path, default=Path('out/demo'), help='output directory (default out/demo)')
-    p.add_argument('--driver', choices=['auto', 'policy', 'expert'], default='auto')
+    p.add_argument(
+        '--driver',
+        choices=['auto', 'policy', 'expert'],
+        default='auto',
+        help='auto (default): the shipped checkpoint for transfer_cube, the scripted expert otherwise',
+    )
     p.add_argument('--task', choices=['transfer_cube', 'insertion'], default='transfer_cube')
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--max-sim-s', type=float, default=20.0, help='stop after this much sim time')

@@ -49,6 +49,7 @@ setup(
         share('urdf', 'urdf/*.urdf'),
         share('launch', 'launch/*.launch.py'),
         share('config/rviz', 'config/rviz/*.rviz'),
+        share('checkpoints/aloha_transfer_cube', 'checkpoints/aloha_transfer_cube/*'),
     ],
     install_requires=['setuptools'],
     extras_require={

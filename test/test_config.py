@@ -178,7 +178,7 @@ def test_nan_limit_rejected(tmp_path: Path) -> None:
 
 def test_shipped_policy_loads_and_bad_policy_fails(tmp_path: Path) -> None:
     policy = load_policy('default')
-    assert policy.inference.num_steps == 10
+    assert policy.inference.num_steps == 5
     assert policy.inference.chunking == 'rtc'
     assert policy.safety.enabled_at_start is False
     bad = tmp_path / 'policy.yaml'

@@ -26,18 +26,20 @@ def test_one_short_episode_drives_the_sim_within_limits(checkpoint, tmp_path):
     from bimanual_vla.eval_sim import evaluate_closed_loop
 
     report = evaluate_closed_loop(
-        checkpoint, tmp_path / 'eval', episodes=1, seed=1000, max_sim_s=5.0, num_steps=3, progress=False
+        checkpoint, tmp_path / 'eval', episodes=1, seed=1000, max_sim_s=6.0, num_steps=3, progress=False
     )
     assert json.loads((tmp_path / 'eval' / 'report.json').read_text())['episodes'] == 1
     episode = report['per_episode'][0]
     assert episode['seed'] == 1000
-    assert episode['sim_time_s'] >= 5.0
+    assert episode['sim_time_s'] >= 6.0
     # /clock is best effort, keep last 1: a loaded observer misses ticks, but it must follow the episode's clock.
     assert episode['ticks'] >= 10
     assert episode['inferences'] >= 1  # the policy wrote a chunk (and its subtask) for this episode
     assert report['commands_checked'] >= 1  # the policy node commanded the arms (every command is limit-checked)
     assert report['command_limit_violations'] == []
     assert 0 <= episode['max_stage'] <= 4
+    if checkpoint == SHIPPED:  # the trained policy grasps the cube (stage 1+) by ~2.8 s; 6 s leaves margin
+        assert episode['max_stage'] >= 1, episode
     assert sorted(episode['stage_first_s']) == [str(s) for s in range(1, episode['max_stage'] + 1)]
     assert 0.0 <= report['subtask_agreement_steps'] <= 1.0
     assert (tmp_path / 'eval' / 'contact_sheet.png').stat().st_size > 10_000

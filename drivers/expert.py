@@ -320,11 +320,16 @@ class ScriptedExpert:
 
     # ------------------------------------------------------------------ playing
 
+    def offsets(self, step: int) -> dict[str, np.ndarray]:
+        """The DART offsets at `step` (zeros if noise is 0), to add to `act(step)`'s targets when executing."""
+        k = min(max(int(step), 0), self.num_steps - 1)
+        return {arm: noise[k] for arm, noise in self.noise.items()}
+
     def perturbed(self, step: int) -> dict[str, np.ndarray]:
         """The targets to *execute* at `step`: the plan plus the DART offsets (the plan itself if noise is 0)."""
         targets, _ = self.act(step)
-        k = min(max(int(step), 0), self.num_steps - 1)
-        return {arm: target + self.noise[arm][k] for arm, target in targets.items()}
+        offsets = self.offsets(step)
+        return {arm: target + offsets[arm] for arm, target in targets.items()}
 
     def act(self, step: int) -> tuple[dict[str, np.ndarray], str]:
         """Joint targets (rig order, gripper last) for control step `step` (0 = first tick) and its subtask."""

@@ -285,8 +285,9 @@ class SimRig(Node):
                     expert_targets, subtask = self._expert.act(self.scene.steps)
                     if not self.servo_buses:  # with buses, the drivers carry the published targets
                         # executed with the DART offsets (if any); the clean plan is what gets published
-                        for arm, target in self._expert.perturbed(self.scene.steps).items():
-                            self.scene.command(arm, target)
+                        offsets = self._expert.offsets(self.scene.steps)
+                        for arm, target in expert_targets.items():
+                            self.scene.command(arm, target + offsets[arm])
                     self._expert_subtask_update = subtask
                 self._apply_servo_buses()
                 self.scene.step()

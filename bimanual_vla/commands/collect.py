@@ -31,8 +31,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         type=float,
         default=0.0,
         metavar='RAD',
-        help='DART: the expert executes its plan with slow joint offsets of this std (rad; 0.015 is a good start) '
-        'while the clean plan is recorded as the action, so a cloned policy learns to recover',
+        help='DART: the expert executes its plan with slow joint offsets of this std (rad; the shipped checkpoint '
+        'used 0.01) while the clean plan is recorded as the action, so a cloned policy learns to recover',
     )
     p.add_argument('--compress', action='store_true', help='zstd-compress the MCAP chunks')
     p.add_argument('--no-progress', action='store_true')

@@ -1,8 +1,11 @@
-"""Run a bringup's nodes in one process, each on its own executor thread (the pip path's `ros2 launch`).
+"""Run a bringup's nodes, each on its own executor thread (the pip path's `ros2 launch`).
 
-`bimanual-vla run` / `demo` and the end-to-end tests use this; the launch files start the same
-NodeSpecs as separate processes. A node that fails to construct (bad config, missing device) stops
-the whole bringup with its error, after destroying the nodes already created.
+`bimanual-vla run` / `demo` / `eval-sim` and the end-to-end tests use this; the launch files start
+the same NodeSpecs as separate processes. Nodes named in `own_process` (by default the policy node:
+`OWN_PROCESS`) get a child process of their own, as launch would give them, because Python nodes in
+one process share one interpreter lock (bimanual_vla/node_process.py); the rest share this process.
+A node that fails to construct (bad config, missing device) stops the whole bringup with its error,
+after destroying the nodes already created.
 """
 
 from __future__ import annotations
@@ -19,6 +22,10 @@ from std_msgs.msg import String
 from bimanual_vla import topics
 from bimanual_vla.bringup import NodeSpec, robot_description
 from bimanual_vla.executors import NodeThreads
+from bimanual_vla.node_process import NodeProcess
+
+# Executables started in a process of their own unless a caller asks for everything composed.
+OWN_PROCESS: tuple[str, ...] = ('policy_node',)
 
 
 class RobotDescriptionPublisher(Node):
@@ -40,10 +47,11 @@ def instantiate(spec: NodeSpec, context: Context | None = None) -> Node:
 
 @dataclass
 class Composition:
-    """Nodes of one bringup in one process, each spinning in a thread of its own."""
+    """Nodes of one bringup, each spinning in a thread of its own, plus those in child processes."""
 
     nodes: list[Node]
     executor: NodeThreads
+    children: list[NodeProcess] = field(default_factory=list)
     _started: float = field(default_factory=time.monotonic)
 
     def spin(self, duration_s: float | None = None, until: Callable[[], bool] | None = None) -> None:
@@ -51,13 +59,21 @@ class Composition:
         deadline = None if duration_s is None else time.monotonic() + duration_s
         context = self.executor.context
         while context.ok():
+            self.check_children()
             if deadline is not None and time.monotonic() >= deadline:
                 return
             if until is not None and until():
                 return
             self.executor.spin_once(timeout_sec=0.1)
 
+    def check_children(self) -> None:
+        """Raise if a node in a child process has exited: the bringup is no longer whole."""
+        for child in self.children:
+            if not child.alive():
+                raise RuntimeError(f'{child.spec.name} (process {child.process.pid}) exited')
+
     def node(self, name: str) -> Node:
+        """A node of this process by name (nodes in child processes are reachable through topics only)."""
         for node in self.nodes:
             if node.get_name() == name:
                 return node
@@ -68,6 +84,8 @@ class Composition:
         self.executor.shutdown()
         for node in reversed(self.nodes):
             node.destroy_node()
+        for child in self.children:
+            child.stop()
 
 
 def compose(
@@ -76,10 +94,22 @@ def compose(
     rig: str | None = None,
     context: Context | None = None,
     extra_nodes: Iterable[Node] = (),
+    own_process: Iterable[str] = OWN_PROCESS,
 ) -> Composition:
-    """Instantiate every spec (plus a robot_description publisher for `rig`) and start spinning them."""
+    """Instantiate every spec (plus a robot_description publisher for `rig`) and start spinning them.
+
+    Specs whose executable is in `own_process` start first, each in a child process, and are
+    waited for until constructed (a policy node has loaded its checkpoint before a simulator's clock
+    starts); pass `own_process=()` to compose everything in this process.
+    """
     nodes: list[Node] = []
+    children: list[NodeProcess] = []
+    separate = set(own_process)
     try:
+        for spec in specs:
+            if spec.executable in separate:
+                children.append(NodeProcess(spec).start())
+        specs = [spec for spec in specs if spec.executable not in separate]
         if rig is not None:
             nodes.append(RobotDescriptionPublisher(robot_description(rig), context=context))
         for spec in specs:
@@ -87,9 +117,11 @@ def compose(
     except BaseException:
         for node in reversed(nodes):
             node.destroy_node()
+        for child in children:
+            child.stop()
         raise
     nodes.extend(extra_nodes)
     executor = NodeThreads(context=context)
     for node in nodes:
         executor.add_node(node)
-    return Composition(nodes, executor)
+    return Composition(nodes, executor, children)

@@ -96,6 +96,7 @@ class EvalObserver(Node):
         # (sim time, policy subtask, expert label at that time, expert label where the robot is in the plan)
         self.tick_log: list[tuple[float, str, str, str]] = []
         self.inference_log: list[tuple[float, str, str, str]] = []
+        self.inference_received: list[float] = []  # sim time each inference's marker arrived (its latency)
         self._progress_history: list[tuple[float, str]] = []
         self.recording = False
         self.video = False
@@ -159,6 +160,7 @@ class EvalObserver(Node):
                 self.success = False
                 self.tick_log = []
                 self.inference_log = []
+                self.inference_received = []
                 self._progress_history = []
                 self._progress_k = 0
                 self.reset_seen.set()
@@ -182,6 +184,7 @@ class EvalObserver(Node):
                         i = int(np.searchsorted(times, t, side='right')) - 1
                         progress = self._progress_history[i][1] if i >= 0 else ''
                         self.inference_log.append((t, marker.text, self.expert_label(t), progress))
+                        self.inference_received.append(self.sim_time)
 
     def _on_success(self, msg: Bool) -> None:
         with self._lock:
@@ -262,12 +265,26 @@ def evaluate_closed_loop(
     video_episodes: int = 1,
     progress: bool = True,
     policy: str = 'default',
+    tick_log: bool = False,
+    policy_process: bool = True,
+    narrate_expert: bool = False,
 ) -> dict:
-    """Run `episodes` closed-loop episodes (seeds seed..), write OUT/report.json + video; return the report."""
+    """Run `episodes` closed-loop episodes (seeds seed..), write OUT/report.json + video; return the report.
+
+    `tick_log`: also write OUT/ticks.jsonl, a line per episode with every tick (sim time, policy
+    subtask, expert label, progress label) and every inference (observation stamp, arrival time,
+    subtask, expert label, progress label), for timing analyses the report's summary cannot answer.
+    `policy_process`: run policy_node in a child process of its own, as the launch files do (see
+    bimanual_vla/node_process.py); False composes it with the simulator in this process.
+    `narrate_expert`: the scripted expert drives the arms and the policy, never enabled, only writes
+    its subtasks (preview mode). The agreement then measures the reasoning head on the expert's own
+    motion, latency included, without the differences in pace a closed loop brings; success and
+    stages are the expert's.
+    """
     import rclpy
 
     from bimanual_vla.bringup import rig_nodes
-    from bimanual_vla.compose import compose
+    from bimanual_vla.compose import OWN_PROCESS, compose
     from drivers.expert import ScriptedExpert
 
     checkpoint = Path(checkpoint).expanduser().resolve()
@@ -282,7 +299,7 @@ def evaluate_closed_loop(
     specs = rig_nodes(
         rig_name,
         policy=policy,
-        sim_overrides={'task': task, 'seed': seed, 'real_time_factor': real_time_factor, 'expert': False},
+        sim_overrides={'task': task, 'seed': seed, 'real_time_factor': real_time_factor, 'expert': narrate_expert},
         policy_overrides=policy_overrides,
     )
     started = time.monotonic()
@@ -295,7 +312,13 @@ def evaluate_closed_loop(
     try:
         observer = EvalObserver(rig, context=context, parameter_overrides=[Parameter('use_sim_time', value=True)])
         observer.task_pub.publish(String(data=TASK_TEXT[task]))
-        composition = compose(specs, rig=rig_name, context=context, extra_nodes=[observer])
+        composition = compose(
+            specs,
+            rig=rig_name,
+            context=context,
+            extra_nodes=[observer],
+            own_process=OWN_PROCESS if policy_process else (),
+        )
         sim = composition.node('sim_rig')
         spinner = threading.Thread(target=composition.spin, kwargs={'until': stop.is_set}, daemon=True)
         spinner.start()
@@ -319,7 +342,8 @@ def evaluate_closed_loop(
             if not observer.reset_seen.wait(30.0) or not observer.frame_after_reset.wait(30.0):
                 raise RuntimeError(f'episode {i}: the sim did not reset to seed {ep_seed}')
             observer.start_recording(video=i < video_episodes)
-            _call_enable(observer, True)
+            if not narrate_expert:
+                _call_enable(observer, True)
             first_success = None
             while True:
                 now = observer.sim_time
@@ -334,6 +358,7 @@ def evaluate_closed_loop(
                     break
                 if not spinner.is_alive():
                     raise RuntimeError('the executor stopped')
+                composition.check_children()
                 time.sleep(0.01)
             _call_enable(observer, False)
             observer.stop_recording()
@@ -361,6 +386,18 @@ def evaluate_closed_loop(
                 )
             report.subtasks = list(dict.fromkeys(p for _, p, _, _ in infs))
             report.timeline = _changes(ticks)
+            if tick_log:
+                with open(out / 'ticks.jsonl', 'a' if i else 'w') as f:
+                    arrivals = list(observer.inference_received)
+                    line = {
+                        'seed': ep_seed,
+                        'success': report.success,
+                        'ticks': [[round(t, 3), p, e, g] for t, p, e, g in ticks],
+                        'inferences': [
+                            [round(t, 3), round(a, 3), p, e, g] for (t, p, e, g), a in zip(infs, arrivals, strict=False)
+                        ],
+                    }
+                    f.write(json.dumps(line) + '\n')
             report.wall_s = round(time.monotonic() - wall0, 2)
             reports.append(report)
             if bar is not None:
@@ -381,6 +418,8 @@ def evaluate_closed_loop(
         outputs['video'] = str(observer.recorder.write_video(out / 'episode.mp4', fps=observer.video_fps))
         outputs['contact_sheet'] = str(observer.recorder.write_contact_sheet(out / 'contact_sheet.png', count=12))
     report = summarise(reports, checkpoint, task, seed, real_time_factor, observer, outputs)
+    report['policy_in_own_process'] = policy_process
+    report['driver'] = 'expert (the policy narrates)' if narrate_expert else 'policy'
     report['wall_s'] = round(time.monotonic() - started, 1)
     (out / 'report.json').write_text(json.dumps(report, indent=2) + '\n')
     return report

@@ -89,6 +89,9 @@ def test_sim_rig_and_policy_publish_every_contract_topic(
 
     composition = compose(specs, rig='aloha_sim', context=ros_context, extra_nodes=[probe])
     try:
+        # As launch would: the policy node in a process of its own, the simulator in this one.
+        assert [c.spec.name for c in composition.children] == ['policy_node']
+        assert 'policy_node' not in {n.get_name() for n in composition.nodes}
         start = time.monotonic()
         # At least ten seconds, and on a loaded machine until every topic has spoken (at most 60 s).
         composition.spin(duration_s=10.0)

@@ -401,3 +401,46 @@ def test_sim_time_jumping_back_drops_the_old_chunk_and_infers_on_the_new_timelin
     finally:
         running.clear()
         ticker.join(timeout=2)
+
+
+def test_policy_node_in_a_process_of_its_own_drives_this_one_through_topics(harness, tiny_checkpoint, tmp_path) -> None:
+    """`compose`'s default: the policy node in a child process (bimanual_vla/node_process.py), the rig here."""
+    import os
+
+    from bimanual_vla.bringup import NodeSpec
+    from bimanual_vla.node_process import NodeProcess
+
+    rig, _ = harness
+    spec = NodeSpec('policy_node', 'policy_node', {'rig': RIG, 'policy': str(write_policy(tmp_path, tiny_checkpoint))})
+    with NodeProcess(spec) as child:
+        assert child.alive() and child.process.pid != os.getpid()
+        assert wait_for(lambda: rig.count(rig.reasoning) >= 1, 60)
+        assert call_enable(rig, True) == (True, 'enabled')
+        assert wait_for(lambda: rig.count(rig.commands['left']) >= 50, 60)
+        for arm in ('left', 'right'):
+            joints = rig.rig.arm(arm).joints
+            lower, upper = np.array([j.lower for j in joints]), np.array([j.upper for j in joints])
+            for _, msg in rig.snapshot(rig.commands[arm]):
+                assert list(msg.name) == [f'{arm}_{j.name}' for j in joints]
+                assert np.all(np.isfinite(msg.position))
+                assert np.all(np.array(msg.position) >= lower - 1e-9) and np.all(np.array(msg.position) <= upper + 1e-9)
+        policy_status = [s for _, d in rig.snapshot(rig.diagnostics) for s in d.status if 'policy_node' in s.name]
+        assert policy_status, 'no diagnostics from the child process'
+    assert not child.alive()
+    assert child.process.exitcode == 0  # asked to stop, it finished cleanly (not terminated)
+    sent = rig.count(rig.commands['left'])
+    time.sleep(0.5)
+    assert rig.count(rig.commands['left']) == sent  # and nothing is sent once it has stopped
+
+
+def test_a_node_failing_in_its_own_process_raises_its_error_here(tmp_path) -> None:
+    from bimanual_vla.bringup import NodeSpec
+    from bimanual_vla.node_process import NodeProcess
+
+    missing = tmp_path / 'no_such_checkpoint'
+    spec = NodeSpec('policy_node', 'policy_node', {'rig': RIG, 'checkpoint': str(missing)})
+    child = NodeProcess(spec, ready_timeout_s=60)
+    with pytest.raises(RuntimeError, match='policy_node failed in its process') as err:
+        child.start()
+    assert str(missing) in str(err.value)  # the child's own message names what is wrong
+    assert not child.alive()

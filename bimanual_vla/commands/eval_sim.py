@@ -28,6 +28,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument('--settle-s', type=float, default=1.0, help='end an episode this long after success')
     p.add_argument('--real-time-factor', type=float, default=1.0)
     p.add_argument('--video-episodes', type=int, default=1, help='episodes drawn into the video (first N)')
+    p.add_argument(
+        '--tick-log', action='store_true', help='also write OUT/ticks.jsonl: every tick and inference of every episode'
+    )
+    p.add_argument(
+        '--composed',
+        action='store_true',
+        help='run policy_node in this process beside the simulator (default: a process of its own, as launched)',
+    )
+    p.add_argument(
+        '--narrate-expert',
+        action='store_true',
+        help='the scripted expert drives; the policy only writes subtasks (measures the reasoning head alone)',
+    )
     p.add_argument('--no-progress', action='store_true')
     p.set_defaults(func=run)
 
@@ -50,6 +63,9 @@ def run(args: argparse.Namespace) -> int:
         video_episodes=args.video_episodes,
         progress=not args.no_progress,
         policy=args.policy,
+        tick_log=args.tick_log,
+        policy_process=not args.composed,
+        narrate_expert=args.narrate_expert,
     )
     summary = {k: v for k, v in report.items() if k != 'per_episode'}
     print(json.dumps(summary, indent=2))

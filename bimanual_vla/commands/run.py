@@ -1,4 +1,4 @@
-"""`bimanual-vla run --rig NAME`: bring up a rig's node set in one process (same set as the launch files)."""
+"""`bimanual-vla run --rig NAME`: bring up a rig's node set (same set as the launch files)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,15 @@ import sys
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         'run',
-        help='bring up a rig (drivers or simulator + policy node) in one process',
+        help='bring up a rig (drivers or simulator + policy node)',
         description='Start exactly the nodes launch/rig.launch.py (or sim.launch.py for a simulated rig) starts, '
-        'composed in one process (each node spinning in a thread of its own), and publish robot_description. '
-        'Stop with Ctrl-C.',
+        'and publish robot_description: the policy node in a process of its own (as launch starts it), the '
+        'drivers or simulator composed in this one, each node spinning in a thread of its own. Stop with Ctrl-C.',
+    )
+    p.add_argument(
+        '--composed',
+        action='store_true',
+        help='run the policy node in this process too (one interpreter lock for all: slower inference)',
     )
     p.add_argument('--rig', required=True, help='rig YAML path or shipped name (e.g. so101_bimanual, aloha_sim)')
     p.add_argument('--policy', default='default', help='policy YAML path or name; "none" runs without a policy')
@@ -45,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     import rclpy
 
     from bimanual_vla.bringup import NodeSpec, rig_nodes
-    from bimanual_vla.compose import compose
+    from bimanual_vla.compose import OWN_PROCESS, compose
 
     policy = None if args.policy.lower() == 'none' else args.policy
     overrides = parse_overrides(args.set)
@@ -59,8 +64,10 @@ def run(args: argparse.Namespace) -> int:
         return 2
     rclpy.init()
     try:
-        composition = compose(specs, rig=args.rig)
-        names = ', '.join(n.get_name() for n in composition.nodes)
+        composition = compose(specs, rig=args.rig, own_process=() if args.composed else OWN_PROCESS)
+        names = ', '.join(
+            [n.get_name() for n in composition.nodes] + [f'{c.spec.name} (own process)' for c in composition.children]
+        )
         print(f'running {args.rig}: {names}', flush=True)
         try:
             composition.spin(args.duration)

@@ -10,6 +10,8 @@ after destroying the nodes already created.
 
 from __future__ import annotations
 
+import gc
+import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -38,11 +40,28 @@ class RobotDescriptionPublisher(Node):
 
 
 def instantiate(spec: NodeSpec, context: Context | None = None) -> Node:
-    """Create the node of `spec` with its parameters, named as the spec says."""
-    overrides = [Parameter(key, value=value) for key, value in spec.parameters.items()]
-    return spec.node_class(
-        cli_args=['--ros-args', '-r', f'__node:={spec.name}'], parameter_overrides=overrides, context=context
-    )
+    """Create the node of `spec` with its parameters, named as the spec says.
+
+    A whole number given for a parameter the node declares as a double (`--set
+    sim_rig.render_rate_hz=0`, which YAML types as an integer) is taken as that double: rclpy
+    refuses the integer, and the user meant the number. Any other type mismatch is raised as is.
+    """
+    from rclpy.exceptions import InvalidParameterTypeException
+
+    params = dict(spec.parameters)
+    while True:
+        overrides = [Parameter(key, value=value) for key, value in params.items()]
+        try:
+            return spec.node_class(
+                cli_args=['--ros-args', '-r', f'__node:={spec.name}'], parameter_overrides=overrides, context=context
+            )
+        except InvalidParameterTypeException as exc:
+            match = re.search(r"parameter '([^']+)'", str(exc))
+            value = params.get(match.group(1)) if match else None
+            if "expecting type 'DOUBLE'" not in str(exc) or type(value) is not int:
+                raise
+            params[match.group(1)] = float(value)
+        gc.collect()  # the half-made node (its name, its rosout publisher) goes before the retry
 
 
 @dataclass

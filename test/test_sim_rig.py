@@ -185,3 +185,20 @@ def test_builtin_expert_mode_publishes_subtasks_and_commands(ros_context, spin) 
         ex.shutdown()
         sim.destroy_node()
         probe.destroy_node()
+
+
+def test_a_whole_number_for_a_double_parameter_is_taken_as_that_double(ros_context) -> None:
+    """`run --set sim_rig.render_rate_hz=0`: YAML makes 0 an integer, which rclpy refuses for a double."""
+    from rclpy.exceptions import InvalidParameterTypeException
+
+    from bimanual_vla.bringup import NodeSpec
+    from bimanual_vla.compose import instantiate
+
+    node = instantiate(NodeSpec('sim_rig', 'sim_rig', {'render_rate_hz': 0, 'real_time_factor': 2}), ros_context)
+    try:
+        assert node.render_rate_hz == 0.0 and node.real_time_factor == 2.0
+        assert node.get_parameter('render_rate_hz').type_.name == 'DOUBLE'
+    finally:
+        node.destroy_node()
+    with pytest.raises(InvalidParameterTypeException, match='render_rate_hz'):  # a string is still refused
+        instantiate(NodeSpec('sim_rig', 'sim_rig', {'render_rate_hz': 'fast'}), ros_context)

@@ -2,16 +2,19 @@
 
 An eight-hour run on a real rig fails slowly: memory that grows a few MB an hour, threads or file
 descriptors that pile up with every reconnect or episode reset, a command rate that decays. This
-runs the same node set as `bimanual-vla run --rig aloha_sim` (sim_rig + policy_node with a tiny
-random checkpoint, enabled), resets the episode every `--reset-every` seconds, and samples the
-process every few seconds. Prints one JSON object:
+runs the node set `bimanual-vla run --rig aloha_sim` runs (sim_rig in this process, policy_node
+enabled in a process of its own, or both here with `--composed`), with the shipped checkpoint (or
+`--checkpoint`, or `--tiny` for a tiny random one), resets the episode every `--reset-every`
+seconds, and samples every process every few seconds. Prints one JSON object:
 
-* ``rss_mb``: first/last/max resident memory after warm-up, and the fitted growth in MB per hour;
-* ``threads`` and ``fds``: first and last counts (they must not grow with resets);
+* ``processes``: per process (``sim``: this one; ``policy``: the policy node's child), resident
+  memory after warm-up / last / max and the fitted growth in MB per hour, threads and file
+  descriptors first and last (they must not grow with resets);
 * ``commands_per_s``: per-window rate of `arms/left/joint_command` (min / median / max);
-* ``policy``: the policy node's own diagnostics at the end (inference latency, rejected outputs...).
+* ``policy``: the policy node's own diagnostics at the end, as published on `/diagnostics`
+  (inference latency, rejected outputs, starved ticks...).
 
-    .venv/bin/python bench/soak_bench.py [--minutes 5] [--reset-every 20]
+    .venv/bin/python bench/soak_bench.py [--minutes 5] [--reset-every 20] [--composed] [--tiny]
 """
 
 from __future__ import annotations
@@ -21,7 +24,6 @@ import json
 import os
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -36,15 +38,31 @@ os.environ.setdefault('ROS_DOMAIN_ID', str(os.getpid() % 100 + 1))
 import numpy as np  # noqa: E402
 
 
-def rss_mb() -> float:
-    for line in Path('/proc/self/status').read_text().splitlines():
+def proc_sample(pid: int) -> tuple[float, int, int]:
+    """Resident memory (MB), threads and open file descriptors of process `pid`."""
+    rss, threads = float('nan'), 0
+    for line in Path(f'/proc/{pid}/status').read_text().splitlines():
         if line.startswith('VmRSS:'):
-            return int(line.split()[1]) / 1024.0
-    return float('nan')
+            rss = int(line.split()[1]) / 1024.0
+        elif line.startswith('Threads:'):
+            threads = int(line.split()[1])
+    return rss, threads, len(os.listdir(f'/proc/{pid}/fd'))
 
 
-def counts() -> tuple[int, int]:
-    return threading.active_count(), len(os.listdir('/proc/self/fd'))
+def summarise_process(t: np.ndarray, rows: list[tuple[float, int, int]], warmup: float) -> dict:
+    rss = np.array([r[0] for r in rows])
+    steady = t >= warmup
+    slope = float(np.polyfit(t[steady], rss[steady], 1)[0] * 3600) if steady.sum() >= 3 else float('nan')
+    return {
+        'rss_mb': {
+            'after_warmup': round(float(rss[steady][0]), 1) if steady.any() else None,
+            'last': round(float(rss[-1]), 1),
+            'max': round(float(rss.max()), 1),
+            'growth_mb_per_hour': round(slope, 1),
+        },
+        'threads': {'first': rows[0][1], 'last': rows[-1][1], 'max': max(r[1] for r in rows)},
+        'fds': {'first': rows[0][2], 'last': rows[-1][2], 'max': max(r[2] for r in rows)},
+    }
 
 
 def main() -> int:
@@ -53,20 +71,30 @@ def main() -> int:
     parser.add_argument('--reset-every', type=float, default=20.0, help='seconds between episode resets')
     parser.add_argument('--sample-every', type=float, default=5.0)
     parser.add_argument('--warmup', type=float, default=30.0, help='seconds excluded from the growth fit')
+    parser.add_argument('--checkpoint', type=Path, help='checkpoint to run (default: the shipped one)')
+    parser.add_argument('--tiny', action='store_true', help='a tiny random checkpoint instead')
+    parser.add_argument('--composed', action='store_true', help='the policy node in this process too')
     args = parser.parse_args()
 
     import rclpy
+    from diagnostic_msgs.msg import DiagnosticArray
     from rclpy.node import Node
     from sensor_msgs.msg import JointState
     from std_msgs.msg import Int64, String
 
     from bimanual_vla import topics
     from bimanual_vla.bringup import rig_nodes
-    from bimanual_vla.compose import compose
+    from bimanual_vla.compose import OWN_PROCESS, compose
+    from bimanual_vla.config import load_policy
+    from bimanual_vla.demo import trained_checkpoint
     from policy_node.tiny_checkpoint import make_tiny_checkpoint
 
-    tmp = Path(tempfile.mkdtemp(prefix='soak_'))
-    checkpoint = make_tiny_checkpoint(tmp / 'tiny', rig='aloha_sim', seed=0)
+    if args.tiny:
+        checkpoint = make_tiny_checkpoint(Path(tempfile.mkdtemp(prefix='soak_')) / 'tiny', rig='aloha_sim', seed=0)
+    else:
+        checkpoint = args.checkpoint or trained_checkpoint()
+        if checkpoint is None:
+            parser.error('no shipped checkpoint installed: pass --checkpoint DIR or --tiny')
     specs = rig_nodes('aloha_sim', policy='default', policy_overrides={'checkpoint': str(checkpoint), 'enabled': True})
     rclpy.init()
     probe = Node('soak_probe')
@@ -74,18 +102,29 @@ def main() -> int:
     probe.create_subscription(
         JointState, topics.arm_command('left'), lambda _m: commands.__setitem__(0, commands[0] + 1), topics.COMMAND_QOS
     )
-    task = probe.create_publisher(String, topics.POLICY_TASK, topics.LATCHED_QOS)
-    task.publish(String(data='transfer the cube to the left arm'))
-    reset = probe.create_publisher(Int64, topics.SIM_RESET_SEED, topics.RELIABLE_QOS)
-    composition = compose(specs, rig='aloha_sim', extra_nodes=[probe])
-    policy_node = composition.node('policy_node')
+    policy_values: dict[str, str] = {}
 
-    samples: list[tuple[float, float, int, int]] = []
+    def on_diagnostics(msg: DiagnosticArray) -> None:
+        for status in msg.status:
+            if 'policy_node' in status.name:
+                policy_values.update({kv.key: kv.value for kv in status.values})
+
+    probe.create_subscription(DiagnosticArray, topics.DIAGNOSTICS, on_diagnostics, topics.DIAGNOSTICS_QOS)
+    task = probe.create_publisher(String, topics.POLICY_TASK, topics.LATCHED_QOS)
+    task.publish(String(data=load_policy('default').task))
+    reset = probe.create_publisher(Int64, topics.SIM_RESET_SEED, topics.RELIABLE_QOS)
+    composition = compose(specs, rig='aloha_sim', extra_nodes=[probe], own_process=() if args.composed else OWN_PROCESS)
+    pids = {'sim': os.getpid()}
+    if composition.children:
+        pids['policy'] = composition.children[0].process.pid
+
+    samples: dict[str, list[tuple[float, int, int]]] = {name: [] for name in pids}
+    times: list[float] = []
     rates: list[float] = []
     start = time.monotonic()
     next_sample = start
     next_reset = start + args.reset_every
-    seed = 0
+    seed = 1000
     last_commands, last_t = 0, start
     try:
         while time.monotonic() - start < args.minutes * 60:
@@ -96,43 +135,37 @@ def main() -> int:
                 reset.publish(Int64(data=seed))
                 next_reset += args.reset_every
             if now >= next_sample:
-                threads, fds = counts()
-                samples.append((now - start, rss_mb(), threads, fds))
+                times.append(now - start)
+                for name, pid in pids.items():
+                    samples[name].append(proc_sample(pid))
                 if now > last_t:
                     rates.append((commands[0] - last_commands) / (now - last_t))
                 last_commands, last_t = commands[0], now
                 next_sample += args.sample_every
-        diagnostics = policy_node.diagnostics_values()
+        composition.spin(duration_s=2.0)  # one more diagnostics period
     finally:
         composition.shutdown()
         rclpy.try_shutdown()
 
-    t = np.array([s[0] for s in samples])
-    rss = np.array([s[1] for s in samples])
-    steady = t >= args.warmup
-    slope = float(np.polyfit(t[steady], rss[steady], 1)[0] * 3600) if steady.sum() >= 3 else float('nan')
+    t = np.array(times)
     steady_rates = [r for r, ts in zip(rates[1:], t[1:], strict=False) if ts >= args.warmup]
-    keys = ('chunks', 'inference_ms_p50', 'rejected_outputs', 'inference_errors', 'starved_ticks',
-            'control_period_ms_p50', 'control_period_ms_p99', 'join_jump_max', 'stale_inputs')  # fmt: skip
+    keys = ('chunks', 'inference_ms_p50', 'inference_ms_max', 'rejected_outputs', 'inference_errors',
+            'starved_ticks', 'chunks_refused_late', 'time_jumps', 'control_period_ms_p50',
+            'control_period_ms_p99', 'join_jump_max', 'stale_inputs', 'last_error')  # fmt: skip
     print(
         json.dumps(
             {
                 'minutes': args.minutes,
-                'episode_resets': seed,
-                'rss_mb': {
-                    'after_warmup': round(float(rss[steady][0]), 1) if steady.any() else None,
-                    'last': round(float(rss[-1]), 1),
-                    'max': round(float(rss.max()), 1),
-                    'growth_mb_per_hour': round(slope, 1),
-                },
-                'threads': {'first': samples[0][2], 'last': samples[-1][2]},
-                'fds': {'first': samples[0][3], 'last': samples[-1][3]},
+                'checkpoint': str(checkpoint),
+                'policy_in_own_process': not args.composed,
+                'episode_resets': seed - 1000,
+                'processes': {name: summarise_process(t, rows, args.warmup) for name, rows in samples.items()},
                 'commands_per_s': {
                     'min': round(min(steady_rates), 1) if steady_rates else None,
                     'median': round(float(np.median(steady_rates)), 1) if steady_rates else None,
                     'max': round(max(steady_rates), 1) if steady_rates else None,
                 },
-                'policy': {k: diagnostics[k] for k in keys},
+                'policy': {k: policy_values.get(k) for k in keys},
             },
             default=str,
         )

@@ -95,8 +95,8 @@ class EvalObserver(Node):
         self.dt = 1.0 / rig.control_rate_hz
         # (sim time, policy subtask, expert label at that time, expert label where the robot is in the plan)
         self.tick_log: list[tuple[float, str, str, str]] = []
-        self.inference_log: list[tuple[float, str, str, str]] = []
-        self.inference_received: list[float] = []  # sim time each inference's marker arrived (its latency)
+        # (observation stamp, sim time its marker arrived, policy subtask, expert label, progress label)
+        self.inference_log: list[tuple[float, float, str, str, str]] = []
         self._progress_history: list[tuple[float, str]] = []
         self.recording = False
         self.video = False
@@ -160,7 +160,6 @@ class EvalObserver(Node):
                 self.success = False
                 self.tick_log = []
                 self.inference_log = []
-                self.inference_received = []
                 self._progress_history = []
                 self._progress_k = 0
                 self.reset_seen.set()
@@ -183,8 +182,7 @@ class EvalObserver(Node):
                         times = [h[0] for h in self._progress_history]
                         i = int(np.searchsorted(times, t, side='right')) - 1
                         progress = self._progress_history[i][1] if i >= 0 else ''
-                        self.inference_log.append((t, marker.text, self.expert_label(t), progress))
-                        self.inference_received.append(self.sim_time)
+                        self.inference_log.append((t, self.sim_time, marker.text, self.expert_label(t), progress))
 
     def _on_success(self, msg: Bool) -> None:
         with self._lock:
@@ -382,20 +380,17 @@ def evaluate_closed_loop(
             report.inferences = len(infs)
             if infs:
                 report.subtask_agreement_inferences = float(
-                    np.mean([normalise_text(p) == normalise_text(e) for _, p, e, _ in infs])
+                    np.mean([normalise_text(p) == normalise_text(e) for _, _, p, e, _ in infs])
                 )
-            report.subtasks = list(dict.fromkeys(p for _, p, _, _ in infs))
+            report.subtasks = list(dict.fromkeys(p for _, _, p, _, _ in infs))
             report.timeline = _changes(ticks)
             if tick_log:
                 with open(out / 'ticks.jsonl', 'a' if i else 'w') as f:
-                    arrivals = list(observer.inference_received)
                     line = {
                         'seed': ep_seed,
                         'success': report.success,
                         'ticks': [[round(t, 3), p, e, g] for t, p, e, g in ticks],
-                        'inferences': [
-                            [round(t, 3), round(a, 3), p, e, g] for (t, p, e, g), a in zip(infs, arrivals, strict=False)
-                        ],
+                        'inferences': [[round(t, 3), round(a, 3), p, e, g] for t, a, p, e, g in infs],
                     }
                     f.write(json.dumps(line) + '\n')
             report.wall_s = round(time.monotonic() - wall0, 2)

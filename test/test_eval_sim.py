@@ -26,7 +26,7 @@ def test_one_short_episode_drives_the_sim_within_limits(checkpoint, tmp_path):
     from bimanual_vla.eval_sim import evaluate_closed_loop
 
     report = evaluate_closed_loop(
-        checkpoint, tmp_path / 'eval', episodes=1, seed=1000, max_sim_s=6.0, num_steps=3, progress=False
+        checkpoint, tmp_path / 'eval', episodes=1, seed=1000, max_sim_s=6.0, num_steps=3, progress=False, tick_log=True
     )
     assert json.loads((tmp_path / 'eval' / 'report.json').read_text())['episodes'] == 1
     episode = report['per_episode'][0]
@@ -44,3 +44,9 @@ def test_one_short_episode_drives_the_sim_within_limits(checkpoint, tmp_path):
     assert 0.0 <= report['subtask_agreement_steps'] <= 1.0
     assert (tmp_path / 'eval' / 'contact_sheet.png').stat().st_size > 10_000
     assert (tmp_path / 'eval' / 'episode.mp4').stat().st_size > 10_000
+    assert report['policy_in_own_process'] is True and report['driver'] == 'policy'
+    # --tick-log: one line per episode, every tick and every inference with its arrival after its observation
+    (logged,) = [json.loads(line) for line in (tmp_path / 'eval' / 'ticks.jsonl').read_text().splitlines()]
+    assert logged['seed'] == 1000 and len(logged['ticks']) == episode['ticks']
+    assert len(logged['inferences']) == episode['inferences']
+    assert all(arrived >= stamp for stamp, arrived, *_ in logged['inferences'])

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import multiprocessing
 import queue
+import time
 import traceback
 
 from bimanual_vla.bringup import NodeSpec
@@ -66,14 +67,13 @@ class NodeProcess:
     def start(self) -> NodeProcess:
         """Start the child and wait until its node exists; raise the child's error if it failed."""
         self.process.start()
-        waited = 0.0
+        deadline = time.monotonic() + self.ready_timeout_s
         while not self._ready.wait(0.1):
-            waited += 0.1
             error = self._error()
             if error is not None or not self.process.is_alive():
                 self.stop()
                 raise RuntimeError(f'{self.spec.name} failed in its process: {error or "it exited"}')
-            if waited >= self.ready_timeout_s:
+            if time.monotonic() >= deadline:
                 self.stop()
                 raise RuntimeError(f'{self.spec.name} did not start within {self.ready_timeout_s:.0f} s')
         return self

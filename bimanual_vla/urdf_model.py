@@ -59,6 +59,37 @@ class UrdfModel:
                 stack.append(joint.child)
         return poses
 
+    def chain(self, link: str) -> list[UrdfJoint]:
+        """The joints from the root down to `link`, root first."""
+        by_child = {j.child: j for j in self.joints.values()}
+        joints: list[UrdfJoint] = []
+        while link != self.root:
+            joint = by_child.get(link)
+            if joint is None:
+                raise UrdfError(f'{self.name}: no link {link!r}')
+            joints.append(joint)
+            link = joint.parent
+        return joints[::-1]
+
+    def link_poses(self, chain: list[UrdfJoint], positions: Mapping[str, np.ndarray]) -> np.ndarray:
+        """(N, 4, 4) poses of the last link of `chain` (see `chain`) for N configurations at once.
+
+        `positions` maps joint names to (N,) arrays (missing joints at 0). One batched matrix
+        product per joint instead of a Python walk per configuration: the policy node turns
+        every 50-step chunk into gripper paths between two inferences, where the per-step walk
+        of `forward_kinematics` cost ~23 ms.
+        """
+        n = len(next(iter(positions.values()))) if positions else 1
+        poses = np.broadcast_to(np.eye(4), (n, 4, 4)).copy()
+        for joint in chain:
+            if joint.mimic is not None:
+                source, multiplier, offset = joint.mimic
+                q = multiplier * np.asarray(positions.get(source, np.zeros(n)), dtype=float) + offset
+            else:
+                q = np.asarray(positions.get(joint.name, np.zeros(n)), dtype=float)
+            poses = poses @ joint.origin @ _joint_motions(joint, q)
+        return poses
+
     def _position(self, joint: UrdfJoint, positions: Mapping[str, float]) -> float:
         if joint.mimic is not None:
             source, multiplier, offset = joint.mimic
@@ -175,6 +206,21 @@ def _joint_motion(joint: UrdfJoint, q: float) -> np.ndarray:
         motion[:3, :3] = _axis_angle(joint.axis, q)
     elif joint.type == 'prismatic':
         motion[:3, 3] = joint.axis * q
+    return motion
+
+
+def _joint_motions(joint: UrdfJoint, q: np.ndarray) -> np.ndarray:
+    """(N, 4, 4) joint motions for N positions (`_joint_motion`, vectorised)."""
+    motion = np.broadcast_to(np.eye(4), (len(q), 4, 4)).copy()
+    if joint.type in ('revolute', 'continuous'):
+        x, y, z = joint.axis
+        c, s = np.cos(q), np.sin(q)
+        t = 1 - c
+        motion[:, 0, 0], motion[:, 0, 1], motion[:, 0, 2] = t * x * x + c, t * x * y - s * z, t * x * z + s * y
+        motion[:, 1, 0], motion[:, 1, 1], motion[:, 1, 2] = t * x * y + s * z, t * y * y + c, t * y * z - s * x
+        motion[:, 2, 0], motion[:, 2, 1], motion[:, 2, 2] = t * x * z - s * y, t * y * z + s * x, t * z * z + c
+    elif joint.type == 'prismatic':
+        motion[:, :3, 3] = q[:, None] * joint.axis
     return motion
 
 

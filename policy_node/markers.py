@@ -69,7 +69,7 @@ class GripperPaths:
                 )
             )
         self._urdf = None
-        self._tips: dict[str, tuple[str, np.ndarray]] = {}  # arm -> (parent link, joint origin)
+        self._tips: dict[str, tuple[list, np.ndarray]] = {}  # arm -> (URDF joints root..tip link, tip offset)
         self.frame_id = 'world'
         self.mode = 'joint_space_timeline'
         self.why_no_fk = ''
@@ -84,9 +84,9 @@ class GripperPaths:
                 if joint is None:
                     raise ValueError(f'URDF has no joint {joint_name!r}')
                 if cfg.gripper:  # the gripper joint's frame on the gripper body
-                    self._tips[arm.arm] = (joint.parent, joint.origin)
+                    self._tips[arm.arm] = (model.chain(joint.parent), joint.origin)
                 else:  # the end of the last joint
-                    self._tips[arm.arm] = (joint.child, np.eye(4))
+                    self._tips[arm.arm] = (model.chain(joint.child), np.eye(4))
             self._urdf = model
             self.frame_id = model.root
             self.mode = 'urdf_fk'
@@ -100,12 +100,9 @@ class GripperPaths:
         for k, arm in enumerate(self._arms):
             q = actions[:, arm.indices]
             if self._urdf is not None:
-                link, offset = self._tips[arm.arm]
-                pts = []
-                for row in q:
-                    poses = self._urdf.forward_kinematics(dict(zip(arm.joint_names, row, strict=True)))
-                    pts.append((poses[link] @ offset)[:3, 3])
-                out[arm.arm] = np.array(pts)
+                chain, offset = self._tips[arm.arm]
+                poses = self._urdf.link_poses(chain, dict(zip(arm.joint_names, q.T, strict=True)))
+                out[arm.arm] = (poses @ offset)[:, :3, 3]
             else:
                 col = arm.gripper_col if arm.gripper_col is not None else len(arm.joint_names) - 1
                 level = (q[:, col] - arm.lower[col]) / (arm.upper[col] - arm.lower[col])

@@ -83,3 +83,22 @@ def test_aloha_urdf_forward_kinematics_matches_mujoco() -> None:
                 got = poses[f'{arm.name}_{link}'][:3, 3]
                 worst = max(worst, float(np.linalg.norm(got - expected)))
     assert worst < 0.005, f'URDF and MuJoCo disagree by {worst * 1000:.2f} mm'
+
+
+def test_batched_link_poses_equal_the_per_configuration_walk() -> None:
+    """`link_poses` (all chunk steps at once, used for the rviz gripper paths) is the same FK."""
+    rig = load_rig('aloha_sim')
+    urdf = load_urdf(resolve_share_relative(rig.urdf))
+    rng = np.random.default_rng(3)
+    names = [f'{a.name}_{j.name}' for a in rig.arms for j in a.joints]
+    lower = np.array([j.lower for a in rig.arms for j in a.joints])
+    upper = np.array([j.upper for a in rig.arms for j in a.joints])
+    q = rng.uniform(lower, upper, size=(20, len(names)))
+    for link in ('left_gripper_link', 'right_left_finger_link', 'right_right_finger_link'):  # the fingers mimic
+        batched = urdf.link_poses(urdf.chain(link), {n: q[:, i] for i, n in enumerate(names)})
+        assert batched.shape == (20, 4, 4)
+        walked = np.stack([urdf.forward_kinematics(dict(zip(names, row, strict=True)))[link] for row in q])
+        np.testing.assert_allclose(batched, walked, atol=1e-12)
+        assert np.ptp(batched[:, :3, 3], axis=0).max() > 0.05  # the configurations do move the link
+    with pytest.raises(UrdfError, match='no link'):
+        urdf.chain('no_such_link')

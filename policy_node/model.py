@@ -8,10 +8,14 @@ One inference, for one observation:
    <bos>, task, "\\n"``.
 2. prefix: SigLIP + the PaliGemma backbone run once over images + task and leave a
    KV cache (bidirectional attention inside the prefix, as pi0 trains it).
-3. reasoning: the backbone greedily decodes a subtask token by token on that cache
-   with its tied LM head (logits = hidden @ embed_tokens.weight.T) until the end
-   marker or the token budget; each token extends the cache, so the subtask is
-   causal while the prefix stays bidirectional. A coaching override is tokenized
+3. reasoning: the backbone greedily decodes a subtask on that cache with its tied
+   LM head (logits = hidden @ embed_tokens.weight.T) until the end marker or the
+   token budget; each token extends the cache, so the subtask is causal while the
+   prefix stays bidirectional. Decoding drafts and verifies (`SubtaskDrafts`): a
+   subtask the model wrote before that continues the tokens so far is fed in one
+   forward pass and kept up to the first token greedy decoding would not have
+   chosen, so the text is exactly greedy's at a fraction of the passes (a robot
+   names the same few subtasks again and again). A coaching override is tokenized
    and appended instead; a cached subtask is re-appended without decoding.
 4. flow: the action expert attends to prefix + subtask and integrates the
    flow-matching ODE with Euler steps from noise (t=1) to actions (t=0). The cache
@@ -49,6 +53,7 @@ __all__ = [
     'NonFiniteActionError',
     'Observation',
     'ObservationError',
+    'SubtaskDrafts',
     'VLAPolicy',
     'rtc_guidance_weight',
 ]
@@ -112,6 +117,38 @@ class _Prepared:
     state: torch.Tensor  # (1, max_state_dim)
 
 
+class SubtaskDrafts:
+    """The subtasks (token ids, end marker last) a policy has written, most recent first, bounded.
+
+    A robot doing a task names a handful of subtasks over and over, so the ids decoded so far
+    almost always continue as one of them; `VLAPolicy.decode_subtask` feeds that continuation as
+    a draft and keeps what greedy decoding confirms. Bounded (`capacity`, least recently used
+    dropped) so an eight-hour run does not grow it.
+    """
+
+    def __init__(self, capacity: int = 64) -> None:
+        self.capacity = capacity
+        self._recent: dict[tuple[int, ...], None] = {}
+
+    def __len__(self) -> int:
+        return len(self._recent)
+
+    def add(self, ids: list[int]) -> None:
+        key = tuple(ids)
+        self._recent.pop(key, None)
+        self._recent[key] = None  # newest last
+        while len(self._recent) > self.capacity:
+            del self._recent[next(iter(self._recent))]
+
+    def continuation(self, prefix: list[int], end: int) -> list[int]:
+        """The rest of the most recent subtask that starts with `prefix` (end marker included), or []."""
+        n = len(prefix)
+        for ids in reversed(self._recent):
+            if len(ids) > n and list(ids[:n]) == prefix and end not in ids[:n]:
+                return list(ids[n:])
+        return []
+
+
 class VLAPolicy:
     """A loaded checkpoint, ready to turn observations into action chunks. Not thread-safe:
     call `infer` from one thread (the node's inference thread)."""
@@ -155,6 +192,7 @@ class VLAPolicy:
         self._token_ids = self._resolve_tokens()
         self._prompt_cache: tuple[str, list[int]] | None = None
         self._cached_subtask: tuple[str, str, list[int]] | None = None  # (task, text, ids)
+        self.drafts = SubtaskDrafts()
         self._generator = torch.Generator(device='cpu')
         self._generator.seed()
 
@@ -300,19 +338,29 @@ class VLAPolicy:
         return out.past_key_values, out.last_hidden_state[:, -1]
 
     @torch.no_grad()
-    def _feed_token(self, cache: Any, mask: torch.Tensor, token: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Append one text token to the cache (causal: it sees everything before it)."""
+    def _feed_tokens(self, cache: Any, mask: torch.Tensor, tokens: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append text tokens to the cache in one pass: (mask, hidden state after each token).
+
+        With a cache present PaliGemma masks new tokens causally (each sees the prefix and the
+        tokens before it), so one pass over n tokens gives the hidden states n single-token passes
+        would; a test checks it.
+        """
         embed = self.model.model.vlm.get_input_embeddings()
-        mask = torch.cat([mask, mask.new_ones((1, 1))], dim=1)
-        position = mask.sum(-1, keepdim=True) - 1
+        mask = torch.cat([mask, mask.new_ones((1, len(tokens)))], dim=1)
+        positions = (mask.cumsum(-1) - 1)[:, -len(tokens) :]
         out = self.model.model.vlm(
-            inputs_embeds=embed(torch.tensor([[token]], device=self.device)),
+            inputs_embeds=embed(torch.tensor([tokens], device=self.device)),
             attention_mask=mask,
-            position_ids=position,
+            position_ids=positions,
             past_key_values=cache,
             use_cache=True,
         )
-        return mask, out.last_hidden_state[:, -1]
+        return mask, out.last_hidden_state[0]
+
+    def _feed_token(self, cache: Any, mask: torch.Tensor, token: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append one text token to the cache (causal: it sees everything before it)."""
+        mask, hidden = self._feed_tokens(cache, mask, [token])
+        return mask, hidden[-1:]
 
     def _next_token_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         weight = self.model.model.vlm.get_input_embeddings().weight
@@ -323,31 +371,56 @@ class VLAPolicy:
 
     @torch.no_grad()
     def decode_subtask(
-        self, cache: Any, mask: torch.Tensor, last_hidden: torch.Tensor, max_tokens: int
+        self, cache: Any, mask: torch.Tensor, last_hidden: torch.Tensor, max_tokens: int, *, draft: bool = True
     ) -> tuple[list[int], torch.Tensor]:
         """Greedy decoding on the prefix cache until the end marker or `max_tokens`.
 
         Returns the subtask ids (end marker last, appended if the budget ran out, so the
         expert always sees the layout it was trained on) and the extended attention mask.
+
+        With `draft`, each new token is fed together with the rest of a subtask from `self.drafts`
+        that continues the ids so far; the hidden states of that one pass say which drafted tokens
+        greedy decoding would have chosen, those are kept and the rest cropped from the cache. The
+        ids are the same as with `draft=False` (one token per pass), only fewer passes are run.
         """
         end = self._token_ids['subtask_end']
         ids: list[int] = []
         hidden = last_hidden
-        for _ in range(max_tokens):
+        passes = 0
+        while len(ids) < max_tokens:
             token = int(self._next_token_logits(hidden).argmax(-1).item())
             ids.append(token)
-            mask, hidden = self._feed_token(cache, mask, token)
-            if token == end:
-                return ids, mask
-        ids.append(end)
-        mask, _ = self._feed_token(cache, mask, end)
+            proposal = self.drafts.continuation(ids, end) if draft and token != end else []
+            proposal = proposal[: max_tokens - len(ids)]
+            mask, hiddens = self._feed_tokens(cache, mask, [token, *proposal])
+            passes += 1
+            accepted = 0
+            if proposal:
+                predicted = self._next_token_logits(hiddens[:-1]).argmax(-1).tolist()
+                while accepted < len(proposal) and predicted[accepted] == proposal[accepted]:
+                    accepted += 1
+                rejected = len(proposal) - accepted
+                if rejected:
+                    cache.crop(-rejected)
+                    mask = mask[:, :-rejected]
+                ids.extend(proposal[:accepted])
+            hidden = hiddens[accepted : accepted + 1]
+            if ids[-1] == end:
+                break
+        else:
+            ids.append(end)
+            mask, _ = self._feed_tokens(cache, mask, [end])
+            passes += 1
+        self.last_decode_passes = passes
+        if draft:
+            self.drafts.add(ids)
         return ids, mask
 
     @torch.no_grad()
     def append_subtask(self, cache: Any, mask: torch.Tensor, ids: list[int]) -> torch.Tensor:
         """Put given subtask ids (override or cached) after the prefix, causally, like decoded ones."""
-        for token in ids:
-            mask, _ = self._feed_token(cache, mask, token)
+        if ids:
+            mask, _ = self._feed_tokens(cache, mask, ids)
         return mask
 
     def subtask_ids(self, text: str) -> list[int]:

@@ -12,7 +12,14 @@ import torch
 from policy_fixtures import copy_checkpoint, make_noise, make_observation, tiny_checkpoint, tiny_policy  # noqa: F401
 
 from policy_node.chunking import soft_mask
-from policy_node.model import ChunkGuide, NonFiniteActionError, ObservationError, VLAPolicy, rtc_guidance_weight
+from policy_node.model import (
+    ChunkGuide,
+    NonFiniteActionError,
+    ObservationError,
+    SubtaskDrafts,
+    VLAPolicy,
+    rtc_guidance_weight,
+)
 
 
 def _reference_actions(policy: VLAPolicy, obs, noise: np.ndarray) -> np.ndarray:
@@ -88,6 +95,56 @@ def test_reasoning_matches_uncached_greedy_decoding(tiny_policy: VLAPolicy) -> N
     assert len(set(expected)) > 2, f'the tiny model should write varied text, got {expected}'
     words = tiny_policy.tokenizer.decode(expected, skip_special_tokens=True).split()
     assert result.subtask.split() == words and result.subtask
+
+
+def test_subtask_drafts_offer_the_most_recent_continuation_and_stay_bounded() -> None:
+    drafts = SubtaskDrafts(capacity=3)
+    end = 1
+    drafts.add([5, 6, 7, end])
+    drafts.add([5, 8, end])
+    assert drafts.continuation([5], end) == [8, end]  # the most recent that starts with [5]
+    assert drafts.continuation([5, 6], end) == [7, end]
+    assert drafts.continuation([9], end) == []
+    assert drafts.continuation([5, 8, end], end) == []  # nothing continues past an end marker
+    drafts.add([5, 6, 7, end])  # used again: the most recent now
+    assert drafts.continuation([5], end) == [6, 7, end]
+    for k in range(10):
+        drafts.add([20 + k, end])
+    assert len(drafts) == 3  # least recently used dropped: bounded over a long run
+    assert drafts.continuation([5], end) == []
+
+
+def test_drafted_decoding_is_exactly_greedy_with_fewer_passes(tiny_checkpoint: Path) -> None:  # noqa: F811
+    """Drafts change how many passes decoding takes, never the text, the cache or the actions."""
+    policy = VLAPolicy.load(tiny_checkpoint)
+    obs = make_observation(policy, seed=4)
+    noise = make_noise(policy, 0)
+    plain = policy.infer(obs, noise=noise, max_subtask_tokens=8)
+    ids = plain.subtask_token_ids
+    reference = _reference_greedy(policy, obs, 8)
+    assert len(ids) >= 4 and ids[: len(reference)] == reference
+    end = policy.tokenizer.token_to_id('<eos>')
+
+    # a draft that agrees for two tokens and then goes wrong: kept up to there, the rest cropped
+    wrong = next(t for t in range(4, 100) if t not in ids)
+    policy.drafts = SubtaskDrafts()
+    policy.drafts.add([ids[0], ids[1], ids[2], wrong, wrong, end])
+    partly = policy.infer(obs, noise=noise, max_subtask_tokens=8)
+    assert partly.subtask_token_ids == ids
+    np.testing.assert_allclose(partly.actions, plain.actions, rtol=1e-5, atol=1e-6)
+    assert policy.last_decode_passes < len(ids)
+
+    # the model's own subtask as the draft: confirmed in one pass after the first token (and one
+    # more to append the end marker when the model ran out of budget instead of writing it)
+    again = policy.infer(obs, noise=noise, max_subtask_tokens=8)
+    assert again.subtask_token_ids == ids and policy.last_decode_passes == (1 if len(ids) <= 8 else 2)
+    np.testing.assert_allclose(again.actions, plain.actions, rtol=1e-5, atol=1e-6)
+
+    # one token at a time gives the same ids in one pass per token
+    prep = policy.prepare(obs)
+    cache, hidden = policy.encode_prefix(prep)
+    slow, _ = policy.decode_subtask(cache, prep.attention_mask, hidden, 8, draft=False)
+    assert slow == ids and policy.last_decode_passes == len(ids)
 
 
 def test_reasoning_stops_at_the_end_marker(tiny_checkpoint: Path, tmp_path: Path) -> None:  # noqa: F811

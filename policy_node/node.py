@@ -278,13 +278,19 @@ class PolicyNode(Node):
         On sim time this happens when the simulator resets an episode or a replayed bag loops. The
         executing chunk and any inference in flight belong to the old timeline (their stamps lie in
         the future of the new one), so they are dropped, and inference is re-paced from now.
-        The tolerance absorbs the two threads reading the clock a moment apart.
+        The subtask named on the old timeline is retracted (an empty `policy/reasoning`): it
+        described an episode that is over, and the new one's first subtask is published even
+        when it reads the same. The tolerance absorbs the two threads reading the clock a
+        moment apart.
         """
         if now < self._latest_now - TIME_JUMP_TOLERANCE_S:
             self.stats.time_jumps += 1
             self._time_epoch += 1
             self.executor_.clear()
             self._pending_frames = None
+            if self._last_reasoning:
+                self._subtask, self._last_reasoning = '', None
+                self._reasoning_pub.publish(String(data=''))
             self.get_logger().info(
                 f'time jumped back {self._latest_now - now:.2f} s (sim reset or bag loop): executing chunk dropped'
             )

@@ -385,9 +385,16 @@ def test_sim_time_jumping_back_drops_the_old_chunk_and_infers_on_the_new_timelin
         assert wait_for(lambda: rig.count(rig.commands['left']) >= 20, 60), node.diagnostics_values()
         assert all(stamp_to_sec(m.header.stamp) > 99 for _, m in rig.snapshot(rig.chunks))
 
+        assert wait_for(lambda: rig.count(rig.reasoning) >= 1, 30)
+        reasoning_before = rig.count(rig.reasoning)
         jump_to[0] = 1.0  # the reset (the clock thread is the only writer of sim_now)
         assert wait_for(lambda: node.stats.time_jumps >= 1, 10), node.diagnostics_values()
         jumped_at = rig.count(rig.chunks)  # + at most the one chunk that was already being published
+        # the old episode's subtask is retracted, then the new timeline's first one is published
+        # (this tiny model writes the same text on both: published again all the same)
+        assert wait_for(lambda: rig.count(rig.reasoning) >= reasoning_before + 2, 30)
+        after = [m.data for _, m in rig.snapshot(rig.reasoning)[reasoning_before:]]
+        assert after[0] == '' and after[1], after
 
         def new_timeline(store) -> list:
             return [m for _, m in rig.snapshot(store) if stamp_to_sec(m.header.stamp) < 50]

@@ -4,6 +4,9 @@ Model part (this file's first sections):
 * ``tiny_inference``: a tiny random checkpoint made on the spot; median milliseconds over
   N inferences, split into preprocess / prefix / reasoning / flow (and per flow step), for
   reasoning on, reasoning off, and RTC-guided sampling.
+* ``shipped_reasoning``: subtask decoding of the shipped checkpoint on rendered sim frames, one
+  token per pass against drafted decoding (same text, fewer passes), and the cost of one chunk's
+  rviz gripper paths.
 * ``pi0_meta``: pi0's real dimensions (PaliGemma 3B backbone + 300M Gemma action expert)
   built on the meta device: parameter counts per component and the shapes of one
   inference's tensors, without allocating any weights.
@@ -195,8 +198,78 @@ def bench_pi0_meta(cameras: int = 3, task_tokens: int = 20) -> dict[str, Any]:
 
 # pi0_meta runs first: after CPU inference in the same process, a meta-device forward trips
 # over a CPU tensor transformers keeps from the earlier calls ("not on the expected device").
+def bench_shipped_reasoning(every_n_steps: int = 10, seed: int = 1000) -> dict[str, Any]:
+    """Subtask decoding on the shipped checkpoint, one token per pass vs drafted, on real frames.
+
+    The scripted expert plays one transfer_cube episode in the sim (a seed not trained on); every
+    `every_n_steps` control steps its three camera images and joints become an observation, as
+    the policy node would see them. Each is decoded twice from the same prefix cache: greedily one
+    token per pass (`draft=False`), and drafted (`VLAPolicy.decode_subtask`, drafts accumulated
+    over the episode as in a run). Also times the rviz gripper paths of one chunk (URDF FK).
+    """
+    os.environ.setdefault('MUJOCO_GL', 'egl')
+    import numpy as np
+    import torch
+    from builtin_interfaces.msg import Time
+
+    from bimanual_vla.collect import TASK_TEXT
+    from bimanual_vla.config import load_rig, resolve_share_relative
+    from drivers.expert import ScriptedExpert, run_episode
+    from drivers.sim_scene import SceneRenderer, SimScene
+    from policy_node.markers import GripperPaths, chunk_markers
+    from policy_node.model import Observation, SubtaskDrafts, VLAPolicy
+
+    rig = load_rig('aloha_sim')
+    policy = VLAPolicy.load(resolve_share_relative('checkpoints/aloha_transfer_cube'), num_steps=5)
+    scene = SimScene(rig, 'transfer_cube', seed)
+    renderer = SceneRenderer(scene.model, {c.name: (c.width, c.height) for c in rig.cameras})
+    observations: list[tuple[Observation, str]] = []
+
+    def keep(step: int, sc: SimScene, label: str) -> None:
+        if step % every_n_steps == 0:
+            state = np.concatenate([sc.joint_positions(a.name) for a in rig.arms])
+            obs = Observation(images=renderer.render_all(sc.data), state=state, task=TASK_TEXT['transfer_cube'])
+            observations.append((obs, label))
+
+    run_episode(scene, ScriptedExpert(rig, 'transfer_cube', seed), on_step=keep)
+    out: dict[str, Any] = {'observations': len(observations), 'torch_threads': torch.get_num_threads()}
+    texts: dict[bool, list[list[int]]] = {}
+    for draft in (False, True):
+        policy.drafts = SubtaskDrafts()
+        ms, passes, ids_all = [], [], []
+        for obs, _ in observations:
+            prep = policy.prepare(obs)
+            cache, hidden = policy.encode_prefix(prep)
+            start = time.perf_counter()
+            ids, _ = policy.decode_subtask(cache, prep.attention_mask, hidden, policy.max_subtask_tokens, draft=draft)
+            ms.append((time.perf_counter() - start) * 1e3)
+            passes.append(policy.last_decode_passes)
+            ids_all.append(ids)
+        texts[draft] = ids_all
+        out['drafted' if draft else 'one_token_per_pass'] = {
+            'decode_ms_median': round(statistics.median(ms), 2),
+            'passes_mean': round(float(np.mean(passes)), 2),
+            'tokens_mean': round(float(np.mean([len(i) for i in ids_all])), 2),
+        }
+    out['same_text'] = texts[True] == texts[False]
+    labels = [label for _, label in observations]
+    written = [policy.subtask_text(ids) for ids in texts[True]]
+    matches = [w == x for w, x in zip(written, labels, strict=True)]
+    out['text_equals_expert_label_at_the_observation'] = round(float(np.mean(matches)), 3)
+    names = [f'{a.name}_{j.name}' for a in rig.arms for j in a.joints]
+    paths = GripperPaths(rig, names, [a.name for a in rig.arms])
+    chunk = np.tile(np.concatenate([scene.joint_positions(a.name) for a in rig.arms]), (policy.chunk_size, 1))
+    start = time.perf_counter()
+    for _ in range(20):
+        chunk_markers(paths, chunk, 1.0 / rig.control_rate_hz, stamp=Time(), reasoning=written[-1])
+    out['gripper_path_markers_ms'] = round((time.perf_counter() - start) / 20 * 1e3, 2)
+    out['markers_mode'] = paths.mode
+    return out
+
+
 SECTIONS: dict[str, Callable[..., dict[str, Any]]] = {
     'pi0_meta': bench_pi0_meta,
+    'shipped_reasoning': bench_shipped_reasoning,
     'tiny_inference': bench_tiny_inference,
 }
 # Streaming sections (chunk-switch discontinuity per joining strategy, control-loop period and

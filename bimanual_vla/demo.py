@@ -26,8 +26,6 @@ from bimanual_vla.config import RigConfig, load_policy, load_rig, resolve_share_
 from bimanual_vla.episode_video import EpisodeRecorder
 from bimanual_vla.image_msgs import ImageError, image_to_rgb
 
-POLICY_TASK = 'transfer_cube'  # the task of the default policy's checkpoint (config/policy/default.yaml)
-
 
 @dataclass
 class DemoResult:
@@ -104,6 +102,14 @@ def trained_checkpoint(policy: str = 'default') -> Path | None:
     return path if (path / 'model.safetensors').is_file() else None
 
 
+def checkpoint_tasks(checkpoint: Path) -> list[str]:
+    """The task prompts `checkpoint` was trained on (its bimanual_vla.json), or the default policy's
+    task when the checkpoint does not record them."""
+    from policy_node.checkpoint import read_metadata
+
+    return list(read_metadata(checkpoint).tasks) or [load_policy('default').task]
+
+
 def run_demo(
     out: Path,
     *,
@@ -120,16 +126,23 @@ def run_demo(
     import rclpy
 
     from bimanual_vla.bringup import rig_nodes
+    from bimanual_vla.collect import TASK_TEXT
     from bimanual_vla.compose import compose
 
     rig = load_rig(rig_name)
+    if task not in TASK_TEXT:
+        raise ValueError(f'unknown task {task!r}; choose from {sorted(TASK_TEXT)}')
     checkpoint = trained_checkpoint()
-    if driver == 'auto':  # the shipped checkpoint knows transfer_cube only
-        driver = 'policy' if checkpoint is not None and task == POLICY_TASK else 'expert'
+    trained = checkpoint_tasks(checkpoint) if checkpoint is not None else []
+    if driver == 'auto':  # the policy where its checkpoint learned the task, else the expert
+        driver = 'policy' if TASK_TEXT[task] in trained else 'expert'
     if driver == 'policy' and checkpoint is None:
         raise FileNotFoundError('no trained checkpoint installed for the default policy; use --driver expert')
-    if driver == 'policy' and task != POLICY_TASK:
-        raise ValueError(f'the default policy is trained for {POLICY_TASK} only; use --driver expert for {task}')
+    if driver == 'policy' and TASK_TEXT[task] not in trained:
+        raise ValueError(
+            f"the default policy's checkpoint was trained on {trained}, not {TASK_TEXT[task]!r}; "
+            f'use --driver expert for {task}'
+        )
     sim = {'task': task, 'seed': seed, 'real_time_factor': real_time_factor, 'expert': driver == 'expert'}
     specs = rig_nodes(
         rig_name,
@@ -147,7 +160,7 @@ def run_demo(
         )
         if driver == 'policy':
             task_pub = observer.create_publisher(String, topics.POLICY_TASK, topics.LATCHED_QOS)
-            task_pub.publish(String(data=load_policy('default').task))
+            task_pub.publish(String(data=TASK_TEXT[task]))
         composition = compose(specs, rig=rig_name, extra_nodes=[observer])
 
         def finished() -> bool:

@@ -112,6 +112,8 @@ class CheckpointMetadata(BaseModel):
     tokens: SpecialTokens = Field(default_factory=SpecialTokens)
     reasoning: bool = Field(default=True, description='trained to write a subtask before acting')
     max_task_tokens: int = Field(default=48, gt=0)
+    tasks: list[str] = Field(default_factory=list, description='task prompts it was trained on (empty: not recorded)')
+    subtasks: list[str] = Field(default_factory=list, description='subtask labels it was trained to write')
 
     @field_validator('joint_names', 'camera_names')
     @classmethod

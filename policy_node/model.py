@@ -193,6 +193,8 @@ class VLAPolicy:
         self._prompt_cache: tuple[str, list[int]] | None = None
         self._cached_subtask: tuple[str, str, list[int]] | None = None  # (task, text, ids)
         self.drafts = SubtaskDrafts()
+        for text in metadata.subtasks:  # the labels it was trained on: drafts from the first decode
+            self.drafts.add(self.subtask_ids(text))
         self._generator = torch.Generator(device='cpu')
         self._generator.seed()
 

@@ -191,6 +191,7 @@ class PolicyNode(Node):
             f'control {self.rig.control_rate_hz:g} Hz, {"ENABLED" if enabled else "disabled (call policy/enable)"}; '
             f'markers: {self.paths.mode}'
         )
+        self._check_task(self._task)
 
     # ---------------------------------------------------------------- setup
 
@@ -249,6 +250,22 @@ class PolicyNode(Node):
         with self._lock:
             self._task = msg.data.strip()
         self.get_logger().info(f'task: {msg.data!r}')
+        self._check_task(self._task)
+
+    def task_trained(self, task: str) -> str:
+        """'yes' / 'no' if the checkpoint records the prompts it was trained on, else 'unknown'."""
+        trained = self.model.metadata.tasks
+        if not trained:
+            return 'unknown'
+        return 'yes' if task in trained else 'no'
+
+    def _check_task(self, task: str) -> None:
+        """Say so when the prompt is not one the checkpoint learned: a small VLA trained on a few
+        prompts acts on an unseen one unpredictably, and a typo is the usual cause."""
+        if task and self.task_trained(task) == 'no':
+            self.get_logger().warning(
+                f'task {task!r} is not one this checkpoint was trained on: {self.model.metadata.tasks}'
+            )
 
     def _on_subtask(self, msg: String) -> None:
         text = msg.data.strip()
@@ -514,6 +531,7 @@ class PolicyNode(Node):
                 'estop': self.gate.estop,
                 'chunking': self.executor_.strategy,
                 'task': self._task,
+                'task_trained': self.task_trained(self._task),
                 'subtask': self._subtask,
                 'subtask_override': self._override or '',
                 'stale_inputs': '; '.join(self._stale) or 'none',
@@ -556,6 +574,8 @@ class PolicyNode(Node):
             level, message = STALE, 'stale inputs: ' + '; '.join(self._stale)
         elif self.stats.inference_errors or self.stats.nonfinite_chunks:
             level, message = WARN, f'model output rejected or failed: {self.stats.last_error}'
+        elif values['task_trained'] == 'no':
+            level, message = WARN, f"task {values['task']!r} is not among the checkpoint's training tasks"
         elif not self.gate.enabled:
             level, message = OK, 'disabled (preview only: chunks and reasoning published, no commands)'
         else:

@@ -520,6 +520,7 @@ class Trainer:
                 raise ValueError(f'--crop {cfg.crops} differs from the crops {crops} {directory} was trained with')
             tokens = init_meta.tokens
             reasoning = init_meta.reasoning or any(samples.subtasks)
+            prior_tasks, prior_subtasks = list(init_meta.tasks), list(init_meta.subtasks)
         else:
             self.tokenizer = new_tokenizer(texts)
             self.model = new_model(cfg.shape, self.tokenizer, cfg.chunk_size, cfg.seed)
@@ -527,6 +528,7 @@ class Trainer:
             crops = {c: tuple(b) for c, b in cfg.crops.items()}
             tokens = SpecialTokens()
             reasoning = any(samples.subtasks)
+            prior_tasks, prior_subtasks = [], []
         missing = [c for c in cameras if c not in samples.cameras]
         if missing:
             raise ValueError(f'the data has no camera(s) {missing}; it has {samples.cameras}')
@@ -553,6 +555,9 @@ class Trainer:
                 tokens=tokens,
                 reasoning=reasoning,
                 max_task_tokens=cfg.max_task_tokens,
+                # a fine-tune keeps what its initial checkpoint was trained on and adds this data's
+                tasks=list(dict.fromkeys([*prior_tasks, *samples.tasks])),
+                subtasks=list(dict.fromkeys([*prior_subtasks, *(t for t in samples.subtasks if t)])),
             )
         self.model.train()
         self.model.requires_grad_(True)

@@ -166,8 +166,12 @@ def test_demo_drives_the_rig_with_the_shipped_checkpoint(tmp_path: Path) -> None
 
 
 def test_demo_refuses_the_cube_policy_on_another_task(tmp_path: Path) -> None:
-    from bimanual_vla.demo import run_demo
+    from bimanual_vla.demo import checkpoint_tasks, run_demo, trained_checkpoint
 
-    with pytest.raises(ValueError, match='transfer_cube only'):
+    # the shipped checkpoint records the prompt it was trained on; the demo decides by it
+    assert checkpoint_tasks(trained_checkpoint()) == ['transfer the cube from the right arm to the left arm']
+    with pytest.raises(ValueError, match="not 'insert the peg into the socket'"):
         run_demo(tmp_path / 'demo', driver='policy', task='insertion')
+    with pytest.raises(ValueError, match="unknown task 'stack'"):
+        run_demo(tmp_path / 'demo', task='stack')
     assert not (tmp_path / 'demo').exists()  # refused before anything started or was written

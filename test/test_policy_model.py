@@ -301,3 +301,21 @@ def test_seeded_noise_is_reproducible(tiny_policy: VLAPolicy) -> None:  # noqa: 
     c = tiny_policy.infer(obs, decode_subtask=False).actions
     np.testing.assert_array_equal(a, b)
     assert np.abs(a - c).max() > 1e-3
+
+
+def test_the_subtasks_a_checkpoint_was_trained_on_are_drafts_from_the_start(
+    tiny_checkpoint: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    policy = VLAPolicy.load(tiny_checkpoint)
+    obs = make_observation(policy, seed=4)
+    ids = policy.infer(obs, noise=make_noise(policy, 0), max_subtask_tokens=8).subtask_token_ids
+    assert policy.last_decode_passes >= len(ids) - 1  # nothing to draft from on the first decode
+    ck = copy_checkpoint(tiny_checkpoint, tmp_path / 'ck')
+    meta = json.loads((ck / 'bimanual_vla.json').read_text())
+    (ck / 'bimanual_vla.json').write_text(json.dumps({**meta, 'subtasks': [policy.subtask_text(ids)]}))
+    primed = VLAPolicy.load(ck)
+    assert len(primed.drafts) == 1
+    again = primed.infer(obs, noise=make_noise(policy, 0), max_subtask_tokens=8)
+    assert again.subtask_token_ids == ids
+    assert primed.last_decode_passes == (1 if len(ids) <= 8 else 2)  # the very first decode is drafted

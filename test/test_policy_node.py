@@ -451,3 +451,30 @@ def test_a_node_failing_in_its_own_process_raises_its_error_here(tmp_path) -> No
         child.start()
     assert str(missing) in str(err.value)  # the child's own message names what is wrong
     assert not child.alive()
+
+
+def test_a_task_the_checkpoint_was_not_trained_on_is_flagged(harness, tiny_checkpoint, tmp_path) -> None:
+    """The checkpoint records its training prompts: another prompt (a typo, say) turns diagnostics WARN."""
+    import json
+
+    from diagnostic_msgs.msg import DiagnosticStatus
+    from policy_fixtures import copy_checkpoint
+    from std_msgs.msg import String
+
+    rig, start = harness
+    ck = copy_checkpoint(tiny_checkpoint, tmp_path / 'ck')
+    meta = json.loads((ck / 'bimanual_vla.json').read_text())
+    (ck / 'bimanual_vla.json').write_text(json.dumps({**meta, 'tasks': ['transfer the cube to the left arm']}))
+    node = start(write_policy(tmp_path, ck))  # the policy file's task is the trained one
+    assert node.diagnostics_values()['task_trained'] == 'yes'
+    rig.task_pub.publish(String(data='transfer the cube to the left hand'))
+    assert wait_for(lambda: node.diagnostics_values()['task_trained'] == 'no', 10)
+
+    def flagged() -> bool:
+        return any(
+            s.level == DiagnosticStatus.WARN and 'not among the checkpoint' in s.message
+            for _, m in rig.snapshot(rig.diagnostics)
+            for s in m.status
+        )
+
+    assert wait_for(flagged, 10), [s.message for _, m in rig.snapshot(rig.diagnostics) for s in m.status][-3:]

@@ -153,7 +153,12 @@ def test_output_is_a_loadable_checkpoint_without_pickles(samples, tmp_path):
     assert meta.joint_names == samples.joint_names
     assert np.allclose(meta.normalization.state.mean, samples.state.astype(np.float64).mean(0), atol=1e-5)
     assert meta.reasoning is True and meta.chunk_size == 10 and meta.image_size == (32, 32)
+    # what it was trained on, for the node's unknown-task warning and the decoding drafts
+    assert meta.tasks == ['transfer the cube from the right arm to the left arm']
+    assert meta.subtasks == [s for s in samples.subtasks if s]
+    assert 'move the right gripper above the cube' in meta.subtasks
     policy = VLAPolicy.load(out, num_steps=2, rig_joint_names=samples.joint_names)
+    assert len(policy.drafts) == len(meta.subtasks)
     images = {c: np.zeros((240, 320, 3), np.uint8) for c in samples.cameras}
     result = policy.infer(Observation(images=images, state=samples.state[0].astype(np.float64), task=samples.tasks[0]))
     assert result.actions.shape == (10, 14) and np.all(np.isfinite(result.actions))

@@ -1,8 +1,9 @@
 """Closed-loop evaluation of a checkpoint on the simulated rig, through the real topics.
 
-`sim_rig` (the MuJoCo ALOHA scene, no expert) and `policy_node` (the checkpoint, enabled) run
-composed in one process exactly as `bimanual-vla run --rig aloha_sim` brings them up; an observer
-node on the same graph measures what a person watching the topics would:
+`sim_rig` (the MuJoCo ALOHA scene, no expert) and `policy_node` (the checkpoint, enabled) run as
+`bimanual-vla run --rig aloha_sim` brings them up (the simulator in this process, the policy node in
+a process of its own); an observer node on the same graph measures what a person watching the
+topics would:
 
 * success: reward stage 4 (transfer_cube: the left gripper holds the cube off the table) at the
   end of the episode, which ends `settle_s` after the stage is first reached or at `max_sim_s`;
@@ -11,6 +12,8 @@ node on the same graph measures what a person watching the topics would:
   label at each sim tick is compared with the policy's subtask in force at that tick (the last
   `policy/reasoning` text), and, per inference, the subtask the model wrote for an observation
   (`policy/markers` text, stamped with the observation time) with the expert's label at that time;
+* pace: afterwards the expert is replayed on each seed (physics only) and the policy's first-reach
+  time of each reward stage is compared with the expert's on the same seed;
 * command safety: every `arms/<arm>/joint_command` is checked to be finite and within the rig's
   joint limits;
 * one episode (the first) as a video and a contact sheet with the policy's subtask and the
@@ -57,6 +60,7 @@ class EpisodeReport:
     sim_time_s: float = 0.0
     first_success_s: float | None = None
     stage_first_s: dict[str, float] = field(default_factory=dict)  # sim time each reward stage was first reached
+    expert_stage_first_s: dict[str, float] = field(default_factory=dict)  # the same, the expert on this seed
     ticks: int = 0
     subtask_agreement_steps: float | None = None  # fraction of ticks whose subtask equals the expert's
     subtask_agreement_inferences: float | None = None  # fraction of inferences naming the expert's label
@@ -266,6 +270,7 @@ def evaluate_closed_loop(
     tick_log: bool = False,
     policy_process: bool = True,
     narrate_expert: bool = False,
+    expert_pace: bool = True,
 ) -> dict:
     """Run `episodes` closed-loop episodes (seeds seed..), write OUT/report.json + video; return the report.
 
@@ -278,6 +283,10 @@ def evaluate_closed_loop(
     its subtasks (preview mode). The agreement then measures the reasoning head on the expert's own
     motion, latency included, without the differences in pace a closed loop brings; success and
     stages are the expert's.
+    `expert_pace`: after the episodes, replay the scripted expert on each seed (physics only, ~1 s
+    each) and report how much sooner or later the policy reached each reward stage than the expert
+    did on the same seed. The expert's labels follow its clock, so this spread bounds the
+    agreement a policy can reach at the pace it keeps.
     """
     import rclpy
 
@@ -408,6 +417,8 @@ def evaluate_closed_loop(
             composition.shutdown()
         if context.ok():
             rclpy.shutdown(context=context)
+    if expert_pace:
+        _expert_stage_times(rig, task, reports)
     outputs = {}
     if observer.recorder.frames:
         outputs['video'] = str(observer.recorder.write_video(out / 'episode.mp4', fps=observer.video_fps))
@@ -426,6 +437,30 @@ def _changes(ticks: list[tuple[float, str, str, str]]) -> list[tuple[float, str,
     for t, policy, expert, _ in ticks:
         if not out or (policy, expert) != out[-1][1:]:
             out.append((round(t, 2), policy, expert))
+    return out
+
+
+def _expert_stage_times(rig: RigConfig, task: str, reports: list[EpisodeReport]) -> None:
+    """Fill `expert_stage_first_s`: the scripted expert played on each episode's seed, no rendering."""
+    from drivers.expert import ScriptedExpert, run_episode
+    from drivers.sim_scene import SimScene
+
+    for report in reports:
+        scene = SimScene(rig, task=task, seed=report.seed)
+        report.expert_stage_first_s = run_episode(scene, ScriptedExpert(rig, task, report.seed))['stage_first_s']
+
+
+def _pace_vs_expert(reports: list[EpisodeReport]) -> dict[str, dict[str, float]]:
+    """Per reward stage, over successful episodes: policy's first-reach time minus the expert's (s)."""
+    out: dict[str, dict[str, float]] = {}
+    for stage in ('1', '2', '3', '4'):
+        d = [
+            r.stage_first_s[stage] - r.expert_stage_first_s[stage]
+            for r in reports
+            if r.success and stage in r.stage_first_s and stage in r.expert_stage_first_s
+        ]
+        if d:
+            out[stage] = {'mean': round(float(np.mean(d)), 3), 'std': round(float(np.std(d)), 3), 'episodes': len(d)}
     return out
 
 
@@ -461,6 +496,11 @@ def summarise(reports, checkpoint, task, seed, rtf, observer, outputs) -> dict:
         'subtask_agreement_steps': mean([r.subtask_agreement_steps for r in reports]),
         'subtask_agreement_inferences': mean([r.subtask_agreement_inferences for r in reports]),
         'subtask_agreement_progress': mean([r.subtask_agreement_progress for r in reports]),
+        'subtask_agreement_steps_by_outcome': {
+            'successful': mean([r.subtask_agreement_steps for r in reports if r.success]),
+            'failed': mean([r.subtask_agreement_steps for r in reports if not r.success]),
+        },
+        'stage_first_s_minus_expert': _pace_vs_expert(reports),
         'commands_checked': observer.command_count,
         'command_limit_violations': observer.command_violations,
         'outputs': outputs,

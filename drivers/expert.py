@@ -341,14 +341,21 @@ class ScriptedExpert:
 
 
 def run_episode(scene: SimScene, expert: ScriptedExpert, extra_steps: int = 0, on_step=None) -> dict:
-    """Play `expert` on `scene` (already reset to the expert's seed); return the episode's outcome."""
+    """Play `expert` on `scene` (already reset to the expert's seed); return the episode's outcome.
+
+    `stage_first_s`: the time (s since the reset) each reward stage was first reached, the
+    expert's pace that a policy's closed-loop stage times are compared with.
+    """
     labels = []
+    stage_first_s: dict[str, float] = {}
     for k in range(expert.num_steps + extra_steps):
         targets, label = expert.act(k)
         for arm, target in targets.items():
             scene.command(arm, target)
         scene.step()
         labels.append(label)
+        for stage in range(1, scene.max_reward_reached + 1):
+            stage_first_s.setdefault(str(stage), round((k + 1) * expert.dt, 3))
         if on_step is not None:
             on_step(k, scene, label)
     return {
@@ -358,6 +365,7 @@ def run_episode(scene: SimScene, expert: ScriptedExpert, extra_steps: int = 0, o
         'final_stage': scene.reward,
         'steps': scene.steps,
         'subtasks': list(dict.fromkeys(labels)),
+        'stage_first_s': stage_first_s,
     }
 
 

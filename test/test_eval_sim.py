@@ -50,3 +50,15 @@ def test_one_short_episode_drives_the_sim_within_limits(checkpoint, tmp_path):
     assert logged['seed'] == 1000 and len(logged['ticks']) == episode['ticks']
     assert len(logged['inferences']) == episode['inferences']
     assert all(arrived >= stamp for stamp, arrived, *_ in logged['inferences'])
+    # the expert replayed on the same seed: its stage times (it transfers the cube, stage 4 by ~5.5 s)
+    assert sorted(episode['expert_stage_first_s']) == ['1', '2', '3', '4']
+    assert 2.5 < episode['expert_stage_first_s']['1'] < 3.5 < episode['expert_stage_first_s']['4'] < 6.0
+    by_outcome = report['subtask_agreement_steps_by_outcome']
+    assert by_outcome[{True: 'successful', False: 'failed'}[episode['success']]] == episode['subtask_agreement_steps']
+    pace = report['stage_first_s_minus_expert']  # over successful episodes only
+    if episode['success']:
+        stage = pace['1']
+        assert stage['episodes'] == 1 and stage['std'] == 0.0
+        assert stage['mean'] == pytest.approx(episode['stage_first_s']['1'] - episode['expert_stage_first_s']['1'])
+    else:
+        assert pace == {}

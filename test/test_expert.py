@@ -90,3 +90,12 @@ def test_sim_expert_cli_prints_json(capsys) -> None:
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result['episodes'] == 2 and result['first_seed'] == 20
     assert result['success_rate'] == 1.0 and result['failed_seeds'] == []
+
+
+def test_expert_replay_records_when_each_stage_was_first_reached() -> None:
+    rig = load_rig('aloha_sim')
+    result = run_episode(SimScene(rig, 'transfer_cube', 1000), ScriptedExpert(rig, 'transfer_cube', 1000))
+    times = result['stage_first_s']
+    assert result['success'] and sorted(times) == ['1', '2', '3', '4']
+    assert times['1'] <= times['2'] <= times['3'] <= times['4']
+    assert 2.5 < times['1'] < 3.5 and 4.5 < times['4'] < 6.0  # grasp after the 2.4 s descent; handover by 6 s

@@ -41,6 +41,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         action='store_true',
         help='the scripted expert drives; the policy only writes subtasks (measures the reasoning head alone)',
     )
+    p.add_argument(
+        '--no-expert-pace',
+        action='store_true',
+        help='skip replaying the expert on each seed afterwards to compare stage times (~1 s per episode)',
+    )
     p.add_argument('--no-progress', action='store_true')
     p.set_defaults(func=run)
 
@@ -66,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
         tick_log=args.tick_log,
         policy_process=not args.composed,
         narrate_expert=args.narrate_expert,
+        expert_pace=not args.no_expert_pace,
     )
     summary = {k: v for k, v in report.items() if k != 'per_episode'}
     print(json.dumps(summary, indent=2))

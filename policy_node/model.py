@@ -118,7 +118,7 @@ class _Prepared:
 
 
 class SubtaskDrafts:
-    """The subtasks (token ids, end marker last) a policy has written, most recent first, bounded.
+    """The subtasks (token ids, end marker last) a policy has written, in order of last use, bounded.
 
     A robot doing a task names a handful of subtasks over and over, so the ids decoded so far
     almost always continue as one of them; `VLAPolicy.decode_subtask` feeds that continuation as
@@ -193,6 +193,7 @@ class VLAPolicy:
         self._prompt_cache: tuple[str, list[int]] | None = None
         self._cached_subtask: tuple[str, str, list[int]] | None = None  # (task, text, ids)
         self.drafts = SubtaskDrafts()
+        self.last_decode_passes = 0  # forward passes the last decode_subtask took (diagnostics, tests)
         for text in metadata.subtasks:  # the labels it was trained on: drafts from the first decode
             self.drafts.add(self.subtask_ids(text))
         self._generator = torch.Generator(device='cpu')

@@ -22,43 +22,55 @@ def checkpoint(tmp_path_factory) -> Path:
     return make_tiny_checkpoint(tmp_path_factory.mktemp('ckpt') / 'tiny', rig='aloha_sim', image_size=32)
 
 
-def test_one_short_episode_drives_the_sim_within_limits(checkpoint, tmp_path):
+def test_short_episodes_drive_the_sim_within_limits(checkpoint, tmp_path):
+    import numpy as np
+
     from bimanual_vla.eval_sim import evaluate_closed_loop
 
     report = evaluate_closed_loop(
-        checkpoint, tmp_path / 'eval', episodes=1, seed=1000, max_sim_s=6.0, num_steps=3, progress=False, tick_log=True
+        checkpoint, tmp_path / 'eval', episodes=2, seed=1000, max_sim_s=6.0, progress=False, tick_log=True
     )
-    assert json.loads((tmp_path / 'eval' / 'report.json').read_text())['episodes'] == 1
-    episode = report['per_episode'][0]
-    assert episode['seed'] == 1000
-    assert episode['sim_time_s'] >= 6.0
-    # /clock is best effort, keep last 1: a loaded observer misses ticks, but it must follow the episode's clock.
-    assert episode['ticks'] >= 10
-    assert episode['inferences'] >= 1  # the policy wrote a chunk (and its subtask) for this episode
+    assert json.loads((tmp_path / 'eval' / 'report.json').read_text())['episodes'] == 2
+    episodes = report['per_episode']
+    assert [e['seed'] for e in episodes] == [1000, 1001]
+    for episode in episodes:
+        assert episode['sim_time_s'] >= 6.0
+        # /clock is best effort, keep last 1: a loaded observer misses ticks, but it must follow the episode's clock.
+        assert episode['ticks'] >= 10
+        assert episode['inferences'] >= 1  # the policy wrote a chunk (and its subtask) for this episode
+        assert 0 <= episode['max_stage'] <= 4
+        assert sorted(episode['stage_first_s']) == [str(s) for s in range(1, episode['max_stage'] + 1)]
+        # the expert replayed on the same seed: its stage times (it transfers the cube, stage 4 by ~5.5 s)
+        assert sorted(episode['expert_stage_first_s']) == ['1', '2', '3', '4']
+        assert 2.5 < episode['expert_stage_first_s']['1'] < 3.5 < episode['expert_stage_first_s']['4'] < 6.0
     assert report['commands_checked'] >= 1  # the policy node commanded the arms (every command is limit-checked)
     assert report['command_limit_violations'] == []
-    assert 0 <= episode['max_stage'] <= 4
-    if checkpoint == SHIPPED:  # the trained policy grasps the cube (stage 1+) by ~2.8 s; 6 s leaves margin
-        assert episode['max_stage'] >= 1, episode
-    assert sorted(episode['stage_first_s']) == [str(s) for s in range(1, episode['max_stage'] + 1)]
+    if checkpoint == SHIPPED:
+        # the trained policy grasps the cube (stage 1+) by ~2.8 s; a closed loop is not deterministic and
+        # about one episode in twenty misses the cube, so one of two must touch it
+        assert max(e['max_stage'] for e in episodes) >= 1, episodes
     assert 0.0 <= report['subtask_agreement_steps'] <= 1.0
     assert (tmp_path / 'eval' / 'contact_sheet.png').stat().st_size > 10_000
     assert (tmp_path / 'eval' / 'episode.mp4').stat().st_size > 10_000
     assert report['policy_in_own_process'] is True and report['driver'] == 'policy'
     # --tick-log: one line per episode, every tick and every inference with its arrival after its observation
-    (logged,) = [json.loads(line) for line in (tmp_path / 'eval' / 'ticks.jsonl').read_text().splitlines()]
-    assert logged['seed'] == 1000 and len(logged['ticks']) == episode['ticks']
-    assert len(logged['inferences']) == episode['inferences']
-    assert all(arrived >= stamp for stamp, arrived, *_ in logged['inferences'])
-    # the expert replayed on the same seed: its stage times (it transfers the cube, stage 4 by ~5.5 s)
-    assert sorted(episode['expert_stage_first_s']) == ['1', '2', '3', '4']
-    assert 2.5 < episode['expert_stage_first_s']['1'] < 3.5 < episode['expert_stage_first_s']['4'] < 6.0
+    logged = [json.loads(line) for line in (tmp_path / 'eval' / 'ticks.jsonl').read_text().splitlines()]
+    assert [line['seed'] for line in logged] == [1000, 1001]
+    for line, episode in zip(logged, episodes, strict=True):
+        assert len(line['ticks']) == episode['ticks'] and len(line['inferences']) == episode['inferences']
+        assert all(arrived >= stamp for stamp, arrived, *_ in line['inferences'])
+    # agreement by outcome, and the pace against the expert over the successful episodes only
     by_outcome = report['subtask_agreement_steps_by_outcome']
-    assert by_outcome[{True: 'successful', False: 'failed'}[episode['success']]] == episode['subtask_agreement_steps']
-    pace = report['stage_first_s_minus_expert']  # over successful episodes only
-    if episode['success']:
-        stage = pace['1']
-        assert stage['episodes'] == 1 and stage['std'] == 0.0
-        assert stage['mean'] == pytest.approx(episode['stage_first_s']['1'] - episode['expert_stage_first_s']['1'])
+    pace = report['stage_first_s_minus_expert']
+    for outcome, key in ((True, 'successful'), (False, 'failed')):
+        group = [e for e in episodes if e['success'] == outcome]
+        expected = float(np.mean([e['subtask_agreement_steps'] for e in group])) if group else None
+        assert by_outcome[key] == pytest.approx(expected) if group else by_outcome[key] is None
+    won = [e for e in episodes if e['success']]
+    if won:
+        d = [e['stage_first_s']['1'] - e['expert_stage_first_s']['1'] for e in won]
+        assert pace['1']['episodes'] == len(won)
+        assert pace['1']['mean'] == pytest.approx(float(np.mean(d)), abs=1e-3)
+        assert pace['1']['std'] == pytest.approx(float(np.std(d)), abs=1e-3)
     else:
         assert pace == {}

@@ -360,11 +360,6 @@ class VLAPolicy:
         )
         return mask, out.last_hidden_state[0]
 
-    def _feed_token(self, cache: Any, mask: torch.Tensor, token: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Append one text token to the cache (causal: it sees everything before it)."""
-        mask, hidden = self._feed_tokens(cache, mask, [token])
-        return mask, hidden[-1:]
-
     def _next_token_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         weight = self.model.model.vlm.get_input_embeddings().weight
         logits = hidden @ weight.T

@@ -90,7 +90,7 @@ def test_teacher_forced_subtask_matches_token_by_token_decoding(samples, tmp_pat
     sub = maker.subtask_ids[samples.subtask_id[i]]
     decoded = [hidden]
     for token in sub[:-1]:
-        mask, hidden = policy._feed_token(cache, mask, token)
+        mask, hidden = policy._feed_tokens(cache, mask, [token])  # one token per pass, as decoding without drafts
         decoded.append(hidden)
     decoded = torch.cat(decoded)
     train_side = causal[n - 1 : n - 1 + len(sub)]

@@ -213,14 +213,18 @@ def bench_shipped_reasoning(every_n_steps: int = 10, seed: int = 1000) -> dict[s
     from builtin_interfaces.msg import Time
 
     from bimanual_vla.collect import TASK_TEXT
-    from bimanual_vla.config import load_rig, resolve_share_relative
+    from bimanual_vla.config import load_rig
+    from bimanual_vla.demo import trained_checkpoint
     from drivers.expert import ScriptedExpert, run_episode
     from drivers.sim_scene import SceneRenderer, SimScene
     from policy_node.markers import GripperPaths, chunk_markers
     from policy_node.model import Observation, SubtaskDrafts, VLAPolicy
 
     rig = load_rig('aloha_sim')
-    policy = VLAPolicy.load(resolve_share_relative('checkpoints/aloha_transfer_cube'), num_steps=5)
+    checkpoint = trained_checkpoint()
+    if checkpoint is None:
+        return {'skipped': 'no trained checkpoint installed for the default policy'}
+    policy = VLAPolicy.load(checkpoint, num_steps=5)
     scene = SimScene(rig, 'transfer_cube', seed)
     renderer = SceneRenderer(scene.model, {c.name: (c.width, c.height) for c in rig.cameras})
     observations: list[tuple[Observation, str]] = []

@@ -467,9 +467,7 @@ def _pace_vs_expert(reports: list[EpisodeReport]) -> dict[str, dict[str, float]]
 def _note_stages(sim, report: EpisodeReport, now: float) -> None:
     """Record when each reward stage was first reached (the policy's pace, to compare with the expert's)."""
     with sim._lock:
-        reached = int(sim.scene.max_reward_reached)
-    for stage in range(1, reached + 1):
-        report.stage_first_s.setdefault(str(stage), round(now, 2))
+        sim.scene.note_stages(report.stage_first_s, round(now, 2))
 
 
 def summarise(reports, checkpoint, task, seed, rtf, observer, outputs) -> dict:

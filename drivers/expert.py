@@ -354,8 +354,7 @@ def run_episode(scene: SimScene, expert: ScriptedExpert, extra_steps: int = 0, o
             scene.command(arm, target)
         scene.step()
         labels.append(label)
-        for stage in range(1, scene.max_reward_reached + 1):
-            stage_first_s.setdefault(str(stage), round((k + 1) * expert.dt, 3))
+        scene.note_stages(stage_first_s, round((k + 1) * expert.dt, 3))
         if on_step is not None:
             on_step(k, scene, label)
     return {

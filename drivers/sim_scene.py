@@ -290,6 +290,12 @@ class SimScene:
         self.max_reward_reached = max(self.max_reward_reached, self.reward)
         return self.reward
 
+    def note_stages(self, first_s: dict[str, float], now: float) -> None:
+        """Record `now` as the first time of every reward stage reached so far that `first_s` lacks
+        (keys '1'..'4'): when the expert, or a policy in closed loop, got to each stage."""
+        for stage in range(1, self.max_reward_reached + 1):
+            first_s.setdefault(str(stage), now)
+
     @property
     def time(self) -> float:
         return float(self.data.time)

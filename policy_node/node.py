@@ -305,6 +305,11 @@ class PolicyNode(Node):
             self._time_epoch += 1
             self.executor_.clear()
             self._pending_frames = None
+            # Inputs stamped in the new timeline's future came from the old one (they would read as
+            # "-19.6 s old"): forget them, so the node waits for the new episode's own.
+            horizon = now + TIME_JUMP_TOLERANCE_S
+            self._frames = {c: m for c, m in self._frames.items() if stamp_to_sec(m.header.stamp) <= horizon}
+            self._joint_stamp[self._joint_stamp > horizon] = -np.inf
             if self._last_reasoning:
                 self._subtask, self._last_reasoning = '', None
                 self._reasoning_pub.publish(String(data=''))

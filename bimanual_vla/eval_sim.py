@@ -12,8 +12,13 @@ topics would:
   label at each sim tick is compared with the policy's subtask in force at that tick (the last
   `policy/reasoning` text), and, per inference, the subtask the model wrote for an observation
   (`policy/markers` text, stamped with the observation time) with the expert's label at that time;
-* pace: afterwards the expert is replayed on each seed (physics only) and the policy's first-reach
-  time of each reward stage is compared with the expert's on the same seed;
+* pace: after each episode the expert is replayed on its seed (physics only) and the policy's
+  first-reach time of each reward stage is compared with the expert's;
+* aligned agreement: the policy's measured joints are aligned by DTW with the expert's replay
+  (`bimanual_vla.trajectory_alignment`), and each tick's subtask compared with the expert's label
+  at the step the arms are at. This tells a wrong text from a different pace. The same aligned
+  labels scored against the expert's clock give the ceiling that the episode's pace puts on
+  the per-tick agreement, whatever the text says;
 * command safety: every `arms/<arm>/joint_command` is checked to be finite and within the rig's
   joint limits;
 * one episode (the first) as a video and a contact sheet with the policy's subtask and the
@@ -64,7 +69,11 @@ class EpisodeReport:
     ticks: int = 0
     subtask_agreement_steps: float | None = None  # fraction of ticks whose subtask equals the expert's
     subtask_agreement_inferences: float | None = None  # fraction of inferences naming the expert's label
-    subtask_agreement_progress: float | None = None  # ticks whose subtask is the label of the plan step reached
+    # ticks whose subtask is the expert's label at the step of its own run the arms are at (see trajectory_alignment)
+    subtask_agreement_aligned: float | None = None
+    # the agreement with the expert's clock that text naming exactly those aligned labels would score:
+    # the ceiling this episode's pace puts on subtask_agreement_steps
+    subtask_agreement_steps_ceiling: float | None = None
     inferences: int = 0
     subtasks: list[str] = field(default_factory=list)
     # [sim time, policy subtask in force, expert label] at every tick where either changes
@@ -90,18 +99,13 @@ class EvalObserver(Node):
         self.success = False
         self.reasoning = ''
         self.expert_labels: list[str] = []
-        self.expert_plan: np.ndarray | None = None  # (steps, joints) expert targets, joint_names order
         self.joint_names = [f'{a.name}_{j.name}' for a in rig.arms for j in a.joints]
-        # grippers are in metres (0.036 m stroke): weigh them like ~1 rad in the nearest-plan-step search
-        self._weights = np.array([30.0 if j.name == a.gripper else 1.0 for a in rig.arms for j in a.joints])
         self._q = np.full(len(self.joint_names), np.nan)
-        self._progress_k = 0
         self.dt = 1.0 / rig.control_rate_hz
-        # (sim time, policy subtask, expert label at that time, expert label where the robot is in the plan)
-        self.tick_log: list[tuple[float, str, str, str]] = []
-        # (observation stamp, sim time its marker arrived, policy subtask, expert label, progress label)
-        self.inference_log: list[tuple[float, float, str, str, str]] = []
-        self._progress_history: list[tuple[float, str]] = []
+        # (sim time, policy subtask, expert label at that time, measured joints in joint_names order)
+        self.tick_log: list[tuple[float, str, str, np.ndarray]] = []
+        # (observation stamp, sim time its marker arrived, policy subtask, expert label at the stamp)
+        self.inference_log: list[tuple[float, float, str, str]] = []
         self.recording = False
         self.video = False
         self.recorder = EpisodeRecorder(height=240)
@@ -135,20 +139,6 @@ class EvalObserver(Node):
         k = min(max(int(round(t / self.dt)) - 1, 0), len(self.expert_labels) - 1)
         return self.expert_labels[k]
 
-    def progress_label(self) -> str:
-        """The expert's label at the plan step nearest the measured joints (searched forward only).
-
-        This names the phase the robot is actually in, whatever its pace: a policy that is slower
-        than the expert but does the same thing is compared with the label of what it is doing.
-        """
-        if self.expert_plan is None or not np.all(np.isfinite(self._q)):
-            return ''
-        lo = self._progress_k
-        hi = min(len(self.expert_plan), lo + 100)
-        d = np.abs((self.expert_plan[lo:hi] - self._q) * self._weights).sum(axis=1)
-        self._progress_k = lo + int(np.argmin(d))
-        return self.expert_labels[min(self._progress_k, len(self.expert_labels) - 1)]
-
     def _on_joints(self, msg: JointState) -> None:
         with self._lock:
             for name, value in zip(msg.name, msg.position, strict=False):
@@ -164,14 +154,10 @@ class EvalObserver(Node):
                 self.success = False
                 self.tick_log = []
                 self.inference_log = []
-                self._progress_history = []
-                self._progress_k = 0
                 self.reset_seen.set()
                 return
             if self.recording:
-                progress = self.progress_label()
-                self._progress_history.append((now, progress))
-                self.tick_log.append((now, self.reasoning, self.expert_label(now), progress))
+                self.tick_log.append((now, self.reasoning, self.expert_label(now), self._q.copy()))
 
     def _on_reasoning(self, msg: String) -> None:
         with self._lock:
@@ -183,10 +169,7 @@ class EvalObserver(Node):
                 t = stamp_to_sec(marker.header.stamp)
                 with self._lock:
                     if self.recording:
-                        times = [h[0] for h in self._progress_history]
-                        i = int(np.searchsorted(times, t, side='right')) - 1
-                        progress = self._progress_history[i][1] if i >= 0 else ''
-                        self.inference_log.append((t, self.sim_time, marker.text, self.expert_label(t), progress))
+                        self.inference_log.append((t, self.sim_time, marker.text, self.expert_label(t)))
 
     def _on_success(self, msg: Bool) -> None:
         with self._lock:
@@ -275,18 +258,19 @@ def evaluate_closed_loop(
     """Run `episodes` closed-loop episodes (seeds seed..), write OUT/report.json + video; return the report.
 
     `tick_log`: also write OUT/ticks.jsonl, a line per episode with every tick (sim time, policy
-    subtask, expert label, progress label) and every inference (observation stamp, arrival time,
-    subtask, expert label, progress label), for timing analyses the report's summary cannot answer.
+    subtask, expert label, aligned expert label, measured joints) and every inference (observation
+    stamp, arrival time, subtask, expert label, aligned label), for timing analyses the report's
+    summary cannot answer.
     `policy_process`: run policy_node in a child process of its own, as the launch files do (see
     bimanual_vla/node_process.py); False composes it with the simulator in this process.
     `narrate_expert`: the scripted expert drives the arms and the policy, never enabled, only writes
     its subtasks (preview mode). The agreement then measures the reasoning head on the expert's own
     motion, latency included, without the differences in pace a closed loop brings; success and
     stages are the expert's.
-    `expert_pace`: after the episodes, replay the scripted expert on each seed (physics only, ~1 s
-    each) and report how much sooner or later the policy reached each reward stage than the expert
-    did on the same seed. The expert's labels follow its clock, so this spread bounds the
-    agreement a policy can reach at the pace it keeps.
+    `expert_pace`: after each episode, replay the scripted expert on its seed (physics only, ~1 s)
+    and report how much sooner or later the policy reached each reward stage than the expert did,
+    and the aligned agreement and its ceiling (module docstring). The expert's labels follow its
+    clock, so the policy's pace bounds the agreement it can reach with them.
     """
     import rclpy
 
@@ -341,9 +325,6 @@ def evaluate_closed_loop(
             _call_enable(observer, False)
             expert = ScriptedExpert(rig, task, ep_seed)
             observer.expert_labels = expert.labels
-            observer.expert_plan = np.concatenate(
-                [expert.joint_plan[a.name] for a in rig.arms], axis=1
-            )  # rig order per arm, arms in rig order: the observer's joint_names order
             observer.expect_reset()
             observer.reset_pub.publish(Int64(data=ep_seed))
             if not observer.reset_seen.wait(30.0) or not observer.frame_after_reset.wait(30.0):
@@ -377,31 +358,17 @@ def evaluate_closed_loop(
             report.first_success_s = first_success
             report.sim_time_s = round(observer.sim_time, 3)
             ticks = list(observer.tick_log)
-            report.ticks = len(ticks)
-            if ticks:
-                report.subtask_agreement_steps = float(
-                    np.mean([normalise_text(p) == normalise_text(e) for _, p, e, _ in ticks])
-                )
-                report.subtask_agreement_progress = float(
-                    np.mean([normalise_text(p) == normalise_text(g) for _, p, _, g in ticks])
-                )
             infs = list(observer.inference_log)
-            report.inferences = len(infs)
-            if infs:
-                report.subtask_agreement_inferences = float(
-                    np.mean([normalise_text(p) == normalise_text(e) for _, _, p, e, _ in infs])
-                )
-            report.subtasks = list(dict.fromkeys(p for _, _, p, _, _ in infs))
-            report.timeline = _changes(ticks)
+            aligned = None
+            if expert_pace:
+                # the expert on this seed, physics only (~1 s): its pace and the motion the ticks are aligned with
+                replay = replay_expert(rig, task, ep_seed)
+                report.expert_stage_first_s = replay.stage_first_s
+                aligned = aligned_labels(ticks, replay, rig)
+            _score_subtasks(report, ticks, infs, aligned)
             if tick_log:
                 with open(out / 'ticks.jsonl', 'a' if i else 'w') as f:
-                    line = {
-                        'seed': ep_seed,
-                        'success': report.success,
-                        'ticks': [[round(t, 3), p, e, g] for t, p, e, g in ticks],
-                        'inferences': [[round(t, 3), round(a, 3), p, e, g] for t, a, p, e, g in infs],
-                    }
-                    f.write(json.dumps(line) + '\n')
+                    f.write(json.dumps(_tick_log_line(report, ticks, infs, aligned)) + '\n')
             report.wall_s = round(time.monotonic() - wall0, 2)
             reports.append(report)
             if bar is not None:
@@ -417,8 +384,6 @@ def evaluate_closed_loop(
             composition.shutdown()
         if context.ok():
             rclpy.shutdown(context=context)
-    if expert_pace:
-        _expert_stage_times(rig, task, reports)
     outputs = {}
     if observer.recorder.frames:
         outputs['video'] = str(observer.recorder.write_video(out / 'episode.mp4', fps=observer.video_fps))
@@ -431,7 +396,7 @@ def evaluate_closed_loop(
     return report
 
 
-def _changes(ticks: list[tuple[float, str, str, str]]) -> list[tuple[float, str, str]]:
+def _changes(ticks: list[tuple[float, str, str, np.ndarray]]) -> list[tuple[float, str, str]]:
     """The ticks where the policy's subtask or the expert's label changes: where they disagree, at a glance."""
     out: list[tuple[float, str, str]] = []
     for t, policy, expert, _ in ticks:
@@ -440,14 +405,86 @@ def _changes(ticks: list[tuple[float, str, str, str]]) -> list[tuple[float, str,
     return out
 
 
-def _expert_stage_times(rig: RigConfig, task: str, reports: list[EpisodeReport]) -> None:
-    """Fill `expert_stage_first_s`: the scripted expert played on each episode's seed, no rendering."""
+@dataclass
+class ExpertReplay:
+    """The scripted expert played on one seed: when it reached each stage, its measured joints, its labels."""
+
+    stage_first_s: dict[str, float]
+    joints: np.ndarray  # (steps, joints) measured after each step, EvalObserver.joint_names order
+    labels: list[str]  # its label at each step
+
+
+def replay_expert(rig: RigConfig, task: str, seed: int) -> ExpertReplay:
+    """Play the scripted expert on `seed` in-process (physics only, no rendering, ~1 s)."""
     from drivers.expert import ScriptedExpert, run_episode
     from drivers.sim_scene import SimScene
 
-    for report in reports:
-        scene = SimScene(rig, task=task, seed=report.seed)
-        report.expert_stage_first_s = run_episode(scene, ScriptedExpert(rig, task, report.seed))['stage_first_s']
+    scene = SimScene(rig, task=task, seed=seed)
+    expert = ScriptedExpert(rig, task, seed)
+    joints: list[np.ndarray] = []
+
+    def record(_step, s, _label) -> None:
+        joints.append(np.concatenate([s.joint_positions(a.name) for a in rig.arms]))
+
+    result = run_episode(scene, expert, on_step=record)
+    return ExpertReplay(result['stage_first_s'], np.array(joints), list(expert.labels))
+
+
+def aligned_labels(ticks: list, replay: ExpertReplay, rig: RigConfig) -> list[str] | None:
+    """Per tick, the expert's label at the step of its own run the measured joints align with (DTW).
+
+    Ticks before the first joint state take that state's place. Grippers (metres, ~0.036 m of
+    stroke) weigh 30x, on the scale of the arm joints' radians. None if no joint state came.
+    """
+    from bimanual_vla.trajectory_alignment import dtw_align
+
+    if not ticks:
+        return None
+    q = np.array([tick[3] for tick in ticks], dtype=np.float64)
+    finite = np.all(np.isfinite(q), axis=1)
+    if not finite.any():
+        return None
+    q[~finite] = q[np.argmax(finite)]  # before the first state: the first state
+    weights = np.array([30.0 if j.name == a.gripper else 1.0 for a in rig.arms for j in a.joints])
+    steps = dtw_align(q, replay.joints, weights)
+    return [replay.labels[k] for k in steps]
+
+
+def _score_subtasks(report: EpisodeReport, ticks: list, infs: list, aligned: list[str] | None) -> None:
+    """Fill the report's agreement fields from the episode's ticks and inferences."""
+    same = lambda a, b: normalise_text(a) == normalise_text(b)  # noqa: E731
+    report.ticks = len(ticks)
+    report.inferences = len(infs)
+    if ticks:
+        report.subtask_agreement_steps = float(np.mean([same(p, e) for _, p, e, _ in ticks]))
+    if ticks and aligned is not None:
+        report.subtask_agreement_aligned = float(np.mean([same(t[1], a) for t, a in zip(ticks, aligned, strict=True)]))
+        report.subtask_agreement_steps_ceiling = float(
+            np.mean([same(a, t[2]) for t, a in zip(ticks, aligned, strict=True)])
+        )
+    if infs:
+        report.subtask_agreement_inferences = float(np.mean([same(p, e) for _, _, p, e in infs]))
+    report.subtasks = list(dict.fromkeys(p for _, _, p, _ in infs))
+    report.timeline = _changes(ticks)
+
+
+def _tick_log_line(report: EpisodeReport, ticks: list, infs: list, aligned: list[str] | None) -> dict:
+    """One ticks.jsonl line: every tick (time, subtask, expert label, aligned label, joints) and inference."""
+    aligned = aligned if aligned is not None else [''] * len(ticks)
+    times = [t[0] for t in ticks]
+
+    def aligned_at(stamp: float) -> str:  # the aligned label of the last tick at or before an observation
+        i = int(np.searchsorted(times, stamp, side='right')) - 1
+        return aligned[i] if i >= 0 else ''
+
+    return {
+        'seed': report.seed,
+        'success': report.success,
+        'ticks': [
+            [round(t, 3), p, e, a, np.round(q, 4).tolist()] for (t, p, e, q), a in zip(ticks, aligned, strict=True)
+        ],
+        'inferences': [[round(t, 3), round(at, 3), p, e, aligned_at(t)] for t, at, p, e in infs],
+    }
 
 
 def _pace_vs_expert(reports: list[EpisodeReport]) -> dict[str, dict[str, float]]:
@@ -493,10 +530,14 @@ def summarise(reports, checkpoint, task, seed, rtf, observer, outputs) -> dict:
         },
         'subtask_agreement_steps': mean([r.subtask_agreement_steps for r in reports]),
         'subtask_agreement_inferences': mean([r.subtask_agreement_inferences for r in reports]),
-        'subtask_agreement_progress': mean([r.subtask_agreement_progress for r in reports]),
-        'subtask_agreement_steps_by_outcome': {
-            'successful': mean([r.subtask_agreement_steps for r in reports if r.success]),
-            'failed': mean([r.subtask_agreement_steps for r in reports if not r.success]),
+        'subtask_agreement_aligned': mean([r.subtask_agreement_aligned for r in reports]),
+        'subtask_agreement_steps_ceiling': mean([r.subtask_agreement_steps_ceiling for r in reports]),
+        **{
+            f'{key}_by_outcome': {
+                'successful': mean([getattr(r, key) for r in reports if r.success]),
+                'failed': mean([getattr(r, key) for r in reports if not r.success]),
+            }
+            for key in ('subtask_agreement_steps', 'subtask_agreement_aligned', 'subtask_agreement_steps_ceiling')
         },
         'stage_first_s_minus_expert': _pace_vs_expert(reports),
         'commands_checked': observer.command_count,

@@ -59,7 +59,24 @@ def test_short_episodes_drive_the_sim_within_limits(checkpoint, tmp_path):
     for line, episode in zip(logged, episodes, strict=True):
         assert len(line['ticks']) == episode['ticks'] and len(line['inferences']) == episode['inferences']
         assert all(arrived >= stamp for stamp, arrived, *_ in line['inferences'])
+        # each tick: time, subtask, expert label, aligned label, the 14 measured joints; the report's
+        # aligned agreement and its ceiling are those of the logged labels
+        assert all(len(tick) == 5 and len(tick[4]) == 14 for tick in line['ticks'])
+        same = lambda a, b: ' '.join(a.lower().split()) == ' '.join(b.lower().split())  # noqa: E731
+        aligned = [tick[3] for tick in line['ticks']]
+        assert episode['subtask_agreement_aligned'] == pytest.approx(
+            np.mean([same(tick[1], a) for tick, a in zip(line['ticks'], aligned, strict=True)])
+        )
+        assert episode['subtask_agreement_steps_ceiling'] == pytest.approx(
+            np.mean([same(tick[2], a) for tick, a in zip(line['ticks'], aligned, strict=True)])
+        )
+        # the alignment is monotone: the aligned labels follow the expert's own order
+        order = list(dict.fromkeys(tick[2] for tick in line['ticks']))
+        ranks = [order.index(a) for a in aligned if a in order]
+        assert ranks == sorted(ranks)
     # agreement by outcome, and the pace against the expert over the successful episodes only
+    for key in ('subtask_agreement_steps', 'subtask_agreement_aligned', 'subtask_agreement_steps_ceiling'):
+        assert 0.0 <= report[key] <= 1.0, key
     by_outcome = report['subtask_agreement_steps_by_outcome']
     pace = report['stage_first_s_minus_expert']
     for outcome, key in ((True, 'successful'), (False, 'failed')):

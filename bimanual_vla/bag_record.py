@@ -17,6 +17,10 @@ Episodes: a std_msgs/String on ``record/episode`` with a label starts an episode
 (ending the open one), an empty string ends it. The markers are recorded as
 messages of the bag and summarised in metadata.yaml custom_data
 (``bimanual_vla.episodes``, JSON), so one bag holds many labelled episodes.
+
+Long sessions: ``max_bag_size_mb`` / ``max_bag_duration_s`` split the bag into files as
+``ros2 bag record --max-bag-size`` does (``bimanual_vla.bag_split``): each file is closed and
+listed in metadata.yaml as soon as it is full, so a crash hours in loses at most the open one.
 """
 
 from __future__ import annotations
@@ -95,6 +99,10 @@ class BagRecorder(Node):
         compress = bool(self.declare_parameter('compress', False).value)
         discovery_period = float(self.declare_parameter('discovery_period_s', 0.5).value)
         self.queue_limit = int(float(self.declare_parameter('queue_limit_mb', 1024.0).value) * 2**20)
+        split_mb = float(self.declare_parameter('max_bag_size_mb', 0.0).value)
+        split_s = float(self.declare_parameter('max_bag_duration_s', 0.0).value)
+        if split_mb < 0 or split_s < 0:
+            raise ValueError('bag_recorder: max_bag_size_mb and max_bag_duration_s must be >= 0 (0: no split)')
 
         rig = None
         if rig_name:
@@ -107,12 +115,14 @@ class BagRecorder(Node):
         self.wanted.add(self.episode_topic)
         self.expected = {self.resolve_topic_name(t) for t in rig_topics(rig)} if rig else set()
 
-        from rosbags.rosbag2 import CompressionFormat, CompressionMode, StoragePlugin, Writer
+        from bimanual_vla.bag_split import SplitBagWriter
 
-        self._writer = Writer(self.output, version=9, storage_plugin=StoragePlugin.MCAP)
-        if compress:
-            self._writer.set_compression(CompressionMode.STORAGE, CompressionFormat.ZSTD)
-        self._writer.open()
+        self._writer = SplitBagWriter(
+            self.output,
+            compress=compress,
+            max_bytes=int(split_mb * 2**20) if split_mb > 0 else None,
+            max_duration_s=split_s if split_s > 0 else None,
+        )
 
         self.topic_states: dict[str, _TopicState] = {}
         self.unrecordable: dict[str, str] = {}
@@ -203,6 +213,9 @@ class BagRecorder(Node):
 
         label = deserialize_message(data, String).data
         self._markers.append((stamp, label))
+        # in order with the messages: a split closed from now on lists this episode in metadata.yaml
+        episodes = json.dumps([e.__dict__ for e in self.episodes])
+        self._queue.put(('custom', EPISODES_CUSTOM_DATA_KEY, episodes))
         what = f'episode {label!r} started' if label else 'episode ended'
         self.get_logger().info(what)
 
@@ -211,7 +224,6 @@ class BagRecorder(Node):
         return episodes_from_markers(list(self._markers))
 
     def _write_loop(self) -> None:
-        connections: dict[str, Any] = {}
         while True:
             item = self._queue.get()
             if item is None:
@@ -219,15 +231,15 @@ class BagRecorder(Node):
             try:
                 if item[0] == 'connection':
                     _, name, type_name, msgdef, digest, offered = item
-                    connections[name] = self._writer.add_connection(
-                        name, type_name, msgdef=msgdef, rihs01=digest, offered_qos_profiles=offered
-                    )
+                    self._writer.add_connection(name, type_name, msgdef=msgdef, rihs01=digest, offered=offered)
+                elif item[0] == 'custom':
+                    self._writer.set_custom_data(item[1], item[2])
                 else:
                     _, name, stamp, data = item
                     with self._lock:
                         self._queued_bytes -= len(data)
                     if self.write_error is None:
-                        self._writer.write(connections[name], stamp, data)
+                        self._writer.write(name, stamp, data)
             except Exception as exc:  # disk full, permissions: stop writing, keep what is written
                 if self.write_error is None:
                     self.write_error = f'{type(exc).__name__}: {exc}'
@@ -252,6 +264,7 @@ class BagRecorder(Node):
             'queued_megabytes': self._queued_bytes / 2**20,
             'dropped': self.dropped,
             'episodes': len(self.episodes),
+            'closed_files': len(self._writer.closed_files),
         }
         for state in self.topic_states.values():
             values[f'count {state.name}'] = state.count

@@ -82,8 +82,8 @@ def _spin_for(executor, seconds: float) -> None:
         executor.spin_once(timeout_sec=0.01)
 
 
-def _record_live(ros_context, spin, out: Path) -> dict:
-    """Record ~2 s of synthetic rig traffic with BagRecorder; return what was published."""
+def _record_live(ros_context, spin, out: Path, extra: list | None = None) -> dict:
+    """Record ~2 s of synthetic rig traffic with BagRecorder (`extra` parameters); return what was published."""
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.node import Node
     from rclpy.parameter import Parameter
@@ -103,6 +103,7 @@ def _record_live(ros_context, spin, out: Path) -> dict:
             Parameter('output', value=str(out)),
             Parameter('topics', value=[T.JOINT_STATES, T.camera_image('base'), T.POLICY_TASK]),
             Parameter('discovery_period_s', value=0.1),
+            *(extra or []),
         ],
     )
     executor = SingleThreadedExecutor(context=ros_context)

@@ -20,6 +20,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument('--compress', action='store_true', help='zstd-compress MCAP chunks (ros2 bag reads them)')
     p.add_argument('--namespace', default='', help='rig namespace the relative topic names live in')
     p.add_argument('--queue-limit-mb', type=float, default=1024.0, help='write-queue cap before dropping')
+    p.add_argument(
+        '--max-bag-size',
+        type=float,
+        default=0.0,
+        metavar='MB',
+        help='split: close the file after this many MB of message data and start OUT/OUT_<k+1>.mcap (0: one file)',
+    )
+    p.add_argument(
+        '--max-bag-duration',
+        type=float,
+        default=0.0,
+        metavar='S',
+        help='split: close the file after this many seconds of recording (0: no limit)',
+    )
     p.set_defaults(func=run)
 
 
@@ -37,6 +51,8 @@ def run(args: argparse.Namespace) -> int:
         Parameter('all', value=bool(args.all or (not args.rig and not args.topics))),
         Parameter('compress', value=bool(args.compress)),
         Parameter('queue_limit_mb', value=float(args.queue_limit_mb)),
+        Parameter('max_bag_size_mb', value=float(args.max_bag_size)),
+        Parameter('max_bag_duration_s', value=float(args.max_bag_duration)),
     ]
     try:
         recorder = BagRecorder(parameter_overrides=overrides, namespace=args.namespace or None)

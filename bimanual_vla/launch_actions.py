@@ -40,8 +40,10 @@ def rviz(use_sim_time: bool) -> Node:
     )
 
 
-def recorder(rig: str, out: str) -> Node:
-    return Node(package=PACKAGE, executable='bimanual-vla', arguments=['record', out, '--rig', rig], output='screen')
+def recorder(rig: str, out: str, split_mb: str = '0') -> Node:
+    """`bimanual-vla record`; `split_mb` > 0 closes a file every so many MB (long sessions, see bag_split)."""
+    arguments = ['record', out, '--rig', rig, '--max-bag-size', str(float(split_mb or 0))]
+    return Node(package=PACKAGE, executable='bimanual-vla', arguments=arguments, output='screen')
 
 
 def bringup_actions(context, rig: str, specs: list[NodeSpec], use_sim_time: bool) -> list[Node]:
@@ -54,7 +56,7 @@ def bringup_actions(context, rig: str, specs: list[NodeSpec], use_sim_time: bool
         actions.append(rviz(use_sim_time=use_sim_time))
     record = LaunchConfiguration('record').perform(context)
     if record:
-        actions.append(recorder(rig, record))
+        actions.append(recorder(rig, record, LaunchConfiguration('record_split_mb').perform(context)))
     return actions
 
 

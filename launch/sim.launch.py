@@ -40,6 +40,9 @@ def generate_launch_description():
             DeclareLaunchArgument('policy', default_value='default', description='policy YAML or name; empty: none'),
             DeclareLaunchArgument('rviz', default_value='false', description='start rviz2 with bimanual.rviz'),
             DeclareLaunchArgument('record', default_value='', description='record a bag to this directory'),
+            DeclareLaunchArgument(
+                'record_split_mb', default_value='0', description='split the bag into files of this many MB (0: one)'
+            ),
             OpaqueFunction(function=_nodes),
         ]
     )

@@ -21,8 +21,8 @@ from bimanual_vla.config import load_policy, load_rig, share_dir
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH_FILES = sorted((ROOT / 'launch').glob('*.launch.py'))
 EXPECTED_ARGS = {
-    'rig.launch.py': {'rig', 'policy', 'rviz', 'record'},
-    'sim.launch.py': {'rig', 'task', 'seed', 'servo_bus', 'policy', 'rviz', 'record'},
+    'rig.launch.py': {'rig', 'policy', 'rviz', 'record', 'record_split_mb'},
+    'sim.launch.py': {'rig', 'task', 'seed', 'servo_bus', 'policy', 'rviz', 'record', 'record_split_mb'},
     'replay.launch.py': {'bag', 'rig', 'policy', 'rate', 'rviz'},
 }
 

@@ -22,6 +22,7 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import Bool, String
 
 from bimanual_vla import topics
+from bimanual_vla.commands.demo import DEMO_SEED
 from bimanual_vla.config import RigConfig, load_policy, load_rig, resolve_share_relative
 from bimanual_vla.episode_video import EpisodeRecorder
 from bimanual_vla.image_msgs import ImageError, image_to_rgb
@@ -116,7 +117,7 @@ def run_demo(
     rig_name: str = 'aloha_sim',
     driver: str = 'auto',
     task: str = 'transfer_cube',
-    seed: int = 0,
+    seed: int = DEMO_SEED,
     max_sim_s: float = 20.0,
     max_wall_s: float = 300.0,
     real_time_factor: float = 1.0,

@@ -12,9 +12,14 @@ seconds, and samples every process every few seconds. Prints one JSON object:
   descriptors first and last (they must not grow with resets);
 * ``commands_per_s``: per-window rate of `arms/left/joint_command` (min / median / max);
 * ``policy``: the policy node's own diagnostics at the end, as published on `/diagnostics`
-  (inference latency, rejected outputs, starved ticks...).
+  (inference latency, rejected outputs, starved ticks...);
+* with ``--record DIR``: `bimanual-vla record` runs beside them in a process of its own (as
+  `record:=` in the launch files), split every ``--record-split-mb``; at the end it is stopped
+  with SIGINT and the bag read back: files, GB, messages per topic and per second, dropped
+  messages, problems. Its memory is sampled with the others (``recorder``).
 
     .venv/bin/python bench/soak_bench.py [--minutes 5] [--reset-every 20] [--composed] [--tiny]
+        [--record DIR [--record-split-mb 1024] [--record-compress]]
 """
 
 from __future__ import annotations
@@ -65,6 +70,27 @@ def summarise_process(t: np.ndarray, rows: list[tuple[float, int, int]], warmup:
     }
 
 
+def read_back(bag: Path) -> dict:
+    """What the soak's recording holds, read back as a user would: files, size, counts, drops, problems."""
+    from bimanual_vla.bag_read import BagReader
+
+    files = sorted(bag.glob('*.mcap'))
+    with BagReader(bag) as reader:
+        duration = reader.duration_s
+        counts = {name: info.count for name, info in reader.topics.items()}
+        return {
+            'files': len(files),
+            'gb': round(sum(f.stat().st_size for f in files) / 1e9, 2),
+            'largest_file_mb': round(max(f.stat().st_size for f in files) / 1e6, 1) if files else None,
+            'unfinished_dirs': [d.name for d in bag.iterdir() if d.is_dir()],
+            'duration_s': round(duration, 1),
+            'messages': reader.message_count,
+            'per_s': {name: round(n / duration, 2) for name, n in sorted(counts.items()) if duration > 0},
+            'dropped': reader.custom_data.get('bimanual_vla.dropped_messages'),
+            'problems': reader.problems,
+        }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--minutes', type=float, default=5.0)
@@ -74,6 +100,9 @@ def main() -> int:
     parser.add_argument('--checkpoint', type=Path, help='checkpoint to run (default: the shipped one)')
     parser.add_argument('--tiny', action='store_true', help='a tiny random checkpoint instead')
     parser.add_argument('--composed', action='store_true', help='the policy node in this process too')
+    parser.add_argument('--record', type=Path, help='also record the rig to this new bag directory')
+    parser.add_argument('--record-split-mb', type=float, default=1024.0, help='split the bag every so many MB')
+    parser.add_argument('--record-compress', action='store_true', help='zstd-compress the recording')
     args = parser.parse_args()
 
     import rclpy
@@ -117,6 +146,16 @@ def main() -> int:
     pids = {'sim': os.getpid()}
     if composition.children:
         pids['policy'] = composition.children[0].process.pid
+    recorder = None
+    if args.record:
+        import subprocess
+
+        cli = Path(sys.executable).with_name('bimanual-vla')
+        split = ['--max-bag-size', str(args.record_split_mb)] + (['--compress'] if args.record_compress else [])
+        log = open(f'{args.record}.log', 'w')  # the recorder's log, open for its lifetime
+        command = [str(cli), 'record', str(args.record), '--rig', 'aloha_sim', *split]
+        recorder = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        pids['recorder'] = recorder.pid
 
     samples: dict[str, list[tuple[float, int, int]]] = {name: [] for name in pids}
     times: list[float] = []
@@ -144,6 +183,11 @@ def main() -> int:
                 next_sample += args.sample_every
         composition.spin(duration_s=2.0)  # one more diagnostics period
     finally:
+        if recorder is not None:
+            import signal
+
+            recorder.send_signal(signal.SIGINT)  # closes the open file and metadata.yaml
+            recorder.wait(120)
         composition.shutdown()
         rclpy.try_shutdown()
 
@@ -166,6 +210,7 @@ def main() -> int:
                     'max': round(max(steady_rates), 1) if steady_rates else None,
                 },
                 'policy': {k: policy_values.get(k) for k in keys},
+                'recording': read_back(args.record) if args.record else None,
             },
             default=str,
         )

@@ -480,11 +480,14 @@ def _tick_log_line(report: EpisodeReport, ticks: list, infs: list, aligned: list
     return {
         'seed': report.seed,
         'success': report.success,
-        'ticks': [
-            [round(t, 3), p, e, a, np.round(q, 4).tolist()] for (t, p, e, q), a in zip(ticks, aligned, strict=True)
-        ],
+        'ticks': [[round(t, 3), p, e, a, _joints_json(q)] for (t, p, e, q), a in zip(ticks, aligned, strict=True)],
         'inferences': [[round(t, 3), round(at, 3), p, e, aligned_at(t)] for t, at, p, e in infs],
     }
+
+
+def _joints_json(q: np.ndarray) -> list[float | None]:
+    """Joints rounded to 0.1 mrad; null (not NaN, which is not JSON) before the first joint state."""
+    return [round(float(v), 4) if math.isfinite(v) else None for v in q]
 
 
 def _pace_vs_expert(reports: list[EpisodeReport]) -> dict[str, dict[str, float]]:

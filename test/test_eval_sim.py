@@ -54,7 +54,9 @@ def test_short_episodes_drive_the_sim_within_limits(checkpoint, tmp_path):
     assert (tmp_path / 'eval' / 'episode.mp4').stat().st_size > 10_000
     assert report['policy_in_own_process'] is True and report['driver'] == 'policy'
     # --tick-log: one line per episode, every tick and every inference with its arrival after its observation
-    logged = [json.loads(line) for line in (tmp_path / 'eval' / 'ticks.jsonl').read_text().splitlines()]
+    text = (tmp_path / 'eval' / 'ticks.jsonl').read_text()
+    assert 'NaN' not in text  # strict JSON: a joint not yet measured is null
+    logged = [json.loads(line) for line in text.splitlines()]
     assert [line['seed'] for line in logged] == [1000, 1001]
     for line, episode in zip(logged, episodes, strict=True):
         assert len(line['ticks']) == episode['ticks'] and len(line['inferences']) == episode['inferences']

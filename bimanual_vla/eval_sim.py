@@ -38,6 +38,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from rclpy.node import Node
@@ -53,6 +54,9 @@ from bimanual_vla.collect import TASK_TEXT
 from bimanual_vla.config import RigConfig, load_rig
 from bimanual_vla.episode_video import EpisodeRecorder
 from bimanual_vla.ros_utils import stamp_to_sec
+
+if TYPE_CHECKING:
+    from drivers.expert import ScriptedExpert
 
 
 @dataclass
@@ -362,7 +366,7 @@ def evaluate_closed_loop(
             aligned = None
             if expert_pace:
                 # the expert on this seed, physics only (~1 s): its pace and the motion the ticks are aligned with
-                replay = replay_expert(rig, task, ep_seed)
+                replay = replay_expert(expert)
                 report.expert_stage_first_s = replay.stage_first_s
                 aligned = aligned_labels(ticks, replay, rig)
             _score_subtasks(report, ticks, infs, aligned)
@@ -414,17 +418,16 @@ class ExpertReplay:
     labels: list[str]  # its label at each step
 
 
-def replay_expert(rig: RigConfig, task: str, seed: int) -> ExpertReplay:
-    """Play the scripted expert on `seed` in-process (physics only, no rendering, ~1 s)."""
-    from drivers.expert import ScriptedExpert, run_episode
+def replay_expert(expert: ScriptedExpert) -> ExpertReplay:
+    """Play a planned ScriptedExpert on its seed in-process (physics only, no rendering, ~1 s)."""
+    from drivers.expert import run_episode
     from drivers.sim_scene import SimScene
 
-    scene = SimScene(rig, task=task, seed=seed)
-    expert = ScriptedExpert(rig, task, seed)
+    scene = SimScene(expert.rig, task=expert.task, seed=expert.seed)
     joints: list[np.ndarray] = []
 
     def record(_step, s, _label) -> None:
-        joints.append(np.concatenate([s.joint_positions(a.name) for a in rig.arms]))
+        joints.append(np.concatenate([s.joint_positions(a.name) for a in expert.rig.arms]))
 
     result = run_episode(scene, expert, on_step=record)
     return ExpertReplay(result['stage_first_s'], np.array(joints), list(expert.labels))

@@ -25,7 +25,7 @@ def checkpoint(tmp_path_factory) -> Path:
 def test_short_episodes_drive_the_sim_within_limits(checkpoint, tmp_path):
     import numpy as np
 
-    from bimanual_vla.eval_sim import evaluate_closed_loop
+    from bimanual_vla.eval_sim import evaluate_closed_loop, normalise_text
 
     report = evaluate_closed_loop(
         checkpoint, tmp_path / 'eval', episodes=2, seed=1000, max_sim_s=6.0, progress=False, tick_log=True
@@ -64,7 +64,7 @@ def test_short_episodes_drive_the_sim_within_limits(checkpoint, tmp_path):
         # each tick: time, subtask, expert label, aligned label, the 14 measured joints; the report's
         # aligned agreement and its ceiling are those of the logged labels
         assert all(len(tick) == 5 and len(tick[4]) == 14 for tick in line['ticks'])
-        same = lambda a, b: ' '.join(a.lower().split()) == ' '.join(b.lower().split())  # noqa: E731
+        same = lambda a, b: normalise_text(a) == normalise_text(b)  # noqa: E731
         aligned = [tick[3] for tick in line['ticks']]
         assert episode['subtask_agreement_aligned'] == pytest.approx(
             np.mean([same(tick[1], a) for tick, a in zip(line['ticks'], aligned, strict=True)])

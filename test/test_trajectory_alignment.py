@@ -63,9 +63,10 @@ def test_a_late_copy_of_the_expert_is_scored_by_what_it_does_not_by_the_clock() 
     """
     from bimanual_vla.config import load_rig
     from bimanual_vla.eval_sim import aligned_labels, replay_expert
+    from drivers.expert import ScriptedExpert
 
     rig = load_rig('aloha_sim')
-    replay = replay_expert(rig, 'transfer_cube', 1000)
+    replay = replay_expert(ScriptedExpert(rig, 'transfer_cube', 1000))
     assert replay.joints.shape == (len(replay.labels), 14)
     assert sorted(replay.stage_first_s) == ['1', '2', '3', '4']
     delay = 15

@@ -188,6 +188,7 @@ def main() -> int:
 
             recorder.send_signal(signal.SIGINT)  # closes the open file and metadata.yaml
             recorder.wait(120)
+            log.close()
         composition.shutdown()
         rclpy.try_shutdown()
 

@@ -159,6 +159,14 @@ class InferenceConfig(_Strict):
     num_steps: int = Field(default=10, ge=1, le=100, description='flow-matching Euler steps')
     execution_horizon: int = Field(default=25, ge=1, description='actions executed before the next chunk is due')
     chunking: Literal['rtc', 'naive', 'ensemble'] = 'rtc'
+    chunk_start: Literal['snapshot', 'oldest_input'] = Field(
+        default='snapshot',
+        description=(
+            "time of a chunk's first action: 'snapshot' (when the inputs were gathered; matches "
+            "`train`, whose samples pair the latest inputs at or before t with the commands from t) or "
+            "'oldest_input' (the oldest input's stamp; for data sets that stamp a sample at its capture)"
+        ),
+    )
     rtc_beta: float = Field(default=5.0, gt=0, description='cap on the RTC guidance weight')
     ensemble_decay: float = Field(default=0.1, ge=0, description='temporal-ensembling exponential weight')
     device: str = 'cpu'

@@ -68,7 +68,7 @@ class Observation:
     images: dict[str, np.ndarray]  # camera name -> HxWx3 uint8 RGB, any size
     state: np.ndarray  # (n_joints,) rig units, in VLAPolicy.joint_names order
     task: str
-    stamp: float = 0.0  # seconds (ROS time of the oldest input used), carried through
+    stamp: float = 0.0  # seconds (ROS time the chunk's first action belongs to), carried through
 
 
 @dataclass

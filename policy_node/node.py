@@ -403,7 +403,13 @@ class PolicyNode(Node):
             joint_stamp = float(np.min(self._joint_stamp))
             task, override = self._task, self._override
             cam_stamps = {c: stamp_to_sec(frames[c].header.stamp) for c in self.camera_names}
-            t_obs = min(joint_stamp, *cam_stamps.values())
+            # A training sample at t pairs the latest inputs at or before t with the commands from t
+            # on, so a chunk computed from the inputs gathered now starts now. Anchoring it at the
+            # oldest input instead (a camera frame ~50 ms old) runs every chunk that far ahead.
+            if self.policy_cfg.inference.chunk_start == 'snapshot':
+                t_obs = now
+            else:
+                t_obs = min(joint_stamp, *cam_stamps.values())
             guide, plan, frozen = None, None, 0
             if self.executor_.strategy == 'rtc':
                 latency = self.latency.estimate_s

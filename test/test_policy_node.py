@@ -88,6 +88,8 @@ class Rig:
         self.joint_names = self.rig.all_joint_names()
         self.position = np.array([(j.lower + j.upper) / 2 for a in self.rig.arms for j in a.joints])
         self.cameras_on = set(CAMERAS)
+        self.camera_delay_s = 0.0  # frames stamped this long before they are published (capture + transport)
+        self.image_stamps: list[float] = []
         self.lock = threading.Lock()
         self.commands: dict[str, list] = {a.name: [] for a in self.rig.arms}
         self.reasoning: list[str] = []
@@ -123,7 +125,12 @@ class Rig:
     def _publish_images(self) -> None:
         from sensor_msgs.msg import Image
 
-        stamp = self.node.get_clock().now().to_msg()
+        from rclpy.duration import Duration
+
+        now = self.node.get_clock().now() - Duration(nanoseconds=int(self.camera_delay_s * 1e9))
+        stamp = now.to_msg()
+        with self.lock:
+            self.image_stamps.append(now.nanoseconds * 1e-9)
         for cam in CAMERAS:
             if cam not in self.cameras_on:
                 continue
@@ -281,6 +288,38 @@ def test_streams_commands_reasoning_chunks_markers_and_honours_override(harness,
 
     values = node.diagnostics_values()
     assert values['rejected_outputs'] == 0 and values['chunks'] >= 3
+
+
+@pytest.mark.parametrize('chunk_start', ['snapshot', 'oldest_input'])
+def test_a_chunk_starts_when_its_inputs_were_gathered_not_at_the_oldest_frame(
+    harness, tiny_checkpoint, tmp_path, chunk_start
+) -> None:
+    """Frames 0.3 s old: by default a chunk starts at the snapshot, as training samples do (dataset.py).
+
+    Anchoring it at the oldest frame instead would execute every chunk 0.3 s ahead of where the
+    model put it; that stays available as `chunk_start: oldest_input`.
+    """
+    from bimanual_vla.ros_utils import stamp_to_sec
+
+    rig, start = harness
+    rig.camera_delay_s = 0.3
+    node = start(write_policy(tmp_path, tiny_checkpoint, inference={'chunk_start': chunk_start}))
+    assert wait_for(lambda: rig.count(rig.chunks) >= 3, 60), node.diagnostics_values()
+    received = rig.snapshot(rig.chunks)
+    image_stamps = np.array(rig.snapshot(rig.image_stamps))
+    node_now = node.get_clock().now().nanoseconds * 1e-9
+    for _, chunk in received:
+        t0 = stamp_to_sec(chunk.header.stamp)
+        assert t0 <= node_now
+        nearest_frame = float(np.min(np.abs(image_stamps - t0)))
+        if chunk_start == 'snapshot':
+            # not a frame's stamp, and the frames it used (fresh: at most 0.5 s old) were 0.3 s old or more
+            assert nearest_frame > 1e-4, t0
+            ages = t0 - image_stamps
+            assert np.any((ages >= 0.3 - 1e-3) & (ages <= 0.5)), (t0, image_stamps[-5:])
+        else:
+            assert nearest_frame < 1e-6, t0  # exactly the oldest input's stamp: a frame, 0.3 s older
+            assert node_now - t0 >= 0.3
 
 
 def test_stale_camera_stops_commands_and_fresh_inputs_resume(harness, tiny_checkpoint, tmp_path) -> None:

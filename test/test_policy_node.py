@@ -123,9 +123,8 @@ class Rig:
         self.node.create_timer(1 / 50, self._publish_joints)
 
     def _publish_images(self) -> None:
-        from sensor_msgs.msg import Image
-
         from rclpy.duration import Duration
+        from sensor_msgs.msg import Image
 
         now = self.node.get_clock().now() - Duration(nanoseconds=int(self.camera_delay_s * 1e9))
         stamp = now.to_msg()

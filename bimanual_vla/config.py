@@ -163,7 +163,7 @@ class InferenceConfig(_Strict):
         default='snapshot',
         description=(
             "time of a chunk's first action: 'snapshot' (when the inputs were gathered; matches "
-            "`train`, whose samples pair the latest inputs at or before t with the commands from t) or "
+            '`train`, whose samples pair the latest inputs at or before t with the commands from t) or '
             "'oldest_input' (the oldest input's stamp; for data sets that stamp a sample at its capture)"
         ),
     )

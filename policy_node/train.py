@@ -31,6 +31,8 @@ Output directory layout (a checkpoint `VLAPolicy.load` reads directly):
                                                         (safetensors + JSON: no pickle anywhere, so
                                                         the checkpoint loader's pickle refusal holds)
     OUT/training/log.csv, loss.png, run.json            loss curves and the run's settings
+    OUT/training/demonstration_speed.json               how much of the data moves faster than the
+                                                        policy node's gate (policy_node/demo_speed.py)
 """
 
 from __future__ import annotations

@@ -246,6 +246,24 @@ def test_train_cli_trains_resumes_without_data_and_refuses_bad_arguments(samples
             '--crop', 'top=100,70,120,100', *common]  # fmt: skip
     assert main(args) == 0
     assert read_metadata(out).image_crops == {'top': (100, 70, 120, 100)}
+    # The data is checked against the policy node's speed limit: the expert's first second (seeds 3
+    # and 4) holds its wrist flip, up to 17 rad/s, which the 2 rad/s gate would clamp.
+    from bimanual_vla.config import load_rig
+    from drivers.expert import ScriptedExpert
+
+    rig = load_rig('aloha_sim')
+    plan_max = max(
+        float(np.max(np.abs(np.diff(p[:50], axis=0))) * rig.control_rate_hz)
+        for seed in (3, 4)
+        for p in ScriptedExpert(rig, 'transfer_cube', seed).joint_plan.values()
+    )
+    speed = json.loads((out / 'training' / 'demonstration_speed.json').read_text())
+    assert plan_max > 2.0 and speed['limit_rad_s'] == 2.0
+    assert speed['max_rad_s'] == pytest.approx(plan_max, rel=0.02)
+    assert set(speed['joints_over']) & {'right_forearm_roll', 'right_wrist_rotate'}
+    assert speed['phases_over'] and next(iter(speed['phases_over'])) == 'move the right gripper above the cube'
+    started = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert started['demonstration_speed'] == speed
     state = out / TRAIN_STATE_DIR / 'state.json'
     assert json.loads(state.read_text())['step'] == 2
     assert main(['train', '--out', str(out), '--resume', '--steps', '3', '--no-progress']) == 0

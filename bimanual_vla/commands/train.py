@@ -68,6 +68,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument('--normalization', choices=['mean_std', 'quantile'], default='mean_std')
     p.add_argument('--seed', type=int, default=0)
+    p.add_argument(
+        '--gate-max-velocity',
+        type=float,
+        help="the policy node's safety.max_velocity_rad_s the demonstrations are checked against "
+        "(default: the shipped policy file's); train reports how much of the data moves faster",
+    )
     p.add_argument('--save-every', type=int, default=500)
     p.add_argument('--threads', type=int, default=2, help="torch threads (the machine's cores)")
     p.add_argument(
@@ -119,10 +125,31 @@ def _crops(items: list[str]) -> dict[str, list[int]]:
     return crops
 
 
+def _demonstration_speed(samples, gate_max_velocity: float | None) -> dict:
+    """policy_node/demo_speed.py's report on the cached samples, logged (a warning if over the gate)."""
+    import logging
+
+    from bimanual_vla.config import load_policy
+    from policy_node.demo_speed import describe, speed_report
+
+    limit = gate_max_velocity if gate_max_velocity is not None else load_policy('default').safety.max_velocity_rad_s
+    report = speed_report(
+        samples.actions,
+        samples.actions_is_pad,
+        float(samples.info['rate_hz']),
+        samples.joint_names,
+        limit,
+        phases=samples.subtask_id,
+        phase_names=samples.subtasks,
+    )
+    logging.getLogger('train').log(logging.WARNING if report['joints_over'] else logging.INFO, describe(report))
+    return report
+
+
 def run(args: argparse.Namespace) -> int:
     import logging
 
-    from policy_node.train import TRAIN_STATE_DIR, TrainConfig, Trainer, config_from_json
+    from policy_node.train import TRAIN_STATE_DIR, TRAINING_DIR, TrainConfig, Trainer, config_from_json
     from policy_node.train_data import build_cache
 
     logging.basicConfig(level=logging.INFO, format='%(message)s')
@@ -192,7 +219,10 @@ def run(args: argparse.Namespace) -> int:
         crops=crops,
         progress=cfg.progress,
     )
+    speed = _demonstration_speed(samples, args.gate_max_velocity)
     trainer = Trainer(cfg, samples, resume=args.resume)
+    (trainer.out / TRAINING_DIR).mkdir(parents=True, exist_ok=True)
+    (trainer.out / TRAINING_DIR / 'demonstration_speed.json').write_text(json.dumps(speed, indent=2) + '\n')
     print(
         json.dumps(
             {
@@ -202,6 +232,7 @@ def run(args: argparse.Namespace) -> int:
                 'parameters': trainer.parameters,
                 'start_step': trainer.step,
                 'steps': cfg.steps,
+                'demonstration_speed': speed,
             }
         ),
         flush=True,

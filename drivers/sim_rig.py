@@ -281,6 +281,7 @@ class SimRig(Node):
                         self._start_expert()
                     self.get_logger().info(f'episode reset: seed {self.scene.seed}')
                 expert_targets = None
+                issued = self.scene.time  # the expert's targets act from now until the next tick
                 if self._expert is not None and not self._estop:
                     expert_targets, subtask = self._expert.act(self.scene.steps)
                     if not self.servo_buses:  # with buses, the drivers carry the published targets
@@ -324,7 +325,10 @@ class SimRig(Node):
             if expert_targets is not None:
                 for arm, target in expert_targets.items():
                     cmd = JointState(name=self.scene.arms[arm].config.qualified_joint_names(), position=list(target))
-                    cmd.header.stamp = stamp
+                    # Stamped when issued, as a real rig records its commands: a sample at t pairs the
+                    # state at t with the command that acts from t. (Before 2026-11-30 this was the
+                    # post-step time, one tick late; checkpoints trained on such bags record the offset.)
+                    cmd.header.stamp = sec_to_stamp(issued)
                     self._cmd_echo_pubs[arm].publish(cmd)
                 if self._expert_subtask_update != self._expert_subtask:
                     self._expert_subtask = self._expert_subtask_update

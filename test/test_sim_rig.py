@@ -181,6 +181,20 @@ def test_builtin_expert_mode_publishes_subtasks_and_commands(ros_context, spin) 
         assert spin(ex, lambda: bool(success) and success[-1], 60.0), f'stage {sim.scene.reward}'
         assert 'grasp the peg and the socket' in subtasks and 'insert the peg into the socket' in subtasks
         assert commands and len(commands[-1].position) == 7 and commands[-1].name[0] == 'left_waist'
+        # Each command is stamped when it was issued: the target for tick k (acting from k dt to
+        # (k + 1) dt) carries the stamp k dt, as a real rig's recorded commands do.
+        from bimanual_vla.config import load_rig
+        from drivers.expert import ScriptedExpert
+
+        expert = ScriptedExpert(load_rig('aloha_sim'), 'insertion', 2)
+        checked = 0
+        for msg in commands:
+            k = round(_stamp_ns(msg.header.stamp) / 20_000_000)
+            if k < expert.num_steps - 1:
+                assert _stamp_ns(msg.header.stamp) == k * 20_000_000
+                np.testing.assert_allclose(msg.position, expert.act(k)[0]['left'], atol=1e-9)
+                checked += 1
+        assert checked > 100
     finally:
         ex.shutdown()
         sim.destroy_node()

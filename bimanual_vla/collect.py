@@ -66,6 +66,9 @@ class CollectResult:
     wall_s: float = 0.0
     recorded_messages: dict[str, int] = field(default_factory=dict)
     dropped_messages: int = 0
+    # The expert's commands are stamped when issued (drivers/sim_rig.py). Bags from before that fix
+    # lack this key, and train dates their commands one tick earlier (policy_node/train_data.py).
+    command_stamps: str = 'issued'
 
     @property
     def success_rate(self) -> float:

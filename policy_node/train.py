@@ -65,7 +65,7 @@ from policy_node.checkpoint import (
     write_metadata,
 )
 from policy_node.normalize import Normalizer
-from policy_node.train_data import CachedSamples
+from policy_node.train_data import CachedSamples, action_time_offset_s
 
 log = logging.getLogger(__name__)
 
@@ -560,6 +560,7 @@ class Trainer:
                 # a fine-tune keeps what its initial checkpoint was trained on and adds this data's
                 tasks=list(dict.fromkeys([*prior_tasks, *samples.tasks])),
                 subtasks=list(dict.fromkeys([*prior_subtasks, *(t for t in samples.subtasks if t)])),
+                action_time_offset_s=action_time_offset_s(cfg.data, float(samples.info.get('rate_hz', 50.0))),
             )
         self.model.train()
         self.model.requires_grad_(True)

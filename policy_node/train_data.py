@@ -221,6 +221,37 @@ def failed_episode_labels(bags: list[Path]) -> set[str]:
     return labels
 
 
+def action_time_offset_s(bags: list[str | Path], rate_hz: float) -> float:
+    """How long after they took effect these bags stamped their commands (CheckpointMetadata's field).
+
+    A rig's recorder stamps a command when it is sent, and the sim rig does the same since
+    2026-11-30 (`collect.json` says ``"command_stamps": "issued"``): 0. Bags `collect` wrote before
+    that stamped each command with the end of the tick it acted in, one control tick late: the
+    policy node must start chunks of a model trained on them one tick earlier, or every chunk runs a
+    tick late (measured: 0.3 s behind the expert by the handover). Mixing both kinds is refused:
+    no single offset fits both.
+    """
+    late, issued = [], []
+    for bag in bags:
+        summary = Path(bag).expanduser() / 'collect.json'
+        if not summary.is_file():
+            issued.append(str(bag))  # recorded on a rig (or by hand): commands stamped when sent
+            continue
+        stamps = json.loads(summary.read_text()).get('command_stamps')
+        if stamps is None:
+            late.append(str(bag))
+        elif stamps == 'issued':
+            issued.append(str(bag))
+        else:
+            raise ValueError(f"{summary}: unknown command_stamps {stamps!r} (this code knows 'issued')")
+    if late and issued:
+        raise ValueError(
+            f'bags {late} were collected before commands were stamped when issued (one tick late) and {issued} '
+            'after: no single action_time_offset_s fits both; collect the older ones again or train on them apart'
+        )
+    return round(1.0 / rate_hz, 9) if late else 0.0
+
+
 def load_cache(directory: str | Path) -> CachedSamples:
     directory = Path(directory)
     info = json.loads((directory / 'cache.json').read_text())

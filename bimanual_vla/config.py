@@ -167,6 +167,15 @@ class InferenceConfig(_Strict):
             "'oldest_input' (the oldest input's stamp; for data sets that stamp a sample at its capture)"
         ),
     )
+    action_time_offset_s: float | None = Field(
+        default=None,
+        ge=0,
+        le=1.0,
+        description=(
+            "start each chunk this much earlier than its snapshot: the training data's commands were "
+            "stamped this long after they took effect (default: the checkpoint's own metadata)"
+        ),
+    )
     rtc_beta: float = Field(default=5.0, gt=0, description='cap on the RTC guidance weight')
     ensemble_decay: float = Field(default=0.1, ge=0, description='temporal-ensembling exponential weight')
     device: str = 'cpu'

@@ -114,6 +114,15 @@ class CheckpointMetadata(BaseModel):
     max_task_tokens: int = Field(default=48, gt=0)
     tasks: list[str] = Field(default_factory=list, description='task prompts it was trained on (empty: not recorded)')
     subtasks: list[str] = Field(default_factory=list, description='subtask labels it was trained to write')
+    action_time_offset_s: float = Field(
+        default=0.0,
+        ge=0,
+        le=1.0,
+        description=(
+            'how long after they took effect the training data stamped its commands; the policy node '
+            'starts each chunk this much earlier (sim bags collected before 2026-11-30: one control tick)'
+        ),
+    )
 
     @field_validator('joint_names', 'camera_names')
     @classmethod

@@ -136,6 +136,9 @@ class PolicyNode(Node):
         self.joint_names: list[str] = list(self.model.joint_names)
         self.camera_names: list[str] = list(self.model.camera_names)
         self.dt = 1.0 / float(self.model.control_rate_hz)
+        # The checkpoint says how its data stamped commands; the policy file may override it.
+        offset = self.policy_cfg.inference.action_time_offset_s
+        self.action_time_offset_s = float(offset if offset is not None else self.model.metadata.action_time_offset_s)
         self.arms = self._commanded_arms()
         self._check_cameras()
 
@@ -188,12 +191,18 @@ class PolicyNode(Node):
         self.get_logger().info(
             f'policy {checkpoint.name}: {len(self.joint_names)} joints, cameras {self.camera_names}, '
             f'chunk {self.model.chunk_size} @ {self.model.control_rate_hz:g} Hz, chunking {strategy}, '
+            f'{self._chunk_start_text()}, '
             f'control {self.rig.control_rate_hz:g} Hz, {"ENABLED" if enabled else "disabled (call policy/enable)"}; '
             f'markers: {self.paths.mode}'
         )
         self._check_task(self._task)
 
     # ---------------------------------------------------------------- setup
+
+    def _chunk_start_text(self) -> str:
+        if self.policy_cfg.inference.chunk_start == 'oldest_input':
+            return 'chunks start at their oldest input'
+        return f'chunks start {self.action_time_offset_s * 1e3:g} ms before their snapshot'
 
     def _commanded_arms(self) -> dict[str, tuple[list[str], np.ndarray]]:
         """arm -> (qualified joint names, their columns in the chunk), for arms the checkpoint fully covers."""
@@ -406,8 +415,9 @@ class PolicyNode(Node):
             # A training sample at t pairs the latest inputs at or before t with the commands from t
             # on, so a chunk computed from the inputs gathered now starts now. Anchoring it at the
             # oldest input instead (a camera frame ~50 ms old) runs every chunk that far ahead.
+            # Data that stamped its commands after they took effect needs the chunk that much earlier.
             if self.policy_cfg.inference.chunk_start == 'snapshot':
-                t_obs = now
+                t_obs = now - self.action_time_offset_s
             else:
                 t_obs = min(joint_stamp, *cam_stamps.values())
             guide, plan, frozen = None, None, 0

@@ -7,6 +7,7 @@ node sends is received over DDS and checked by value.
 
 from __future__ import annotations
 
+import json
 import shutil
 import threading
 import time
@@ -321,6 +322,27 @@ def test_a_chunk_starts_when_its_inputs_were_gathered_not_at_the_oldest_frame(
             assert node_now - t0 >= 0.3
 
 
+@pytest.mark.parametrize(('in_checkpoint', 'in_policy', 'expected'), [(0.25, None, 0.25), (0.25, 0.1, 0.1)])
+def test_a_checkpoint_trained_on_late_stamped_commands_starts_its_chunks_that_much_earlier(
+    harness, tiny_checkpoint, tmp_path, in_checkpoint, in_policy, expected
+) -> None:
+    """`action_time_offset_s` from the checkpoint's metadata (policy_node/train_data.py), or the policy file's."""
+    ckpt = tmp_path / 'offset_ckpt'
+    shutil.copytree(tiny_checkpoint, ckpt)
+    meta = ckpt / 'bimanual_vla.json'
+    meta.write_text(json.dumps({**json.loads(meta.read_text()), 'action_time_offset_s': in_checkpoint}))
+    inference = {} if in_policy is None else {'action_time_offset_s': in_policy}
+    rig, start = harness
+    node = start(write_policy(tmp_path, ckpt, inference=inference))
+    assert node.action_time_offset_s == expected
+    assert wait_for(lambda: rig.count(rig.chunks) >= 1, 60), node.diagnostics_values()
+    before = node.now_s()
+    snap = node._snapshot()  # what the inference thread does, under the node's lock
+    after = node.now_s()
+    assert snap is not None
+    assert before - expected - 1e-6 <= snap.stamp <= after - expected + 1e-6
+
+
 def test_stale_camera_stops_commands_and_fresh_inputs_resume(harness, tiny_checkpoint, tmp_path) -> None:
     rig, start = harness
     policy = write_policy(tmp_path, tiny_checkpoint, safety={'enabled_at_start': True})
@@ -503,8 +525,6 @@ def test_a_node_failing_in_its_own_process_raises_its_error_here(tmp_path) -> No
 
 def test_a_task_the_checkpoint_was_not_trained_on_is_flagged(harness, tiny_checkpoint, tmp_path) -> None:
     """The checkpoint records its training prompts: another prompt (a typo, say) turns diagnostics WARN."""
-    import json
-
     from diagnostic_msgs.msg import DiagnosticStatus
     from policy_fixtures import copy_checkpoint
     from std_msgs.msg import String

@@ -172,7 +172,7 @@ class InferenceConfig(_Strict):
         ge=0,
         le=1.0,
         description=(
-            "start each chunk this much earlier than its snapshot: the training data's commands were "
+            "with chunk_start snapshot, start each chunk this much earlier: the training data's commands were "
             "stamped this long after they took effect (default: the checkpoint's own metadata)"
         ),
     )

@@ -181,13 +181,17 @@ def test_shipped_policy_loads_and_bad_policy_fails(tmp_path: Path) -> None:
     assert policy.inference.num_steps == 5
     assert policy.inference.chunking == 'rtc'
     assert policy.safety.enabled_at_start is False
+    # chunks start at the snapshot, by the checkpoint's own offset unless the file sets one
+    assert policy.inference.chunk_start == 'snapshot' and policy.inference.action_time_offset_s is None
     bad = tmp_path / 'policy.yaml'
-    bad.write_text(yaml.safe_dump({'checkpoint': 'x', 'inference': {'chunking': 'magic', 'num_step': 3}}))
+    inference = {'chunking': 'magic', 'num_step': 3, 'chunk_start': 'capture', 'action_time_offset_s': -0.02}
+    bad.write_text(yaml.safe_dump({'checkpoint': 'x', 'inference': inference}))
     with pytest.raises(ConfigError) as err:
         load_policy(bad)
     text = str(err.value)
     assert f'{bad}: inference.chunking:' in text
     assert f'{bad}: inference.num_step: unknown field' in text
+    assert f'{bad}: inference.chunk_start:' in text and f'{bad}: inference.action_time_offset_s:' in text
 
 
 def test_check_rig_cli(tmp_path: Path) -> None:

@@ -69,6 +69,8 @@ class CollectResult:
     # The expert's commands are stamped when issued (drivers/sim_rig.py). Bags from before that fix
     # lack this key, and train dates their commands one tick earlier (policy_node/train_data.py).
     command_stamps: str = 'issued'
+    expert_noise_rad: float = 0.0
+    expert_max_joint_speed_rad_s: float = 0.0  # 0: unlimited
 
     @property
     def success_rate(self) -> float:
@@ -147,6 +149,7 @@ def collect(
     max_wall_per_episode_s: float = 300.0,
     episode_s: float | None = None,
     expert_noise_rad: float = 0.0,
+    expert_max_joint_speed_rad_s: float = 0.0,
 ) -> CollectResult:
     """Record `episodes` expert episodes (seeds seed, seed+1, ...) into the bag `out`.
 
@@ -154,6 +157,8 @@ def collect(
     episode lasts the expert's whole plan plus `tail_s`. `expert_noise_rad` > 0 makes the expert execute
     its plan with slow random joint offsets while recording the clean plan as the action (DART), so the
     data shows how to get back on track; episodes the offsets make fail are marked failed as usual.
+    `expert_max_joint_speed_rad_s` > 0 keeps every arm joint of the expert under that speed (set it to the
+    policy node's `safety.max_velocity_rad_s`, so the data holds no motion the gate would clamp).
     """
     import rclpy
     from rclpy.parameter import Parameter
@@ -166,11 +171,20 @@ def collect(
         raise ValueError(f'unknown task {task!r}; choose from {sorted(TASK_TEXT)}')
     if episodes < 1:
         raise ValueError('episodes must be >= 1')
+    if not expert_max_joint_speed_rad_s >= 0:
+        speed = expert_max_joint_speed_rad_s
+        raise ValueError(f'expert_max_joint_speed_rad_s must be >= 0 (0: unlimited), got {speed}')
     out = Path(out).expanduser()
     if out.exists():
         raise FileExistsError(f'{out}: output exists; the recorder writes a new bag directory')
     rig = load_rig(rig_name)
-    result = CollectResult(bag=str(out), task=task, task_text=TASK_TEXT[task])
+    result = CollectResult(
+        bag=str(out),
+        task=task,
+        task_text=TASK_TEXT[task],
+        expert_noise_rad=float(expert_noise_rad),
+        expert_max_joint_speed_rad_s=float(expert_max_joint_speed_rad_s),
+    )
     started = time.monotonic()
     context = rclpy.Context()
     rclpy.init(context=context)
@@ -185,6 +199,7 @@ def collect(
             'real_time_factor': real_time_factor,
             'expert': True,
             'expert_noise_rad': float(expert_noise_rad),
+            'expert_max_joint_speed': float(expert_max_joint_speed_rad_s),
         }
         # Not on sim time: the conductor reads /clock itself, and the recorder stamps receive times.
         specs = rig_nodes(rig_name, policy=None, use_sim_time=False, sim_overrides=sim)

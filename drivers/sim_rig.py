@@ -84,6 +84,9 @@ class SimRig(Node):
         self.expert_noise_rad = float(
             param('expert_noise_rad', 0.0, 'DART: slow joint offsets (std, rad) executed, not published')
         )
+        self.expert_max_joint_speed = float(
+            param('expert_max_joint_speed', 0.0, 'rad/s the expert moves each arm joint at most (0: unlimited)')
+        )
         servo_bus = str(
             param('servo_bus', str(sim.get('servo_bus', '')), "'' | feetech | dynamixel: arms as emulated servo buses")
         )
@@ -96,6 +99,8 @@ class SimRig(Node):
             raise ConfigError('camera_width/camera_height must be >= 0')
         if not (0.0 <= self.expert_noise_rad <= 0.2):
             raise ConfigError(f'expert_noise_rad must be in [0, 0.2] rad, got {self.expert_noise_rad}')
+        if not (self.expert_max_joint_speed >= 0 and math.isfinite(self.expert_max_joint_speed)):
+            raise ConfigError(f'expert_max_joint_speed must be >= 0 rad/s, got {self.expert_max_joint_speed}')
 
         self.scene = SimScene(self.rig, task=task, seed=seed)
         # Servo-bus mode: the arm drivers own joint_states, joint_command and e-stop for every arm.
@@ -247,7 +252,13 @@ class SimRig(Node):
     def _start_expert(self) -> None:
         from drivers.expert import ScriptedExpert
 
-        self._expert = ScriptedExpert(self.rig, self.scene.task, self.scene.seed, noise_rad=self.expert_noise_rad)
+        self._expert = ScriptedExpert(
+            self.rig,
+            self.scene.task,
+            self.scene.seed,
+            noise_rad=self.expert_noise_rad,
+            max_joint_speed_rad_s=self.expert_max_joint_speed or None,
+        )
 
     # ------------------------------------------------------------------ physics
 

@@ -17,8 +17,42 @@ def collected(tmp_path_factory):
     from bimanual_vla.collect import collect
 
     out = tmp_path_factory.mktemp('collect') / 'bag'
-    result = collect(out, task='transfer_cube', episodes=2, seed=7, episode_s=EPISODE_S, progress=False)
+    result = collect(
+        out,
+        task='transfer_cube',
+        episodes=2,
+        seed=7,
+        episode_s=EPISODE_S,
+        progress=False,
+        expert_max_joint_speed_rad_s=2.0,
+    )
     return out, result
+
+
+def test_the_speed_limited_expert_records_no_command_faster_than_the_gate(collected):
+    """`--expert-max-speed 2`: the recorded actions hold no motion the policy node's 2 rad/s gate would clamp."""
+    from bimanual_vla.config import load_rig
+    from bimanual_vla.dataset import BagDataset
+    from drivers.expert import ScriptedExpert
+
+    out, _ = collected
+    summary = json.loads((out / 'collect.json').read_text())
+    assert summary['expert_max_joint_speed_rad_s'] == 2.0 and summary['command_stamps'] == 'issued'
+    rig = load_rig('aloha_sim')
+    ticks = int(EPISODE_S * 50)
+    unlimited = max(
+        float(np.max(np.abs(np.diff(plan[:ticks], axis=0)))) * 50
+        for seed in (7, 8)
+        for plan in ScriptedExpert(rig, 'transfer_cube', seed).joint_plan.values()
+    )
+    assert unlimited > 4.0  # without the limit these seconds hold the wrist flip
+    ds = BagDataset(out, rig='aloha_sim', chunk_size=2, time_base='header')
+    grippers = [i for i, n in enumerate(ds.joint_names) if n.endswith('gripper')]
+    fastest = 0.0
+    for i in range(len(ds)):
+        a = ds.sample(i, images=False)['actions']
+        fastest = max(fastest, float(np.max(np.delete(np.abs(a[1] - a[0]), grippers))) * 50)
+    assert 1.5 < fastest <= 2.0 + 1e-4  # float32 positions in the bag
 
 
 def test_summary_names_every_episode_with_its_seed_and_outcome(collected):

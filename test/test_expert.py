@@ -99,3 +99,29 @@ def test_expert_replay_records_when_each_stage_was_first_reached() -> None:
     assert result['success'] and sorted(times) == ['1', '2', '3', '4']
     assert times['1'] <= times['2'] <= times['3'] <= times['4']
     assert 2.5 < times['1'] < 3.5 and 4.5 < times['4'] < 6.0  # grasp after the 2.4 s descent; handover by 6 s
+
+
+def test_a_speed_limited_expert_trails_its_wrist_flip_then_catches_up_and_still_succeeds(tmp_path) -> None:
+    """`max_joint_speed_rad_s` (collect --expert-max-speed): no arm joint faster than the policy node's gate."""
+    free = ScriptedExpert(RIG, 'transfer_cube', 4)
+    limited = ScriptedExpert(RIG, 'transfer_cube', 4, max_joint_speed_rad_s=2.0)
+    gripper = RIG.arm('right').joint_names.index('gripper')
+    free_plan, plan = free.joint_plan['right'], limited.joint_plan['right']
+    free_speed = np.abs(np.diff(free_plan, axis=0)) / free.dt
+    assert np.delete(free_speed, gripper, axis=1).max() > 10  # the wrist flip on the way above the cube
+    speed = np.abs(np.diff(plan, axis=0)) / limited.dt
+    assert np.delete(speed, gripper, axis=1).max() <= 2.0 + 1e-9
+    assert np.array_equal(plan[:, gripper], free_plan[:, gripper])  # grippers are not limited
+    assert limited.max_speed_lag_rad > 0.1  # it did trail (0.3 rad on this seed)...
+    np.testing.assert_allclose(plan[-1], free_plan[-1], atol=1e-9)  # ...and caught up
+    assert limited.labels == free.labels  # same clock, same labels
+    outcome = run_episode(SimScene(RIG, 'transfer_cube', 4), limited)
+    assert outcome['success']
+    with pytest.raises(ValueError, match='max_joint_speed_rad_s must be positive'):
+        ScriptedExpert(RIG, 'transfer_cube', 4, max_joint_speed_rad_s=0.0)
+
+    from bimanual_vla.collect import collect
+
+    with pytest.raises(ValueError, match=r'expert_max_joint_speed_rad_s must be >= 0 \(0: unlimited\), got -1'):
+        collect(tmp_path / 'bag', episodes=1, expert_max_joint_speed_rad_s=-1.0, progress=False)
+    assert not (tmp_path / 'bag').exists()

@@ -34,6 +34,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help='DART: the expert executes its plan with slow joint offsets of this std (rad; the shipped checkpoint '
         'used 0.01) while the clean plan is recorded as the action, so a cloned policy learns to recover',
     )
+    p.add_argument(
+        '--expert-max-speed',
+        type=float,
+        default=0.0,
+        metavar='RAD_S',
+        help='keep every arm joint of the expert under this speed (0: unlimited, the shipped data); 2 matches the '
+        "policy node's default speed gate, so the data holds no motion the gate would clamp",
+    )
     p.add_argument('--compress', action='store_true', help='zstd-compress the MCAP chunks')
     p.add_argument('--no-progress', action='store_true')
     p.set_defaults(func=run)
@@ -53,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
         compress=args.compress,
         episode_s=args.episode_s,
         expert_noise_rad=args.expert_noise,
+        expert_max_joint_speed_rad_s=args.expert_max_speed,
         progress=not args.no_progress,
     )
     summary = result.to_json()

@@ -23,6 +23,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument('--episodes', type=int, default=50)
     p.add_argument('--seed', type=int, default=0, help='seed of the first episode')
     p.add_argument('--rig', default='aloha_sim', help='sim rig YAML path or shipped name')
+    p.add_argument(
+        '--max-speed',
+        type=float,
+        metavar='RAD_S',
+        help='keep every arm joint under this speed (as collect --expert-max-speed)',
+    )
     p.add_argument('--sheet', metavar='PNG', help='write a contact sheet of the first episode')
     p.add_argument('--video', metavar='MP4', help='write a video of the first episode')
     p.set_defaults(func=run)
@@ -38,7 +44,9 @@ def run(args: argparse.Namespace) -> int:
     if args.sheet or args.video:
         _render_first(rig, args)
     t0 = time.perf_counter()
-    result = evaluate(rig, args.task, args.episodes, args.seed)
+    if args.max_speed is not None and not args.max_speed > 0:
+        raise SystemExit(f'--max-speed must be positive, got {args.max_speed}')
+    result = evaluate(rig, args.task, args.episodes, args.seed, max_joint_speed_rad_s=args.max_speed)
     result['wall_s'] = round(time.perf_counter() - t0, 2)
     print(json.dumps(result))
     return 0
@@ -50,7 +58,7 @@ def _render_first(rig, args: argparse.Namespace) -> None:
     from drivers.sim_scene import SceneRenderer, SimScene, rig_cameras
 
     scene = SimScene(rig, task=args.task, seed=args.seed)
-    expert = ScriptedExpert(rig, args.task, args.seed)
+    expert = ScriptedExpert(rig, args.task, args.seed, max_joint_speed_rad_s=args.max_speed)
     renderer = SceneRenderer(scene.model, rig_cameras(rig))
     recorder = EpisodeRecorder()
     every = max(1, round(rig.control_rate_hz / 15))

@@ -545,12 +545,13 @@ class Trainer:
                 state=compute_stats(samples.state),
                 actions=compute_stats(samples.actions, samples.actions_is_pad),
             )
+            rate_hz = float(samples.info.get('rate_hz', 50.0))
             self.metadata = CheckpointMetadata(
                 rig=cfg.rig,
                 joint_names=list(samples.joint_names),
                 camera_names=cameras,
                 chunk_size=samples.chunk_size,
-                control_rate_hz=float(samples.info.get('rate_hz', 50.0)),
+                control_rate_hz=rate_hz,
                 image_size=(vs, vs),
                 image_crops=crops,
                 normalization=norm,
@@ -560,7 +561,7 @@ class Trainer:
                 # a fine-tune keeps what its initial checkpoint was trained on and adds this data's
                 tasks=list(dict.fromkeys([*prior_tasks, *samples.tasks])),
                 subtasks=list(dict.fromkeys([*prior_subtasks, *(t for t in samples.subtasks if t)])),
-                action_time_offset_s=action_time_offset_s(cfg.data, float(samples.info.get('rate_hz', 50.0))),
+                action_time_offset_s=action_time_offset_s(cfg.data, rate_hz),
             )
         self.model.train()
         self.model.requires_grad_(True)

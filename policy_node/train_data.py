@@ -210,13 +210,18 @@ def build_cache(
     return load_cache(directory)
 
 
+def collect_summary(bag: str | Path) -> dict[str, Any] | None:
+    """The `collect.json` that `bimanual-vla collect` wrote beside a bag; None for a bag recorded otherwise."""
+    summary = Path(bag).expanduser() / 'collect.json'
+    return json.loads(summary.read_text()) if summary.is_file() else None
+
+
 def failed_episode_labels(bags: list[Path]) -> set[str]:
     """Labels of the episodes `bimanual-vla collect` recorded as failed (from each bag's collect.json)."""
     labels: set[str] = set()
     for bag in bags:
-        summary = bag / 'collect.json'
-        if summary.is_file():
-            data = json.loads(summary.read_text())
+        data = collect_summary(bag)
+        if data is not None:
             labels |= {e['label'] for e in data.get('episodes', []) if not e.get('success', True)}
     return labels
 
@@ -233,17 +238,17 @@ def action_time_offset_s(bags: list[str | Path], rate_hz: float) -> float:
     """
     late, issued = [], []
     for bag in bags:
-        summary = Path(bag).expanduser() / 'collect.json'
-        if not summary.is_file():
+        data = collect_summary(bag)
+        if data is None:
             issued.append(str(bag))  # recorded on a rig (or by hand): commands stamped when sent
             continue
-        stamps = json.loads(summary.read_text()).get('command_stamps')
+        stamps = data.get('command_stamps')
         if stamps is None:
             late.append(str(bag))
         elif stamps == 'issued':
             issued.append(str(bag))
         else:
-            raise ValueError(f"{summary}: unknown command_stamps {stamps!r} (this code knows 'issued')")
+            raise ValueError(f"{bag}/collect.json: unknown command_stamps {stamps!r} (this code knows 'issued')")
     if late and issued:
         raise ValueError(
             f'bags {late} were collected before commands were stamped when issued (one tick late) and {issued} '

@@ -17,6 +17,11 @@ from typing import Any
 
 import numpy as np
 
+# Speeds within this fraction of the limit count as at the limit. A speed-limited expert moves at
+# exactly the limit, and the float32 commands of the decoded data put that a few ppm above it; the
+# gate clamps such a command by micro-radians, which changes nothing the arm does.
+LIMIT_TOLERANCE = 1e-3
+
 
 def first_step_speeds(actions: np.ndarray, is_pad: np.ndarray, rate_hz: float) -> np.ndarray:
     """(N, J) speed of each sample's first commanded step, |a[1] - a[0]| * rate; NaN where a[1] is padding.
@@ -45,7 +50,8 @@ def speed_report(
     """Per-joint peak speed and the share of demonstration time above `limit_rad_s`.
 
     `phases` (per sample, an index into `phase_names`, e.g. the subtask) says where the fast
-    motion happens. Joints are reported only if they ever exceed the limit.
+    motion happens. Joints are reported only if they ever exceed the limit by more than
+    `LIMIT_TOLERANCE` of it.
     """
     if limit_rad_s <= 0:
         raise ValueError(f'limit_rad_s must be positive, got {limit_rad_s}')
@@ -54,7 +60,7 @@ def speed_report(
         raise ValueError(f'{speeds.shape[1]} joints in the actions, {len(joint_names)} names')
     valid = ~np.isnan(speeds).any(axis=1)
     over = np.zeros_like(speeds, dtype=bool)
-    over[valid] = speeds[valid] > limit_rad_s
+    over[valid] = speeds[valid] > limit_rad_s * (1.0 + LIMIT_TOLERANCE)
     any_over = over.any(axis=1)
     n = int(valid.sum())
     joints = {}

@@ -47,6 +47,24 @@ def test_speeds_shares_and_phases_are_exact() -> None:
     assert describe(within).startswith("demonstrations stay within the policy node's 6 rad/s (fastest 5 rad/s)")
 
 
+def test_data_at_the_limit_is_within_it_and_just_over_is_not() -> None:
+    # A speed-limited expert moves at exactly the limit; stored as float32 (as the decoded data is),
+    # some steps come out a few ppm above it. Those are at the limit, 0.2 % more is over it.
+    start = np.float64(1.2345678)
+    at_limit = (start + np.arange(200) * (2.0 / RATE)).astype(np.float32)
+    raw = np.abs(np.diff(at_limit.astype(np.float64))) * RATE
+    assert raw.max() > 2.0  # the rounding this test is about
+    actions, pad = chunks_from(at_limit[:, None])
+    report = speed_report(actions, pad, RATE, ['a'], 2.0)
+    assert report['joints_over'] == {} and report['fraction_over'] == 0.0
+    assert describe(report).startswith("demonstrations stay within the policy node's 2 rad/s")
+
+    faster = (start + np.arange(200) * (2.004 / RATE)).astype(np.float32)
+    actions, pad = chunks_from(faster[:, None])
+    over = speed_report(actions, pad, RATE, ['a'], 2.0)
+    assert over['fraction_over'] == pytest.approx(1.0) and over['joints_over']['a']['max_rad_s'] == pytest.approx(2.004, abs=1e-3)
+
+
 def test_bad_input_is_refused_by_name() -> None:
     actions, pad = chunks_from(np.zeros((10, 2)))
     with pytest.raises(ValueError, match='steps >= 2'):

@@ -62,7 +62,8 @@ def test_data_at_the_limit_is_within_it_and_just_over_is_not() -> None:
     faster = (start + np.arange(200) * (2.004 / RATE)).astype(np.float32)
     actions, pad = chunks_from(faster[:, None])
     over = speed_report(actions, pad, RATE, ['a'], 2.0)
-    assert over['fraction_over'] == pytest.approx(1.0) and over['joints_over']['a']['max_rad_s'] == pytest.approx(2.004, abs=1e-3)
+    assert over['fraction_over'] == pytest.approx(1.0)
+    assert over['joints_over']['a']['max_rad_s'] == pytest.approx(2.004, abs=1e-3)
 
 
 def test_bad_input_is_refused_by_name() -> None:

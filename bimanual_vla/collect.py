@@ -71,6 +71,8 @@ class CollectResult:
     command_stamps: str = 'issued'
     expert_noise_rad: float = 0.0
     expert_max_joint_speed_rad_s: float = 0.0  # 0: unlimited
+    # 'joint' (no wrist flip) or 'cartesian' (bags before 2026-12-01: the key is absent there)
+    expert_approach: str = 'joint'
 
     @property
     def success_rate(self) -> float:
@@ -150,6 +152,7 @@ def collect(
     episode_s: float | None = None,
     expert_noise_rad: float = 0.0,
     expert_max_joint_speed_rad_s: float = 0.0,
+    expert_approach: str = 'joint',
 ) -> CollectResult:
     """Record `episodes` expert episodes (seeds seed, seed+1, ...) into the bag `out`.
 
@@ -159,6 +162,8 @@ def collect(
     data shows how to get back on track; episodes the offsets make fail are marked failed as usual.
     `expert_max_joint_speed_rad_s` > 0 keeps every arm joint of the expert under that speed (set it to the
     policy node's `safety.max_velocity_rad_s`, so the data holds no motion the gate would clamp).
+    `expert_approach` ('joint' or 'cartesian') is how the expert's right gripper gets above the cube
+    (drivers/expert.py, APPROACHES): 'joint' avoids the wrist flip a straight line makes.
     """
     import rclpy
     from rclpy.parameter import Parameter
@@ -174,6 +179,8 @@ def collect(
     if not expert_max_joint_speed_rad_s >= 0:
         speed = expert_max_joint_speed_rad_s
         raise ValueError(f'expert_max_joint_speed_rad_s must be >= 0 (0: unlimited), got {speed}')
+    if expert_approach not in ('joint', 'cartesian'):
+        raise ValueError(f"expert_approach must be 'joint' or 'cartesian', got {expert_approach!r}")
     out = Path(out).expanduser()
     if out.exists():
         raise FileExistsError(f'{out}: output exists; the recorder writes a new bag directory')
@@ -184,6 +191,7 @@ def collect(
         task_text=TASK_TEXT[task],
         expert_noise_rad=float(expert_noise_rad),
         expert_max_joint_speed_rad_s=float(expert_max_joint_speed_rad_s),
+        expert_approach=expert_approach,
     )
     started = time.monotonic()
     context = rclpy.Context()
@@ -200,6 +208,7 @@ def collect(
             'expert': True,
             'expert_noise_rad': float(expert_noise_rad),
             'expert_max_joint_speed': float(expert_max_joint_speed_rad_s),
+            'expert_approach': expert_approach,
         }
         # Not on sim time: the conductor reads /clock itself, and the recorder stamps receive times.
         specs = rig_nodes(rig_name, policy=None, use_sim_time=False, sim_overrides=sim)

@@ -34,6 +34,11 @@ IK_DAMPING = 1e-4  # damped least squares: lambda^2
 PEG_HALF_X = 0.06
 SOCKET_CENTRE_Z = 0.022  # resting height of the socket body (its walls reach 2 mm lower)
 PIN_END_X = 0.04  # the pin's +x end in the socket frame
+# How the right gripper gets above the cube in transfer_cube. 'joint': a joint-space move to the IK
+# solution nearest home, no wrist flip (the default since 2026-12-01). 'cartesian': a straight line,
+# which crosses the wrist singularity and rolls the forearm half a turn either way (the shipped
+# checkpoint's data).
+APPROACHES = ('joint', 'cartesian')
 
 
 def _rot(x_axis: np.ndarray, y_axis: np.ndarray) -> np.ndarray:
@@ -68,13 +73,20 @@ def _min_jerk(s: float) -> float:
 
 @dataclass(frozen=True)
 class Waypoint:
-    """Reach `pos`/`rot` (TCP, world frame) and gripper `grip` by time `t` (s); `label` names the move."""
+    """Reach `pos`/`rot` (TCP, world frame) and gripper `grip` by time `t` (s); `label` names the move.
+
+    `joint_space`: get there by interpolating the joints (minimum jerk) to the IK solution nearest
+    the joints the segment starts from, instead of following a straight Cartesian line. A straight
+    line can cross a wrist singularity on the way, where the IK has to roll the forearm half a turn
+    within a fraction of a second; a joint-space move to the nearest solution never does.
+    """
 
     t: float
     pos: np.ndarray
     rot: np.ndarray
     grip: float
     label: str
+    joint_space: bool = False
 
 
 class ArmIK:
@@ -121,6 +133,37 @@ class ArmIK:
             q = np.clip(q + np.clip(dq, -0.3, 0.3), self.lower, self.upper)
         return q, err_p
 
+    def rotation_error(self, q: np.ndarray, rot: np.ndarray) -> float:
+        """Angle-like error (rad) between the TCP orientation at `q` and `rot`."""
+        _, r = self.tcp(q)
+        return float(np.linalg.norm(0.5 * sum(np.cross(r[:, i], rot[:, i]) for i in range(3))))
+
+    def nearest_solution(self, pos: np.ndarray, rot: np.ndarray, q_from: np.ndarray, starts: int = 16) -> np.ndarray:
+        """The IK solution for (pos, rot) nearest `q_from` (largest joint difference), over several starts.
+
+        A 6-joint arm reaches most poses in more than one way (elbow, wrist bent either way); the
+        damped IK finds whichever its start leads to. Starting from `q_from`, from `q_from` with the
+        wrist bent the other way, and from seeded random joint vectors, then keeping the converged
+        solution closest to `q_from`, picks the one a joint-space move reaches with the least motion.
+        Deterministic: the random starts are seeded.
+        """
+        wrist = [j.name for j in self.arm_joints].index('wrist_angle')
+        flipped = q_from.copy()
+        flipped[wrist] = -flipped[wrist]
+        rng = np.random.default_rng(0)
+        candidates = [q_from.copy(), flipped] + [rng.uniform(self.lower, self.upper) for _ in range(starts)]
+        best, best_dist = None, np.inf
+        for q0 in candidates:
+            q, err = self.solve(pos, rot, q0, iters=300)
+            if err > 1e-3 or self.rotation_error(q, rot) > 1e-2:
+                continue
+            dist = float(np.abs(q - q_from).max())
+            if dist < best_dist:
+                best, best_dist = q, dist
+        if best is None:
+            raise ValueError(f'no IK solution within the joint limits for the TCP at {np.round(pos, 3).tolist()}')
+        return best
+
 
 class ScriptedExpert:
     """Plans one episode of `task` from the seed's object poses; `act(step)` gives joint targets + subtask."""
@@ -133,7 +176,11 @@ class ScriptedExpert:
         object_poses: dict[str, np.ndarray] | None = None,
         noise_rad: float = 0.0,
         max_joint_speed_rad_s: float | None = None,
+        approach: str = 'joint',
     ):
+        if approach not in APPROACHES:
+            raise ValueError(f'approach must be one of {APPROACHES}, got {approach!r}')
+        self.approach = approach
         self.rig = rig
         self.task = task
         self.seed = seed
@@ -180,9 +227,11 @@ class ScriptedExpert:
         # left gripper horizontal from the -x side, fingers closing vertically
         hand = _rot(np.array([1.0, 0, 0]), np.array([0, 0, 1.0]))
         r_open, closed = GRIPPER_OPEN, GRIPPER_CLOSED
+        joint = self.approach == 'joint'  # no wrist flip on the way above the cube (APPROACHES)
+        above = 'move the right gripper above the cube'
         right = [
-            self._start('right', 'move the right gripper above the cube'),
-            Waypoint(1.6, cube + [0, 0, 0.08], pick, r_open, 'move the right gripper above the cube'),
+            self._start('right', above),
+            Waypoint(1.6, cube + [0, 0, 0.08], pick, r_open, above, joint_space=joint),
             Waypoint(2.4, cube + [0, 0, 0.0], pick, r_open, 'lower the right gripper around the cube'),
             Waypoint(3.0, cube + [0, 0, 0.0], pick, closed, 'grasp the cube with the right gripper'),
             Waypoint(3.4, cube + [0, 0, 0.05], pick, closed, 'lift the cube'),
@@ -275,10 +324,19 @@ class ScriptedExpert:
             ik = self.ik[arm]
             q = self.home_q[arm].copy()
             out = np.zeros((n, len(ik.qadr) + 1))
+            joint_moves: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # segment end index -> (q start, q end)
             for k in range(n):
-                pos, rot, grip, label = self._sample(wps, (k + 1) * self.dt)
-                q, err = ik.solve(pos, rot, q)
-                self.max_ik_error = max(self.max_ik_error, err)
+                t = (k + 1) * self.dt
+                pos, rot, grip, label = self._sample(wps, t)
+                b = next((i for i, w in enumerate(wps) if w.t > t), None)
+                if b is not None and b > 0 and wps[b].joint_space:
+                    if b not in joint_moves:  # solved once, from the joints the segment starts from
+                        joint_moves[b] = (q.copy(), ik.nearest_solution(wps[b].pos, wps[b].rot, q))
+                    q_a, q_b = joint_moves[b]
+                    q = q_a + _min_jerk((t - wps[b - 1].t) / (wps[b].t - wps[b - 1].t)) * (q_b - q_a)
+                else:
+                    q, err = ik.solve(pos, rot, q)
+                    self.max_ik_error = max(self.max_ik_error, err)
                 out[k, :-1] = q
                 out[k, -1] = grip
                 labels[arm].append(label)
@@ -397,12 +455,19 @@ def run_episode(scene: SimScene, expert: ScriptedExpert, extra_steps: int = 0, o
     }
 
 
-def evaluate(rig: RigConfig, task: str, episodes: int, seed: int, max_joint_speed_rad_s: float | None = None) -> dict:
+def evaluate(
+    rig: RigConfig,
+    task: str,
+    episodes: int,
+    seed: int,
+    max_joint_speed_rad_s: float | None = None,
+    approach: str = 'joint',
+) -> dict:
     """Success rate of the expert over `episodes` seeds starting at `seed` (success = stage 4 at the end)."""
     results = []
     for i in range(episodes):
         scene = SimScene(rig, task=task, seed=seed + i)
-        expert = ScriptedExpert(rig, task, seed + i, max_joint_speed_rad_s=max_joint_speed_rad_s)
+        expert = ScriptedExpert(rig, task, seed + i, max_joint_speed_rad_s=max_joint_speed_rad_s, approach=approach)
         results.append(run_episode(scene, expert))
     successes = sum(r['success'] for r in results)
     return {
@@ -414,6 +479,7 @@ def evaluate(rig: RigConfig, task: str, episodes: int, seed: int, max_joint_spee
         'reached_stage_4_rate': sum(r['max_stage'] >= 4 for r in results) / max(1, episodes),
         'failed_seeds': [r['seed'] for r in results if not r['success']],
         'failed_final_stages': [r['final_stage'] for r in results if not r['success']],
+        'approach': approach,
     }
 
 

@@ -87,6 +87,9 @@ class SimRig(Node):
         self.expert_max_joint_speed = float(
             param('expert_max_joint_speed', 0.0, 'rad/s the expert moves each arm joint at most (0: unlimited)')
         )
+        self.expert_approach = str(
+            param('expert_approach', 'joint', "the expert's move above the cube: joint (no wrist flip) | cartesian")
+        )
         servo_bus = str(
             param('servo_bus', str(sim.get('servo_bus', '')), "'' | feetech | dynamixel: arms as emulated servo buses")
         )
@@ -101,6 +104,8 @@ class SimRig(Node):
             raise ConfigError(f'expert_noise_rad must be in [0, 0.2] rad, got {self.expert_noise_rad}')
         if not (self.expert_max_joint_speed >= 0 and math.isfinite(self.expert_max_joint_speed)):
             raise ConfigError(f'expert_max_joint_speed must be >= 0 rad/s, got {self.expert_max_joint_speed}')
+        if self.expert_approach not in ('joint', 'cartesian'):
+            raise ConfigError(f"expert_approach must be 'joint' or 'cartesian', got {self.expert_approach!r}")
 
         self.scene = SimScene(self.rig, task=task, seed=seed)
         # Servo-bus mode: the arm drivers own joint_states, joint_command and e-stop for every arm.
@@ -258,6 +263,7 @@ class SimRig(Node):
             self.scene.seed,
             noise_rad=self.expert_noise_rad,
             max_joint_speed_rad_s=self.expert_max_joint_speed or None,
+            approach=self.expert_approach,
         )
 
     # ------------------------------------------------------------------ physics

@@ -103,8 +103,8 @@ def test_expert_replay_records_when_each_stage_was_first_reached() -> None:
 
 def test_a_speed_limited_expert_trails_its_wrist_flip_then_catches_up_and_still_succeeds(tmp_path) -> None:
     """`max_joint_speed_rad_s` (collect --expert-max-speed): no arm joint faster than the policy node's gate."""
-    free = ScriptedExpert(RIG, 'transfer_cube', 4)
-    limited = ScriptedExpert(RIG, 'transfer_cube', 4, max_joint_speed_rad_s=2.0)
+    free = ScriptedExpert(RIG, 'transfer_cube', 4, approach='cartesian')
+    limited = ScriptedExpert(RIG, 'transfer_cube', 4, max_joint_speed_rad_s=2.0, approach='cartesian')
     gripper = RIG.arm('right').joint_names.index('gripper')
     free_plan, plan = free.joint_plan['right'], limited.joint_plan['right']
     free_speed = np.abs(np.diff(free_plan, axis=0)) / free.dt
@@ -125,3 +125,59 @@ def test_a_speed_limited_expert_trails_its_wrist_flip_then_catches_up_and_still_
     with pytest.raises(ValueError, match=r'expert_max_joint_speed_rad_s must be >= 0 \(0: unlimited\), got -1'):
         collect(tmp_path / 'bag', episodes=1, expert_max_joint_speed_rad_s=-1.0, progress=False)
     assert not (tmp_path / 'bag').exists()
+
+
+def test_the_joint_space_approach_reaches_above_the_cube_without_the_wrist_flip(tmp_path) -> None:
+    """The default approach: a joint-space move to the IK solution nearest home, then the Cartesian plan.
+
+    A straight line from home to above the cube crosses the wrist singularity (`wrist_angle` 0), and
+    the IK rolls the forearm half a turn, to +2.6 rad on some seeds and -2.6 on others: two answers
+    for one observation, which a cloned policy averages into neither.
+    """
+    names = RIG.arm('right').joint_names
+    roll, wrist = names.index('forearm_roll'), names.index('wrist_angle')
+    for seed in (1000, 1001):  # the line flips the forearm to -3.1 on one, +2.8 on the other
+        joint = ScriptedExpert(RIG, 'transfer_cube', seed)
+        line = ScriptedExpert(RIG, 'transfer_cube', seed, approach='cartesian')
+        assert joint.approach == 'joint' and joint.labels == line.labels  # same clock, same labels
+        plan, old = joint.joint_plan['right'], line.joint_plan['right']
+        assert np.abs(old[:, roll]).max() > 2.3  # the flip the straight line makes
+        assert np.abs(plan[:, roll]).max() < 1.2  # none here, on the whole plan
+        above = int(round(1.6 / joint.dt)) - 1  # the step the joint-space move ends on
+        assert plan[above, wrist] > 0.3 and old[above, wrist] < -0.3  # the wrist bent the other way
+        ik = joint.ik['right']
+        arm_cols = [names.index(j.name) for j in ik.arm_joints]
+        pos_j, rot_j = ik.tcp(plan[above, arm_cols])
+        pos_c, rot_c = ik.tcp(old[above, arm_cols])
+        np.testing.assert_allclose(pos_j, pos_c, atol=2e-3)  # the same pose, reached the other way
+        assert np.abs(rot_j - rot_c).max() < 2e-2
+        # a joint-space move is not a line: the TCP must still stay well above the table on its way
+        assert min(ik.tcp(plan[k, arm_cols])[0][2] for k in range(above + 1)) > 0.08
+        speed = np.abs(np.diff(plan[:, arm_cols], axis=0)) / joint.dt
+        assert speed.max() < 3.0  # against 4.7-45 rad/s for the flip
+        assert np.abs(np.diff(line.joint_plan['right'][:, arm_cols], axis=0)).max() / line.dt > 4.0  # 14.5, 4.7 rad/s
+    # seed 4 (cube straight ahead): the line only wiggles through the singularity (17 rad/s, 0.2 rad)
+    wiggle = ScriptedExpert(RIG, 'transfer_cube', 4, approach='cartesian').joint_plan['right']
+    smooth = ScriptedExpert(RIG, 'transfer_cube', 4).joint_plan['right']
+    assert np.abs(np.diff(wiggle[:, roll])).max() * RIG.control_rate_hz > 5.0
+    assert np.abs(np.diff(smooth[:, roll])).max() * RIG.control_rate_hz < 1.0
+    outcome = run_episode(SimScene(RIG, 'transfer_cube', 1001), ScriptedExpert(RIG, 'transfer_cube', 1001))
+    assert outcome['success'] and 2.5 < outcome['stage_first_s']['1'] < 3.5
+    with pytest.raises(ValueError, match='approach must be one of'):
+        ScriptedExpert(RIG, 'transfer_cube', 4, approach='straight')
+
+    from bimanual_vla.collect import collect
+
+    with pytest.raises(ValueError, match="expert_approach must be 'joint' or 'cartesian'"):
+        collect(tmp_path / 'bag', episodes=1, expert_approach='line', progress=False)
+    assert not (tmp_path / 'bag').exists()
+
+
+def test_nearest_solution_prefers_the_least_motion_and_refuses_an_unreachable_pose() -> None:
+    expert = ScriptedExpert(RIG, 'transfer_cube', 0)
+    ik = expert.ik['right']
+    home = expert.home_q['right']
+    pos, rot = ik.tcp(home)
+    np.testing.assert_allclose(ik.nearest_solution(pos, rot, home), home, atol=1e-3)  # home itself
+    with pytest.raises(ValueError, match='no IK solution within the joint limits'):
+        ik.nearest_solution(pos + [3.0, 0, 0], rot, home)

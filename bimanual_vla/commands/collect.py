@@ -42,6 +42,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help='keep every arm joint of the expert under this speed (0: unlimited, the shipped data); 2 matches the '
         "policy node's default speed gate, so the data holds no motion the gate would clamp",
     )
+    p.add_argument(
+        '--expert-approach',
+        choices=('joint', 'cartesian'),
+        default='joint',
+        help="how the expert's right gripper gets above the cube: joint (default, no wrist flip) or cartesian "
+        "(a straight line through the wrist singularity: the shipped checkpoint's data)",
+    )
     p.add_argument('--compress', action='store_true', help='zstd-compress the MCAP chunks')
     p.add_argument('--no-progress', action='store_true')
     p.set_defaults(func=run)
@@ -62,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
         episode_s=args.episode_s,
         expert_noise_rad=args.expert_noise,
         expert_max_joint_speed_rad_s=args.expert_max_speed,
+        expert_approach=args.expert_approach,
         progress=not args.no_progress,
     )
     summary = result.to_json()

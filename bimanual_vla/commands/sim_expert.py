@@ -29,6 +29,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar='RAD_S',
         help='keep every arm joint under this speed (as collect --expert-max-speed)',
     )
+    p.add_argument(
+        '--approach',
+        choices=('joint', 'cartesian'),
+        default='joint',
+        help='how the right gripper gets above the cube (as collect --expert-approach)',
+    )
     p.add_argument('--sheet', metavar='PNG', help='write a contact sheet of the first episode')
     p.add_argument('--video', metavar='MP4', help='write a video of the first episode')
     p.set_defaults(func=run)
@@ -46,7 +52,9 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     if args.max_speed is not None and not args.max_speed > 0:
         raise SystemExit(f'--max-speed must be positive, got {args.max_speed}')
-    result = evaluate(rig, args.task, args.episodes, args.seed, max_joint_speed_rad_s=args.max_speed)
+    result = evaluate(
+        rig, args.task, args.episodes, args.seed, max_joint_speed_rad_s=args.max_speed, approach=args.approach
+    )
     result['wall_s'] = round(time.perf_counter() - t0, 2)
     print(json.dumps(result))
     return 0
@@ -58,7 +66,7 @@ def _render_first(rig, args: argparse.Namespace) -> None:
     from drivers.sim_scene import SceneRenderer, SimScene, rig_cameras
 
     scene = SimScene(rig, task=args.task, seed=args.seed)
-    expert = ScriptedExpert(rig, args.task, args.seed, max_joint_speed_rad_s=args.max_speed)
+    expert = ScriptedExpert(rig, args.task, args.seed, max_joint_speed_rad_s=args.max_speed, approach=args.approach)
     renderer = SceneRenderer(scene.model, rig_cameras(rig))
     recorder = EpisodeRecorder()
     every = max(1, round(rig.control_rate_hz / 15))

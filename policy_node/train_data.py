@@ -10,7 +10,9 @@ model size with the same crop and `resize_with_pad` the policy uses at run time,
                          task id, subtask id, episode; plus the task/subtask string tables
 * ``cache.json``         what the cache was built from (bags with sizes and mtimes, options)
 
-The cache is keyed by a hash of its inputs and reused by later runs on the same bags.
+Each bag gets a cache of its own, keyed by a hash of that bag's files and the options, and reused
+by later runs on the same bag: adding a bag to a run decodes only the new one. `build_cache` then
+joins the per-bag caches in memory (frames stay memory-mapped, per bag).
 """
 
 from __future__ import annotations
@@ -31,6 +33,34 @@ log = logging.getLogger(__name__)
 CACHE_VERSION = 1
 
 
+class StackedFrames:
+    """Several bags' memory-mapped frame arrays of one camera, indexed as one (n_frames, H, W, 3) array.
+
+    Joining the per-bag caches this way costs no copy: a 260-episode run holds ~3 GB of frames.
+    """
+
+    def __init__(self, parts: list[np.ndarray]) -> None:
+        if not parts:
+            raise ValueError('no frame arrays to stack')
+        shapes = {p.shape[1:] for p in parts}
+        if len(shapes) != 1:
+            raise ValueError(f'frame arrays of different sizes cannot be stacked: {sorted(shapes)}')
+        self.parts = parts
+        self.starts = np.cumsum([0] + [len(p) for p in parts])
+        self.shape = (int(self.starts[-1]), *parts[0].shape[1:])
+        self.dtype = parts[0].dtype
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        i = int(index)
+        if not 0 <= i < self.shape[0]:
+            raise IndexError(f'frame {i} out of range for {self.shape[0]} frames')
+        part = int(np.searchsorted(self.starts, i, side='right')) - 1
+        return self.parts[part][i - self.starts[part]]
+
+
 @dataclass
 class CachedSamples:
     """Everything a training step needs, as arrays (frames memory-mapped)."""
@@ -38,7 +68,7 @@ class CachedSamples:
     directory: Path
     cameras: list[str]
     joint_names: list[str]
-    frames: dict[str, np.ndarray]  # cam -> (n_frames, H, W, 3) uint8
+    frames: dict[str, np.ndarray | StackedFrames]  # cam -> (n_frames, H, W, 3) uint8
     frame_index: np.ndarray  # (N, n_cam) int64 into frames[cam]
     state: np.ndarray  # (N, J) float32, rig units
     actions: np.ndarray  # (N, H, J) float32, rig units
@@ -90,16 +120,17 @@ def build_cache(
     crops: dict[str, tuple[int, int, int, int]] | None = None,
     progress: bool = True,
 ) -> CachedSamples:
-    """Decode `bags` into a cache under `cache_root` (reused if one with the same key exists).
+    """Decode `bags` into per-bag caches under `cache_root` (each reused if it exists) and join them.
 
     Episodes whose label is in `skip_episodes` are left out, and so are episodes a `collect.json`
     beside the bag (written by `bimanual-vla collect`) reports as failed, unless `keep_failed`.
     `crops` (camera -> x, y, width, height) are cut out of the frames before resizing, exactly as
-    the policy does with a checkpoint's ``image_crops``.
+    the policy does with a checkpoint's ``image_crops``. The bags must agree on cameras, joints and
+    control rate; a bag whose episodes are all left out contributes nothing.
     """
-    from bimanual_vla.dataset import BagDataset
-
     paths = [Path(b).expanduser().resolve() for b in bags]
+    if not paths:
+        raise ValueError('no bags to decode')
     options = {
         'rig': rig,
         'image_size': list(image_size),
@@ -113,10 +144,31 @@ def build_cache(
     crops = {c: tuple(int(v) for v in box) for c, box in (crops or {}).items()}
     if crops:  # only then part of the key, so caches built before crops existed stay valid
         options['crops'] = {c: list(box) for c, box in sorted(crops.items())}
-    directory = Path(cache_root).expanduser() / cache_key(paths, options)
-    if (directory / 'cache.json').is_file():
-        log.info('reusing sample cache %s', directory)
-        return load_cache(directory)
+    parts = []
+    for path in paths:
+        directory = Path(cache_root).expanduser() / cache_key([path], options)
+        if (directory / 'cache.json').is_file():
+            log.info('reusing sample cache %s for %s', directory, path)
+        else:
+            _decode_bag(path, directory, options, crops, progress)
+        parts.append(load_cache(directory))
+    kept = [p for p in parts if len(p)]
+    if not kept:
+        raise ValueError('no episodes left to train on after skipping failed/excluded ones')
+    return kept[0] if len(kept) == 1 else join_caches(kept)
+
+
+def _decode_bag(
+    path: Path, directory: Path, options: dict[str, Any], crops: dict[str, tuple[int, int, int, int]], progress: bool
+) -> None:
+    """Decode one bag into `directory` (written under a temporary name, renamed when complete)."""
+    from bimanual_vla.dataset import BagDataset
+
+    rig, chunk_size, cameras = options['rig'], options['chunk_size'], options['cameras']
+    time_base, default_task = options['time_base'], options['default_task']
+    skip_episodes, keep_failed = options['skip_episodes'], options['keep_failed']
+    image_size = tuple(options['image_size'])
+    paths = [path]
     ds = BagDataset(
         paths, rig=rig, chunk_size=chunk_size, cameras=cameras, time_base=time_base, default_task=default_task
     )
@@ -129,8 +181,6 @@ def build_cache(
     )
     if skipped_labels:
         log.info('leaving out %d episode(s): %s', len(skipped_labels), ', '.join(skipped_labels))
-    if not kept:
-        raise ValueError('no episodes left to train on after skipping failed/excluded ones')
     cams = list(ds.cameras)
     unknown = sorted(set(crops) - set(cams))
     if unknown:
@@ -153,7 +203,7 @@ def build_cache(
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=n, unit='sample', desc='decoding bags')
+        bar = tqdm(total=n, unit='sample', desc=f'decoding {path.name}')
     i = 0
     for e in kept:
         last: dict[str, tuple[int, int]] = {}  # cam -> (source frame number, cache index)
@@ -179,7 +229,8 @@ def build_cache(
     if i != n:
         raise RuntimeError(f'expected {n} samples from the bags, decoded {i}')
     for cam in cams:
-        np.save(tmp / f'frames_{cam}.npy', np.stack(frame_lists[cam]))
+        empty = np.zeros((0, h, w, 3), dtype=np.uint8)
+        np.save(tmp / f'frames_{cam}.npy', np.stack(frame_lists[cam]) if frame_lists[cam] else empty)
     np.savez(
         tmp / 'arrays.npz',
         frame_index=frame_index,
@@ -207,7 +258,61 @@ def build_cache(
     (tmp / 'cache.json').write_text(json.dumps(info, indent=2) + '\n')
     ds.close()
     tmp.rename(directory)
-    return load_cache(directory)
+
+
+def join_caches(parts: list[CachedSamples]) -> CachedSamples:
+    """One `CachedSamples` over several per-bag caches: indices offset, task/subtask tables merged."""
+    first = parts[0]
+    for p in parts[1:]:
+        for key in ('cameras', 'joint_names', 'rate_hz'):
+            if p.info[key] != first.info[key]:
+                raise ValueError(
+                    f'bags {first.info["bags"]} and {p.info["bags"]} differ in {key}: '
+                    f'{first.info[key]} against {p.info[key]}; train on them apart'
+                )
+    tasks = list(dict.fromkeys(t for p in parts for t in p.tasks))
+    subtasks = list(dict.fromkeys(t for p in parts for t in p.subtasks))
+    frame_index, task_id, subtask_id, episode = [], [], [], []
+    frame_offset = np.zeros(len(first.cameras), dtype=np.int64)
+    episode_offset = 0
+    for p in parts:
+        frame_index.append(p.frame_index + frame_offset)
+        frame_offset += [len(p.frames[c]) for c in p.cameras]
+        task_id.append(np.array([tasks.index(t) for t in p.tasks], dtype=np.int64)[p.task_id])
+        subtask_id.append(np.array([subtasks.index(t) for t in p.subtasks], dtype=np.int64)[p.subtask_id])
+        episode.append(p.episode + episode_offset)
+        episode_offset += int(p.episode.max()) + 1
+    skipped: dict[str, int] = {}
+    for p in parts:
+        for key, count in p.info.get('skipped', {}).items():
+            skipped[key] = skipped.get(key, 0) + int(count)
+    info = {
+        **first.info,
+        'bags': [b for p in parts for b in p.info['bags']],
+        'parts': [str(p.directory) for p in parts],
+        'samples': sum(len(p) for p in parts),
+        'episodes': sum(int(p.info['episodes']) for p in parts),
+        'episodes_left_out': [e for p in parts for e in p.info['episodes_left_out']],
+        'tasks': tasks,
+        'subtasks': subtasks,
+        'skipped': skipped,
+    }
+    return CachedSamples(
+        directory=first.directory.parent,
+        cameras=list(first.cameras),
+        joint_names=list(first.joint_names),
+        frames={c: StackedFrames([p.frames[c] for p in parts]) for c in first.cameras},
+        frame_index=np.concatenate(frame_index),
+        state=np.concatenate([p.state for p in parts]),
+        actions=np.concatenate([p.actions for p in parts]),
+        actions_is_pad=np.concatenate([p.actions_is_pad for p in parts]),
+        task_id=np.concatenate(task_id),
+        subtask_id=np.concatenate(subtask_id),
+        episode=np.concatenate(episode),
+        tasks=tasks,
+        subtasks=subtasks,
+        info=info,
+    )
 
 
 def collect_summary(bag: str | Path) -> dict[str, Any] | None:

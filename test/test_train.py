@@ -34,7 +34,8 @@ def samples(tmp_path_factory):
     from policy_node.train_data import build_cache
 
     root = tmp_path_factory.mktemp('train')
-    collect(root / 'bag', episodes=2, seed=3, episode_s=1.0, progress=False)
+    # the straight-line approach: its wrist flip is the fast motion the speed report must catch
+    collect(root / 'bag', episodes=2, seed=3, episode_s=1.0, progress=False, expert_approach='cartesian')
     return build_cache([root / 'bag'], root / 'cache', rig='aloha_sim', image_size=(32, 32), chunk_size=10,
                        keep_failed=True, progress=False)  # fmt: skip
 
@@ -259,7 +260,7 @@ def test_train_cli_trains_resumes_without_data_and_refuses_bad_arguments(samples
     plan_max = max(
         float(np.max(np.abs(np.diff(p[:50], axis=0))) * rig.control_rate_hz)
         for seed in (3, 4)
-        for p in ScriptedExpert(rig, 'transfer_cube', seed).joint_plan.values()
+        for p in ScriptedExpert(rig, 'transfer_cube', seed, approach='cartesian').joint_plan.values()
     )
     speed = json.loads((out / 'training' / 'demonstration_speed.json').read_text())
     assert plan_max > 2.0 and speed['limit_rad_s'] == 2.0

@@ -1,0 +1,74 @@
+"""The training sample cache is per bag: adding a bag decodes only that bag, and the join is exact."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import numpy as np
+import pytest
+
+pytestmark = [pytest.mark.ros, pytest.mark.slow]
+
+CACHE_ARGS = dict(rig='aloha_sim', image_size=(32, 32), chunk_size=10, keep_failed=True, progress=False)
+
+
+@pytest.fixture(scope='module')
+def bags(tmp_path_factory):
+    """Two bags of one short episode each, recorded through the topics by `collect`."""
+    from bimanual_vla.collect import collect
+
+    root = tmp_path_factory.mktemp('bags')
+    collect(root / 'a', episodes=1, seed=3, episode_s=0.8, progress=False)
+    collect(root / 'b', episodes=1, seed=5, episode_s=0.8, progress=False)
+    return root / 'a', root / 'b'
+
+
+def test_adding_a_bag_decodes_only_that_bag_and_the_join_equals_the_parts(bags, tmp_path, caplog):
+    from policy_node.train_data import StackedFrames, build_cache
+
+    a, b = bags
+    only_a = build_cache([a], tmp_path, **CACHE_ARGS)
+    only_b = build_cache([b], tmp_path / 'elsewhere', **CACHE_ARGS)
+    stamp = (only_a.directory / 'arrays.npz').stat().st_mtime_ns
+    with caplog.at_level(logging.INFO, logger='policy_node.train_data'):
+        both = build_cache([a, b], tmp_path, **CACHE_ARGS)
+    assert any('reusing sample cache' in r.getMessage() and str(a) in r.getMessage() for r in caplog.records)
+    assert not any('reusing' in r.getMessage() and str(b) in r.getMessage() for r in caplog.records)
+    assert (only_a.directory / 'arrays.npz').stat().st_mtime_ns == stamp  # a was not decoded again
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir() and p.name != 'elsewhere') == sorted(
+        [only_a.directory.name, only_b.directory.name]  # one cache per bag, same key wherever it lives
+    )
+
+    n_a = len(only_a)
+    assert len(both) == n_a + len(only_b) and both.info['samples'] == len(both)
+    assert both.info['episodes'] == 2 and both.info['bags'] == [str(a), str(b)]
+    np.testing.assert_array_equal(both.state, np.concatenate([only_a.state, only_b.state]))
+    np.testing.assert_array_equal(both.actions[n_a:], only_b.actions)
+    # episodes stay apart: the join's ids are distinct per bag and in bag order
+    assert set(both.episode[:n_a]) == {0} and set(both.episode[n_a:]) == {1}
+    # the same task and subtask strings, through the merged tables
+    assert [both.subtasks[i] for i in both.subtask_id[n_a:]] == [only_b.subtasks[i] for i in only_b.subtask_id]
+    assert [both.tasks[i] for i in both.task_id] == [only_a.tasks[0]] * len(both)
+    # images of a sample from the second bag are that bag's own frames
+    assert isinstance(both.frames['top'], StackedFrames)
+    assert both.frames['top'].shape == (len(only_a.frames['top']) + len(only_b.frames['top']), 32, 32, 3)
+    for i in (n_a, n_a + 7, len(both) - 1):
+        np.testing.assert_array_equal(both.images(np.array([i])), only_b.images(np.array([i - n_a])))
+    np.testing.assert_array_equal(both.images(np.array([3])), only_a.images(np.array([3])))
+    with pytest.raises(IndexError, match='out of range'):
+        both.frames['top'][both.frames['top'].shape[0]]
+
+
+def test_bags_that_disagree_on_joints_or_rate_are_refused_by_name(bags, tmp_path):
+    from policy_node.train_data import build_cache, join_caches
+
+    a, b = bags
+    first = build_cache([a], tmp_path, **CACHE_ARGS)
+    second = build_cache([b], tmp_path, **CACHE_ARGS)
+    faster = dataclasses.replace(second, info={**second.info, 'rate_hz': 100.0})
+    with pytest.raises(ValueError, match=r'differ in rate_hz: 50(\.0)? against 100\.0; train on them apart') as err:
+        join_caches([first, faster])
+    assert str(a) in str(err.value) and str(b) in str(err.value)
+    with pytest.raises(ValueError, match='no bags to decode'):
+        build_cache([], tmp_path, **CACHE_ARGS)

@@ -258,6 +258,7 @@ def evaluate_closed_loop(
     policy_process: bool = True,
     narrate_expert: bool = False,
     expert_pace: bool = True,
+    expert_approach: str | None = None,
 ) -> dict:
     """Run `episodes` closed-loop episodes (seeds seed..), write OUT/report.json + video; return the report.
 
@@ -275,6 +276,10 @@ def evaluate_closed_loop(
     and report how much sooner or later the policy reached each reward stage than the expert did,
     and the aligned agreement and its ceiling (module docstring). The expert's labels follow its
     clock, so the policy's pace bounds the agreement it can reach with them.
+    `expert_approach`: how the expert (labels, replay, narrated motion) moves above the cube
+    (drivers/expert.py, APPROACHES). None: the way the checkpoint's training data did
+    (`expert_approach` in its bimanual_vla.json), else 'joint'. The labels follow the same clock
+    either way; the replay the policy's motion is aligned with should be the motion it learned.
     """
     import rclpy
 
@@ -283,6 +288,9 @@ def evaluate_closed_loop(
     from drivers.expert import ScriptedExpert
 
     checkpoint = Path(checkpoint).expanduser().resolve()
+    approach = expert_approach or _trained_approach(checkpoint) or 'joint'
+    if approach not in ('joint', 'cartesian'):
+        raise ValueError(f"expert_approach must be 'joint' or 'cartesian', got {approach!r}")
     out = Path(out).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     rig = load_rig(rig_name)
@@ -294,7 +302,13 @@ def evaluate_closed_loop(
     specs = rig_nodes(
         rig_name,
         policy=policy,
-        sim_overrides={'task': task, 'seed': seed, 'real_time_factor': real_time_factor, 'expert': narrate_expert},
+        sim_overrides={
+            'task': task,
+            'seed': seed,
+            'real_time_factor': real_time_factor,
+            'expert': narrate_expert,
+            'expert_approach': approach,
+        },
         policy_overrides=policy_overrides,
     )
     started = time.monotonic()
@@ -327,7 +341,7 @@ def evaluate_closed_loop(
             wall0 = time.monotonic()
             report = EpisodeReport(index=i, seed=ep_seed)
             _call_enable(observer, False)
-            expert = ScriptedExpert(rig, task, ep_seed)
+            expert = ScriptedExpert(rig, task, ep_seed, approach=approach)
             observer.expert_labels = expert.labels
             observer.expect_reset()
             observer.reset_pub.publish(Int64(data=ep_seed))
@@ -395,6 +409,7 @@ def evaluate_closed_loop(
     report = summarise(reports, checkpoint, task, seed, real_time_factor, observer, outputs)
     report['policy_in_own_process'] = policy_process
     report['driver'] = 'expert (the policy narrates)' if narrate_expert else 'policy'
+    report['expert_approach'] = approach
     report['wall_s'] = round(time.monotonic() - started, 1)
     (out / 'report.json').write_text(json.dumps(report, indent=2) + '\n')
     return report
@@ -407,6 +422,13 @@ def _changes(ticks: list[tuple[float, str, str, np.ndarray]]) -> list[tuple[floa
         if not out or (policy, expert) != out[-1][1:]:
             out.append((round(t, 2), policy, expert))
     return out
+
+
+def _trained_approach(checkpoint: Path) -> str | None:
+    """The expert approach the checkpoint's training data used (its metadata), None if not recorded."""
+    from policy_node.checkpoint import read_metadata
+
+    return read_metadata(checkpoint).expert_approach
 
 
 @dataclass

@@ -10,13 +10,16 @@ model size with the same crop and `resize_with_pad` the policy uses at run time,
                          task id, subtask id, episode; plus the task/subtask string tables
 * ``cache.json``         what the cache was built from (bags with sizes and mtimes, options)
 
-Each bag gets a cache of its own, keyed by a hash of that bag's files and the options, and reused
-by later runs on the same bag: adding a bag to a run decodes only the new one. `build_cache` then
-joins the per-bag caches in memory (frames stay memory-mapped, per bag).
+Each bag gets a cache of its own, keyed by a hash of that bag's files and the options that shape
+the samples, and reused by later runs on the same bag: adding a bag to a run decodes only the new
+one. A cache holds every episode of its bag; `build_cache` leaves out the skipped and failed ones
+when it joins the per-bag caches in memory (frames stay memory-mapped, per bag), so changing
+`--skip-episode` or `--keep-failed` decodes nothing again.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -30,7 +33,7 @@ from policy_node.preprocess import model_rgb
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: every episode decoded, labels listed; skipping happens when joining
 
 
 class StackedFrames:
@@ -138,8 +141,6 @@ def build_cache(
         'cameras': cameras,
         'time_base': time_base,
         'default_task': default_task,
-        'skip_episodes': sorted(skip_episodes or []),
-        'keep_failed': keep_failed,
     }
     crops = {c: tuple(int(v) for v in box) for c, box in (crops or {}).items()}
     if crops:  # only then part of the key, so caches built before crops existed stay valid
@@ -151,11 +152,16 @@ def build_cache(
             log.info('reusing sample cache %s for %s', directory, path)
         else:
             _decode_bag(path, directory, options, crops, progress)
-        parts.append(load_cache(directory))
+        skip = set(skip_episodes or [])
+        if not keep_failed:
+            skip |= failed_episode_labels([path])
+        parts.append(leave_out_episodes(load_cache(directory), skip))
     kept = [p for p in parts if len(p)]
     if not kept:
         raise ValueError('no episodes left to train on after skipping failed/excluded ones')
-    return kept[0] if len(kept) == 1 else join_caches(kept)
+    joined = kept[0] if len(kept) == 1 else join_caches(kept)
+    left_out = [label for p in parts for label in p.info['episodes_left_out']]  # bags left out whole too
+    return dataclasses.replace(joined, info={**joined.info, 'episodes_left_out': left_out})
 
 
 def _decode_bag(
@@ -166,21 +172,11 @@ def _decode_bag(
 
     rig, chunk_size, cameras = options['rig'], options['chunk_size'], options['cameras']
     time_base, default_task = options['time_base'], options['default_task']
-    skip_episodes, keep_failed = options['skip_episodes'], options['keep_failed']
     image_size = tuple(options['image_size'])
-    paths = [path]
     ds = BagDataset(
-        paths, rig=rig, chunk_size=chunk_size, cameras=cameras, time_base=time_base, default_task=default_task
+        [path], rig=rig, chunk_size=chunk_size, cameras=cameras, time_base=time_base, default_task=default_task
     )
-    skip = set(skip_episodes or [])
-    if not keep_failed:
-        skip |= failed_episode_labels(paths)
-    kept = [e for e in range(len(ds.episodes)) if ds.episodes[e].label not in skip]
-    skipped_labels = sorted(
-        {ds.episodes[e].label for e in range(len(ds.episodes))} - {ds.episodes[e].label for e in kept}
-    )
-    if skipped_labels:
-        log.info('leaving out %d episode(s): %s', len(skipped_labels), ', '.join(skipped_labels))
+    kept = list(range(len(ds.episodes)))
     cams = list(ds.cameras)
     unknown = sorted(set(crops) - set(cams))
     if unknown:
@@ -243,14 +239,15 @@ def _decode_bag(
     )
     info = {
         'version': CACHE_VERSION,
-        'bags': [str(p) for p in paths],
+        'bags': [str(path)],
         'options': options,
         'cameras': cams,
         'joint_names': list(ds.joint_names),
         'rate_hz': ds.rate_hz,
         'samples': n,
         'episodes': len(kept),
-        'episodes_left_out': skipped_labels,
+        'episode_labels': [ds.episodes[e].label for e in kept],  # by the `episode` ids of the samples
+        'episodes_left_out': [],
         'tasks': list(tasks),
         'subtasks': list(subtasks),
         'skipped': dict(ds.skipped),
@@ -258,6 +255,33 @@ def _decode_bag(
     (tmp / 'cache.json').write_text(json.dumps(info, indent=2) + '\n')
     ds.close()
     tmp.rename(directory)
+
+
+def leave_out_episodes(part: CachedSamples, labels: set[str]) -> CachedSamples:
+    """`part` without the samples of episodes labelled one of `labels` (frames stay, unreferenced)."""
+    episode_labels = part.info['episode_labels']
+    left_out = sorted({label for label in episode_labels if label in labels})
+    if not left_out:
+        return part
+    log.info('leaving out %d episode(s) of %s: %s', len(left_out), part.info['bags'][0], ', '.join(left_out))
+    drop = np.array([label in labels for label in episode_labels], dtype=bool)
+    keep = ~drop[part.episode]
+    return dataclasses.replace(
+        part,
+        frame_index=part.frame_index[keep],
+        state=part.state[keep],
+        actions=part.actions[keep],
+        actions_is_pad=part.actions_is_pad[keep],
+        task_id=part.task_id[keep],
+        subtask_id=part.subtask_id[keep],
+        episode=part.episode[keep],
+        info={
+            **part.info,
+            'samples': int(keep.sum()),
+            'episodes': len(set(part.episode[keep].tolist())),
+            'episodes_left_out': left_out,
+        },
+    )
 
 
 def join_caches(parts: list[CachedSamples]) -> CachedSamples:

@@ -72,3 +72,43 @@ def test_bags_that_disagree_on_joints_or_rate_are_refused_by_name(bags, tmp_path
     assert str(a) in str(err.value) and str(b) in str(err.value)
     with pytest.raises(ValueError, match='no bags to decode'):
         build_cache([], tmp_path, **CACHE_ARGS)
+
+
+def test_skipping_or_dropping_failed_episodes_decodes_nothing_again(bags, tmp_path, caplog):
+    import json
+    import shutil
+
+    from policy_node.train_data import build_cache
+
+    a, b = bags
+    b_copy = tmp_path / 'b_copy'
+    shutil.copytree(b, b_copy)
+    everything = build_cache([a, b_copy], tmp_path / 'cache', **CACHE_ARGS)
+    decoded = sorted(p.name for p in (tmp_path / 'cache').iterdir())
+    assert len(decoded) == 2 and everything.info['episodes'] == 2
+    # one episode skipped by label: the other bag's samples, nothing decoded again
+    with caplog.at_level(logging.INFO, logger='policy_node.train_data'):
+        only_b = build_cache([a, b_copy], tmp_path / 'cache', skip_episodes=['transfer_cube seed 3'], **CACHE_ARGS)
+    assert sorted(p.name for p in (tmp_path / 'cache').iterdir()) == decoded
+    assert sum('reusing sample cache' in r.getMessage() for r in caplog.records) == 2
+    n_a = int((everything.episode == everything.episode[0]).sum())
+    assert len(only_b) == len(everything) - n_a and only_b.info['episodes'] == 1
+    assert only_b.info['episodes_left_out'] == ['transfer_cube seed 3']
+    np.testing.assert_array_equal(only_b.state, everything.state[n_a:])
+    np.testing.assert_array_equal(only_b.images(np.array([5])), everything.images(np.array([n_a + 5])))
+    # collect.json decides which episodes failed (the 0.8 s cut fails both); it is read on every run,
+    # so editing it changes what is left out, without decoding anything again
+    assert not json.loads((a / 'collect.json').read_text())['episodes'][0]['success']
+    summary = json.loads((b_copy / 'collect.json').read_text())
+    summary['episodes'][0]['success'] = True
+    (b_copy / 'collect.json').write_text(json.dumps(summary))
+    args = {**CACHE_ARGS, 'keep_failed': False}
+    without_failed = build_cache([a, b_copy], tmp_path / 'cache', **args)
+    assert len(without_failed) == len(everything) - n_a and without_failed.info['episodes'] == 1
+    assert without_failed.info['episodes_left_out'] == ['transfer_cube seed 3']
+    summary['episodes'][0]['success'] = False
+    (b_copy / 'collect.json').write_text(json.dumps(summary))
+    with pytest.raises(ValueError, match='no episodes left to train on'):
+        build_cache([a, b_copy], tmp_path / 'cache', **args)
+    assert len(build_cache([a, b_copy], tmp_path / 'cache', **CACHE_ARGS)) == len(everything)
+    assert sorted(p.name for p in (tmp_path / 'cache').iterdir()) == decoded

@@ -46,6 +46,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         action='store_true',
         help='skip replaying the expert on each seed afterwards to compare stage times (~1 s per episode)',
     )
+    p.add_argument(
+        '--expert-approach',
+        choices=('joint', 'cartesian'),
+        help="how the scripted expert moves above the cube, for its labels, replay and narration (default: the "
+        "checkpoint's training data's, from its metadata, else joint)",
+    )
     p.add_argument('--no-progress', action='store_true')
     p.set_defaults(func=run)
 
@@ -72,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
         policy_process=not args.composed,
         narrate_expert=args.narrate_expert,
         expert_pace=not args.no_expert_pace,
+        expert_approach=args.expert_approach,
     )
     summary = {k: v for k, v in report.items() if k != 'per_episode'}
     print(json.dumps(summary, indent=2))

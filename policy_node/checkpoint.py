@@ -123,6 +123,13 @@ class CheckpointMetadata(BaseModel):
             'starts each chunk this much earlier (sim bags collected before 2026-11-30: one control tick)'
         ),
     )
+    expert_approach: Literal['joint', 'cartesian'] | None = Field(
+        default=None,
+        description=(
+            "how the sim's scripted expert reached above the cube in the training data (collect.json); "
+            'eval-sim replays the same one. None: not recorded, data from a rig, or both kinds mixed'
+        ),
+    )
 
     @field_validator('joint_names', 'camera_names')
     @classmethod

@@ -65,7 +65,7 @@ from policy_node.checkpoint import (
     write_metadata,
 )
 from policy_node.normalize import Normalizer
-from policy_node.train_data import CachedSamples, action_time_offset_s
+from policy_node.train_data import CachedSamples, action_time_offset_s, expert_approach
 
 log = logging.getLogger(__name__)
 
@@ -523,6 +523,7 @@ class Trainer:
             tokens = init_meta.tokens
             reasoning = init_meta.reasoning or any(samples.subtasks)
             prior_tasks, prior_subtasks = list(init_meta.tasks), list(init_meta.subtasks)
+            prior_approaches = [init_meta.expert_approach]
         else:
             self.tokenizer = new_tokenizer(texts)
             self.model = new_model(cfg.shape, self.tokenizer, cfg.chunk_size, cfg.seed)
@@ -531,6 +532,7 @@ class Trainer:
             tokens = SpecialTokens()
             reasoning = any(samples.subtasks)
             prior_tasks, prior_subtasks = [], []
+            prior_approaches = []
         missing = [c for c in cameras if c not in samples.cameras]
         if missing:
             raise ValueError(f'the data has no camera(s) {missing}; it has {samples.cameras}')
@@ -540,6 +542,9 @@ class Trainer:
         if resume:
             self.metadata = read_metadata(self.out)
         else:
+            # a fine-tune keeps a single approach only if its initial checkpoint learned the same one
+            approach = expert_approach(cfg.data)
+            approach = approach if all(p == approach for p in prior_approaches) else None
             norm = NormalizationConfig(
                 mode=cfg.normalization,
                 state=compute_stats(samples.state),
@@ -562,6 +567,7 @@ class Trainer:
                 tasks=list(dict.fromkeys([*prior_tasks, *samples.tasks])),
                 subtasks=list(dict.fromkeys([*prior_subtasks, *(t for t in samples.subtasks if t)])),
                 action_time_offset_s=action_time_offset_s(cfg.data, rate_hz),
+                expert_approach=approach,
             )
         self.model.train()
         self.model.requires_grad_(True)

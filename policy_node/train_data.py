@@ -386,6 +386,22 @@ def action_time_offset_s(bags: list[str | Path], rate_hz: float) -> float:
     return round(1.0 / rate_hz, 9) if late else 0.0
 
 
+def expert_approach(bags: list[str | Path]) -> str | None:
+    """How the scripted expert reached above the cube in these bags (CheckpointMetadata's field).
+
+    From each bag's `collect.json`; bags collected before the key existed used the straight line
+    ('cartesian'). None when a bag was not collected from the sim (a rig's recording) or the bags
+    mix both approaches: then there is no single expert motion to compare the policy with.
+    """
+    approaches = set()
+    for bag in bags:
+        data = collect_summary(bag)
+        if data is None:
+            return None
+        approaches.add(data.get('expert_approach', 'cartesian'))
+    return approaches.pop() if len(approaches) == 1 else None
+
+
 def load_cache(directory: str | Path) -> CachedSamples:
     directory = Path(directory)
     info = json.loads((directory / 'cache.json').read_text())

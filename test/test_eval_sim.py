@@ -53,6 +53,12 @@ def test_short_episodes_drive_the_sim_within_limits(checkpoint, tmp_path):
     assert (tmp_path / 'eval' / 'contact_sheet.png').stat().st_size > 10_000
     assert (tmp_path / 'eval' / 'episode.mp4').stat().st_size > 10_000
     assert report['policy_in_own_process'] is True and report['driver'] == 'policy'
+    # the expert is replayed the way the checkpoint's data moved (the shipped one: the straight line)
+    from policy_node.checkpoint import read_metadata
+
+    assert report['expert_approach'] == (read_metadata(checkpoint).expert_approach or 'joint')
+    if checkpoint == SHIPPED:
+        assert report['expert_approach'] in ('joint', 'cartesian')
     # --tick-log: one line per episode, every tick and every inference with its arrival after its observation
     text = (tmp_path / 'eval' / 'ticks.jsonl').read_text()
     assert 'NaN' not in text  # strict JSON: a joint not yet measured is null

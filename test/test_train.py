@@ -251,6 +251,7 @@ def test_train_cli_trains_resumes_without_data_and_refuses_bad_arguments(samples
     summary = json.loads((samples.directory.parent.parent / 'bag' / 'collect.json').read_text())
     assert summary['command_stamps'] == 'issued'
     assert read_metadata(out).action_time_offset_s == 0.0
+    assert read_metadata(out).expert_approach == 'cartesian'  # from collect.json, for eval-sim's replay
     # The data is checked against the policy node's speed limit: the expert's first second (seeds 3
     # and 4) holds its wrist flip, up to 17 rad/s, which the 2 rad/s gate would clamp.
     from bimanual_vla.config import load_rig

@@ -112,3 +112,23 @@ def test_skipping_or_dropping_failed_episodes_decodes_nothing_again(bags, tmp_pa
         build_cache([a, b_copy], tmp_path / 'cache', **args)
     assert len(build_cache([a, b_copy], tmp_path / 'cache', **CACHE_ARGS)) == len(everything)
     assert sorted(p.name for p in (tmp_path / 'cache').iterdir()) == decoded
+
+
+def test_the_expert_approach_of_the_data_comes_from_collect_json(tmp_path):
+    import json
+
+    from policy_node.train_data import expert_approach
+
+    def bag(name: str, summary: dict | None) -> str:
+        (tmp_path / name).mkdir()
+        if summary is not None:
+            (tmp_path / name / 'collect.json').write_text(json.dumps(summary))
+        return str(tmp_path / name)
+
+    joint = bag('joint', {'expert_approach': 'joint', 'episodes': []})
+    old = bag('old', {'episodes': []})  # before the key existed: the straight line
+    rig = bag('rig', None)  # recorded on a rig: no scripted expert
+    assert expert_approach([joint]) == 'joint' and expert_approach([joint, joint]) == 'joint'
+    assert expert_approach([old]) == 'cartesian'
+    assert expert_approach([joint, old]) is None  # mixed: no single motion to replay
+    assert expert_approach([joint, rig]) is None

@@ -55,6 +55,9 @@ class EpisodeOutcome:
     sim_duration_s: float = 0.0
     first_tick_s: float | None = None  # sim time of the first tick after the start marker was sent
     wall_s: float = 0.0
+    # topics only this collection should publish that had another publisher during the episode: a
+    # second sim or collect on the same ROS_DOMAIN_ID mixed into the recording (train leaves it out)
+    foreign_publishers: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -82,6 +85,10 @@ class CollectResult:
         out = asdict(self)
         out['success_rate'] = self.success_rate
         return out
+
+
+# sim time (the sim), resets and episode markers (the conductor): one publisher each in a collection
+GUARDED_TOPICS = (topics.CLOCK, topics.SIM_RESET_SEED, topics.RECORD_EPISODE)
 
 
 class CollectConductor(Node):
@@ -127,6 +134,15 @@ class CollectConductor(Node):
 
     def end_episode(self) -> None:
         self._episode_pub.publish(String(data=''))
+
+    def foreign_publishers(self) -> list[str]:
+        """The topics this collection alone publishes that have more than one publisher now.
+
+        A second `sim_rig` (an eval, a demo, a test) or `collect` on the same ROS domain publishes sim
+        time, resets and episode markers that the recorder takes for this collection's: its frames,
+        joints and episodes end up in the bag. One publisher each is this collection's own.
+        """
+        return [t for t in GUARDED_TOPICS if self.count_publishers(t) > 1]
 
 
 def episode_duration_s(rig: RigConfig, task: str, seed: int, tail_s: float) -> float:
@@ -238,7 +254,12 @@ def collect(
             conductor.start_episode(ep_seed, label)
             if not conductor.reset_done.wait(30.0):
                 raise RuntimeError(f'episode {i}: the sim did not reset to seed {ep_seed} within 30 s')
+            foreign: set[str] = set(conductor.foreign_publishers())
+            next_check = time.monotonic() + 0.2
             while conductor.sim_time < duration:
+                if time.monotonic() >= next_check:
+                    foreign.update(conductor.foreign_publishers())
+                    next_check = time.monotonic() + 0.2
                 if time.monotonic() - t0 > max_wall_per_episode_s:
                     raise RuntimeError(
                         f'episode {i}: sim time {conductor.sim_time:.2f} s after {max_wall_per_episode_s} s'
@@ -246,7 +267,13 @@ def collect(
                 if not spinner.is_alive():
                     raise RuntimeError('the executor stopped')
                 time.sleep(0.005)
+            foreign.update(conductor.foreign_publishers())
             conductor.end_episode()
+            if foreign:
+                conductor.get_logger().error(
+                    f'{label}: another node published {sorted(foreign)} during the episode (a second sim or '
+                    'collect on this ROS_DOMAIN_ID?); its messages are in the bag, so train leaves the episode out'
+                )
             outcome = EpisodeOutcome(
                 index=i,
                 seed=ep_seed,
@@ -255,6 +282,7 @@ def collect(
                 sim_duration_s=round(conductor.sim_time - (conductor.first_tick_s or 0.0), 3),
                 first_tick_s=conductor.first_tick_s,
                 wall_s=round(time.monotonic() - t0, 2),
+                foreign_publishers=sorted(foreign),
             )
             result.episodes.append(outcome)
             if bar is not None:

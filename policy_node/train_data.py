@@ -155,7 +155,14 @@ def build_cache(
         skip = set(skip_episodes or [])
         if not keep_failed:
             skip |= failed_episode_labels([path])
-        parts.append(leave_out_episodes(load_cache(directory), skip))
+        part = load_cache(directory)
+        summary = collect_summary(path)
+        if summary is not None:
+            suspect = suspect_episode_labels(part.info['episode_labels'], summary)
+            for label, why in sorted(suspect.items()):
+                log.warning('%s: leaving out episode %r: %s', path, label, why)
+            skip |= set(suspect)
+        parts.append(leave_out_episodes(part, skip))
     kept = [p for p in parts if len(p)]
     if not kept:
         raise ValueError('no episodes left to train on after skipping failed/excluded ones')
@@ -345,13 +352,34 @@ def collect_summary(bag: str | Path) -> dict[str, Any] | None:
     return json.loads(summary.read_text()) if summary.is_file() else None
 
 
+def suspect_episode_labels(episode_labels: list[str], summary: dict[str, Any]) -> dict[str, str]:
+    """Episodes of a `collect` bag that `collect` did not record as it says (label -> why).
+
+    A second collection on the same ROS domain sends episode markers of its own into the recording:
+    an episode `collect.json` does not list, or a label recorded twice, is not the demonstration the
+    summary describes (and for a twice-recorded label nobody can tell which one is).
+    """
+    listed = {e['label'] for e in summary.get('episodes', [])}
+    out = {label: 'not in collect.json (another collection on this ROS domain?)' for label in episode_labels}
+    out = {label: why for label, why in out.items() if label not in listed}
+    for label in set(episode_labels):
+        if episode_labels.count(label) > 1:
+            out[label] = f'recorded {episode_labels.count(label)} times (another collection on this ROS domain?)'
+    return out
+
+
 def failed_episode_labels(bags: list[Path]) -> set[str]:
-    """Labels of the episodes `bimanual-vla collect` recorded as failed (from each bag's collect.json)."""
+    """Labels of the episodes `bimanual-vla collect` recorded as failed (from each bag's collect.json).
+
+    Episodes during which another node published on the collection's own topics (a second sim on the
+    same ROS domain, `foreign_publishers`) count as failed too: their bag holds that node's messages.
+    """
     labels: set[str] = set()
     for bag in bags:
         data = collect_summary(bag)
         if data is not None:
-            labels |= {e['label'] for e in data.get('episodes', []) if not e.get('success', True)}
+            episodes = data.get('episodes', [])
+            labels |= {e['label'] for e in episodes if not e.get('success', True) or e.get('foreign_publishers')}
     return labels
 
 

@@ -66,6 +66,7 @@ def test_summary_names_every_episode_with_its_seed_and_outcome(collected):
     assert [e['success'] for e in summary['episodes']] == [False, False]
     assert summary['task_text'] == 'transfer the cube from the right arm to the left arm'
     assert summary['dropped_messages'] == 0
+    assert [e['foreign_publishers'] for e in summary['episodes']] == [[], []]  # alone on its domain
     for e in result.episodes:
         assert e.first_tick_s is not None and e.first_tick_s <= 0.1  # the marker follows the reset's first tick
 
@@ -106,3 +107,29 @@ def test_output_that_exists_is_refused(tmp_path):
     (tmp_path / 'bag').mkdir()
     with pytest.raises(FileExistsError):
         collect(tmp_path / 'bag', episodes=1, progress=False)
+
+
+def test_a_second_sim_on_the_domain_marks_the_episode_and_train_leaves_it_out(tmp_path, ros_context):
+    """Another node publishing sim time on the collection's ROS domain (a second sim, an eval, a test)."""
+    import rclpy
+    from rosgraph_msgs.msg import Clock
+
+    from bimanual_vla import topics
+    from bimanual_vla.collect import collect
+    from policy_node.train_data import failed_episode_labels
+
+    intruder = rclpy.create_node('intruding_sim', context=ros_context)
+    intruder.create_publisher(Clock, topics.CLOCK, 10)  # it need not even publish: it is there
+    try:
+        result = collect(tmp_path / 'bag', episodes=1, seed=7, episode_s=0.5, progress=False)
+    finally:
+        intruder.destroy_node()
+    assert result.episodes[0].foreign_publishers == ['/clock']
+    summary = json.loads((tmp_path / 'bag' / 'collect.json').read_text())
+    assert summary['episodes'][0]['foreign_publishers'] == ['/clock']
+    summary['episodes'][0]['success'] = True  # even a successful episode: its bag holds the other node's data
+    (tmp_path / 'bag' / 'collect.json').write_text(json.dumps(summary))
+    assert failed_episode_labels([tmp_path / 'bag']) == {'transfer_cube seed 7'}
+    summary['episodes'][0]['foreign_publishers'] = []
+    (tmp_path / 'bag' / 'collect.json').write_text(json.dumps(summary))
+    assert failed_episode_labels([tmp_path / 'bag']) == set()

@@ -132,3 +132,31 @@ def test_the_expert_approach_of_the_data_comes_from_collect_json(tmp_path):
     assert expert_approach([old]) == 'cartesian'
     assert expert_approach([joint, old]) is None  # mixed: no single motion to replay
     assert expert_approach([joint, rig]) is None
+
+
+def test_episodes_a_collect_bag_should_not_hold_are_suspect():
+    """A second collection on the same domain leaves markers of its own: unlisted or repeated labels."""
+    from policy_node.train_data import suspect_episode_labels
+
+    summary = {'episodes': [{'label': 'cube seed 36'}, {'label': 'cube seed 37'}, {'label': 'cube seed 7'}]}
+    assert suspect_episode_labels(['cube seed 36', 'cube seed 37', 'cube seed 7'], summary) == {}
+    suspect = suspect_episode_labels(['cube seed 36', 'cube seed 7', 'cube seed 37', 'cube seed 7', 'x'], summary)
+    assert sorted(suspect) == ['cube seed 7', 'x']
+    assert suspect['cube seed 7'].startswith('recorded 2 times') and suspect['x'].startswith('not in collect.json')
+
+
+def test_an_episode_collect_json_does_not_list_is_left_out(bags, tmp_path):
+    import json
+    import shutil
+
+    from policy_node.train_data import build_cache
+
+    _, b = bags
+    copy = tmp_path / 'b'
+    shutil.copytree(b, copy)
+    assert len(build_cache([copy], tmp_path / 'cache', **CACHE_ARGS)) > 0
+    summary = json.loads((copy / 'collect.json').read_text())
+    summary['episodes'][0]['label'] = 'transfer_cube seed 6'  # the bag's episode is 'seed 5'
+    (copy / 'collect.json').write_text(json.dumps(summary))
+    with pytest.raises(ValueError, match='no episodes left to train on'):
+        build_cache([copy], tmp_path / 'cache', **CACHE_ARGS)  # even with keep_failed

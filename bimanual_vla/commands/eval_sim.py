@@ -49,7 +49,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         '--expert-approach',
         choices=('joint', 'cartesian'),
-        help="how the scripted expert moves above the cube, for its labels, replay and narration (default: the "
+        help='how the scripted expert moves above the cube, for its labels, replay and narration (default: the '
         "checkpoint's training data's, from its metadata, else joint)",
     )
     p.add_argument('--no-progress', action='store_true')

@@ -5,7 +5,8 @@ own command interface): for each gripper a list of Cartesian waypoints (position
 point between the fingertips + gripper orientation) is laid out from the episode's
 initial object poses, interpolated with a minimum-jerk profile, and solved to joint
 targets by damped-least-squares IK on MuJoCo's Jacobian (``mj_jac`` at that point) on a
-private kinematic copy of the model. The plan is computed once per episode, so
+private kinematic copy of the model (a waypoint marked `joint_space` is reached by a joint-space
+move instead, see APPROACHES). The plan is computed once per episode, so
 :meth:`ScriptedExpert.act` is a table look-up by control step: the same plan can be
 played in-process (:func:`run_episode`) or over ROS topics against the ``sim_rig`` node.
 
@@ -350,7 +351,8 @@ class ScriptedExpert:
     def _limit_speed(self, max_rad_s: float) -> None:
         """Let no arm joint move faster than `max_rad_s`: a joint that would trails its IK solution, then catches up.
 
-        On its way above the cube the right wrist passes near its singularity, and the IK turns
+        With the straight-line approach ('cartesian'), on its way above the cube the right wrist passes
+        near its singularity, and the IK turns
         `forearm_roll` and `wrist_rotate` ~2.6 rad in opposite directions within ~0.4 s (median peak
         7.4 rad/s over seeds 1000-1049, up to 45). The policy node's gate (`safety.max_velocity_rad_s`,
         2 rad/s by default) would clamp a policy that learned that, so data meant for such a policy is

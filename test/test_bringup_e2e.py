@@ -157,8 +157,8 @@ def test_demo_drives_the_rig_with_the_shipped_checkpoint(tmp_path: Path) -> None
     assert trained_checkpoint() is not None, 'checkpoints/aloha_transfer_cube is part of the project'
     from policy_node.checkpoint import read_metadata
 
-    # trained on sim bags that stamped commands one tick late: its chunks start one tick earlier
-    assert read_metadata(trained_checkpoint()).action_time_offset_s == 0.02
+    # last fine-tuned on sim bags that stamp commands when issued: its chunks start at the snapshot
+    assert read_metadata(trained_checkpoint()).action_time_offset_s == 0.0
     result = run_demo(tmp_path / 'demo', seed=1003, max_sim_s=6.0)  # driver 'auto': the checkpoint
     assert result.driver == 'policy'
     assert result.sim_time_s >= 6.0

@@ -195,7 +195,9 @@ def collect(
     if not expert_max_joint_speed_rad_s >= 0:
         speed = expert_max_joint_speed_rad_s
         raise ValueError(f'expert_max_joint_speed_rad_s must be >= 0 (0: unlimited), got {speed}')
-    if expert_approach not in ('joint', 'cartesian'):
+    from drivers.expert import APPROACHES
+
+    if expert_approach not in APPROACHES:
         raise ValueError(f"expert_approach must be 'joint' or 'cartesian', got {expert_approach!r}")
     out = Path(out).expanduser()
     if out.exists():

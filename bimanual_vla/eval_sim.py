@@ -285,11 +285,11 @@ def evaluate_closed_loop(
 
     from bimanual_vla.bringup import rig_nodes
     from bimanual_vla.compose import OWN_PROCESS, compose
-    from drivers.expert import ScriptedExpert
+    from drivers.expert import APPROACHES, ScriptedExpert
 
     checkpoint = Path(checkpoint).expanduser().resolve()
     approach = expert_approach or _trained_approach(checkpoint) or 'joint'
-    if approach not in ('joint', 'cartesian'):
+    if approach not in APPROACHES:
         raise ValueError(f"expert_approach must be 'joint' or 'cartesian', got {approach!r}")
     out = Path(out).expanduser()
     out.mkdir(parents=True, exist_ok=True)

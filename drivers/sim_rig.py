@@ -43,6 +43,7 @@ from std_srvs.srv import Trigger
 from bimanual_vla import topics
 from bimanual_vla.config import ConfigError
 from bimanual_vla.ros_utils import ERROR, OK, WARN, declare_rig, diagnostic_status, run_node, sec_to_stamp
+from drivers.expert import APPROACHES
 from drivers.sim_scene import MAX_REWARD, SceneRenderer, SimScene, rig_cameras, snapshot
 from drivers.sim_servo_bus import SimServoBus, check_protocol, default_directory, port_link, write_servo_bus_rig
 
@@ -104,7 +105,7 @@ class SimRig(Node):
             raise ConfigError(f'expert_noise_rad must be in [0, 0.2] rad, got {self.expert_noise_rad}')
         if not (self.expert_max_joint_speed >= 0 and math.isfinite(self.expert_max_joint_speed)):
             raise ConfigError(f'expert_max_joint_speed must be >= 0 rad/s, got {self.expert_max_joint_speed}')
-        if self.expert_approach not in ('joint', 'cartesian'):
+        if self.expert_approach not in APPROACHES:
             raise ConfigError(f"expert_approach must be 'joint' or 'cartesian', got {self.expert_approach!r}")
 
         self.scene = SimScene(self.rig, task=task, seed=seed)

@@ -153,11 +153,11 @@ def build_cache(
         else:
             _decode_bag(path, directory, options, crops, progress)
         skip = set(skip_episodes or [])
-        if not keep_failed:
-            skip |= failed_episode_labels([path])
         part = load_cache(directory)
         summary = collect_summary(path)
         if summary is not None:
+            if not keep_failed:
+                skip |= failed_labels(summary)
             suspect = suspect_episode_labels(part.info['episode_labels'], summary)
             for label, why in sorted(suspect.items()):
                 log.warning('%s: leaving out episode %r: %s', path, label, why)
@@ -378,9 +378,14 @@ def failed_episode_labels(bags: list[Path]) -> set[str]:
     for bag in bags:
         data = collect_summary(bag)
         if data is not None:
-            episodes = data.get('episodes', [])
-            labels |= {e['label'] for e in episodes if not e.get('success', True) or e.get('foreign_publishers')}
+            labels |= failed_labels(data)
     return labels
+
+
+def failed_labels(summary: dict[str, Any]) -> set[str]:
+    """The labels one `collect.json` marks failed or recorded beside another node (`failed_episode_labels`)."""
+    episodes = summary.get('episodes', [])
+    return {e['label'] for e in episodes if not e.get('success', True) or e.get('foreign_publishers')}
 
 
 def action_time_offset_s(bags: list[str | Path], rate_hz: float) -> float:

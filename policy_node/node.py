@@ -54,6 +54,7 @@ from bimanual_vla.ros_utils import (
     stamp_to_sec,
 )
 from policy_node.chunking import Chunk, ChunkExecutor, GuidePlan, LatencyEstimator, plan_guide
+from policy_node.input_sync import ArrivalDelay, JointHistory, StampedHistory
 from policy_node.markers import GripperPaths, chunk_markers
 from policy_node.safety import CommandGate
 
@@ -100,6 +101,10 @@ class _Stats:
 
 def _pct(values, q: float) -> float:
     return float(np.percentile(np.asarray(values), q)) if len(values) else float('nan')
+
+
+def _ms(seconds: float | None) -> float:
+    return float('nan') if seconds is None else seconds * 1e3
 
 
 class PolicyNode(Node):
@@ -153,6 +158,13 @@ class PolicyNode(Node):
         self._joint_pos = np.full(len(self.joint_names), np.nan)
         self._joint_stamp = np.full(len(self.joint_names), -np.inf)
         self._frames: dict[str, Image] = {}
+        # For chunk_start 'synchronized' (policy_node/input_sync.py): how late each camera's frames
+        # arrive (also reported in diagnostics whatever the mode), and short stamped histories to
+        # pick, per input, the latest one stamped at or before the observation time.
+        self._arrival = {cam: ArrivalDelay() for cam in self.camera_names}
+        self._keep_history = self.policy_cfg.inference.chunk_start == 'synchronized'  # 16 frames per camera
+        self._frame_history: dict[str, StampedHistory[Image]] = {cam: StampedHistory(16) for cam in self.camera_names}
+        self._joint_history = JointHistory(len(self.joint_names))
         self._task = self.policy_cfg.task
         self._override: str | None = None
         self._last_reasoning: str | None = None
@@ -200,9 +212,11 @@ class PolicyNode(Node):
     # ---------------------------------------------------------------- setup
 
     def _chunk_start_text(self) -> str:
-        if self.policy_cfg.inference.chunk_start == 'oldest_input':
+        mode = self.policy_cfg.inference.chunk_start
+        if mode == 'oldest_input':
             return 'chunks start at their oldest input'
-        return f'chunks start {self.action_time_offset_s * 1e3:g} ms before their snapshot'
+        when = 'the time every input has arrived for' if mode == 'synchronized' else 'their snapshot'
+        return f'chunks start {self.action_time_offset_s * 1e3:g} ms before {when}'
 
     def _commanded_arms(self) -> dict[str, tuple[list[str], np.ndarray]]:
         """arm -> (qualified joint names, their columns in the chunk), for arms the checkpoint fully covers."""
@@ -236,14 +250,22 @@ class PolicyNode(Node):
     # --------------------------------------------------------------- inputs
 
     def _on_image(self, cam: str, msg: Image) -> None:
+        arrival = self.now_s()
+        stamp = stamp_to_sec(msg.header.stamp)
         with self._lock:
             self._frames[cam] = msg
+            if cam in self._arrival:
+                self._arrival[cam].add(arrival, stamp)
+                if self._keep_history:
+                    self._frame_history[cam].add(stamp, msg)
 
     def _on_joints(self, msg: JointState) -> None:
         stamp = stamp_to_sec(msg.header.stamp)
         if len(msg.position) != len(msg.name):
             self.stats.bad_joint_states += 1
             return
+        cols: list[int] = []
+        values: list[float] = []
         with self._lock:
             for name, pos in zip(msg.name, msg.position, strict=True):
                 i = self._col.get(name)
@@ -254,6 +276,10 @@ class PolicyNode(Node):
                     continue
                 self._joint_pos[i] = pos
                 self._joint_stamp[i] = stamp
+                cols.append(i)
+                values.append(pos)
+            if cols and self._keep_history:
+                self._joint_history.add(stamp, np.array(cols), np.array(values))
 
     def _on_task(self, msg: String) -> None:
         with self._lock:
@@ -319,6 +345,9 @@ class PolicyNode(Node):
             horizon = now + TIME_JUMP_TOLERANCE_S
             self._frames = {c: m for c, m in self._frames.items() if stamp_to_sec(m.header.stamp) <= horizon}
             self._joint_stamp[self._joint_stamp > horizon] = -np.inf
+            for history in self._frame_history.values():
+                history.drop_after(horizon)
+            self._joint_history.drop_after(horizon)
             if self._last_reasoning:
                 self._subtask, self._last_reasoning = '', None
                 self._reasoning_pub.publish(String(data=''))
@@ -411,15 +440,22 @@ class PolicyNode(Node):
             state = self._joint_pos.copy()
             joint_stamp = float(np.min(self._joint_stamp))
             task, override = self._task, self._override
-            cam_stamps = {c: stamp_to_sec(frames[c].header.stamp) for c in self.camera_names}
             # A training sample at t pairs the latest inputs at or before t with the commands from t
             # on, so a chunk computed from the inputs gathered now starts now. Anchoring it at the
             # oldest input instead (a camera frame ~50 ms old) runs every chunk that far ahead.
             # Data that stamped its commands after they took effect needs the chunk that much earlier.
-            if self.policy_cfg.inference.chunk_start == 'snapshot':
+            mode = self.policy_cfg.inference.chunk_start
+            if mode == 'synchronized':
+                synced = self._synchronized_inputs(now)
+                if synced is None:
+                    return None
+                t_sync, frames, state = synced
+                t_obs = t_sync - self.action_time_offset_s
+            elif mode == 'snapshot':
                 t_obs = now - self.action_time_offset_s
             else:
-                t_obs = min(joint_stamp, *cam_stamps.values())
+                t_obs = min(joint_stamp, *(stamp_to_sec(frames[c].header.stamp) for c in self.camera_names))
+            cam_stamps = {c: stamp_to_sec(frames[c].header.stamp) for c in self.camera_names}
             guide, plan, frozen = None, None, 0
             if self.executor_.strategy == 'rtc':
                 latency = self.latency.estimate_s
@@ -444,6 +480,29 @@ class PolicyNode(Node):
         reasoning = self.policy_cfg.reasoning
         decode = reasoning.enabled and self.stats.chunks % reasoning.every_n_chunks == 0
         return _Snapshot(images, state, task, t_obs, cam_stamps, guide, plan, frozen, decode, override, epoch)
+
+    def input_delay_s(self) -> float:
+        """How late the slowest camera's frames arrive (90th percentile, recent frames); 0 before any."""
+        estimates = [a.estimate_s() for a in self._arrival.values()]
+        return max((e for e in estimates if e is not None), default=0.0)
+
+    def _synchronized_inputs(self, now: float) -> tuple[float, dict[str, Image], np.ndarray] | None:
+        """(t, frames, joint positions): every input's latest stamped at or before t = now - input delay.
+
+        Caller holds the lock and has checked that the latest inputs are fresh. None (skip this
+        inference) if some input has nothing that old yet, e.g. just after a reset.
+        """
+        t_sync = now - min(self.input_delay_s(), self.policy_cfg.staleness.camera_max_age_s)
+        frames: dict[str, Image] = {}
+        for cam in self.camera_names:
+            picked = self._frame_history[cam].at(t_sync)
+            if picked is None:
+                return None
+            frames[cam] = picked[1]
+        state, stamps = self._joint_history.at(t_sync)
+        if not np.all(np.isfinite(state)) or np.any(t_sync - stamps > self.policy_cfg.staleness.joint_max_age_s):
+            return None
+        return t_sync, frames, state
 
     def _inference_loop(self) -> None:
         from policy_node.model import NonFiniteActionError, Observation
@@ -562,6 +621,8 @@ class PolicyNode(Node):
                 'velocity_clamps': counters.velocity_clamps,
                 'blocked_ticks': ', '.join(f'{k}={v}' for k, v in sorted(counters.blocked.items())) or 'none',
             }
+            arrival: dict[str, float] = {'input_delay_ms': self.input_delay_s() * 1e3}
+            arrival.update({f'camera_{c}_arrival_delay_ms_p50': _ms(a.median_s()) for c, a in self._arrival.items()})
         est = self.latency.estimate_s
         values.update(
             {
@@ -576,6 +637,8 @@ class PolicyNode(Node):
                 'control_period_ms_p99': _pct(s.tick_periods_ms, 99),
                 'control_period_ms_max': max(s.tick_periods_ms, default=float('nan')),
                 'frame_to_command_ms_p50': _pct(s.frame_to_command_ms, 50),
+                'chunk_start': self.policy_cfg.inference.chunk_start,
+                **arrival,
                 'join_jump_max': max((j[0] for j in s.joins), default=0.0),
                 'join_jump_before_rtc_blend_max': max((j[1] for j in s.joins), default=0.0),
                 'rtc_joins_later_than_planned': sum(1 for j in s.joins if j[3] and j[2] > j[3] - 1),

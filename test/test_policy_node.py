@@ -90,6 +90,8 @@ class Rig:
         self.position = np.array([(j.lower + j.upper) / 2 for a in self.rig.arms for j in a.joints])
         self.cameras_on = set(CAMERAS)
         self.camera_delay_s = 0.0  # frames stamped this long before they are published (capture + transport)
+        self.ramp_rad_s = 0.0  # the first joint moves at this speed from the first joint state on
+        self._ramp_t0: float | None = None
         self.image_stamps: list[float] = []
         self.lock = threading.Lock()
         self.commands: dict[str, list] = {a.name: [] for a in self.rig.arms}
@@ -143,9 +145,17 @@ class Rig:
     def _publish_joints(self) -> None:
         from sensor_msgs.msg import JointState
 
-        msg = JointState(name=self.joint_names, position=[float(v) for v in self.position])
-        msg.header.stamp = self.node.get_clock().now().to_msg()
+        now = self.node.get_clock().now()
+        t = now.nanoseconds * 1e-9
+        self._ramp_t0 = t if self._ramp_t0 is None else self._ramp_t0
+        msg = JointState(name=self.joint_names, position=[float(v) for v in self.position_at(t)])
+        msg.header.stamp = now.to_msg()
         self._js_pub.publish(msg)
+
+    def position_at(self, t: float) -> np.ndarray:
+        position = self.position.copy()
+        position[0] += self.ramp_rad_s * (t - (self._ramp_t0 if self._ramp_t0 is not None else t))
+        return position
 
     def count(self, store) -> int:
         with self.lock:
@@ -320,6 +330,40 @@ def test_a_chunk_starts_when_its_inputs_were_gathered_not_at_the_oldest_frame(
         else:
             assert nearest_frame < 1e-6, t0  # exactly the oldest input's stamp: a frame, 0.3 s older
             assert node_now - t0 >= 0.3
+
+
+def test_synchronized_chunks_observe_when_every_input_had_arrived_with_the_joints_of_that_moment(
+    harness, tiny_checkpoint, tmp_path
+) -> None:
+    """Frames arriving 0.3 s after their stamps, joints fresh and moving.
+
+    `chunk_start: synchronized` measures that delay and observes 0.3 s back: the frames are the latest
+    stamped at or before that time, and the joints are their positions at that time, not now. That is
+    how `train` pairs a sample. The chunk starts at that time.
+    """
+    from bimanual_vla.ros_utils import stamp_to_sec
+
+    rig, start = harness
+    rig.camera_delay_s = 0.3
+    rig.ramp_rad_s = 0.05
+    node = start(write_policy(tmp_path, tiny_checkpoint, inference={'chunk_start': 'synchronized'}))
+    assert wait_for(lambda: rig.count(rig.chunks) >= 3, 60), node.diagnostics_values()
+    assert 0.29 <= node.input_delay_s() <= 0.45, node.input_delay_s()
+    values = node.diagnostics_values()
+    assert values['chunk_start'] == 'synchronized' and 290 <= values['camera_top_arrival_delay_ms_p50'] <= 450
+
+    now = node.now_s()
+    snap = node._snapshot()  # what the inference thread does, under the node's lock
+    assert snap is not None
+    t_sync = snap.stamp + node.action_time_offset_s
+    assert 0.29 <= now - t_sync <= 0.45, (now, t_sync)
+    for cam, stamp in snap.camera_stamps.items():  # the latest frame at or before t_sync: at most one period older
+        assert t_sync - 1 / 15 - 0.02 <= stamp <= t_sync, (cam, stamp, t_sync)
+    # joints at 50 Hz: the state at t_sync, 0.3 s (15 mrad at 0.05 rad/s) behind the latest one
+    assert abs(snap.state[0] - rig.position_at(t_sync)[0]) <= 0.05 * 0.025, (snap.state[0], rig.position_at(t_sync))
+    assert rig.position_at(now)[0] - snap.state[0] >= 0.05 * 0.25
+    for _, chunk in rig.snapshot(rig.chunks):
+        assert now - stamp_to_sec(chunk.header.stamp) >= 0.29
 
 
 @pytest.mark.parametrize(('in_checkpoint', 'in_policy', 'expected'), [(0.25, None, 0.25), (0.25, 0.1, 0.1)])

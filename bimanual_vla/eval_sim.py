@@ -78,6 +78,9 @@ class EpisodeReport:
     # the agreement with the expert's clock that text naming exactly those aligned labels would score:
     # the ceiling this episode's pace puts on subtask_agreement_steps
     subtask_agreement_steps_ceiling: float | None = None
+    # sim seconds from each inference's observation to its subtask reaching the observer (median, 90th pct):
+    # the machine's speed as the closed loop feels it; the pace, and so the clock agreement, depend on it
+    observation_to_subtask_s: dict[str, float] = field(default_factory=dict)
     inferences: int = 0
     subtasks: list[str] = field(default_factory=list)
     # [sim time, policy subtask in force, expert label] at every tick where either changes
@@ -313,6 +316,7 @@ def evaluate_closed_loop(
     )
     started = time.monotonic()
     reports: list[EpisodeReport] = []
+    latencies: list[float] = []  # every inference: observation to subtask, sim seconds
     context = rclpy.Context()
     rclpy.init(context=context)
     composition = None
@@ -384,6 +388,8 @@ def evaluate_closed_loop(
                 report.expert_stage_first_s = replay.stage_first_s
                 aligned = aligned_labels(ticks, replay, rig)
             _score_subtasks(report, ticks, infs, aligned)
+            report.observation_to_subtask_s = _latency_percentiles([at - t for t, at, *_ in infs])
+            latencies.extend(at - t for t, at, *_ in infs)
             if tick_log:
                 with open(out / 'ticks.jsonl', 'a' if i else 'w') as f:
                     f.write(json.dumps(_tick_log_line(report, ticks, infs, aligned)) + '\n')
@@ -406,7 +412,7 @@ def evaluate_closed_loop(
     if observer.recorder.frames:
         outputs['video'] = str(observer.recorder.write_video(out / 'episode.mp4', fps=observer.video_fps))
         outputs['contact_sheet'] = str(observer.recorder.write_contact_sheet(out / 'contact_sheet.png', count=12))
-    report = summarise(reports, checkpoint, task, seed, real_time_factor, observer, outputs)
+    report = summarise(reports, checkpoint, task, seed, real_time_factor, observer, outputs, latencies)
     report['policy_in_own_process'] = policy_process
     report['driver'] = 'expert (the policy narrates)' if narrate_expert else 'policy'
     report['expert_approach'] = approach
@@ -535,7 +541,14 @@ def _note_stages(sim, report: EpisodeReport, now: float) -> None:
         sim.scene.note_stages(report.stage_first_s, round(now, 2))
 
 
-def summarise(reports, checkpoint, task, seed, rtf, observer, outputs) -> dict:
+def _latency_percentiles(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {}
+    p50, p90 = np.percentile(np.asarray(values, dtype=np.float64), [50, 90])
+    return {'p50': round(float(p50), 3), 'p90': round(float(p90), 3)}
+
+
+def summarise(reports, checkpoint, task, seed, rtf, observer, outputs, latencies=()) -> dict:
     def mean(values):
         values = [v for v in values if v is not None]
         return float(np.mean(values)) if values else None
@@ -568,6 +581,7 @@ def summarise(reports, checkpoint, task, seed, rtf, observer, outputs) -> dict:
             for key in ('subtask_agreement_steps', 'subtask_agreement_aligned', 'subtask_agreement_steps_ceiling')
         },
         'stage_first_s_minus_expert': _pace_vs_expert(reports),
+        'observation_to_subtask_s': _latency_percentiles(list(latencies)),
         'commands_checked': observer.command_count,
         'command_limit_violations': observer.command_violations,
         'outputs': outputs,

@@ -388,8 +388,9 @@ def evaluate_closed_loop(
                 report.expert_stage_first_s = replay.stage_first_s
                 aligned = aligned_labels(ticks, replay, rig)
             _score_subtasks(report, ticks, infs, aligned)
-            report.observation_to_subtask_s = _latency_percentiles([at - t for t, at, *_ in infs])
-            latencies.extend(at - t for t, at, *_ in infs)
+            delays = [at - t for t, at, *_ in infs]
+            report.observation_to_subtask_s = _latency_percentiles(delays)
+            latencies.extend(delays)
             if tick_log:
                 with open(out / 'ticks.jsonl', 'a' if i else 'w') as f:
                     f.write(json.dumps(_tick_log_line(report, ticks, infs, aligned)) + '\n')

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Iterator
 from typing import Generic, TypeVar
 
 import numpy as np
@@ -50,17 +51,17 @@ class ArrivalDelay:
         if math.isfinite(delay):
             self._delays.append(max(0.0, delay))
 
-    def clear(self) -> None:
-        self._delays.clear()
-
     def __len__(self) -> int:
         return len(self._delays)
 
+    def percentile_s(self, q: float) -> float | None:
+        return float(np.percentile(np.asarray(self._delays), q)) if self._delays else None
+
     def estimate_s(self) -> float | None:
-        return float(np.percentile(np.asarray(self._delays), self.percentile)) if self._delays else None
+        return self.percentile_s(self.percentile)
 
     def median_s(self) -> float | None:
-        return float(np.median(np.asarray(self._delays))) if self._delays else None
+        return self.percentile_s(50.0)
 
 
 class StampedHistory(Generic[T]):
@@ -80,8 +81,9 @@ class StampedHistory(Generic[T]):
                 best = (stamp, item)
         return best
 
-    def latest(self) -> tuple[float, T] | None:
-        return max(self._items, key=lambda si: si[0]) if self._items else None
+    def newest_first(self) -> Iterator[tuple[float, T]]:
+        """Items in reverse arrival order (for readers that stop early)."""
+        return reversed(self._items)
 
     def drop_after(self, t: float) -> None:
         """Forget items stamped after ``t`` (another timeline: the sim was reset, a bag looped)."""
@@ -102,37 +104,25 @@ class JointHistory:
 
     def __init__(self, n_joints: int, maxlen: int = 400) -> None:
         self.n_joints = n_joints
-        self._entries: deque[tuple[float, np.ndarray, np.ndarray]] = deque(maxlen=maxlen)
+        self._entries: StampedHistory[tuple[np.ndarray, np.ndarray]] = StampedHistory(maxlen)
 
     def add(self, stamp_s: float, cols: np.ndarray, positions: np.ndarray) -> None:
-        self._entries.append(
-            (float(stamp_s), np.asarray(cols, dtype=np.int64), np.asarray(positions, dtype=np.float64))
-        )
+        self._entries.add(stamp_s, (np.asarray(cols, dtype=np.int64), np.asarray(positions, dtype=np.float64)))
 
     def at(self, t: float) -> tuple[np.ndarray, np.ndarray]:
         """(positions, stamps) of every joint's latest value stamped at or before ``t``: NaN / -inf where none."""
         pos = np.full(self.n_joints, np.nan)
         stamps = np.full(self.n_joints, -np.inf)
-        missing = self.n_joints
         # newest first, stopping once every joint has a value: a few entries, not the whole window
-        for stamp, cols, values in reversed(self._entries):
+        for stamp, (cols, values) in self._entries.newest_first():
             if stamp > t:
                 continue
             newer = stamp > stamps[cols]
-            if not np.any(newer):
-                continue
-            fresh = np.isinf(stamps[cols[newer]])
             pos[cols[newer]] = values[newer]
             stamps[cols[newer]] = stamp
-            missing -= int(np.count_nonzero(fresh))
-            if missing == 0:
+            if not np.isinf(stamps).any():
                 break
         return pos, stamps
 
     def drop_after(self, t: float) -> None:
-        kept = [e for e in self._entries if e[0] <= t]
-        self._entries.clear()
-        self._entries.extend(kept)
-
-    def __len__(self) -> int:
-        return len(self._entries)
+        self._entries.drop_after(t)

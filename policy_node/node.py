@@ -254,10 +254,9 @@ class PolicyNode(Node):
         stamp = stamp_to_sec(msg.header.stamp)
         with self._lock:
             self._frames[cam] = msg
-            if cam in self._arrival:
-                self._arrival[cam].add(arrival, stamp)
-                if self._keep_history:
-                    self._frame_history[cam].add(stamp, msg)
+            self._arrival[cam].add(arrival, stamp)
+            if self._keep_history:
+                self._frame_history[cam].add(stamp, msg)
 
     def _on_joints(self, msg: JointState) -> None:
         stamp = stamp_to_sec(msg.header.stamp)

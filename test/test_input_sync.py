@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -34,7 +36,7 @@ def test_stamped_history_returns_the_latest_stamped_at_or_before_t_even_out_of_o
     history.add(0.4, 'e')  # maxlen 4: 'a' goes
     assert history.at(0.05) is None
     history.drop_after(0.2)
-    assert history.latest() == (0.2, 'c') and len(history) == 2
+    assert history.at(math.inf) == (0.2, 'c') and len(history) == 2
 
 
 def test_joint_history_reads_every_joint_at_t_from_per_arm_messages() -> None:

@@ -9,6 +9,11 @@ chunks/s). That is also how the launch files run it on a rig.
 
 The child is started with `spawn` (a fresh interpreter: no forked rclpy or EGL state) and inherits
 the environment, so `ROS_DOMAIN_ID` and `ROS_AUTOMATIC_DISCOVERY_RANGE` are the parent's.
+
+The child never outlives its parent. A parent killed by a signal (SIGTERM from a supervisor, SIGKILL,
+the OOM killer) runs no exit handlers, so a daemon child would go on spinning on its own: a policy
+node holding stale inputs and an inference thread, or commanding arms again if another bringup
+starts on the same domain. The child watches its parent and stops within a spin period of its death.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ def _serve(spec: NodeSpec, stop, ready, errors) -> None:
 
     from bimanual_vla.compose import instantiate
 
+    parent = multiprocessing.parent_process()  # the bringup that started this process
     context = rclpy.Context()
     rclpy.init(context=context)
     node = None
@@ -36,7 +42,7 @@ def _serve(spec: NodeSpec, stop, ready, errors) -> None:
         executor = SingleThreadedExecutor(context=context)
         executor.add_node(node)
         ready.set()
-        while not stop.is_set() and context.ok():
+        while not stop.is_set() and context.ok() and (parent is None or parent.is_alive()):
             executor.spin_once(timeout_sec=0.05)
         executor.shutdown()
     except KeyboardInterrupt:  # Ctrl-C reaches the whole process group; the parent stops the bringup

@@ -554,6 +554,53 @@ def test_policy_node_in_a_process_of_its_own_drives_this_one_through_topics(harn
     assert rig.count(rig.commands['left']) == sent  # and nothing is sent once it has stopped
 
 
+def _running(pid: int) -> bool:
+    """The process exists and has not exited (an orphan's zombie waits for init to reap it)."""
+    try:
+        stat = Path(f'/proc/{pid}/stat').read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(')', 1)[1].split()[0] != 'Z'
+
+
+def test_a_child_node_process_stops_when_its_parent_is_killed(tiny_checkpoint, tmp_path) -> None:
+    """SIGKILL runs no exit handler in the parent: the child must notice by itself and stop."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    policy = write_policy(tmp_path, tiny_checkpoint)
+    script = (
+        'import sys, time\n'
+        'from bimanual_vla.bringup import NodeSpec\n'
+        'from bimanual_vla.node_process import NodeProcess\n'
+        f"spec = NodeSpec('policy_node', 'policy_node', {{'rig': {RIG!r}, 'policy': {str(policy)!r}}})\n"
+        'child = NodeProcess(spec, ready_timeout_s=90).start()\n'
+        'print(child.process.pid, flush=True)\n'
+        'time.sleep(600)\n'
+    )
+    parent = subprocess.Popen([sys.executable, '-c', script], stdout=subprocess.PIPE, text=True)
+    try:
+        line = parent.stdout.readline()
+        assert line.strip().isdigit(), f'the parent did not start its child: {line!r}'
+        child_pid = int(line)
+        assert _running(child_pid)
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(timeout=10)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if not _running(child_pid):
+                break
+            time.sleep(0.1)
+        else:
+            os.kill(child_pid, signal.SIGKILL)
+            raise AssertionError('the policy node outlived its killed parent by 20 s')
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+
+
 def test_a_node_failing_in_its_own_process_raises_its_error_here(tmp_path) -> None:
     from bimanual_vla.bringup import NodeSpec
     from bimanual_vla.node_process import NodeProcess

@@ -7,6 +7,8 @@ Model part (this file's first sections):
 * ``shipped_reasoning``: subtask decoding of the shipped checkpoint on rendered sim frames, one
   token per pass against drafted decoding (same text, fewer passes), and the cost of one chunk's
   rviz gripper paths.
+* ``shipped_rtc``: one chunk of the shipped checkpoint unguided and RTC-guided, with the exact
+  Jacobian product (a backward pass per flow step) and with the identity.
 * ``pi0_meta``: pi0's real dimensions (PaliGemma 3B backbone + 300M Gemma action expert)
   built on the meta device: parameter counts per component and the shapes of one
   inference's tensors, without allocating any weights.
@@ -62,6 +64,10 @@ def bench_tiny_inference(runs: int = 20, warmup: int = 3, subtask_tokens: int = 
         'reasoning': {'decode_subtask': True},
         'no_reasoning': {'decode_subtask': False},
         'rtc_guided_no_reasoning': {'decode_subtask': False, 'guide': guide},
+        'rtc_guided_identity_jacobian_no_reasoning': {
+            'decode_subtask': False,
+            'guide': ChunkGuide(guide.actions, guide.weights, guide.max_guidance, jacobian='identity'),
+        },
     }
     out: dict[str, Any] = {
         'checkpoint': {
@@ -271,8 +277,47 @@ def bench_shipped_reasoning(every_n_steps: int = 10, seed: int = 1000) -> dict[s
     return out
 
 
+def bench_shipped_rtc(runs: int = 20, warmup: int = 5, frozen: int = 7, overlap: int = 45) -> dict[str, Any]:
+    """One chunk of the shipped checkpoint as the node runs it (5 flow steps, subtask decoded), unguided
+    and RTC-guided with the exact Jacobian product and with the identity (`inference.rtc_jacobian`).
+
+    The guide is what the node builds mid-episode: `frozen` committed steps, then the soft mask over
+    the rest of a 45-step overlap. Median and 90th percentile over `runs`; the tail matters because
+    RTC freezes steps for the slowest recent inference.
+    """
+    import numpy as np
+
+    from bimanual_vla.demo import trained_checkpoint
+    from policy_node.chunking import soft_mask
+    from policy_node.model import ChunkGuide, Observation, VLAPolicy
+
+    checkpoint = trained_checkpoint()
+    if checkpoint is None:
+        return {'skipped': 'no trained checkpoint installed for the default policy'}
+    policy = VLAPolicy.load(checkpoint, num_steps=5)
+    rng = np.random.default_rng(0)
+    images = {c: rng.integers(0, 256, (240, 320, 3), dtype=np.uint8) for c in policy.camera_names}
+    obs = Observation(images=images, state=np.asarray(policy.metadata.normalization.state.mean), task='transfer')
+    previous = policy.infer(obs).actions
+    out: dict[str, Any] = {'runs': runs, 'frozen_steps': frozen, 'overlap': overlap}
+    for name, jacobian in (('unguided', None), ('rtc_exact', 'exact'), ('rtc_identity', 'identity')):
+        guide = None
+        if jacobian is not None:
+            guide = ChunkGuide(previous[:overlap] + 0.01, soft_mask(frozen, overlap), 5.0, jacobian=jacobian)
+        for _ in range(warmup):
+            policy.infer(obs, guide=guide)
+        ms = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            policy.infer(obs, guide=guide)
+            ms.append((time.perf_counter() - start) * 1e3)
+        out[name] = {'median_ms': round(statistics.median(ms), 1), 'p90_ms': round(float(np.percentile(ms, 90)), 1)}
+    return out
+
+
 SECTIONS: dict[str, Callable[..., dict[str, Any]]] = {
     'pi0_meta': bench_pi0_meta,
+    'shipped_rtc': bench_shipped_rtc,
     'shipped_reasoning': bench_shipped_reasoning,
     'tiny_inference': bench_tiny_inference,
 }
@@ -305,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     for name in args.only or list(SECTIONS):
         fn = SECTIONS[name]
-        results[name] = fn(runs=args.runs) if name == 'tiny_inference' else fn()
+        results[name] = fn(runs=args.runs) if name in ('tiny_inference', 'shipped_rtc') else fn()
     print(json.dumps(results, indent=2))
     return 0
 

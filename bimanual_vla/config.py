@@ -179,6 +179,23 @@ class InferenceConfig(_Strict):
         ),
     )
     rtc_beta: float = Field(default=5.0, gt=0, description='cap on the RTC guidance weight')
+    rtc_jacobian: Literal['exact', 'identity'] = Field(
+        default='exact',
+        description=(
+            "RTC guidance through the action expert's Jacobian ('exact': a backward pass per flow step) or "
+            "with that Jacobian taken as the identity ('identity': forward passes only, an unguided chunk's cost)"
+        ),
+    )
+    rtc_latency_quantile: float = Field(
+        default=1.0,
+        ge=0,
+        le=1,
+        description=(
+            'the latency RTC freezes steps for: this quantile of the last 10 inferences (1: their max), '
+            'times 1 + rtc_latency_margin. In ROS time, so the sim clock at any real-time factor'
+        ),
+    )
+    rtc_latency_margin: float = Field(default=0.2, ge=0, le=2, description='safety margin on that latency')
     ensemble_decay: float = Field(default=0.1, ge=0, description='temporal-ensembling exponential weight')
     device: str = 'cpu'
     torch_threads: int = Field(

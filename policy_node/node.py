@@ -21,6 +21,7 @@ the measured joint positions at the max velocity.
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 import threading
@@ -151,7 +152,7 @@ class PolicyNode(Node):
         self.gate = CommandGate.from_rig(
             self.rig, self.joint_names, max_velocity_rad_s=self.policy_cfg.safety.max_velocity_rad_s, enabled=enabled
         )
-        self.latency = LatencyEstimator()
+        self.latency = LatencyEstimator(margin=inf.rtc_latency_margin, quantile=inf.rtc_latency_quantile)
         self.stats = _Stats()
         self._lock = threading.Lock()
         self._col = {n: i for i, n in enumerate(self.joint_names)}
@@ -467,7 +468,9 @@ class PolicyNode(Node):
                     chunk_size=self.model.chunk_size,
                 )
                 if plan is not None:
-                    guide, frozen = plan.to_chunk_guide(self.policy_cfg.inference.rtc_beta), plan.frozen_steps
+                    inference = self.policy_cfg.inference
+                    guide = plan.to_chunk_guide(inference.rtc_beta, inference.rtc_jacobian)
+                    frozen = plan.frozen_steps
         images = {}
         for cam in self.camera_names:
             try:
@@ -522,7 +525,11 @@ class PolicyNode(Node):
             obs = Observation(images=snap.images, state=snap.state, task=snap.task, stamp=snap.stamp)
             try:
                 result = self.model.infer(
-                    obs, decode_subtask=snap.decode_subtask, subtask_override=snap.override, guide=snap.guide
+                    obs,
+                    decode_subtask=snap.decode_subtask,
+                    subtask_override=snap.override,
+                    guide=snap.guide,
+                    on_subtask=functools.partial(self._publish_subtask, epoch=snap.epoch),
                 )
             except NonFiniteActionError as exc:
                 self.stats.nonfinite_chunks += 1
@@ -539,7 +546,10 @@ class PolicyNode(Node):
                 self._stop.wait(0.5)
                 continue
             latency_s = time.monotonic() - wall0
-            self.latency.add(latency_s)
+            # RTC plans in control steps of ROS time; with a simulated clock at a real-time factor
+            # other than 1 the wall time would freeze the wrong number of them
+            if snap.epoch == self._time_epoch:
+                self.latency.add(self.now_s() - started)
             self.stats.inference_ms.append(latency_s * 1e3)
             self._accept(result, snap)
             next_start, paced_epoch = started + horizon * self.dt, snap.epoch
@@ -571,9 +581,7 @@ class PolicyNode(Node):
             self.stats.join_jumps.append(report.jump)
             self.stats.joins.append((report.jump, report.raw_jump, report.start_index, snap.frozen_steps))
         self._subtask = result.subtask
-        if result.subtask and result.subtask != self._last_reasoning:
-            self._last_reasoning = result.subtask
-            self._reasoning_pub.publish(String(data=result.subtask))
+        self._publish_subtask(result.subtask, snap.epoch)  # normally done already, as soon as it was decoded
         self._publish_chunk(chunk)
         if self.stats.chunks % self.marker_every == 0:
             label = f'[coach] {result.subtask}' if result.subtask_source == 'override' else result.subtask
@@ -587,6 +595,19 @@ class PolicyNode(Node):
                     frozen_steps=snap.frozen_steps,
                 )
             )
+
+    def _publish_subtask(self, text: str, epoch: int) -> None:
+        """Publish a new subtask on policy/reasoning the moment the model has written it.
+
+        The model decodes the subtask before the flow steps that turn it into actions, so this comes
+        about half an inference before the chunk. Nothing from before a time jump is published: the
+        check and the publish share the lock with the jump's retraction, so they cannot interleave.
+        """
+        with self._lock:
+            if not text or text == self._last_reasoning or epoch != self._time_epoch:
+                return
+            self._last_reasoning = text
+            self._reasoning_pub.publish(String(data=text))
 
     def _publish_chunk(self, chunk: Chunk) -> None:
         msg = JointTrajectory()

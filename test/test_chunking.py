@@ -182,6 +182,17 @@ def test_latency_estimator_is_conservative() -> None:
     assert LatencyEstimator(initial_s=0.1).estimate_s == pytest.approx(0.12)  # default 20 % margin
 
 
+def test_latency_estimator_quantile_plans_for_the_typical_inference() -> None:
+    est = LatencyEstimator(window=5, margin=0.1, quantile=0.5)
+    for s in (0.08, 0.07, 0.30, 0.09, 0.08):  # one spike
+        est.add(s)
+    assert est.estimate_s == pytest.approx(0.088)  # median 0.08, plus 10 %
+    est.quantile = 1.0
+    assert est.estimate_s == pytest.approx(0.33)
+    with pytest.raises(ValueError, match=r'quantile must lie in \[0, 1\]'):
+        LatencyEstimator(quantile=1.5)
+
+
 def test_rtc_switch_is_continuous_when_the_new_chunk_honours_the_guide() -> None:
     """If the model inpaints the frozen steps exactly, the switch has no jump even though later steps differ."""
     ex = ChunkExecutor('rtc')

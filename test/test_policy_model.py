@@ -170,6 +170,33 @@ def test_reasoning_stops_at_the_token_budget(tiny_policy: VLAPolicy) -> None:  #
     assert len(result.subtask.split()) == 3
 
 
+def test_the_subtask_is_handed_over_before_the_flow_steps_run(
+    tiny_policy: VLAPolicy,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    events: list[str] = []
+    velocity = tiny_policy._velocity
+
+    def recording_velocity(*args):
+        events.append('flow step')
+        return velocity(*args)
+
+    monkeypatch.setattr(tiny_policy, '_velocity', recording_velocity)
+    result = tiny_policy.infer(
+        make_observation(tiny_policy, seed=4),
+        noise=make_noise(tiny_policy, 0),
+        max_subtask_tokens=4,
+        on_subtask=lambda text: events.append(f'subtask {text}'),
+    )
+    assert result.subtask
+    assert events == [f'subtask {result.subtask}'] + ['flow step'] * tiny_policy.num_steps
+    # no subtask (reasoning off, nothing cached for this task): nothing to hand over
+    tiny_policy.clear_subtask()
+    events.clear()
+    tiny_policy.infer(make_observation(tiny_policy), decode_subtask=False, on_subtask=events.append)
+    assert events == ['flow step'] * tiny_policy.num_steps
+
+
 @pytest.mark.slow
 def test_override_and_cached_subtask(tiny_checkpoint: Path) -> None:  # noqa: F811
     policy = VLAPolicy.load(tiny_checkpoint)
@@ -219,7 +246,12 @@ def test_guidance_weight_schedule() -> None:
     assert rtc_guidance_weight(0.5, 1.0) == 1.0
 
 
-def test_rtc_guidance_pulls_the_frozen_steps_onto_the_committed_actions(tiny_policy: VLAPolicy) -> None:  # noqa: F811
+@pytest.mark.parametrize('jacobian', ['exact', 'identity'])
+def test_rtc_guidance_pulls_the_frozen_steps_onto_the_committed_actions(
+    tiny_policy: VLAPolicy,  # noqa: F811
+    jacobian: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     obs = make_observation(tiny_policy, seed=7)
     noise = make_noise(tiny_policy, 8)
     # the "previous chunk": what the policy sampled from other noise, as the executing chunk would be
@@ -227,12 +259,21 @@ def test_rtc_guidance_pulls_the_frozen_steps_onto_the_committed_actions(tiny_pol
     frozen, overlap = 5, 25
     committed = previous[:overlap]
     unguided = tiny_policy.infer(obs, decode_subtask=False, noise=noise).actions
+    grad_modes: list[bool] = []  # whether each velocity evaluation builds a graph for a backward pass
+    velocity = tiny_policy._velocity
+
+    def recording_velocity(*args):
+        grad_modes.append(torch.is_grad_enabled())
+        return velocity(*args)
+
+    monkeypatch.setattr(tiny_policy, '_velocity', recording_velocity)
     guided = tiny_policy.infer(
         obs,
         decode_subtask=False,
         noise=noise,
-        guide=ChunkGuide(actions=committed, weights=soft_mask(frozen, overlap), max_guidance=5.0),
+        guide=ChunkGuide(actions=committed, weights=soft_mask(frozen, overlap), max_guidance=5.0, jacobian=jacobian),
     ).actions
+    assert grad_modes == [jacobian == 'exact'] * tiny_policy.num_steps
     std = np.asarray(tiny_policy.metadata.normalization.actions.std)
     err_unguided = np.abs((unguided[:frozen] - committed[:frozen]) / std).mean()
     err_guided = np.abs((guided[:frozen] - committed[:frozen]) / std).mean()
@@ -260,11 +301,15 @@ def test_zero_weights_reproduce_unguided_sampling(tiny_policy: VLAPolicy) -> Non
         (np.zeros((51, 14)), np.ones(51), 'k <= 50'),
         (np.zeros((5, 14)), np.full(5, 1.5), r'\[0, 1\]'),
         (np.full((5, 14), np.nan), np.ones(5), 'NaN'),
+        (np.zeros((5, 14)), np.ones(5), "jacobian must be one of .*'transpose'"),
     ],
 )
 def test_bad_guides_are_refused(tiny_policy: VLAPolicy, actions, weights, message: str) -> None:  # noqa: F811
+    jacobian = 'transpose' if 'jacobian' in message else 'exact'
     with pytest.raises(ValueError, match=message):
-        tiny_policy.infer(make_observation(tiny_policy), decode_subtask=False, guide=ChunkGuide(actions, weights))
+        tiny_policy.infer(
+            make_observation(tiny_policy), decode_subtask=False, guide=ChunkGuide(actions, weights, jacobian=jacobian)
+        )
 
 
 def test_non_finite_state_and_bad_inputs_are_refused(tiny_policy: VLAPolicy) -> None:  # noqa: F811

@@ -524,6 +524,46 @@ def test_sim_time_jumping_back_drops_the_old_chunk_and_infers_on_the_new_timelin
         ticker.join(timeout=2)
 
 
+def test_rtc_plans_with_latency_in_ros_time_when_the_sim_runs_slower_than_real_time(
+    harness, tiny_checkpoint, tmp_path
+) -> None:
+    """RTC freezes control steps of ROS time. With the sim clock at a quarter of real time, an inference
+    that takes w wall seconds spans w / 4 of them, and the latency the node plans with must say so."""
+    from rclpy.parameter import Parameter
+    from rosgraph_msgs.msg import Clock
+
+    from bimanual_vla.ros_utils import sec_to_stamp
+
+    rig, start = harness
+    clock_pub = rig.node.create_publisher(Clock, topics.CLOCK, topics.CLOCK_QOS)
+    running = threading.Event()
+    running.set()
+
+    def tick_clock() -> None:  # 0.25x real time, 200 Hz
+        sim_now = 100.0
+        while running.is_set():
+            sim_now += 0.00125
+            clock_pub.publish(Clock(clock=sec_to_stamp(sim_now)))
+            time.sleep(0.005)
+
+    ticker = threading.Thread(target=tick_clock, daemon=True)
+    ticker.start()
+    try:
+        rig.node.set_parameters([Parameter('use_sim_time', value=True)])
+        policy = write_policy(tmp_path, tiny_checkpoint, inference={'rtc_latency_margin': 0.0})
+        node = start(policy, use_sim_time=True)
+        assert wait_for(lambda: node.stats.chunks >= 8, 90), node.diagnostics_values()
+        ros_s = np.array(list(node.latency._recent))
+        wall_s = np.array(list(node.stats.inference_ms)) / 1e3
+        assert len(ros_s) >= 5 and np.all(ros_s >= 0)
+        # a quarter, give or take the clock's 1.25 ms steps and the work around the model call
+        assert np.median(ros_s) < 0.5 * np.median(wall_s), (ros_s, wall_s)
+        assert np.median(ros_s) > 0.1 * np.median(wall_s), (ros_s, wall_s)
+    finally:
+        running.clear()
+        ticker.join(timeout=2)
+
+
 def test_policy_node_in_a_process_of_its_own_drives_this_one_through_topics(harness, tiny_checkpoint, tmp_path) -> None:
     """`compose`'s default: the policy node in a child process (bimanual_vla/node_process.py), the rig here."""
     import os

@@ -78,9 +78,12 @@ class EpisodeReport:
     # the agreement with the expert's clock that text naming exactly those aligned labels would score:
     # the ceiling this episode's pace puts on subtask_agreement_steps
     subtask_agreement_steps_ceiling: float | None = None
-    # sim seconds from each inference's observation to its subtask reaching the observer (median, 90th pct):
-    # the machine's speed as the closed loop feels it; the pace, and so the clock agreement, depend on it
+    # sim seconds from an observation to the new subtask the model wrote on it reaching the observer
+    # (policy/reasoning; median, 90th pct; over the inferences that changed the text), and from every
+    # observation to its chunk (its markers): the machine's speed as the closed loop feels it. The pace,
+    # and so the clock agreement, depend on it
     observation_to_subtask_s: dict[str, float] = field(default_factory=dict)
+    observation_to_chunk_s: dict[str, float] = field(default_factory=dict)
     inferences: int = 0
     subtasks: list[str] = field(default_factory=list)
     # [sim time, policy subtask in force, expert label] at every tick where either changes
@@ -113,6 +116,11 @@ class EvalObserver(Node):
         self.tick_log: list[tuple[float, str, str, np.ndarray]] = []
         # (observation stamp, sim time its marker arrived, policy subtask, expert label at the stamp)
         self.inference_log: list[tuple[float, float, str, str]] = []
+        # (observation stamp, sim time its new subtask arrived on policy/reasoning), for each inference that
+        # changed the text; the node publishes it before the chunk and its markers
+        self.subtask_changes: list[tuple[float, float]] = []
+        self._reasoning_at = 0.0
+        self._last_marker_text = ''
         self.recording = False
         self.video = False
         self.recorder = EpisodeRecorder(height=240)
@@ -161,6 +169,8 @@ class EvalObserver(Node):
                 self.success = False
                 self.tick_log = []
                 self.inference_log = []
+                self.subtask_changes = []
+                self._last_marker_text = ''
                 self.reset_seen.set()
                 return
             if self.recording:
@@ -169,6 +179,7 @@ class EvalObserver(Node):
     def _on_reasoning(self, msg: String) -> None:
         with self._lock:
             self.reasoning = msg.data
+            self._reasoning_at = self.sim_time
 
     def _on_markers(self, msg: MarkerArray) -> None:
         for marker in msg.markers:
@@ -177,6 +188,9 @@ class EvalObserver(Node):
                 with self._lock:
                     if self.recording:
                         self.inference_log.append((t, self.sim_time, marker.text, self.expert_label(t)))
+                        changed, self._last_marker_text = marker.text != self._last_marker_text, marker.text
+                        if changed and self.reasoning == marker.text and self._reasoning_at >= t - 1e-9:
+                            self.subtask_changes.append((t, self._reasoning_at))
 
     def _on_success(self, msg: Bool) -> None:
         with self._lock:
@@ -316,7 +330,8 @@ def evaluate_closed_loop(
     )
     started = time.monotonic()
     reports: list[EpisodeReport] = []
-    latencies: list[float] = []  # every inference: observation to subtask, sim seconds
+    latencies: list[float] = []  # every change of subtask: observation to its text, sim seconds
+    chunk_latencies: list[float] = []  # every inference: observation to its chunk
     context = rclpy.Context()
     rclpy.init(context=context)
     composition = None
@@ -381,6 +396,7 @@ def evaluate_closed_loop(
             report.sim_time_s = round(observer.sim_time, 3)
             ticks = list(observer.tick_log)
             infs = list(observer.inference_log)
+            changes = list(observer.subtask_changes)
             aligned = None
             if expert_pace:
                 # the expert on this seed, physics only (~1 s): its pace and the motion the ticks are aligned with
@@ -388,12 +404,14 @@ def evaluate_closed_loop(
                 report.expert_stage_first_s = replay.stage_first_s
                 aligned = aligned_labels(ticks, replay, rig)
             _score_subtasks(report, ticks, infs, aligned)
-            delays = [at - t for t, at, *_ in infs]
+            delays = [at - t for t, at in changes]
             report.observation_to_subtask_s = _latency_percentiles(delays)
+            report.observation_to_chunk_s = _latency_percentiles([at - t for t, at, *_ in infs])
             latencies.extend(delays)
+            chunk_latencies.extend(at - t for t, at, *_ in infs)
             if tick_log:
                 with open(out / 'ticks.jsonl', 'a' if i else 'w') as f:
-                    f.write(json.dumps(_tick_log_line(report, ticks, infs, aligned)) + '\n')
+                    f.write(json.dumps(_tick_log_line(report, ticks, infs, aligned, changes)) + '\n')
             report.wall_s = round(time.monotonic() - wall0, 2)
             reports.append(report)
             if bar is not None:
@@ -413,7 +431,7 @@ def evaluate_closed_loop(
     if observer.recorder.frames:
         outputs['video'] = str(observer.recorder.write_video(out / 'episode.mp4', fps=observer.video_fps))
         outputs['contact_sheet'] = str(observer.recorder.write_contact_sheet(out / 'contact_sheet.png', count=12))
-    report = summarise(reports, checkpoint, task, seed, real_time_factor, observer, outputs, latencies)
+    report = summarise(reports, checkpoint, task, seed, real_time_factor, observer, outputs, latencies, chunk_latencies)
     report['policy_in_own_process'] = policy_process
     report['driver'] = 'expert (the policy narrates)' if narrate_expert else 'policy'
     report['expert_approach'] = approach
@@ -500,7 +518,9 @@ def _score_subtasks(report: EpisodeReport, ticks: list, infs: list, aligned: lis
     report.timeline = _changes(ticks)
 
 
-def _tick_log_line(report: EpisodeReport, ticks: list, infs: list, aligned: list[str] | None) -> dict:
+def _tick_log_line(
+    report: EpisodeReport, ticks: list, infs: list, aligned: list[str] | None, changes: list[tuple[float, float]]
+) -> dict:
     """One ticks.jsonl line: every tick (time, subtask, expert label, aligned label, joints) and inference."""
     aligned = aligned if aligned is not None else [''] * len(ticks)
     times = [t[0] for t in ticks]
@@ -514,6 +534,7 @@ def _tick_log_line(report: EpisodeReport, ticks: list, infs: list, aligned: list
         'success': report.success,
         'ticks': [[round(t, 3), p, e, a, _joints_json(q)] for (t, p, e, q), a in zip(ticks, aligned, strict=True)],
         'inferences': [[round(t, 3), round(at, 3), p, e, aligned_at(t)] for t, at, p, e in infs],
+        'subtask_changes': [[round(t, 3), round(at, 3)] for t, at in changes],
     }
 
 
@@ -549,7 +570,7 @@ def _latency_percentiles(values: list[float]) -> dict[str, float]:
     return {'p50': round(float(p50), 3), 'p90': round(float(p90), 3)}
 
 
-def summarise(reports, checkpoint, task, seed, rtf, observer, outputs, latencies=()) -> dict:
+def summarise(reports, checkpoint, task, seed, rtf, observer, outputs, latencies=(), chunk_latencies=()) -> dict:
     def mean(values):
         values = [v for v in values if v is not None]
         return float(np.mean(values)) if values else None
@@ -583,6 +604,7 @@ def summarise(reports, checkpoint, task, seed, rtf, observer, outputs, latencies
         },
         'stage_first_s_minus_expert': _pace_vs_expert(reports),
         'observation_to_subtask_s': _latency_percentiles(list(latencies)),
+        'observation_to_chunk_s': _latency_percentiles(list(chunk_latencies)),
         'commands_checked': observer.command_count,
         'command_limit_violations': observer.command_violations,
         'outputs': outputs,

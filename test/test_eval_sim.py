@@ -51,6 +51,7 @@ def test_short_episodes_drive_the_sim_within_limits(checkpoint, tmp_path):
         assert max(e['max_stage'] for e in episodes) >= 1, episodes
     assert 0.0 <= report['subtask_agreement_steps'] <= 1.0
     assert 0.0 < report['observation_to_subtask_s']['p50'] <= report['observation_to_subtask_s']['p90'] < 5.0
+    assert 0.0 < report['observation_to_chunk_s']['p50'] <= report['observation_to_chunk_s']['p90'] < 5.0
     assert (tmp_path / 'eval' / 'contact_sheet.png').stat().st_size > 10_000
     assert (tmp_path / 'eval' / 'episode.mp4').stat().st_size > 10_000
     assert report['policy_in_own_process'] is True and report['driver'] == 'policy'
@@ -69,7 +70,15 @@ def test_short_episodes_drive_the_sim_within_limits(checkpoint, tmp_path):
         assert len(line['ticks']) == episode['ticks'] and len(line['inferences']) == episode['inferences']
         assert all(arrived >= stamp for stamp, arrived, *_ in line['inferences'])
         delays = [arrived - stamp for stamp, arrived, *_ in line['inferences']]
-        assert episode['observation_to_subtask_s']['p50'] == pytest.approx(float(np.median(delays)), abs=1e-3)
+        assert episode['observation_to_chunk_s']['p50'] == pytest.approx(float(np.median(delays)), abs=1e-3)
+        # the first inference of an episode changes the text: its subtask is timed from its own observation,
+        # arriving no earlier than that observation and no later than its chunk (published after it)
+        changes = line['subtask_changes']
+        assert changes and changes[0][0] == line['inferences'][0][0]
+        chunk_arrival = {stamp: arrived for stamp, arrived, *_ in line['inferences']}
+        assert all(stamp <= arrived <= chunk_arrival[stamp] for stamp, arrived in changes)
+        sub_delays = [arrived - stamp for stamp, arrived in changes]
+        assert episode['observation_to_subtask_s']['p50'] == pytest.approx(float(np.median(sub_delays)), abs=1e-3)
         # each tick: time, subtask, expert label, aligned label, the 14 measured joints; the report's
         # aligned agreement and its ceiling are those of the logged labels
         assert all(len(tick) == 5 and len(tick[4]) == 14 for tick in line['ticks'])

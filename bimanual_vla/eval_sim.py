@@ -405,10 +405,11 @@ def evaluate_closed_loop(
                 aligned = aligned_labels(ticks, replay, rig)
             _score_subtasks(report, ticks, infs, aligned)
             delays = [at - t for t, at in changes]
+            chunk_delays = [at - t for t, at, *_ in infs]
             report.observation_to_subtask_s = _latency_percentiles(delays)
-            report.observation_to_chunk_s = _latency_percentiles([at - t for t, at, *_ in infs])
+            report.observation_to_chunk_s = _latency_percentiles(chunk_delays)
             latencies.extend(delays)
-            chunk_latencies.extend(at - t for t, at, *_ in infs)
+            chunk_latencies.extend(chunk_delays)
             if tick_log:
                 with open(out / 'ticks.jsonl', 'a' if i else 'w') as f:
                     f.write(json.dumps(_tick_log_line(report, ticks, infs, aligned, changes)) + '\n')

@@ -467,20 +467,20 @@ class VLAPolicy:
         context_length = cache.get_seq_length()
         dt = -1.0 / self.num_steps
         x = noise
+        if guide is not None:
+            target, weights, beta, jacobian = guide
         for step in range(self.num_steps):
             start = time.perf_counter()
             t = 1.0 + step * dt
             if guide is None:
                 with torch.no_grad():
                     v = self._velocity(state, x, t, mask, cache)
-            elif guide[3] == 'identity':
-                target, weights, beta, _ = guide
+            elif jacobian == 'identity':
                 with torch.no_grad():
                     v_free = self._velocity(state, x, t, mask, cache)
                     correction = (target - (x - t * v_free)) * weights
                 v = v_free - rtc_guidance_weight(1.0 - t, beta) * correction
             else:
-                target, weights, beta, _ = guide
                 with torch.enable_grad():
                     x_in = x.detach().requires_grad_(True)
                     v_in = self._velocity(state, x_in, t, mask, cache)

@@ -580,8 +580,7 @@ class PolicyNode(Node):
         if report.reason == 'joined':
             self.stats.join_jumps.append(report.jump)
             self.stats.joins.append((report.jump, report.raw_jump, report.start_index, snap.frozen_steps))
-        self._subtask = result.subtask
-        self._publish_subtask(result.subtask, snap.epoch)  # normally done already, as soon as it was decoded
+        self._subtask = result.subtask  # published on policy/reasoning when decoded (infer's on_subtask)
         self._publish_chunk(chunk)
         if self.stats.chunks % self.marker_every == 0:
             label = f'[coach] {result.subtask}' if result.subtask_source == 'override' else result.subtask

@@ -159,11 +159,13 @@ class InferenceConfig(_Strict):
     num_steps: int = Field(default=10, ge=1, le=100, description='flow-matching Euler steps')
     execution_horizon: int = Field(default=25, ge=1, description='actions executed before the next chunk is due')
     chunking: Literal['rtc', 'naive', 'ensemble'] = 'rtc'
-    chunk_start: Literal['snapshot', 'synchronized', 'oldest_input'] = Field(
+    chunk_start: Literal['snapshot', 'arrival_compensated', 'synchronized', 'oldest_input'] = Field(
         default='snapshot',
         description=(
             "time of a chunk's first action: 'snapshot' (when the inputs were gathered; matches "
             '`train`, whose samples pair the latest inputs at or before t with the commands from t), '
+            "'arrival_compensated' (the snapshot, earlier by the cameras' mean median frame arrival delay: "
+            'the frames in hand are that much older than the ones training paired with the snapshot), '
             "'synchronized' (now minus how late the cameras' frames arrive, with every input's latest "
             'stamped at or before then: the same pairing when frames arrive late; policy_node/input_sync.py) or '
             "'oldest_input' (the oldest input's stamp; for data sets that stamp a sample at its capture)"
@@ -174,7 +176,8 @@ class InferenceConfig(_Strict):
         ge=0,
         le=1.0,
         description=(
-            "with chunk_start snapshot, start each chunk this much earlier: the training data's commands were "
+            'with chunk_start snapshot (or arrival_compensated, synchronized), start each chunk this much earlier: '
+            "the training data's commands were "
             "stamped this long after they took effect (default: the checkpoint's own metadata)"
         ),
     )

@@ -19,6 +19,9 @@ real-time-chunking guide freezes the steps already executed before it arrives.
 
 It is an experiment, not the default. In eval-sim it kept the demonstrations' pace better, but it
 succeeded less often (80 against 91 of 100 episodes): the policy decides on an older scene.
+The default policy's `chunk_start: arrival_compensated` uses the same measurements differently: it
+keeps the latest inputs and starts the chunk earlier by the cameras' median arrival delays (averaged),
+which is when training would have paired those frames with the chunk.
 """
 
 from __future__ import annotations

@@ -86,6 +86,7 @@ class _Stats:
         self.tick_late_ms: deque[float] = deque(maxlen=window)
         self.inference_ms: deque[float] = deque(maxlen=200)
         self.frame_to_command_ms: deque[float] = deque(maxlen=500)
+        self.chunk_lead_ms: deque[float] = deque(maxlen=500)  # snapshot time minus the chunk's start time
         self.join_jumps: deque[float] = deque(maxlen=500)
         # (jump, jump before RTC residual blending, start index, RTC frozen steps)
         self.joins: deque[tuple[float, float, float, int]] = deque(maxlen=500)
@@ -216,7 +217,10 @@ class PolicyNode(Node):
         mode = self.policy_cfg.inference.chunk_start
         if mode == 'oldest_input':
             return 'chunks start at their oldest input'
-        when = 'the time every input has arrived for' if mode == 'synchronized' else 'their snapshot'
+        when = {
+            'synchronized': 'the time every input has arrived for',
+            'arrival_compensated': "their snapshot, and earlier by the frames' arrival delay",
+        }.get(mode, 'their snapshot')
         return f'chunks start {self.action_time_offset_s * 1e3:g} ms before {when}'
 
     def _commanded_arms(self) -> dict[str, tuple[list[str], np.ndarray]]:
@@ -453,8 +457,11 @@ class PolicyNode(Node):
                 t_obs = t_sync - self.action_time_offset_s
             elif mode == 'snapshot':
                 t_obs = now - self.action_time_offset_s
+            elif mode == 'arrival_compensated':
+                t_obs = now - self.action_time_offset_s - self.frame_arrival_delay_s()
             else:
                 t_obs = min(joint_stamp, *(stamp_to_sec(frames[c].header.stamp) for c in self.camera_names))
+            self.stats.chunk_lead_ms.append((now - t_obs) * 1e3)
             cam_stamps = {c: stamp_to_sec(frames[c].header.stamp) for c in self.camera_names}
             guide, plan, frozen = None, None, 0
             if self.executor_.strategy == 'rtc':
@@ -482,6 +489,20 @@ class PolicyNode(Node):
         reasoning = self.policy_cfg.reasoning
         decode = reasoning.enabled and self.stats.chunks % reasoning.every_n_chunks == 0
         return _Snapshot(images, state, task, t_obs, cam_stamps, guide, plan, frozen, decode, override, epoch)
+
+    def frame_arrival_delay_s(self) -> float:
+        """How much older than training's the frames in hand are: the cameras' median arrival delays, averaged.
+
+        A training sample at t holds each camera's latest frame stamped at or before t; the node holds the
+        latest that has *arrived*, which is older by that camera's arrival delay (in the simulator, 20, 40
+        and 60 ms for the three cameras rendered one after another). The model reads the scene's phase from
+        the frames, so a chunk anchored at the snapshot plans from a phase that is already past, and in
+        closed loop those lags add up to a slower motion. 0 before any frame. Caller holds the lock.
+        """
+        medians = [a.median_s() for a in self._arrival.values()]
+        known = [m for m in medians if m is not None]
+        # a frame older than camera_max_age_s is stale anyway: never reach back further than that
+        return min(float(np.mean(known)), self.policy_cfg.staleness.camera_max_age_s) if known else 0.0
 
     def input_delay_s(self) -> float:
         """How late the slowest camera's frames arrive (90th percentile, recent frames); 0 before any."""
@@ -657,6 +678,7 @@ class PolicyNode(Node):
                 'control_period_ms_max': max(s.tick_periods_ms, default=float('nan')),
                 'frame_to_command_ms_p50': _pct(s.frame_to_command_ms, 50),
                 'chunk_start': self.policy_cfg.inference.chunk_start,
+                'chunk_start_before_snapshot_ms_p50': _pct(s.chunk_lead_ms, 50),
                 **arrival,
                 'join_jump_max': max((j[0] for j in s.joins), default=0.0),
                 'join_jump_before_rtc_blend_max': max((j[1] for j in s.joins), default=0.0),

@@ -11,6 +11,7 @@ import yaml
 
 from bimanual_vla.config import (
     ConfigError,
+    InferenceConfig,
     load_policy,
     load_rig,
     resolve_rig_path,
@@ -181,8 +182,10 @@ def test_shipped_policy_loads_and_bad_policy_fails(tmp_path: Path) -> None:
     assert policy.inference.num_steps == 5
     assert policy.inference.chunking == 'rtc'
     assert policy.safety.enabled_at_start is False
-    # chunks start at the snapshot, by the checkpoint's own offset unless the file sets one
-    assert policy.inference.chunk_start == 'snapshot' and policy.inference.action_time_offset_s is None
+    # chunks start at the snapshot less the frames' arrival delay, by the checkpoint's own offset unless the
+    # file sets one; the schema's default stays the plain snapshot
+    assert policy.inference.chunk_start == 'arrival_compensated' and policy.inference.action_time_offset_s is None
+    assert InferenceConfig().chunk_start == 'snapshot'
     bad = tmp_path / 'policy.yaml'
     inference = {'chunking': 'magic', 'num_step': 3, 'chunk_start': 'capture', 'action_time_offset_s': -0.02}
     bad.write_text(yaml.safe_dump({'checkpoint': 'x', 'inference': inference}))

@@ -366,6 +366,42 @@ def test_synchronized_chunks_observe_when_every_input_had_arrived_with_the_joint
         assert now - stamp_to_sec(chunk.header.stamp) >= 0.29
 
 
+def test_arrival_compensated_chunks_start_earlier_by_the_frames_arrival_delay_with_the_latest_inputs(
+    harness, tiny_checkpoint, tmp_path
+) -> None:
+    """Frames arriving 0.3 s after their stamps, joints fresh and moving.
+
+    `chunk_start: arrival_compensated` keeps the snapshot's inputs (the latest frames and joints, unlike
+    `synchronized`) but starts the chunk 0.3 s earlier: the frames in hand are that much older than those
+    a training sample at the snapshot would hold, and the model reads the phase from them.
+    """
+    from bimanual_vla.ros_utils import stamp_to_sec
+
+    rig, start = harness
+    rig.camera_delay_s = 0.3
+    rig.ramp_rad_s = 0.05
+    node = start(write_policy(tmp_path, tiny_checkpoint, inference={'chunk_start': 'arrival_compensated'}))
+    assert wait_for(lambda: rig.count(rig.chunks) >= 3, 60), node.diagnostics_values()
+    assert 0.29 <= node.frame_arrival_delay_s() <= 0.36, node.frame_arrival_delay_s()
+
+    now = node.now_s()
+    snap = node._snapshot()
+    assert snap is not None
+    lead = now - (snap.stamp + node.action_time_offset_s)
+    assert 0.29 <= lead <= 0.36, lead
+    for cam, stamp in snap.camera_stamps.items():  # the latest frame that has arrived: about 0.3 s old, not older
+        assert now - 0.3 - 1 / 15 - 0.03 <= stamp <= now - 0.29, (cam, stamp, now)
+    # the joints of the moment (at 50 Hz), not of the chunk's start 0.3 s back
+    assert abs(snap.state[0] - rig.position_at(now)[0]) <= 0.05 * 0.05, (snap.state[0], rig.position_at(now))
+    values = node.diagnostics_values()
+    assert values['chunk_start'] == 'arrival_compensated'
+    assert 290 <= values['chunk_start_before_snapshot_ms_p50'] <= 360, values
+    for _, chunk in rig.snapshot(rig.chunks)[1:]:  # the first may precede the delay estimate's first frames
+        t0 = stamp_to_sec(chunk.header.stamp)
+        nearest_frame = float(np.min(np.abs(np.array(rig.snapshot(rig.image_stamps)) - t0)))
+        assert now - t0 >= 0.29 and nearest_frame > 1e-4, (now, t0)  # not a frame's stamp: snapshot less the delay
+
+
 @pytest.mark.parametrize(('in_checkpoint', 'in_policy', 'expected'), [(0.25, None, 0.25), (0.25, 0.1, 0.1)])
 def test_a_checkpoint_trained_on_late_stamped_commands_starts_its_chunks_that_much_earlier(
     harness, tiny_checkpoint, tmp_path, in_checkpoint, in_policy, expected

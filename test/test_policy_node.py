@@ -332,6 +332,16 @@ def test_a_chunk_starts_when_its_inputs_were_gathered_not_at_the_oldest_frame(
             assert node_now - t0 >= 0.3
 
 
+def start_with_late_frames(harness, tiny_checkpoint, tmp_path, chunk_start: str):
+    """A node whose frames arrive 0.3 s after their stamps while the first joint moves at 0.05 rad/s; 3 chunks in."""
+    rig, start = harness
+    rig.camera_delay_s = 0.3
+    rig.ramp_rad_s = 0.05
+    node = start(write_policy(tmp_path, tiny_checkpoint, inference={'chunk_start': chunk_start}))
+    assert wait_for(lambda: rig.count(rig.chunks) >= 3, 60), node.diagnostics_values()
+    return rig, node
+
+
 def test_synchronized_chunks_observe_when_every_input_had_arrived_with_the_joints_of_that_moment(
     harness, tiny_checkpoint, tmp_path
 ) -> None:
@@ -343,11 +353,7 @@ def test_synchronized_chunks_observe_when_every_input_had_arrived_with_the_joint
     """
     from bimanual_vla.ros_utils import stamp_to_sec
 
-    rig, start = harness
-    rig.camera_delay_s = 0.3
-    rig.ramp_rad_s = 0.05
-    node = start(write_policy(tmp_path, tiny_checkpoint, inference={'chunk_start': 'synchronized'}))
-    assert wait_for(lambda: rig.count(rig.chunks) >= 3, 60), node.diagnostics_values()
+    rig, node = start_with_late_frames(harness, tiny_checkpoint, tmp_path, 'synchronized')
     assert 0.29 <= node.input_delay_s() <= 0.45, node.input_delay_s()
     values = node.diagnostics_values()
     assert values['chunk_start'] == 'synchronized' and 290 <= values['camera_top_arrival_delay_ms_p50'] <= 450
@@ -377,11 +383,7 @@ def test_arrival_compensated_chunks_start_earlier_by_the_frames_arrival_delay_wi
     """
     from bimanual_vla.ros_utils import stamp_to_sec
 
-    rig, start = harness
-    rig.camera_delay_s = 0.3
-    rig.ramp_rad_s = 0.05
-    node = start(write_policy(tmp_path, tiny_checkpoint, inference={'chunk_start': 'arrival_compensated'}))
-    assert wait_for(lambda: rig.count(rig.chunks) >= 3, 60), node.diagnostics_values()
+    rig, node = start_with_late_frames(harness, tiny_checkpoint, tmp_path, 'arrival_compensated')
     assert 0.29 <= node.frame_arrival_delay_s() <= 0.36, node.frame_arrival_delay_s()
 
     now = node.now_s()

@@ -76,6 +76,7 @@ class CollectResult:
     expert_max_joint_speed_rad_s: float = 0.0  # 0: unlimited
     # 'joint' (no wrist flip) or 'cartesian' (bags before 2026-12-01: the key is absent there)
     expert_approach: str = 'joint'
+    expert_time_warp: float = 0.0  # 0: the nominal timeline (bags before 2026-12-01 lack the key)
 
     @property
     def success_rate(self) -> float:
@@ -169,6 +170,7 @@ def collect(
     expert_noise_rad: float = 0.0,
     expert_max_joint_speed_rad_s: float = 0.0,
     expert_approach: str = 'joint',
+    expert_time_warp: float = 0.0,
 ) -> CollectResult:
     """Record `episodes` expert episodes (seeds seed, seed+1, ...) into the bag `out`.
 
@@ -180,6 +182,8 @@ def collect(
     policy node's `safety.max_velocity_rad_s`, so the data holds no motion the gate would clamp).
     `expert_approach` ('joint' or 'cartesian') is how the expert's right gripper gets above the cube
     (drivers/expert.py, APPROACHES): 'joint' avoids the wrist flip a straight line makes.
+    `expert_time_warp` > 0 stretches each segment of the expert's plan by its own random factor
+    exp(U(-w, w)) per episode (ScriptedExpert._warp_times), so no move can be timed by the previous one.
     """
     import rclpy
     from rclpy.parameter import Parameter
@@ -195,10 +199,12 @@ def collect(
     if not expert_max_joint_speed_rad_s >= 0:
         speed = expert_max_joint_speed_rad_s
         raise ValueError(f'expert_max_joint_speed_rad_s must be >= 0 (0: unlimited), got {speed}')
-    from drivers.expert import APPROACHES
+    from drivers.expert import APPROACHES, MAX_TIME_WARP
 
     if expert_approach not in APPROACHES:
         raise ValueError(f"expert_approach must be 'joint' or 'cartesian', got {expert_approach!r}")
+    if not 0.0 <= expert_time_warp <= MAX_TIME_WARP:
+        raise ValueError(f'expert_time_warp must be in [0, {MAX_TIME_WARP}], got {expert_time_warp}')
     out = Path(out).expanduser()
     if out.exists():
         raise FileExistsError(f'{out}: output exists; the recorder writes a new bag directory')
@@ -210,6 +216,7 @@ def collect(
         expert_noise_rad=float(expert_noise_rad),
         expert_max_joint_speed_rad_s=float(expert_max_joint_speed_rad_s),
         expert_approach=expert_approach,
+        expert_time_warp=float(expert_time_warp),
     )
     started = time.monotonic()
     context = rclpy.Context()
@@ -227,6 +234,7 @@ def collect(
             'expert_noise_rad': float(expert_noise_rad),
             'expert_max_joint_speed': float(expert_max_joint_speed_rad_s),
             'expert_approach': expert_approach,
+            'expert_time_warp': float(expert_time_warp),
         }
         # Not on sim time: the conductor reads /clock itself, and the recorder stamps receive times.
         specs = rig_nodes(rig_name, policy=None, use_sim_time=False, sim_overrides=sim)

@@ -17,7 +17,7 @@ Each waypoint carries a subtask in words ("move the right gripper above the cube
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import mujoco
 import numpy as np
@@ -40,6 +40,7 @@ PIN_END_X = 0.04  # the pin's +x end in the socket frame
 # which crosses the wrist singularity and rolls the forearm half a turn either way (the shipped
 # checkpoint's data).
 APPROACHES = ('joint', 'cartesian')
+MAX_TIME_WARP = 0.5  # ScriptedExpert(time_warp=...): segments at most e^0.5 = 1.65x longer or shorter
 
 
 def _rot(x_axis: np.ndarray, y_axis: np.ndarray) -> np.ndarray:
@@ -178,9 +179,13 @@ class ScriptedExpert:
         noise_rad: float = 0.0,
         max_joint_speed_rad_s: float | None = None,
         approach: str = 'joint',
+        time_warp: float = 0.0,
     ):
         if approach not in APPROACHES:
             raise ValueError(f'approach must be one of {APPROACHES}, got {approach!r}')
+        if not 0.0 <= time_warp <= MAX_TIME_WARP:
+            raise ValueError(f'time_warp must be in [0, {MAX_TIME_WARP}], got {time_warp}')
+        self.time_warp = time_warp
         self.approach = approach
         self.rig = rig
         self.task = task
@@ -191,7 +196,7 @@ class ScriptedExpert:
         self.ik = {arm: ArmIK(model, rig, arm) for arm in ('left', 'right')}
         scene_home = SimScene(rig, task=task, seed=seed)
         self.home_q = {arm: self._arm_only(rig, arm, scene_home.joint_positions(arm)) for arm in self.ik}
-        plans = self._waypoints()
+        plans = self._warp_times(self._waypoints(), time_warp)
         self.num_steps = int(round(max(w[-1].t for w in plans.values()) / self.dt)) + 1
         self.joint_plan: dict[str, np.ndarray] = {}
         self.labels: list[str] = []
@@ -213,6 +218,27 @@ class ScriptedExpert:
         if self.task == 'transfer_cube':
             return self._transfer_cube()
         return self._insertion()
+
+    def _warp_times(self, plans: dict[str, list[Waypoint]], warp: float) -> dict[str, list[Waypoint]]:
+        """Stretch or shrink every segment of the shared timeline by its own factor exp(U(-warp, warp)).
+
+        The plan's waypoint times are one timeline for both arms (the left gripper closes when the right
+        holds the cube still; the right opens once the left has closed). With a fixed timeline every
+        demonstration starts each move the same time after the previous one, so a cloned policy can
+        time a move by the clock it infers (how long the other arm has been still) instead of by what
+        it sees; closed loop, when its arm arrives late, it then closes the gripper before the arm is
+        at the cube. Segments of random length, seeded by the episode seed, take that cue away: each
+        move starts exactly when the previous one ends, whenever that is. The labels follow the
+        warped clock. 0 keeps the nominal timeline (the one eval-sim's labels use).
+        """
+        if warp <= 0:
+            return plans
+        times = sorted({w.t for wps in plans.values() for w in wps})
+        rng = np.random.default_rng([self.seed, 11])
+        factors = np.exp(rng.uniform(-warp, warp, len(times) - 1))
+        warped = np.concatenate([[times[0]], times[0] + np.cumsum(np.diff(times) * factors)])
+        new_t = dict(zip(times, warped.tolist(), strict=True))
+        return {arm: [replace(w, t=new_t[w.t]) for w in wps] for arm, wps in plans.items()}
 
     def _start(self, arm: str, label: str) -> Waypoint:
         pos, rot = self.ik[arm].tcp(self.home_q[arm])
@@ -464,12 +490,15 @@ def evaluate(
     seed: int,
     max_joint_speed_rad_s: float | None = None,
     approach: str = 'joint',
+    time_warp: float = 0.0,
 ) -> dict:
     """Success rate of the expert over `episodes` seeds starting at `seed` (success = stage 4 at the end)."""
     results = []
     for i in range(episodes):
         scene = SimScene(rig, task=task, seed=seed + i)
-        expert = ScriptedExpert(rig, task, seed + i, max_joint_speed_rad_s=max_joint_speed_rad_s, approach=approach)
+        expert = ScriptedExpert(
+            rig, task, seed + i, max_joint_speed_rad_s=max_joint_speed_rad_s, approach=approach, time_warp=time_warp
+        )
         results.append(run_episode(scene, expert))
     successes = sum(r['success'] for r in results)
     return {
@@ -482,6 +511,7 @@ def evaluate(
         'failed_seeds': [r['seed'] for r in results if not r['success']],
         'failed_final_stages': [r['final_stage'] for r in results if not r['success']],
         'approach': approach,
+        'time_warp': time_warp,
     }
 
 

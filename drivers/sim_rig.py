@@ -43,7 +43,7 @@ from std_srvs.srv import Trigger
 from bimanual_vla import topics
 from bimanual_vla.config import ConfigError
 from bimanual_vla.ros_utils import ERROR, OK, WARN, declare_rig, diagnostic_status, run_node, sec_to_stamp
-from drivers.expert import APPROACHES
+from drivers.expert import APPROACHES, MAX_TIME_WARP
 from drivers.sim_scene import MAX_REWARD, SceneRenderer, SimScene, rig_cameras, snapshot
 from drivers.sim_servo_bus import SimServoBus, check_protocol, default_directory, port_link, write_servo_bus_rig
 
@@ -91,6 +91,9 @@ class SimRig(Node):
         self.expert_approach = str(
             param('expert_approach', 'joint', "the expert's move above the cube: joint (no wrist flip) | cartesian")
         )
+        self.expert_time_warp = float(
+            param('expert_time_warp', 0.0, "segments of the expert's plan stretched by exp(U(-w, w)) (0: nominal)")
+        )
         servo_bus = str(
             param('servo_bus', str(sim.get('servo_bus', '')), "'' | feetech | dynamixel: arms as emulated servo buses")
         )
@@ -105,6 +108,8 @@ class SimRig(Node):
             raise ConfigError(f'expert_noise_rad must be in [0, 0.2] rad, got {self.expert_noise_rad}')
         if not (self.expert_max_joint_speed >= 0 and math.isfinite(self.expert_max_joint_speed)):
             raise ConfigError(f'expert_max_joint_speed must be >= 0 rad/s, got {self.expert_max_joint_speed}')
+        if not 0.0 <= self.expert_time_warp <= MAX_TIME_WARP:
+            raise ConfigError(f'expert_time_warp must be in [0, {MAX_TIME_WARP}], got {self.expert_time_warp}')
         if self.expert_approach not in APPROACHES:
             raise ConfigError(f"expert_approach must be 'joint' or 'cartesian', got {self.expert_approach!r}")
 
@@ -265,6 +270,7 @@ class SimRig(Node):
             noise_rad=self.expert_noise_rad,
             max_joint_speed_rad_s=self.expert_max_joint_speed or None,
             approach=self.expert_approach,
+            time_warp=self.expert_time_warp,
         )
 
     # ------------------------------------------------------------------ physics

@@ -26,6 +26,7 @@ def collected(tmp_path_factory):
         progress=False,
         expert_max_joint_speed_rad_s=2.0,
         expert_approach='cartesian',  # the straight line, whose wrist flip the limit has to tame
+        expert_time_warp=0.3,
     )
     return out, result
 
@@ -55,6 +56,33 @@ def test_the_speed_limited_expert_records_no_command_faster_than_the_gate(collec
         a = ds.sample(i, images=False)['actions']
         fastest = max(fastest, float(np.max(np.delete(np.abs(a[1] - a[0]), grippers))) * 50)
     assert 1.5 < fastest <= 2.0 + 1e-4  # float32 positions in the bag
+
+
+def test_the_time_warped_expert_reaches_the_sim(collected):
+    """`--expert-time-warp`: the recorded commands follow the warped plan of each seed, not the nominal one."""
+    from bimanual_vla.config import load_rig
+    from bimanual_vla.dataset import BagDataset
+    from drivers.expert import ScriptedExpert
+
+    out, _ = collected
+    assert json.loads((out / 'collect.json').read_text())['expert_time_warp'] == 0.3
+    rig = load_rig('aloha_sim')
+    ds = BagDataset(out, rig='aloha_sim', chunk_size=1, time_base='header')
+    for e, seed in enumerate((7, 8)):
+        plans = {
+            warp: ScriptedExpert(
+                rig, 'transfer_cube', seed, max_joint_speed_rad_s=2.0, approach='cartesian', time_warp=warp
+            ).joint_plan['right']
+            for warp in (0.0, 0.3)
+        }
+        errors = {warp: [] for warp in plans}
+        for i in ds.episode_range(e):
+            sample = ds.sample(i, images=False)
+            k = int(round(sample['time_ns'] * 1e-9 * 50))
+            for warp, plan in plans.items():  # the nearest of the plan's ticks around the stamp
+                near = plan[max(0, k - 2) : k + 2]
+                errors[warp].append(float(np.abs(near - sample['actions'][0][7:14]).max(axis=1).min()))
+        assert np.median(errors[0.3]) < 0.01 < np.median(errors[0.0])
 
 
 def test_summary_names_every_episode_with_its_seed_and_outcome(collected):

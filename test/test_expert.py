@@ -173,6 +173,43 @@ def test_the_joint_space_approach_reaches_above_the_cube_without_the_wrist_flip(
     assert not (tmp_path / 'bag').exists()
 
 
+def _label_changes(expert: ScriptedExpert) -> list[tuple[int, str]]:
+    labels = expert.labels
+    return [(k, labels[k]) for k in range(1, len(labels)) if labels[k] != labels[k - 1]]
+
+
+def test_a_time_warped_expert_stretches_each_segment_within_its_bound_and_still_hands_over() -> None:
+    """`time_warp`: every segment of the shared timeline gets its own length; the order and the handover stay."""
+    from drivers.expert import GRIPPER_CLOSED, GRIPPER_OPEN
+
+    nominal = ScriptedExpert(RIG, 'transfer_cube', 300)
+    warped = ScriptedExpert(RIG, 'transfer_cube', 300, time_warp=0.2)
+    assert _label_changes(ScriptedExpert(RIG, 'transfer_cube', 300, time_warp=0.0)) == _label_changes(nominal)
+    assert _label_changes(ScriptedExpert(RIG, 'transfer_cube', 300, time_warp=0.2)) == _label_changes(warped)
+    assert _label_changes(ScriptedExpert(RIG, 'transfer_cube', 301, time_warp=0.2)) != _label_changes(warped)
+    changes_n, changes_w = _label_changes(nominal), _label_changes(warped)
+    assert [label for _, label in changes_w] == [label for _, label in changes_n]  # the same moves in order
+    bounds_n = np.diff([0] + [k for k, _ in changes_n] + [nominal.num_steps])
+    bounds_w = np.diff([0] + [k for k, _ in changes_w] + [warped.num_steps])
+    # each segment within exp(+/-0.2) of its nominal length (a tick either end for the rounding)
+    assert np.all(bounds_w >= np.exp(-0.2) * bounds_n - 2) and np.all(bounds_w <= np.exp(0.2) * bounds_n + 2)
+    ratios = bounds_w / bounds_n
+    assert ratios.max() - ratios.min() > 0.1  # not one common factor: the segments vary on their own
+    # the handover keeps its order: the right gripper opens only once the left one has closed
+    left, right = RIG.arm('left'), RIG.arm('right')
+    left_grip = warped.joint_plan['left'][:, left.joint_names.index(left.gripper)]
+    right_grip = warped.joint_plan['right'][:, right.joint_names.index(right.gripper)]
+    left_closed = int(np.argmax(left_grip <= GRIPPER_CLOSED + 1e-9))
+    right_closed = int(np.argmax(right_grip <= GRIPPER_CLOSED + 1e-9))
+    right_reopens = right_closed + int(np.argmax(right_grip[right_closed:] > GRIPPER_CLOSED + 1e-3))
+    assert 0 < right_closed < left_closed <= right_reopens and left_grip[0] == pytest.approx(GRIPPER_OPEN)
+    outcome = run_episode(SimScene(RIG, 'transfer_cube', 300), warped)
+    assert outcome['success']
+    for bad in (-0.1, 0.8):
+        with pytest.raises(ValueError, match='time_warp must be in'):
+            ScriptedExpert(RIG, 'transfer_cube', 300, time_warp=bad)
+
+
 def test_nearest_solution_prefers_the_least_motion_and_refuses_an_unreachable_pose() -> None:
     expert = ScriptedExpert(RIG, 'transfer_cube', 0)
     ik = expert.ik['right']

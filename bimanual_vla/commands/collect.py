@@ -49,6 +49,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="how the expert's right gripper gets above the cube: joint (default, no wrist flip) or cartesian "
         "(a straight line through the wrist singularity: the shipped checkpoint's data)",
     )
+    p.add_argument(
+        '--expert-time-warp',
+        type=float,
+        default=0.0,
+        metavar='W',
+        help="stretch each segment of the expert's plan by its own random factor exp(U(-W, W)) per episode (0: the "
+        'nominal timeline), so that a cloned policy starts each move when it sees the previous one end, not by '
+        'the clock; the labels follow the warped clock',
+    )
     p.add_argument('--compress', action='store_true', help='zstd-compress the MCAP chunks')
     p.add_argument('--no-progress', action='store_true')
     p.set_defaults(func=run)
@@ -70,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
         expert_noise_rad=args.expert_noise,
         expert_max_joint_speed_rad_s=args.expert_max_speed,
         expert_approach=args.expert_approach,
+        expert_time_warp=args.expert_time_warp,
         progress=not args.no_progress,
     )
     summary = result.to_json()

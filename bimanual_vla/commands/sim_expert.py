@@ -35,6 +35,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default='joint',
         help='how the right gripper gets above the cube (as collect --expert-approach)',
     )
+    p.add_argument(
+        '--time-warp',
+        type=float,
+        default=0.0,
+        metavar='W',
+        help='stretch each segment of the plan by its own random factor exp(U(-W, W)) (as collect --expert-time-warp)',
+    )
     p.add_argument('--sheet', metavar='PNG', help='write a contact sheet of the first episode')
     p.add_argument('--video', metavar='MP4', help='write a video of the first episode')
     p.set_defaults(func=run)
@@ -53,7 +60,13 @@ def run(args: argparse.Namespace) -> int:
     if args.max_speed is not None and not args.max_speed > 0:
         raise SystemExit(f'--max-speed must be positive, got {args.max_speed}')
     result = evaluate(
-        rig, args.task, args.episodes, args.seed, max_joint_speed_rad_s=args.max_speed, approach=args.approach
+        rig,
+        args.task,
+        args.episodes,
+        args.seed,
+        max_joint_speed_rad_s=args.max_speed,
+        approach=args.approach,
+        time_warp=args.time_warp,
     )
     result['wall_s'] = round(time.perf_counter() - t0, 2)
     print(json.dumps(result))
@@ -66,7 +79,14 @@ def _render_first(rig, args: argparse.Namespace) -> None:
     from drivers.sim_scene import SceneRenderer, SimScene, rig_cameras
 
     scene = SimScene(rig, task=args.task, seed=args.seed)
-    expert = ScriptedExpert(rig, args.task, args.seed, max_joint_speed_rad_s=args.max_speed, approach=args.approach)
+    expert = ScriptedExpert(
+        rig,
+        args.task,
+        args.seed,
+        max_joint_speed_rad_s=args.max_speed,
+        approach=args.approach,
+        time_warp=args.time_warp,
+    )
     renderer = SceneRenderer(scene.model, rig_cameras(rig))
     recorder = EpisodeRecorder()
     every = max(1, round(rig.control_rate_hz / 15))

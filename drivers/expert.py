@@ -185,7 +185,6 @@ class ScriptedExpert:
             raise ValueError(f'approach must be one of {APPROACHES}, got {approach!r}')
         if not 0.0 <= time_warp <= MAX_TIME_WARP:
             raise ValueError(f'time_warp must be in [0, {MAX_TIME_WARP}], got {time_warp}')
-        self.time_warp = time_warp
         self.approach = approach
         self.rig = rig
         self.task = task

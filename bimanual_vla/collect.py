@@ -77,6 +77,8 @@ class CollectResult:
     # 'joint' (no wrist flip) or 'cartesian' (bags before 2026-12-01: the key is absent there)
     expert_approach: str = 'joint'
     expert_time_warp: float = 0.0  # 0: the nominal timeline (bags before 2026-12-01 lack the key)
+    expert_meet_jitter: float = 0.0  # m; 0: the nominal handover point (bags before 2026-12-01 lack the key)
+    expert_aim_left: bool = False  # the left grasp aimed at the measured cube (absent before 2026-12-01)
 
     @property
     def success_rate(self) -> float:
@@ -171,6 +173,8 @@ def collect(
     expert_max_joint_speed_rad_s: float = 0.0,
     expert_approach: str = 'joint',
     expert_time_warp: float = 0.0,
+    expert_meet_jitter: float = 0.0,
+    expert_aim_left: bool = False,
 ) -> CollectResult:
     """Record `episodes` expert episodes (seeds seed, seed+1, ...) into the bag `out`.
 
@@ -184,6 +188,9 @@ def collect(
     (drivers/expert.py, APPROACHES): 'joint' avoids the wrist flip a straight line makes.
     `expert_time_warp` > 0 stretches each segment of the expert's plan by its own random factor
     exp(U(-w, w)) per episode (ScriptedExpert._warp_times), so no move can be timed by the previous one.
+    `expert_meet_jitter` > 0 moves the handover point by up to that many metres per axis per episode, and
+    `expert_aim_left` aims the left grasp at the cube where it is (ScriptedExpert.observe), so the data
+    shows the left gripper going where the cube is held instead of to one fixed spot.
     """
     import rclpy
     from rclpy.parameter import Parameter
@@ -199,12 +206,16 @@ def collect(
     if not expert_max_joint_speed_rad_s >= 0:
         speed = expert_max_joint_speed_rad_s
         raise ValueError(f'expert_max_joint_speed_rad_s must be >= 0 (0: unlimited), got {speed}')
-    from drivers.expert import APPROACHES, MAX_TIME_WARP
+    from drivers.expert import APPROACHES, MAX_MEET_JITTER, MAX_TIME_WARP
 
     if expert_approach not in APPROACHES:
         raise ValueError(f"expert_approach must be 'joint' or 'cartesian', got {expert_approach!r}")
     if not 0.0 <= expert_time_warp <= MAX_TIME_WARP:
         raise ValueError(f'expert_time_warp must be in [0, {MAX_TIME_WARP}], got {expert_time_warp}')
+    if not 0.0 <= expert_meet_jitter <= MAX_MEET_JITTER:
+        raise ValueError(f'expert_meet_jitter must be in [0, {MAX_MEET_JITTER}] m, got {expert_meet_jitter}')
+    if (expert_meet_jitter > 0 or expert_aim_left) and task != 'transfer_cube':
+        raise ValueError(f'expert_meet_jitter and expert_aim_left apply to transfer_cube only, not {task!r}')
     out = Path(out).expanduser()
     if out.exists():
         raise FileExistsError(f'{out}: output exists; the recorder writes a new bag directory')
@@ -217,6 +228,8 @@ def collect(
         expert_max_joint_speed_rad_s=float(expert_max_joint_speed_rad_s),
         expert_approach=expert_approach,
         expert_time_warp=float(expert_time_warp),
+        expert_meet_jitter=float(expert_meet_jitter),
+        expert_aim_left=bool(expert_aim_left),
     )
     started = time.monotonic()
     context = rclpy.Context()
@@ -235,6 +248,8 @@ def collect(
             'expert_max_joint_speed': float(expert_max_joint_speed_rad_s),
             'expert_approach': expert_approach,
             'expert_time_warp': float(expert_time_warp),
+            'expert_meet_jitter': float(expert_meet_jitter),
+            'expert_aim_left': bool(expert_aim_left),
         }
         # Not on sim time: the conductor reads /clock itself, and the recorder stamps receive times.
         specs = rig_nodes(rig_name, policy=None, use_sim_time=False, sim_overrides=sim)

@@ -17,6 +17,7 @@ Each waypoint carries a subtask in words ("move the right gripper above the cube
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import mujoco
@@ -41,6 +42,20 @@ PIN_END_X = 0.04  # the pin's +x end in the socket frame
 # checkpoint's data).
 APPROACHES = ('joint', 'cartesian')
 MAX_TIME_WARP = 0.5  # ScriptedExpert(time_warp=...): segments at most e^0.5 = 1.65x longer or shorter
+MAX_MEET_JITTER = 0.03  # ScriptedExpert(meet_jitter=...): the handover point moves at most 3 cm per axis
+# transfer_cube: where the left gripper's TCP closes, relative to the handover point. Level with the cube's
+# centre: the right gripper holds the cube ~7 mm below the point, and the open fingers (5.5 cm apart) clear the
+# 4 cm cube by 7.5 mm either side only when centred on it. Until 2026-12-01 the TCP was 15 mm below the point,
+# 7.8 mm below the cube's centre: the upper finger arrived level with the cube's top face, any error put it
+# against the cube's near edge and the approach pushed the cube out from between the fingers. Measured with
+# DART offsets 0.01 rad and time warp 0.2 (seeds 500-519, aim_left): 17 successes of 20 against 13; 10.5 mm
+# higher: 14. The labels and the timeline are unchanged.
+LEFT_GRASP_FROM_MEET = np.array([0.0, 0.0, -0.0075])
+# aim_left: the left TCP at its grasp relative to the cube's centre, as the nominal plan has it at aim_step,
+# halfway through the left gripper's move around the cube (seeds 0-11, --expert-max-speed 2: std 0.6, 0.3 and
+# 0.2 mm in x, y, z; at the start of that move the right arm is still settling, y std 3 mm).
+LEFT_GRASP_FROM_CUBE = np.array([-0.0192, -0.0005, -0.0003])
+AIM_LABEL = 'move the left gripper around the cube'  # aim_left corrects this segment's second half
 
 
 def _rot(x_axis: np.ndarray, y_axis: np.ndarray) -> np.ndarray:
@@ -180,30 +195,42 @@ class ScriptedExpert:
         max_joint_speed_rad_s: float | None = None,
         approach: str = 'joint',
         time_warp: float = 0.0,
+        meet_jitter: float = 0.0,
+        aim_left: bool = False,
     ):
         if approach not in APPROACHES:
             raise ValueError(f'approach must be one of {APPROACHES}, got {approach!r}')
         if not 0.0 <= time_warp <= MAX_TIME_WARP:
             raise ValueError(f'time_warp must be in [0, {MAX_TIME_WARP}], got {time_warp}')
+        if not 0.0 <= meet_jitter <= MAX_MEET_JITTER:
+            raise ValueError(f'meet_jitter must be in [0, {MAX_MEET_JITTER}] m, got {meet_jitter}')
+        if (aim_left or meet_jitter > 0) and task != 'transfer_cube':
+            raise ValueError(f'aim_left and meet_jitter apply to transfer_cube only, not {task!r}')
         self.approach = approach
         self.rig = rig
         self.task = task
         self.seed = seed
+        self.meet_jitter = float(meet_jitter)
         self.dt = 1.0 / rig.control_rate_hz
         self.poses = object_poses if object_poses is not None else sample_object_poses(task, seed)
         model = load_model(task)
         self.ik = {arm: ArmIK(model, rig, arm) for arm in ('left', 'right')}
         scene_home = SimScene(rig, task=task, seed=seed)
         self.home_q = {arm: self._arm_only(rig, arm, scene_home.joint_positions(arm)) for arm in self.ik}
-        plans = self._warp_times(self._waypoints(), time_warp)
-        self.num_steps = int(round(max(w[-1].t for w in plans.values()) / self.dt)) + 1
+        self.plans = self._warp_times(self._waypoints(), time_warp)
+        self.num_steps = int(round(max(w[-1].t for w in self.plans.values()) / self.dt)) + 1
         self.joint_plan: dict[str, np.ndarray] = {}
+        self._ik_plan: dict[str, np.ndarray] = {}  # IK solutions (IK joint order) before the speed limit
         self.labels: list[str] = []
         self.max_ik_error = 0.0
-        self._solve(plans)
+        self.max_joint_speed_rad_s = max_joint_speed_rad_s
+        self._solve(self.plans)
         self.max_speed_lag_rad = 0.0  # how far the speed limit made a joint trail its IK solution
         if max_joint_speed_rad_s is not None:
             self._limit_speed(max_joint_speed_rad_s)
+        # aim_left: the step at which observe() measures the cube, and the correction it applied
+        self.aim_step = self._aim_step() if aim_left else None
+        self.aim_correction: np.ndarray | None = None
         self.noise = {arm: self._smooth_noise(arm, noise_rad) for arm in self.joint_plan}
 
     @staticmethod
@@ -240,6 +267,19 @@ class ScriptedExpert:
         new_t = dict(zip(times, warped.tolist(), strict=True))
         return {arm: [replace(w, t=new_t[w.t]) for w in wps] for arm, wps in plans.items()}
 
+    def _meet_offset(self) -> np.ndarray:
+        """Where this episode's handover happens relative to the nominal point: U(-j, j) per axis, seeded.
+
+        With one fixed handover point the left gripper can close on the same spot every time and
+        still succeed, so demonstrations never show it going where the cube actually is. Closed loop
+        the right arm brings the cube a little off that spot, and a cloned left gripper closes beside
+        it (docs/training.md, fourteenth session). Moving the point per episode (both arms follow)
+        puts the cube somewhere else each time.
+        """
+        if self.meet_jitter <= 0:
+            return np.zeros(3)
+        return np.random.default_rng([self.seed, 13]).uniform(-self.meet_jitter, self.meet_jitter, 3)
+
     def _start(self, arm: str, label: str) -> Waypoint:
         pos, rot = self.ik[arm].tcp(self.home_q[arm])
         return Waypoint(0.0, pos, rot, GRIPPER_OPEN, label)
@@ -250,7 +290,7 @@ class ScriptedExpert:
         tilt = np.radians(60)
         # right gripper points down at the cube from the +x side, fingers closing along world y
         pick = _rot(np.array([-np.cos(tilt), 0, -np.sin(tilt)]), np.array([0, -1.0, 0]))
-        meet = np.array([0.0, 0.5, 0.25])
+        meet = np.array([0.0, 0.5, 0.25]) + self._meet_offset()
         # left gripper horizontal from the -x side, fingers closing vertically
         hand = _rot(np.array([1.0, 0, 0]), np.array([0, 0, 1.0]))
         r_open, closed = GRIPPER_OPEN, GRIPPER_CLOSED
@@ -268,7 +308,7 @@ class ScriptedExpert:
             Waypoint(7.4, meet + [0.12, 0, 0.02], pick, r_open, 'move the right gripper away'),
             Waypoint(8.0, meet + [0.12, 0, 0.02], pick, r_open, 'hold the cube with the left arm'),
         ]
-        left_grasp = meet + [0.0, 0, -0.015]
+        left_grasp = meet + LEFT_GRASP_FROM_MEET
         left = [
             self._start('left', 'wait for the right arm'),
             Waypoint(3.4, self._start('left', '').pos, hand, r_open, 'wait for the right arm'),
@@ -345,36 +385,57 @@ class ScriptedExpert:
         raise AssertionError('unreachable')
 
     def _solve(self, plans: dict[str, list[Waypoint]]) -> None:
-        n = self.num_steps
-        labels = {arm: [] for arm in plans}
+        labels = {}
         for arm, wps in plans.items():
-            ik = self.ik[arm]
-            q = self.home_q[arm].copy()
-            out = np.zeros((n, len(ik.qadr) + 1))
-            joint_moves: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # segment end index -> (q start, q end)
-            for k in range(n):
-                t = (k + 1) * self.dt
-                pos, rot, grip, label = self._sample(wps, t)
-                b = next((i for i, w in enumerate(wps) if w.t > t), None)
-                if b is not None and b > 0 and wps[b].joint_space:
-                    if b not in joint_moves:  # solved once, from the joints the segment starts from
-                        joint_moves[b] = (q.copy(), ik.nearest_solution(wps[b].pos, wps[b].rot, q))
-                    q_a, q_b = joint_moves[b]
-                    q = q_a + _min_jerk((t - wps[b - 1].t) / (wps[b].t - wps[b - 1].t)) * (q_b - q_a)
-                else:
-                    q, err = ik.solve(pos, rot, q)
-                    self.max_ik_error = max(self.max_ik_error, err)
-                out[k, :-1] = q
-                out[k, -1] = grip
-                labels[arm].append(label)
-            # columns in the rig's joint order (the gripper wherever the rig puts it)
-            cfg = self.rig.arm(arm)
-            names = [j.name for j in ik.arm_joints] + [cfg.gripper]
-            self.joint_plan[arm] = out[:, [names.index(j) for j in cfg.joint_names]]
+            self._ik_plan[arm] = np.zeros((self.num_steps, len(self.ik[arm].qadr) + 1))
+            labels[arm] = self._solve_arm(arm, wps)
+            self.joint_plan[arm] = self._rig_order(arm, self._ik_plan[arm])
         # One label per step: the arm doing the "active" part (the right until the left takes over).
-        self.labels = [self._merge(labels['left'][k], labels['right'][k]) for k in range(n)]
+        self.labels = [self._merge(labels['left'][k], labels['right'][k]) for k in range(self.num_steps)]
 
-    def _limit_speed(self, max_rad_s: float) -> None:
+    def _solve_arm(
+        self,
+        arm: str,
+        wps: list[Waypoint],
+        first_step: int = 0,
+        shift: Callable[[float], np.ndarray] | None = None,
+    ) -> list[str]:
+        """Solve `arm`'s IK plan (`self._ik_plan[arm]`) from `first_step` on; the labels of those steps.
+
+        `shift(t)` is added to the sampled TCP position (aim_left's correction). From `first_step`
+        > 0 the IK starts from the solution of the step before, so the plan stays continuous.
+        """
+        ik = self.ik[arm]
+        out = self._ik_plan[arm]
+        q = self.home_q[arm].copy() if first_step == 0 else out[first_step - 1, :-1].copy()
+        joint_moves: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # segment end index -> (q start, q end)
+        labels = []
+        for k in range(first_step, self.num_steps):
+            t = (k + 1) * self.dt
+            pos, rot, grip, label = self._sample(wps, t)
+            if shift is not None:
+                pos = pos + shift(t)
+            b = next((i for i, w in enumerate(wps) if w.t > t), None)
+            if b is not None and b > 0 and wps[b].joint_space:
+                if b not in joint_moves:  # solved once, from the joints the segment starts from
+                    joint_moves[b] = (q.copy(), ik.nearest_solution(wps[b].pos, wps[b].rot, q))
+                q_a, q_b = joint_moves[b]
+                q = q_a + _min_jerk((t - wps[b - 1].t) / (wps[b].t - wps[b - 1].t)) * (q_b - q_a)
+            else:
+                q, err = ik.solve(pos, rot, q)
+                self.max_ik_error = max(self.max_ik_error, err)
+            out[k, :-1] = q
+            out[k, -1] = grip
+            labels.append(label)
+        return labels
+
+    def _rig_order(self, arm: str, ik_plan: np.ndarray) -> np.ndarray:
+        """IK-order columns (arm joints, gripper last) in the rig's joint order (gripper wherever the rig has it)."""
+        cfg = self.rig.arm(arm)
+        names = [j.name for j in self.ik[arm].arm_joints] + [cfg.gripper]
+        return ik_plan[:, [names.index(j) for j in cfg.joint_names]]
+
+    def _limit_speed(self, max_rad_s: float, arms: tuple[str, ...] | None = None) -> None:
         """Let no arm joint move faster than `max_rad_s`: a joint that would trails its IK solution, then catches up.
 
         With the straight-line approach ('cartesian'), on its way above the cube the right wrist passes
@@ -390,7 +451,8 @@ class ScriptedExpert:
         if not max_rad_s > 0:
             raise ValueError(f'max_joint_speed_rad_s must be positive, got {max_rad_s}')
         step = max_rad_s * self.dt
-        for arm, plan in self.joint_plan.items():
+        for arm in arms or tuple(self.joint_plan):
+            plan = self._rig_order(arm, self._ik_plan[arm])
             cfg = self.rig.arm(arm)
             movable = np.array([j != cfg.gripper for j in cfg.joint_names])
             out = plan.copy()
@@ -433,6 +495,45 @@ class ScriptedExpert:
             out[:, j] = std * wave / np.sqrt(1.5)  # three unit sines: variance 1.5
         return out * np.clip(t / 1.0, 0.0, 1.0)[:, None]
 
+    # ------------------------------------------------------------------ aiming
+
+    def _aim_step(self) -> int:
+        """The step halfway through the left gripper's move around the cube (after the right arm has settled)."""
+        left = self.plans['left']
+        b = next(i for i, w in enumerate(left) if w.label == AIM_LABEL)
+        return int(round(0.5 * (left[b - 1].t + left[b].t) / self.dt)) - 1
+
+    def observe(self, step: int, cube_position: Callable[[], np.ndarray]) -> bool:
+        """With aim_left, at `aim_step`: move the left gripper's grasp onto the cube where it really is.
+
+        Call before `act(step)` every step (only aim_step reads `cube_position()`, the cube's centre
+        in world coordinates). The left grasp and everything after it are moved by the difference
+        between the measured cube plus LEFT_GRASP_FROM_CUBE and the planned grasp, blended in with a
+        minimum-jerk ramp over the rest of the move around the cube, and the left arm's plan is
+        solved again from this step (then speed-limited as before). The nominal plan closes on a
+        fixed spot; a cube held off it (DART offsets on the right arm, a handover point moved by
+        meet_jitter) is then missed or only just caught, and such episodes were the demonstrations
+        that failed. Returns True when it re-planned.
+        """
+        if self.aim_step is None or step != self.aim_step or self.aim_correction is not None:
+            return False
+        left = self.plans['left']
+        b = next(i for i, w in enumerate(left) if w.label == AIM_LABEL)
+        target = np.asarray(cube_position(), dtype=float) + LEFT_GRASP_FROM_CUBE
+        delta = target - left[b].pos
+        self.aim_correction = delta
+        t_from, t_to = (step + 1) * self.dt, left[b].t
+
+        def shift(t: float) -> np.ndarray:
+            return _min_jerk(min(1.0, (t - t_from) / (t_to - t_from))) * delta
+
+        labels = self._solve_arm('left', left, first_step=step, shift=shift)
+        self.joint_plan['left'] = self._rig_order('left', self._ik_plan['left'])
+        if self.max_joint_speed_rad_s is not None:
+            self._limit_speed(self.max_joint_speed_rad_s, arms=('left',))
+        assert len(labels) == self.num_steps - step  # the labels themselves do not change
+        return True
+
     # ------------------------------------------------------------------ playing
 
     def offsets(self, step: int) -> dict[str, np.ndarray]:
@@ -464,9 +565,11 @@ def run_episode(scene: SimScene, expert: ScriptedExpert, extra_steps: int = 0, o
     labels = []
     stage_first_s: dict[str, float] = {}
     for k in range(expert.num_steps + extra_steps):
+        expert.observe(k, lambda: scene.object_pose('red_box_joint')[:3])
         targets, label = expert.act(k)
+        offsets = expert.offsets(k)  # DART: executed with the offsets, as the sim rig does (zeros without noise)
         for arm, target in targets.items():
-            scene.command(arm, target)
+            scene.command(arm, target + offsets[arm])
         scene.step()
         labels.append(label)
         scene.note_stages(stage_first_s, round((k + 1) * expert.dt, 3))
@@ -491,13 +594,24 @@ def evaluate(
     max_joint_speed_rad_s: float | None = None,
     approach: str = 'joint',
     time_warp: float = 0.0,
+    meet_jitter: float = 0.0,
+    aim_left: bool = False,
+    noise_rad: float = 0.0,
 ) -> dict:
     """Success rate of the expert over `episodes` seeds starting at `seed` (success = stage 4 at the end)."""
     results = []
     for i in range(episodes):
         scene = SimScene(rig, task=task, seed=seed + i)
         expert = ScriptedExpert(
-            rig, task, seed + i, max_joint_speed_rad_s=max_joint_speed_rad_s, approach=approach, time_warp=time_warp
+            rig,
+            task,
+            seed + i,
+            noise_rad=noise_rad,
+            max_joint_speed_rad_s=max_joint_speed_rad_s,
+            approach=approach,
+            time_warp=time_warp,
+            meet_jitter=meet_jitter,
+            aim_left=aim_left,
         )
         results.append(run_episode(scene, expert))
     successes = sum(r['success'] for r in results)
@@ -512,6 +626,9 @@ def evaluate(
         'failed_final_stages': [r['final_stage'] for r in results if not r['success']],
         'approach': approach,
         'time_warp': time_warp,
+        'meet_jitter': meet_jitter,
+        'aim_left': aim_left,
+        'noise_rad': noise_rad,
     }
 
 

@@ -43,7 +43,7 @@ from std_srvs.srv import Trigger
 from bimanual_vla import topics
 from bimanual_vla.config import ConfigError
 from bimanual_vla.ros_utils import ERROR, OK, WARN, declare_rig, diagnostic_status, run_node, sec_to_stamp
-from drivers.expert import APPROACHES, MAX_TIME_WARP
+from drivers.expert import APPROACHES, MAX_MEET_JITTER, MAX_TIME_WARP
 from drivers.sim_scene import MAX_REWARD, SceneRenderer, SimScene, rig_cameras, snapshot
 from drivers.sim_servo_bus import SimServoBus, check_protocol, default_directory, port_link, write_servo_bus_rig
 
@@ -94,6 +94,12 @@ class SimRig(Node):
         self.expert_time_warp = float(
             param('expert_time_warp', 0.0, "segments of the expert's plan stretched by exp(U(-w, w)) (0: nominal)")
         )
+        self.expert_meet_jitter = float(
+            param('expert_meet_jitter', 0.0, "the expert's handover point moved by U(-j, j) m per axis (0: nominal)")
+        )
+        self.expert_aim_left = bool(
+            param('expert_aim_left', False, "the expert's left grasp aimed at the cube where it is measured")
+        )
         servo_bus = str(
             param('servo_bus', str(sim.get('servo_bus', '')), "'' | feetech | dynamixel: arms as emulated servo buses")
         )
@@ -110,10 +116,15 @@ class SimRig(Node):
             raise ConfigError(f'expert_max_joint_speed must be >= 0 rad/s, got {self.expert_max_joint_speed}')
         if not 0.0 <= self.expert_time_warp <= MAX_TIME_WARP:
             raise ConfigError(f'expert_time_warp must be in [0, {MAX_TIME_WARP}], got {self.expert_time_warp}')
+        if not 0.0 <= self.expert_meet_jitter <= MAX_MEET_JITTER:
+            raise ConfigError(f'expert_meet_jitter must be in [0, {MAX_MEET_JITTER}] m, got {self.expert_meet_jitter}')
         if self.expert_approach not in APPROACHES:
             raise ConfigError(f"expert_approach must be 'joint' or 'cartesian', got {self.expert_approach!r}")
 
         self.scene = SimScene(self.rig, task=task, seed=seed)
+        if (self.expert_meet_jitter > 0 or self.expert_aim_left) and self.scene.task != 'transfer_cube':
+            task_name = self.scene.task
+            raise ConfigError(f'expert_meet_jitter and expert_aim_left apply to transfer_cube only, not {task_name}')
         # Servo-bus mode: the arm drivers own joint_states, joint_command and e-stop for every arm.
         self.servo_buses: dict[str, SimServoBus] = {}
         self.servo_bus_rig_file = ''
@@ -271,6 +282,8 @@ class SimRig(Node):
             max_joint_speed_rad_s=self.expert_max_joint_speed or None,
             approach=self.expert_approach,
             time_warp=self.expert_time_warp,
+            meet_jitter=self.expert_meet_jitter,
+            aim_left=self.expert_aim_left,
         )
 
     # ------------------------------------------------------------------ physics
@@ -307,6 +320,7 @@ class SimRig(Node):
                 expert_targets = None
                 issued = self.scene.time  # the expert's targets act from now until the next tick
                 if self._expert is not None and not self._estop:
+                    self._expert.observe(self.scene.steps, lambda: self.scene.object_pose('red_box_joint')[:3])
                     expert_targets, subtask = self._expert.act(self.scene.steps)
                     if not self.servo_buses:  # with buses, the drivers carry the published targets
                         # executed with the DART offsets (if any); the clean plan is what gets published

@@ -85,6 +85,62 @@ def test_the_time_warped_expert_reaches_the_sim(collected):
         assert np.median(errors[0.3]) < 0.01 < np.median(errors[0.0])
 
 
+def test_the_aimed_and_jittered_expert_reaches_the_sim(tmp_path):
+    """`--expert-aim-left --expert-meet-jitter`: the sim's expert hands over at the seed's point and aims there.
+
+    The recorded commands are compared with the same expert played in-process on the same seed (the
+    physics is the same, so it measures the same cube): the right arm follows the jittered plan, not the
+    nominal one, and from the aim on the left arm follows the aimed plan, not the unaimed one.
+    """
+    from bimanual_vla.collect import collect
+    from bimanual_vla.config import load_rig
+    from bimanual_vla.dataset import BagDataset
+    from drivers.expert import ScriptedExpert, run_episode
+    from drivers.sim_scene import SimScene
+
+    seed, kw = 501, {'max_joint_speed_rad_s': 2.0, 'noise_rad': 0.02}
+    out = tmp_path / 'bag'
+    collect(
+        out,
+        task='transfer_cube',
+        episodes=1,
+        seed=seed,
+        episode_s=5.8,
+        progress=False,
+        expert_noise_rad=kw['noise_rad'],
+        expert_max_joint_speed_rad_s=kw['max_joint_speed_rad_s'],
+        expert_meet_jitter=0.02,
+        expert_aim_left=True,
+    )
+    summary = json.loads((out / 'collect.json').read_text())
+    assert summary['expert_meet_jitter'] == 0.02 and summary['expert_aim_left'] is True
+    rig = load_rig('aloha_sim')
+    aimed = ScriptedExpert(rig, 'transfer_cube', seed, meet_jitter=0.02, aim_left=True, **kw)
+    run_episode(SimScene(rig, 'transfer_cube', seed), aimed)
+    assert np.linalg.norm(aimed.aim_correction) > 0.003
+    plans = {
+        'aimed': aimed.joint_plan,
+        'unaimed': ScriptedExpert(rig, 'transfer_cube', seed, meet_jitter=0.02, **kw).joint_plan,
+        'nominal': ScriptedExpert(rig, 'transfer_cube', seed, **kw).joint_plan,
+    }
+    ds = BagDataset(out, rig='aloha_sim', chunk_size=1, time_base='header')
+    errors = {(name, arm): [] for name in plans for arm in ('left', 'right')}
+    for i in ds.episode_range(0):
+        sample = ds.sample(i, images=False)
+        k = int(round(sample['time_ns'] * 1e-9 * 50))
+        if k < 175:  # the handover moves: the right arm from 3.5 s, the aim at ~5 s
+            continue
+        for name, plan in plans.items():
+            for arm, cols in (('left', slice(0, 7)), ('right', slice(7, 14))):
+                if arm == 'left' and k < aimed.aim_step + 5:
+                    continue
+                near = plan[arm][max(0, k - 2) : k + 2]
+                errors[name, arm].append(float(np.abs(near - sample['actions'][0][cols]).max(axis=1).min()))
+    median = {key: float(np.median(v)) for key, v in errors.items()}
+    assert median['aimed', 'right'] < 0.002 < median['nominal', 'right']
+    assert median['aimed', 'left'] < 0.002 < median['unaimed', 'left']
+
+
 def test_summary_names_every_episode_with_its_seed_and_outcome(collected):
     out, result = collected
     summary = json.loads((out / 'collect.json').read_text())
@@ -135,6 +191,16 @@ def test_output_that_exists_is_refused(tmp_path):
     (tmp_path / 'bag').mkdir()
     with pytest.raises(FileExistsError):
         collect(tmp_path / 'bag', episodes=1, progress=False)
+
+
+def test_handover_options_out_of_range_or_for_the_wrong_task_are_refused_before_anything_starts(tmp_path):
+    from bimanual_vla.collect import collect
+
+    with pytest.raises(ValueError, match=r'expert_meet_jitter must be in \[0, 0.03\] m, got 0.05'):
+        collect(tmp_path / 'a', episodes=1, progress=False, expert_meet_jitter=0.05)
+    with pytest.raises(ValueError, match='apply to transfer_cube only'):
+        collect(tmp_path / 'b', task='insertion', episodes=1, progress=False, expert_aim_left=True)
+    assert not (tmp_path / 'a').exists() and not (tmp_path / 'b').exists()
 
 
 def test_a_second_sim_on_the_domain_marks_the_episode_and_train_leaves_it_out(tmp_path, ros_context):

@@ -92,6 +92,21 @@ def test_sim_expert_cli_prints_json(capsys) -> None:
     assert result['success_rate'] == 1.0 and result['failed_seeds'] == []
 
 
+def test_sim_expert_cli_passes_the_handover_options_on(capsys) -> None:
+    """--noise, --meet-jitter and --aim-left reach the expert: seed 510 fails unaimed and succeeds aimed."""
+    from bimanual_vla.cli import main
+
+    args = ['sim-expert', '--episodes', '1', '--seed', '510', '--max-speed', '2']
+    args += ['--noise', '0.01', '--meet-jitter', '0.02']
+    results = []
+    for extra in ([], ['--aim-left']):
+        assert main(args + extra) == 0
+        results.append(json.loads(capsys.readouterr().out.strip().splitlines()[-1]))
+    assert [r['aim_left'] for r in results] == [False, True]
+    assert all(r['noise_rad'] == 0.01 and r['meet_jitter'] == 0.02 for r in results)
+    assert [r['successes'] for r in results] == [0, 1]
+
+
 def test_expert_replay_records_when_each_stage_was_first_reached() -> None:
     rig = load_rig('aloha_sim')
     result = run_episode(SimScene(rig, 'transfer_cube', 1000), ScriptedExpert(rig, 'transfer_cube', 1000))
@@ -218,3 +233,72 @@ def test_nearest_solution_prefers_the_least_motion_and_refuses_an_unreachable_po
     np.testing.assert_allclose(ik.nearest_solution(pos, rot, home), home, atol=1e-3)  # home itself
     with pytest.raises(ValueError, match='no IK solution within the joint limits'):
         ik.nearest_solution(pos + [3.0, 0, 0], rot, home)
+
+
+def _cube_at(expert: ScriptedExpert, seed: int, step: int) -> tuple[dict, np.ndarray]:
+    """Play `expert` on seed `seed`; its outcome and the cube's centre as `observe(step)` saw it."""
+    seen = {}
+
+    def on_step(k: int, scene: SimScene, label: str) -> None:
+        if k == step - 1:  # observe(step) runs before step `step`, after on_step(step - 1)
+            seen['cube'] = scene.object_pose('red_box_joint')[:3].copy()
+
+    outcome = run_episode(SimScene(RIG, 'transfer_cube', seed), expert, on_step=on_step)
+    return outcome, seen['cube']
+
+
+def test_the_aimed_left_grasp_closes_where_the_cube_is_held() -> None:
+    """`aim_left`: halfway around the cube the left grasp moves onto the measured cube; nothing else changes."""
+    from drivers.expert import AIM_LABEL, LEFT_GRASP_FROM_CUBE
+
+    seed, kw = 510, {'max_joint_speed_rad_s': 2.0, 'noise_rad': 0.01, 'meet_jitter': 0.02}
+    plain = ScriptedExpert(RIG, 'transfer_cube', seed, **kw)
+    aimed = ScriptedExpert(RIG, 'transfer_cube', seed, aim_left=True, **kw)
+    assert plain.aim_step is None and aimed.aim_step is not None
+    k = aimed.aim_step
+    outcome, cube = _cube_at(aimed, seed, k)
+    assert outcome['success']
+    assert not run_episode(SimScene(RIG, 'transfer_cube', seed), plain)['success']  # this seed needs the aim
+    grasp = next(w for w in aimed.plans['left'] if w.label == AIM_LABEL)
+    np.testing.assert_allclose(aimed.aim_correction, cube + LEFT_GRASP_FROM_CUBE - grasp.pos, atol=1e-12)
+    assert 0.005 < np.linalg.norm(aimed.aim_correction) < 0.03  # the DART offsets moved the cube by millimetres
+    # before the aim the plans are the same; from the grasp on the left TCP is where the cube was measured
+    np.testing.assert_array_equal(aimed.joint_plan['left'][:k], plain.joint_plan['left'][:k])
+    np.testing.assert_array_equal(aimed.joint_plan['right'], plain.joint_plan['right'])
+    assert aimed.labels == plain.labels
+    at_grasp = int(round(grasp.t / aimed.dt)) + 10
+    for expert, target in ((aimed, cube + LEFT_GRASP_FROM_CUBE), (plain, grasp.pos)):
+        tcp, _ = expert.ik['left'].tcp(ScriptedExpert._arm_only(RIG, 'left', expert.joint_plan['left'][at_grasp]))
+        np.testing.assert_allclose(tcp, target, atol=1e-3)
+    # the re-plan is continuous and keeps the speed limit
+    left = RIG.arm('left')
+    arm_cols = [i for i, n in enumerate(left.joint_names) if n != left.gripper]
+    steps = np.abs(np.diff(aimed.joint_plan['left'][:, arm_cols], axis=0))
+    assert steps.max() * 50 <= 2.0 + 1e-9
+    assert not aimed.observe(k, lambda: cube + 1.0)  # aims once per episode
+    assert not aimed.observe(k + 1, lambda: cube + 1.0)
+
+
+def test_a_jittered_handover_point_moves_both_arms_and_is_seeded() -> None:
+    """`meet_jitter`: the right arm hands over at a seeded point within the bound; the left grasp follows it."""
+    from drivers.expert import AIM_LABEL
+
+    def handover(expert: ScriptedExpert) -> tuple[np.ndarray, np.ndarray]:
+        right = next(w for w in expert.plans['right'] if w.label == 'hand the cube to the left arm')
+        left = next(w for w in expert.plans['left'] if w.label == AIM_LABEL)
+        return right.pos, left.pos
+
+    nominal = handover(ScriptedExpert(RIG, 'transfer_cube', 42))
+    moved = handover(ScriptedExpert(RIG, 'transfer_cube', 42, meet_jitter=0.02))
+    offset = moved[0] - nominal[0]
+    np.testing.assert_allclose(moved[1] - nominal[1], offset, atol=1e-12)  # the left grasp moves with it
+    assert np.all(np.abs(offset) <= 0.02) and np.abs(offset).max() > 0.005
+    again = handover(ScriptedExpert(RIG, 'transfer_cube', 42, meet_jitter=0.02))
+    other = handover(ScriptedExpert(RIG, 'transfer_cube', 43, meet_jitter=0.02))
+    np.testing.assert_array_equal(again[0], moved[0])
+    assert np.abs(other[0] - moved[0]).max() > 1e-4
+    for bad in (-0.01, 0.05):
+        with pytest.raises(ValueError, match='meet_jitter must be in'):
+            ScriptedExpert(RIG, 'transfer_cube', 42, meet_jitter=bad)
+    with pytest.raises(ValueError, match='apply to transfer_cube only'):
+        ScriptedExpert(RIG, 'insertion', 42, aim_left=True)

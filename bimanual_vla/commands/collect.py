@@ -58,6 +58,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         'nominal timeline), so that a cloned policy starts each move when it sees the previous one end, not by '
         'the clock; the labels follow the warped clock',
     )
+    p.add_argument(
+        '--expert-meet-jitter',
+        type=float,
+        default=0.0,
+        metavar='M',
+        help='transfer_cube: move the handover point by up to M metres per axis per episode (0: one fixed point; '
+        'at most 0.03), so the cube is handed over somewhere else each time',
+    )
+    p.add_argument(
+        '--expert-aim-left',
+        action='store_true',
+        help="transfer_cube: aim the left gripper's grasp at the cube where it is measured halfway through the "
+        'approach, instead of at the planned point (a cube held off that point is otherwise missed)',
+    )
     p.add_argument('--compress', action='store_true', help='zstd-compress the MCAP chunks')
     p.add_argument('--no-progress', action='store_true')
     p.set_defaults(func=run)
@@ -80,6 +94,8 @@ def run(args: argparse.Namespace) -> int:
         expert_max_joint_speed_rad_s=args.expert_max_speed,
         expert_approach=args.expert_approach,
         expert_time_warp=args.expert_time_warp,
+        expert_meet_jitter=args.expert_meet_jitter,
+        expert_aim_left=args.expert_aim_left,
         progress=not args.no_progress,
     )
     summary = result.to_json()

@@ -42,6 +42,25 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar='W',
         help='stretch each segment of the plan by its own random factor exp(U(-W, W)) (as collect --expert-time-warp)',
     )
+    p.add_argument(
+        '--meet-jitter',
+        type=float,
+        default=0.0,
+        metavar='M',
+        help='move the handover point by up to M metres per axis per episode (as collect --expert-meet-jitter)',
+    )
+    p.add_argument(
+        '--aim-left',
+        action='store_true',
+        help='aim the left grasp at the measured cube (as collect --expert-aim-left)',
+    )
+    p.add_argument(
+        '--noise',
+        type=float,
+        default=0.0,
+        metavar='RAD',
+        help='execute the plan with DART offsets of this std (as collect --expert-noise)',
+    )
     p.add_argument('--sheet', metavar='PNG', help='write a contact sheet of the first episode')
     p.add_argument('--video', metavar='MP4', help='write a video of the first episode')
     p.set_defaults(func=run)
@@ -67,6 +86,9 @@ def run(args: argparse.Namespace) -> int:
         max_joint_speed_rad_s=args.max_speed,
         approach=args.approach,
         time_warp=args.time_warp,
+        meet_jitter=args.meet_jitter,
+        aim_left=args.aim_left,
+        noise_rad=args.noise,
     )
     result['wall_s'] = round(time.perf_counter() - t0, 2)
     print(json.dumps(result))
@@ -86,6 +108,9 @@ def _render_first(rig, args: argparse.Namespace) -> None:
         max_joint_speed_rad_s=args.max_speed,
         approach=args.approach,
         time_warp=args.time_warp,
+        meet_jitter=args.meet_jitter,
+        aim_left=args.aim_left,
+        noise_rad=args.noise,
     )
     renderer = SceneRenderer(scene.model, rig_cameras(rig))
     recorder = EpisodeRecorder()

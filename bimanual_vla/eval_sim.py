@@ -121,6 +121,9 @@ class EvalObserver(Node):
         self.subtask_changes: list[tuple[float, float]] = []
         self._reasoning_at = 0.0
         self._last_marker_text = ''
+        # a new subtask whose marker came before its policy/reasoning message (observation stamp, text):
+        # the two are separate topics, and under load DDS may deliver them in either order
+        self._marker_ahead: tuple[float, str] | None = None
         self.recording = False
         self.video = False
         self.recorder = EpisodeRecorder(height=240)
@@ -171,6 +174,7 @@ class EvalObserver(Node):
                 self.inference_log = []
                 self.subtask_changes = []
                 self._last_marker_text = ''
+                self._marker_ahead = None
                 self.reset_seen.set()
                 return
             if self.recording:
@@ -180,6 +184,9 @@ class EvalObserver(Node):
         with self._lock:
             self.reasoning = msg.data
             self._reasoning_at = self.sim_time
+            ahead, self._marker_ahead = self._marker_ahead, None
+            if ahead is not None and ahead[1] == msg.data and self.recording:
+                self.subtask_changes.append((ahead[0], self._reasoning_at))
 
     def _on_markers(self, msg: MarkerArray) -> None:
         for marker in msg.markers:
@@ -191,6 +198,8 @@ class EvalObserver(Node):
                         changed, self._last_marker_text = marker.text != self._last_marker_text, marker.text
                         if changed and self.reasoning == marker.text and self._reasoning_at >= t - 1e-9:
                             self.subtask_changes.append((t, self._reasoning_at))
+                        elif changed:  # its text has not arrived yet: timed when it does (_on_reasoning)
+                            self._marker_ahead = (t, marker.text)
 
     def _on_success(self, msg: Bool) -> None:
         with self._lock:

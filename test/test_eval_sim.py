@@ -72,11 +72,12 @@ def test_short_episodes_drive_the_sim_within_limits(checkpoint, tmp_path):
         delays = [arrived - stamp for stamp, arrived, *_ in line['inferences']]
         assert episode['observation_to_chunk_s']['p50'] == pytest.approx(float(np.median(delays)), abs=1e-3)
         # the first inference of an episode changes the text: its subtask is timed from its own observation,
-        # arriving no earlier than that observation and no later than its chunk (published after it)
+        # arriving no earlier than that observation and about with its chunk (published just before it; on a
+        # loaded machine DDS may deliver the chunk's markers first, a tick or two ahead)
         changes = line['subtask_changes']
         assert changes and changes[0][0] == line['inferences'][0][0]
         chunk_arrival = {stamp: arrived for stamp, arrived, *_ in line['inferences']}
-        assert all(stamp <= arrived <= chunk_arrival[stamp] for stamp, arrived in changes)
+        assert all(stamp <= arrived <= chunk_arrival[stamp] + 0.1 for stamp, arrived in changes)
         sub_delays = [arrived - stamp for stamp, arrived in changes]
         assert episode['observation_to_subtask_s']['p50'] == pytest.approx(float(np.median(sub_delays)), abs=1e-3)
         # each tick: time, subtask, expert label, aligned label, the 14 measured joints; the report's
@@ -111,3 +112,42 @@ def test_short_episodes_drive_the_sim_within_limits(checkpoint, tmp_path):
         assert pace['1']['std'] == pytest.approx(float(np.std(d)), abs=1e-3)
     else:
         assert pace == {}
+
+
+def test_the_observer_times_a_new_subtask_whichever_of_its_two_messages_arrives_first(ros_context):
+    """policy/reasoning and the markers are separate topics; under load either can arrive first."""
+    from builtin_interfaces.msg import Time
+    from rosgraph_msgs.msg import Clock
+    from std_msgs.msg import String
+    from visualization_msgs.msg import Marker, MarkerArray
+
+    from bimanual_vla.config import load_rig
+    from bimanual_vla.eval_sim import EvalObserver
+
+    observer = EvalObserver(load_rig('aloha_sim'), context=ros_context)
+    try:
+
+        def at(t: float) -> None:
+            observer._on_clock(Clock(clock=Time(sec=int(t), nanosec=int(round((t % 1) * 1e9)))))
+
+        def marker(stamp: float, text: str) -> MarkerArray:
+            m = Marker(ns='reasoning', text=text)
+            m.header.stamp = Time(sec=int(stamp), nanosec=int(round((stamp % 1) * 1e9)))
+            return MarkerArray(markers=[m])
+
+        observer.start_recording(video=False)
+        at(1.12)
+        observer._on_reasoning(String(data='move the right gripper above the cube'))  # the usual order
+        at(1.16)
+        observer._on_markers(marker(1.0, 'move the right gripper above the cube'))
+        at(1.30)
+        observer._on_markers(marker(1.2, 'lower the right gripper around the cube'))  # the marker first
+        at(1.34)
+        observer._on_reasoning(String(data='lower the right gripper around the cube'))
+        at(1.40)
+        observer._on_reasoning(String(data='lower the right gripper around the cube'))
+        observer._on_markers(marker(1.3, 'lower the right gripper around the cube'))  # the same text: no change
+        assert observer.subtask_changes == [(1.0, 1.12), (1.2, 1.34)]
+        assert [(t, arrived) for t, arrived, *_ in observer.inference_log] == [(1.0, 1.16), (1.2, 1.30), (1.3, 1.40)]
+    finally:
+        observer.destroy_node()

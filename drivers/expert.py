@@ -9,6 +9,9 @@ private kinematic copy of the model (a waypoint marked `joint_space` is reached 
 move instead, see APPROACHES). The plan is computed once per episode, so
 :meth:`ScriptedExpert.act` is a table look-up by control step: the same plan can be
 played in-process (:func:`run_episode`) or over ROS topics against the ``sim_rig`` node.
+The one exception is ``aim_left`` (transfer_cube): :meth:`ScriptedExpert.observe` reads the
+cube's position once, halfway through the left gripper's approach, and solves the rest of the
+left arm's plan again around it.
 
 Each waypoint carries a subtask in words ("move the right gripper above the cube",
 "grasp the cube", ...), the label a pi0.5-style policy learns to write before acting.
@@ -525,13 +528,12 @@ class ScriptedExpert:
         t_from, t_to = (step + 1) * self.dt, left[b].t
 
         def shift(t: float) -> np.ndarray:
-            return _min_jerk(min(1.0, (t - t_from) / (t_to - t_from))) * delta
+            return _min_jerk((t - t_from) / (t_to - t_from)) * delta  # 0 at this step, all of it from the grasp
 
-        labels = self._solve_arm('left', left, first_step=step, shift=shift)
+        self._solve_arm('left', left, first_step=step, shift=shift)  # same waypoints: the labels do not change
         self.joint_plan['left'] = self._rig_order('left', self._ik_plan['left'])
         if self.max_joint_speed_rad_s is not None:
             self._limit_speed(self.max_joint_speed_rad_s, arms=('left',))
-        assert len(labels) == self.num_steps - step  # the labels themselves do not change
         return True
 
     # ------------------------------------------------------------------ playing

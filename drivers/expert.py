@@ -568,10 +568,9 @@ def run_episode(scene: SimScene, expert: ScriptedExpert, extra_steps: int = 0, o
     stage_first_s: dict[str, float] = {}
     for k in range(expert.num_steps + extra_steps):
         expert.observe(k, lambda: scene.object_pose('red_box_joint')[:3])
-        targets, label = expert.act(k)
-        offsets = expert.offsets(k)  # DART: executed with the offsets, as the sim rig does (zeros without noise)
-        for arm, target in targets.items():
-            scene.command(arm, target + offsets[arm])
+        _, label = expert.act(k)
+        for arm, target in expert.perturbed(k).items():  # with the DART offsets, as the sim rig executes them
+            scene.command(arm, target)
         scene.step()
         labels.append(label)
         scene.note_stages(stage_first_s, round((k + 1) * expert.dt, 3))

@@ -63,6 +63,15 @@ class ArmConfig(_Strict):
     command_timeout_s: float = Field(default=0.5, gt=0, description='watchdog: hold after this long without commands')
     max_step_rad: float = Field(default=0.05, gt=0, description='largest goal change per driver tick')
     allow_missing_servos: bool = False
+    stall_load_fraction: float = Field(
+        default=0.7,
+        gt=0,
+        le=1,
+        description="fraction of the servo's full-scale present load/current above which a joint counts as pushing",
+    )
+    stall_time_s: float = Field(
+        default=0.3, gt=0, le=2, description='how long a joint must push before the driver stops pushing'
+    )
 
     @field_validator('joints')
     @classmethod

@@ -50,8 +50,10 @@ def test_short_episodes_drive_the_sim_within_limits(checkpoint, tmp_path):
         # about one episode in twenty misses the cube, so one of two must touch it
         assert max(e['max_stage'] for e in episodes) >= 1, episodes
     assert 0.0 <= report['subtask_agreement_steps'] <= 1.0
-    assert 0.0 < report['observation_to_subtask_s']['p50'] <= report['observation_to_subtask_s']['p90'] < 5.0
-    assert 0.0 < report['observation_to_chunk_s']['p50'] <= report['observation_to_chunk_s']['p90'] < 5.0
+    # Delays are in sim time, which advances in 20 ms control steps: on a machine fast enough for the text
+    # (or the chunk) to arrive within the step its observation was taken in, the median is exactly 0.
+    assert 0.0 <= report['observation_to_subtask_s']['p50'] <= report['observation_to_subtask_s']['p90'] < 5.0
+    assert 0.0 <= report['observation_to_chunk_s']['p50'] <= report['observation_to_chunk_s']['p90'] < 5.0
     assert (tmp_path / 'eval' / 'contact_sheet.png').stat().st_size > 10_000
     assert (tmp_path / 'eval' / 'episode.mp4').stat().st_size > 10_000
     assert report['policy_in_own_process'] is True and report['driver'] == 'policy'

@@ -12,13 +12,93 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 NAME_PATTERN = r'^[A-Za-z][A-Za-z0-9_]*$'
+
+# A rig or policy file is a page of YAML; anything larger is refused before it is parsed.
+MAX_CONFIG_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Bound:
+    """The range a safety setting must lie in: (low, high], or [low, high] with ``low_inclusive``.
+
+    The config models and the nodes' parameter overrides check the same constants (below), so a
+    node parameter can never set a value the rig or policy file could not. NaN is outside every bound.
+    """
+
+    low: float
+    high: float
+    unit: str = ''
+    low_inclusive: bool = False
+
+    def __str__(self) -> str:
+        def num(x: float) -> str:
+            return '2*pi' if x == 2 * math.pi else f'{x:g}'
+
+        text = f'{"[" if self.low_inclusive else "("}{num(self.low)}, {num(self.high)}]'
+        return f'{text} {self.unit}' if self.unit else text
+
+    def contains(self, value: float) -> bool:
+        above = value >= self.low if self.low_inclusive else value > self.low
+        return above and value <= self.high
+
+    def check(self, value: float) -> float:
+        """``value`` if it is within the bound, else ValueError('must be in (0, 2] s, got 1e+12')."""
+        if not self.contains(value):
+            raise ValueError(f'must be in {self}, got {value:g}')
+        return value
+
+
+# Hard bounds of every setting that guards motion (documented in docs/architecture.md, Configuration).
+# The arm driver's read/write loop is where the watchdog and the ramp act: at 10 Hz a watchdog trip or a
+# goal write is at most 0.1 s late; 1000 Hz is the most a 1 Mbaud bus sustains for a sync read plus a
+# sync write of an arm's servos (about 0.5 ms each for six).
+READ_RATE_HZ = Bound(10.0, 1000.0, 'Hz', low_inclusive=True)
+# The rate commands are streamed at (policy ticks, sim physics): 10 Hz keeps a command period (0.1 s) well
+# inside the shipped 0.5 s watchdog; the policy's timer and the drivers cannot follow more than 1000 Hz.
+CONTROL_RATE_HZ = Bound(10.0, 1000.0, 'Hz', low_inclusive=True)
+# Watchdog: an arm whose commander died keeps its last target this long; 2 s at 2*pi rad/s is already a
+# full turn, longer only means moving blind.
+COMMAND_TIMEOUT_S = Bound(0.0, 2.0, 's')
+# Ramp: the largest goal change in one driver write. 0.2 rad is what an STS3215 covers in ~45 ms at its
+# no-load speed (~4.7 rad/s at 7.4 V): a larger step lets the servo's own position loop jerk the joint at
+# full torque, the jump the ramp exists to prevent. Shipped: 0.05 rad at 100 Hz, 0.1 rad at the sim's 50 Hz.
+MAX_STEP_RAD = Bound(0.0, 0.2, 'rad')
+# Joint speed caps (the arm driver's ramp in time, the policy's gate): one turn per second. The STS3215
+# reaches ~4.7 rad/s, the XL330-M288 ~10.8 rad/s free-running; a bimanual policy never needs more.
+MAX_VELOCITY_RAD_S = Bound(0.0, 2 * math.pi, 'rad/s')
+# Stall protection: a fraction of the servo's full-scale load/current, and how long it may push; 2 s of
+# a servo pushing at full load is already enough to heat it.
+STALL_LOAD_FRACTION = Bound(0.0, 1.0)
+STALL_TIME_S = Bound(0.0, 2.0, 's')
+# The policy holds when an input is older than this: past 2 s (the longest watchdog) the scene it would
+# react to is not the one the arms are in.
+STALENESS_S = Bound(0.0, 2.0, 's')
+# Joint limits: a single-turn position servo (4096 ticks a turn) spans at most one turn, so each limit lies
+# within +-2*pi of the calibrated zero and upper - lower is at most 2*pi; wider limits clamp nothing.
+JOINT_LIMIT_RAD = 2 * math.pi
+
+
+def _within(bound: Bound) -> AfterValidator:
+    return AfterValidator(bound.check)
+
+
+def check_override(where: str, name: str, value: Any, bound: Bound) -> float:
+    """A node parameter that overrides a config value, held to that value's bound.
+
+    Returns it as a float; raises ConfigError in the config's one-line form (``<where>: <name>: <message>``).
+    """
+    try:
+        return bound.check(float(value))
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f'{where}: {name}: {exc}') from None
 
 
 class ConfigError(ValueError):
@@ -46,6 +126,11 @@ class JointConfig(_Strict):
             raise ValueError('lower and upper must be finite numbers')
         if self.lower >= self.upper:
             raise ValueError(f'lower ({self.lower}) must be < upper ({self.upper})')
+        if max(abs(self.lower), abs(self.upper)) > JOINT_LIMIT_RAD or self.upper - self.lower > JOINT_LIMIT_RAD:
+            raise ValueError(
+                f'lower ({self.lower}) and upper ({self.upper}) must lie within [-2*pi, 2*pi] and span at most '
+                'one turn (2*pi): a single-turn servo can reach no more'
+            )
         return self
 
 
@@ -59,18 +144,25 @@ class ArmConfig(_Strict):
     calibration: str | None = None
     joints: list[JointConfig] = Field(min_length=1)
     gripper: str | None = Field(default=None, description='name of the joint that is the gripper')
-    read_rate_hz: float = Field(default=100.0, gt=0, le=1000)
-    command_timeout_s: float = Field(default=0.5, gt=0, description='watchdog: hold after this long without commands')
-    max_step_rad: float = Field(default=0.05, gt=0, description='largest goal change per driver tick')
+    read_rate_hz: Annotated[float, _within(READ_RATE_HZ)] = 100.0
+    command_timeout_s: Annotated[float, _within(COMMAND_TIMEOUT_S)] = Field(
+        default=0.5, description='watchdog: hold after this long without commands'
+    )
+    max_step_rad: Annotated[float, _within(MAX_STEP_RAD)] = Field(
+        default=0.05, description='largest goal change per driver tick'
+    )
+    # 5 rad/s is the shipped ramp at its nominal rate (0.05 rad x 100 Hz; the sim's 0.1 rad x 50 Hz), so it
+    # binds only when goal writes come closer together than a tick (after an I/O overrun).
+    max_velocity_rad_s: Annotated[float, _within(MAX_VELOCITY_RAD_S)] = Field(
+        default=5.0, description='largest goal speed: a goal change is at most this times the time since the last'
+    )
     allow_missing_servos: bool = False
-    stall_load_fraction: float = Field(
+    stall_load_fraction: Annotated[float, _within(STALL_LOAD_FRACTION)] = Field(
         default=0.7,
-        gt=0,
-        le=1,
         description="fraction of the servo's full-scale present load/current above which a joint counts as pushing",
     )
-    stall_time_s: float = Field(
-        default=0.3, gt=0, le=2, description='how long a joint must push before the driver stops pushing'
+    stall_time_s: Annotated[float, _within(STALL_TIME_S)] = Field(
+        default=0.3, description='how long a joint must push before the driver stops pushing'
     )
 
     @field_validator('joints')
@@ -111,7 +203,7 @@ class RigConfig(_Strict):
     """A whole rig: arms, cameras, control rate, URDF and e-stop behaviour."""
 
     name: str = Field(pattern=NAME_PATTERN)
-    control_rate_hz: float = Field(default=50.0, gt=0, le=1000)
+    control_rate_hz: Annotated[float, _within(CONTROL_RATE_HZ)] = 50.0
     urdf: str
     estop_action: Literal['hold', 'torque_off'] = 'hold'
     arms: list[ArmConfig] = Field(min_length=1)
@@ -122,6 +214,14 @@ class RigConfig(_Strict):
     @classmethod
     def _unique_arms(cls, arms: list[ArmConfig]) -> list[ArmConfig]:
         _reject_duplicates([a.name for a in arms], 'arm name')
+        # joint_states names are <arm>_<joint>: 'left' + 'shoulder_x' and 'left_shoulder' + 'x' would be one joint
+        owners: dict[str, list[str]] = {}
+        for arm in arms:
+            for joint, qualified in zip(arm.joint_names, arm.qualified_joint_names(), strict=True):
+                owners.setdefault(qualified, []).append(f'{arm.name}/{joint}')
+        clashes = [f'{q} ({" and ".join(o)})' for q, o in owners.items() if len(o) > 1]
+        if clashes:
+            raise ValueError(f'arm and joint names make the same <arm>_<joint> name: {", ".join(clashes)}')
         by_port: dict[str, list[int]] = {}
         for arm in arms:
             if arm.protocol == 'sim':
@@ -216,12 +316,14 @@ class InferenceConfig(_Strict):
 
 
 class StalenessConfig(_Strict):
-    camera_max_age_s: float = Field(default=0.5, gt=0)
-    joint_max_age_s: float = Field(default=0.2, gt=0)
+    camera_max_age_s: Annotated[float, _within(STALENESS_S)] = 0.5
+    joint_max_age_s: Annotated[float, _within(STALENESS_S)] = 0.2
 
 
 class SafetyConfig(_Strict):
-    max_velocity_rad_s: float = Field(default=2.0, gt=0, description='per-joint speed cap on streamed commands')
+    max_velocity_rad_s: Annotated[float, _within(MAX_VELOCITY_RAD_S)] = Field(
+        default=2.0, description='per-joint speed cap on streamed commands'
+    )
     enabled_at_start: bool = False
 
 
@@ -273,8 +375,14 @@ def format_validation_error(path: str | os.PathLike[str], err: ValidationError) 
 def _load_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f'{path}: file not found')
+    with path.open('rb') as f:
+        raw = f.read(MAX_CONFIG_BYTES + 1)  # never more than the limit into memory, whatever the file's size
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f'{path}: <top level>: file is larger than {MAX_CONFIG_BYTES // 1024} KiB, not a config')
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(raw.decode('utf-8'))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f'{path}: <top level>: not UTF-8 text: {exc}') from None
     except yaml.YAMLError as exc:
         raise ConfigError(f'{path}: not valid YAML: {exc}') from exc
     if not isinstance(data, dict):

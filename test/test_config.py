@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -216,3 +217,122 @@ def test_check_rig_cli(tmp_path: Path) -> None:
     )
     assert bad.returncode == 2
     assert f'error: {bad_file}: arms[0].protocol:' in bad.stderr
+
+
+# --------------------------------------------------------------------------- safety bounds
+
+
+@pytest.mark.parametrize(
+    ('path', 'value', 'field', 'message'),
+    [
+        ('arms.0.max_step_rad', 1e9, 'arms[0].max_step_rad', 'must be in (0, 0.2] rad, got 1e+09'),
+        ('arms.0.max_step_rad', 0.0, 'arms[0].max_step_rad', 'must be in (0, 0.2] rad, got 0'),
+        ('arms.0.command_timeout_s', 1e12, 'arms[0].command_timeout_s', 'must be in (0, 2] s, got 1e+12'),
+        ('arms.0.command_timeout_s', -1.0, 'arms[0].command_timeout_s', 'must be in (0, 2] s, got -1'),
+        ('arms.0.read_rate_hz', 1e6, 'arms[0].read_rate_hz', 'must be in [10, 1000] Hz, got 1e+06'),
+        ('arms.0.read_rate_hz', 1.0, 'arms[0].read_rate_hz', 'must be in [10, 1000] Hz, got 1'),
+        ('arms.0.max_velocity_rad_s', 1e9, 'arms[0].max_velocity_rad_s', 'must be in (0, 2*pi] rad/s, got 1e+09'),
+        ('arms.0.max_velocity_rad_s', 6.3, 'arms[0].max_velocity_rad_s', 'must be in (0, 2*pi] rad/s, got 6.3'),
+        ('arms.0.max_velocity_rad_s', math.nan, 'arms[0].max_velocity_rad_s', 'got nan'),
+        ('arms.0.stall_load_fraction', 1.5, 'arms[0].stall_load_fraction', 'must be in (0, 1], got 1.5'),
+        ('arms.0.stall_load_fraction', 0.0, 'arms[0].stall_load_fraction', 'must be in (0, 1], got 0'),
+        ('arms.0.stall_time_s', 1e9, 'arms[0].stall_time_s', 'must be in (0, 2] s, got 1e+09'),
+        ('control_rate_hz', 1e9, 'control_rate_hz', 'must be in [10, 1000] Hz, got 1e+09'),
+        ('control_rate_hz', 0.001, 'control_rate_hz', 'must be in [10, 1000] Hz, got 0.001'),
+        ('arms.0.joints.0.upper', 1e9, 'arms[0].joints[0]', 'must lie within [-2*pi, 2*pi] and span at most'),
+        ('arms.0.joints.0.lower', -6.0, 'arms[0].joints[0]', 'span at most one turn'),  # -6 .. 1: 7 rad
+    ],
+)
+def test_unsafe_rig_settings_refused(tmp_path: Path, path: str, value, field: str, message: str) -> None:
+    rig_file = write(tmp_path, mutate(base_rig(), path, value))
+    with pytest.raises(ConfigError) as err:
+        load_rig(rig_file)
+    text = str(err.value)
+    assert text == text.strip() and '\n' not in text, text  # one problem, one line
+    assert text.startswith(f'{rig_file}: {field}: '), text
+    assert message in text, text
+
+
+@pytest.mark.parametrize(
+    ('section', 'field', 'value', 'message'),
+    [
+        ('safety', 'max_velocity_rad_s', 1e9, 'must be in (0, 2*pi] rad/s, got 1e+09'),
+        ('safety', 'max_velocity_rad_s', 0.0, 'must be in (0, 2*pi] rad/s, got 0'),
+        ('staleness', 'camera_max_age_s', 1e9, 'must be in (0, 2] s, got 1e+09'),
+        ('staleness', 'joint_max_age_s', 1e9, 'must be in (0, 2] s, got 1e+09'),
+        ('staleness', 'joint_max_age_s', -0.1, 'must be in (0, 2] s, got -0.1'),
+    ],
+)
+def test_unsafe_policy_settings_refused(tmp_path: Path, section: str, field: str, value: float, message: str) -> None:
+    path = write(tmp_path, {'checkpoint': 'x', section: {field: value}}, 'policy.yaml')
+    with pytest.raises(ConfigError) as err:
+        load_policy(path)
+    assert str(err.value) == f'{path}: {section}.{field}: {message}'
+
+
+def test_bounds_are_inclusive_at_the_top(tmp_path: Path) -> None:
+    data = base_rig()
+    data['control_rate_hz'] = 1000
+    data['arms'][0].update(
+        read_rate_hz=1000,
+        command_timeout_s=2.0,
+        max_step_rad=0.2,
+        max_velocity_rad_s=2 * math.pi,
+        stall_load_fraction=1.0,
+        stall_time_s=2.0,
+    )
+    data['arms'][0]['joints'][0].update(lower=-math.pi, upper=math.pi)
+    arm = load_rig(write(tmp_path, data)).arm('left')
+    assert (arm.command_timeout_s, arm.max_step_rad, arm.max_velocity_rad_s) == (2.0, 0.2, 2 * math.pi)
+    policy = {'checkpoint': 'x', 'safety': {'max_velocity_rad_s': 2 * math.pi}}
+    policy['staleness'] = {'camera_max_age_s': 2.0, 'joint_max_age_s': 2.0}
+    assert load_policy(write(tmp_path, policy, 'policy.yaml')).staleness.camera_max_age_s == 2.0
+
+
+def test_shipped_configs_within_bounds() -> None:
+    for rig in SHIPPED_RIGS:
+        for arm in load_rig(rig).arms:
+            # the time-based cap leaves the shipped ramp at its nominal rate as it was
+            assert arm.max_velocity_rad_s / arm.read_rate_hz >= arm.max_step_rad or arm.protocol == 'sim'
+            assert (arm.stall_load_fraction, arm.stall_time_s) == (0.7, 0.3)
+    aloha = load_rig('aloha_sim')
+    assert all(a.max_velocity_rad_s / aloha.control_rate_hz == a.max_step_rad for a in aloha.arms)
+    policy = load_policy('default')
+    assert (policy.safety.max_velocity_rad_s, policy.staleness.camera_max_age_s) == (2.0, 0.5)
+
+
+def test_colliding_qualified_joint_names_refused(tmp_path: Path) -> None:
+    data = base_rig()
+    left = data['arms'][0]
+    left['joints'][0]['name'] = 'shoulder_x'
+    other = {**left, 'name': 'left_shoulder', 'port': '/dev/ttyACM1'}
+    other['joints'] = [{'id': 1, 'name': 'x', 'lower': -1.0, 'upper': 1.0}]
+    data['arms'].append(other)
+    path = write(tmp_path, data)
+    with pytest.raises(ConfigError) as err:
+        load_rig(path)
+    assert str(err.value) == (
+        f'{path}: arms: arm and joint names make the same <arm>_<joint> name: '
+        'left_shoulder_x (left/shoulder_x and left_shoulder/x)'
+    )
+
+
+def test_oversized_config_refused_before_parsing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from bimanual_vla import config
+
+    rig = tmp_path / 'rig.yaml'
+    # Valid YAML (a rig and a long comment), just too big.
+    rig.write_text(yaml.safe_dump(base_rig()) + '#' * (1024 * 1024) + '\n')
+    policy = tmp_path / 'policy.yaml'
+    policy.write_text('checkpoint: x\n' + '#' * (1024 * 1024) + '\n')
+
+    def no_parsing(*args, **kwargs):
+        raise AssertionError('an oversized file was parsed')
+
+    monkeypatch.setattr(config.yaml, 'safe_load', no_parsing)
+    with pytest.raises(ConfigError) as err:
+        load_rig(rig)
+    assert str(err.value) == f'{rig}: <top level>: file is larger than 1024 KiB, not a config'
+    with pytest.raises(ConfigError) as err:
+        load_policy(policy)
+    assert str(err.value) == f'{policy}: <top level>: file is larger than 1024 KiB, not a config'

@@ -17,7 +17,8 @@ What this module adds on top of the MJCF:
   (negated) target, exactly as the real ALOHA puppet grippers are driven;
 * the same safety the real arm driver applies: targets clamped to the rig's limits,
   NaN/Inf rejected (the previous target is kept), and at most ``max_step_rad`` of
-  target change per control tick;
+  target change per control tick, nor more than ``max_velocity_rad_s`` allows in one
+  (fixed, sim-time) control period;
 * the reward stages and success of gym-aloha's tasks (0..4; success = stage 4),
   computed from the contact list after every control step;
 * offscreen rendering (:class:`SceneRenderer`) of only the cameras asked for, with
@@ -135,6 +136,7 @@ class SimScene:
         self.task = task or str(sim.get('task', 'transfer_cube'))
         self.model = load_model(self.task)
         self.data = mujoco.MjData(self.model)
+        self.control_rate_hz = rig.control_rate_hz
         self.control_dt = 1.0 / rig.control_rate_hz
         self.substeps = max(1, round(self.control_dt / self.model.opt.timestep))
         if abs(self.substeps * self.model.opt.timestep - self.control_dt) > 1e-9:
@@ -282,7 +284,9 @@ class SimScene:
         m, d = self.model, self.data
         for arm in self.arms.values():
             current = d.ctrl[arm.ctrl_idx]
-            delta = np.clip(self._goal[arm.config.name] - current, -arm.config.max_step_rad, arm.config.max_step_rad)
+            cfg = arm.config
+            max_step = min(cfg.max_step_rad, cfg.max_velocity_rad_s / self.control_rate_hz)
+            delta = np.clip(self._goal[cfg.name] - current, -max_step, max_step)
             self._write_ctrl(arm, current + delta)
         mujoco.mj_step(m, d, nstep=self.substeps)
         self.steps += 1

@@ -81,6 +81,16 @@ def test_non_finite_wrong_length_and_unknown_joints_are_rejected_keeping_the_goa
         scene.command('middle', [0.0] * 7)
 
 
+def test_commands_rate_limited_by_max_velocity() -> None:
+    # 1 rad/s at the rig's 50 Hz: 0.02 rad a control tick, below max_step_rad (0.1)
+    arms = [a.model_copy(update={'max_velocity_rad_s': 1.0}) for a in RIG.arms]
+    scene = SimScene(RIG.model_copy(update={'arms': arms}), seed=0)
+    scene.command('right', {'shoulder': 1.0})
+    ctrl_before = scene.data.ctrl.copy()
+    scene.step()
+    assert np.abs(scene.data.ctrl - ctrl_before).max() == pytest.approx(1.0 / RIG.control_rate_hz)
+
+
 def test_gripper_drives_both_fingers_mirrored() -> None:
     scene = SimScene(RIG, seed=0)
     scene.command('left', {'gripper': 0.05})

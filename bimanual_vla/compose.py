@@ -5,7 +5,10 @@ the same NodeSpecs as separate processes. Nodes named in `own_process` (by defau
 `OWN_PROCESS`) get a child process of their own, as launch would give them, because Python nodes in
 one process share one interpreter lock (bimanual_vla/node_process.py); the rest share this process.
 A node that fails to construct (bad config, missing device) stops the whole bringup with its error,
-after destroying the nodes already created.
+after destroying the nodes already created. Once running, a child process that dies either stops
+the bringup (the default, for offline tools such as eval-sim) or, given a `RestartPolicy`
+(`bimanual-vla run`), is restarted with backoff while the rest keeps running
+(bimanual_vla/supervision.py); a `bringup_monitor` node then reports every child on `/diagnostics`.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.context import Context
 from rclpy.node import Node
 from rclpy.parameter import Parameter
@@ -25,6 +29,8 @@ from bimanual_vla import topics
 from bimanual_vla.bringup import NodeSpec, robot_description
 from bimanual_vla.executors import NodeThreads
 from bimanual_vla.node_process import NodeProcess
+from bimanual_vla.ros_utils import ERROR, OK, WARN, diagnostic_status
+from bimanual_vla.supervision import RestartPolicy, Supervisor
 
 # Executables started in a process of their own unless a caller asks for everything composed.
 OWN_PROCESS: tuple[str, ...] = ('policy_node',)
@@ -37,6 +43,46 @@ class RobotDescriptionPublisher(Node):
         super().__init__('robot_description_publisher', **kwargs)
         self._pub = self.create_publisher(String, topics.ROBOT_DESCRIPTION, topics.LATCHED_QOS)
         self._pub.publish(String(data=urdf))
+
+
+class BringupMonitor(Node):
+    """Supervises the bringup's child processes and reports each on `/diagnostics` once a second."""
+
+    LEVELS = {'running': OK, 'starting': WARN, 'stopped': ERROR, 'restarting': ERROR}
+
+    def __init__(self, children: list[NodeProcess], restart: RestartPolicy, **kwargs) -> None:
+        super().__init__('bringup_monitor', **kwargs)
+        self.supervisor = Supervisor(children, restart, log=self._log)
+        self._diag_pub = self.create_publisher(DiagnosticArray, topics.DIAGNOSTICS, topics.DIAGNOSTICS_QOS)
+        self.create_timer(0.2, self.supervisor.poll)
+        self.create_timer(1.0, self._publish_diagnostics)
+
+    def _log(self, level: str, message: str) -> None:
+        # One call site per severity: rclpy keys its logging state by call site.
+        logger = self.get_logger()
+        if level == 'info':
+            logger.info(message)
+        elif level == 'warn':
+            logger.warning(message)
+        else:
+            logger.error(message)
+
+    def _publish_diagnostics(self) -> None:
+        array = DiagnosticArray()
+        array.header.stamp = self.get_clock().now().to_msg()
+        for child in self.supervisor.children:
+            values = self.supervisor.values(child)
+            state = str(values['state'])
+            message = {
+                'running': f'process {values["pid"]} running',
+                'starting': f'restarting: process {values["pid"]} loading',
+                'stopped': f'process {values["pid"]} stopped (SIGSTOP): its node does nothing, the arms hold',
+                'restarting': f'died ({values["last_exit"]}): the arms hold; restart pending',
+            }[state]
+            array.status.append(
+                diagnostic_status(f'bringup: {child.spec.name} process', self.LEVELS[state], message, values)
+            )
+        self._diag_pub.publish(array)
 
 
 def instantiate(spec: NodeSpec, context: Context | None = None) -> Node:
@@ -71,6 +117,7 @@ class Composition:
     nodes: list[Node]
     executor: NodeThreads
     children: list[NodeProcess] = field(default_factory=list)
+    supervisor: Supervisor | None = None
     _started: float = field(default_factory=time.monotonic)
 
     def spin(self, duration_s: float | None = None, until: Callable[[], bool] | None = None) -> None:
@@ -86,7 +133,9 @@ class Composition:
             self.executor.spin_once(timeout_sec=0.1)
 
     def check_children(self) -> None:
-        """Raise if a node in a child process has exited: the bringup is no longer whole."""
+        """Raise if a node in a child process has exited and nothing restarts it."""
+        if self.supervisor is not None:
+            return  # the bringup monitor restarts it
         for child in self.children:
             if not child.alive():
                 raise RuntimeError(f'{child.spec.name} (process {child.process.pid}) exited')
@@ -114,6 +163,7 @@ def compose(
     context: Context | None = None,
     extra_nodes: Iterable[Node] = (),
     own_process: Iterable[str] = OWN_PROCESS,
+    restart: RestartPolicy | None = None,
 ) -> Composition:
     """Instantiate every spec (plus a robot_description publisher for `rig`) and start spinning them.
 
@@ -139,8 +189,13 @@ def compose(
         for child in children:
             child.stop()
         raise
+    supervisor = None
+    if restart is not None and children:
+        monitor = BringupMonitor(children, restart, context=context)
+        supervisor = monitor.supervisor
+        nodes.append(monitor)
     nodes.extend(extra_nodes)
     executor = NodeThreads(context=context)
     for node in nodes:
         executor.add_node(node)
-    return Composition(nodes, executor, children)
+    return Composition(nodes, executor, children, supervisor)

@@ -12,7 +12,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help='bring up a rig (drivers or simulator + policy node)',
         description='Start exactly the nodes launch/rig.launch.py (or sim.launch.py for a simulated rig) starts, '
         'and publish robot_description: the policy node in a process of its own (as launch starts it), the '
-        'drivers or simulator composed in this one, each node spinning in a thread of its own. Stop with Ctrl-C.',
+        'drivers or simulator composed in this one, each node spinning in a thread of its own. A policy process '
+        'that dies is restarted (disabled, with backoff) while the arms hold. Stop with Ctrl-C or SIGTERM: each '
+        'arm is left holding its pose, or with torque off where the rig says estop_action: torque_off.',
     )
     p.add_argument(
         '--composed',
@@ -46,11 +48,22 @@ def parse_overrides(items: list[str]) -> dict[str, dict[str, object]]:
     return out
 
 
+def _stop_on_sigterm() -> None:
+    """SIGTERM (a service manager, `kill`) stops the rig the way Ctrl-C does: safe state, then exit."""
+    import signal
+
+    def handler(signum, frame) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def run(args: argparse.Namespace) -> int:
     import rclpy
 
     from bimanual_vla.bringup import NodeSpec, rig_nodes
     from bimanual_vla.compose import OWN_PROCESS, compose
+    from bimanual_vla.supervision import RestartPolicy
 
     policy = None if args.policy.lower() == 'none' else args.policy
     overrides = parse_overrides(args.set)
@@ -63,8 +76,11 @@ def run(args: argparse.Namespace) -> int:
         print(f'error: --set names unknown nodes {sorted(unknown)}; nodes: {[s.name for s in specs]}', file=sys.stderr)
         return 2
     rclpy.init()
+    _stop_on_sigterm()
     try:
-        composition = compose(specs, rig=args.rig, own_process=() if args.composed else OWN_PROCESS)
+        composition = compose(
+            specs, rig=args.rig, own_process=() if args.composed else OWN_PROCESS, restart=RestartPolicy()
+        )
         names = ', '.join(
             [n.get_name() for n in composition.nodes] + [f'{c.spec.name} (own process)' for c in composition.children]
         )

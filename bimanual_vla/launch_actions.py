@@ -6,19 +6,45 @@ and their parameters come from `bimanual_vla.bringup`, the same source `bimanual
 
 from __future__ import annotations
 
+from launch.actions import LogInfo, RegisterEventHandler
+from launch.event_handlers import OnProcessExit
 from launch_ros.actions import Node
 
 from bimanual_vla.bringup import NodeSpec, robot_description
 from bimanual_vla.config import share_dir
+from bimanual_vla.supervision import LAUNCH_RESPAWN_DELAY_S
 
 PACKAGE = 'bimanual_vla'
 
 
-def spec_actions(specs: list[NodeSpec]) -> list[Node]:
-    return [
-        Node(package=PACKAGE, executable=s.executable, name=s.name, parameters=[s.parameters], output='screen')
-        for s in specs
-    ]
+def spec_action(spec: NodeSpec) -> Node:
+    """One node; drivers and the policy node are respawned by launch when their process dies."""
+    delay = LAUNCH_RESPAWN_DELAY_S.get(spec.executable)
+    respawn = {'respawn': True, 'respawn_delay': delay} if delay is not None else {}
+    return Node(
+        package=PACKAGE,
+        executable=spec.executable,
+        name=spec.name,
+        parameters=[spec.parameters],
+        output='screen',
+        **respawn,
+    )
+
+
+def spec_actions(specs: list[NodeSpec]) -> list:
+    """The nodes, plus for each respawned one a rule that says in the log why it is restarting."""
+    actions: list = []
+    for spec in specs:
+        node = spec_action(spec)
+        actions.append(node)
+        delay = LAUNCH_RESPAWN_DELAY_S.get(spec.executable)
+        if delay is not None:
+            note = ''
+            if spec.executable == 'policy_node':
+                note = ' (disabled, as at start-up, unless the policy file enables it at start)'
+            message = f'{spec.name} exited; the arms hold (driver watchdog); respawning in {delay:g} s{note}'
+            actions.append(RegisterEventHandler(OnProcessExit(target_action=node, on_exit=[LogInfo(msg=message)])))
+    return actions
 
 
 def robot_state_publisher(rig: str, use_sim_time: bool) -> Node:

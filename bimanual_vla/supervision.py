@@ -28,6 +28,11 @@ Log = Callable[[str, str], None]  # (level: 'info'|'warn'|'error', message)
 # A restarted policy node waits to be enabled, exactly as it does after `run` starts.
 DEFAULT_OVERRIDES: dict[str, dict[str, Any]] = {'policy_node': {'enabled': False}}
 
+# Under `ros2 launch` every node is a process, restarted by launch's own respawn after this delay
+# (launch has no backoff). A driver that comes back takes its arm over from the present position,
+# as after any reconnect; the simulator is not restarted, since that would reset its world.
+LAUNCH_RESPAWN_DELAY_S: dict[str, float] = {'policy_node': 2.0, 'arm_driver': 1.0, 'camera_driver': 1.0}
+
 
 @dataclass(frozen=True)
 class RestartPolicy:

@@ -96,3 +96,52 @@ def test_node_classes_are_nodes() -> None:
         cls = getattr(importlib.import_module(module_name), class_name)
         assert issubclass(cls, Node), executable
         assert callable(importlib.import_module(module_name).main), executable
+
+
+class _Recorded:
+    """Stands in for a launch / launch_ros action class: keeps the keyword arguments it was built with."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        self.args, self.kwargs = args, kwargs
+
+
+def test_launch_respawns_drivers_and_the_policy_and_logs_why(monkeypatch) -> None:
+    """launch_actions turns specs into launch_ros Nodes with respawn settings and an OnProcessExit rule.
+
+    launch/launch_ros are not installable here, so their action classes are replaced by recorders
+    (test/test_launch_pytest.py runs the real ones where a ROS distribution is installed).
+    """
+    import sys
+    import types
+
+    from bimanual_vla.supervision import LAUNCH_RESPAWN_DELAY_S
+
+    classes = {
+        'launch.actions': ('LogInfo', 'RegisterEventHandler'),
+        'launch.event_handlers': ('OnProcessExit',),
+        'launch_ros.actions': ('Node',),
+    }
+    for module_name, names in classes.items():
+        module = types.ModuleType(module_name)
+        for name in names:
+            setattr(module, name, type(name, (_Recorded,), {}))
+        monkeypatch.setitem(sys.modules, module_name, module)
+    monkeypatch.delitem(sys.modules, 'bimanual_vla.launch_actions', raising=False)
+    launch_actions = importlib.import_module('bimanual_vla.launch_actions')
+    monkeypatch.setitem(sys.modules, 'bimanual_vla.launch_actions', launch_actions)  # removed again at teardown
+
+    specs = rig_nodes('so101_bimanual')
+    actions = launch_actions.spec_actions(specs)
+    nodes = [a for a in actions if type(a).__name__ == 'Node']
+    rules = [a for a in actions if type(a).__name__ == 'RegisterEventHandler']
+    assert [n.kwargs['name'] for n in nodes] == [s.name for s in specs]
+    for node, spec in zip(nodes, specs, strict=True):
+        assert node.kwargs['respawn'] is True, spec.name
+        assert node.kwargs['respawn_delay'] == LAUNCH_RESPAWN_DELAY_S[spec.executable]
+    assert len(rules) == len(nodes)  # one exit rule per respawned node, aimed at that node
+    policy = next(n for n in nodes if n.kwargs['executable'] == 'policy_node')
+    rule = next(r for r in rules if r.args[0].kwargs['target_action'] is policy)
+    message = rule.args[0].kwargs['on_exit'][0].kwargs['msg']
+    assert message.startswith('policy_node exited; the arms hold') and 'respawning in 2 s' in message
+    sim = launch_actions.spec_actions(rig_nodes('aloha_sim', policy=None))
+    assert len(sim) == 1 and 'respawn' not in sim[0].kwargs  # a restarted simulator would reset its world

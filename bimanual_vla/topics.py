@@ -5,6 +5,11 @@ the contract in docs/architecture.md: sensor streams are best effort / keep last
 (a late frame is worthless), commands are reliable with depth 1 (only the newest
 target matters), and state a late joiner must see (task, reasoning, estop,
 robot_description) is transient local.
+
+The rule: a publisher offers the strongest QoS its rate allows; a subscriber of a
+user-facing input (estop, policy/task, policy/subtask) accepts any publisher, through
+``ros_utils.subscribe_from_any_publisher`` (LATCHED_INPUT_QOS, RELIABLE_QOS and
+ANY_PUBLISHER_QOS at once), so an e-stop can never be lost to a QoS mismatch.
 """
 
 from __future__ import annotations
@@ -45,7 +50,25 @@ RELIABLE_QOS = QoSProfile(
     history=HistoryPolicy.KEEP_LAST,
     depth=10,
 )
-"""policy/subtask, policy/action_chunk, policy/markers, sim/success."""
+"""policy/action_chunk, policy/markers, sim/success; a user-facing input's subscription for reliable publishers."""
+
+LATCHED_INPUT_QOS = QoSProfile(
+    reliability=ReliabilityPolicy.RELIABLE,
+    durability=DurabilityPolicy.TRANSIENT_LOCAL,
+    history=HistoryPolicy.KEEP_LAST,
+    depth=10,
+)
+"""A latched user-facing input's subscription for the value stored before it started: LATCHED_QOS
+with room for a burst, so a quick true, false, true is not cut to its last value before the callback."""
+
+ANY_PUBLISHER_QOS = QoSProfile(
+    reliability=ReliabilityPolicy.BEST_EFFORT,
+    durability=DurabilityPolicy.VOLATILE,
+    history=HistoryPolicy.KEEP_LAST,
+    depth=10,
+)
+"""A user-facing input's subscription for any publisher (``ros_utils.subscribe_from_any_publisher``):
+best effort and volatile ask for the least, so every publisher matches it."""
 
 DIAGNOSTICS_QOS: QoSProfile = qos_profile_system_default
 """diagnostics: the ROS default (reliable, keep last 10)."""

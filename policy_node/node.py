@@ -53,6 +53,7 @@ from bimanual_vla.ros_utils import (
     run_node,
     sec_to_stamp,
     stamp_to_sec,
+    subscribe_from_any_publisher,
 )
 from policy_node.chunking import Chunk, ChunkExecutor, GuidePlan, LatencyEstimator, plan_guide
 from policy_node.input_sync import ArrivalDelay, JointHistory, StampedHistory
@@ -185,9 +186,9 @@ class PolicyNode(Node):
                 topics.SENSOR_QOS,
             )
         self.create_subscription(JointState, topics.JOINT_STATES, self._on_joints, topics.SENSOR_QOS)
-        self.create_subscription(String, topics.POLICY_TASK, self._on_task, topics.LATCHED_QOS)
-        self.create_subscription(String, topics.POLICY_SUBTASK, self._on_subtask, topics.RELIABLE_QOS)
-        self.create_subscription(Bool, topics.ESTOP, self._on_estop, topics.LATCHED_QOS)
+        subscribe_from_any_publisher(self, String, topics.POLICY_TASK, self._on_task, latched=True)
+        subscribe_from_any_publisher(self, String, topics.POLICY_SUBTASK, self._on_subtask, latched=True)
+        subscribe_from_any_publisher(self, Bool, topics.ESTOP, self._on_estop, latched=True)
         self.create_service(SetBool, topics.POLICY_ENABLE, self._on_enable)
         self._cmd_pubs = {
             arm: self.create_publisher(JointState, topics.arm_command(arm), topics.COMMAND_QOS) for arm in self.arms

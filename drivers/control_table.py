@@ -44,6 +44,15 @@ class ControlTable:
     present_velocity: Register | None = None
     lock: Register | None = None  # Feetech: 1 = EEPROM writes are not kept over power cycles
     return_delay: Register | None = None
+    # What the servo's drive is doing, read with the position every cycle for the stall guard:
+    # Feetech Present_Load (0.1 % of full drive, sign in bit 10); Dynamixel X Present_Current
+    # (a current in model units, full scale = Current_Limit), which the XL430/XC430 models
+    # (``load_models``) report as Present_Load in 0.1 % at the same address instead.
+    present_load: Register | None = None
+    present_current: Register | None = None
+    current_limit: Register | None = None
+    load_full_scale: int = 1000  # Present_Load value at 100 %
+    load_models: frozenset[int] = frozenset()
     size: int = 256  # bytes of register space the emulator models
     eeprom_end: int = 0  # Dynamixel refuses writes below this address while torque is on
     default_model_number: int = 0
@@ -59,6 +68,26 @@ class ControlTable:
     def register_names(self) -> tuple[str, ...]:
         """Names of the registers this family has."""
         return tuple(n for n in _REGISTER_FIELDS if isinstance(getattr(self, n), Register))
+
+    @property
+    def effort(self) -> Register | None:
+        """The register saying how hard the servo drives: present load (Feetech) or present current (Dynamixel)."""
+        return self.present_load if self.present_load is not None else self.present_current
+
+    def reports_load(self, model_number: int) -> bool:
+        """True: ``effort`` is a load, ``load_full_scale`` at 100 %; False: a current, ``current_limit`` at 100 %."""
+        return self.present_current is None or model_number in self.load_models
+
+    def state_block(self) -> tuple[int, int]:
+        """(address, length) of one read covering present position and, where the family has one, ``effort``."""
+        regs = [self.present_position] + ([self.effort] if self.effort is not None else [])
+        start = min(r.address for r in regs)
+        return start, max(r.address + r.length for r in regs) - start
+
+    def decode_at(self, reg: Register, block: bytes, block_address: int) -> int:
+        """The value of ``reg`` inside ``block``, a read that started at ``block_address``."""
+        offset = reg.address - block_address
+        return self.decode(reg, block[offset : offset + reg.length])
 
     def encode(self, reg: Register, value: int) -> bytes:
         """``value`` as the register's little-endian bytes; ValueError if it does not fit."""
@@ -114,6 +143,7 @@ FEETECH_STS = ControlTable(
     lock=Register(55, 1),
     present_position=Register(56, 2, signed=True, sign_bit=15),
     present_velocity=Register(58, 2, signed=True, sign_bit=15),
+    present_load=Register(60, 2, signed=True, sign_bit=10),
     size=128,
     default_model_number=777,  # STS3215
     default_baud_value=0,  # 0 = 1 Mbaud
@@ -128,14 +158,18 @@ DYNAMIXEL_X = ControlTable(
     return_delay=Register(9, 1),
     operating_mode=Register(11, 1),
     homing_offset=Register(20, 4, signed=True),
+    current_limit=Register(38, 2),
     max_position_limit=Register(48, 4),
     min_position_limit=Register(52, 4),
     torque_enable=Register(64, 1),
     goal_position=Register(116, 4, signed=True),
+    present_current=Register(126, 2, signed=True),
     present_velocity=Register(128, 4, signed=True),
     present_position=Register(132, 4, signed=True),
     size=256,
     eeprom_end=64,
+    # Present_Load (0.1 %) at 126 instead of a current: XL430-W250, XC430-W150, XC430-W240, 2XL430-W250, 2XC430-W250.
+    load_models=frozenset({1060, 1070, 1080, 1090, 1160}),
     default_model_number=1060,  # XL430-W250 (XL330-M288 is 1200)
     default_baud_value=3,  # 3 = 1 Mbaud
 )

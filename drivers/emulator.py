@@ -4,14 +4,23 @@ Drivers and the manufacturers' SDKs open the pty's slave path exactly as they
 would open /dev/ttyACM0, so everything above the serial port runs unmodified
 against it. Each emulated servo keeps a register file and moves its present
 position toward its goal at a limited speed while torque is on (computed lazily
-from elapsed time, so no ticking thread is needed). Faults can be switched on
-at run time: missing servos, slow replies, corrupted bytes, replies that arrive
-one transaction late, and line noise.
+from elapsed time, so no ticking thread is needed) and reports the load its drive
+puts out. Faults can be switched on at run time: missing servos, slow replies,
+corrupted bytes, replies that arrive one transaction late, line noise, and
+obstacles that block a joint.
+
+Position limits are honoured as the manufacturers document their firmware (not checked
+on hardware here): a Feetech STS bounds the goal by Min/Max_Position_Limit (the servo runs
+to the nearer limit; both limits 0 is the multi-turn setting, no limit); a Dynamixel X in
+position control accepts Goal Position only within its limits and answers a goal outside
+them with Data Limit Error (protocol 2.0 status error 6), keeping its previous goal
+(through a sync write, which has no reply, the goal is silently dropped).
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import random
 import select
@@ -30,8 +39,15 @@ PROTOCOLS: dict[str, Protocol] = {'feetech': FEETECH, 'dynamixel': DYNAMIXEL}
 
 DXL_ERR_INSTRUCTION = 2
 DXL_ERR_DATA_LENGTH = 5
+DXL_ERR_DATA_LIMIT = 6
 DXL_ERR_ACCESS = 7
 FIRMWARE_VERSION = 46
+
+# Load model: a servo pushing against an obstacle drives in proportion to its remaining goal
+# error, at full scale from LOAD_SATURATION_TICKS on; one moving freely drives FREE_LOAD_FRACTION.
+LOAD_SATURATION_TICKS = 100
+FREE_LOAD_FRACTION = 0.03
+DEFAULT_CURRENT_LIMIT = 1750  # Dynamixel Current_Limit of an XL330-M288 (mA): full scale of Present_Current
 
 
 def protocol_for(name: str) -> Protocol:
@@ -53,6 +69,9 @@ class FaultConfig:
     noise_rate: float = 0.0  # probability of 1..8 random bytes before a reply
     seed: int = 0
     alarm_bits: dict[int, int] = field(default_factory=dict)  # servo id -> error bits it reports in every reply
+    # servo id -> present-position tick the joint cannot move past, from whichever side it is on
+    # (a hard stop, or an object in the gripper); pushing into it raises the present load.
+    obstacles: dict[int, int] = field(default_factory=dict)
 
 
 class EmulatedServo:
@@ -77,9 +96,12 @@ class EmulatedServo:
         self._put('baud_rate', table.default_baud_value)
         self._put('min_position_limit', 0)
         self._put('max_position_limit', table.resolution - 1)
+        if table.current_limit is not None:
+            self._put('current_limit', DEFAULT_CURRENT_LIMIT)
         center = table.resolution // 2
         self._put('goal_position', center)
         self._position = float(center)
+        self._obstacle_side = 0  # -1: below its obstacle, +1: above, 0: not known yet
         self._last_update = time.monotonic()
         self._put('present_position', center)
 
@@ -98,12 +120,40 @@ class EmulatedServo:
         dt = now - self._last_update
         self._last_update = now
         if self._owner.external_motion or not self._regs[self.table.torque_enable.address]:
+            self._store_load(0.0)  # limp, or moved by a simulator that models the forces itself
             return
         goal = self._get('goal_position')
         step = self.max_speed * dt
         delta = goal - self._position
-        self._position = float(goal) if abs(delta) <= step else self._position + (step if delta > 0 else -step)
+        position = float(goal) if abs(delta) <= step else self._position + (step if delta > 0 else -step)
+        obstacle = self._owner.faults.obstacles.get(self._get('id'))
+        side = 0
+        if obstacle is not None:
+            if self._position != obstacle:
+                self._obstacle_side = 1 if self._position > obstacle else -1
+            side = self._obstacle_side
+            position = max(position, obstacle) if side > 0 else min(position, obstacle) if side < 0 else position
+        self._position = position
         self._store_position()
+        error = goal - self._position
+        if error == 0:
+            self._store_load(0.0)
+        elif obstacle is not None and self._position == obstacle and error * side < 0:  # pushing into it
+            self._store_load(math.copysign(min(1.0, abs(error) / LOAD_SATURATION_TICKS), error))
+        else:
+            self._store_load(math.copysign(FREE_LOAD_FRACTION, error))
+
+    def _store_load(self, fraction: float) -> None:
+        """Present load (Feetech, and Dynamixel load models) or current as ``fraction`` of full scale, signed."""
+        table = self.table
+        reg = table.effort
+        if reg is None:
+            return
+        if table.reports_load(self._get('model_number')):
+            value = round(fraction * table.load_full_scale)
+        else:
+            value = round(fraction * self._get('current_limit'))
+        self._regs[reg.address : reg.address + reg.length] = table.encode(reg, value)
 
     def _store_position(self) -> None:
         reg = self.table.present_position
@@ -132,20 +182,26 @@ class EmulatedServo:
             touches_id = _overlaps(table.id, address, end)
             old_offset = self._get('homing_offset') if touches_offset else 0
             old_id = self._get('id') if touches_id else 0
-            present = table.present_position
-            if _overlaps(present, address, end):
+            before = bytes(self._regs[address:end])
+            read_only = [r for r in (table.present_position, table.effort) if r is not None]
+            if any(_overlaps(r, address, end) for r in read_only):
                 for i, b in enumerate(data):
                     a = address + i
-                    if not present.address <= a < present.address + present.length:  # present position: read-only
+                    if not any(r.address <= a < r.address + r.length for r in read_only):  # measurements
                         self._regs[a] = b
             else:
                 self._regs[address:end] = data
             if _overlaps(table.goal_position, address, end):
+                goal = self._get('goal_position')
                 lo, hi = self._get('min_position_limit'), self._get('max_position_limit')
-                clamped = max(lo, min(hi, self._get('goal_position'))) if lo <= hi else self._get('goal_position')
-                self._put('goal_position', clamped)
+                if table.protocol == 'dynamixel' and not lo <= goal <= hi:
+                    self._regs[address:end] = before  # refused whole: nothing of the write is applied
+                    return DXL_ERR_DATA_LIMIT
+                if table.protocol == 'feetech' and (lo, hi) != (0, 0) and lo <= hi:
+                    goal = max(lo, min(hi, goal))
+                    self._put('goal_position', goal)
                 if self._owner.on_goal is not None:
-                    self._owner.on_goal(self._get('id'), clamped)
+                    self._owner.on_goal(self._get('id'), goal)
             new_offset = self._get('homing_offset') if touches_offset else 0
             if new_offset != old_offset:
                 # Present position is reported relative to the homing offset: Dynamixel adds it, Feetech subtracts.

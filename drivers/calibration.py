@@ -109,6 +109,17 @@ class ArmCalibration(BaseModel):
         ticks = round(j.zero_ticks + j.direction * radians / self.rad_per_tick())
         return min(max(ticks, j.range_min), j.range_max)
 
+    def position_limit_ticks(self, joint: str, lower: float, upper: float) -> tuple[int, int]:
+        """The servo's (Min_Position_Limit, Max_Position_Limit) for joint limits ``lower``..``upper`` rad.
+
+        The servo compares goals with these registers in present-position ticks, the ticks of this
+        calibration, so the values are the goals the driver sends at the two limits (:meth:`to_ticks`,
+        inside the calibrated range), in tick order: a reversed joint's upper limit is its minimum.
+        The registers are unsigned: a tick below 0 is stored as 0.
+        """
+        a, b = self.to_ticks(joint, lower), self.to_ticks(joint, upper)
+        return max(0, min(a, b)), max(0, a, b)
+
     def range_radians(self, joint: str) -> tuple[float, float]:
         """The calibrated range as (low, high) radians."""
         j = self.joints[joint]

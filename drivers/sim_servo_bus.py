@@ -196,11 +196,16 @@ class SimServoBus:
         a driver taking over writes goal = present position, then torque on: nothing moves.
         """
         pty = self.emulator.start()
-        for sid, value in zip(self.ids, positions, strict=True):
+        calibration = servo_calibration(self.arm, self.protocol)
+        for sid, joint, value in zip(self.ids, self.arm.joints, positions, strict=True):
             servo = self.emulator.servo(sid)
-            servo.write_register('max_position_limit', MAX_TICKS)  # EEPROM: while torque is still off
+            # The position limits a calibrated arm's servos hold (what the driver checks on connect), so it
+            # finds nothing to rewrite; EEPROM: written while torque is still off.
+            low, high = calibration.position_limit_ticks(joint.name, joint.lower, joint.upper)
+            servo.write_register('min_position_limit', low)
+            servo.write_register('max_position_limit', high)
             servo.set_present_position(to_ticks(value))
-            servo.write_register('goal_position', max(0, min(MAX_TICKS, to_ticks(value))))
+            servo.write_register('goal_position', max(low, min(high, to_ticks(value))))
             servo.write_register('torque_enable', 1)
         self.emulator.on_goal = self._on_goal
         self.link.parent.mkdir(parents=True, exist_ok=True)

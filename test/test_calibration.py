@@ -392,6 +392,17 @@ def test_cli_interactive_calibration_against_emulator(tmp_path, protocol) -> Non
         assert cal.to_radians('shoulder_pan', 2047 + 1024) == pytest.approx(math.pi / 2)
         assert cal.to_radians('wrist_roll', 2047 + 1024) == pytest.approx(-math.pi / 2)
         assert not any(emu.servo(i).torque_enabled for i in range(1, 7))  # left limp for the user
+        # Each servo's own position limits hold the rig's joint limits in the new ticks, inside the recorded
+        # range; wrist_roll is reversed: its upper limit (2.8 rad) is its minimum, round(2047 - 2.8 / K) = 222.
+        limits = {1: (1000, 3100), 2: (939, 2800), 3: (1500, 2600), 4: (1200, 2900), 5: (222, 3807), 6: (2000, 2047)}
+        for sid, (low, high) in limits.items():
+            servo = emu.servo(sid)
+            assert (servo.read_register('min_position_limit'), servo.read_register('max_position_limit')) == (low, high)
+        if protocol == 'feetech':  # Min_Position_Limit at 9, Max at 11
+            assert emu.servo(5).read_bytes(9, 4).hex() == 'de00' + 'df0e'
+        else:  # Max_Position_Limit at 48, Min at 52
+            assert emu.servo(5).read_bytes(48, 8).hex() == 'df0e0000' + 'de000000'
+        assert 'wrist_roll: servo position limits [222, 3807] ticks' in output.text
     finally:
         emu.stop()
 

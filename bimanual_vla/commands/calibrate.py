@@ -8,6 +8,8 @@ Interactive on a real arm (over the serial bus, torque off):
 2. Move every joint through its whole range and press Enter; the extremes are recorded.
 3. If the arm has a gripper: close it and press Enter; closed becomes 0 rad, opening positive.
 
+Then each servo's own position-limit registers get the rig's joint limits in the new ticks,
+so the servo itself keeps goals inside them (the driver checks them again on every connect).
 The file is written atomically; nothing is written if any step fails or is interrupted.
 ``--import-lerobot FILE`` converts a LeRobot calibration (current or legacy format) instead.
 """
@@ -257,29 +259,48 @@ def interactive(arm: ArmConfig, port: str, reverse: set[str], stdin: TextIO, out
                 direction[gid] = 1 if closed - low[gid] <= high[gid] - closed else -1
             else:
                 out.write('Step 3/3: no gripper on this arm.\n')
+
+            joints = {
+                names[s]: JointCalibration(
+                    id=s,
+                    homing_offset=offsets[s],
+                    range_min=low[s],
+                    range_max=high[s],
+                    direction=direction[s],
+                    zero_ticks=zero_ticks[s],
+                )
+                for s in ids
+            }
+            calibration = ArmCalibration(
+                arm=arm.name,
+                protocol=arm.protocol,
+                resolution=ct.resolution,
+                source='calibrate',
+                created=now_iso(),
+                joints=joints,
+            )
+            write_position_limits(bus, arm, calibration, out)
     except EOFError:
         print('error: input ended before calibration finished; nothing written', file=out)
         return None
     except (BusError, OSError) as exc:
         print(f'error: bus failure during calibration ({exc}); nothing written', file=out)
         return None
+    return calibration
 
-    joints = {
-        names[s]: JointCalibration(
-            id=s,
-            homing_offset=offsets[s],
-            range_min=low[s],
-            range_max=high[s],
-            direction=direction[s],
-            zero_ticks=zero_ticks[s],
-        )
-        for s in ids
-    }
-    return ArmCalibration(
-        arm=arm.name,
-        protocol=arm.protocol,
-        resolution=ct.resolution,
-        source='calibrate',
-        created=now_iso(),
-        joints=joints,
-    )
+
+def write_position_limits(bus, arm: ArmConfig, calibration, out: TextIO) -> None:
+    """Put the joint limits, in this calibration's ticks, into each servo's own Min/Max_Position_Limit.
+
+    The servo then refuses (Dynamixel) or cuts short (Feetech) any goal outside them, whatever the
+    host sends. EEPROM: torque is already off (Dynamixel refuses the write otherwise), and
+    ``write_eeprom`` unlocks the Feetech EEPROM around it.
+    """
+    from drivers.arm_controller import write_eeprom
+
+    for j in arm.joints:
+        low, high = calibration.position_limit_ticks(j.name, j.lower, j.upper)
+        write_eeprom(bus, j.id, 'min_position_limit', 0)  # whatever the old limits, never min > max in between
+        write_eeprom(bus, j.id, 'max_position_limit', high)
+        write_eeprom(bus, j.id, 'min_position_limit', low)
+        out.write(f'  {j.name}: servo position limits [{low}, {high}] ticks ({j.lower:+.3f}..{j.upper:+.3f} rad)\n')

@@ -15,8 +15,11 @@ Parameters:
 The node follows the topic too: an ``estop`` from another publisher sets or clears the latch (so
 a later press is published as a change), and this node republishes its state when that differs
 from the message: a release from the topic does not override a hold-mode pedal that is up, and a
-late subscriber never gets a stale value from this node. Its own messages are recognised by
-publisher GID (by value where the middleware reports no GID).
+late subscriber never gets a stale value from this node. Like every subscriber of a user-facing
+input it hears a publisher of any QoS (the three subscriptions of
+``ros_utils.subscribe_from_any_publisher``, deduplicated by ``NewestPerPublisher``); it needs each
+message's publisher GID to tell its own messages from others', so it subscribes with the same
+profiles itself. On a middleware that reports no GID it does not follow the topic (logged once).
 """
 
 from __future__ import annotations
@@ -25,7 +28,9 @@ import sys
 import threading
 
 from diagnostic_msgs.msg import DiagnosticArray
+from rclpy.event_handler import QoSRequestedIncompatibleQoSInfo, SubscriptionEventCallbacks
 from rclpy.node import Node
+from rclpy.qos import qos_policy_name_from_kind
 from rclpy.subscription import MessageInfo
 from std_msgs.msg import Bool
 
@@ -40,7 +45,7 @@ from bimanual_vla.estop_input import (
     parse_key,
     stdin_fd,
 )
-from bimanual_vla.ros_utils import ERROR, OK, WARN, diagnostic_status, run_node
+from bimanual_vla.ros_utils import ERROR, OK, WARN, NewestPerPublisher, diagnostic_status, run_node
 
 
 class EstopInput(Node):
@@ -68,7 +73,12 @@ class EstopInput(Node):
         self.estop_pub = self.create_publisher(Bool, topics.ESTOP, topics.LATCHED_QOS)
         self._own_gids = self._publisher_gids()
         self.diag_pub = self.create_publisher(DiagnosticArray, topics.DIAGNOSTICS, topics.DIAGNOSTICS_QOS)
-        self.create_subscription(Bool, topics.ESTOP, self._on_topic, topics.LATCHED_QOS)
+        self._gate = NewestPerPublisher()
+        self._no_gid_logged = False
+        incompatible = SubscriptionEventCallbacks(incompatible_qos=self._on_incompatible_qos)
+        for qos in (topics.LATCHED_INPUT_QOS, topics.RELIABLE_QOS):
+            self.create_subscription(Bool, topics.ESTOP, self._on_topic, qos, event_callbacks=incompatible)
+        self.create_subscription(Bool, topics.ESTOP, self._on_topic, topics.ANY_PUBLISHER_QOS)
         self.create_timer(1.0, self._publish_diagnostics)
 
         if device:
@@ -111,13 +121,18 @@ class EstopInput(Node):
     def _on_topic(self, msg: Bool, info: MessageInfo) -> None:
         gid = (info.get('publisher_gid') or {}).get('data')
         with self._lock:
+            if not self._gate.accept(info):
+                return  # the same message through another of the three subscriptions
             if not self._own_gids:
                 self._own_gids = self._publisher_gids()
-            if gid is not None and self._own_gids:
-                if bytes(gid) in self._own_gids:
-                    return
-            elif msg.data == self.published:
-                return  # no GID to tell: a value equal to ours changes nothing either way
+            if gid is None or not self._own_gids:
+                # Without GIDs our own messages look like anyone's: following them could loop.
+                if not self._no_gid_logged:
+                    self._no_gid_logged = True
+                    self.get_logger().warning('the middleware reports no publisher GID: not following the estop topic')
+                return
+            if bytes(gid) in self._own_gids:
+                return
             self.arbiter.latch(bool(msg.data))
             if self.arbiter.active == msg.data:
                 if self.published is not None and self.published != msg.data:
@@ -157,6 +172,10 @@ class EstopInput(Node):
         elif status.state in ('missing', 'vanished'):
             consequence = 'e-stop asserted until it is back' if status.mode == 'hold' else 'its key cannot stop'
             self.get_logger().error(f'e-stop device {status.path} {status.state}: {status.message} ({consequence})')
+
+    def _on_incompatible_qos(self, event: QoSRequestedIncompatibleQoSInfo) -> None:
+        policy = qos_policy_name_from_kind(event.last_policy_kind)
+        self.get_logger().debug(f'estop: a publisher misses a reliable subscription ({policy}); best effort hears it')
 
     def _publisher_gids(self) -> set[bytes]:
         """GIDs of this node's own publishers on the estop topic, to recognise its own messages."""

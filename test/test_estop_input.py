@@ -339,12 +339,14 @@ def test_node_publishes_device_press_latched(ros_context, spin, fifo: Path) -> N
         executor.add_node(late_node)
         assert spin(executor, lambda: late == [True], TIMEOUT), late
 
-        # An operator releases on the topic; the node follows (and republishes), so the next press
-        # is a change it publishes again.
+        # An operator releases on the topic, best effort; the node follows and republishes (latched,
+        # which the listener hears), so the next press is a change it publishes again.
         operator = rclpy.create_node('estop_operator', context=ros_context)
         others.append(operator)
-        operator.create_publisher(Bool, topics.ESTOP, topics.LATCHED_QOS).publish(Bool(data=False))
+        release = operator.create_publisher(Bool, topics.ESTOP, topics.ANY_PUBLISHER_QOS)
         executor.add_node(operator)
+        assert spin(executor, lambda: release.get_subscription_count() == 1, TIMEOUT)  # the node's best effort one
+        release.publish(Bool(data=False))
         assert spin(executor, lambda: node.published is False and got[-1] is False, TIMEOUT), got
         os.write(writer, key(KEY_SPACE, 1))
         assert spin(executor, lambda: got[-1] is True and node.published is True, TIMEOUT), got
@@ -375,7 +377,7 @@ def test_node_hold_mode_refuses_a_topic_release_while_the_pedal_is_up(ros_contex
     helper = rclpy.create_node('estop_operator', context=ros_context)
     got: list[bool] = []
     helper.create_subscription(Bool, topics.ESTOP, lambda m: got.append(m.data), topics.LATCHED_QOS)
-    operator = helper.create_publisher(Bool, topics.ESTOP, topics.LATCHED_QOS)
+    operator = helper.create_publisher(Bool, topics.ESTOP, topics.RELIABLE_QOS)  # as `ros2 topic pub` offers
     executor = SingleThreadedExecutor(context=ros_context)
     executor.add_node(node)
     executor.add_node(helper)
@@ -387,6 +389,7 @@ def test_node_hold_mode_refuses_a_topic_release_while_the_pedal_is_up(ros_contex
         os.write(writer, key(BTN_0, 0))
         assert spin(executor, lambda: got == [True, False, True], TIMEOUT), got
 
+        assert spin(executor, lambda: operator.get_subscription_count() == 2, TIMEOUT)  # node: reliable + any
         operator.publish(Bool(data=False))  # a release from the topic cannot override the dead-man
         assert spin(executor, lambda: node.refused_releases == 1 and got[-1] is True, TIMEOUT), got
         assert node.published is True and node.arbiter.latched is False

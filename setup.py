@@ -82,6 +82,7 @@ setup(
             'policy_node = policy_node.node:main',
             'sim_rig = drivers.sim_rig:main',
             'camera_driver = drivers.camera_node:main',
+            'estop_input = bimanual_vla.estop_node:main',
         ],
     },
 )

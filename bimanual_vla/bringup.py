@@ -19,6 +19,7 @@ NODE_CLASSES: dict[str, str] = {
     'camera_driver': 'drivers.camera_node:CameraDriver',
     'sim_rig': 'drivers.sim_rig:SimRig',
     'policy_node': 'policy_node.node:PolicyNode',
+    'estop_input': 'bimanual_vla.estop_node:EstopInput',
 }
 
 

@@ -1,12 +1,13 @@
 """A dead policy process does not take the rig down; stopping the rig leaves each arm in its safe state.
 
-`bimanual-vla run` runs as a user starts it, in a process of its own, on a rig of two Feetech arms
-whose ports are the servo-bus emulator's ptys (served from this test process) and test-pattern
-cameras, with a tiny policy checkpoint for that rig. The test kills the policy node's process with
-SIGKILL and watches what the user would see: the bringup keeps running, the drivers stay connected
-and answer an e-stop, `/diagnostics` says why and a new policy process comes up; SIGTERM then stops
-the rig with every arm in its configured safe state and no traceback. Assertions read the emulated
-servos' registers: what the drivers actually wrote.
+`bimanual-vla run` runs as a user starts it, in a process of its own with a terminal (a pty) on its
+standard input, on a rig of two Feetech arms whose ports are the servo-bus emulator's ptys (served
+from this test process) and a test-pattern camera, with a tiny policy checkpoint for that rig. The
+test kills the policy node's process with SIGKILL and watches what the user would see: the bringup
+keeps running, the drivers stay connected and answer an e-stop (the terminal's SPACE key and the
+topic), `/diagnostics` says why and a new policy process comes up; SIGTERM then stops the rig with
+every arm in its configured safe state and no traceback. Assertions read the emulated servos'
+registers: what the drivers actually wrote.
 """
 
 from __future__ import annotations
@@ -123,12 +124,15 @@ def test_policy_process_killed_rig_keeps_running_and_sigterm_leaves_arms_safe(tm
     rig = write_rig(tmp_path, ports, estop_action='torque_off')
     checkpoint = make_tiny_checkpoint(tmp_path / 'ckpt', rig=str(rig), image_size=32, chunk_size=10)
     log = open(tmp_path / 'run.log', 'w')
+    keyboard, terminal = os.openpty()  # the user's terminal: SPACE stops, r releases
     run = subprocess.Popen(
         [str(CLI), 'run', '--rig', str(rig), '--set', f'policy_node.checkpoint={checkpoint}'],
+        stdin=terminal,
         stdout=log,
         stderr=subprocess.STDOUT,
         env={**os.environ, 'PYTHONUNBUFFERED': '1'},
     )
+    os.close(terminal)
     probe = Node('supervision_probe', context=ros_context)
     statuses: list[dict[str, str]] = []
 
@@ -181,14 +185,23 @@ def test_policy_process_killed_rig_keeps_running_and_sigterm_leaves_arms_safe(tm
         assert second and second[0] != first[0]
         assert all(torque('left')) and all(torque('right'))  # the drivers never let go
 
-        # E-stop still reaches the drivers (estop_action torque_off: the servos are released).
+        def torque_back_on() -> None:  # by hand, so that the next stop can be seen
+            for arm in emus:
+                for i in IDS:
+                    emus[arm].servo(i).write_register('torque_enable', 1)
+
+        # E-stop still reaches the drivers (estop_action torque_off: the servos are released), from the
+        # terminal's SPACE key and from the topic.
+        os.write(keyboard, b' ')
+        wait_for(spun(lambda: not any(torque('left')) and not any(torque('right'))), 30.0, 'e-stop (key) torque off')
+        os.write(keyboard, b'r')
+        spin_for(1.0)
+        torque_back_on()
         estop.publish(Bool(data=True))
-        wait_for(spun(lambda: not any(torque('left')) and not any(torque('right'))), 30.0, 'e-stop torque off')
+        wait_for(spun(lambda: not any(torque('left')) and not any(torque('right'))), 30.0, 'e-stop (topic) torque off')
         estop.publish(Bool(data=False))
         spin_for(0.5)
-        for arm in emus:  # torque back on by hand, so the exit's own safe state can be seen
-            for i in IDS:
-                emus[arm].servo(i).write_register('torque_enable', 1)
+        torque_back_on()
 
         run.send_signal(signal.SIGTERM)
         assert run.wait(60) == 0
@@ -198,6 +211,7 @@ def test_policy_process_killed_rig_keeps_running_and_sigterm_leaves_arms_safe(tm
             run.kill()
             run.wait(10)
         log.close()
+        os.close(keyboard)
         executor.shutdown()
         probe.destroy_node()
     output = (tmp_path / 'run.log').read_text()
@@ -219,7 +233,10 @@ def test_arm_left_holding_its_present_pose_on_close(emulators):
         port=ports['left'],
         joints=[{'id': i, 'name': n, 'lower': -1.5, 'upper': 1.5} for i, n in zip(IDS, NAMES, strict=True)],
     )
-    controller = ArmController(arm, identity_calibration(arm), max_step_rad=0.05)
+    logs: list[str] = []
+    controller = ArmController(
+        arm, identity_calibration(arm), max_step_rad=0.05, log=lambda level, message: logs.append(message)
+    )
     deadline = time.monotonic() + 10
     while controller.cycle() is None and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -233,4 +250,4 @@ def test_arm_left_holding_its_present_pose_on_close(emulators):
     assert emu.servo(1).goal_position != emu.servo(1).present_position
     controller.close()
     assert emu.servo(1).torque_enabled
-    assert abs(emu.servo(1).goal_position - emu.servo(1).present_position) <= 2
+    assert abs(emu.servo(1).goal_position - emu.servo(1).present_position) <= 2, logs

@@ -25,6 +25,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument('--policy', default='default', help='policy YAML path or name; "none" runs without a policy')
     p.add_argument('--duration', type=float, default=None, help='stop after this many seconds')
     p.add_argument(
+        '--no-estop-key',
+        dest='estop_key',
+        action='store_false',
+        help='do not read the terminal for the e-stop keys (SPACE stops, r releases; on by default)',
+    )
+    p.add_argument('--estop-device', default='', metavar='PATH', help='an evdev key or foot pedal (/dev/input/...)')
+    p.add_argument('--estop-device-key', default='KEY_SPACE', metavar='KEY', help='its key: KEY_B, BTN_0, 48, ...')
+    p.add_argument(
+        '--estop-pedal-mode',
+        choices=('latch', 'hold'),
+        default='latch',
+        help='latch: a press stops, r or the topic releases; hold: motion only while the pedal is held down',
+    )
+    p.add_argument(
         '--set',
         action='append',
         default=[],
@@ -67,10 +81,11 @@ def run(args: argparse.Namespace) -> int:
 
     policy = None if args.policy.lower() == 'none' else args.policy
     overrides = parse_overrides(args.set)
-    specs = [
-        NodeSpec(s.executable, s.name, {**s.parameters, **overrides.get(s.name, {})})
-        for s in rig_nodes(args.rig, policy=policy, sim_overrides=overrides.get('sim_rig'))
-    ]
+    nodes = rig_nodes(args.rig, policy=policy, sim_overrides=overrides.get('sim_rig'))
+    if args.estop_key or args.estop_device:  # composed here: it reads this process's terminal
+        estop = {'keyboard': args.estop_key, 'device': args.estop_device, 'key': args.estop_device_key}
+        nodes.append(NodeSpec('estop_input', 'estop_input', {**estop, 'mode': args.estop_pedal_mode}))
+    specs = [NodeSpec(s.executable, s.name, {**s.parameters, **overrides.get(s.name, {})}) for s in nodes]
     unknown = set(overrides) - {s.name for s in specs}
     if unknown:
         print(f'error: --set names unknown nodes {sorted(unknown)}; nodes: {[s.name for s in specs]}', file=sys.stderr)

@@ -28,9 +28,7 @@ import sys
 import threading
 
 from diagnostic_msgs.msg import DiagnosticArray
-from rclpy.event_handler import QoSRequestedIncompatibleQoSInfo, SubscriptionEventCallbacks
 from rclpy.node import Node
-from rclpy.qos import qos_policy_name_from_kind
 from rclpy.subscription import MessageInfo
 from std_msgs.msg import Bool
 
@@ -45,7 +43,7 @@ from bimanual_vla.estop_input import (
     parse_key,
     stdin_fd,
 )
-from bimanual_vla.ros_utils import ERROR, OK, WARN, NewestPerPublisher, diagnostic_status, run_node
+from bimanual_vla.ros_utils import ERROR, OK, WARN, diagnostic_status, run_node, subscribe_from_any_publisher
 
 
 class EstopInput(Node):
@@ -73,12 +71,8 @@ class EstopInput(Node):
         self.estop_pub = self.create_publisher(Bool, topics.ESTOP, topics.LATCHED_QOS)
         self._own_gids = self._publisher_gids()
         self.diag_pub = self.create_publisher(DiagnosticArray, topics.DIAGNOSTICS, topics.DIAGNOSTICS_QOS)
-        self._gate = NewestPerPublisher()
         self._no_gid_logged = False
-        incompatible = SubscriptionEventCallbacks(incompatible_qos=self._on_incompatible_qos)
-        for qos in (topics.LATCHED_INPUT_QOS, topics.RELIABLE_QOS):
-            self.create_subscription(Bool, topics.ESTOP, self._on_topic, qos, event_callbacks=incompatible)
-        self.create_subscription(Bool, topics.ESTOP, self._on_topic, topics.ANY_PUBLISHER_QOS)
+        subscribe_from_any_publisher(self, Bool, topics.ESTOP, self._on_topic, latched=True, with_info=True)
         self.create_timer(1.0, self._publish_diagnostics)
 
         if device:
@@ -121,8 +115,6 @@ class EstopInput(Node):
     def _on_topic(self, msg: Bool, info: MessageInfo) -> None:
         gid = (info.get('publisher_gid') or {}).get('data')
         with self._lock:
-            if not self._gate.accept(info):
-                return  # the same message through another of the three subscriptions
             if not self._own_gids:
                 self._own_gids = self._publisher_gids()
             if gid is None or not self._own_gids:
@@ -172,10 +164,6 @@ class EstopInput(Node):
         elif status.state in ('missing', 'vanished'):
             consequence = 'e-stop asserted until it is back' if status.mode == 'hold' else 'its key cannot stop'
             self.get_logger().error(f'e-stop device {status.path} {status.state}: {status.message} ({consequence})')
-
-    def _on_incompatible_qos(self, event: QoSRequestedIncompatibleQoSInfo) -> None:
-        policy = qos_policy_name_from_kind(event.last_policy_kind)
-        self.get_logger().debug(f'estop: a publisher misses a reliable subscription ({policy}); best effort hears it')
 
     def _publisher_gids(self) -> set[bytes]:
         """GIDs of this node's own publishers on the estop topic, to recognise its own messages."""

@@ -97,6 +97,7 @@ def subscribe_from_any_publisher(
     *,
     latched: bool,
     callback_group: CallbackGroup | None = None,
+    with_info: bool = False,
 ) -> list[Subscription[MsgT]]:
     """Subscribe to a user-facing input (estop, policy/task, ...) so that a publisher of any QoS reaches
     `callback`: an e-stop must never be lost to a QoS mismatch.
@@ -122,10 +123,11 @@ def subscribe_from_any_publisher(
     sequence number is ordered by source timestamp instead; one that reports no GID gets no
     deduplication (a duplicate is possible there, a loss is not).
 
-    `callback` takes the message and runs under a lock, one message at a time, so callbacks of this
-    input never overtake each other even on a multi-threaded executor. A publisher that does not
-    match a reliable subscription is expected: the warning rclpy would log for it is logged at debug
-    level instead. Returns the subscriptions.
+    `callback` takes the message (with `with_info`, also the ``MessageInfo``: a node that publishes on
+    the topic itself tells its own messages apart by their publisher GID) and runs under a lock, one
+    message at a time, so callbacks of this input never overtake each other even on a multi-threaded
+    executor. A publisher that does not match a reliable subscription is expected: the warning rclpy
+    would log for it is logged at debug level instead. Returns the subscriptions.
     """
     gate = NewestPerPublisher()
     lock = threading.Lock()
@@ -133,7 +135,10 @@ def subscribe_from_any_publisher(
     def deliver(msg: MsgT, info: MessageInfo) -> None:
         with lock:
             if gate.accept(info):
-                callback(msg)
+                if with_info:
+                    callback(msg, info)
+                else:
+                    callback(msg)
 
     def on_incompatible(event: QoSRequestedIncompatibleQoSInfo) -> None:
         node.get_logger().debug(

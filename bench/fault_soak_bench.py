@@ -35,7 +35,8 @@ checked against the joint limits and the driver's `max_velocity_rad_s` (fault_in
 both must be 0); e-stop published -> last goal change (p50/p99/max); memory, threads and fds per
 process per hour (soak_bench.proc_sample; a restarted process is a new series); the bag read back:
 gaps longer than `--max-gap-s` in joint_states (per arm) and camera images outside fault windows
-(must be none). Prints one JSON report; `--report FILE` appends it to a JSON-lines file, so segments
+(must be none); servos the drivers lost while no fault was active (`servos_lost_without_fault`:
+the bus loop starved on a loaded machine, the usual cause of such a gap). Prints one JSON report; `--report FILE` appends it to a JSON-lines file, so segments
 add up to one long soak, and `--summarise FILE` totals them (robot hours, faults by kind, worst figures).
 
     .venv/bin/python bench/fault_soak_bench.py --minutes 3 --tiny --fault-every 15 15
@@ -374,6 +375,8 @@ class FaultSoak:
         self.ended: float | None = None
         self.sim_seconds = 0.0
         self._sim_last = self.sim.scene.time
+        self.unprovoked: dict[str, Any] = {'count': 0, 'first': []}  # servo losses while no fault is active
+        self._missing = {arm: self._missing_events(arm) for arm in self.drivers}
         self._next_sample = self.started
 
     # -------------------------------------------------------------------- loop
@@ -382,6 +385,7 @@ class FaultSoak:
         """Drain goal writes into the checker, count sim time, sample processes, notice a dead child."""
         while self.writes:
             self.checker.add(self.writes.popleft(), self.active)
+        self._note_servo_losses()
         sim_now = self.sim.scene.time
         if sim_now > self._sim_last:
             self.sim_seconds += sim_now - self._sim_last
@@ -393,6 +397,19 @@ class FaultSoak:
             self.samples.sample(self.pids, now - self.started)
             self._next_sample += self.args.sample_every
         self.composition.check_children()  # raises where a dead policy process ends the bringup
+
+    def _missing_events(self, arm: str) -> int:
+        return sum(self.drivers[arm].controller.stats.missing_events.values())
+
+    def _note_servo_losses(self) -> None:
+        """Count drivers losing servos with no fault injected (a loaded machine starving the bus loop)."""
+        for arm in self.drivers:
+            total = self._missing_events(arm)
+            if total > self._missing[arm] and not self.active:
+                self.unprovoked['count'] += total - self._missing[arm]
+                if len(self.unprovoked['first']) < 10:
+                    self.unprovoked['first'].append([arm, round(time.monotonic() - self.started, 2)])
+            self._missing[arm] = total
 
     def idle(self, seconds: float) -> None:
         end = time.monotonic() + seconds
@@ -628,6 +645,9 @@ class FaultSoak:
         release = time.monotonic()
         pub.publish(Bool(data=False))
         released = self.wait_until(lambda: not self._any_estopped(), 1.0)
+        if not released:  # a lost release: say so, and release through the contract's QoS to go on
+            self.problems.append(f'e-stop release from a {name} publisher did not reach the drivers')
+            self.probe.estop_pubs[ESTOP_STORM_QOS].publish(Bool(data=False))
         entry = self.estop['by_qos'].setdefault(name, {'published': 0, 'reached_drivers': 0})
         entry['published'] += 1
         entry['reached_drivers'] += int(reached)
@@ -689,6 +709,7 @@ class FaultSoak:
             'rss_target_mb_per_hour': RSS_TARGET_MB_PER_HOUR,
             'policy': self._policy_values(),
             'drivers': {arm: self._driver_values(d) for arm, d in self.drivers.items()},
+            'servos_lost_without_fault': self.unprovoked,
             'sim': {
                 k: self.probe.diag.get('sim_rig', {}).get(k)
                 for k in ('pacing_overruns', 'frames_dropped', 'commands_rejected')
@@ -792,11 +813,11 @@ def stop_recorder(recorder: subprocess.Popen, log: Any) -> None:
         log.close()
 
 
-def checkpoint_for(args: argparse.Namespace) -> Path:
+def checkpoint_for(args: argparse.Namespace, work: Path) -> Path:
     if args.tiny:
         from policy_node.tiny_checkpoint import make_tiny_checkpoint
 
-        return make_tiny_checkpoint(Path(tempfile.mkdtemp(prefix='fault_soak_')) / 'tiny', rig=RIG, seed=0)
+        return make_tiny_checkpoint(work / 'tiny', rig=RIG, seed=0)
     from bimanual_vla.demo import trained_checkpoint
 
     checkpoint = args.checkpoint or trained_checkpoint()
@@ -810,9 +831,9 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
 
     from bimanual_vla.config import load_policy, load_rig
 
-    checkpoint = checkpoint_for(args)
+    work = Path(tempfile.mkdtemp(prefix='fault_soak_'))  # servo-bus files, tiny checkpoint, bag and its log
+    checkpoint = checkpoint_for(args, work)
     rig = load_rig(RIG)
-    work = Path(tempfile.mkdtemp(prefix='fault_soak_'))
     rclpy.init()
     probe = make_probe([a.name for a in rig.arms], [c.name for c in rig.cameras], load_policy('default').task)
     composition = compose_rig(args, checkpoint, probe, work / 'servo_bus')
@@ -839,10 +860,12 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
         except Exception as exc:  # no bag, or one that cannot be read: that is the finding
             recording = {'problems': [f'cannot read the bag back: {type(exc).__name__}: {exc}']}
     report = runner.report(recording)
-    report['checkpoint'] = str(checkpoint)
-    if recorder is not None and not args.keep_bag:
+    report['checkpoint'] = 'tiny' if args.tiny else str(checkpoint)
+    if args.keep_bag:
+        report['bag'] = str(bag)
+    else:
         shutil.rmtree(bag, ignore_errors=True)
-    shutil.rmtree(work / 'servo_bus', ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
     return report
 
 

@@ -31,16 +31,22 @@ from bimanual_vla.config import ArmConfig
 from drivers.bus import BusError, PortError, ServoBus
 from drivers.calibration import ArmCalibration
 from drivers.command_filter import CommandFilter, CommandRejected, JointLimit
+from drivers.stall_guard import RELEASE_RAD, StallEvent, StallGuard
 
 Log = Callable[[str, str], None]  # (level: 'info'|'warn'|'error', message)
 
 
 @dataclass
 class Reading:
-    """One cycle's measurement: positions (rad) in joint order, None where a servo did not answer."""
+    """One cycle's measurement: positions (rad) in joint order, None where a servo did not answer.
+
+    ``efforts``: each servo's present load (Feetech) or current (Dynamixel) as a signed fraction of
+    its full scale, positive when it drives toward larger joint angles; None where unknown.
+    """
 
     t: float
     positions: list[float | None]
+    efforts: list[float | None] = field(default_factory=list)
 
 
 def write_eeprom(bus: ServoBus, servo_id: int, register_name: str, value: int) -> None:
@@ -70,6 +76,8 @@ class ControllerStats:
     disconnects: int = 0
     goal_writes: int = 0
     homing_offsets_restored: int = 0
+    position_limits_written: int = 0
+    stall_events: int = 0
     last_error: str = ''
     last_error_time: float | None = None
     missing_events: dict[int, int] = field(default_factory=dict)
@@ -86,6 +94,7 @@ class ArmController:
         read_rate_hz: float | None = None,
         command_timeout_s: float | None = None,
         max_step_rad: float | None = None,
+        max_velocity_rad_s: float | None = None,
         estop_action: str = 'hold',
         torque_on_start: bool = True,
         missing_after: int = 5,
@@ -118,6 +127,8 @@ class ArmController:
             [JointLimit(q, j.lower, j.upper) for q, j in zip(self.qualified_names, arm.joints, strict=True)],
             max_step_rad=max_step_rad or arm.max_step_rad,
             command_timeout_s=command_timeout_s or arm.command_timeout_s,
+            max_velocity_rad_s=max_velocity_rad_s or arm.max_velocity_rad_s,
+            tick_period_s=1.0 / self.read_rate_hz,
         )
         self.filter.set_enabled(torque_on_start)
         self.torque_wanted = torque_on_start
@@ -131,6 +142,8 @@ class ArmController:
         self._next_connect = 0.0
         self.stats = ControllerStats()
         self._past_counters: dict[str, int] = {}
+        self.stall_guard = StallGuard(len(self.ids), load_fraction=arm.stall_load_fraction, time_s=arm.stall_time_s)
+        self._effort_scale: dict[int, float] = {}  # servo id -> raw effort value at full scale
 
     # ------------------------------------------------------------ utilities
 
@@ -157,14 +170,15 @@ class ArmController:
     # ----------------------------------------------------------- connection
 
     def _connect(self, now: float) -> bool:
-        """Open the bus, find the servos, restore homing offsets, take over without moving."""
+        """Open the bus, find the servos, restore homing offsets and position limits, take over without moving."""
         bus = self._bus_factory(self.arm.port, self.arm.protocol, self.arm.baudrate)
         try:
             bus.open()
             missing = set()
+            models: dict[int, int] = {}
             for sid in self.ids:
                 try:
-                    bus.ping(sid)
+                    models[sid] = bus.ping(sid)
                 except PortError:
                     raise
                 except BusError:
@@ -182,6 +196,9 @@ class ArmController:
             self._misses = {sid: (self.missing_after if sid in missing else 0) for sid in self.ids}
             if not self.calibration.is_identity:
                 self._restore_homing_offsets()
+                self._restore_position_limits()
+            for sid, model in models.items():
+                self._learn_effort_scale(sid, model)
             positions = self._read_positions_once()
             self.filter.reset_to(positions)
             if self.torque_wanted:
@@ -244,6 +261,69 @@ class ArmController:
                 write_eeprom(self.bus, sid, 'homing_offset', want)
                 self.stats.homing_offsets_restored += 1
 
+    def _restore_position_limits(self, only: Sequence[int] | None = None) -> None:
+        """The servos' own Min/Max_Position_Limit must hold the joint limits; write them where they differ.
+
+        The servo compares a goal with these registers in present-position ticks (after its homing
+        offset), so a host that goes wrong cannot command a joint outside its range however it tries.
+        ``only``: check just these servo ids (a servo that was missing at connect and is back).
+        """
+        assert self.bus is not None
+        ct = self.bus.control_table
+        low_reg, high_reg = ct.min_position_limit, ct.max_position_limit
+        start = min(low_reg.address, high_reg.address)
+        length = max(low_reg.address + low_reg.length, high_reg.address + high_reg.length) - start
+        for joint, sid in zip(self.arm.joints, self.ids, strict=True):
+            if sid in self.missing or (only is not None and sid not in only):
+                continue
+            want = self.calibration.position_limit_ticks(joint.name, joint.lower, joint.upper)
+            data = self.bus.read(sid, start, length)
+            have = (ct.decode_at(low_reg, data, start), ct.decode_at(high_reg, data, start))
+            if have == want:
+                continue
+            self._error(
+                f'arm {self.arm.name}: servo {sid} ({joint.name}) position limits are [{have[0]}, {have[1]}], '
+                f'the calibration and joint limits give [{want[0]}, {want[1]}]; '
+                'writing them (torque off for the write)',
+                'warn',
+            )
+            self.bus.write(sid, ct.torque_enable.address, ct.encode(ct.torque_enable, 0))
+            # Never leave min above max in between: raise the maximum first when the range moves up.
+            order = [('max_position_limit', want[1]), ('min_position_limit', want[0])]
+            if want[0] <= have[1]:
+                order.reverse()
+            try:
+                for name, value in order:
+                    write_eeprom(self.bus, sid, name, value)
+            except PortError:
+                raise
+            except BusError as exc:
+                self._error(f'arm {self.arm.name}: servo {sid} ({joint.name}) refused its position limits: {exc}')
+                continue
+            self.stats.position_limits_written += 1
+
+    def _learn_effort_scale(self, sid: int, model: int) -> None:
+        """How a servo's effort register reads at full scale: a fixed load scale, or its current limit."""
+        assert self.bus is not None
+        ct = self.bus.control_table
+        if ct.effort is None:
+            return
+        if ct.reports_load(model):
+            self._effort_scale[sid] = float(ct.load_full_scale)
+            return
+        assert ct.current_limit is not None
+        try:
+            limit = ct.decode(ct.current_limit, self.bus.read(sid, ct.current_limit.address, ct.current_limit.length))
+        except PortError:
+            raise
+        except BusError as exc:
+            self._error(f'arm {self.arm.name}: servo {sid}: no current limit ({exc}); no stall guard', 'warn')
+            return
+        if limit > 0:
+            self._effort_scale[sid] = float(limit)
+        else:
+            self._error(f'arm {self.arm.name}: servo {sid}: current limit is 0; no stall guard for it', 'warn')
+
     def _read_positions_once(self) -> list[float | None]:
         assert self.bus is not None
         ct = self.bus.control_table
@@ -286,6 +366,7 @@ class ArmController:
     def _torque_on(self, positions: Sequence[float | None]) -> list[int]:
         """Goal = present position first, then torque: a servo never lunges at an old goal."""
         self.filter.reset_to(positions)
+        self.stall_guard.reset()
         self._write_goals({i: p for i, p in enumerate(self.filter.goal) if p is not None})
         failed = self._write_torque(True)
         self.filter.set_enabled(True)
@@ -317,39 +398,81 @@ class ArmController:
         assert self.bus is not None
         ct = self.bus.control_table
         reg = ct.present_position
+        address, length = ct.state_block()  # position and load/current in one read
         try:
-            replies = self.bus.sync_read(self.ids, reg.address, reg.length)
+            replies = self.bus.sync_read(self.ids, address, length)
         except PortError:
             raise
         except BusError as exc:
             self._error(f'arm {self.arm.name}: sync read failed: {exc}', 'warn')
             replies = {}
         positions: list[float | None] = []
+        efforts: list[float | None] = []
         for i, sid in enumerate(self.ids):
             data = replies.get(sid)
             if data is None:
                 positions.append(None)
+                efforts.append(None)
                 self._note_miss(i, sid)
                 continue
-            rad = self._ticks_to_rad(i, ct.decode(reg, data))
+            rad = self._ticks_to_rad(i, ct.decode_at(reg, data, address))
             positions.append(rad)
             self._note_reply(i, sid, rad)
+            efforts.append(self._effort(i, sid, data, address))
         if any(p is not None for p in positions):
             self._last_any_reply = now
             self.stats.reads_ok += 1
         elif self._last_any_reply is not None and now - self._last_any_reply > self.link_lost_after_s:
             self._disconnect(f'no servo answered for {now - self._last_any_reply:.2f} s', now)
-            return Reading(now, positions)
+            return Reading(now, positions, efforts)
         if not self.filter.enabled:
             # Torque off: keep goals on the measured positions so re-enabling never jumps.
             for i, p in enumerate(positions):
                 if p is not None:
                     self.filter.goal[i] = p
-        elif self.motion_allowed:
-            goals = self.filter.tick(now)
+            self.stall_guard.reset()
+        else:
+            goals = self._guard_stalls(now, positions, efforts)  # holding still is allowed even when moving is not
+            if self.motion_allowed:
+                goals.update(self.filter.tick(now) or {})
             if goals:
                 self._write_goals(goals)
-        return Reading(now, positions)
+        return Reading(now, positions, efforts)
+
+    def _effort(self, index: int, sid: int, data: bytes, address: int) -> float | None:
+        """The servo's load/current in ``data`` as a fraction of full scale, signed in the joint's direction."""
+        assert self.bus is not None
+        ct = self.bus.control_table
+        scale = self._effort_scale.get(sid)
+        if ct.effort is None or scale is None:
+            return None
+        raw = ct.decode_at(ct.effort, data, address)
+        return self.calibration.joints[self.joint_names[index]].direction * raw / scale
+
+    def _guard_stalls(self, now: float, positions: list[float | None], efforts: list[float | None]) -> dict[int, float]:
+        """Hold the joints that pushed into an obstacle for ``stall_time_s``; returns their goals to write.
+
+        Also releases held joints that a command has since moved away from their obstacle.
+        """
+        held: dict[int, float] = {}
+        for event in self.stall_guard.update(now, positions, efforts, self.filter.goal):
+            self._on_stall(event)
+            goal = self.filter.goal[event.index]
+            if goal is not None:
+                held[event.index] = goal
+        for i in self.filter.release_blocks(positions, RELEASE_RAD):
+            self._log('info', f'arm {self.arm.name}: {self.joint_names[i]} moved away from its obstacle; released')
+        return held
+
+    def _on_stall(self, event: StallEvent) -> None:
+        self.filter.block(event.index, event.position, event.direction)
+        self.stats.stall_events += 1
+        self._log(
+            'warn',
+            f'arm {self.arm.name}: {self.joint_names[event.index]} pushed at {abs(event.effort):.0%} of full load '
+            f'for {event.pushed_s:.2f} s without moving; holding it at {event.position:+.3f} rad and not pushing '
+            f'further toward {"larger" if event.direction > 0 else "smaller"} angles until a command moves it back',
+        )
 
     def _note_miss(self, index: int, sid: int) -> None:
         self._misses[sid] += 1
@@ -365,6 +488,15 @@ class ArmController:
             self.missing.discard(sid)
             self._log('info', f'arm {self.arm.name}: servo {sid} ({self.joint_names[index]}) answers again')
             self.filter.set_goal(index, rad)
+            if sid not in self._effort_scale and self.bus is not None:  # missing since connect: not checked yet
+                try:
+                    self._learn_effort_scale(sid, self.bus.ping(sid))
+                    if not self.calibration.is_identity:
+                        self._restore_position_limits([sid])  # before its torque goes back on below
+                except PortError:
+                    raise
+                except BusError as exc:
+                    self._error(f'arm {self.arm.name}: servo {sid} back but not checked: {exc}', 'warn')
             if self.filter.enabled and self.bus is not None:
                 # It may have lost power: put its goal on where it is before torquing it.
                 ct = self.bus.control_table
@@ -428,12 +560,25 @@ class ArmController:
             return True, f'torque {"on" if on else "off"} for servo(s) {self.present_ids}'
 
     def close(self, torque_off: bool = False) -> None:
+        """Leave the arm in its safe state and release the port.
+
+        The safe state: with `torque_off` every servo is released (the arm may fall); otherwise it
+        holds where it is now (goals written on the present positions, torque stays on), so nothing
+        keeps moving towards a goal the driver set before it stopped.
+        """
         with self.lock:
-            if self.bus is not None and torque_off and self.connected:
+            if self.bus is not None and self.connected:
                 try:
-                    self._write_torque(False)
-                except BusError:
-                    pass
+                    if torque_off:
+                        self._write_torque(False)
+                    elif self.filter.enabled:
+                        present = self._read_positions_once()
+                        self._write_goals({i: p for i, p in enumerate(present) if p is not None})
+                        # A sync write has no reply: a read after it returns once the servos have taken
+                        # it, so closing the port cannot cut it off in the adapter's or the pty's buffer.
+                        self._read_positions_once()
+                except Exception as exc:  # a vanished port: nothing more can be done, say so
+                    self._error(f'arm {self.arm.name}: could not leave the arm in its safe state: {exc}')
             if self.bus is not None:
                 self._retire(self.bus)
             self.bus = None
@@ -460,6 +605,9 @@ class ArmController:
                 'failed_connects': self.stats.failed_connects,
                 'disconnects': self.stats.disconnects,
                 'goal_writes': self.stats.goal_writes,
+                'stall_events': self.stats.stall_events,
+                'stalled_joints': [self.joint_names[i] for i, b in enumerate(self.filter.blocked) if b is not None],
+                'position_limits_written': self.stats.position_limits_written,
                 'last_error': self.stats.last_error or '-',
             }
             for key, value in counters.items():

@@ -9,11 +9,13 @@ commands, e-stop and torque requests to the same controller. The safety rules
 Parameters:
   rig (str, required)            rig YAML path or shipped rig name
   arm (str, required)            which arm of the rig
-  read_rate_hz, command_timeout_s, max_step_rad   override the rig's values
+  read_rate_hz, command_timeout_s, max_step_rad, max_velocity_rad_s
+                                 override the rig's values, within the same bounds (bimanual_vla.config)
   estop_action (str)             hold | torque_off (default: the rig's)
   calibration (str)              calibration file overriding the rig's
   torque_on_start (bool, true)   torque on (holding the present pose) once connected
-  torque_off_on_exit (bool, false)  release torque on shutdown (the arm may fall)
+  torque_off_on_exit (bool)       release torque on shutdown (the arm may fall); default: true when
+                                 estop_action is torque_off, else the arm holds its present pose
 
 The read thread publishes from outside the executor; rclpy publishers are
 thread-safe, and keeping bus I/O off the executor means a slow callback elsewhere
@@ -22,7 +24,6 @@ in a composed process never delays a servo read.
 
 from __future__ import annotations
 
-import math
 import sys
 import threading
 import time
@@ -34,8 +35,24 @@ from std_msgs.msg import Bool
 from std_srvs.srv import SetBool
 
 from bimanual_vla import topics
-from bimanual_vla.config import ConfigError
-from bimanual_vla.ros_utils import ERROR, OK, WARN, declare_rig, diagnostic_status, run_node
+from bimanual_vla.config import (
+    COMMAND_TIMEOUT_S,
+    MAX_STEP_RAD,
+    MAX_VELOCITY_RAD_S,
+    READ_RATE_HZ,
+    Bound,
+    ConfigError,
+    check_override,
+)
+from bimanual_vla.ros_utils import (
+    ERROR,
+    OK,
+    WARN,
+    declare_rig,
+    diagnostic_status,
+    run_node,
+    subscribe_from_any_publisher,
+)
 from drivers.arm_controller import ArmController, Reading
 from drivers.calibration import CalibrationError, calibration_for_arm
 from drivers.command_filter import CommandRejected, VelocityEstimator
@@ -54,18 +71,19 @@ class ArmDriver(Node):
         if arm.protocol == 'sim':
             raise ConfigError(f'arm {arm.name!r} is simulated (protocol sim): it is driven by sim_rig, not arm_driver')
         self.arm = arm
-        read_rate_hz = float(self.declare_parameter('read_rate_hz', arm.read_rate_hz).value)
-        command_timeout_s = float(self.declare_parameter('command_timeout_s', arm.command_timeout_s).value)
-        max_step_rad = float(self.declare_parameter('max_step_rad', arm.max_step_rad).value)
+
+        def bounded(name: str, default: float, bound: Bound) -> float:
+            value = self.declare_parameter(name, default).value
+            return check_override(f'node {self.get_name()}', f'parameter {name}', value, bound)
+
+        read_rate_hz = bounded('read_rate_hz', arm.read_rate_hz, READ_RATE_HZ)
+        command_timeout_s = bounded('command_timeout_s', arm.command_timeout_s, COMMAND_TIMEOUT_S)
+        max_step_rad = bounded('max_step_rad', arm.max_step_rad, MAX_STEP_RAD)
+        max_velocity_rad_s = bounded('max_velocity_rad_s', arm.max_velocity_rad_s, MAX_VELOCITY_RAD_S)
         estop_action = str(self.declare_parameter('estop_action', self.rig.estop_action).value)
         calibration_path = str(self.declare_parameter('calibration', '').value)
         torque_on_start = bool(self.declare_parameter('torque_on_start', True).value)
-        self.torque_off_on_exit = bool(self.declare_parameter('torque_off_on_exit', False).value)
-        for name, value in (('read_rate_hz', read_rate_hz), ('command_timeout_s', command_timeout_s)):
-            if not (math.isfinite(value) and value > 0):
-                raise ConfigError(f'node {self.get_name()}: parameter {name} must be > 0, got {value}')
-        if not (math.isfinite(max_step_rad) and max_step_rad > 0):
-            raise ConfigError(f'node {self.get_name()}: parameter max_step_rad must be > 0, got {max_step_rad}')
+        self.torque_off_on_exit = bool(self.declare_parameter('torque_off_on_exit', estop_action == 'torque_off').value)
         if estop_action not in ('hold', 'torque_off'):
             raise ConfigError(f'node {self.get_name()}: estop_action must be hold or torque_off, not {estop_action!r}')
 
@@ -85,6 +103,7 @@ class ArmDriver(Node):
             read_rate_hz=read_rate_hz,
             command_timeout_s=command_timeout_s,
             max_step_rad=max_step_rad,
+            max_velocity_rad_s=max_velocity_rad_s,
             estop_action=estop_action,
             torque_on_start=torque_on_start,
             log=self._log,
@@ -95,7 +114,7 @@ class ArmDriver(Node):
         self.joint_pub = self.create_publisher(JointState, topics.JOINT_STATES, topics.SENSOR_QOS)
         self.diag_pub = self.create_publisher(DiagnosticArray, topics.DIAGNOSTICS, topics.DIAGNOSTICS_QOS)
         self.create_subscription(JointState, topics.arm_command(arm.name), self._on_command, topics.COMMAND_QOS)
-        self.create_subscription(Bool, topics.ESTOP, self._on_estop, topics.LATCHED_QOS)
+        subscribe_from_any_publisher(self, Bool, topics.ESTOP, self._on_estop, latched=True)
         self.create_service(SetBool, topics.arm_torque(arm.name), self._on_torque)
         self._diag_last = (time.monotonic(), 0)
         self.create_timer(1.0, self._publish_diagnostics)
@@ -106,6 +125,7 @@ class ArmDriver(Node):
         self.get_logger().info(
             f'arm {arm.name}: {arm.protocol} on {arm.port} @ {arm.baudrate} baud, {len(arm.joints)} joints, '
             f'read {read_rate_hz:g} Hz, watchdog {command_timeout_s:g} s, max step {max_step_rad:g} rad, '
+            f'max velocity {max_velocity_rad_s:g} rad/s, '
             f'e-stop {estop_action}, calibration {calibration.source}'
         )
 
@@ -145,12 +165,15 @@ class ArmDriver(Node):
         velocities = self.velocity.update(reading.positions, reading.t)
         msg = JointState()
         msg.header.stamp = self.get_clock().now().to_msg()
-        for name, pos, vel in zip(self.controller.qualified_names, reading.positions, velocities, strict=True):
+        efforts = reading.efforts or [None] * len(reading.positions)
+        rows = zip(self.controller.qualified_names, reading.positions, velocities, efforts, strict=True)
+        for name, pos, vel, eff in rows:
             if pos is None:  # a servo that did not answer is left out, never reported with a stale value
                 continue
             msg.name.append(name)
             msg.position.append(pos)
             msg.velocity.append(vel)
+            msg.effort.append(float('nan') if eff is None else eff)  # fraction of full scale, not N·m
         if msg.name:
             self.joint_pub.publish(msg)
 
@@ -205,6 +228,8 @@ class ArmDriver(Node):
             problems.append('e-stop active')
             level = max(level, WARN)
         message = '; '.join(problems) if problems else f'{values["state"]}, {rate:.0f} Hz'
+        if values['stalled_joints']:  # a normal grasp ends this way too: said, not raised as a problem
+            message += f'; holding {", ".join(values["stalled_joints"])} against an obstacle'
         array = DiagnosticArray()
         array.header.stamp = self.get_clock().now().to_msg()
         array.status.append(

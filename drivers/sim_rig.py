@@ -42,7 +42,17 @@ from std_srvs.srv import Trigger
 
 from bimanual_vla import topics
 from bimanual_vla.config import ConfigError
-from bimanual_vla.ros_utils import ERROR, OK, WARN, declare_rig, diagnostic_status, run_node, sec_to_stamp
+from bimanual_vla.fault_injection import CameraFaults
+from bimanual_vla.ros_utils import (
+    ERROR,
+    OK,
+    WARN,
+    declare_rig,
+    diagnostic_status,
+    run_node,
+    sec_to_stamp,
+    subscribe_from_any_publisher,
+)
 from drivers.expert import APPROACHES, MAX_MEET_JITTER, MAX_TIME_WARP
 from drivers.sim_scene import MAX_REWARD, SceneRenderer, SimScene, rig_cameras, snapshot
 from drivers.sim_servo_bus import SimServoBus, check_protocol, default_directory, port_link, write_servo_bus_rig
@@ -150,6 +160,7 @@ class SimRig(Node):
         self._frames_dropped = 0
         self._render_ms = 0.0
         self._render_error = ''
+        self.camera_faults = CameraFaults()  # fault hook for soak tests: broken cameras on demand
         self._last_success: bool | None = None
 
         # publishers
@@ -184,7 +195,7 @@ class SimRig(Node):
                     lambda msg, a=arm.name: self._on_command(a, msg),
                     topics.COMMAND_QOS,
                 )
-        self.create_subscription(Bool, topics.ESTOP, self._on_estop, topics.LATCHED_QOS)
+        subscribe_from_any_publisher(self, Bool, topics.ESTOP, self._on_estop, latched=True)
         self.create_subscription(Int64, topics.SIM_RESET_SEED, self._on_reset_seed, topics.RELIABLE_QOS)
         self.create_service(Trigger, topics.SIM_RESET, self._on_reset)
         self.create_timer(1.0, self._publish_diagnostics)
@@ -405,6 +416,22 @@ class SimRig(Node):
             if goals:
                 self.scene.command(arm, goals)
 
+    def unplug_servo_bus(self, arm: str) -> None:
+        """Fault hook for soak tests: the arm's serial port vanishes (pty closed, link removed), as when unplugged."""
+        self.servo_buses[arm].stop()
+
+    def replug_servo_bus(self, arm: str) -> None:
+        """Fault hook: the port comes back on a new pty, the servos powered up holding the present pose.
+
+        Under the sim lock, so no physics tick sees the servos between power-down (torque off: EEPROM
+        writable, as a Dynamixel needs) and power-up.
+        """
+        bus = self.servo_buses[arm]
+        with self._lock:
+            for servo_id in bus.ids:
+                bus.emulator.servo(servo_id).write_register('torque_enable', 0)
+            bus.start(self.scene.joint_positions(arm))
+
     # ------------------------------------------------------------------ render
 
     def _render_loop(self) -> None:
@@ -431,10 +458,13 @@ class SimRig(Node):
                     img.header.stamp = stamp
                     img.header.frame_id = topics.camera_frame(cam)
                     img.data = pixels.tobytes()
+                    img = self.camera_faults.apply(cam, img)
                     info = self._infos[cam]
-                    info.header.stamp = stamp
+                    info.header.stamp = stamp if img is None else img.header.stamp
                     if not self.context.ok():
                         break
+                    if img is None:  # camera_faults: an unplugged camera publishes nothing
+                        continue
                     self._image_pubs[cam].publish(img)
                     self._info_pubs[cam].publish(info)
                 self._render_ms = 0.9 * self._render_ms + 0.1 * (time.perf_counter() - t0) * 1e3

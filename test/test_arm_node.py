@@ -207,7 +207,7 @@ def harness(tmp_path, ros_context, spin):
 
 @pytest.mark.slow
 def test_command_moves_servos_clamps_rejects_and_torque(harness) -> None:
-    h = harness(params={'max_step_rad': 0.5})
+    h = harness(params={'max_step_rad': 0.2})
     # At start the driver holds the present pose: goals = present, torque on, nothing moved.
     assert all(h.servo(i).torque_enabled for i in IDS)
     assert [h.servo(i).goal_position for i in IDS] == [2048] * 6
@@ -353,6 +353,43 @@ def test_missing_servo_reported_others_keep_working(harness) -> None:
 
 
 @pytest.mark.slow
+def test_stall_reported_in_diagnostics_and_efforts_published(harness) -> None:
+    from drivers.emulator import FaultConfig
+
+    h = harness(faults=FaultConfig(obstacles={6: 1848}))  # an object 200 ticks into the gripper's closing travel
+    assert h.spin(lambda: list(h.states[-1].name) == QUALIFIED, 10)
+    assert list(h.states[-1].effort) == [0.0] * 6  # at rest: no load (fraction of full scale)
+
+    def gripper(field: str) -> float | None:
+        msg = h.states[-1]
+        return dict(zip(msg.name, getattr(msg, field), strict=True)).get('left_gripper')
+
+    # Closing on the object: the driver stops squeezing it, holds it where it met it, and says so.
+    def holding() -> bool:
+        return h.diag().get('stalled_joints') == "['gripper']" and h.servo(6).goal_position == 1848
+
+    assert h.command_until(['left_gripper'], [-1.0], holding, 30), h.diag()
+    d = h.diag()
+    # One event per stall (a servo that drops off the bus is taken over afresh: it may stall again).
+    assert int(d['stall_events']) >= 1 and int(d['cmd_held_at_obstacle']) >= 1
+    assert 'holding gripper against an obstacle' in h.diags[-1].message and h.diags[-1].level == b'\x00'
+    assert int(d['position_limits_written']) >= 1
+    # The rig's limits went into the servos' own registers (wrist_flex reversed: its upper limit is its minimum).
+    expected = {1: (ticks(-1.0), ticks(1.0)), 4: (ticks(1.7, -1), ticks(-1.7, -1)), 6: (ticks(-1.7), ticks(1.7))}
+    assert expected[4] == (940, 3156)
+
+    def limits(sid: int) -> tuple[int, int]:
+        return h.servo(sid).read_register('min_position_limit'), h.servo(sid).read_register('max_position_limit')
+
+    assert h.spin(lambda: all(limits(i) == want for i, want in expected.items()), 10)
+    # Still commanded closed, it holds without driving: no load, at the object.
+    assert h.command_until(
+        ['left_gripper'], [-1.0], lambda: h.servo(6).goal_position == 1848 and gripper('effort') == 0.0, 10
+    )
+    assert gripper('position') == pytest.approx((1848 - 2048) * K)
+
+
+@pytest.mark.slow
 def test_missing_servo_blocks_motion_when_not_allowed(harness) -> None:
     from drivers.emulator import FaultConfig
 
@@ -455,3 +492,31 @@ def test_bad_parameters_fail_clearly(tmp_path, ros_context) -> None:
                 Parameter('estop_action', value='explode'),
             ],
         )
+
+
+@pytest.mark.parametrize(
+    ('name', 'value', 'message'),
+    [
+        ('command_timeout_s', 1e12, 'must be in (0, 2] s, got 1e+12'),
+        ('max_step_rad', 1e9, 'must be in (0, 0.2] rad, got 1e+09'),
+        ('max_velocity_rad_s', 1e9, 'must be in (0, 2*pi] rad/s, got 1e+09'),
+        ('read_rate_hz', 1e6, 'must be in [10, 1000] Hz, got 1e+06'),
+        ('command_timeout_s', math.nan, 'must be in (0, 2] s, got nan'),
+    ],
+)
+def test_parameter_overrides_held_to_the_rig_bounds(
+    tmp_path, ros_context, name: str, value: float, message: str
+) -> None:
+    from rclpy.parameter import Parameter
+
+    from bimanual_vla.config import ConfigError
+    from drivers.arm_node import ArmDriver
+
+    rig = tmp_path / 'rig.yaml'
+    arm = {'name': 'left', 'protocol': 'feetech', 'port': '/dev/null'}
+    arm['joints'] = [{'id': 1, 'name': 'a', 'lower': -1, 'upper': 1}]
+    rig.write_text(yaml.safe_dump({'name': 'r', 'urdf': 'x.urdf', 'arms': [arm]}))
+    overrides = [Parameter('rig', value=str(rig)), Parameter('arm', value='left'), Parameter(name, value=value)]
+    with pytest.raises(ConfigError) as err:
+        ArmDriver(context=ros_context, parameter_overrides=overrides)
+    assert str(err.value) == f'node arm_driver: parameter {name}: {message}'

@@ -11,9 +11,13 @@ from drivers.command_filter import CommandFilter, CommandRejected, JointLimit, V
 NAMES = ['left_a', 'left_b']
 
 
-def make(step: float = 0.1, timeout: float = 0.5) -> CommandFilter:
+def make(step: float = 0.1, timeout: float = 0.5, velocity: float = 1000.0, tick: float = 0.01) -> CommandFilter:
     f = CommandFilter(
-        [JointLimit('left_a', -1.0, 1.0), JointLimit('left_b', -0.5, 2.0)], max_step_rad=step, command_timeout_s=timeout
+        [JointLimit('left_a', -1.0, 1.0), JointLimit('left_b', -0.5, 2.0)],
+        max_step_rad=step,
+        command_timeout_s=timeout,
+        max_velocity_rad_s=velocity,
+        tick_period_s=tick,
     )
     f.reset_to([0.0, 0.0])
     return f
@@ -121,6 +125,44 @@ def test_unknown_goal_never_jumps() -> None:
     f.set_goal(1, 0.2)
     f.submit(NAMES, [0.5, 0.5], now=0.02)
     assert f.tick(0.03) == pytest.approx({1: 0.5})
+
+
+def test_ticks_close_together_move_at_most_max_velocity_times_the_gap() -> None:
+    # 0.05 rad at the nominal 100 Hz is 5 rad/s; after an I/O overrun ticks may come 1 ms apart.
+    f = make(step=0.05, velocity=5.0, tick=0.01)
+    f.submit(NAMES, [1.0, 0.0], now=0.0)
+    assert f.tick(0.01) == pytest.approx({0: 0.05})  # first tick: the nominal period
+    previous = 0.05
+    for k in range(1, 11):
+        goals = f.tick(0.01 + k * 0.001)
+        assert goals is not None
+        assert goals[0] - previous == pytest.approx(0.005)  # 5 rad/s x 1 ms, not a whole max step
+        previous = goals[0]
+    assert previous == pytest.approx(0.1)  # 20 ms: 0.1 rad, 5 rad/s, where ticks 1 ms apart gave 0.55 rad
+    assert f.counters['velocity_limited'] == 10 and f.counters['step_limited'] == 11
+
+
+def test_nominal_ticks_still_move_max_step_and_a_long_gap_is_capped_by_it() -> None:
+    f = make(step=0.05, timeout=2.0, velocity=5.0, tick=0.01)
+    f.submit(NAMES, [1.0, 0.0], now=0.0)
+    goals = [f.tick(t / 100)[0] for t in range(1, 6)]
+    assert goals == pytest.approx([0.05, 0.10, 0.15, 0.20, 0.25])
+    assert f.tick(1.05) == pytest.approx({0: 0.30})  # 1 s since the last tick: still one max step
+
+
+def test_first_tick_after_a_hold_uses_the_nominal_period() -> None:
+    f = make(step=0.05, timeout=2.0, velocity=2.0, tick=0.01)  # 2 rad/s: 0.02 rad a nominal tick
+    f.submit(NAMES, [1.0, 0.0], now=0.0)
+    assert f.tick(0.5) == pytest.approx({0: 0.02})  # no tick before: nominal, not 0.5 s worth
+    assert f.tick(0.51) == pytest.approx({0: 0.04})
+    f.set_estop(True)
+    f.set_estop(False)
+    f.submit(NAMES, [1.0, 0.0], now=0.51)
+    assert f.tick(0.51) == pytest.approx({0: 0.06})  # same instant as the last tick, but after a hold
+    f.reset_to([0.0, 0.0])
+    f.submit(NAMES, [-1.0, 0.0], now=9.0)
+    assert f.tick(9.5) == pytest.approx({0: -0.02})
+    assert f.tick(9.5) is None  # no time since the last tick: no motion
 
 
 def test_velocity_estimate_follows_ramp_and_resets_on_gap() -> None:

@@ -158,7 +158,9 @@ def test_arm_drivers_drive_the_sim_through_emulated_buses(ros_context, spin, tmp
     def on_joints(msg: JointState) -> None:
         with lock:
             latest.update(zip(msg.name, msg.position, strict=True))
-            if msg.effort:  # sim_rig's own joint_states carry efforts; arm_driver's do not
+            # sim_rig's own joint_states carry physical efforts; arm_driver's carry the emulated servos' load,
+            # which the emulator leaves at 0 while the simulator moves them
+            if any(msg.effort):
                 with_effort.append(msg)
 
     probe.create_subscription(JointState, topics.JOINT_STATES, on_joints, topics.SENSOR_QOS)

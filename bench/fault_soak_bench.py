@@ -36,8 +36,9 @@ both must be 0); e-stop published -> last goal change (p50/p99/max); memory, thr
 process per hour (soak_bench.proc_sample; a restarted process is a new series); the bag read back:
 gaps longer than `--max-gap-s` in joint_states (per arm) and camera images outside fault windows
 (must be none); servos the drivers lost while no fault was active (`servos_lost_without_fault`:
-the bus loop starved on a loaded machine, the usual cause of such a gap). Prints one JSON report; `--report FILE` appends it to a JSON-lines file, so segments
-add up to one long soak, and `--summarise FILE` totals them (robot hours, faults by kind, worst figures).
+the bus loop starved on a loaded machine, the usual cause of such a gap). Prints one JSON report;
+`--report FILE` appends it to a JSON-lines file, so segments add up to one long soak, and
+`--summarise FILE` totals them (robot hours, faults by kind, worst figures).
 
     .venv/bin/python bench/fault_soak_bench.py --minutes 3 --tiny --fault-every 15 15
     .venv/bin/python bench/fault_soak_bench.py --minutes 30 --seed 1 --report soak.jsonl [--servo-bus dynamixel]

@@ -33,6 +33,15 @@ Design decisions, in one place:
   :class:`SourceConfigError` with a message meant for the user. Once running, any
   failure (device unplugged, file renamed away) closes the source and reopens it
   with exponential backoff (capped), reporting the state in :class:`CaptureStats`.
+* **Frozen sources.** A real image sensor never delivers two bit-identical frames (sensor
+  noise), so a frame identical to the one before it is a device or driver re-delivering an
+  old buffer under a new timestamp. Such a frame is never handed out (its stamp would pass
+  every staleness check while the scene is old); it is counted as *repeated*. When the image
+  has not changed for ``frozen_after_s`` the capture is *frozen*: an event is counted and
+  the source is closed and reopened with the same backoff as a failed one, until a frame
+  differs again (:class:`FreezeDetector`). The check applies to every source: the test
+  pattern never repeats (each frame carries its number), and a video file is a camera
+  stand-in, so a still video is frozen to it (``frozen_after_s=0`` turns the check off).
 """
 
 from __future__ import annotations
@@ -59,6 +68,10 @@ V4L2_READ_TIMEOUT_MS = 2000
 CODE_BITS = 32
 MIN_PATTERN_WIDTH = 4 * CODE_BITS
 MIN_PATTERN_HEIGHT = 64
+FROZEN_AFTER_S = 1.0
+"""Default: an image unchanged for this long (identical frames) means the source is frozen."""
+SAME_IMAGE_STRIDE = 251
+"""Bytes between the samples compared first (prime, so the samples walk every channel and column)."""
 VIDEO_SUFFIXES = ('.mp4', '.avi', '.mkv', '.mov', '.webm', '.m4v', '.mpg', '.mpeg', '.ogv', '.wmv', '.flv')
 
 _ZERO = array.array('B', [0])
@@ -532,6 +545,69 @@ def make_source(source: str | int, width: int, height: int, fps: float, label: s
 # ------------------------------------------------------------------ the capture thread
 
 
+def same_image(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two flat uint8 frames are bit-identical.
+
+    A strided sample first (about 3,700 bytes of a 640x480 frame): changing images differ there,
+    so they cost microseconds; only a match is confirmed by comparing every byte.
+    """
+    if a.shape != b.shape:
+        return False
+    return bool(np.array_equal(a[::SAME_IMAGE_STRIDE], b[::SAME_IMAGE_STRIDE]) and np.array_equal(a, b))
+
+
+class FreezeDetector:
+    """How long a source has been returning one image (bit-identical consecutive frames).
+
+    ``check(frame, now_ns)`` compares ``frame`` with the previous one and says whether it repeats
+    it; ``expired(now_ns)`` whether the image has now been repeated for ``frozen_after_s``, timed
+    from when it was first seen. ``restart_timer(now_ns)`` starts a new period (after a reopen)
+    while still comparing with the last image, so a source that comes back with the same image
+    stays in the run and expires again a period later. ``frozen_after_s=0`` disables it: nothing
+    repeats, nothing expires.
+    """
+
+    def __init__(self, frozen_after_s: float = FROZEN_AFTER_S) -> None:
+        if not (math.isfinite(frozen_after_s) and frozen_after_s >= 0):
+            raise ValueError(f'frozen_after_s must be >= 0 (0 disables), got {frozen_after_s}')
+        self.frozen_after_s = frozen_after_s
+        self._after_ns = int(frozen_after_s * 1e9)
+        self._previous: np.ndarray | None = None
+        self._seen_ns = 0
+        """When the current image was first seen."""
+        self._period_ns = 0
+        """Start of the period ``expired`` measures: ``_seen_ns``, or the last ``restart_timer``."""
+        self.run = 0
+        """Identical frames in a row (0 after a frame that differs)."""
+
+    @property
+    def enabled(self) -> bool:
+        return self._after_ns > 0
+
+    def check(self, frame: Frame, now_ns: int) -> bool:
+        """True if ``frame`` is bit-identical to the frame checked before it."""
+        if not self.enabled:
+            return False
+        pixels = np.frombuffer(frame.data, dtype=np.uint8)
+        previous, self._previous = self._previous, pixels
+        if previous is None or not same_image(pixels, previous):
+            self._seen_ns = self._period_ns = now_ns
+            self.run = 0
+            return False
+        self.run += 1
+        return True
+
+    def unchanged_s(self, now_ns: int) -> float:
+        """Seconds since the repeated image was first seen (0 while the image changes)."""
+        return (now_ns - self._seen_ns) / 1e9 if self.run else 0.0
+
+    def expired(self, now_ns: int) -> bool:
+        return self.run > 0 and now_ns - self._period_ns >= self._after_ns
+
+    def restart_timer(self, now_ns: int) -> None:
+        self._period_ns = now_ns
+
+
 class LatestFrame:
     """A one-frame mailbox between the capture thread and the publisher.
 
@@ -575,7 +651,7 @@ class CaptureStats:
     """A snapshot of the capture's health, for diagnostics."""
 
     state: str
-    """starting | streaming | reconnecting | stopped"""
+    """starting | streaming | reconnecting | frozen | stopped"""
     source: str
     frames_captured: int
     superseded: int
@@ -589,6 +665,11 @@ class CaptureStats:
     height: int
     fps: float
     notes: tuple[str, ...] = field(default_factory=tuple)
+    frozen_events: int = 0
+    """Times the source went from delivering to frozen (one per event, however many reopens it takes)."""
+    repeated_frames: int = 0
+    """Frames identical to the one before them, withheld (not counted in ``dropped``)."""
+    frozen_after_s: float = FROZEN_AFTER_S
 
     @property
     def dropped(self) -> int:
@@ -600,15 +681,27 @@ class Capture:
 
     ``start()`` opens the source in the caller's thread, so bad parameters raise right
     there. Afterwards a failing source is closed and reopened with exponential backoff
-    (``backoff_initial_s`` doubling up to ``backoff_max_s``) until it works again.
+    (``backoff_initial_s`` doubling up to ``backoff_max_s``) until it works again; the
+    backoff starts over once a frame is delivered. A frame identical to the one before it is
+    withheld, and a source whose image has not changed for ``frozen_after_s`` (0: never) is
+    *frozen*: closed and reopened the same way, until a frame differs.
     """
 
-    def __init__(self, source: FrameSource, backoff_initial_s: float = 0.25, backoff_max_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        source: FrameSource,
+        backoff_initial_s: float = 0.25,
+        backoff_max_s: float = 5.0,
+        frozen_after_s: float = FROZEN_AFTER_S,
+    ) -> None:
         if not (0 < backoff_initial_s <= backoff_max_s):
             raise ValueError('need 0 < backoff_initial_s <= backoff_max_s')
         self.source = source
         self.frames = LatestFrame()
         self.backoff_initial_s, self.backoff_max_s = backoff_initial_s, backoff_max_s
+        self.freeze = FreezeDetector(frozen_after_s)
+        self._frozen_events = 0
+        self._repeated = 0
         self._lock = threading.Lock()
         self._state = 'starting'
         self._captured = 0
@@ -653,6 +746,9 @@ class Capture:
                 height=src.height,
                 fps=src.fps,
                 notes=tuple(src.notes),
+                frozen_events=self._frozen_events,
+                repeated_frames=self._repeated,
+                frozen_after_s=self.freeze.frozen_after_s,
             )
 
     def _set(self, **changes: object) -> None:
@@ -675,13 +771,42 @@ class Capture:
                     self._failures += 1
                 delay = self._reopen(delay)
                 continue
+            now_ns = time.monotonic_ns()
+            if self.freeze.check(frame, now_ns):
+                with self._lock:
+                    self._repeated += 1
+                if self.freeze.expired(now_ns):
+                    delay = self._frozen(delay, now_ns)
+                continue
+            with self._lock:
+                if self._state == 'frozen':
+                    self._state = 'streaming'
             if self.frames.put(frame):
                 with self._lock:
                     self._captured += 1
             delay = self.backoff_initial_s
 
-    def _reopen(self, delay: float) -> float:
-        """Retry ``open`` with capped exponential backoff until it works or we are stopped."""
+    def _frozen(self, delay: float, now_ns: int) -> float:
+        """The image has not changed for ``frozen_after_s``: count the event, close, reopen with backoff."""
+        detector = self.freeze
+        with self._lock:
+            if self._state != 'frozen':
+                self._frozen_events += 1
+                self._state = 'frozen'
+            self._last_error = (
+                f'frozen: the same image for {detector.unchanged_s(now_ns):.1f} s ({detector.run} identical frames)'
+            )
+        self.source.close()
+        delay = self._reopen(delay, state='frozen')
+        detector.restart_timer(time.monotonic_ns())
+        return delay
+
+    def _reopen(self, delay: float, state: str = 'streaming') -> float:
+        """Retry ``open`` with capped exponential backoff until it works or we are stopped.
+
+        Returns the delay before the next reopen: doubled, so a source that opens but fails (or
+        stays frozen) again is retried less and less often until a delivered frame resets it.
+        """
         src, stop = self.source, self.source.stop
         while not stop.wait(delay):
             delay = min(delay * 2, self.backoff_max_s)
@@ -694,7 +819,7 @@ class Capture:
                     self._failures += 1
                 continue
             with self._lock:
-                self._state = 'streaming'
+                self._state = state
                 self._reconnects += 1
-            return self.backoff_initial_s
+            return delay
         return delay

@@ -14,6 +14,7 @@ from drivers.capture import (
     Capture,
     CaptureError,
     Frame,
+    FreezeDetector,
     LatestFrame,
     SourceConfigError,
     TestPatternRenderer,
@@ -28,18 +29,29 @@ from drivers.capture import (
 W, H = 160, 120
 
 
+def write_video(path: Path, images: list[np.ndarray], fps: float = 30.0) -> list[np.ndarray]:
+    """A lossless (FFV1) video of RGB ``images``, so decoding gives them back byte for byte."""
+    height, width = images[0].shape[:2]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*'FFV1'), fps, (width, height))
+    assert writer.isOpened(), 'OpenCV cannot write FFV1'
+    for rgb in images:
+        writer.write(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    writer.release()
+    return images
+
+
 def write_pattern_video(
     path: Path, frames: int, fps: float = 30.0, width: int = W, height: int = H
 ) -> list[np.ndarray]:
     """A lossless (FFV1) video of test-pattern frames 0..frames-1; returns the RGB frames written."""
     renderer = TestPatternRenderer(width, height, 'file')
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*'FFV1'), fps, (width, height))
-    assert writer.isOpened(), 'OpenCV cannot write FFV1'
-    images = [renderer.render(n) for n in range(frames)]
-    for rgb in images:
-        writer.write(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-    writer.release()
-    return images
+    return write_video(path, [renderer.render(n) for n in range(frames)], fps)
+
+
+def write_freezing_video(path: Path, moving: int, frozen: int, fps: float = 30.0) -> list[np.ndarray]:
+    """Test-pattern frames 0..moving-1, then ``frozen`` copies of the last one: a camera that got stuck."""
+    images = write_pattern_video(path, moving, fps)
+    return write_video(path, images + [images[-1]] * frozen, fps)
 
 
 def take_frames(capture: Capture, count: int, timeout: float = 20.0, pause_s: float = 0.0) -> list[Frame]:
@@ -243,3 +255,119 @@ def test_bad_sources_fail_at_start_with_a_clear_message(
     assert message in str(info.value)
     if 'does not exist' in message or 'not found' in message or 'not a V4L2' in message:
         assert isinstance(info.value, SourceConfigError)
+
+
+# -------------------------------------------------------------------- frozen source
+
+
+def test_freeze_detector_times_a_run_of_identical_frames_from_when_the_image_was_first_seen() -> None:
+    renderer = TestPatternRenderer(W, H)
+    frames = [_pattern_frame(renderer, n) for n in (0, 1, 1, 1, 2)]
+    detector = FreezeDetector(frozen_after_s=0.5)
+    s = 1_000_000_000
+    assert [detector.check(f, t * s // 10) for t, f in enumerate(frames[:4])] == [False, False, True, True]
+    assert detector.run == 2
+    assert detector.unchanged_s(4 * s // 10) == pytest.approx(0.3)  # image 1 was first seen at 0.1 s
+    assert not detector.expired(5 * s // 10) and detector.expired(6 * s // 10)
+    detector.restart_timer(6 * s // 10)  # reopened: a new period, the same run
+    assert not detector.expired(10 * s // 10) and detector.check(frames[3], 10 * s // 10)
+    assert detector.run == 3 and detector.unchanged_s(10 * s // 10) == pytest.approx(0.9)
+    assert detector.expired(11 * s // 10)
+    assert not detector.check(frames[4], 12 * s // 10)  # the image changed: the run is over
+    assert detector.run == 0 and detector.unchanged_s(100 * s) == 0 and not detector.expired(100 * s)
+    off = FreezeDetector(frozen_after_s=0.0)
+    assert not off.enabled and not any(off.check(f, i) for i, f in enumerate(frames))
+    for bad in (-0.1, float('nan'), float('inf')):
+        with pytest.raises(ValueError, match='frozen_after_s'):
+            FreezeDetector(bad)
+
+
+def _pattern_frame(renderer: TestPatternRenderer, number: int) -> Frame:
+    data, view = new_rgb_buffer(renderer.width, renderer.height)
+    renderer.render_into(view, number)
+    return Frame(data, renderer.width, renderer.height, number, number + 1)
+
+
+def test_a_frozen_source_is_withheld_reported_reopened_and_resumes(tmp_path: Path) -> None:
+    path = tmp_path / 'stuck.avi'
+    written = write_freezing_video(path, moving=20, frozen=90)  # 0.67 s of motion, then 3 s of frame 19
+    frozen_after_s = 0.4
+    capture = Capture(
+        make_source(str(path), W, H, 30.0), backoff_initial_s=0.05, backoff_max_s=0.2, frozen_after_s=frozen_after_s
+    )
+    capture.start()
+    frames: list[Frame] = []
+    snapshots = []  # stats right after each frame was taken
+    try:
+        deadline = time.monotonic() + 30.0
+        while time.monotonic() < deadline and not (len(frames) > 25 and snapshots[-1].frozen_events >= 1):
+            frame = capture.frames.take(timeout=0.5)
+            if frame is not None:
+                frames.append(frame)
+                snapshots.append(capture.stats())
+    finally:
+        capture.stop()
+    stats = capture.stats()
+    numbers = [decode_frame_number(f.image) for f in frames]
+    assert stats.frozen_events >= 1, (numbers, stats)
+    for a, b in zip(frames, frames[1:], strict=False):  # never the same image twice in a row
+        assert not np.array_equal(a.image, b.image), (decode_frame_number(a.image), numbers)
+    for frame, number in zip(frames, numbers, strict=True):
+        np.testing.assert_array_equal(frame.image, written[number])
+    # The frozen tail was withheld: after frame 19 the next frame delivered is the file from its start
+    # again (reopened), at least frozen_after_s later.
+    restarts = [i for i in range(1, len(numbers)) if numbers[i] < numbers[i - 1]]
+    assert restarts, numbers
+    for i in restarts:
+        assert numbers[i] < 19
+        assert frames[i].capture_ns - frames[i - 1].capture_ns >= frozen_after_s * 1e9
+    assert stats.repeated_frames >= 1 and stats.reconnects >= 1
+    assert stats.last_error.startswith('frozen: the same image for'), stats.last_error
+    assert any(s.state == 'streaming' and s.frozen_events >= 1 for s in snapshots[restarts[0] :])
+    assert stats.dropped == stats.superseded + stats.source_gaps  # withheld repeats are not drops
+
+
+@pytest.mark.parametrize('kind', ['test_pattern', 'file'])
+def test_changing_sources_never_trip_the_frozen_check(tmp_path: Path, kind: str) -> None:
+    if kind == 'file':
+        write_pattern_video(tmp_path / 'clip.avi', frames=6)  # loops several times below
+        source = make_source(str(tmp_path / 'clip.avi'), W, H, 30.0)
+    else:
+        source = make_source(kind, W, H, 30.0)
+    capture = Capture(source, frozen_after_s=0.05)  # two frame periods: any repeat run would trip it
+    capture.start()
+    try:
+        take_frames(capture, 25)
+        stats = capture.stats()
+    finally:
+        capture.stop()
+    assert (stats.state, stats.frozen_events, stats.repeated_frames, stats.reconnects) == ('streaming', 0, 0, 0)
+    assert stats.frozen_after_s == 0.05
+
+
+def test_a_still_video_stays_frozen_across_reopens_unless_the_check_is_off(tmp_path: Path) -> None:
+    path = tmp_path / 'still.avi'
+    still = TestPatternRenderer(W, H, 'still').render(7)
+    write_video(path, [still] * 10)
+    capture = Capture(make_source(str(path), W, H, 30.0), backoff_initial_s=0.05, backoff_max_s=0.1, frozen_after_s=0.2)
+    capture.start()
+    try:
+        first = take_frames(capture, 1)[0]
+        assert wait_for(lambda: capture.stats().reconnects >= 3), capture.stats()
+        stats = capture.stats()
+        assert capture.frames.take(timeout=0) is None, 'a repeated image was delivered'
+    finally:
+        capture.stop()
+    np.testing.assert_array_equal(first.image, still)
+    assert stats.state == 'frozen' and stats.frozen_events == 1  # one event, however many reopens
+    assert stats.repeated_frames >= 10 and stats.frames_captured == 1
+
+    capture = Capture(make_source(str(path), W, H, 30.0), frozen_after_s=0)
+    capture.start()
+    try:
+        frames = take_frames(capture, 12)  # more than the file holds: it loops
+        stats = capture.stats()
+    finally:
+        capture.stop()
+    assert all(np.array_equal(f.image, still) for f in frames)
+    assert (stats.frozen_events, stats.repeated_frames, stats.frozen_after_s) == (0, 0, 0)

@@ -9,6 +9,9 @@ this node only maps frames into messages and reports health. Parameters:
 * ``camera_info_file`` (optional): calibration YAML in the camera_calibration_parsers format;
   without it CameraInfo carries the size and all-zero intrinsics (ROS's "uncalibrated").
 * ``reconnect_initial_s`` / ``reconnect_max_s``: backoff between reopen attempts after a failure.
+* ``frozen_after_s`` (1.0; 0 disables): a camera whose image has not changed (bit-identical frames)
+  for this long is frozen: reported as an ERROR and reopened like a failed one. Identical frames are
+  never published, so consumers see the camera go stale at once (``drivers.capture``, Frozen sources).
 
 ``header.stamp`` is the capture time in the node's clock domain: the capture thread stamps
 frames on the monotonic clock, and at publish time the frame's age is subtracted from the
@@ -33,14 +36,16 @@ from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, Image
 
 from bimanual_vla import topics
-from bimanual_vla.config import CameraConfig, ConfigError
+from bimanual_vla.config import Bound, CameraConfig, ConfigError, check_override
 from bimanual_vla.ros_utils import ERROR, OK, WARN, declare_rig, diagnostic_status, run_node
-from drivers.capture import Capture, CaptureError, CaptureStats, Frame, make_source
+from drivers.capture import FROZEN_AFTER_S, Capture, CaptureError, CaptureStats, Frame, make_source
 
 DIAGNOSTICS_PERIOD_S = 1.0
 STATE_POLL_S = 0.1
 LOW_RATE_FRACTION = 0.8
 """Achieved rate below this fraction of the source's rate is reported as a warning."""
+FROZEN_AFTER_S_BOUND = Bound(0.0, 10.0, 's', low_inclusive=True)
+"""0 disables the check; a freeze reported (and reopened) later than 10 s helps nobody."""
 
 
 class CameraDriver(Node):
@@ -68,6 +73,12 @@ class CameraDriver(Node):
         backoff_max = self.declare_parameter('reconnect_max_s', 5.0).get_parameter_value().double_value
         if not (0 < backoff_initial <= backoff_max):
             raise ConfigError(f'need 0 < reconnect_initial_s ({backoff_initial}) <= reconnect_max_s ({backoff_max})')
+        frozen_after_s = check_override(
+            f'node {self.get_name()}',
+            'frozen_after_s',
+            self.declare_parameter('frozen_after_s', FROZEN_AFTER_S, ParameterDescriptor(dynamic_typing=True)).value,
+            FROZEN_AFTER_S_BOUND,
+        )
 
         self.camera: CameraConfig = cam
         # check_fields=True makes the generated setter keep an array.array('B') as is; with the default
@@ -81,7 +92,9 @@ class CameraDriver(Node):
 
         # Bad parameters (unknown device, unsupported size, unreadable file, nonsense) raise here.
         source = make_source(cam.source, cam.width, cam.height, cam.fps, label=cam.name)
-        capture = Capture(source, backoff_initial_s=backoff_initial, backoff_max_s=backoff_max)
+        capture = Capture(
+            source, backoff_initial_s=backoff_initial, backoff_max_s=backoff_max, frozen_after_s=frozen_after_s
+        )
         capture.start()
         self._capture = capture
 
@@ -96,6 +109,7 @@ class CameraDriver(Node):
         self._window = (time.monotonic(), 0, 0, 0)  # (t, published, captured, latency_sum_ns) at last report
         self._last_state = 'streaming'
         self._outage_started = 0.0
+        self._frozen_events_logged = 0
         self._last_diag = 0.0
         self._thread = threading.Thread(target=self._publish_loop, name=f'publish {cam.name}', daemon=True)
         self._thread.start()
@@ -148,13 +162,24 @@ class CameraDriver(Node):
         """Publish diagnostics every second, and at once when the capture state changes."""
         stats = self._capture.stats()
         now = time.monotonic()
+        name = self.camera.name
+        # Once per freeze event, counted by the capture thread, so a freeze is logged even if it
+        # began and ended between two polls.
+        if stats.frozen_events > self._frozen_events_logged:
+            self._frozen_events_logged = stats.frozen_events
+            self.get_logger().error(
+                f'camera {name}: {stats.last_error or "frozen"} (event {stats.frozen_events}); '
+                'not publishing, reopening the source'
+            )
         if stats.state != self._last_state:
-            if stats.state == 'reconnecting':
+            if stats.state in ('reconnecting', 'frozen'):
                 self._outage_started = now
-                self.get_logger().error(f'camera {self.camera.name}: source failed ({stats.last_error}); reconnecting')
+                if stats.state == 'reconnecting':
+                    self.get_logger().error(f'camera {name}: source failed ({stats.last_error}); reconnecting')
             elif stats.state == 'streaming':
+                what = 'images change again' if self._last_state == 'frozen' else 'source back'
                 self.get_logger().info(
-                    f'camera {self.camera.name}: source back after {now - self._outage_started:.1f} s '
+                    f'camera {name}: {what} after {now - self._outage_started:.1f} s '
                     f'({stats.reconnects} reconnect(s) so far)'
                 )
             self._last_state = stats.state
@@ -176,6 +201,8 @@ class CameraDriver(Node):
 
         if stats.state == 'reconnecting':
             level, message = ERROR, f'source failed, reconnecting: {stats.last_error}'
+        elif stats.state == 'frozen':
+            level, message = ERROR, f'{stats.last_error}: not publishing, reopening the source'
         elif waiting and n == 0:
             level, message = WARN, 'use_sim_time is set and no /clock has arrived: not publishing'
         elif dt > 0.5 and achieved < LOW_RATE_FRACTION * stats.fps:
@@ -200,6 +227,9 @@ class CameraDriver(Node):
             'waiting_for_clock': waiting,
             'reconnects': stats.reconnects,
             'failures': stats.failures,
+            'frozen_events': stats.frozen_events,
+            'repeated_frames': stats.repeated_frames,
+            'frozen_after_s': stats.frozen_after_s,
             'last_error': stats.last_error,
             'stamp_source': stats.stamp_source,
             'capture_to_publish_ms': latency_ms,

@@ -21,18 +21,26 @@ pytestmark = pytest.mark.ros
 W, H, FPS = 160, 120, 30.0
 
 
-def write_pattern_video(path: Path, frames: int, fps: float = FPS) -> list[np.ndarray]:
-    """A lossless (FFV1) video of test-pattern frames 0..frames-1; returns the RGB frames written."""
+def write_video(path: Path, images: list[np.ndarray], fps: float = FPS) -> list[np.ndarray]:
+    """A lossless (FFV1) video of RGB ``images``, so decoding gives them back byte for byte."""
     import cv2
 
-    renderer = TestPatternRenderer(W, H, 'file')
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*'FFV1'), fps, (W, H))
     assert writer.isOpened(), 'OpenCV cannot write FFV1'
-    images = [renderer.render(n) for n in range(frames)]
     for rgb in images:
         writer.write(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
     writer.release()
     return images
+
+
+def write_pattern_video(path: Path, frames: int, fps: float = FPS, label: str = 'file') -> list[np.ndarray]:
+    """A lossless (FFV1) video of test-pattern frames 0..frames-1; returns the RGB frames written."""
+    renderer = TestPatternRenderer(W, H, label)
+    return write_video(path, [renderer.render(n) for n in range(frames)], fps)
+
+
+def _pixels(msg) -> np.ndarray:
+    return np.frombuffer(msg.data, np.uint8).reshape(H, W, 3)
 
 
 @pytest.fixture
@@ -144,13 +152,18 @@ def test_test_pattern_arrives_exact_in_order_with_capture_stamps(harness, rig_fi
     assert diag['state'] == 'streaming' and diag['source'] == 'test_pattern' and diag['resolution'] == f'{W}x{H}'
     assert int(diag['frames_published']) > 0 and int(diag['reconnects']) == 0
     assert int(diag['dropped_frames']) == int(diag['dropped_superseded']) + int(diag['dropped_source_gaps'])
+    assert (diag['frozen_events'], diag['repeated_frames'], diag['frozen_after_s']) == ('0', '0', '1')
 
 
 def test_video_file_is_published_in_order_with_its_content(harness, rig_file: Path, tmp_path: Path) -> None:
     path = tmp_path / 'clip.avi'
     written = write_pattern_video(path, frames=10, fps=FPS)
-    h = harness(rig=str(rig_file), camera='base', source=str(path))
-    assert h.spin(lambda: len(h.images) >= 15), f'only {len(h.images)} images'
+    # Frozen after two frame periods of one image: a file of changing frames must never trip it.
+    h = harness(rig=str(rig_file), camera='base', source=str(path), frozen_after_s=0.07)
+    assert h.spin(lambda: len(h.images) >= 15 and any(int(d['frames_published']) >= 15 for d in h.diags)), (
+        f'only {len(h.images)} images'
+    )
+    assert all((d['state'], d['frozen_events'], d['repeated_frames']) == ('streaming', '0', '0') for d in h.diags)
     numbers = []
     for _, msg in h.images:
         image = np.frombuffer(msg.data, np.uint8).reshape(H, W, 3)
@@ -188,6 +201,61 @@ def test_publishing_resumes_after_the_file_disappears_and_returns(harness, rig_f
     assert _stamp(resumed[0]) > last_stamp
     assert all(decode_frame_number(np.frombuffer(m.data, np.uint8).reshape(H, W, 3)) in range(5) for m in resumed)
     assert int(h.diags[-1]['failures']) >= 1
+
+
+def test_a_frozen_camera_stops_publishing_reports_frozen_and_resumes_when_images_change(
+    harness, rig_file: Path, tmp_path: Path
+) -> None:
+    path = tmp_path / 'camera.avi'
+    moving = write_pattern_video(path, frames=20)
+    write_video(path, moving + [moving[-1]] * 60)  # 0.67 s of motion, then frame 19 for 2 s: stuck
+    h = harness(
+        rig=str(rig_file),
+        camera='base',
+        source=str(path),
+        frozen_after_s=0.3,
+        reconnect_initial_s=0.1,
+        reconnect_max_s=0.2,
+    )
+    # The driver has the file open; from now on every reopen finds a still video of frame 19, so the
+    # camera stays frozen until the test gives it a changing one.
+    write_video(tmp_path / 'still.avi', [moving[-1]] * 10)
+    os.replace(tmp_path / 'still.avi', path)
+    assert h.spin(lambda: any(d['state'] == 'frozen' for d in h.diags), timeout=30.0), h.diags
+    frozen = next(d for d in h.diags if d['state'] == 'frozen')
+    assert frozen['_level'] == '2' and frozen['frozen_events'] == '1', frozen
+    assert frozen['_message'].startswith('frozen: the same image for'), frozen['_message']
+    assert frozen['_message'].endswith('not publishing, reopening the source'), frozen['_message']
+    # Reopened twice more and still frozen: one event, and not one repeated image published.
+    assert h.spin(lambda: int(h.diags[-1]['reconnects']) >= 3 and h.diags[-1]['state'] == 'frozen'), h.diags[-1]
+    assert h.diags[-1]['frozen_events'] == '1' and int(h.diags[-1]['repeated_frames']) >= 10
+    numbers = [decode_frame_number(_pixels(m)) for _, m in h.images]
+    assert numbers and numbers == sorted(set(numbers)) and numbers[-1] <= 19, numbers
+    for (_, msg), number in zip(h.images, numbers, strict=True):
+        np.testing.assert_array_equal(_pixels(msg), moving[number])
+    count, last_stamp = len(h.images), _stamp(h.images[-1][1])
+
+    changing = write_pattern_video(tmp_path / 'new.avi', frames=10, label='new')
+    os.replace(tmp_path / 'new.avi', path)
+    assert h.spin(lambda: len(h.images) >= count + 10), 'publishing did not resume'
+    assert h.spin(lambda: h.diags[-1]['state'] == 'streaming'), h.diags[-1]
+    assert h.diags[-1]['_level'] != '2' and h.diags[-1]['frozen_events'] == '1'
+    resumed = [_pixels(m) for _, m in h.images[count:]]
+    assert _stamp(h.images[count][1]) > last_stamp
+    for image in resumed:
+        np.testing.assert_array_equal(image, changing[decode_frame_number(image)])
+
+
+def test_frozen_after_s_is_checked_at_start(ros_context, rig_file: Path) -> None:
+    from rclpy.parameter import Parameter
+
+    from drivers.camera_node import CameraDriver
+
+    for value, shown in ((-0.5, '-0.5'), (60.0, '60'), (float('nan'), 'nan')):
+        params = {'rig': str(rig_file), 'camera': 'base', 'frozen_after_s': value}
+        with pytest.raises(ConfigError) as info:
+            CameraDriver(context=ros_context, parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
+        assert f'frozen_after_s: must be in [0, 10] s, got {shown}' in str(info.value)
 
 
 def test_stamps_follow_sim_time(harness, rig_file: Path, ros_context) -> None:

@@ -1,1 +1,0 @@
-"""Subcommands of the `bimanual-vla` CLI, one module each (see bimanual_vla.cli)."""

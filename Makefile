@@ -34,8 +34,16 @@ endif
 demo: $(STAMP)
 	$(VENV)/bin/bimanual-vla demo --out out/demo
 
+# The folders setup.py maps into the bimanual_vla namespace (PACKAGE_DIR; test_package_metadata checks
+# the two agree). import-linter reads packages from disk, so `lint` lays them out as installed first.
+LAYER_FOLDERS := drivers sim policy_node learning bags
+IMPORT_TREE := build/import-lint
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	@rm -rf $(IMPORT_TREE) && mkdir -p $(IMPORT_TREE)
+	@cp -r bimanual_vla $(IMPORT_TREE)/ && for d in $(LAYER_FOLDERS); do cp -r $$d $(IMPORT_TREE)/bimanual_vla/$$d; done
+	cd $(IMPORT_TREE) && PYTHONPATH=. $(abspath $(VENV))/bin/lint-imports $(CURDIR)/.importlinter --no-cache
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format .

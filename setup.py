@@ -36,10 +36,26 @@ policy = [
 sim = ['mujoco>=3.2', 'gym-aloha>=0.1.1']
 bags = ['rosbags>=0.10', 'matplotlib>=3.7', 'tqdm>=4.60', 'pyarrow>=15']
 
+# One import namespace over the top-level folders: each folder is one layer (docs/architecture.md),
+# and installing adds only `bimanual_vla` to site-packages, never generic names such as `drivers`.
+PACKAGE_DIR = {
+    package_name: 'bimanual_vla',
+    f'{package_name}.drivers': 'drivers',
+    f'{package_name}.sim': 'sim',
+    f'{package_name}.policy_node': 'policy_node',
+    f'{package_name}.learning': 'learning',
+    f'{package_name}.bags': 'bags',
+}
+PACKAGES = sorted(
+    {name for name in PACKAGE_DIR}
+    | {f'{namespace}.{sub}' for namespace, folder in PACKAGE_DIR.items() for sub in find_packages(folder)}
+)
+
 setup(
     name=package_name,
     version='0.1.0',
-    packages=find_packages(exclude=['test', 'test.*', 'bench', 'bench.*']),
+    packages=PACKAGES,
+    package_dir=PACKAGE_DIR,
     data_files=[
         ('share/ament_index/resource_index/packages', ['resource/' + package_name]),
         ('share/' + package_name, ['package.xml']),
@@ -63,6 +79,7 @@ setup(
             'pytest-timeout>=2.2',
             'hypothesis>=6.100',
             'ruff>=0.6',
+            'import-linter>=2.1',
             'dynamixel-sdk>=4.1',
             'feetech-servo-sdk>=1.0',
         ],
@@ -75,14 +92,14 @@ setup(
     python_requires='>=3.10',
     entry_points={
         'console_scripts': [
-            'bimanual-vla = bimanual_vla.cli:main',
-            'bag_record = bimanual_vla.bag_record:main',
-            'bag_replay = bimanual_vla.bag_replay:main',
-            'arm_driver = drivers.arm_node:main',
-            'policy_node = policy_node.node:main',
-            'sim_rig = drivers.sim_rig:main',
-            'camera_driver = drivers.camera_node:main',
-            'estop_input = bimanual_vla.estop_node:main',
+            'bimanual-vla = bimanual_vla.cli.main:main',
+            'bag_record = bimanual_vla.bags.record:main',
+            'bag_replay = bimanual_vla.bags.replay:main',
+            'arm_driver = bimanual_vla.drivers.servo.node:main',
+            'policy_node = bimanual_vla.policy_node.node:main',
+            'sim_rig = bimanual_vla.sim.node:main',
+            'camera_driver = bimanual_vla.drivers.camera.node:main',
+            'estop_input = bimanual_vla.drivers.estop.node:main',
         ],
     },
 )

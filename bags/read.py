@@ -28,7 +28,7 @@ from typing import Any
 
 from rosbags.interfaces import Qos
 
-from bimanual_vla.bag_types import UnknownMessageTypeError, message_class
+from bimanual_vla.bags.message_types import UnknownMessageTypeError, message_class
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ messages of the bag and summarised in metadata.yaml custom_data
 (``bimanual_vla.episodes``, JSON), so one bag holds many labelled episodes.
 
 Long sessions: ``max_bag_size_mb`` / ``max_bag_duration_s`` split the bag into files as
-``ros2 bag record --max-bag-size`` does (``bimanual_vla.bag_split``): each file is closed and
+``ros2 bag record --max-bag-size`` does (``bimanual_vla.bags.split``): each file is closed and
 listed in metadata.yaml as soon as it is full, so a crash hours in loses at most the open one.
 """
 
@@ -39,8 +39,8 @@ from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
 from bimanual_vla import topics as T
-from bimanual_vla.bag_read import EPISODES_CUSTOM_DATA_KEY, Episode, episodes_from_markers
-from bimanual_vla.bag_types import UnknownMessageTypeError, qos_to_bag, subscription_qos, type_definition
+from bimanual_vla.bags.message_types import UnknownMessageTypeError, qos_to_bag, subscription_qos, type_definition
+from bimanual_vla.bags.read import EPISODES_CUSTOM_DATA_KEY, Episode, episodes_from_markers
 from bimanual_vla.config import RigConfig
 from bimanual_vla.ros_utils import ERROR, OK, WARN, diagnostic_status
 
@@ -115,7 +115,7 @@ class BagRecorder(Node):
         self.wanted.add(self.episode_topic)
         self.expected = {self.resolve_topic_name(t) for t in rig_topics(rig)} if rig else set()
 
-        from bimanual_vla.bag_split import SplitBagWriter
+        from bimanual_vla.bags.split import SplitBagWriter
 
         self._writer = SplitBagWriter(
             self.output,
@@ -169,7 +169,7 @@ class BagRecorder(Node):
                 self.get_logger().error(f'cannot record {name}: {exc}')
 
     def _subscribe(self, name: str, type_name: str, infos: list[Any], qos: QoSProfile) -> None:
-        from bimanual_vla.bag_types import message_class
+        from bimanual_vla.bags.message_types import message_class
 
         cls = message_class(type_name)
         msgdef, digest = type_definition(type_name)

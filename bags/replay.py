@@ -23,8 +23,8 @@ from rclpy.node import Node
 from rosgraph_msgs.msg import Clock
 
 from bimanual_vla import topics as T
-from bimanual_vla.bag_read import BagReader
-from bimanual_vla.bag_types import UnknownMessageTypeError, message_class, replay_qos
+from bimanual_vla.bags.message_types import UnknownMessageTypeError, message_class, replay_qos
+from bimanual_vla.bags.read import BagReader
 from bimanual_vla.ros_utils import ERROR, OK, WARN, diagnostic_status
 
 

@@ -80,8 +80,8 @@ def main() -> None:
     from rclpy.parameter import Parameter
 
     from bimanual_vla import topics as T
-    from bimanual_vla.bag_read import BagReader
-    from bimanual_vla.bag_record import BagRecorder
+    from bimanual_vla.bags.read import BagReader
+    from bimanual_vla.bags.record import BagRecorder
 
     workdir = Path(tempfile.mkdtemp(prefix='bag_bench_'))
     out = workdir / 'bench'

@@ -32,8 +32,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from drivers.bus import ServoBus  # noqa: E402
-from drivers.control_table import CONTROL_TABLES  # noqa: E402
+from bimanual_vla.drivers.servo.bus import ServoBus  # noqa: E402
+from bimanual_vla.drivers.servo.control_table import CONTROL_TABLES  # noqa: E402
 
 IDS = [1, 2, 3, 4, 5, 6]
 
@@ -42,12 +42,12 @@ IDS = [1, 2, 3, 4, 5, 6]
 def emulator(protocol: str, drop: list[int] | None = None, in_process: bool = False) -> Iterator[str]:
     """An emulate-bus subprocess (or, ``in_process``, an emulator thread in this process); yields its pty path."""
     if in_process:
-        from drivers.emulator import FaultConfig, ServoBusEmulator
+        from bimanual_vla.drivers.servo.emulator import FaultConfig, ServoBusEmulator
 
         with ServoBusEmulator(protocol, IDS, faults=FaultConfig(missing_ids=set(drop or []))) as emu:
             yield emu.port
         return
-    cmd = [sys.executable, '-m', 'bimanual_vla.cli', 'emulate-bus', '--protocol', protocol, '--ids', '1-6']
+    cmd = [sys.executable, '-m', 'bimanual_vla.cli.main', 'emulate-bus', '--protocol', protocol, '--ids', '1-6']
     if drop:
         cmd += ['--drop', ','.join(map(str, drop))]
     env = {**os.environ, 'PYTHONPATH': str(REPO)}

@@ -59,7 +59,7 @@ def run_subscriber(args: argparse.Namespace) -> int:
     from sensor_msgs.msg import Image
 
     from bimanual_vla import topics
-    from drivers.capture import decode_frame_number
+    from bimanual_vla.drivers.camera.capture import decode_frame_number
 
     rclpy.init()
     node = Node('camera_bench_subscriber')
@@ -173,7 +173,7 @@ def run_drivers(args: argparse.Namespace) -> int:
     from rclpy.parameter import Parameter
 
     from bimanual_vla.config import resolve_rig_path
-    from drivers.camera_node import CameraDriver
+    from bimanual_vla.drivers.camera.node import CameraDriver
 
     # The shipped rig with every camera at the benchmark's size (all test patterns).
     rig = yaml.safe_load(resolve_rig_path('so101_bimanual').read_text())

@@ -6,7 +6,7 @@ process, and the policy node enabled in a child process (restarted with backoff,
 `compose` supports it), with the shipped checkpoint (or `--checkpoint`, or `--tiny`), plus
 `bimanual-vla record` in a process of its own, split every `--record-split-s`. Every fault the stack
 claims to survive is injected, one at a time, round robin in a seeded order, `--fault-every LO HI`
-seconds after the previous one recovered (bimanual_vla/fault_injection.py):
+seconds after the previous one recovered (sim/fault_injection.py):
 
   servo_missing    one servo stops answering (emulator FaultConfig.missing_ids) for 2-5 s
   late_replies     30 % of replies arrive one transaction late, 3-8 s
@@ -76,7 +76,7 @@ os.environ.setdefault('ROS_DOMAIN_ID', str(os.getpid() % 100 + 1))
 import numpy as np  # noqa: E402
 from soak_bench import proc_sample, read_back, summarise_process  # noqa: E402
 
-from bimanual_vla.fault_injection import (  # noqa: E402
+from bimanual_vla.sim.fault_injection import (  # noqa: E402
     FAULT_KINDS,
     MIN_FIT_MINUTES,
     Fault,
@@ -208,8 +208,8 @@ def compose_rig(args: argparse.Namespace, checkpoint: Path, probe: Any, bus_dir:
     """sim_rig + arm drivers here, the policy in its own process, restarted where compose offers it."""
     import inspect
 
-    from bimanual_vla.bringup import rig_nodes
-    from bimanual_vla.compose import compose
+    from bimanual_vla.bringup.compose import compose
+    from bimanual_vla.bringup.nodes import rig_nodes
 
     specs = rig_nodes(
         RIG,
@@ -219,7 +219,7 @@ def compose_rig(args: argparse.Namespace, checkpoint: Path, probe: Any, bus_dir:
     )
     extra: dict[str, Any] = {}
     if 'restart' in inspect.signature(compose).parameters:
-        from bimanual_vla.supervision import RestartPolicy
+        from bimanual_vla.bringup.supervision import RestartPolicy
 
         extra['restart'] = RestartPolicy()
     return compose(specs, rig=RIG, extra_nodes=[probe], **extra)
@@ -310,7 +310,7 @@ def bag_gaps(
     Times are seconds after `origin` (the bench's start, wall clock), as the events' `at_s` are.
     """
     from bimanual_vla import topics
-    from bimanual_vla.bag_read import BagReader
+    from bimanual_vla.bags.read import BagReader
 
     wanted = [topics.JOINT_STATES] + [topics.camera_image(c) for c in cameras]
     times: dict[str, list[float]] = {}
@@ -342,7 +342,7 @@ class FaultSoak:
 
     def __init__(self, args: argparse.Namespace, composition: Any, probe: Any, pids: dict[str, int | None]) -> None:
         from bimanual_vla.config import load_policy
-        from drivers.sim_servo_bus import RAD_PER_TICK, servo_calibration
+        from bimanual_vla.sim.servo_bus import RAD_PER_TICK, servo_calibration
 
         self.args = args
         self.composition = composition
@@ -816,10 +816,10 @@ def stop_recorder(recorder: subprocess.Popen, log: Any) -> None:
 
 def checkpoint_for(args: argparse.Namespace, work: Path) -> Path:
     if args.tiny:
-        from policy_node.tiny_checkpoint import make_tiny_checkpoint
+        from bimanual_vla.learning.tiny_checkpoint import make_tiny_checkpoint
 
         return make_tiny_checkpoint(work / 'tiny', rig=RIG, seed=0)
-    from bimanual_vla.demo import trained_checkpoint
+    from bimanual_vla.learning.demo import trained_checkpoint
 
     checkpoint = args.checkpoint or trained_checkpoint()
     if checkpoint is None:

@@ -48,9 +48,9 @@ def bench_tiny_inference(runs: int = 20, warmup: int = 3, subtask_tokens: int = 
     import numpy as np
     import torch
 
-    from policy_node.chunking import soft_mask
-    from policy_node.model import ChunkGuide, Observation, VLAPolicy
-    from policy_node.tiny_checkpoint import make_tiny_checkpoint
+    from bimanual_vla.learning.tiny_checkpoint import make_tiny_checkpoint
+    from bimanual_vla.policy_node.chunking import soft_mask
+    from bimanual_vla.policy_node.model import ChunkGuide, Observation, VLAPolicy
 
     with tempfile.TemporaryDirectory() as tmp:
         directory = make_tiny_checkpoint(Path(tmp) / 'tiny', rig='aloha_sim')
@@ -218,13 +218,13 @@ def bench_shipped_reasoning(every_n_steps: int = 10, seed: int = 1000) -> dict[s
     import torch
     from builtin_interfaces.msg import Time
 
-    from bimanual_vla.collect import TASK_TEXT
     from bimanual_vla.config import load_rig
-    from bimanual_vla.demo import trained_checkpoint
-    from drivers.expert import ScriptedExpert, run_episode
-    from drivers.sim_scene import SceneRenderer, SimScene
-    from policy_node.markers import GripperPaths, chunk_markers
-    from policy_node.model import Observation, SubtaskDrafts, VLAPolicy
+    from bimanual_vla.learning.collect import TASK_TEXT
+    from bimanual_vla.learning.demo import trained_checkpoint
+    from bimanual_vla.policy_node.markers import GripperPaths, chunk_markers
+    from bimanual_vla.policy_node.model import Observation, SubtaskDrafts, VLAPolicy
+    from bimanual_vla.sim.expert import ScriptedExpert, run_episode
+    from bimanual_vla.sim.scene import SceneRenderer, SimScene
 
     rig = load_rig('aloha_sim')
     checkpoint = trained_checkpoint()
@@ -287,9 +287,9 @@ def bench_shipped_rtc(runs: int = 20, warmup: int = 5, frozen: int = 7, overlap:
     """
     import numpy as np
 
-    from bimanual_vla.demo import trained_checkpoint
-    from policy_node.chunking import soft_mask
-    from policy_node.model import ChunkGuide, Observation, VLAPolicy
+    from bimanual_vla.learning.demo import trained_checkpoint
+    from bimanual_vla.policy_node.chunking import soft_mask
+    from bimanual_vla.policy_node.model import ChunkGuide, Observation, VLAPolicy
 
     checkpoint = trained_checkpoint()
     if checkpoint is None:

@@ -36,7 +36,7 @@ RIG = 'aloha_sim'
 
 
 def _tiny_checkpoint(directory: Path, chunk_size: int) -> Path:
-    from policy_node.tiny_checkpoint import make_tiny_checkpoint
+    from bimanual_vla.learning.tiny_checkpoint import make_tiny_checkpoint
 
     return make_tiny_checkpoint(directory / f'tiny_{chunk_size}', rig=RIG, chunk_size=chunk_size)
 
@@ -58,8 +58,8 @@ def bench_chunk_switch(
     switches: int = 12, latency_s: float = 0.2, horizon: int = 25, chunk_size: int = 50, num_steps: int = 10
 ) -> dict[str, Any]:
     """naive / ensemble / rtc on identical inputs and noise, in simulated time."""
-    from policy_node.chunking import Chunk, ChunkExecutor, LatencyEstimator, plan_guide
-    from policy_node.model import Observation, VLAPolicy
+    from bimanual_vla.policy_node.chunking import Chunk, ChunkExecutor, LatencyEstimator, plan_guide
+    from bimanual_vla.policy_node.model import Observation, VLAPolicy
 
     with tempfile.TemporaryDirectory() as tmp:
         policy = VLAPolicy.load(_tiny_checkpoint(Path(tmp), chunk_size), num_steps=num_steps)
@@ -188,8 +188,8 @@ def bench_control_loop(seconds: float = 15.0, torch_threads: int = 1, chunking: 
     from rclpy.context import Context
     from rclpy.parameter import Parameter
 
-    from bimanual_vla.executors import NodeThreads
-    from policy_node.node import PolicyNode
+    from bimanual_vla.bringup.executors import NodeThreads
+    from bimanual_vla.policy_node.node import PolicyNode
 
     threads_before = torch.get_num_threads()  # the node sets torch's (process-wide) count; put it back after
     context = Context()

@@ -26,8 +26,8 @@ def main() -> None:
     import mujoco
 
     from bimanual_vla.config import load_rig
-    from drivers.expert import ScriptedExpert
-    from drivers.sim_scene import SceneRenderer, SimScene, rig_cameras
+    from bimanual_vla.sim.expert import ScriptedExpert
+    from bimanual_vla.sim.scene import SceneRenderer, SimScene, rig_cameras
 
     rig = load_rig('aloha_sim')
     scene = SimScene(rig, task=args.task, seed=0)

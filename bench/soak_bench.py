@@ -72,7 +72,7 @@ def summarise_process(t: np.ndarray, rows: list[tuple[float, int, int]], warmup:
 
 def read_back(bag: Path) -> dict:
     """What the soak's recording holds, read back as a user would: files, size, counts, drops, problems."""
-    from bimanual_vla.bag_read import BagReader
+    from bimanual_vla.bags.read import BagReader
 
     files = sorted(bag.glob('*.mcap'))
     with BagReader(bag) as reader:
@@ -112,11 +112,11 @@ def main() -> int:
     from std_msgs.msg import Int64, String
 
     from bimanual_vla import topics
-    from bimanual_vla.bringup import rig_nodes
-    from bimanual_vla.compose import OWN_PROCESS, compose
+    from bimanual_vla.bringup.compose import OWN_PROCESS, compose
+    from bimanual_vla.bringup.nodes import rig_nodes
     from bimanual_vla.config import load_policy
-    from bimanual_vla.demo import trained_checkpoint
-    from policy_node.tiny_checkpoint import make_tiny_checkpoint
+    from bimanual_vla.learning.demo import trained_checkpoint
+    from bimanual_vla.learning.tiny_checkpoint import make_tiny_checkpoint
 
     if args.tiny:
         checkpoint = make_tiny_checkpoint(Path(tempfile.mkdtemp(prefix='soak_')) / 'tiny', rig='aloha_sim', seed=0)

@@ -19,7 +19,7 @@ import numpy as np
 
 
 def synthetic_cache(directory: Path, image_size: int, n: int = 256):
-    from policy_node.train_data import CachedSamples
+    from bimanual_vla.learning.train_data import CachedSamples
 
     rng = np.random.default_rng(0)
     cams = ['top', 'left_wrist', 'right_wrist']
@@ -44,8 +44,8 @@ def synthetic_cache(directory: Path, image_size: int, n: int = 256):
 def main() -> None:
     import torch
 
-    from policy_node.train import ModelShape, TrainConfig, Trainer
-    from policy_node.train_data import load_cache
+    from bimanual_vla.learning.train import ModelShape, TrainConfig, Trainer
+    from bimanual_vla.learning.train_data import load_cache
 
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument('--cache', type=Path)

@@ -177,7 +177,7 @@ def run_node(
     A node whose constructor raises one of `startup_errors` (bad config, missing device or
     checkpoint) prints one line and returns 2 instead of a traceback. The node spins on a
     SingleThreadedExecutor: every node keeps its slow work in threads of its own, and rclpy's
-    MultiThreadedExecutor costs more than it gives (see ``bimanual_vla/executors.py``).
+    MultiThreadedExecutor costs more than it gives (see ``bimanual_vla/bringup/executors.py``).
     """
     import sys
 

@@ -1,1 +1,2 @@
-"""Hardware and simulated hardware: servo protocols, buses, emulator, arm/camera/sim nodes."""
+"""Hardware only: serial servo buses (servo/), cameras (camera/) and e-stop input devices (estop/), each a
+library without ROS plus a thin node."""

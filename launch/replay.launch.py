@@ -9,8 +9,8 @@ from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
-from bimanual_vla.bringup import NodeSpec
-from bimanual_vla.launch_actions import PACKAGE, robot_state_publisher, rviz, spec_actions, truthy
+from bimanual_vla.bringup.launch_actions import PACKAGE, robot_state_publisher, rviz, spec_actions, truthy
+from bimanual_vla.bringup.nodes import NodeSpec
 
 
 def _nodes(context):

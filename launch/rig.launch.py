@@ -8,8 +8,8 @@ from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 
-from bimanual_vla.bringup import rig_nodes
-from bimanual_vla.launch_actions import bringup_actions
+from bimanual_vla.bringup.launch_actions import bringup_actions
+from bimanual_vla.bringup.nodes import rig_nodes
 
 
 def _nodes(context):

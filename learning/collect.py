@@ -5,7 +5,7 @@ both: `sim_rig` (``expert:=true``) publishes cameras, joint states, the expert's
 subtask labels; `BagRecorder` records them as a user's `bimanual-vla record` would; a small conductor
 node publishes the task on ``policy/task``, resets the sim to each episode's seed and brackets every
 episode with ``record/episode`` markers. All three nodes share one process and one executor
-(`bimanual_vla.compose`), so there is no process start cost per episode, and the sim runs as fast as
+(`bimanual_vla.bringup.compose`), so there is no process start cost per episode, and the sim runs as fast as
 the machine allows (``real_time_factor:=0``: physics waits for every camera frame, so no frame is
 dropped and the recording is identical to a real-time one apart from wall-clock receive times; train
 on it with ``time_base='header'``).
@@ -33,7 +33,7 @@ from rosgraph_msgs.msg import Clock
 from std_msgs.msg import Bool, Int64, String
 
 from bimanual_vla import topics
-from bimanual_vla.bag_record import EPISODE_QOS
+from bimanual_vla.bags.record import EPISODE_QOS
 from bimanual_vla.config import RigConfig, load_rig
 from bimanual_vla.ros_utils import stamp_to_sec
 
@@ -69,8 +69,8 @@ class CollectResult:
     wall_s: float = 0.0
     recorded_messages: dict[str, int] = field(default_factory=dict)
     dropped_messages: int = 0
-    # The expert's commands are stamped when issued (drivers/sim_rig.py). Bags from before that fix
-    # lack this key, and train dates their commands one tick earlier (policy_node/train_data.py).
+    # The expert's commands are stamped when issued (sim/node.py). Bags from before that fix
+    # lack this key, and train dates their commands one tick earlier (learning/train_data.py).
     command_stamps: str = 'issued'
     expert_noise_rad: float = 0.0
     expert_max_joint_speed_rad_s: float = 0.0  # 0: unlimited
@@ -150,7 +150,7 @@ class CollectConductor(Node):
 
 def episode_duration_s(rig: RigConfig, task: str, seed: int, tail_s: float) -> float:
     """How long an episode of the expert lasts in sim time (its plan plus a tail to settle)."""
-    from drivers.expert import ScriptedExpert
+    from bimanual_vla.sim.expert import ScriptedExpert
 
     expert = ScriptedExpert(rig, task, seed)
     return expert.num_steps / rig.control_rate_hz + tail_s
@@ -185,7 +185,7 @@ def collect(
     `expert_max_joint_speed_rad_s` > 0 keeps every arm joint of the expert under that speed (set it to the
     policy node's `safety.max_velocity_rad_s`, so the data holds no motion the gate would clamp).
     `expert_approach` ('joint' or 'cartesian') is how the expert's right gripper gets above the cube
-    (drivers/expert.py, APPROACHES): 'joint' avoids the wrist flip a straight line makes.
+    (sim/expert.py, APPROACHES): 'joint' avoids the wrist flip a straight line makes.
     `expert_time_warp` > 0 stretches each segment of the expert's plan by its own random factor
     exp(U(-w, w)) per episode (ScriptedExpert._warp_times), so no move can be timed by the previous one.
     `expert_meet_jitter` > 0 moves the handover point by up to that many metres per axis per episode, and
@@ -195,9 +195,9 @@ def collect(
     import rclpy
     from rclpy.parameter import Parameter
 
-    from bimanual_vla.bag_record import BagRecorder
-    from bimanual_vla.bringup import rig_nodes
-    from bimanual_vla.compose import compose
+    from bimanual_vla.bags.record import BagRecorder
+    from bimanual_vla.bringup.compose import compose
+    from bimanual_vla.bringup.nodes import rig_nodes
 
     if task not in TASK_TEXT:
         raise ValueError(f'unknown task {task!r}; choose from {sorted(TASK_TEXT)}')
@@ -206,7 +206,7 @@ def collect(
     if not expert_max_joint_speed_rad_s >= 0:
         speed = expert_max_joint_speed_rad_s
         raise ValueError(f'expert_max_joint_speed_rad_s must be >= 0 (0: unlimited), got {speed}')
-    from drivers.expert import APPROACHES, MAX_MEET_JITTER, MAX_TIME_WARP
+    from bimanual_vla.sim.expert import APPROACHES, MAX_MEET_JITTER, MAX_TIME_WARP
 
     if expert_approach not in APPROACHES:
         raise ValueError(f"expert_approach must be 'joint' or 'cartesian', got {expert_approach!r}")

@@ -59,7 +59,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from bimanual_vla import topics as T
-from bimanual_vla.bag_read import BagError, BagReader, Episode, MissingTopicError
+from bimanual_vla.bags.read import BagError, BagReader, Episode, MissingTopicError
 from bimanual_vla.image_msgs import image_to_rgb
 
 log = logging.getLogger(__name__)

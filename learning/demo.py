@@ -1,6 +1,6 @@
 """`make demo`: one episode of the simulated rig, headless, written out for a person to look at.
 
-The rig runs exactly as `bimanual-vla run --rig aloha_sim` brings it up (bimanual_vla.bringup),
+The rig runs exactly as `bimanual-vla run --rig aloha_sim` brings it up (bimanual_vla.bringup.nodes),
 driven either by the policy node with a trained checkpoint or, where no trained checkpoint is
 installed, by the sim's scripted expert. An observer node subscribes to the same topics rviz
 would (cameras, the subtask text, `sim/success`) and writes `episode.mp4`, `contact_sheet.png`
@@ -22,10 +22,9 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import Bool, String
 
 from bimanual_vla import topics
-from bimanual_vla.commands.demo import DEMO_SEED
 from bimanual_vla.config import RigConfig, load_policy, load_rig, resolve_share_relative
-from bimanual_vla.episode_video import EpisodeRecorder
 from bimanual_vla.image_msgs import ImageError, image_to_rgb
+from bimanual_vla.learning.episode_video import EpisodeRecorder
 
 
 @dataclass
@@ -106,9 +105,14 @@ def trained_checkpoint(policy: str = 'default') -> Path | None:
 def checkpoint_tasks(checkpoint: Path) -> list[str]:
     """The task prompts `checkpoint` was trained on (its bimanual_vla.json), or the default policy's
     task when the checkpoint does not record them."""
-    from policy_node.checkpoint import read_metadata
+    from bimanual_vla.policy_node.checkpoint import read_metadata
 
     return list(read_metadata(checkpoint).tasks) or [load_policy('default').task]
+
+
+# Held out from training (the shipped checkpoint's training seeds lie below 1000), and one the shipped
+# policy transferred the cube on in both closed-loop evaluations of seeds 1000-1049 (in 5.3 s of sim time).
+DEMO_SEED = 1001
 
 
 def run_demo(
@@ -117,7 +121,7 @@ def run_demo(
     rig_name: str = 'aloha_sim',
     driver: str = 'auto',
     task: str = 'transfer_cube',
-    seed: int = DEMO_SEED,
+    seed: int | None = None,
     max_sim_s: float = 20.0,
     max_wall_s: float = 300.0,
     real_time_factor: float = 1.0,
@@ -126,10 +130,11 @@ def run_demo(
     """Run one episode and write its video, contact sheet and result; return the result."""
     import rclpy
 
-    from bimanual_vla.bringup import rig_nodes
-    from bimanual_vla.collect import TASK_TEXT
-    from bimanual_vla.compose import compose
+    from bimanual_vla.bringup.compose import compose
+    from bimanual_vla.bringup.nodes import rig_nodes
+    from bimanual_vla.learning.collect import TASK_TEXT
 
+    seed = DEMO_SEED if seed is None else seed
     rig = load_rig(rig_name)
     if task not in TASK_TEXT:
         raise ValueError(f'unknown task {task!r}; choose from {sorted(TASK_TEXT)}')

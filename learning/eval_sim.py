@@ -15,14 +15,14 @@ topics would:
 * pace: after each episode the expert is replayed on its seed (physics only) and the policy's
   first-reach time of each reward stage is compared with the expert's;
 * aligned agreement: the policy's measured joints are aligned by DTW with the expert's replay
-  (`bimanual_vla.trajectory_alignment`), and each tick's subtask compared with the expert's label
+  (`bimanual_vla.learning.alignment`), and each tick's subtask compared with the expert's label
   at the step the arms are at. This tells a wrong text from a different pace. The same aligned
   labels scored against the expert's clock give the ceiling that the episode's pace puts on
   the per-tick agreement, whatever the text says;
 * command safety: every `arms/<arm>/joint_command` is checked to be finite and within the rig's
   joint limits;
 * one episode (the first) as a video and a contact sheet with the policy's subtask and the
-  expert's label drawn on (`bimanual_vla.episode_video`).
+  expert's label drawn on (`bimanual_vla.learning.episode_video`).
 
 Episodes: the policy is disabled (`policy/enable` false), the sim reset to the episode's seed
 (`sim/reset_seed`), and the policy enabled again once a camera frame of the new episode has
@@ -50,13 +50,13 @@ from std_srvs.srv import SetBool
 from visualization_msgs.msg import MarkerArray
 
 from bimanual_vla import topics
-from bimanual_vla.collect import TASK_TEXT
 from bimanual_vla.config import RigConfig, load_rig
-from bimanual_vla.episode_video import EpisodeRecorder
+from bimanual_vla.learning.collect import TASK_TEXT
+from bimanual_vla.learning.episode_video import EpisodeRecorder
 from bimanual_vla.ros_utils import stamp_to_sec
 
 if TYPE_CHECKING:
-    from drivers.expert import ScriptedExpert
+    from bimanual_vla.sim.expert import ScriptedExpert
 
 
 @dataclass
@@ -293,7 +293,7 @@ def evaluate_closed_loop(
     stamp, arrival time, subtask, expert label, aligned label), for timing analyses the report's
     summary cannot answer.
     `policy_process`: run policy_node in a child process of its own, as the launch files do (see
-    bimanual_vla/node_process.py); False composes it with the simulator in this process.
+    bimanual_vla/bringup/node_process.py); False composes it with the simulator in this process.
     `narrate_expert`: the scripted expert drives the arms and the policy, never enabled, only writes
     its subtasks (preview mode). The agreement then measures the reasoning head on the expert's own
     motion, latency included, without the differences in pace a closed loop brings; success and
@@ -303,15 +303,15 @@ def evaluate_closed_loop(
     and the aligned agreement and its ceiling (module docstring). The expert's labels follow its
     clock, so the policy's pace bounds the agreement it can reach with them.
     `expert_approach`: how the expert (labels, replay, narrated motion) moves above the cube
-    (drivers/expert.py, APPROACHES). None: the way the checkpoint's training data did
+    (sim/expert.py, APPROACHES). None: the way the checkpoint's training data did
     (`expert_approach` in its bimanual_vla.json), else 'joint'. The labels follow the same clock
     either way; the replay the policy's motion is aligned with should be the motion it learned.
     """
     import rclpy
 
-    from bimanual_vla.bringup import rig_nodes
-    from bimanual_vla.compose import OWN_PROCESS, compose
-    from drivers.expert import APPROACHES, ScriptedExpert
+    from bimanual_vla.bringup.compose import OWN_PROCESS, compose
+    from bimanual_vla.bringup.nodes import rig_nodes
+    from bimanual_vla.sim.expert import APPROACHES, ScriptedExpert
 
     checkpoint = Path(checkpoint).expanduser().resolve()
     approach = expert_approach or _trained_approach(checkpoint) or 'joint'
@@ -461,7 +461,7 @@ def _changes(ticks: list[tuple[float, str, str, np.ndarray]]) -> list[tuple[floa
 
 def _trained_approach(checkpoint: Path) -> str | None:
     """The expert approach the checkpoint's training data used (its metadata), None if not recorded."""
-    from policy_node.checkpoint import read_metadata
+    from bimanual_vla.policy_node.checkpoint import read_metadata
 
     return read_metadata(checkpoint).expert_approach
 
@@ -477,8 +477,8 @@ class ExpertReplay:
 
 def replay_expert(expert: ScriptedExpert) -> ExpertReplay:
     """Play a planned ScriptedExpert on its seed in-process (physics only, no rendering, ~1 s)."""
-    from drivers.expert import run_episode
-    from drivers.sim_scene import SimScene
+    from bimanual_vla.sim.expert import run_episode
+    from bimanual_vla.sim.scene import SimScene
 
     scene = SimScene(expert.rig, task=expert.task, seed=expert.seed)
     joints: list[np.ndarray] = []
@@ -496,7 +496,7 @@ def aligned_labels(ticks: list, replay: ExpertReplay, rig: RigConfig) -> list[st
     Ticks before the first joint state take that state's place. Grippers (metres, ~0.036 m of
     stroke) weigh 30x, on the scale of the arm joints' radians. None if no joint state came.
     """
-    from bimanual_vla.trajectory_alignment import dtw_align
+    from bimanual_vla.learning.alignment import dtw_align
 
     if not ticks:
         return None

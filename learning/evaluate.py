@@ -1,6 +1,6 @@
 """Open-loop evaluation: a policy's action chunks and subtasks against what a bag recorded.
 
-For every ``stride``-th sample of the bag (see :mod:`bimanual_vla.dataset` for how samples are
+For every ``stride``-th sample of the bag (see :mod:`bimanual_vla.learning.dataset` for how samples are
 cut: latest frames, state, the recorded command chunk of length H with its padding mask), the
 policy is asked for a chunk on that observation and compared with the recorded one:
 
@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from bimanual_vla.dataset import BagDataset
+from bimanual_vla.learning.dataset import BagDataset
 
 
 @dataclass
@@ -212,8 +212,8 @@ def evaluate(
 
 
 def policy_predictor(policy: Any, *, seed: int = 0, reasoning: bool = True) -> Predictor:
-    """A Predictor running a `policy_node.model.VLAPolicy` (fixed noise seed: repeatable numbers)."""
-    from policy_node.model import Observation
+    """A Predictor running a `bimanual_vla.policy_node.model.VLAPolicy` (fixed noise seed: repeatable numbers)."""
+    from bimanual_vla.policy_node.model import Observation
 
     policy.seed(seed)
 

@@ -13,7 +13,7 @@ Layout written (one file of each kind; LeRobot reads them as chunk 0, file 0)::
                                            task_index, subtask_index
     videos/observation.images.<cam>/chunk-000/file-000.mp4   every episode back to back
 
-Frames are the dataset samples (:mod:`bimanual_vla.dataset`) at ``fps`` with chunk size 1:
+Frames are the dataset samples (:mod:`bimanual_vla.learning.dataset`) at ``fps`` with chunk size 1:
 ``action`` is the command in force at the frame (LeRobot builds chunks itself with
 ``delta_timestamps``). LeRobot needs frames evenly spaced at ``fps`` within an episode, so where
 the dataset skips samples (a stale camera mid-episode) the episode is split there, and the
@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from bimanual_vla.dataset import BagDataset, DatasetOptions
+from bimanual_vla.learning.dataset import BagDataset, DatasetOptions
 
 CODEBASE_VERSION = 'v3.0'
 DATA_PATH = 'data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet'

@@ -12,7 +12,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from policy_node.checkpoint import (
+from bimanual_vla.policy_node.checkpoint import (
     CheckpointError,
     CheckpointMetadata,
     FeatureStats,

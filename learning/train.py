@@ -1,6 +1,6 @@
 """Train or fine-tune a PI0 checkpoint on recorded bags: flow matching on action chunks + subtask text.
 
-One training step, for a batch of cached samples (`policy_node.train_data`):
+One training step, for a batch of cached samples (`bimanual_vla.learning.train_data`):
 
 1. Sequence per sample, laid out exactly as `VLAPolicy` does at run time:
    ``<image> x tokens x cameras, <bos>, task, "\\n"`` (the prefix) followed by the subtask
@@ -32,7 +32,7 @@ Output directory layout (a checkpoint `VLAPolicy.load` reads directly):
                                                         the checkpoint loader's pickle refusal holds)
     OUT/training/log.csv, loss.png, run.json            loss curves and the run's settings
     OUT/training/demonstration_speed.json               how much of the data moves faster than the
-                                                        policy node's gate (policy_node/demo_speed.py)
+                                                        policy node's gate (learning/demo_speed.py)
 """
 
 from __future__ import annotations
@@ -52,7 +52,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from policy_node.checkpoint import (
+from bimanual_vla.learning.train_data import CachedSamples, action_time_offset_s, expert_approach
+from bimanual_vla.policy_node.checkpoint import (
     CheckpointError,
     CheckpointMetadata,
     FeatureStats,
@@ -64,8 +65,7 @@ from policy_node.checkpoint import (
     read_metadata,
     write_metadata,
 )
-from policy_node.normalize import Normalizer
-from policy_node.train_data import CachedSamples, action_time_offset_s, expert_approach
+from bimanual_vla.policy_node.normalize import Normalizer
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +143,7 @@ def _words(texts: list[str]) -> list[str]:
 
 def new_tokenizer(texts: list[str]):
     """The tiny word-level tokenizer, extended with every word of the data's tasks and subtasks."""
-    from policy_node.tiny_checkpoint import VOCABULARY, build_tokenizer
+    from bimanual_vla.learning.tiny_checkpoint import VOCABULARY, build_tokenizer
 
     extra = tuple(w for w in _words(texts) if w not in VOCABULARY)
     return build_tokenizer(SpecialTokens(), VOCABULARY + extra)
@@ -162,7 +162,7 @@ def check_tokenizer_covers(tokenizer: Any, texts: list[str], where: str) -> None
 def new_model(shape: ModelShape, tokenizer: Any, chunk_size: int, seed: int):
     from transformers import PI0ForConditionalGeneration
 
-    from policy_node.tiny_checkpoint import tiny_pi0_config
+    from bimanual_vla.learning.tiny_checkpoint import tiny_pi0_config
 
     config = tiny_pi0_config(
         vocab_size=tokenizer.get_vocab_size(),

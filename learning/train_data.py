@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from policy_node.preprocess import model_rgb
+from bimanual_vla.policy_node.preprocess import model_rgb
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +175,7 @@ def _decode_bag(
     path: Path, directory: Path, options: dict[str, Any], crops: dict[str, tuple[int, int, int, int]], progress: bool
 ) -> None:
     """Decode one bag into `directory` (written under a temporary name, renamed when complete)."""
-    from bimanual_vla.dataset import BagDataset
+    from bimanual_vla.learning.dataset import BagDataset
 
     rig, chunk_size, cameras = options['rig'], options['chunk_size'], options['cameras']
     time_base, default_task = options['time_base'], options['default_task']

@@ -1,1 +1,2 @@
-"""The VLA policy: PI0 model wrapper, text reasoning, flow sampling, chunk streaming, training."""
+"""The run-time policy: PI0 model wrapper, preprocessing, normalisation, chunking (RTC), safety gate,
+input sync, checkpoint, markers and the policy node."""

@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from policy_node.preprocess import crop_box_problem
+from bimanual_vla.policy_node.preprocess import crop_box_problem
 
 METADATA_FILE = 'bimanual_vla.json'
 TOKENIZER_FILE = 'tokenizer.json'

@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 if TYPE_CHECKING:  # the model module imports torch; keep this one importable without it
-    from policy_node.model import ChunkGuide
+    from bimanual_vla.policy_node.model import ChunkGuide
 
 Strategy = Literal['naive', 'ensemble', 'rtc']
 STRATEGIES: tuple[str, ...] = ('naive', 'ensemble', 'rtc')
@@ -305,7 +305,7 @@ class GuidePlan:
     t0: float  # the new chunk's first-action time (the observation stamp)
 
     def to_chunk_guide(self, max_guidance: float = 5.0, jacobian: str = 'exact') -> ChunkGuide:
-        from policy_node.model import ChunkGuide
+        from bimanual_vla.policy_node.model import ChunkGuide
 
         return ChunkGuide(
             actions=self.actions.copy(), weights=self.weights.copy(), max_guidance=max_guidance, jacobian=jacobian

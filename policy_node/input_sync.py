@@ -1,7 +1,7 @@
 """Observations as `train` pairs them, even when some inputs arrive late.
 
 A training sample at time t pairs the latest inputs *stamped* at or before t with the commands
-from t (`bimanual_vla.dataset`). Online, the node only has what has *arrived*. A camera frame is
+from t (`bimanual_vla.learning.dataset`). Online, the node only has what has *arrived*. A camera frame is
 stamped when the image was taken but arrives later: rendering three cameras in the simulator,
 or a USB camera's exposure and transfer on a rig, takes tens of milliseconds. The latest frame
 in hand is therefore older than the one training paired with "now". The

@@ -3,7 +3,7 @@
 One inference, for one observation:
 
 1. preprocess: images resized with padding to the model size and scaled to [-1, 1]
-   (`policy_node.preprocess`), state normalised and zero-padded to pi0's 32 dims,
+   (`bimanual_vla.policy_node.preprocess`), state normalised and zero-padded to pi0's 32 dims,
    prompt laid out as PI0Processor does: ``<image> x tokens_per_image x cameras,
    <bos>, task, "\\n"``.
 2. prefix: SigLIP + the PaliGemma backbone run once over images + task and leave a
@@ -41,10 +41,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from policy_node.checkpoint import CheckpointError, CheckpointMetadata, check_directory, load_pi0, load_tokenizer
-from policy_node.checkpoint import read_metadata as _read_metadata
-from policy_node.normalize import Normalizer, pad_last
-from policy_node.preprocess import ObservationError, images_to_model
+from bimanual_vla.policy_node.checkpoint import (
+    CheckpointError,
+    CheckpointMetadata,
+    check_directory,
+    load_pi0,
+    load_tokenizer,
+)
+from bimanual_vla.policy_node.checkpoint import read_metadata as _read_metadata
+from bimanual_vla.policy_node.normalize import Normalizer, pad_last
+from bimanual_vla.policy_node.preprocess import ObservationError, images_to_model
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +87,7 @@ class ChunkGuide:
 
     actions[i] is the committed action for new-chunk step i (rig units, joint_names order);
     weights[i] in [0, 1]: 1 for the frozen steps, decaying over the rest of the overlap, 0 beyond
-    (`policy_node.chunking.soft_mask` computes the paper's schedule).
+    (`bimanual_vla.policy_node.chunking.soft_mask` computes the paper's schedule).
     """
 
     actions: np.ndarray  # (k, n_joints)
@@ -219,7 +225,7 @@ class VLAPolicy:
         rig_joint_names: list[str] | None = None,
         dtype: str = 'float32',
     ) -> VLAPolicy:
-        """Load a checkpoint directory offline from safetensors; see `policy_node.checkpoint`.
+        """Load a checkpoint directory offline from safetensors; see `bimanual_vla.policy_node.checkpoint`.
 
         With `rig_joint_names`, refuse a checkpoint trained on other joints. `dtype`
         ('float32' | 'bfloat16' | 'float16') is the compute precision; float32 on CPU.

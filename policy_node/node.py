@@ -43,6 +43,10 @@ from visualization_msgs.msg import MarkerArray
 from bimanual_vla import topics
 from bimanual_vla.config import ConfigError, PolicyConfig, load_policy, resolve_share_relative
 from bimanual_vla.image_msgs import ImageError, image_to_rgb
+from bimanual_vla.policy_node.chunking import Chunk, ChunkExecutor, GuidePlan, LatencyEstimator, plan_guide
+from bimanual_vla.policy_node.input_sync import ArrivalDelay, JointHistory, StampedHistory
+from bimanual_vla.policy_node.markers import GripperPaths, chunk_markers
+from bimanual_vla.policy_node.safety import CommandGate
 from bimanual_vla.ros_utils import (
     ERROR,
     OK,
@@ -55,10 +59,6 @@ from bimanual_vla.ros_utils import (
     stamp_to_sec,
     subscribe_from_any_publisher,
 )
-from policy_node.chunking import Chunk, ChunkExecutor, GuidePlan, LatencyEstimator, plan_guide
-from policy_node.input_sync import ArrivalDelay, JointHistory, StampedHistory
-from policy_node.markers import GripperPaths, chunk_markers
-from policy_node.safety import CommandGate
 
 TIME_JUMP_TOLERANCE_S = 0.05
 """ROS time further back than this from the latest seen counts as a jump (a sim reset, a bag loop)."""
@@ -117,7 +117,7 @@ class PolicyNode(Node):
         super().__init__('policy_node', **kwargs)
         self._stop = threading.Event()  # first: destroy_node must work on a node whose set-up failed
         self._thread: threading.Thread | None = None
-        from policy_node.model import VLAPolicy  # torch/transformers: only when a node is built
+        from bimanual_vla.policy_node.model import VLAPolicy  # torch/transformers: only when a node is built
 
         self.rig = declare_rig(self)
         policy_arg = self.declare_parameter('policy', 'default').get_parameter_value().string_value
@@ -529,7 +529,7 @@ class PolicyNode(Node):
         return t_sync, frames, state
 
     def _inference_loop(self) -> None:
-        from policy_node.model import NonFiniteActionError, Observation
+        from bimanual_vla.policy_node.model import NonFiniteActionError, Observation
 
         horizon = max(1, min(self.policy_cfg.inference.execution_horizon, self.model.chunk_size))
         next_start, paced_epoch = -math.inf, 0

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from policy_node.checkpoint import FeatureStats
+from bimanual_vla.policy_node.checkpoint import FeatureStats
 
 EPS = 1e-6
 

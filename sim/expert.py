@@ -27,7 +27,7 @@ import mujoco
 import numpy as np
 
 from bimanual_vla.config import RigConfig
-from drivers.sim_scene import ARM_PREFIX, SimScene, load_model, sample_object_poses
+from bimanual_vla.sim.scene import ARM_PREFIX, SimScene, load_model, sample_object_poses
 
 # Point between the fingertips, in the gripper_link frame (x: pointing, y: finger closing axis).
 TCP_OFFSET = np.array([0.13, 0.0, 0.0])
@@ -633,7 +633,7 @@ def evaluate(
     }
 
 
-if __name__ == '__main__':  # quick look: python -m drivers.expert
+if __name__ == '__main__':  # quick look: python -m bimanual_vla.sim.expert
     from bimanual_vla.config import load_rig
 
     print(json.dumps(evaluate(load_rig('aloha_sim'), 'transfer_cube', 5, 0), indent=1))

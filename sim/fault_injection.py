@@ -1,12 +1,12 @@
 """Fault injection for soak tests: the fault schedule, broken-camera hook, goal-write checks, report sums.
 
-No rclpy here, so every piece is unit-tested without a ROS graph (test/test_fault_injection.py);
+No rclpy here, so every piece is unit-tested without a ROS graph (test/sim/test_fault_injection.py);
 `bench/fault_soak_bench.py` drives them against the simulated rig on emulated servo buses.
 
 * :func:`fault_sequence`: an endless, seeded round robin over the fault kinds (every kind once per
   round, in a shuffled order), each with its target (arm, servo, camera), duration and the pause
   before the next one.
-* :class:`CameraFaults`: the sim rig's hook for broken cameras (`drivers/sim_rig.py` calls
+* :class:`CameraFaults`: the sim rig's hook for broken cameras (`sim/node.py` calls
   :meth:`CameraFaults.apply` on every rendered frame).
 * :func:`tap_goal_writes` and :class:`GoalChecker`: every goal-position write an emulated servo
   receives, checked against the rig's joint limits and the arm's goal velocity bound, and the time

@@ -42,7 +42,6 @@ from std_srvs.srv import Trigger
 
 from bimanual_vla import topics
 from bimanual_vla.config import ConfigError
-from bimanual_vla.fault_injection import CameraFaults
 from bimanual_vla.ros_utils import (
     ERROR,
     OK,
@@ -53,9 +52,10 @@ from bimanual_vla.ros_utils import (
     sec_to_stamp,
     subscribe_from_any_publisher,
 )
-from drivers.expert import APPROACHES, MAX_MEET_JITTER, MAX_TIME_WARP
-from drivers.sim_scene import MAX_REWARD, SceneRenderer, SimScene, rig_cameras, snapshot
-from drivers.sim_servo_bus import SimServoBus, check_protocol, default_directory, port_link, write_servo_bus_rig
+from bimanual_vla.sim.expert import APPROACHES, MAX_MEET_JITTER, MAX_TIME_WARP
+from bimanual_vla.sim.fault_injection import CameraFaults
+from bimanual_vla.sim.scene import MAX_REWARD, SceneRenderer, SimScene, rig_cameras, snapshot
+from bimanual_vla.sim.servo_bus import SimServoBus, check_protocol, default_directory, port_link, write_servo_bus_rig
 
 
 def camera_info_msg(camera: str, width: int, height: int, fovy_deg: float) -> CameraInfo:
@@ -283,7 +283,7 @@ class SimRig(Node):
             self._pending_reset = int(msg.data)
 
     def _start_expert(self) -> None:
-        from drivers.expert import ScriptedExpert
+        from bimanual_vla.sim.expert import ScriptedExpert
 
         self._expert = ScriptedExpert(
             self.rig,

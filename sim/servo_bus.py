@@ -1,6 +1,6 @@
 """Simulated arms behind emulated servo buses, so the real ``arm_driver`` drives the simulation.
 
-In this mode each simulated arm is a :class:`drivers.emulator.ServoBusEmulator` on a
+In this mode each simulated arm is a :class:`bimanual_vla.drivers.servo.emulator.ServoBusEmulator` on a
 pseudo-terminal, in external-motion mode: the physics thread writes every joint's
 position into its servo's present-position register, and goal-position writes coming
 down the bus become the simulation's joint targets. ``arm_driver`` opens the pty as it
@@ -40,8 +40,8 @@ from pathlib import Path
 import yaml
 
 from bimanual_vla.config import ArmConfig, ConfigError, RigConfig
-from drivers.calibration import ArmCalibration, JointCalibration, now_iso
-from drivers.emulator import FaultConfig, ServoBusEmulator
+from bimanual_vla.drivers.servo.calibration import ArmCalibration, JointCalibration, now_iso
+from bimanual_vla.drivers.servo.emulator import FaultConfig, ServoBusEmulator
 
 SERVO_BUS_PROTOCOLS = ('feetech', 'dynamixel')
 RESOLUTION = 4096  # ticks per turn of the emulated STS3215 / Dynamixel X servos

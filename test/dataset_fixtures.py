@@ -112,7 +112,7 @@ def write_bag(path: Path, spec: BagSpec | None = None) -> Path:
     """Write the synthetic bag to `path` (a new rosbag2 directory, MCAP) and return it."""
     from rosbags.rosbag2 import StoragePlugin, Writer
 
-    from bimanual_vla.bag_types import type_definition
+    from bimanual_vla.bags.message_types import type_definition
 
     entries = build_entries(spec or BagSpec())
     conns = {}

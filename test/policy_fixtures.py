@@ -16,7 +16,7 @@ import pytest
 @pytest.fixture(scope='session')
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random aloha_sim checkpoint (read-only by convention: copy it before editing)."""
-    from policy_node.tiny_checkpoint import make_tiny_checkpoint
+    from bimanual_vla.learning.tiny_checkpoint import make_tiny_checkpoint
 
     return make_tiny_checkpoint(tmp_path_factory.mktemp('ckpt') / 'tiny', rig='aloha_sim', seed=0)
 
@@ -24,7 +24,7 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope='session')
 def tiny_policy(tiny_checkpoint: Path):
     """The tiny checkpoint loaded once. Tests sharing it must not depend on its cached subtask."""
-    from policy_node.model import VLAPolicy
+    from bimanual_vla.policy_node.model import VLAPolicy
 
     return VLAPolicy.load(tiny_checkpoint)
 
@@ -36,7 +36,7 @@ def copy_checkpoint(src: Path, dst: Path) -> Path:
 
 def make_observation(policy, seed: int = 0, size: tuple[int, int] = (240, 320), task: str | None = None):
     """Random camera frames and a state inside the checkpoint's normalisation range."""
-    from policy_node.model import Observation
+    from bimanual_vla.policy_node.model import Observation
 
     rng = np.random.default_rng(seed)
     images = {c: rng.integers(0, 256, (*size, 3), dtype=np.uint8) for c in policy.camera_names}

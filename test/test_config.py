@@ -200,7 +200,7 @@ def test_shipped_policy_loads_and_bad_policy_fails(tmp_path: Path) -> None:
 
 def test_check_rig_cli(tmp_path: Path) -> None:
     ok = subprocess.run(
-        [sys.executable, '-m', 'bimanual_vla.cli', 'check-rig', 'so101_bimanual'],
+        [sys.executable, '-m', 'bimanual_vla.cli.main', 'check-rig', 'so101_bimanual'],
         capture_output=True,
         text=True,
         check=False,
@@ -210,7 +210,7 @@ def test_check_rig_cli(tmp_path: Path) -> None:
     assert 'left_wrist_roll' in ok.stdout and '[-2.744, +2.841] rad' in ok.stdout
     bad_file = write(tmp_path, mutate(base_rig(), 'arms.0.protocol', 'canbus'))
     bad = subprocess.run(
-        [sys.executable, '-m', 'bimanual_vla.cli', 'check-rig', str(bad_file)],
+        [sys.executable, '-m', 'bimanual_vla.cli.main', 'check-rig', str(bad_file)],
         capture_output=True,
         text=True,
         check=False,

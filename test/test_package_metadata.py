@@ -74,8 +74,27 @@ def test_ament_resource_marker_and_setup_cfg() -> None:
     assert 'install_scripts=$base/lib/bimanual_vla' in cfg
 
 
-def test_packages_listed(dist) -> None:
-    assert {'bimanual_vla', 'drivers', 'policy_node'} <= set(dist.packages)
+def test_one_namespace_over_the_layer_folders(dist) -> None:
+    """Every package is bimanual_vla or below it, each layer folder is mapped, and every folder with an
+    __init__.py is a listed package: installing adds `bimanual_vla` to site-packages and nothing else."""
+    assert all(p == 'bimanual_vla' or p.startswith('bimanual_vla.') for p in dist.packages), dist.packages
+    mapped = {
+        'bimanual_vla.drivers': 'drivers',
+        'bimanual_vla.sim': 'sim',
+        'bimanual_vla.policy_node': 'policy_node',
+        'bimanual_vla.learning': 'learning',
+        'bimanual_vla.bags': 'bags',
+    }
+    assert dist.package_dir == {'bimanual_vla': 'bimanual_vla', **mapped}
+    on_disk = set()
+    for namespace, folder in dist.package_dir.items():
+        for init in (ROOT / folder).rglob('__init__.py'):
+            sub = init.parent.relative_to(ROOT / folder).parts
+            on_disk.add('.'.join((namespace, *sub)))
+    assert on_disk == set(dist.packages)
+    # `make lint` lays the same folders out for import-linter
+    makefile = (ROOT / 'Makefile').read_text()
+    assert f'LAYER_FOLDERS := {" ".join(mapped.values())}' in makefile
 
 
 def test_every_data_files_entry_matches_files(dist) -> None:
@@ -102,7 +121,7 @@ def test_every_console_script_resolves(dist) -> None:
 
 
 def test_cli_help_for_every_subcommand() -> None:
-    from bimanual_vla.cli import build_parser
+    from bimanual_vla.cli.main import build_parser
 
     parser = build_parser()
     sub_action = next(a for a in parser._actions if a.__class__.__name__ == '_SubParsersAction')

@@ -3,12 +3,12 @@
 `bimanual-vla run` / `demo` / `eval-sim` and the end-to-end tests use this; the launch files start
 the same NodeSpecs as separate processes. Nodes named in `own_process` (by default the policy node:
 `OWN_PROCESS`) get a child process of their own, as launch would give them, because Python nodes in
-one process share one interpreter lock (bimanual_vla/node_process.py); the rest share this process.
+one process share one interpreter lock (bimanual_vla/bringup/node_process.py); the rest share this process.
 A node that fails to construct (bad config, missing device) stops the whole bringup with its error,
 after destroying the nodes already created. Once running, a child process that dies either stops
 the bringup (the default, for offline tools such as eval-sim) or, given a `RestartPolicy`
 (`bimanual-vla run`), is restarted with backoff while the rest keeps running
-(bimanual_vla/supervision.py); a `bringup_monitor` node then reports every child on `/diagnostics`.
+(bimanual_vla/bringup/supervision.py); a `bringup_monitor` node then reports every child on `/diagnostics`.
 """
 
 from __future__ import annotations
@@ -26,11 +26,11 @@ from rclpy.parameter import Parameter
 from std_msgs.msg import String
 
 from bimanual_vla import topics
-from bimanual_vla.bringup import NodeSpec, robot_description
-from bimanual_vla.executors import NodeThreads
-from bimanual_vla.node_process import NodeProcess
+from bimanual_vla.bringup.executors import NodeThreads
+from bimanual_vla.bringup.node_process import NodeProcess
+from bimanual_vla.bringup.nodes import NodeSpec, robot_description
+from bimanual_vla.bringup.supervision import RestartPolicy, Supervisor
 from bimanual_vla.ros_utils import ERROR, OK, WARN, diagnostic_status
-from bimanual_vla.supervision import RestartPolicy, Supervisor
 
 # Executables started in a process of their own unless a caller asks for everything composed.
 OWN_PROCESS: tuple[str, ...] = ('policy_node',)

@@ -1,7 +1,7 @@
-"""Launch actions shared by launch/*.launch.py: bimanual_vla.bringup specs as launch_ros Nodes.
+"""Launch actions shared by launch/*.launch.py: bimanual_vla.bringup.nodes specs as launch_ros Nodes.
 
 Imported only by launch files (it needs launch_ros). Kept thin on purpose: which nodes a rig has
-and their parameters come from `bimanual_vla.bringup`, the same source `bimanual-vla run` uses.
+and their parameters come from `bimanual_vla.bringup.nodes`, the same source `bimanual-vla run` uses.
 """
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from launch.actions import LogInfo, RegisterEventHandler
 from launch.event_handlers import OnProcessExit
 from launch_ros.actions import Node
 
-from bimanual_vla.bringup import NodeSpec, robot_description
+from bimanual_vla.bringup.nodes import NodeSpec, robot_description
+from bimanual_vla.bringup.supervision import LAUNCH_RESPAWN_DELAY_S
 from bimanual_vla.config import share_dir
-from bimanual_vla.supervision import LAUNCH_RESPAWN_DELAY_S
 
 PACKAGE = 'bimanual_vla'
 

@@ -15,7 +15,7 @@ the OOM killer) runs no exit handlers, so a daemon child would go on spinning on
 node holding stale inputs and an inference thread, or commanding arms again if another bringup
 starts on the same domain. The child watches its parent and stops within a spin period of its death.
 
-A child that dies can be started again with `respawn` (see bimanual_vla/supervision.py): a new
+A child that dies can be started again with `respawn` (see bimanual_vla/bringup/supervision.py): a new
 process for the same node, possibly with other parameters (a policy node comes back disabled).
 """
 
@@ -28,7 +28,7 @@ import time
 import traceback
 from pathlib import Path
 
-from bimanual_vla.bringup import NodeSpec
+from bimanual_vla.bringup.nodes import NodeSpec
 
 
 def _serve(spec: NodeSpec, stop, ready, errors) -> None:
@@ -37,7 +37,7 @@ def _serve(spec: NodeSpec, stop, ready, errors) -> None:
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.signals import SignalHandlerOptions
 
-    from bimanual_vla.compose import instantiate
+    from bimanual_vla.bringup.compose import instantiate
 
     # SIGINT reaches the whole process group on Ctrl-C and SIGTERM may come from a service manager:
     # the parent stops its children in order, so the child ignores the group-wide Ctrl-C and ends

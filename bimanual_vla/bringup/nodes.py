@@ -1,8 +1,9 @@
 """What a rig consists of, as a list of nodes: the one source of truth for launch files and CLI.
 
 `launch/*.launch.py` turn these specs into launch_ros `Node` actions; `bimanual-vla run` and
-`bimanual-vla demo` instantiate the same classes with the same parameters in one process, each node on
-its own executor thread (`bimanual_vla/executors.py`). Adding a node kind to a rig happens here and nowhere else.
+`bimanual-vla demo` instantiate the same classes with the same parameters in one process, each node
+on its own executor thread (`bimanual_vla/bringup/executors.py`). Adding a node kind to a rig happens
+here and nowhere else.
 """
 
 from __future__ import annotations
@@ -15,11 +16,11 @@ from bimanual_vla.config import RigConfig, load_rig, resolve_share_relative
 
 # executable (console script) -> node class, "module:Class"
 NODE_CLASSES: dict[str, str] = {
-    'arm_driver': 'drivers.arm_node:ArmDriver',
-    'camera_driver': 'drivers.camera_node:CameraDriver',
-    'sim_rig': 'drivers.sim_rig:SimRig',
-    'policy_node': 'policy_node.node:PolicyNode',
-    'estop_input': 'bimanual_vla.estop_node:EstopInput',
+    'arm_driver': 'bimanual_vla.drivers.servo.node:ArmDriver',
+    'camera_driver': 'bimanual_vla.drivers.camera.node:CameraDriver',
+    'sim_rig': 'bimanual_vla.sim.node:SimRig',
+    'policy_node': 'bimanual_vla.policy_node.node:PolicyNode',
+    'estop_input': 'bimanual_vla.drivers.estop.node:EstopInput',
 }
 
 
@@ -55,7 +56,7 @@ def rig_nodes(
     `policy=None` leaves the policy node out (teleoperation, data collection). Simulated rigs run
     on sim time by default. A simulated rig with `servo_bus` (a sim_rig override or the rig's
     `sim.servo_bus`) exposes each arm as an emulated servo bus and gets one real `arm_driver` per
-    arm on it (see drivers/sim_servo_bus.py); the drivers retry until the simulator's ptys appear.
+    arm on it (see sim/servo_bus.py); the drivers retry until the simulator's ptys appear.
     """
     rig = load_rig(rig_ref)
     sim = is_simulated(rig)
@@ -64,7 +65,7 @@ def rig_nodes(
     specs: list[NodeSpec] = []
     servo_bus = str((sim_overrides or {}).get('servo_bus') or (rig.sim or {}).get('servo_bus') or '')  # '': rig's
     if sim and servo_bus:
-        from drivers.sim_servo_bus import default_directory, write_servo_bus_rig
+        from bimanual_vla.sim.servo_bus import default_directory, write_servo_bus_rig
 
         directory = str((sim_overrides or {}).get('servo_bus_dir') or default_directory(rig.name))
         bus_rig = str(write_servo_bus_rig(rig, servo_bus, directory))

@@ -20,8 +20,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from bimanual_vla.bringup import NodeSpec
-from bimanual_vla.node_process import NodeProcess, describe_exit, is_stopped
+from bimanual_vla.bringup.node_process import NodeProcess, describe_exit, is_stopped
+from bimanual_vla.bringup.nodes import NodeSpec
 
 Log = Callable[[str, str], None]  # (level: 'info'|'warn'|'error', message)
 

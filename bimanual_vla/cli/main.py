@@ -1,6 +1,6 @@
 """The `bimanual-vla` command line: one entry point, one module per subcommand.
 
-Each subcommand lives in ``bimanual_vla/commands/<name>.py`` and exposes
+Each subcommand lives in ``bimanual_vla/cli/commands/<name>.py`` and exposes
 ``add_parser(subparsers)``; the parser it adds carries ``func`` (taking the
 parsed args, returning an exit code). Subcommand modules import heavy
 dependencies (torch, mujoco, rclpy) inside ``func`` only, so ``--help`` and
@@ -18,20 +18,20 @@ from bimanual_vla.config import ConfigError
 from bimanual_vla.rosenv import apply_pip_defaults
 
 COMMAND_MODULES: tuple[str, ...] = (
-    'bimanual_vla.commands.check_rig',
-    'bimanual_vla.commands.emulate_bus',
-    'bimanual_vla.commands.run',
-    'bimanual_vla.commands.demo',
-    'bimanual_vla.commands.record',
-    'bimanual_vla.commands.replay',
-    'bimanual_vla.commands.calibrate',
-    'bimanual_vla.commands.make_checkpoint',
-    'bimanual_vla.commands.sim_expert',
-    'bimanual_vla.commands.eval',
-    'bimanual_vla.commands.export_lerobot',
-    'bimanual_vla.commands.collect',
-    'bimanual_vla.commands.train',
-    'bimanual_vla.commands.eval_sim',
+    'bimanual_vla.cli.commands.check_rig',
+    'bimanual_vla.cli.commands.emulate_bus',
+    'bimanual_vla.cli.commands.run',
+    'bimanual_vla.cli.commands.demo',
+    'bimanual_vla.cli.commands.record',
+    'bimanual_vla.cli.commands.replay',
+    'bimanual_vla.cli.commands.calibrate',
+    'bimanual_vla.cli.commands.make_checkpoint',
+    'bimanual_vla.cli.commands.sim_expert',
+    'bimanual_vla.cli.commands.eval',
+    'bimanual_vla.cli.commands.export_lerobot',
+    'bimanual_vla.cli.commands.collect',
+    'bimanual_vla.cli.commands.train',
+    'bimanual_vla.cli.commands.eval_sim',
 )
 
 

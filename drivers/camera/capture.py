@@ -2,7 +2,7 @@
 
 Why this module exists separately from the node: capture is where timing and
 recovery are decided, and it is easier to get right (and to test) without a ROS
-graph around it. The node (``drivers.camera_node``) only turns ``Frame`` objects
+graph around it. The node (``bimanual_vla.drivers.camera.node``) only turns ``Frame`` objects
 into messages.
 
 Design decisions, in one place:

@@ -1,6 +1,6 @@
 """The ``camera_driver`` node: one camera of a rig, published as sensor_msgs/Image (rgb8) + CameraInfo.
 
-Capture (devices, files, test pattern, timing, recovery) lives in ``drivers.capture``;
+Capture (devices, files, test pattern, timing, recovery) lives in ``bimanual_vla.drivers.camera.capture``;
 this node only maps frames into messages and reports health. Parameters:
 
 * ``rig`` (required): rig YAML path or shipped rig name.
@@ -11,7 +11,8 @@ this node only maps frames into messages and reports health. Parameters:
 * ``reconnect_initial_s`` / ``reconnect_max_s``: backoff between reopen attempts after a failure.
 * ``frozen_after_s`` (1.0; 0 disables): a camera whose image has not changed (bit-identical frames)
   for this long is frozen: reported as an ERROR and reopened like a failed one. Identical frames are
-  never published, so consumers see the camera go stale at once (``drivers.capture``, Frozen sources).
+  never published, so consumers see the camera go stale at once (``bimanual_vla.drivers.camera.capture``,
+  Frozen sources).
 
 ``header.stamp`` is the capture time in the node's clock domain: the capture thread stamps
 frames on the monotonic clock, and at publish time the frame's age is subtracted from the
@@ -37,8 +38,8 @@ from sensor_msgs.msg import CameraInfo, Image
 
 from bimanual_vla import topics
 from bimanual_vla.config import Bound, CameraConfig, ConfigError, check_override
+from bimanual_vla.drivers.camera.capture import FROZEN_AFTER_S, Capture, CaptureError, CaptureStats, Frame, make_source
 from bimanual_vla.ros_utils import ERROR, OK, WARN, declare_rig, diagnostic_status, run_node
-from drivers.capture import FROZEN_AFTER_S, Capture, CaptureError, CaptureStats, Frame, make_source
 
 DIAGNOSTICS_PERIOD_S = 1.0
 STATE_POLL_S = 0.1

@@ -1,6 +1,6 @@
 """E-stop inputs besides the ``estop`` topic: a terminal key and an evdev key (a USB foot pedal).
 
-No rclpy here: ``bimanual_vla/estop_node.py`` adapts these readers to the ``estop`` topic. Each
+No rclpy here: ``drivers/estop/node.py`` adapts these readers to the ``estop`` topic. Each
 reader runs in a thread of its own and calls ``callback(active, source)`` from that thread:
 ``active`` True asserts the e-stop, False releases what this reader asserted; ``source`` says
 which input did it and why, for the log.

@@ -1,6 +1,6 @@
 """The ``estop_input`` node: a terminal key and an evdev key (USB foot pedal) as e-stop sources.
 
-A thin adapter from :mod:`bimanual_vla.estop_input` to the ``estop`` topic (std_msgs/Bool, true =
+A thin adapter from :mod:`bimanual_vla.drivers.estop.input` to the ``estop`` topic (std_msgs/Bool, true =
 stop, ``topics.LATCHED_QOS``): the readers' threads feed an :class:`EstopArbiter`, and every
 change of its state is published and logged with the input that caused it.
 
@@ -33,7 +33,7 @@ from rclpy.subscription import MessageInfo
 from std_msgs.msg import Bool
 
 from bimanual_vla import topics
-from bimanual_vla.estop_input import (
+from bimanual_vla.drivers.estop.input import (
     MODES,
     DeviceStatus,
     EstopArbiter,

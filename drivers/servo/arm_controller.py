@@ -28,10 +28,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from bimanual_vla.config import ArmConfig
-from drivers.bus import BusError, PortError, ServoBus
-from drivers.calibration import ArmCalibration
-from drivers.command_filter import CommandFilter, CommandRejected, JointLimit
-from drivers.stall_guard import RELEASE_RAD, StallEvent, StallGuard
+from bimanual_vla.drivers.servo.bus import BusError, PortError, ServoBus
+from bimanual_vla.drivers.servo.calibration import ArmCalibration
+from bimanual_vla.drivers.servo.command_filter import CommandFilter, CommandRejected, JointLimit
+from bimanual_vla.drivers.servo.stall_guard import RELEASE_RAD, StallEvent, StallGuard
 
 Log = Callable[[str, str], None]  # (level: 'info'|'warn'|'error', message)
 

@@ -35,9 +35,9 @@ from dataclasses import asdict, dataclass
 
 import serial
 
-from drivers.control_table import CONTROL_TABLES, ControlTable
-from drivers.emulator import protocol_for
-from drivers.protocol_common import CorruptFrame, PacketError, StatusPacket
+from bimanual_vla.drivers.servo.control_table import CONTROL_TABLES, ControlTable
+from bimanual_vla.drivers.servo.protocol_common import CorruptFrame, PacketError, StatusPacket
+from bimanual_vla.drivers.servo.protocols import protocol_for
 
 BITS_PER_BYTE = 10  # 8N1: start bit, 8 data bits, stop bit
 

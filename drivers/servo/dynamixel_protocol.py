@@ -11,7 +11,7 @@ position happens to contain those bytes.
 
 from __future__ import annotations
 
-from drivers.protocol_common import (
+from bimanual_vla.drivers.servo.protocol_common import (
     BROADCAST_ID,
     CORRUPT,
     NEED_MORE,

@@ -30,12 +30,10 @@ import tty
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from drivers.control_table import CONTROL_TABLES, ControlTable, Register
-from drivers.dynamixel_protocol import DYNAMIXEL
-from drivers.feetech_protocol import FEETECH
-from drivers.protocol_common import BROADCAST_ID, Instruction, InstructionPacket, PacketError, Protocol
-
-PROTOCOLS: dict[str, Protocol] = {'feetech': FEETECH, 'dynamixel': DYNAMIXEL}
+from bimanual_vla.drivers.servo.control_table import CONTROL_TABLES, ControlTable, Register
+from bimanual_vla.drivers.servo.dynamixel_protocol import DYNAMIXEL
+from bimanual_vla.drivers.servo.protocol_common import BROADCAST_ID, Instruction, InstructionPacket, PacketError
+from bimanual_vla.drivers.servo.protocols import protocol_for
 
 DXL_ERR_INSTRUCTION = 2
 DXL_ERR_DATA_LENGTH = 5
@@ -48,14 +46,6 @@ FIRMWARE_VERSION = 46
 LOAD_SATURATION_TICKS = 100
 FREE_LOAD_FRACTION = 0.03
 DEFAULT_CURRENT_LIMIT = 1750  # Dynamixel Current_Limit of an XL330-M288 (mA): full scale of Present_Current
-
-
-def protocol_for(name: str) -> Protocol:
-    """The packet codec for ``name`` ('feetech' or 'dynamixel'); ValueError names the choices."""
-    try:
-        return PROTOCOLS[name]
-    except KeyError:
-        raise ValueError(f'unknown servo protocol {name!r}; expected one of {sorted(PROTOCOLS)}') from None
 
 
 @dataclass

@@ -9,7 +9,7 @@ and expected length and the parser bounds the length a header may claim.
 
 from __future__ import annotations
 
-from drivers.protocol_common import (
+from bimanual_vla.drivers.servo.protocol_common import (
     BROADCAST_ID,
     CORRUPT,
     NEED_MORE,

@@ -1,10 +1,10 @@
 """The ``arm_driver`` node: one serial-bus arm on ROS 2.
 
-Thin by design: a dedicated thread calls :class:`drivers.arm_controller.ArmController`
+Thin by design: a dedicated thread calls :class:`bimanual_vla.drivers.servo.arm_controller.ArmController`
 at the read rate (default 100 Hz) and publishes what it read; ROS callbacks hand
 commands, e-stop and torque requests to the same controller. The safety rules
 (limits, max step, NaN rejection, watchdog, e-stop) live in
-:mod:`drivers.command_filter`, the bus lifecycle in :mod:`drivers.arm_controller`.
+:mod:`bimanual_vla.drivers.servo.command_filter`, the bus lifecycle in :mod:`bimanual_vla.drivers.servo.arm_controller`.
 
 Parameters:
   rig (str, required)            rig YAML path or shipped rig name
@@ -44,6 +44,9 @@ from bimanual_vla.config import (
     ConfigError,
     check_override,
 )
+from bimanual_vla.drivers.servo.arm_controller import ArmController, Reading
+from bimanual_vla.drivers.servo.calibration import CalibrationError, calibration_for_arm
+from bimanual_vla.drivers.servo.command_filter import CommandRejected, VelocityEstimator
 from bimanual_vla.ros_utils import (
     ERROR,
     OK,
@@ -53,9 +56,6 @@ from bimanual_vla.ros_utils import (
     run_node,
     subscribe_from_any_publisher,
 )
-from drivers.arm_controller import ArmController, Reading
-from drivers.calibration import CalibrationError, calibration_for_arm
-from drivers.command_filter import CommandRejected, VelocityEstimator
 
 
 class ArmDriver(Node):

@@ -5,7 +5,7 @@ object between the gripper's fingers) drives at full power until it overheats or
 strips a gear. Each cycle the driver reads every servo's present load (Feetech) or
 current (Dynamixel) together with its position; :class:`StallGuard` turns those into
 stall events, and the driver answers an event by holding the joint where it is
-(:meth:`drivers.command_filter.CommandFilter.block`).
+(:meth:`bimanual_vla.drivers.servo.command_filter.CommandFilter.block`).
 
 A joint counts as pushing when its effort is at least ``load_fraction`` of full scale
 *and* its goal lies beyond its present position in the direction it pushes (a joint

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from test_bags import SEC, _entries_images, _image, _record_live
 
-from bimanual_vla.bag_read import EPISODES_CUSTOM_DATA_KEY, BagReader, Episode
-from bimanual_vla.bag_split import SplitBagWriter
-from bimanual_vla.bag_types import type_definition
+from bimanual_vla.bags.message_types import type_definition
+from bimanual_vla.bags.read import EPISODES_CUSTOM_DATA_KEY, BagReader, Episode
+from bimanual_vla.bags.split import SplitBagWriter
 
 
 def _write(path: Path, entries: list, **limits) -> SplitBagWriter:

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from bimanual_vla import topics as T
-from bimanual_vla.bag_read import BagDecodeError, BagError, BagReader, MissingTopicError
+from bimanual_vla.bags.read import BagDecodeError, BagError, BagReader, MissingTopicError
 
 SEC = 1_000_000_000
 
@@ -50,7 +50,7 @@ def write_bag(path: Path, entries: list[tuple[str, str, int, bytes]], compress: 
     """A bag written with rosbags' Writer (as our recorder does) from rclpy-serialised bytes."""
     from rosbags.rosbag2 import CompressionFormat, CompressionMode, StoragePlugin, Writer
 
-    from bimanual_vla.bag_types import type_definition
+    from bimanual_vla.bags.message_types import type_definition
 
     writer = Writer(path, version=9, storage_plugin=StoragePlugin.MCAP)
     if compress:
@@ -89,7 +89,7 @@ def _record_live(ros_context, spin, out: Path, extra: list | None = None) -> dic
     from rclpy.parameter import Parameter
     from std_msgs.msg import String
 
-    from bimanual_vla.bag_record import BagRecorder
+    from bimanual_vla.bags.record import BagRecorder
 
     src = Node('bag_test_source', context=ros_context)
     pub_js = src.create_publisher(type(_joints(0)), T.JOINT_STATES, T.SENSOR_QOS)
@@ -212,7 +212,7 @@ def test_recorded_episodes_are_labelled_in_metadata_and_markers(recorded_bag) ->
         assert 15 <= len(in_b) <= 25  # ~20 joint states were published during episode_b
         assert bag.problems == []
     # The markers alone (as the salvage path sees them) give the same episodes.
-    from bimanual_vla.bag_read import episodes_from_markers
+    from bimanual_vla.bags.read import episodes_from_markers
 
     with BagReader(path) as bag:
         markers = [(m.timestamp_ns, bag.decode(m).data) for m in bag.messages(['/record/episode'])]
@@ -226,7 +226,7 @@ def test_record_replay_record_gives_same_messages(recorded_bag, tmp_path, ros_co
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.parameter import Parameter
 
-    from bimanual_vla.bag_record import BagRecorder
+    from bimanual_vla.bags.record import BagRecorder
 
     first, _ = recorded_bag
     second = tmp_path / 'again'
@@ -241,7 +241,7 @@ def test_record_replay_record_gives_same_messages(recorded_bag, tmp_path, ros_co
     executor = SingleThreadedExecutor(context=ros_context)
     executor.add_node(rec)
     player = subprocess.Popen(
-        [sys.executable, '-m', 'bimanual_vla.cli', 'replay', str(first), '--wait-for-subscribers', '20',
+        [sys.executable, '-m', 'bimanual_vla.cli.main', 'replay', str(first), '--wait-for-subscribers', '20',
          '--topics', '/joint_states', '/cameras/base/image_raw', '/policy/task', '/record/episode'],
         env=os.environ.copy(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
@@ -278,7 +278,7 @@ def test_record_cli_closes_bag_cleanly_on_sigint(tmp_path, ros_context, spin) ->
 
     out = tmp_path / 'cli_bag'
     proc = subprocess.Popen(
-        [sys.executable, '-m', 'bimanual_vla.cli', 'record', str(out), '--topics', 'chatter'],
+        [sys.executable, '-m', 'bimanual_vla.cli.main', 'record', str(out), '--topics', 'chatter'],
         env=os.environ.copy(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     node = Node('chatter_source', context=ros_context)
@@ -317,7 +317,7 @@ def test_replay_clock_drives_sim_time_timers(tmp_path, ros_context, spin) -> Non
     from rclpy.serialization import serialize_message
     from std_msgs.msg import String
 
-    from bimanual_vla.bag_replay import BagPlayer
+    from bimanual_vla.bags.replay import BagPlayer
 
     t0 = 1000 * SEC
     entries = [('/chatter', 'std_msgs/msg/String', t0 + i * SEC // 2, serialize_message(String(data=str(i))))
@@ -366,7 +366,7 @@ def test_replay_clock_drives_sim_time_timers(tmp_path, ros_context, spin) -> Non
 def test_replay_skips_unknown_type_and_rejects_missing_topics(tmp_path, ros_context) -> None:
     from rclpy.parameter import Parameter
 
-    from bimanual_vla.bag_replay import BagPlayer
+    from bimanual_vla.bags.replay import BagPlayer
 
     bag = tmp_path / 'unknown'
     _write_bag_with_unknown_type(bag)
@@ -480,7 +480,7 @@ def _write_bag_with_unknown_type(bag: Path, with_definition: bool = True) -> Non
     from rosbags.rosbag2 import StoragePlugin, Writer
     from std_msgs.msg import String
 
-    from bimanual_vla.bag_types import type_definition
+    from bimanual_vla.bags.message_types import type_definition
 
     widget_def = 'string name\nfloat64[] values\nuint32 count\n'
     # CDR of Widget(name='w', values=[1.5, 2.5], count=7), plus 4 padding bytes as rclpy may append.

@@ -1,6 +1,6 @@
 """End to end on the pip path: the CLI's bringup of the simulated rig + policy node, over real Fast DDS.
 
-`bimanual_vla.compose` starts exactly the nodes `bimanual-vla run --rig aloha_sim` (and
+`bimanual_vla.bringup.compose` starts exactly the nodes `bimanual-vla run --rig aloha_sim` (and
 sim.launch.py) start. For ten seconds a probe node listens to every topic of the contract that
 the stack publishes, and checks the nodes subscribe to the ones users publish (task, subtask, e-stop).
 """
@@ -36,8 +36,8 @@ def test_sim_rig_and_policy_publish_every_contract_topic(
     from trajectory_msgs.msg import JointTrajectory
     from visualization_msgs.msg import MarkerArray
 
-    from bimanual_vla.bringup import rig_nodes
-    from bimanual_vla.compose import compose
+    from bimanual_vla.bringup.compose import compose
+    from bimanual_vla.bringup.nodes import rig_nodes
 
     rig = load_rig('aloha_sim')
     # The shipped policy settings with staleness limits that a heavily loaded CI machine can meet.
@@ -135,7 +135,7 @@ def test_sim_rig_and_policy_publish_every_contract_topic(
 def test_demo_writes_video_contact_sheet_and_result(tmp_path: Path) -> None:
     import json
 
-    from bimanual_vla.demo import run_demo
+    from bimanual_vla.learning.demo import run_demo
 
     result = run_demo(tmp_path / 'demo', driver='expert', seed=1, max_sim_s=12.0, real_time_factor=0.0)
     assert result.driver == 'expert'
@@ -152,10 +152,10 @@ def test_demo_writes_video_contact_sheet_and_result(tmp_path: Path) -> None:
 
 def test_demo_drives_the_rig_with_the_shipped_checkpoint(tmp_path: Path) -> None:
     """`make demo` uses the trained checkpoint shipped in checkpoints/: it loads, moves the arms and narrates."""
-    from bimanual_vla.demo import run_demo, trained_checkpoint
+    from bimanual_vla.learning.demo import run_demo, trained_checkpoint
 
     assert trained_checkpoint() is not None, 'checkpoints/aloha_transfer_cube is part of the project'
-    from policy_node.checkpoint import read_metadata
+    from bimanual_vla.policy_node.checkpoint import read_metadata
 
     # last fine-tuned on sim bags that stamp commands when issued: its chunks start at the snapshot
     assert read_metadata(trained_checkpoint()).action_time_offset_s == 0.0
@@ -170,7 +170,7 @@ def test_demo_drives_the_rig_with_the_shipped_checkpoint(tmp_path: Path) -> None
 
 
 def test_demo_refuses_the_cube_policy_on_another_task(tmp_path: Path) -> None:
-    from bimanual_vla.demo import checkpoint_tasks, run_demo, trained_checkpoint
+    from bimanual_vla.learning.demo import checkpoint_tasks, run_demo, trained_checkpoint
 
     # the shipped checkpoint records the prompt it was trained on; the demo decides by it
     assert checkpoint_tasks(trained_checkpoint()) == ['transfer the cube from the right arm to the left arm']

@@ -1,8 +1,8 @@
 """Launch files and the bringup they share with the CLI.
 
 `launch`/`launch_ros` are not on PyPI, so everywhere we check statically that each launch file
-parses, declares its arguments, and that what it starts (via bimanual_vla.bringup) references only
-existing executables, node classes, configs and URDFs. test/test_launch_pytest.py runs the launch
+parses, declares its arguments, and that what it starts (via bimanual_vla.bringup.nodes) references only
+existing executables, node classes, configs and URDFs. test/bringup/test_launch_pytest.py runs the launch
 files for real where launch_pytest is importable (a ROS 2 distribution install).
 """
 
@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from bimanual_vla.bringup import NODE_CLASSES, is_simulated, rig_nodes, robot_description
+from bimanual_vla.bringup.nodes import NODE_CLASSES, is_simulated, rig_nodes, robot_description
 from bimanual_vla.config import load_policy, load_rig, share_dir
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 LAUNCH_FILES = sorted((ROOT / 'launch').glob('*.launch.py'))
 EXPECTED_ARGS = {
     'rig.launch.py': {'rig', 'policy', 'rviz', 'record', 'record_split_mb'},
@@ -59,7 +59,7 @@ def test_launch_files_only_reference_existing_executables() -> None:
     for path in LAUNCH_FILES:
         for executable in re.findall(r"executable='([\w-]+)'", path.read_text()):
             assert executable in scripts, f'{path.name} starts unknown executable {executable}'
-    helper = (ROOT / 'bimanual_vla' / 'launch_actions.py').read_text()
+    helper = (ROOT / 'bimanual_vla' / 'bringup' / 'launch_actions.py').read_text()
     for executable in re.findall(r"executable='([\w-]+)'", helper):
         assert executable in scripts | {'robot_state_publisher', 'rviz2'}, executable
     assert (share_dir() / 'config' / 'rviz' / 'bimanual.rviz').is_file()
@@ -109,12 +109,12 @@ def test_launch_respawns_drivers_and_the_policy_and_logs_why(monkeypatch) -> Non
     """launch_actions turns specs into launch_ros Nodes with respawn settings and an OnProcessExit rule.
 
     launch/launch_ros are not installable here, so their action classes are replaced by recorders
-    (test/test_launch_pytest.py runs the real ones where a ROS distribution is installed).
+    (test/bringup/test_launch_pytest.py runs the real ones where a ROS distribution is installed).
     """
     import sys
     import types
 
-    from bimanual_vla.supervision import LAUNCH_RESPAWN_DELAY_S
+    from bimanual_vla.bringup.supervision import LAUNCH_RESPAWN_DELAY_S
 
     classes = {
         'launch.actions': ('LogInfo', 'RegisterEventHandler'),
@@ -126,9 +126,9 @@ def test_launch_respawns_drivers_and_the_policy_and_logs_why(monkeypatch) -> Non
         for name in names:
             setattr(module, name, type(name, (_Recorded,), {}))
         monkeypatch.setitem(sys.modules, module_name, module)
-    monkeypatch.delitem(sys.modules, 'bimanual_vla.launch_actions', raising=False)
-    launch_actions = importlib.import_module('bimanual_vla.launch_actions')
-    monkeypatch.setitem(sys.modules, 'bimanual_vla.launch_actions', launch_actions)  # removed again at teardown
+    monkeypatch.delitem(sys.modules, 'bimanual_vla.bringup.launch_actions', raising=False)
+    launch_actions = importlib.import_module('bimanual_vla.bringup.launch_actions')
+    monkeypatch.setitem(sys.modules, 'bimanual_vla.bringup.launch_actions', launch_actions)  # removed again at teardown
 
     specs = rig_nodes('so101_bimanual')
     actions = launch_actions.spec_actions(specs)

@@ -65,7 +65,7 @@ def test_sim_launch_publishes_joint_states_and_images() -> None:
 
 @pytest.fixture(scope='module')
 def emulated_bus():
-    from drivers.emulator import ServoBusEmulator
+    from bimanual_vla.drivers.servo.emulator import ServoBusEmulator
 
     emulator = ServoBusEmulator('feetech', [1, 2])
     emulator.start()

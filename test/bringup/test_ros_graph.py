@@ -20,7 +20,7 @@ def test_two_nodes_exchange_joint_state(ros_context, spin) -> None:
     from rclpy.node import Node
     from sensor_msgs.msg import JointState
 
-    from bimanual_vla.executors import NodeThreads
+    from bimanual_vla.bringup.executors import NodeThreads
 
     talker = Node('talker', context=ros_context)
     listener = Node('listener', context=ros_context)

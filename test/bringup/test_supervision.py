@@ -103,7 +103,7 @@ def write_rig(tmp_path: Path, ports: dict[str, str], estop_action: str) -> Path:
 
 @pytest.fixture
 def emulators():
-    from drivers.emulator import ServoBusEmulator
+    from bimanual_vla.drivers.servo.emulator import ServoBusEmulator
 
     emus = {arm: ServoBusEmulator('feetech', IDS, max_speed_ticks_per_s=4000) for arm in ('left', 'right')}
     ports = {arm: emu.start() for arm, emu in emus.items()}
@@ -118,7 +118,7 @@ def test_policy_process_killed_rig_keeps_running_and_sigterm_leaves_arms_safe(tm
     from rclpy.node import Node
     from std_msgs.msg import Bool
 
-    from policy_node.tiny_checkpoint import make_tiny_checkpoint
+    from bimanual_vla.learning.tiny_checkpoint import make_tiny_checkpoint
 
     emus, ports = emulators
     rig = write_rig(tmp_path, ports, estop_action='torque_off')
@@ -222,8 +222,8 @@ def test_policy_process_killed_rig_keeps_running_and_sigterm_leaves_arms_safe(tm
 def test_arm_left_holding_its_present_pose_on_close(emulators):
     """estop_action hold: closing the driver writes goal = present position and keeps torque on."""
     from bimanual_vla.config import ArmConfig
-    from drivers.arm_controller import ArmController
-    from drivers.calibration import identity_calibration
+    from bimanual_vla.drivers.servo.arm_controller import ArmController
+    from bimanual_vla.drivers.servo.calibration import identity_calibration
 
     emus, ports = emulators
     emu = emus['left']

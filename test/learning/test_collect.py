@@ -14,7 +14,7 @@ EPISODE_S = 1.2
 
 @pytest.fixture(scope='module')
 def collected(tmp_path_factory):
-    from bimanual_vla.collect import collect
+    from bimanual_vla.learning.collect import collect
 
     out = tmp_path_factory.mktemp('collect') / 'bag'
     result = collect(
@@ -34,8 +34,8 @@ def collected(tmp_path_factory):
 def test_the_speed_limited_expert_records_no_command_faster_than_the_gate(collected):
     """`--expert-max-speed 2`: the recorded actions hold no motion the policy node's 2 rad/s gate would clamp."""
     from bimanual_vla.config import load_rig
-    from bimanual_vla.dataset import BagDataset
-    from drivers.expert import ScriptedExpert
+    from bimanual_vla.learning.dataset import BagDataset
+    from bimanual_vla.sim.expert import ScriptedExpert
 
     out, _ = collected
     summary = json.loads((out / 'collect.json').read_text())
@@ -61,8 +61,8 @@ def test_the_speed_limited_expert_records_no_command_faster_than_the_gate(collec
 def test_the_time_warped_expert_reaches_the_sim(collected):
     """`--expert-time-warp`: the recorded commands follow the warped plan of each seed, not the nominal one."""
     from bimanual_vla.config import load_rig
-    from bimanual_vla.dataset import BagDataset
-    from drivers.expert import ScriptedExpert
+    from bimanual_vla.learning.dataset import BagDataset
+    from bimanual_vla.sim.expert import ScriptedExpert
 
     out, _ = collected
     assert json.loads((out / 'collect.json').read_text())['expert_time_warp'] == 0.3
@@ -92,11 +92,11 @@ def test_the_aimed_and_jittered_expert_reaches_the_sim(tmp_path):
     physics is the same, so it measures the same cube): the right arm follows the jittered plan, not the
     nominal one, and from the aim on the left arm follows the aimed plan, not the unaimed one.
     """
-    from bimanual_vla.collect import collect
     from bimanual_vla.config import load_rig
-    from bimanual_vla.dataset import BagDataset
-    from drivers.expert import ScriptedExpert, run_episode
-    from drivers.sim_scene import SimScene
+    from bimanual_vla.learning.collect import collect
+    from bimanual_vla.learning.dataset import BagDataset
+    from bimanual_vla.sim.expert import ScriptedExpert, run_episode
+    from bimanual_vla.sim.scene import SimScene
 
     seed, kw = 501, {'max_joint_speed_rad_s': 2.0, 'noise_rad': 0.02}
     out = tmp_path / 'bag'
@@ -156,8 +156,8 @@ def test_summary_names_every_episode_with_its_seed_and_outcome(collected):
 
 
 def test_bag_holds_labelled_episodes_with_fresh_frames_and_expert_labels(collected):
-    from bimanual_vla.bag_read import BagReader
-    from bimanual_vla.dataset import BagDataset
+    from bimanual_vla.bags.read import BagReader
+    from bimanual_vla.learning.dataset import BagDataset
 
     out, _ = collected
     with BagReader(out) as bag:
@@ -186,7 +186,7 @@ def test_bag_holds_labelled_episodes_with_fresh_frames_and_expert_labels(collect
 
 
 def test_output_that_exists_is_refused(tmp_path):
-    from bimanual_vla.collect import collect
+    from bimanual_vla.learning.collect import collect
 
     (tmp_path / 'bag').mkdir()
     with pytest.raises(FileExistsError):
@@ -194,7 +194,7 @@ def test_output_that_exists_is_refused(tmp_path):
 
 
 def test_handover_options_out_of_range_or_for_the_wrong_task_are_refused_before_anything_starts(tmp_path):
-    from bimanual_vla.collect import collect
+    from bimanual_vla.learning.collect import collect
 
     with pytest.raises(ValueError, match=r'expert_meet_jitter must be in \[0, 0.03\] m, got 0.05'):
         collect(tmp_path / 'a', episodes=1, progress=False, expert_meet_jitter=0.05)
@@ -209,8 +209,8 @@ def test_a_second_sim_on_the_domain_marks_the_episode_and_train_leaves_it_out(tm
     from rosgraph_msgs.msg import Clock
 
     from bimanual_vla import topics
-    from bimanual_vla.collect import collect
-    from policy_node.train_data import failed_episode_labels
+    from bimanual_vla.learning.collect import collect
+    from bimanual_vla.learning.train_data import failed_episode_labels
 
     intruder = rclpy.create_node('intruding_sim', context=ros_context)
     intruder.create_publisher(Clock, topics.CLOCK, 10)  # it need not even publish: it is there

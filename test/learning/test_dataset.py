@@ -22,8 +22,8 @@ from dataset_fixtures import (
     write_bag,
 )
 
-from bimanual_vla.bag_read import MissingTopicError
-from bimanual_vla.dataset import BagDataset, DatasetError
+from bimanual_vla.bags.read import MissingTopicError
+from bimanual_vla.learning.dataset import BagDataset, DatasetError
 
 H = 10
 
@@ -149,7 +149,7 @@ def test_without_rig_cameras_joints_and_arms_come_from_the_bag(bag) -> None:
 def _write_filtered(path: Path, keep) -> Path:
     from rosbags.rosbag2 import StoragePlugin, Writer
 
-    from bimanual_vla.bag_types import type_definition
+    from bimanual_vla.bags.message_types import type_definition
 
     conns = {}
     with Writer(path, version=9, storage_plugin=StoragePlugin.MCAP) as writer:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from policy_node.demo_speed import describe, first_step_speeds, speed_report
+from bimanual_vla.learning.demo_speed import describe, first_step_speeds, speed_report
 
 RATE = 50.0
 

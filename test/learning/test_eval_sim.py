@@ -9,7 +9,7 @@ import pytest
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 
-SHIPPED = Path(__file__).resolve().parents[1] / 'checkpoints' / 'aloha_transfer_cube'
+SHIPPED = Path(__file__).resolve().parents[2] / 'checkpoints' / 'aloha_transfer_cube'
 
 
 @pytest.fixture(scope='module')
@@ -17,7 +17,7 @@ def checkpoint(tmp_path_factory) -> Path:
     """The shipped trained checkpoint if there is one, else a tiny random one (same code paths)."""
     if (SHIPPED / 'model.safetensors').is_file():
         return SHIPPED
-    from policy_node.tiny_checkpoint import make_tiny_checkpoint
+    from bimanual_vla.learning.tiny_checkpoint import make_tiny_checkpoint
 
     return make_tiny_checkpoint(tmp_path_factory.mktemp('ckpt') / 'tiny', rig='aloha_sim', image_size=32)
 
@@ -25,7 +25,7 @@ def checkpoint(tmp_path_factory) -> Path:
 def test_short_episodes_drive_the_sim_within_limits(checkpoint, tmp_path):
     import numpy as np
 
-    from bimanual_vla.eval_sim import evaluate_closed_loop, normalise_text
+    from bimanual_vla.learning.eval_sim import evaluate_closed_loop, normalise_text
 
     report = evaluate_closed_loop(
         checkpoint, tmp_path / 'eval', episodes=2, seed=1000, max_sim_s=6.0, progress=False, tick_log=True
@@ -58,7 +58,7 @@ def test_short_episodes_drive_the_sim_within_limits(checkpoint, tmp_path):
     assert (tmp_path / 'eval' / 'episode.mp4').stat().st_size > 10_000
     assert report['policy_in_own_process'] is True and report['driver'] == 'policy'
     # the expert is replayed the way the checkpoint's data moved (the shipped one: the straight line)
-    from policy_node.checkpoint import read_metadata
+    from bimanual_vla.policy_node.checkpoint import read_metadata
 
     assert report['expert_approach'] == (read_metadata(checkpoint).expert_approach or 'joint')
     if checkpoint == SHIPPED:
@@ -124,7 +124,7 @@ def test_the_observer_times_a_new_subtask_whichever_of_its_two_messages_arrives_
     from visualization_msgs.msg import Marker, MarkerArray
 
     from bimanual_vla.config import load_rig
-    from bimanual_vla.eval_sim import EvalObserver
+    from bimanual_vla.learning.eval_sim import EvalObserver
 
     observer = EvalObserver(load_rig('aloha_sim'), context=ros_context)
     try:

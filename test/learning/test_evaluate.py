@@ -15,8 +15,8 @@ import yaml
 from dataset_fixtures import MS, SEC, T0, BagSpec, write_bag
 
 from bimanual_vla import topics as T
-from bimanual_vla.dataset import BagDataset
-from bimanual_vla.evaluate import Prediction, evaluate, oracle_predictor, token_f1, words, write_report
+from bimanual_vla.learning.dataset import BagDataset
+from bimanual_vla.learning.evaluate import Prediction, evaluate, oracle_predictor, token_f1, words, write_report
 
 H = 10
 
@@ -92,9 +92,9 @@ def expert_bag(tmp_path_factory) -> Path:
     from rclpy.parameter import Parameter
     from std_msgs.msg import String
 
-    from bimanual_vla.bag_record import BagRecorder
-    from bimanual_vla.executors import NodeThreads
-    from drivers.sim_rig import SimRig
+    from bimanual_vla.bags.record import BagRecorder
+    from bimanual_vla.bringup.executors import NodeThreads
+    from bimanual_vla.sim.node import SimRig
 
     out = tmp_path_factory.mktemp('expert') / 'bag'
     context = Context()
@@ -144,8 +144,8 @@ def expert_bag(tmp_path_factory) -> Path:
 @pytest.mark.slow
 @pytest.mark.ros
 def test_eval_cli_on_a_scripted_expert_bag(expert_bag, tmp_path) -> None:
-    from bimanual_vla.cli import main
-    from policy_node.tiny_checkpoint import make_tiny_checkpoint
+    from bimanual_vla.cli.main import main
+    from bimanual_vla.learning.tiny_checkpoint import make_tiny_checkpoint
 
     ckpt = make_tiny_checkpoint(tmp_path / 'ckpt', rig='aloha_sim', chunk_size=H, seed=0)
     out = tmp_path / 'eval'
@@ -186,10 +186,10 @@ def test_replayed_bag_drives_the_policy_node_on_sim_time(tmp_path, ros_context) 
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import JointState
 
-    from bimanual_vla.bag_replay import BagPlayer
-    from bimanual_vla.executors import NodeThreads
-    from policy_node.node import PolicyNode
-    from policy_node.tiny_checkpoint import make_tiny_checkpoint
+    from bimanual_vla.bags.replay import BagPlayer
+    from bimanual_vla.bringup.executors import NodeThreads
+    from bimanual_vla.learning.tiny_checkpoint import make_tiny_checkpoint
+    from bimanual_vla.policy_node.node import PolicyNode
 
     end_s = 5.0
     bag = write_bag(tmp_path / 'obs', BagSpec(end_s=end_s, camera_gap=None, markers=False, header_offset=0))

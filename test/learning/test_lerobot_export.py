@@ -13,7 +13,7 @@ from dataset_fixtures import CAMERAS, JOINT_NAMES, MS, T0, TASK, command_value, 
 
 @pytest.fixture(scope='module')
 def exported(tmp_path_factory) -> tuple[Path, dict]:
-    from bimanual_vla.lerobot_export import export_lerobot
+    from bimanual_vla.learning.lerobot_export import export_lerobot
 
     root = tmp_path_factory.mktemp('lerobot')
     bag = write_bag(root / 'bag')
@@ -22,7 +22,7 @@ def exported(tmp_path_factory) -> tuple[Path, dict]:
 
 
 def _opts():
-    from bimanual_vla.dataset import DatasetOptions
+    from bimanual_vla.learning.dataset import DatasetOptions
 
     return DatasetOptions(rig='aloha_sim')
 
@@ -121,14 +121,14 @@ def test_videos_hold_every_frame_in_order(exported) -> None:
 
 
 def test_existing_output_is_refused_and_nothing_is_left_behind(exported, tmp_path) -> None:
-    from bimanual_vla.lerobot_export import ExportError, export_lerobot
+    from bimanual_vla.learning.lerobot_export import ExportError, export_lerobot
 
     out, _ = exported
     with pytest.raises(ExportError, match='already exists'):
         export_lerobot([tmp_path / 'whatever'], out)
     from dataset_fixtures import BagSpec
 
-    from bimanual_vla.bag_read import MissingTopicError
+    from bimanual_vla.bags.read import MissingTopicError
 
     bad = write_bag(tmp_path / 'nocam', BagSpec(cameras=('top',)))
     with pytest.raises(MissingTopicError, match='left_wrist'):
@@ -139,7 +139,7 @@ def test_existing_output_is_refused_and_nothing_is_left_behind(exported, tmp_pat
 def test_cli_exports(tmp_path) -> None:
     from dataset_fixtures import BagSpec
 
-    from bimanual_vla.cli import main
+    from bimanual_vla.cli.main import main
 
     bag = write_bag(tmp_path / 'bag', BagSpec(end_s=1.0, camera_gap=None, markers=False))
     assert main(['export-lerobot', str(bag), '--out', str(tmp_path / 'ds'), '--fps', '25', '--rig', 'aloha_sim']) == 0

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from policy_node.train import (
+from bimanual_vla.learning.train import (
     TRAIN_STATE_DIR,
     BatchMaker,
     ModelShape,
@@ -30,8 +30,8 @@ TINY = ModelShape(
 @pytest.fixture(scope='module')
 def samples(tmp_path_factory):
     """Two short expert episodes recorded through the topics, decoded into a 32 px sample cache."""
-    from bimanual_vla.collect import collect
-    from policy_node.train_data import build_cache
+    from bimanual_vla.learning.collect import collect
+    from bimanual_vla.learning.train_data import build_cache
 
     root = tmp_path_factory.mktemp('train')
     # the straight-line approach: its wrist flip is the fast motion the speed report must catch
@@ -63,7 +63,7 @@ def test_cache_holds_synchronised_samples(samples):
 
 def test_teacher_forced_subtask_matches_token_by_token_decoding(samples, tmp_path):
     """The block-causal training mask gives each subtask token exactly what inference gives it."""
-    from policy_node.model import Observation, VLAPolicy
+    from bimanual_vla.policy_node.model import Observation, VLAPolicy
 
     trainer = Trainer(config(tmp_path / 'ckpt'), samples)
     trainer.save()
@@ -140,8 +140,8 @@ def test_resume_gives_the_same_next_step_loss(samples, tmp_path):
 
 
 def test_output_is_a_loadable_checkpoint_without_pickles(samples, tmp_path):
-    from policy_node.checkpoint import check_directory, find_pickle_files, read_metadata
-    from policy_node.model import Observation, VLAPolicy
+    from bimanual_vla.policy_node.checkpoint import check_directory, find_pickle_files, read_metadata
+    from bimanual_vla.policy_node.model import Observation, VLAPolicy
 
     out = tmp_path / 'ckpt'
     Trainer(config(out, steps=1), samples).run()
@@ -180,7 +180,7 @@ def test_flow_time_and_schedule_follow_the_recipe():
 
 
 def test_episode_starts_can_be_oversampled(samples):
-    from policy_node.train import sample_table
+    from bimanual_vla.learning.train import sample_table
 
     table = sample_table(samples, TrainConfig(data=[], out='x', start_oversample_s=0.2, start_oversample_factor=3))
     counts = np.bincount(table, minlength=len(samples))
@@ -194,7 +194,7 @@ def test_episode_starts_can_be_oversampled(samples):
 def test_subtask_lookahead_trains_on_the_later_label_within_the_episode(samples):
     import dataclasses
 
-    from policy_node.train import subtask_targets
+    from bimanual_vla.learning.train import subtask_targets
 
     assert subtask_targets(samples, 0.0).tolist() == samples.subtask_id.tolist()
     distinct = dataclasses.replace(samples, subtask_id=np.arange(len(samples)))  # a label per sample: see the shift
@@ -207,10 +207,10 @@ def test_subtask_lookahead_trains_on_the_later_label_within_the_episode(samples)
 
 def test_crop_is_applied_to_the_cache_and_saved_with_the_checkpoint(samples, tmp_path):
     """Training and the policy cut the same region: cached pixels equal the policy's own preprocessing."""
-    from bimanual_vla.dataset import BagDataset
-    from policy_node.checkpoint import read_metadata
-    from policy_node.model import Observation, VLAPolicy
-    from policy_node.train_data import build_cache
+    from bimanual_vla.learning.dataset import BagDataset
+    from bimanual_vla.learning.train_data import build_cache
+    from bimanual_vla.policy_node.checkpoint import read_metadata
+    from bimanual_vla.policy_node.model import Observation, VLAPolicy
 
     bag = samples.directory.parent.parent / 'bag'
     box = (100, 70, 120, 100)
@@ -235,8 +235,8 @@ def test_crop_is_applied_to_the_cache_and_saved_with_the_checkpoint(samples, tmp
 
 
 def test_train_cli_trains_resumes_without_data_and_refuses_bad_arguments(samples, tmp_path, capsys):
-    from bimanual_vla.cli import main
-    from policy_node.checkpoint import read_metadata
+    from bimanual_vla.cli.main import main
+    from bimanual_vla.policy_node.checkpoint import read_metadata
 
     bag, out = str(samples.directory.parent.parent / 'bag'), tmp_path / 'run'
     tiny = ['hidden=32', 'layers=2', 'heads=2', 'head_dim=16', 'expert_hidden=16', 'vision_hidden=16',
@@ -255,7 +255,7 @@ def test_train_cli_trains_resumes_without_data_and_refuses_bad_arguments(samples
     # The data is checked against the policy node's speed limit: the expert's first second (seeds 3
     # and 4) holds its wrist flip, up to 17 rad/s, which the 2 rad/s gate would clamp.
     from bimanual_vla.config import load_rig
-    from drivers.expert import ScriptedExpert
+    from bimanual_vla.sim.expert import ScriptedExpert
 
     rig = load_rig('aloha_sim')
     plan_max = max(

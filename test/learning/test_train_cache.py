@@ -16,7 +16,7 @@ CACHE_ARGS = dict(rig='aloha_sim', image_size=(32, 32), chunk_size=10, keep_fail
 @pytest.fixture(scope='module')
 def bags(tmp_path_factory):
     """Two bags of one short episode each, recorded through the topics by `collect`."""
-    from bimanual_vla.collect import collect
+    from bimanual_vla.learning.collect import collect
 
     root = tmp_path_factory.mktemp('bags')
     collect(root / 'a', episodes=1, seed=3, episode_s=0.8, progress=False)
@@ -25,13 +25,13 @@ def bags(tmp_path_factory):
 
 
 def test_adding_a_bag_decodes_only_that_bag_and_the_join_equals_the_parts(bags, tmp_path, caplog):
-    from policy_node.train_data import StackedFrames, build_cache
+    from bimanual_vla.learning.train_data import StackedFrames, build_cache
 
     a, b = bags
     only_a = build_cache([a], tmp_path, **CACHE_ARGS)
     only_b = build_cache([b], tmp_path / 'elsewhere', **CACHE_ARGS)
     stamp = (only_a.directory / 'arrays.npz').stat().st_mtime_ns
-    with caplog.at_level(logging.INFO, logger='policy_node.train_data'):
+    with caplog.at_level(logging.INFO, logger='bimanual_vla.learning.train_data'):
         both = build_cache([a, b], tmp_path, **CACHE_ARGS)
     assert any('reusing sample cache' in r.getMessage() and str(a) in r.getMessage() for r in caplog.records)
     assert not any('reusing' in r.getMessage() and str(b) in r.getMessage() for r in caplog.records)
@@ -61,7 +61,7 @@ def test_adding_a_bag_decodes_only_that_bag_and_the_join_equals_the_parts(bags, 
 
 
 def test_bags_that_disagree_on_joints_or_rate_are_refused_by_name(bags, tmp_path):
-    from policy_node.train_data import build_cache, join_caches
+    from bimanual_vla.learning.train_data import build_cache, join_caches
 
     a, b = bags
     first = build_cache([a], tmp_path, **CACHE_ARGS)
@@ -78,7 +78,7 @@ def test_skipping_or_dropping_failed_episodes_decodes_nothing_again(bags, tmp_pa
     import json
     import shutil
 
-    from policy_node.train_data import build_cache
+    from bimanual_vla.learning.train_data import build_cache
 
     a, b = bags
     b_copy = tmp_path / 'b_copy'
@@ -87,7 +87,7 @@ def test_skipping_or_dropping_failed_episodes_decodes_nothing_again(bags, tmp_pa
     decoded = sorted(p.name for p in (tmp_path / 'cache').iterdir())
     assert len(decoded) == 2 and everything.info['episodes'] == 2
     # one episode skipped by label: the other bag's samples, nothing decoded again
-    with caplog.at_level(logging.INFO, logger='policy_node.train_data'):
+    with caplog.at_level(logging.INFO, logger='bimanual_vla.learning.train_data'):
         only_b = build_cache([a, b_copy], tmp_path / 'cache', skip_episodes=['transfer_cube seed 3'], **CACHE_ARGS)
     assert sorted(p.name for p in (tmp_path / 'cache').iterdir()) == decoded
     assert sum('reusing sample cache' in r.getMessage() for r in caplog.records) == 2
@@ -117,7 +117,7 @@ def test_skipping_or_dropping_failed_episodes_decodes_nothing_again(bags, tmp_pa
 def test_the_expert_approach_of_the_data_comes_from_collect_json(tmp_path):
     import json
 
-    from policy_node.train_data import expert_approach
+    from bimanual_vla.learning.train_data import expert_approach
 
     def bag(name: str, summary: dict | None) -> str:
         (tmp_path / name).mkdir()
@@ -136,7 +136,7 @@ def test_the_expert_approach_of_the_data_comes_from_collect_json(tmp_path):
 
 def test_episodes_a_collect_bag_should_not_hold_are_suspect():
     """A second collection on the same domain leaves markers of its own: unlisted or repeated labels."""
-    from policy_node.train_data import suspect_episode_labels
+    from bimanual_vla.learning.train_data import suspect_episode_labels
 
     summary = {'episodes': [{'label': 'cube seed 36'}, {'label': 'cube seed 37'}, {'label': 'cube seed 7'}]}
     assert suspect_episode_labels(['cube seed 36', 'cube seed 37', 'cube seed 7'], summary) == {}
@@ -149,7 +149,7 @@ def test_an_episode_collect_json_does_not_list_is_left_out(bags, tmp_path):
     import json
     import shutil
 
-    from policy_node.train_data import build_cache
+    from bimanual_vla.learning.train_data import build_cache
 
     _, b = bags
     copy = tmp_path / 'b'

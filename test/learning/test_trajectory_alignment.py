@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bimanual_vla.trajectory_alignment import dtw_align
+from bimanual_vla.learning.alignment import dtw_align
 
 
 def _curve(t: np.ndarray) -> np.ndarray:
@@ -62,8 +62,8 @@ def test_a_late_copy_of_the_expert_is_scored_by_what_it_does_not_by_the_clock() 
     label of what the arms are doing is the expert's label 0.3 s earlier.
     """
     from bimanual_vla.config import load_rig
-    from bimanual_vla.eval_sim import aligned_labels, replay_expert
-    from drivers.expert import ScriptedExpert
+    from bimanual_vla.learning.eval_sim import aligned_labels, replay_expert
+    from bimanual_vla.sim.expert import ScriptedExpert
 
     rig = load_rig('aloha_sim')
     replay = replay_expert(ScriptedExpert(rig, 'transfer_cube', 1000))

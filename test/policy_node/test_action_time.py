@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from policy_node.train_data import action_time_offset_s
+from bimanual_vla.learning.train_data import action_time_offset_s
 
 RATE = 50.0
 

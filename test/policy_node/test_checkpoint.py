@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from policy_fixtures import copy_checkpoint, tiny_checkpoint, tiny_policy  # noqa: F401
 
-from bimanual_vla.cli import main as cli_main
+from bimanual_vla.cli.main import main as cli_main
 from bimanual_vla.config import load_rig
-from policy_node.checkpoint import METADATA_FILE, CheckpointError, read_metadata
-from policy_node.model import VLAPolicy
-from policy_node.tiny_checkpoint import stats_from_limits
+from bimanual_vla.learning.tiny_checkpoint import stats_from_limits
+from bimanual_vla.policy_node.checkpoint import METADATA_FILE, CheckpointError, read_metadata
+from bimanual_vla.policy_node.model import VLAPolicy
 
 
 def _limits(rig_name: str) -> tuple[list[float], list[float]]:

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from policy_node.chunking import (
+from bimanual_vla.policy_node.chunking import (
     Chunk,
     ChunkExecutor,
     LatencyEstimator,

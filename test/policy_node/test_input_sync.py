@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from policy_node.input_sync import ArrivalDelay, JointHistory, StampedHistory
+from bimanual_vla.policy_node.input_sync import ArrivalDelay, JointHistory, StampedHistory
 
 
 def test_arrival_delay_is_a_high_percentile_of_arrival_minus_stamp_and_never_negative() -> None:

@@ -11,8 +11,8 @@ import pytest
 import torch
 from policy_fixtures import copy_checkpoint, make_noise, make_observation, tiny_checkpoint, tiny_policy  # noqa: F401
 
-from policy_node.chunking import soft_mask
-from policy_node.model import (
+from bimanual_vla.policy_node.chunking import soft_mask
+from bimanual_vla.policy_node.model import (
     ChunkGuide,
     NonFiniteActionError,
     ObservationError,

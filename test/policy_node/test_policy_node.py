@@ -32,7 +32,7 @@ VOCAB_SUBTASK = 'grasp the cube with the left arm'
 
 @pytest.fixture(scope='module')
 def tiny_checkpoint(tmp_path_factory) -> Path:
-    from bimanual_vla.cli import main
+    from bimanual_vla.cli.main import main
 
     out = tmp_path_factory.mktemp('ckpt') / 'tiny'
     # 100-step chunks (2 s): a loaded 2-core CI machine can take ~1 s per inference.
@@ -169,7 +169,7 @@ class Rig:
 @pytest.fixture
 def harness(ros_context):
     """Spins the synthetic rig and any policy node added to it on their own executor threads."""
-    from bimanual_vla.executors import NodeThreads
+    from bimanual_vla.bringup.executors import NodeThreads
 
     executor = NodeThreads(context=ros_context)
     rig = Rig(ros_context)
@@ -179,7 +179,7 @@ def harness(ros_context):
     def start(policy: Path, **params):
         from rclpy.parameter import Parameter
 
-        from policy_node.node import PolicyNode
+        from bimanual_vla.policy_node.node import PolicyNode
 
         overrides = [Parameter('rig', value=RIG), Parameter('policy', value=str(policy))]
         overrides += [Parameter(k, value=v) for k, v in params.items()]
@@ -408,7 +408,7 @@ def test_arrival_compensated_chunks_start_earlier_by_the_frames_arrival_delay_wi
 def test_a_checkpoint_trained_on_late_stamped_commands_starts_its_chunks_that_much_earlier(
     harness, tiny_checkpoint, tmp_path, in_checkpoint, in_policy, expected
 ) -> None:
-    """`action_time_offset_s` from the checkpoint's metadata (policy_node/train_data.py), or the policy file's."""
+    """`action_time_offset_s` from the checkpoint's metadata (learning/train_data.py), or the policy file's."""
     ckpt = tmp_path / 'offset_ckpt'
     shutil.copytree(tiny_checkpoint, ckpt)
     meta = ckpt / 'bimanual_vla.json'
@@ -603,11 +603,11 @@ def test_rtc_plans_with_latency_in_ros_time_when_the_sim_runs_slower_than_real_t
 
 
 def test_policy_node_in_a_process_of_its_own_drives_this_one_through_topics(harness, tiny_checkpoint, tmp_path) -> None:
-    """`compose`'s default: the policy node in a child process (bimanual_vla/node_process.py), the rig here."""
+    """`compose`'s default: the policy node in a child process (bimanual_vla/bringup/node_process.py), the rig here."""
     import os
 
-    from bimanual_vla.bringup import NodeSpec
-    from bimanual_vla.node_process import NodeProcess
+    from bimanual_vla.bringup.node_process import NodeProcess
+    from bimanual_vla.bringup.nodes import NodeSpec
 
     rig, _ = harness
     spec = NodeSpec('policy_node', 'policy_node', {'rig': RIG, 'policy': str(write_policy(tmp_path, tiny_checkpoint))})
@@ -651,8 +651,8 @@ def test_a_child_node_process_stops_when_its_parent_is_killed(tiny_checkpoint, t
     policy = write_policy(tmp_path, tiny_checkpoint)
     script = (
         'import sys, time\n'
-        'from bimanual_vla.bringup import NodeSpec\n'
-        'from bimanual_vla.node_process import NodeProcess\n'
+        'from bimanual_vla.bringup.nodes import NodeSpec\n'
+        'from bimanual_vla.bringup.node_process import NodeProcess\n'
         f"spec = NodeSpec('policy_node', 'policy_node', {{'rig': {RIG!r}, 'policy': {str(policy)!r}}})\n"
         'child = NodeProcess(spec, ready_timeout_s=90).start()\n'
         'print(child.process.pid, flush=True)\n'
@@ -680,8 +680,8 @@ def test_a_child_node_process_stops_when_its_parent_is_killed(tiny_checkpoint, t
 
 
 def test_a_node_failing_in_its_own_process_raises_its_error_here(tmp_path) -> None:
-    from bimanual_vla.bringup import NodeSpec
-    from bimanual_vla.node_process import NodeProcess
+    from bimanual_vla.bringup.node_process import NodeProcess
+    from bimanual_vla.bringup.nodes import NodeSpec
 
     missing = tmp_path / 'no_such_checkpoint'
     spec = NodeSpec('policy_node', 'policy_node', {'rig': RIG, 'checkpoint': str(missing)})

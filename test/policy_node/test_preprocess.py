@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from policy_node.checkpoint import FeatureStats
-from policy_node.normalize import Normalizer, pad_last
-from policy_node.preprocess import (
+from bimanual_vla.policy_node.checkpoint import FeatureStats
+from bimanual_vla.policy_node.normalize import Normalizer, pad_last
+from bimanual_vla.policy_node.preprocess import (
     ObservationError,
     crop_image,
     image_to_model,

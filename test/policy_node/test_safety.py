@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from bimanual_vla.config import load_rig
-from policy_node import safety
-from policy_node.safety import CommandGate
+from bimanual_vla.policy_node import safety
+from bimanual_vla.policy_node.safety import CommandGate
 
 NAMES = ['left_a', 'left_b']
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from bimanual_vla.config import load_rig
-from drivers.expert import ScriptedExpert, run_episode
-from drivers.sim_scene import SimScene
+from bimanual_vla.sim.expert import ScriptedExpert, run_episode
+from bimanual_vla.sim.scene import SimScene
 
 RIG = load_rig('aloha_sim')
 
@@ -84,7 +84,7 @@ def test_idle_arms_never_succeed() -> None:
 
 
 def test_sim_expert_cli_prints_json(capsys) -> None:
-    from bimanual_vla.cli import main
+    from bimanual_vla.cli.main import main
 
     assert main(['sim-expert', '--task', 'transfer_cube', '--episodes', '2', '--seed', '20']) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -94,7 +94,7 @@ def test_sim_expert_cli_prints_json(capsys) -> None:
 
 def test_sim_expert_cli_passes_the_handover_options_on(capsys) -> None:
     """--noise, --meet-jitter and --aim-left reach the expert: seed 510 fails unaimed and succeeds aimed."""
-    from bimanual_vla.cli import main
+    from bimanual_vla.cli.main import main
 
     args = ['sim-expert', '--episodes', '1', '--seed', '510', '--max-speed', '2']
     args += ['--noise', '0.01', '--meet-jitter', '0.02']
@@ -135,7 +135,7 @@ def test_a_speed_limited_expert_trails_its_wrist_flip_then_catches_up_and_still_
     with pytest.raises(ValueError, match='max_joint_speed_rad_s must be positive'):
         ScriptedExpert(RIG, 'transfer_cube', 4, max_joint_speed_rad_s=0.0)
 
-    from bimanual_vla.collect import collect
+    from bimanual_vla.learning.collect import collect
 
     with pytest.raises(ValueError, match=r'expert_max_joint_speed_rad_s must be >= 0 \(0: unlimited\), got -1'):
         collect(tmp_path / 'bag', episodes=1, expert_max_joint_speed_rad_s=-1.0, progress=False)
@@ -181,7 +181,7 @@ def test_the_joint_space_approach_reaches_above_the_cube_without_the_wrist_flip(
     with pytest.raises(ValueError, match='approach must be one of'):
         ScriptedExpert(RIG, 'transfer_cube', 4, approach='straight')
 
-    from bimanual_vla.collect import collect
+    from bimanual_vla.learning.collect import collect
 
     with pytest.raises(ValueError, match="expert_approach must be 'joint' or 'cartesian'"):
         collect(tmp_path / 'bag', episodes=1, expert_approach='line', progress=False)
@@ -195,7 +195,7 @@ def _label_changes(expert: ScriptedExpert) -> list[tuple[int, str]]:
 
 def test_a_time_warped_expert_stretches_each_segment_within_its_bound_and_still_hands_over() -> None:
     """`time_warp`: every segment of the shared timeline gets its own length; the order and the handover stay."""
-    from drivers.expert import GRIPPER_CLOSED, GRIPPER_OPEN
+    from bimanual_vla.sim.expert import GRIPPER_CLOSED, GRIPPER_OPEN
 
     nominal = ScriptedExpert(RIG, 'transfer_cube', 300)
     warped = ScriptedExpert(RIG, 'transfer_cube', 300, time_warp=0.2)
@@ -249,7 +249,7 @@ def _cube_at(expert: ScriptedExpert, seed: int, step: int) -> tuple[dict, np.nda
 
 def test_the_aimed_left_grasp_closes_where_the_cube_is_held() -> None:
     """`aim_left`: halfway around the cube the left grasp moves onto the measured cube; nothing else changes."""
-    from drivers.expert import AIM_LABEL, LEFT_GRASP_FROM_CUBE
+    from bimanual_vla.sim.expert import AIM_LABEL, LEFT_GRASP_FROM_CUBE
 
     seed, kw = 510, {'max_joint_speed_rad_s': 2.0, 'noise_rad': 0.01, 'meet_jitter': 0.02}
     plain = ScriptedExpert(RIG, 'transfer_cube', seed, **kw)
@@ -281,7 +281,7 @@ def test_the_aimed_left_grasp_closes_where_the_cube_is_held() -> None:
 
 def test_a_jittered_handover_point_moves_both_arms_and_is_seeded() -> None:
     """`meet_jitter`: the right arm hands over at a seeded point within the bound; the left grasp follows it."""
-    from drivers.expert import AIM_LABEL
+    from bimanual_vla.sim.expert import AIM_LABEL
 
     def handover(expert: ScriptedExpert) -> tuple[np.ndarray, np.ndarray]:
         right = next(w for w in expert.plans['right'] if w.label == 'hand the cube to the left arm')

@@ -8,7 +8,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from bimanual_vla.fault_injection import (
+from bimanual_vla.drivers.servo.emulator import ServoBusEmulator
+from bimanual_vla.sim.fault_injection import (
     FAULT_KINDS,
     CameraFaults,
     GoalChecker,
@@ -19,7 +20,6 @@ from bimanual_vla.fault_injection import (
     summarise_segments,
     tap_goal_writes,
 )
-from drivers.emulator import ServoBusEmulator
 
 IDS = {'left': [1, 2, 3], 'right': [1, 2, 3]}
 CAMERAS = ['top', 'left_wrist']

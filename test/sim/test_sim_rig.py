@@ -18,14 +18,14 @@ pytestmark = [pytest.mark.ros, pytest.mark.slow]
 def _sim(ros_context, **params):
     from rclpy.parameter import Parameter
 
-    from drivers.sim_rig import SimRig
+    from bimanual_vla.sim.node import SimRig
 
     overrides = [Parameter(k, value=v) for k, v in params.items()]
     return SimRig(context=ros_context, parameter_overrides=overrides)
 
 
 def _executor(ros_context, *nodes):
-    from bimanual_vla.executors import NodeThreads
+    from bimanual_vla.bringup.executors import NodeThreads
 
     ex = NodeThreads(context=ros_context)
     for n in nodes:
@@ -103,7 +103,7 @@ def test_topics_limits_estop_and_reset(ros_context, spin) -> None:
         assert sim._rejected >= 1
 
         # reset to a seed: arms back to the start pose, object placed from that seed
-        from drivers.sim_scene import sample_object_poses
+        from bimanual_vla.sim.scene import sample_object_poses
 
         reset.publish(Int64(data=9))
         assert spin(ex, lambda: sim.scene.seed == 9 and abs(latest['right_waist']) < 0.01, 20.0)
@@ -123,7 +123,7 @@ def test_expert_drives_sim_over_topics_to_success(ros_context, spin) -> None:
     from std_msgs.msg import Bool
 
     from bimanual_vla.config import load_rig
-    from drivers.expert import ScriptedExpert
+    from bimanual_vla.sim.expert import ScriptedExpert
 
     seed = 5
     rig = load_rig('aloha_sim')
@@ -184,7 +184,7 @@ def test_builtin_expert_mode_publishes_subtasks_and_commands(ros_context, spin) 
         # Each command is stamped when it was issued: the target for tick k (acting from k dt to
         # (k + 1) dt) carries the stamp k dt, as a real rig's recorded commands do.
         from bimanual_vla.config import load_rig
-        from drivers.expert import ScriptedExpert
+        from bimanual_vla.sim.expert import ScriptedExpert
 
         expert = ScriptedExpert(load_rig('aloha_sim'), 'insertion', 2)
         checked = 0
@@ -205,8 +205,8 @@ def test_a_whole_number_for_a_double_parameter_is_taken_as_that_double(ros_conte
     """`run --set sim_rig.render_rate_hz=0`: YAML makes 0 an integer, which rclpy refuses for a double."""
     from rclpy.exceptions import InvalidParameterTypeException
 
-    from bimanual_vla.bringup import NodeSpec
-    from bimanual_vla.compose import instantiate
+    from bimanual_vla.bringup.compose import instantiate
+    from bimanual_vla.bringup.nodes import NodeSpec
 
     node = instantiate(NodeSpec('sim_rig', 'sim_rig', {'render_rate_hz': 0, 'real_time_factor': 2}), ros_context)
     try:

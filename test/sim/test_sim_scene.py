@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from bimanual_vla.config import load_rig
-from drivers.sim_scene import (
+from bimanual_vla.sim.scene import (
     CUBE_RANGE,
     PEG_RANGE,
     SOCKET_RANGE,
@@ -135,7 +135,7 @@ def test_renderer_publishes_only_requested_cameras_with_the_cube_visible() -> No
 def test_episode_video_and_contact_sheet(tmp_path) -> None:
     import cv2
 
-    from bimanual_vla.episode_video import EpisodeRecorder, compose_frame
+    from bimanual_vla.learning.episode_video import EpisodeRecorder, compose_frame
 
     rng = np.random.default_rng(0)
     cams = {'top': rng.integers(0, 255, (240, 320, 3), dtype=np.uint8), 'wrist': np.zeros((120, 160, 3), np.uint8)}

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from bimanual_vla.config import ConfigError, load_rig
-from drivers.calibration import calibration_for_arm
-from drivers.sim_servo_bus import (
+from bimanual_vla.drivers.servo.calibration import calibration_for_arm
+from bimanual_vla.sim.servo_bus import (
     RAD_PER_TICK,
     ZERO_TICKS,
     SimServoBus,
@@ -64,7 +64,7 @@ def test_unknown_protocol_is_a_config_error(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize('protocol', ['feetech', 'dynamixel'])
 def test_bus_bytes_positions_goals_torque_and_power_cycle(tmp_path: Path, protocol: str) -> None:
-    from drivers.bus import BusError, ServoBus
+    from bimanual_vla.drivers.servo.bus import BusError, ServoBus
 
     arm = load_rig('aloha_sim').arm('left')
     link = port_link(tmp_path, 'left')
@@ -135,8 +135,8 @@ def test_arm_drivers_drive_the_sim_through_emulated_buses(ros_context, spin, tmp
     from std_msgs.msg import Bool, Int64
 
     from bimanual_vla import topics
-    from bimanual_vla.bringup import rig_nodes
-    from bimanual_vla.compose import compose
+    from bimanual_vla.bringup.compose import compose
+    from bimanual_vla.bringup.nodes import rig_nodes
 
     specs = rig_nodes(
         'aloha_sim',

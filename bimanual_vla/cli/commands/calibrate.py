@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     if unknown:
         raise ConfigError(f'--reverse: unknown joint(s) {sorted(unknown)}; arm {arm.name!r} has {arm.joint_names}')
 
-    from drivers.calibration import CalibrationError, load_calibration
+    from bimanual_vla.drivers.servo.calibration import CalibrationError, load_calibration
 
     try:
         if args.import_lerobot:
@@ -177,7 +177,7 @@ def _read_ticks(bus, ids: list[int]) -> dict[int, int]:
     replies = bus.sync_read(ids, reg.address, reg.length)
     missing = [sid for sid in ids if replies.get(sid) is None]
     if missing:
-        from drivers.bus import BusError
+        from bimanual_vla.drivers.servo.bus import BusError
 
         raise BusError(f'servo(s) {missing} did not answer the position read')
     return {sid: ct.decode(reg, replies[sid]) for sid in ids}
@@ -185,9 +185,9 @@ def _read_ticks(bus, ids: list[int]) -> dict[int, int]:
 
 def interactive(arm: ArmConfig, port: str, reverse: set[str], stdin: TextIO, out: TextIO):
     """Run the guided calibration; returns the ArmCalibration, or None after a reported failure."""
-    from drivers.arm_controller import write_eeprom
-    from drivers.bus import BusError, ServoBus
-    from drivers.calibration import ArmCalibration, JointCalibration, now_iso
+    from bimanual_vla.drivers.servo.arm_controller import write_eeprom
+    from bimanual_vla.drivers.servo.bus import BusError, ServoBus
+    from bimanual_vla.drivers.servo.calibration import ArmCalibration, JointCalibration, now_iso
 
     ids = [j.id for j in arm.joints]
     names = {j.id: j.name for j in arm.joints}
@@ -296,7 +296,7 @@ def write_position_limits(bus, arm: ArmConfig, calibration, out: TextIO) -> None
     host sends. EEPROM: torque is already off (Dynamixel refuses the write otherwise), and
     ``write_eeprom`` unlocks the Feetech EEPROM around it.
     """
-    from drivers.arm_controller import write_eeprom
+    from bimanual_vla.drivers.servo.arm_controller import write_eeprom
 
     for j in arm.joints:
         low, high = calibration.position_limit_ticks(j.name, j.lower, j.upper)

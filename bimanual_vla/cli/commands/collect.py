@@ -78,7 +78,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bimanual_vla.collect import collect
+    from bimanual_vla.learning.collect import collect
 
     result = collect(
         args.output,

@@ -6,10 +6,6 @@ import argparse
 import json
 from pathlib import Path
 
-# Held out from training (the shipped checkpoint's training seeds lie below 450), and one the policy transferred
-# the cube on in both closed-loop evaluations of seeds 1000-1049 on 2026-11-30 (in 5.3 s of sim time).
-DEMO_SEED = 1001
-
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -27,16 +23,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help='auto (default): the shipped checkpoint for transfer_cube, the scripted expert otherwise',
     )
     p.add_argument('--task', choices=['transfer_cube', 'insertion'], default='transfer_cube')
-    p.add_argument(
-        '--seed', type=int, default=DEMO_SEED, help=f'object-pose seed (default {DEMO_SEED}, not a training seed)'
-    )
+    p.add_argument('--seed', type=int, default=None, help='object-pose seed (default: a seed held out from training)')
     p.add_argument('--max-sim-s', type=float, default=20.0, help='stop after this much sim time')
     p.add_argument('--real-time-factor', type=float, default=1.0, help='1 = real time, 0 = as fast as possible')
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from bimanual_vla.demo import run_demo
+    from bimanual_vla.learning.demo import run_demo
 
     result = run_demo(
         args.out,

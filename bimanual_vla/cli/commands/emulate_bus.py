@@ -70,7 +70,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from drivers.emulator import FaultConfig, ServoBusEmulator
+    from bimanual_vla.drivers.servo.emulator import FaultConfig, ServoBusEmulator
 
     faults = FaultConfig(
         missing_ids=set(args.drop),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from bimanual_vla.commands.export_lerobot import add_dataset_arguments, dataset_options
+from bimanual_vla.cli.commands.export_lerobot import add_dataset_arguments, dataset_options
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -31,11 +31,11 @@ def run(args: argparse.Namespace) -> int:
     import json
     import sys
 
-    from bimanual_vla.bag_read import BagError
-    from bimanual_vla.dataset import BagDataset
-    from bimanual_vla.evaluate import evaluate, policy_predictor, write_report
-    from policy_node.checkpoint import CheckpointError
-    from policy_node.model import VLAPolicy
+    from bimanual_vla.bags.read import BagError
+    from bimanual_vla.learning.dataset import BagDataset
+    from bimanual_vla.learning.evaluate import evaluate, policy_predictor, write_report
+    from bimanual_vla.policy_node.checkpoint import CheckpointError
+    from bimanual_vla.policy_node.model import VLAPolicy
 
     if args.stride < 1:
         print('error: --stride must be >= 1', file=sys.stderr)

@@ -57,7 +57,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bimanual_vla.eval_sim import evaluate_closed_loop
+    from bimanual_vla.learning.eval_sim import evaluate_closed_loop
 
     report = evaluate_closed_loop(
         args.checkpoint,

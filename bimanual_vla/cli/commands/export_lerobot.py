@@ -6,7 +6,7 @@ import argparse
 
 
 def add_dataset_arguments(p: argparse.ArgumentParser, *, with_rate: bool = True) -> None:
-    """Options shared by the commands that cut samples from bags (see bimanual_vla.dataset)."""
+    """Options shared by the commands that cut samples from bags (see bimanual_vla.learning.dataset)."""
     g = p.add_argument_group('sampling (see docs/dataset.md)')
     g.add_argument('--rig', default=None, help='rig name or YAML: cameras, joint order, arms (default: from the bag)')
     if with_rate:
@@ -25,7 +25,7 @@ def add_dataset_arguments(p: argparse.ArgumentParser, *, with_rate: bool = True)
 
 
 def dataset_options(args: argparse.Namespace):
-    from bimanual_vla.dataset import DatasetOptions
+    from bimanual_vla.learning.dataset import DatasetOptions
 
     return DatasetOptions(
         rig=args.rig,
@@ -60,8 +60,8 @@ def run(args: argparse.Namespace) -> int:
     import json
     import sys
 
-    from bimanual_vla.bag_read import BagError
-    from bimanual_vla.lerobot_export import ExportError, export_lerobot
+    from bimanual_vla.bags.read import BagError
+    from bimanual_vla.learning.lerobot_export import ExportError, export_lerobot
 
     try:
         summary = export_lerobot(args.bags, args.out, fps=args.fps, options=dataset_options(args),

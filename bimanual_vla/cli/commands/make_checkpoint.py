@@ -38,8 +38,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import sys
 
-    from policy_node.checkpoint import CheckpointError
-    from policy_node.tiny_checkpoint import make_tiny_checkpoint
+    from bimanual_vla.learning.tiny_checkpoint import make_tiny_checkpoint
+    from bimanual_vla.policy_node.checkpoint import CheckpointError
 
     for name in ('hidden', 'layers', 'expert_hidden', 'vision_hidden', 'image_size', 'patch_size', 'chunk_size'):
         if getattr(args, name) < 1:

@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     import rclpy
     from rclpy.parameter import Parameter
 
-    from bimanual_vla.bag_record import BagRecorder, spin_until_signal
+    from bimanual_vla.bags.record import BagRecorder, spin_until_signal
 
     rclpy.init()
     overrides = [

@@ -34,8 +34,8 @@ def run(args: argparse.Namespace) -> int:
     import rclpy
     from rclpy.parameter import Parameter
 
-    from bimanual_vla.bag_read import BagError
-    from bimanual_vla.bag_replay import BagPlayer, spin_until_done
+    from bimanual_vla.bags.read import BagError
+    from bimanual_vla.bags.replay import BagPlayer, spin_until_done
 
     rclpy.init()
     overrides = [

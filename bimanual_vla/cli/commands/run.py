@@ -75,9 +75,9 @@ def _stop_on_sigterm() -> None:
 def run(args: argparse.Namespace) -> int:
     import rclpy
 
-    from bimanual_vla.bringup import NodeSpec, rig_nodes
-    from bimanual_vla.compose import OWN_PROCESS, compose
-    from bimanual_vla.supervision import RestartPolicy
+    from bimanual_vla.bringup.compose import OWN_PROCESS, compose
+    from bimanual_vla.bringup.nodes import NodeSpec, rig_nodes
+    from bimanual_vla.bringup.supervision import RestartPolicy
 
     policy = None if args.policy.lower() == 'none' else args.policy
     overrides = parse_overrides(args.set)

@@ -68,7 +68,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from bimanual_vla.config import load_rig
-    from drivers.expert import evaluate
+    from bimanual_vla.sim.expert import evaluate
 
     if args.episodes < 1:
         raise SystemExit('--episodes must be >= 1')
@@ -96,9 +96,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _render_first(rig, args: argparse.Namespace) -> None:
-    from bimanual_vla.episode_video import EpisodeRecorder
-    from drivers.expert import ScriptedExpert, run_episode
-    from drivers.sim_scene import SceneRenderer, SimScene, rig_cameras
+    from bimanual_vla.learning.episode_video import EpisodeRecorder
+    from bimanual_vla.sim.expert import ScriptedExpert, run_episode
+    from bimanual_vla.sim.scene import SceneRenderer, SimScene, rig_cameras
 
     scene = SimScene(rig, task=args.task, seed=args.seed)
     expert = ScriptedExpert(

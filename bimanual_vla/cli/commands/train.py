@@ -98,7 +98,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _shape(overrides: list[str] | None):
-    from policy_node.train import ModelShape
+    from bimanual_vla.learning.train import ModelShape
 
     shape = ModelShape()
     for item in overrides or []:
@@ -110,7 +110,7 @@ def _shape(overrides: list[str] | None):
 
 
 def _crops(items: list[str]) -> dict[str, list[int]]:
-    from policy_node.preprocess import crop_box_problem
+    from bimanual_vla.policy_node.preprocess import crop_box_problem
 
     crops: dict[str, list[int]] = {}
     for item in items:
@@ -126,11 +126,11 @@ def _crops(items: list[str]) -> dict[str, list[int]]:
 
 
 def _demonstration_speed(samples, gate_max_velocity: float | None) -> dict:
-    """policy_node/demo_speed.py's report on the cached samples, logged (a warning if over the gate)."""
+    """learning/demo_speed.py's report on the cached samples, logged (a warning if over the gate)."""
     import logging
 
     from bimanual_vla.config import load_policy
-    from policy_node.demo_speed import describe, speed_report
+    from bimanual_vla.learning.demo_speed import describe, speed_report
 
     limit = gate_max_velocity if gate_max_velocity is not None else load_policy('default').safety.max_velocity_rad_s
     report = speed_report(
@@ -149,8 +149,8 @@ def _demonstration_speed(samples, gate_max_velocity: float | None) -> dict:
 def run(args: argparse.Namespace) -> int:
     import logging
 
-    from policy_node.train import TRAIN_STATE_DIR, TRAINING_DIR, TrainConfig, Trainer, config_from_json
-    from policy_node.train_data import build_cache
+    from bimanual_vla.learning.train import TRAIN_STATE_DIR, TRAINING_DIR, TrainConfig, Trainer, config_from_json
+    from bimanual_vla.learning.train_data import build_cache
 
     logging.basicConfig(level=logging.INFO, format='%(message)s')
     out = args.out.expanduser()
@@ -201,7 +201,7 @@ def run(args: argparse.Namespace) -> int:
         )
     image_size, crops = cfg.shape.image_size, cfg.crops
     if cfg.init:  # the checkpoint's own input geometry
-        from policy_node.checkpoint import read_metadata
+        from bimanual_vla.policy_node.checkpoint import read_metadata
 
         init_meta = read_metadata(Path(cfg.init).expanduser())
         image_size = init_meta.image_size[0]

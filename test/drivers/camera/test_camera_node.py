@@ -14,7 +14,7 @@ import yaml
 
 from bimanual_vla import topics
 from bimanual_vla.config import ConfigError, resolve_rig_path
-from drivers.capture import CaptureError, TestPatternRenderer, decode_frame_number
+from bimanual_vla.drivers.camera.capture import CaptureError, TestPatternRenderer, decode_frame_number
 
 pytestmark = pytest.mark.ros
 
@@ -67,7 +67,7 @@ class Harness:
         from rclpy.parameter import Parameter
         from sensor_msgs.msg import CameraInfo, Image
 
-        from drivers.camera_node import CameraDriver
+        from bimanual_vla.drivers.camera.node import CameraDriver
 
         self.spin_until = spin
         overrides = [Parameter(k, value=v) for k, v in params.items()]
@@ -249,7 +249,7 @@ def test_a_frozen_camera_stops_publishing_reports_frozen_and_resumes_when_images
 def test_frozen_after_s_is_checked_at_start(ros_context, rig_file: Path) -> None:
     from rclpy.parameter import Parameter
 
-    from drivers.camera_node import CameraDriver
+    from bimanual_vla.drivers.camera.node import CameraDriver
 
     for value, shown in ((-0.5, '-0.5'), (60.0, '60'), (float('nan'), 'nan')):
         params = {'rig': str(rig_file), 'camera': 'base', 'frozen_after_s': value}
@@ -305,7 +305,7 @@ def test_bad_parameters_fail_at_start_with_a_clear_error(
 ) -> None:
     from rclpy.parameter import Parameter
 
-    from drivers.camera_node import CameraDriver
+    from bimanual_vla.drivers.camera.node import CameraDriver
 
     write_pattern_video(tmp_path / 'clip.avi', frames=2)
     values = {'rig': str(rig_file), **{k: v.replace('{tmp}', str(tmp_path)) for k, v in params.items()}}
@@ -339,9 +339,10 @@ def test_calibration_file_fills_camera_info(harness, rig_file: Path, tmp_path: P
 
 
 def test_executable_reports_a_bad_device_in_one_line_and_exits_2(rig_file: Path) -> None:
-    cmd = [sys.executable, '-m', 'drivers.camera_node', '--ros-args', '-p', f'rig:={rig_file}', '-p', 'camera:=base']
+    cmd = [sys.executable, '-m', 'bimanual_vla.drivers.camera.node', '--ros-args', '-p', f'rig:={rig_file}']
+    cmd += ['-p', 'camera:=base']
     cmd += ['-p', 'source:=/dev/video99']
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parents[1])
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parents[3])
     assert result.returncode == 2, result.stderr
     assert 'camera_driver: error: camera device /dev/video99 does not exist' in result.stderr
     assert 'Traceback' not in result.stderr

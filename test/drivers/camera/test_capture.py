@@ -1,4 +1,5 @@
-"""drivers.capture without ROS: frame-number code, sources, ordering, drop accounting, recovery, bad parameters."""
+"""The camera capture layer without ROS: frame-number code, sources, ordering, drop accounting, recovery,
+bad parameters."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from drivers.capture import (
+from bimanual_vla.drivers.camera.capture import (
     Capture,
     CaptureError,
     Frame,

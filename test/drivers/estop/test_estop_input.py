@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from bimanual_vla.estop_input import (
+from bimanual_vla.drivers.estop.input import (
     EV_KEY,
     EV_SYN,
     EVENT_SIZE,
@@ -307,7 +307,7 @@ def test_node_publishes_device_press_latched(ros_context, spin, fifo: Path) -> N
     from std_msgs.msg import Bool
 
     from bimanual_vla import topics
-    from bimanual_vla.estop_node import EstopInput
+    from bimanual_vla.drivers.estop.node import EstopInput
 
     params = {'keyboard': False, 'device': str(fifo), 'key': 'KEY_SPACE', 'mode': 'latch'}
     node = EstopInput(parameter_overrides=[Parameter(k, value=v) for k, v in params.items()], context=ros_context)
@@ -370,7 +370,7 @@ def test_node_hold_mode_refuses_a_topic_release_while_the_pedal_is_up(ros_contex
     from std_msgs.msg import Bool
 
     from bimanual_vla import topics
-    from bimanual_vla.estop_node import EstopInput
+    from bimanual_vla.drivers.estop.node import EstopInput
 
     params = {'keyboard': False, 'device': str(fifo), 'key': 'BTN_0', 'mode': 'hold'}
     node = EstopInput(parameter_overrides=[Parameter(k, value=v) for k, v in params.items()], context=ros_context)
@@ -437,7 +437,7 @@ def test_node_process_reads_the_keyboard_and_restores_the_terminal(
     log = tmp_path / 'estop_input.log'
     with open(log, 'wb') as out:
         process = subprocess.Popen(
-            [sys.executable, '-m', 'bimanual_vla.estop_node'], stdin=slave, stdout=out, stderr=subprocess.STDOUT
+            [sys.executable, '-m', 'bimanual_vla.drivers.estop.node'], stdin=slave, stdout=out, stderr=subprocess.STDOUT
         )
     try:
         assert spin(executor, lambda: not termios.tcgetattr(slave)[3] & termios.ECHO, 60), log.read_text()

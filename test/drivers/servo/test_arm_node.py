@@ -48,7 +48,7 @@ class Harness:
         params: dict | None = None,
         calibration: dict | None = None,
     ) -> None:
-        from drivers.emulator import FaultConfig, ServoBusEmulator
+        from bimanual_vla.drivers.servo.emulator import FaultConfig, ServoBusEmulator
 
         self.tmp_path, self.context, self._spin = tmp_path, context, spin
         self.emu = ServoBusEmulator('feetech', IDS, faults=faults or FaultConfig(), max_speed_ticks_per_s=4000)
@@ -111,7 +111,7 @@ class Harness:
         from std_msgs.msg import Bool
         from std_srvs.srv import SetBool
 
-        from drivers.arm_node import ArmDriver
+        from bimanual_vla.drivers.servo.node import ArmDriver
 
         overrides = [Parameter('rig', value=str(self.rig)), Parameter('arm', value='left')]
         overrides += [Parameter(k, value=v) for k, v in self.params.items()]
@@ -331,7 +331,7 @@ def test_estop_torque_off(harness) -> None:
 
 @pytest.mark.slow
 def test_missing_servo_reported_others_keep_working(harness) -> None:
-    from drivers.emulator import FaultConfig
+    from bimanual_vla.drivers.servo.emulator import FaultConfig
 
     h = harness(allow_missing=True, faults=FaultConfig(missing_ids={5}))
     assert 'left_wrist_roll' not in h.latest() and 'left_shoulder_pan' in h.latest()
@@ -354,7 +354,7 @@ def test_missing_servo_reported_others_keep_working(harness) -> None:
 
 @pytest.mark.slow
 def test_stall_reported_in_diagnostics_and_efforts_published(harness) -> None:
-    from drivers.emulator import FaultConfig
+    from bimanual_vla.drivers.servo.emulator import FaultConfig
 
     h = harness(faults=FaultConfig(obstacles={6: 1848}))  # an object 200 ticks into the gripper's closing travel
     assert h.spin(lambda: list(h.states[-1].name) == QUALIFIED, 10)
@@ -391,7 +391,7 @@ def test_stall_reported_in_diagnostics_and_efforts_published(harness) -> None:
 
 @pytest.mark.slow
 def test_missing_servo_blocks_motion_when_not_allowed(harness) -> None:
-    from drivers.emulator import FaultConfig
+    from bimanual_vla.drivers.servo.emulator import FaultConfig
 
     h = harness(allow_missing=False, faults=FaultConfig(missing_ids={2}))
     d = h.fresh_diag(lambda d: d.get('missing_servos') == '[2]')
@@ -404,7 +404,7 @@ def test_missing_servo_blocks_motion_when_not_allowed(harness) -> None:
 
 @pytest.mark.slow
 def test_port_disappears_and_comes_back(harness) -> None:
-    from drivers.emulator import ServoBusEmulator
+    from bimanual_vla.drivers.servo.emulator import ServoBusEmulator
 
     h = harness()
     assert h.command_until(['left_shoulder_pan'], [0.1], lambda: h.servo(1).present_position == ticks(0.1))
@@ -458,7 +458,7 @@ def test_bad_parameters_fail_clearly(tmp_path, ros_context) -> None:
     from rclpy.parameter import Parameter
 
     from bimanual_vla.config import ConfigError
-    from drivers.arm_node import ArmDriver
+    from bimanual_vla.drivers.servo.node import ArmDriver
 
     rig = tmp_path / 'rig.yaml'
     rig.write_text(
@@ -510,7 +510,7 @@ def test_parameter_overrides_held_to_the_rig_bounds(
     from rclpy.parameter import Parameter
 
     from bimanual_vla.config import ConfigError
-    from drivers.arm_node import ArmDriver
+    from bimanual_vla.drivers.servo.node import ArmDriver
 
     rig = tmp_path / 'rig.yaml'
     arm = {'name': 'left', 'protocol': 'feetech', 'port': '/dev/null'}

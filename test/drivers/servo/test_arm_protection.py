@@ -16,10 +16,10 @@ from dataclasses import dataclass
 import pytest
 
 from bimanual_vla.config import ArmConfig
-from drivers.arm_controller import ArmController, Reading
-from drivers.bus import ServoBus, ServoStatusError
-from drivers.calibration import ArmCalibration, JointCalibration
-from drivers.emulator import FaultConfig, ServoBusEmulator
+from bimanual_vla.drivers.servo.arm_controller import ArmController, Reading
+from bimanual_vla.drivers.servo.bus import ServoBus, ServoStatusError
+from bimanual_vla.drivers.servo.calibration import ArmCalibration, JointCalibration
+from bimanual_vla.drivers.servo.emulator import FaultConfig, ServoBusEmulator
 
 K = 2 * math.pi / 4096  # rad per tick
 PERIOD = 0.01  # controller clock step per cycle (100 Hz)
@@ -363,7 +363,7 @@ def test_position_limit_ticks_follow_direction_and_range() -> None:
 
 
 def test_stall_guard_counts_only_a_push_that_gets_nowhere() -> None:
-    from drivers.stall_guard import StallGuard
+    from bimanual_vla.drivers.servo.stall_guard import StallGuard
 
     def run(samples: list[tuple[float | None, float | None, float]]) -> list[float]:
         """(position, effort, goal) every 10 ms; the times at which the guard fired."""

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from bimanual_vla.config import load_rig
-from drivers.calibration import (
+from bimanual_vla.drivers.servo.calibration import (
     ArmCalibration,
     CalibrationError,
     JointCalibration,
@@ -261,7 +261,7 @@ def test_rig_limits_outside_range_warn(tmp_path) -> None:
 
 
 def test_cli_import_lerobot(tmp_path, capsys) -> None:
-    from bimanual_vla.cli import main
+    from bimanual_vla.cli.main import main
 
     def cli(arm: str, src: Path, out: Path) -> int:
         return main(['calibrate', '--rig', str(rig), '--arm', arm, '--import-lerobot', str(src), '--output', str(out)])
@@ -323,7 +323,7 @@ def test_cli_interactive_calibration_against_emulator(tmp_path, protocol) -> Non
     import subprocess
     import sys
 
-    from drivers.emulator import ServoBusEmulator
+    from bimanual_vla.drivers.servo.emulator import ServoBusEmulator
 
     emu = ServoBusEmulator(protocol, [1, 2, 3, 4, 5, 6])
     emu.external_motion = True  # positions change only when the test (the "user") moves them
@@ -334,7 +334,7 @@ def test_cli_interactive_calibration_against_emulator(tmp_path, protocol) -> Non
             emu.set_present_position(sid, raw)
         rig = write_rig(tmp_path, protocol=protocol, port=port)
         out = tmp_path / 'left.json'
-        cmd = [sys.executable, '-m', 'bimanual_vla.cli', 'calibrate', '--rig', str(rig), '--arm', 'left']
+        cmd = [sys.executable, '-m', 'bimanual_vla.cli.main', 'calibrate', '--rig', str(rig), '--arm', 'left']
         cmd += ['--output', str(out), '--reverse', 'wrist_roll']
         proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         output = _Output(proc.stdout)
@@ -411,12 +411,12 @@ def test_cli_interactive_fails_cleanly_without_servos(tmp_path) -> None:
     import subprocess
     import sys
 
-    from drivers.emulator import FaultConfig, ServoBusEmulator
+    from bimanual_vla.drivers.servo.emulator import FaultConfig, ServoBusEmulator
 
     with ServoBusEmulator('feetech', [1, 2, 3, 4, 5, 6], faults=FaultConfig(missing_ids={4})) as emu:
         rig = write_rig(tmp_path, port=emu.port)
         out = tmp_path / 'left.json'
-        cmd = [sys.executable, '-m', 'bimanual_vla.cli', 'calibrate', '--rig', str(rig), '--arm', 'left']
+        cmd = [sys.executable, '-m', 'bimanual_vla.cli.main', 'calibrate', '--rig', str(rig), '--arm', 'left']
         proc = subprocess.run(cmd + ['--output', str(out)], input=b'', capture_output=True, timeout=60)
     assert proc.returncode == 1
     assert b'servo(s) [4] do not answer' in proc.stdout

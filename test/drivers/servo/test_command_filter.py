@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from drivers.command_filter import CommandFilter, CommandRejected, JointLimit, VelocityEstimator
+from bimanual_vla.drivers.servo.command_filter import CommandFilter, CommandRejected, JointLimit, VelocityEstimator
 
 NAMES = ['left_a', 'left_b']
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from drivers.bus import BusError, BusTimeout, ChecksumError, PortError, ServoBus, ServoStatusError
-from drivers.emulator import FaultConfig, ServoBusEmulator
+from bimanual_vla.drivers.servo.bus import BusError, BusTimeout, ChecksumError, PortError, ServoBus, ServoStatusError
+from bimanual_vla.drivers.servo.emulator import FaultConfig, ServoBusEmulator
 
 IDS = [1, 2, 3, 4, 5, 6]
 MARGIN = 0.1  # generous: the emulator thread shares two busy cores with other test processes
@@ -298,10 +298,10 @@ def test_concurrent_threads_share_one_bus(rig: tuple[ServoBusEmulator, ServoBus]
 
 # ---------------------------------------------------------------------- CLI
 def test_emulate_bus_cli_prints_usable_pty(protocol: str) -> None:
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[3]
     env = {**os.environ, 'PYTHONPATH': str(repo)}
     proc = subprocess.Popen(
-        [sys.executable, '-m', 'bimanual_vla.cli', 'emulate-bus', '--protocol', protocol]
+        [sys.executable, '-m', 'bimanual_vla.cli.main', 'emulate-bus', '--protocol', protocol]
         + ['--ids', '1-3', '--drop', '2'],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -9,13 +9,13 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from drivers.control_table import CONTROL_TABLES, DYNAMIXEL_X, FEETECH_STS
-from drivers.dynamixel_protocol import DYNAMIXEL, crc16, stuff, unstuff
-from drivers.feetech_protocol import FEETECH
-from drivers.protocol_common import CorruptFrame, InstructionPacket, PacketError, StatusPacket
+from bimanual_vla.drivers.servo.control_table import CONTROL_TABLES, DYNAMIXEL_X, FEETECH_STS
+from bimanual_vla.drivers.servo.dynamixel_protocol import DYNAMIXEL, crc16, stuff, unstuff
+from bimanual_vla.drivers.servo.feetech_protocol import FEETECH
+from bimanual_vla.drivers.servo.protocol_common import CorruptFrame, InstructionPacket, PacketError, StatusPacket
 
 # A copy of shared/vectors/servo_packets.json (bytes captured from the manufacturers' SDKs on a pty).
-VECTORS = json.loads((Path(__file__).parent / 'data' / 'servo_packets.json').read_text())
+VECTORS = json.loads((Path(__file__).parents[2] / 'data' / 'servo_packets.json').read_text())
 
 GOALS = {i: 1000 + 100 * i for i in range(1, 7)}  # 1100 .. 1600 as in the vectors
 PROTOCOLS = {'feetech': FEETECH, 'dynamixel': DYNAMIXEL}

@@ -14,8 +14,8 @@ import dynamixel_sdk as dxl  # test-only dependencies (the test extra)
 import pytest
 import scservo_sdk as scs
 
-from drivers.control_table import DYNAMIXEL_X, FEETECH_STS
-from drivers.emulator import ServoBusEmulator
+from bimanual_vla.drivers.servo.control_table import DYNAMIXEL_X, FEETECH_STS
+from bimanual_vla.drivers.servo.emulator import ServoBusEmulator
 
 IDS = [1, 2, 3, 4, 5, 6]
 

@@ -1,0 +1,1 @@
+"""The `bimanual-vla` command line: one module per subcommand in commands/."""

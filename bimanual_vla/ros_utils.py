@@ -39,6 +39,21 @@ def declare_rig(node: Node, default: str = '') -> RigConfig:
     return load_rig(rig)
 
 
+def log_at(node: Node, level: str, message: str) -> None:
+    """Log `message` at `level` ('info', 'warn' or 'error'): the libraries' log callback for a node.
+
+    One call site per severity: rclpy keys its logging state by call site and refuses a change of
+    severity at one site.
+    """
+    logger = node.get_logger()
+    if level == 'info':
+        logger.info(message)
+    elif level == 'warn':
+        logger.warning(message)
+    else:
+        logger.error(message)
+
+
 def diagnostic_status(
     name: str, level: bytes, message: str, values: Mapping[str, Any] | None = None, hardware_id: str = ''
 ) -> DiagnosticStatus:

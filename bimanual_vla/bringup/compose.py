@@ -30,7 +30,7 @@ from bimanual_vla.bringup.executors import NodeThreads
 from bimanual_vla.bringup.node_process import NodeProcess
 from bimanual_vla.bringup.nodes import NodeSpec, robot_description
 from bimanual_vla.bringup.supervision import RestartPolicy, Supervisor
-from bimanual_vla.ros_utils import ERROR, OK, WARN, diagnostic_status
+from bimanual_vla.ros_utils import ERROR, OK, WARN, diagnostic_status, log_at
 
 # Executables started in a process of their own unless a caller asks for everything composed.
 OWN_PROCESS: tuple[str, ...] = ('policy_node',)
@@ -58,14 +58,7 @@ class BringupMonitor(Node):
         self.create_timer(1.0, self._publish_diagnostics)
 
     def _log(self, level: str, message: str) -> None:
-        # One call site per severity: rclpy keys its logging state by call site.
-        logger = self.get_logger()
-        if level == 'info':
-            logger.info(message)
-        elif level == 'warn':
-            logger.warning(message)
-        else:
-            logger.error(message)
+        log_at(self, level, message)
 
     def _publish_diagnostics(self) -> None:
         array = DiagnosticArray()

@@ -53,6 +53,7 @@ from bimanual_vla.ros_utils import (
     WARN,
     declare_rig,
     diagnostic_status,
+    log_at,
     run_node,
     subscribe_from_any_publisher,
 )
@@ -132,14 +133,7 @@ class ArmDriver(Node):
     # --------------------------------------------------------------- logging
 
     def _log(self, level: str, message: str) -> None:
-        # One call site per severity: rclpy keys its logging state by call site and refuses a severity change.
-        logger = self.get_logger()
-        if level == 'info':
-            logger.info(message)
-        elif level == 'warn':
-            logger.warning(message)
-        else:
-            logger.error(message)
+        log_at(self, level, message)
 
     # ------------------------------------------------------------- I/O thread
 

@@ -391,12 +391,12 @@ def failed_labels(summary: dict[str, Any]) -> set[str]:
 def action_time_offset_s(bags: list[str | Path], rate_hz: float) -> float:
     """How long after they took effect these bags stamped their commands (CheckpointMetadata's field).
 
-    A rig's recorder stamps a command when it is sent, and the sim rig does the same since
-    2026-11-30 (`collect.json` says ``"command_stamps": "issued"``): 0. Bags `collect` wrote before
-    that stamped each command with the end of the tick it acted in, one control tick late: the
-    policy node must start chunks of a model trained on them one tick earlier, or every chunk runs a
-    tick late (measured: 0.3 s behind the expert by the handover). Mixing both kinds is refused:
-    no single offset fits both.
+    A rig's recorder stamps a command when it is sent, and so does the sim rig wherever `collect.json`
+    says ``"command_stamps": "issued"``: 0. A `collect.json` without ``command_stamps`` is the oldest
+    collect format, whose bags stamped each command with the end of the tick it acted in, one control
+    tick late: the policy node must start chunks of a model trained on them one tick earlier, or every
+    chunk runs a tick late (docs/experiments/2026-11-30-chunk-start-anchor.md). Mixing both kinds is
+    refused: no single offset fits both.
     """
     late, issued = [], []
     for bag in bags:

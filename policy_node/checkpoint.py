@@ -14,6 +14,13 @@ Loading never touches the network and never executes code from the directory:
 holding any pickle-format file is refused outright, because a pickle can run
 arbitrary code the moment something (a user's script, an old tool) unpickles it,
 and its mere presence means the directory is not what we expect.
+
+``bimanual_vla.json`` carries ``format_version`` (:data:`METADATA_FORMAT_VERSION`). A file
+without the field is read as the oldest version, :data:`OLDEST_METADATA_FORMAT_VERSION`.
+Version 1 is the only one so far: every field added to it since (``image_crops``, ``tasks``,
+``subtasks``, ``action_time_offset_s``, ``expert_approach``, ...) has a default that means
+what a file without it meant, so older version-1 files read unchanged. A change an older
+reader would misread raises the version, and this reader refuses versions it does not know.
 """
 
 from __future__ import annotations
@@ -33,6 +40,9 @@ CONFIG_FILE = 'config.json'
 WEIGHTS_FILE = 'model.safetensors'
 WEIGHTS_INDEX_FILE = 'model.safetensors.index.json'
 METADATA_FORMAT_VERSION = 1
+"""The format_version this code writes."""
+OLDEST_METADATA_FORMAT_VERSION = 1
+"""The format_version of a bimanual_vla.json that has no format_version field."""
 
 #: File suffixes that are (or usually wrap) Python pickles. Refused anywhere in a checkpoint.
 PICKLE_SUFFIXES: tuple[str, ...] = ('.bin', '.pt', '.pth', '.pkl', '.pickle', '.ckpt')
@@ -98,7 +108,10 @@ class CheckpointMetadata(BaseModel):
 
     model_config = ConfigDict(extra='forbid', frozen=True)
 
-    format_version: int = METADATA_FORMAT_VERSION
+    format_version: int = Field(
+        default=METADATA_FORMAT_VERSION,
+        description='layout of this file; read_metadata takes a file without it as the oldest version',
+    )
     rig: str | None = Field(default=None, description='rig the checkpoint was made for (informative)')
     joint_names: list[str] = Field(min_length=1, description='qualified joint names, in training order')
     camera_names: list[str] = Field(min_length=1)
@@ -120,7 +133,8 @@ class CheckpointMetadata(BaseModel):
         le=1.0,
         description=(
             'how long after they took effect the training data stamped its commands; the policy node '
-            'starts each chunk this much earlier (sim bags collected before 2026-11-30: one control tick)'
+            'starts each chunk this much earlier (sim bags whose collect.json has no command_stamps, its oldest '
+            'format: one control tick)'
         ),
     )
     expert_approach: Literal['joint', 'cartesian'] | None = Field(
@@ -142,8 +156,9 @@ class CheckpointMetadata(BaseModel):
     @field_validator('format_version')
     @classmethod
     def _version(cls, v: int) -> int:
-        if v != METADATA_FORMAT_VERSION:
-            raise ValueError(f'unsupported format_version {v} (this code reads {METADATA_FORMAT_VERSION})')
+        if not OLDEST_METADATA_FORMAT_VERSION <= v <= METADATA_FORMAT_VERSION:
+            known = ', '.join(str(n) for n in range(OLDEST_METADATA_FORMAT_VERSION, METADATA_FORMAT_VERSION + 1))
+            raise ValueError(f'unsupported format_version {v} (this code reads {known})')
         return v
 
     @model_validator(mode='after')
@@ -180,6 +195,8 @@ def read_metadata(directory: str | Path) -> CheckpointMetadata:
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CheckpointError(f'{path}: not valid JSON: {exc}') from exc
+    if isinstance(data, dict) and 'format_version' not in data:
+        data['format_version'] = OLDEST_METADATA_FORMAT_VERSION
     try:
         return CheckpointMetadata.model_validate(data)
     except ValidationError as exc:

@@ -11,7 +11,13 @@ from policy_fixtures import copy_checkpoint, tiny_checkpoint, tiny_policy  # noq
 from bimanual_vla.cli.main import main as cli_main
 from bimanual_vla.config import load_rig
 from bimanual_vla.learning.tiny_checkpoint import stats_from_limits
-from bimanual_vla.policy_node.checkpoint import METADATA_FILE, CheckpointError, read_metadata
+from bimanual_vla.policy_node.checkpoint import (
+    METADATA_FILE,
+    METADATA_FORMAT_VERSION,
+    OLDEST_METADATA_FORMAT_VERSION,
+    CheckpointError,
+    read_metadata,
+)
 from bimanual_vla.policy_node.model import VLAPolicy
 
 
@@ -82,6 +88,24 @@ def _edit_metadata(directory: Path, **changes: object) -> None:
             target = target[p]
         target[leaf] = value
     path.write_text(json.dumps(data))
+
+
+def test_metadata_format_version(tiny_checkpoint: Path, tmp_path: Path) -> None:  # noqa: F811
+    """Written explicitly; a file without it is the oldest version; an unknown version is refused."""
+    assert METADATA_FORMAT_VERSION == 1 == OLDEST_METADATA_FORMAT_VERSION
+    written = json.loads((tiny_checkpoint / METADATA_FILE).read_text())
+    assert written['format_version'] == 1
+    ck = copy_checkpoint(tiny_checkpoint, tmp_path / 'ck')
+    path = ck / METADATA_FILE
+    data = json.loads(path.read_text())
+    del data['format_version']
+    path.write_text(json.dumps(data))
+    meta = read_metadata(ck)
+    assert meta.format_version == 1
+    assert meta.joint_names == written['joint_names']
+    _edit_metadata(ck, format_version=2)
+    with pytest.raises(CheckpointError, match=r'format_version: unsupported format_version 2 \(this code reads 1\)'):
+        read_metadata(ck)
 
 
 @pytest.mark.parametrize('name', ['pytorch_model.bin', 'extra/optimizer.pt', 'stats.pkl', 'last.ckpt', 'w.pth'])

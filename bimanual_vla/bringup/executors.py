@@ -3,10 +3,9 @@
 Why not rclpy's ``MultiThreadedExecutor``: in this rclpy (Kilted, pure-Python executor) its
 dispatch loop rebuilds the wait set in Python and is woken twice per callback by a guard
 condition, so with a 50 Hz sim and a 50 Hz control loop in one process it spends most of the
-GIL on bookkeeping and starves the very threads doing the work. Measured on the 2-core CI
-machine (sim_rig at real time plus a node answering every joint_states with a command, 10 s):
-``MultiThreadedExecutor`` 73 of 500 ticks at 114 % CPU; a ``SingleThreadedExecutor`` per node
-in its own thread 502 of 500 at 31 % CPU (``docs/architecture.md``, "Executors"). This is what
+GIL on bookkeeping and starves the very threads doing the work: it kept a 50 Hz sim far from
+real time where a ``SingleThreadedExecutor`` per node in its own thread kept up at a fraction of
+the CPU (docs/experiments/2026-11-22-single-threaded-executor-per-node.md). This is what
 ``component_container_isolated`` does in a ROS 2 install.
 
 Every node in this project keeps its slow work (physics, rendering, serial I/O, inference) in

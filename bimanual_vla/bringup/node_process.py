@@ -2,10 +2,9 @@
 
 Python nodes composed in one process share one interpreter lock. The policy node's inference is
 many small tensor operations driven from Python, so beside the simulator's physics, rendering and
-message handling it spends much of each chunk waiting for the lock. On the 2-core machine the
-composed closed loop measured a median 0.36 s from observation to subtask (3.2 chunks/s), where the
-model alone takes about 0.07 s per chunk; with the policy node in its own process, 0.26 s (5.3
-chunks/s). That is also how the launch files run it on a rig.
+message handling it spends much of each chunk waiting for the lock; in its own process the closed
+loop runs more chunks a second with a shorter delay from observation to subtask
+(docs/experiments/2026-11-22-policy-node-own-process.md). That is also how the launch files run it on a rig.
 
 The child is started with `spawn` (a fresh interpreter: no forked rclpy or EGL state) and inherits
 the environment, so `ROS_DOMAIN_ID` and `ROS_AUTOMATIC_DISCOVERY_RANGE` are the parent's.

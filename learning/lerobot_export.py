@@ -31,6 +31,7 @@ import json
 import math
 import shutil
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -181,33 +182,89 @@ def export_lerobot(
     return summary
 
 
+_COLUMNS = ('observation.state', 'action', 'timestamp', 'frame_index', 'episode_index', 'index', 'task_index',
+            'subtask_index')  # fmt: skip
+"""The data parquet's columns, in order."""
+
+
+@dataclass
+class _Frames:
+    """Everything the frame pass gathers: the data columns, episodes, lookups, video writers."""
+
+    columns: dict[str, list] = field(default_factory=lambda: {k: [] for k in _COLUMNS})
+    episodes: list[dict[str, Any]] = field(default_factory=list)
+    tasks: dict[str, int] = field(default_factory=dict)
+    subtasks: dict[str, int] = field(default_factory=dict)
+    videos: dict[str, _VideoWriter] = field(default_factory=dict)
+    image_stats: dict[str, _ImageStats] = field(default_factory=dict)
+    splits: int = 0
+
+    def close_episode(self, ep: dict[str, Any] | None) -> None:
+        if ep is None or ep['length'] == 0:
+            return
+        ep['dataset_to_index'] = ep['dataset_from_index'] + ep['length']
+        lo, hi = ep['dataset_from_index'], ep['dataset_to_index']
+        for key in ('observation.state', 'action'):
+            ep['stats'][key] = _stats(np.asarray(self.columns[key][lo:hi], dtype=np.float64))
+        self.episodes.append(ep)
+
+    def add(self, s: dict[str, Any], current: dict[str, Any], out: Path, fps: float) -> None:
+        """Append one sample `s` to the columns, the episode `current` and the videos."""
+        columns = self.columns
+        task = self.tasks.setdefault(s['task'], len(self.tasks))
+        if s['task'] not in current['tasks']:
+            current['tasks'].append(s['task'])
+        sub = self.subtasks.setdefault(s['subtask'], len(self.subtasks))
+        columns['observation.state'].append(s['state'].tolist())
+        columns['action'].append(s['actions'][0].tolist())
+        columns['timestamp'].append(current['length'] / fps)
+        columns['frame_index'].append(current['length'])
+        columns['episode_index'].append(current['episode_index'])
+        columns['index'].append(len(columns['index']))
+        columns['task_index'].append(task)
+        columns['subtask_index'].append(sub)
+        for cam, img in s['images'].items():
+            if cam not in self.videos:
+                path = out / VIDEO_PATH.format(video_key=camera_key(cam), chunk_index=0, file_index=0)
+                self.videos[cam] = _VideoWriter(path, fps, (img.shape[1], img.shape[0]))
+            self.videos[cam].write(img)
+            if current['length'] % _IMAGE_STATS_EVERY == 0:
+                self.image_stats[cam].add(img)
+        current['length'] += 1
+
+
 def _write(dataset: BagDataset, out: Path, fps: float, robot_type: str | None, progress: bool, pa, pq) -> dict:
-    names = dataset.joint_names
-    n_joints = len(names)
-    tasks: dict[str, int] = {}
-    subtasks: dict[str, int] = {}
-    columns: dict[str, list] = {k: [] for k in ('observation.state', 'action', 'timestamp', 'frame_index',
-                                                'episode_index', 'index', 'task_index', 'subtask_index')}  # fmt: skip
-    episodes: list[dict[str, Any]] = []
-    videos: dict[str, _VideoWriter] = {}
-    image_stats = {c: _ImageStats() for c in dataset.cameras}
-    splits = 0
+    frames = _read_frames(dataset, out, fps, progress)
+    total = len(frames.columns['index'])
+    if total == 0:
+        raise ExportError('no frames to export')
+    _write_data(frames, out / DATA_PATH.format(chunk_index=0, file_index=0), len(dataset.joint_names), pa, pq)
+    _write_episodes(frames, dataset.cameras, out / EPISODES_PATH, fps, pa, pq)
+    _write_lookup(out / 'meta/tasks.parquet', 'task', 'task_index', list(frames.tasks))
+    _write_lookup(out / 'meta/subtasks.parquet', 'subtask', 'subtask_index', list(frames.subtasks))
+    (out / 'meta/stats.json').write_text(json.dumps(_dataset_stats(frames), indent=2))
+    info = _info(frames, dataset, fps, robot_type)
+    (out / 'meta/info.json').write_text(json.dumps(info, indent=4))
+    return {
+        'episodes': len(frames.episodes),
+        'frames': total,
+        'tasks': len(frames.tasks),
+        'subtasks': len(frames.subtasks),
+        'episodes_split_at_gaps': frames.splits,
+        'skipped_samples': dict(sorted((k, v) for k, v in dataset.skipped.items() if v)),
+        'video_codec': 'mpeg4 (OpenCV mp4v)',
+    }
+
+
+def _read_frames(dataset: BagDataset, out: Path, fps: float, progress: bool) -> _Frames:
+    """One pass over the dataset's samples: columns and episodes in memory, videos written to `out`."""
+    frames = _Frames(image_stats={c: _ImageStats() for c in dataset.cameras})
     period_ns = 1e9 / fps
     bar = None
     if progress:
         from tqdm import tqdm
 
         bar = tqdm(total=len(dataset), unit='frame', desc='export')
-
-    def close_episode(ep: dict[str, Any] | None) -> None:
-        if ep is None or ep['length'] == 0:
-            return
-        ep['dataset_to_index'] = ep['dataset_from_index'] + ep['length']
-        lo, hi = ep['dataset_from_index'], ep['dataset_to_index']
-        for key in ('observation.state', 'action'):
-            ep['stats'][key] = _stats(np.asarray(columns[key][lo:hi], dtype=np.float64))
-        episodes.append(ep)
-
     try:
         for e in range(len(dataset.episodes)):
             current: dict[str, Any] | None = None
@@ -215,49 +272,29 @@ def _write(dataset: BagDataset, out: Path, fps: float, robot_type: str | None, p
             for s in dataset.iter_episode(e):
                 t = s['time_ns']
                 if current is not None and t - last_t > 1.5 * period_ns:  # a gap: LeRobot needs even spacing
-                    close_episode(current)
+                    frames.close_episode(current)
                     current = None
-                    splits += 1
+                    frames.splits += 1
                 last_t = t
                 if current is None:
-                    start = len(columns['index'])
-                    current = {'episode_index': len(episodes), 'tasks': [], 'length': 0,
+                    start = len(frames.columns['index'])
+                    current = {'episode_index': len(frames.episodes), 'tasks': [], 'length': 0,
                                'dataset_from_index': start, 'source': f'{s["bag"]}#{s["episode_label"]}',
                                'stats': {}}  # fmt: skip
-                task = tasks.setdefault(s['task'], len(tasks))
-                if s['task'] not in current['tasks']:
-                    current['tasks'].append(s['task'])
-                sub = subtasks.setdefault(s['subtask'], len(subtasks))
-                columns['observation.state'].append(s['state'].tolist())
-                columns['action'].append(s['actions'][0].tolist())
-                columns['timestamp'].append(current['length'] / fps)
-                columns['frame_index'].append(current['length'])
-                columns['episode_index'].append(current['episode_index'])
-                columns['index'].append(len(columns['index']))
-                columns['task_index'].append(task)
-                columns['subtask_index'].append(sub)
-                for cam, img in s['images'].items():
-                    if cam not in videos:
-                        path = out / VIDEO_PATH.format(video_key=camera_key(cam), chunk_index=0, file_index=0)
-                        videos[cam] = _VideoWriter(path, fps, (img.shape[1], img.shape[0]))
-                    videos[cam].write(img)
-                    if current['length'] % _IMAGE_STATS_EVERY == 0:
-                        image_stats[cam].add(img)
-                current['length'] += 1
+                frames.add(s, current, out, fps)
                 if bar is not None:
                     bar.update(1)
-            close_episode(current)
+            frames.close_episode(current)
     finally:
-        for writer in videos.values():
+        for writer in frames.videos.values():
             writer.close()
         if bar is not None:
             bar.close()
-    total = len(columns['index'])
-    if total == 0:
-        raise ExportError('no frames to export')
+    return frames
 
-    # data
-    data_path = out / DATA_PATH.format(chunk_index=0, file_index=0)
+
+def _write_data(frames: _Frames, data_path: Path, n_joints: int, pa, pq) -> None:
+    columns = frames.columns
     data_path.parent.mkdir(parents=True, exist_ok=True)
     vec = pa.list_(pa.float32(), n_joints)
     table = pa.table({
@@ -272,7 +309,9 @@ def _write(dataset: BagDataset, out: Path, fps: float, robot_type: str | None, p
     })  # fmt: skip
     pq.write_table(table, data_path)
 
-    # episodes
+
+def _write_episodes(frames: _Frames, cameras: Sequence[str], ep_path: Path, fps: float, pa, pq) -> None:
+    episodes = frames.episodes
     ep_cols: dict[str, list] = {
         'episode_index': [e['episode_index'] for e in episodes],
         'tasks': [e['tasks'] for e in episodes],
@@ -282,7 +321,7 @@ def _write(dataset: BagDataset, out: Path, fps: float, robot_type: str | None, p
         'dataset_from_index': [e['dataset_from_index'] for e in episodes],
         'dataset_to_index': [e['dataset_to_index'] for e in episodes],
     }
-    for cam in dataset.cameras:
+    for cam in cameras:
         key = camera_key(cam)
         ep_cols[f'videos/{key}/chunk_index'] = [0] * len(episodes)
         ep_cols[f'videos/{key}/file_index'] = [0] * len(episodes)
@@ -299,30 +338,30 @@ def _write(dataset: BagDataset, out: Path, fps: float, robot_type: str | None, p
         k: pa.array(v, ep_types.get(k, pa.list_(pa.int64()) if k.endswith('/count') else None))
         for k, v in ep_cols.items()
     })  # fmt: skip
-    ep_path = out / EPISODES_PATH
     ep_path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(ep_table, ep_path)
 
-    # tasks, subtasks
-    _write_lookup(out / 'meta/tasks.parquet', 'task', 'task_index', list(tasks))
-    _write_lookup(out / 'meta/subtasks.parquet', 'subtask', 'subtask_index', list(subtasks))
 
-    # stats
+def _dataset_stats(frames: _Frames) -> dict[str, Any]:
+    columns = frames.columns
     stats: dict[str, Any] = {
         'observation.state': _stats(np.asarray(columns['observation.state'], dtype=np.float64)),
         'action': _stats(np.asarray(columns['action'], dtype=np.float64)),
     }
     for key in ('timestamp', 'frame_index', 'episode_index', 'index', 'task_index', 'subtask_index'):
         stats[key] = _stats(np.asarray(columns[key], dtype=np.float64)[:, None])
-    for cam, acc in image_stats.items():
+    for cam, acc in frames.image_stats.items():
         if acc.frames:
             stats[camera_key(cam)] = acc.result()
-    (out / 'meta/stats.json').write_text(json.dumps(stats, indent=2))
+    return stats
 
-    # info
+
+def _info(frames: _Frames, dataset: BagDataset, fps: float, robot_type: str | None) -> dict[str, Any]:
+    """meta/info.json: the features (videos, joint vectors, indices) and the dataset's totals."""
+    n_joints = len(dataset.joint_names)
     features: dict[str, Any] = {}
     for cam in dataset.cameras:
-        w, h = videos[cam].size
+        w, h = frames.videos[cam].size
         features[camera_key(cam)] = {
             'dtype': 'video',
             'shape': [h, w, 3],
@@ -331,33 +370,23 @@ def _write(dataset: BagDataset, out: Path, fps: float, robot_type: str | None, p
                      'video.is_depth_map': False, 'video.fps': fps, 'video.channels': 3, 'has_audio': False},
         }  # fmt: skip
     for key in ('observation.state', 'action'):
-        features[key] = {'dtype': 'float32', 'shape': [n_joints], 'names': list(names)}
+        features[key] = {'dtype': 'float32', 'shape': [n_joints], 'names': list(dataset.joint_names)}
     features['timestamp'] = {'dtype': 'float32', 'shape': [1], 'names': None}
     for key in ('frame_index', 'episode_index', 'index', 'task_index', 'subtask_index'):
         features[key] = {'dtype': 'int64', 'shape': [1], 'names': None}
     rig = dataset.rig
-    info = {
+    return {
         'codebase_version': CODEBASE_VERSION,
         'robot_type': robot_type or (rig.name if rig is not None else 'bimanual'),
-        'total_episodes': len(episodes),
-        'total_frames': total,
-        'total_tasks': len(tasks),
+        'total_episodes': len(frames.episodes),
+        'total_frames': len(frames.columns['index']),
+        'total_tasks': len(frames.tasks),
         'chunks_size': 1000,
         'data_files_size_in_mb': 100,
         'video_files_size_in_mb': 500,
         'fps': fps if fps != int(fps) else int(fps),
-        'splits': {'train': f'0:{len(episodes)}'},
+        'splits': {'train': f'0:{len(frames.episodes)}'},
         'data_path': DATA_PATH,
         'video_path': VIDEO_PATH,
         'features': features,
-    }
-    (out / 'meta/info.json').write_text(json.dumps(info, indent=4))
-    return {
-        'episodes': len(episodes),
-        'frames': total,
-        'tasks': len(tasks),
-        'subtasks': len(subtasks),
-        'episodes_split_at_gaps': splits,
-        'skipped_samples': dict(sorted((k, v) for k, v in dataset.skipped.items() if v)),
-        'video_codec': 'mpeg4 (OpenCV mp4v)',
     }

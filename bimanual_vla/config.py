@@ -199,6 +199,27 @@ class CameraConfig(_Strict):
     fps: float = Field(default=30.0, gt=0, le=240)
 
 
+class SimConfig(_Strict):
+    """A simulated rig's `sim:` block: what `sim_rig` starts with unless a node parameter overrides it.
+
+    Strict types (a quoted number or a float seed is refused, not converted): the block is read by a
+    node that takes each value as it is, so a wrong type would otherwise only fail, or be cast, there.
+    """
+
+    model_config = ConfigDict(extra='forbid', frozen=True, strict=True)
+
+    task: Literal['transfer_cube', 'insertion'] = 'transfer_cube'
+    seed: int = Field(default=0, ge=0, description='episode seed at start and for sim/reset')
+    real_time_factor: float = Field(default=1.0, ge=0, allow_inf_nan=False, description='0: as fast as possible')
+    servo_bus: Literal['', 'feetech', 'dynamixel'] = Field(
+        default='', description="'': the sim follows joint_command; else every arm is an emulated servo bus"
+    )
+
+    def get(self, name: str, default: Any = None) -> Any:
+        """Mapping-style read, for callers that still treat the block as a dict (bringup/nodes.py)."""
+        return getattr(self, name, default)
+
+
 class RigConfig(_Strict):
     """A whole rig: arms, cameras, control rate, URDF and e-stop behaviour."""
 
@@ -208,7 +229,7 @@ class RigConfig(_Strict):
     estop_action: Literal['hold', 'torque_off'] = 'hold'
     arms: list[ArmConfig] = Field(min_length=1)
     cameras: list[CameraConfig] = Field(default_factory=list)
-    sim: dict[str, Any] | None = Field(default=None, description='simulator settings, only for simulated rigs')
+    sim: SimConfig | None = Field(default=None, description='simulator settings, only for simulated rigs')
 
     @field_validator('arms')
     @classmethod

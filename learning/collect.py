@@ -12,7 +12,8 @@ on it with ``time_base='header'``).
 
 Output: one bag (``OUT/``, rosbag2 + MCAP) holding every episode as a labelled episode
 (``"<task> seed <n>"``) and ``OUT/collect.json`` with each episode's seed, success, sim duration and
-the sim-time stamp of its first recorded tick.
+the sim-time stamp of its first recorded tick, the expert's options, and its ``format_version``
+(FORMAT_VERSION; `summary_format_version` reads it).
 
 Episode boundaries: the conductor asks for a reset (``sim/reset_seed``) and publishes the start marker
 from its ``/clock`` callback as soon as it sees the reset's first tick; the marker reaches the recorder
@@ -27,6 +28,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from rclpy.node import Node
 from rosgraph_msgs.msg import Clock
@@ -36,6 +38,7 @@ from bimanual_vla import topics
 from bimanual_vla.bags.record import EPISODE_QOS
 from bimanual_vla.config import RigConfig, load_rig
 from bimanual_vla.ros_utils import stamp_to_sec
+from bimanual_vla.sim.expert import ExpertOptions
 
 #: What the instruction on `policy/task` says for each simulated task.
 TASK_TEXT = {
@@ -44,6 +47,20 @@ TASK_TEXT = {
 }
 
 SUMMARY_FILE = 'collect.json'
+
+# collect.json's format, in its `format_version` field:
+#   1: no `format_version` field (the files written before it existed). Any of the keys below may be
+#      absent, each meaning what the expert did before it could do otherwise: no `command_stamps`, the
+#      expert's commands were stamped a tick late, after the step (learning/train_data.py dates them
+#      one tick earlier); no `expert_approach`, 'cartesian'; no `expert_time_warp`, `expert_meet_jitter`
+#      or `expert_aim_left`, 0, 0 and false.
+#   2: `format_version` and every key of CollectResult.to_json, always written.
+FORMAT_VERSION = 2
+
+
+def summary_format_version(summary: dict) -> int:
+    """The format of a collect.json read as `summary`: a file without the field is format 1, the oldest."""
+    return int(summary.get('format_version', 1))
 
 
 @dataclass
@@ -69,16 +86,31 @@ class CollectResult:
     wall_s: float = 0.0
     recorded_messages: dict[str, int] = field(default_factory=dict)
     dropped_messages: int = 0
-    # The expert's commands are stamped when issued (sim/node.py). Bags from before that fix
-    # lack this key, and train dates their commands one tick earlier (learning/train_data.py).
+    # The expert's commands are stamped when issued (sim/node.py); format 1 files may lack the key.
     command_stamps: str = 'issued'
+    # The expert's options (ExpertOptions, flattened); format 1 files may lack the keys (FORMAT_VERSION).
     expert_noise_rad: float = 0.0
     expert_max_joint_speed_rad_s: float = 0.0  # 0: unlimited
-    # 'joint' (no wrist flip) or 'cartesian' (bags before 2026-12-01: the key is absent there)
-    expert_approach: str = 'joint'
-    expert_time_warp: float = 0.0  # 0: the nominal timeline (bags before 2026-12-01 lack the key)
-    expert_meet_jitter: float = 0.0  # m; 0: the nominal handover point (bags before 2026-12-01 lack the key)
-    expert_aim_left: bool = False  # the left grasp aimed at the measured cube (absent before 2026-12-01)
+    expert_approach: str = 'joint'  # 'joint' (no wrist flip) or 'cartesian'
+    expert_time_warp: float = 0.0  # 0: the nominal timeline
+    expert_meet_jitter: float = 0.0  # m; 0: the nominal handover point
+    expert_aim_left: bool = False  # the left grasp aimed at the measured cube
+    format_version: int = FORMAT_VERSION
+
+    @classmethod
+    def start(cls, out: Path, task: str, expert: ExpertOptions) -> CollectResult:
+        """An empty result for a collection of `task` with the expert's `options`, into the bag `out`."""
+        return cls(
+            bag=str(out),
+            task=task,
+            task_text=TASK_TEXT[task],
+            expert_noise_rad=float(expert.noise_rad),
+            expert_max_joint_speed_rad_s=float(expert.max_joint_speed_rad_s or 0.0),
+            expert_approach=expert.approach,
+            expert_time_warp=float(expert.time_warp),
+            expert_meet_jitter=float(expert.meet_jitter),
+            expert_aim_left=bool(expert.aim_left),
+        )
 
     @property
     def success_rate(self) -> float:
@@ -156,165 +188,82 @@ def episode_duration_s(rig: RigConfig, task: str, seed: int, tail_s: float) -> f
     return expert.num_steps / rig.control_rate_hz + tail_s
 
 
-def collect(
-    out: Path,
-    *,
-    task: str = 'transfer_cube',
-    episodes: int = 10,
-    seed: int = 0,
-    rig_name: str = 'aloha_sim',
-    real_time_factor: float = 0.0,
-    tail_s: float = 1.0,
-    compress: bool = False,
-    progress: bool = True,
-    max_wall_per_episode_s: float = 300.0,
-    episode_s: float | None = None,
-    expert_noise_rad: float = 0.0,
-    expert_max_joint_speed_rad_s: float = 0.0,
-    expert_approach: str = 'joint',
-    expert_time_warp: float = 0.0,
-    expert_meet_jitter: float = 0.0,
-    expert_aim_left: bool = False,
-) -> CollectResult:
-    """Record `episodes` expert episodes (seeds seed, seed+1, ...) into the bag `out`.
+@dataclass(frozen=True)
+class CollectSettings:
+    """What `collect` records: episodes `episodes` of `task` from seed `seed` on, and how.
 
     `episode_s` cuts every episode after that many sim seconds (a quick look, tests); by default an
-    episode lasts the expert's whole plan plus `tail_s`. `expert_noise_rad` > 0 makes the expert execute
-    its plan with slow random joint offsets while recording the clean plan as the action (DART), so the
-    data shows how to get back on track; episodes the offsets make fail are marked failed as usual.
-    `expert_max_joint_speed_rad_s` > 0 keeps every arm joint of the expert under that speed (set it to the
-    policy node's `safety.max_velocity_rad_s`, so the data holds no motion the gate would clamp).
-    `expert_approach` ('joint' or 'cartesian') is how the expert's right gripper gets above the cube
-    (sim/expert.py, APPROACHES): 'joint' avoids the wrist flip a straight line makes.
-    `expert_time_warp` > 0 stretches each segment of the expert's plan by its own random factor
-    exp(U(-w, w)) per episode (ScriptedExpert._warp_times), so no move can be timed by the previous one.
-    `expert_meet_jitter` > 0 moves the handover point by up to that many metres per axis per episode, and
-    `expert_aim_left` aims the left grasp at the cube where it is (ScriptedExpert.observe), so the data
-    shows the left gripper going where the cube is held instead of to one fixed spot.
+    episode lasts the expert's whole plan plus `tail_s`. `real_time_factor` 0 runs the sim as fast as
+    possible. `max_wall_per_episode_s`: an episode that takes longer in wall time is an error.
+    `expert`: how the expert executes its plan (ExpertOptions): DART offsets executed while the clean
+    plan is recorded as the action (episodes the offsets make fail are marked failed as usual), a
+    speed limit (set it to the policy node's `safety.max_velocity_rad_s`, so the data holds no motion
+    the gate would clamp), the approach above the cube, a time warp per episode so no move can be timed
+    by the previous one, a handover point moved per episode and the left grasp aimed at the cube, so
+    the data shows the left gripper going where the cube is held instead of to one fixed spot.
+    Checked when made (ValueError): nothing starts with settings that cannot run.
+    """
+
+    task: str = 'transfer_cube'
+    episodes: int = 10
+    seed: int = 0
+    rig_name: str = 'aloha_sim'
+    real_time_factor: float = 0.0
+    tail_s: float = 1.0
+    compress: bool = False
+    progress: bool = True
+    max_wall_per_episode_s: float = 300.0
+    episode_s: float | None = None
+    expert: ExpertOptions = field(default_factory=ExpertOptions)
+
+    def __post_init__(self) -> None:
+        if self.task not in TASK_TEXT:
+            raise ValueError(f'unknown task {self.task!r}; choose from {sorted(TASK_TEXT)}')
+        if self.episodes < 1:
+            raise ValueError('episodes must be >= 1')
+        self.expert.check_task(self.task)
+
+    def sim_parameters(self) -> dict[str, Any]:
+        """The sim rig's parameters for this collection: the task, its first seed, its pace, the expert on."""
+        from bimanual_vla.sim.node import expert_parameters
+
+        base = {'task': self.task, 'seed': self.seed, 'real_time_factor': self.real_time_factor, 'expert': True}
+        return {**base, **expert_parameters(self.expert)}
+
+
+def collect(out: Path, settings: CollectSettings | None = None) -> CollectResult:
+    """Record the expert episodes `settings` describe (seeds seed, seed+1, ...) into the bag `out`.
+
+    Writes OUT/collect.json (CollectResult.to_json) when the bag exists, whatever happened.
     """
     import rclpy
-    from rclpy.parameter import Parameter
 
-    from bimanual_vla.bags.record import BagRecorder
     from bimanual_vla.bringup.compose import compose
     from bimanual_vla.bringup.nodes import rig_nodes
 
-    if task not in TASK_TEXT:
-        raise ValueError(f'unknown task {task!r}; choose from {sorted(TASK_TEXT)}')
-    if episodes < 1:
-        raise ValueError('episodes must be >= 1')
-    if not expert_max_joint_speed_rad_s >= 0:
-        speed = expert_max_joint_speed_rad_s
-        raise ValueError(f'expert_max_joint_speed_rad_s must be >= 0 (0: unlimited), got {speed}')
-    from bimanual_vla.sim.expert import APPROACHES, MAX_MEET_JITTER, MAX_TIME_WARP
-
-    if expert_approach not in APPROACHES:
-        raise ValueError(f"expert_approach must be 'joint' or 'cartesian', got {expert_approach!r}")
-    if not 0.0 <= expert_time_warp <= MAX_TIME_WARP:
-        raise ValueError(f'expert_time_warp must be in [0, {MAX_TIME_WARP}], got {expert_time_warp}')
-    if not 0.0 <= expert_meet_jitter <= MAX_MEET_JITTER:
-        raise ValueError(f'expert_meet_jitter must be in [0, {MAX_MEET_JITTER}] m, got {expert_meet_jitter}')
-    if (expert_meet_jitter > 0 or expert_aim_left) and task != 'transfer_cube':
-        raise ValueError(f'expert_meet_jitter and expert_aim_left apply to transfer_cube only, not {task!r}')
+    settings = settings if settings is not None else CollectSettings()
     out = Path(out).expanduser()
     if out.exists():
         raise FileExistsError(f'{out}: output exists; the recorder writes a new bag directory')
-    rig = load_rig(rig_name)
-    result = CollectResult(
-        bag=str(out),
-        task=task,
-        task_text=TASK_TEXT[task],
-        expert_noise_rad=float(expert_noise_rad),
-        expert_max_joint_speed_rad_s=float(expert_max_joint_speed_rad_s),
-        expert_approach=expert_approach,
-        expert_time_warp=float(expert_time_warp),
-        expert_meet_jitter=float(expert_meet_jitter),
-        expert_aim_left=bool(expert_aim_left),
-    )
+    rig = load_rig(settings.rig_name)
+    result = CollectResult.start(out, settings.task, settings.expert)
     started = time.monotonic()
     context = rclpy.Context()
     rclpy.init(context=context)
-    composition = None
-    recorder = None
-    spinner = None
+    composition = recorder = spinner = None
     stop = threading.Event()
     try:
-        sim = {
-            'task': task,
-            'seed': seed,
-            'real_time_factor': real_time_factor,
-            'expert': True,
-            'expert_noise_rad': float(expert_noise_rad),
-            'expert_max_joint_speed': float(expert_max_joint_speed_rad_s),
-            'expert_approach': expert_approach,
-            'expert_time_warp': float(expert_time_warp),
-            'expert_meet_jitter': float(expert_meet_jitter),
-            'expert_aim_left': bool(expert_aim_left),
-        }
         # Not on sim time: the conductor reads /clock itself, and the recorder stamps receive times.
-        specs = rig_nodes(rig_name, policy=None, use_sim_time=False, sim_overrides=sim)
-        conductor = CollectConductor(TASK_TEXT[task], context=context)
-        recorder = BagRecorder(
-            context=context,
-            parameter_overrides=[
-                Parameter('output', value=str(out)),
-                Parameter('rig', value=rig_name),
-                Parameter('compress', value=bool(compress)),
-                Parameter('discovery_period_s', value=0.2),
-            ],
-        )
+        specs = rig_nodes(settings.rig_name, policy=None, use_sim_time=False, sim_overrides=settings.sim_parameters())
+        conductor = CollectConductor(TASK_TEXT[settings.task], context=context)
+        recorder = _recorder(out, settings, context)
         composition = compose(specs, context=context, extra_nodes=[conductor, recorder])
         spinner = threading.Thread(
             target=composition.spin, kwargs={'until': stop.is_set}, name='collect_spin', daemon=True
         )
         spinner.start()
         _wait_for_recorder(recorder, rig, timeout_s=60.0)
-        # The expert's waypoint times do not depend on the seed: plan once for the episode length.
-        duration = episode_s if episode_s is not None else episode_duration_s(rig, task, seed, tail_s)
-        bar = _progress(episodes, progress)
-        for i in range(episodes):
-            ep_seed = seed + i
-            label = f'{task} seed {ep_seed}'
-            t0 = time.monotonic()
-            conductor.start_episode(ep_seed, label)
-            if not conductor.reset_done.wait(30.0):
-                raise RuntimeError(f'episode {i}: the sim did not reset to seed {ep_seed} within 30 s')
-            foreign: set[str] = set(conductor.foreign_publishers())
-            next_check = time.monotonic() + 0.2
-            while conductor.sim_time < duration:
-                if time.monotonic() >= next_check:
-                    foreign.update(conductor.foreign_publishers())
-                    next_check = time.monotonic() + 0.2
-                if time.monotonic() - t0 > max_wall_per_episode_s:
-                    raise RuntimeError(
-                        f'episode {i}: sim time {conductor.sim_time:.2f} s after {max_wall_per_episode_s} s'
-                    )
-                if not spinner.is_alive():
-                    raise RuntimeError('the executor stopped')
-                time.sleep(0.005)
-            foreign.update(conductor.foreign_publishers())
-            conductor.end_episode()
-            if foreign:
-                conductor.get_logger().error(
-                    f'{label}: another node published {sorted(foreign)} during the episode (a second sim or '
-                    'collect on this ROS_DOMAIN_ID?); its messages are in the bag, so train leaves the episode out'
-                )
-            outcome = EpisodeOutcome(
-                index=i,
-                seed=ep_seed,
-                label=label,
-                success=conductor.success,
-                sim_duration_s=round(conductor.sim_time - (conductor.first_tick_s or 0.0), 3),
-                first_tick_s=conductor.first_tick_s,
-                wall_s=round(time.monotonic() - t0, 2),
-                foreign_publishers=sorted(foreign),
-            )
-            result.episodes.append(outcome)
-            if bar is not None:
-                bar.set_postfix(success=f'{sum(e.success for e in result.episodes)}/{len(result.episodes)}')
-                bar.update(1)
-        if bar is not None:
-            bar.close()
+        _record_episodes(conductor, spinner, rig, settings, result)
         time.sleep(0.3)  # let the end marker and the last messages arrive
     finally:
         stop.set()
@@ -334,7 +283,88 @@ def collect(
     return result
 
 
-def _wait_for_recorder(recorder, rig: RigConfig, timeout_s: float) -> None:
+def _recorder(out: Path, settings: CollectSettings, context: Any) -> Any:
+    """The bag recorder writing `out`, the way `bimanual-vla record` would."""
+    from rclpy.parameter import Parameter
+
+    from bimanual_vla.bags.record import BagRecorder
+
+    return BagRecorder(
+        context=context,
+        parameter_overrides=[
+            Parameter('output', value=str(out)),
+            Parameter('rig', value=settings.rig_name),
+            Parameter('compress', value=bool(settings.compress)),
+            Parameter('discovery_period_s', value=0.2),
+        ],
+    )
+
+
+def _record_episodes(
+    conductor: CollectConductor,
+    spinner: threading.Thread,
+    rig: RigConfig,
+    settings: CollectSettings,
+    result: CollectResult,
+) -> None:
+    """Play every episode, appending its outcome to `result` (and to the progress bar)."""
+    # The expert's waypoint times do not depend on the seed: plan once for the episode length.
+    duration = settings.episode_s
+    if duration is None:
+        duration = episode_duration_s(rig, settings.task, settings.seed, settings.tail_s)
+    bar = _progress(settings.episodes, settings.progress)
+    for i in range(settings.episodes):
+        outcome = _record_episode(conductor, spinner, i, settings, duration)
+        result.episodes.append(outcome)
+        if bar is not None:
+            bar.set_postfix(success=f'{sum(e.success for e in result.episodes)}/{len(result.episodes)}')
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+
+
+def _record_episode(
+    conductor: CollectConductor, spinner: threading.Thread, i: int, settings: CollectSettings, duration: float
+) -> EpisodeOutcome:
+    """Reset the sim to episode `i`'s seed, record `duration` sim seconds of it between markers, report it."""
+    ep_seed = settings.seed + i
+    label = f'{settings.task} seed {ep_seed}'
+    t0 = time.monotonic()
+    conductor.start_episode(ep_seed, label)
+    if not conductor.reset_done.wait(30.0):
+        raise RuntimeError(f'episode {i}: the sim did not reset to seed {ep_seed} within 30 s')
+    foreign: set[str] = set(conductor.foreign_publishers())
+    next_check = time.monotonic() + 0.2
+    while conductor.sim_time < duration:
+        if time.monotonic() >= next_check:
+            foreign.update(conductor.foreign_publishers())
+            next_check = time.monotonic() + 0.2
+        if time.monotonic() - t0 > settings.max_wall_per_episode_s:
+            limit = settings.max_wall_per_episode_s
+            raise RuntimeError(f'episode {i}: sim time {conductor.sim_time:.2f} s after {limit} s')
+        if not spinner.is_alive():
+            raise RuntimeError('the executor stopped')
+        time.sleep(0.005)
+    foreign.update(conductor.foreign_publishers())
+    conductor.end_episode()
+    if foreign:
+        conductor.get_logger().error(
+            f'{label}: another node published {sorted(foreign)} during the episode (a second sim or '
+            'collect on this ROS_DOMAIN_ID?); its messages are in the bag, so train leaves the episode out'
+        )
+    return EpisodeOutcome(
+        index=i,
+        seed=ep_seed,
+        label=label,
+        success=conductor.success,
+        sim_duration_s=round(conductor.sim_time - (conductor.first_tick_s or 0.0), 3),
+        first_tick_s=conductor.first_tick_s,
+        wall_s=round(time.monotonic() - t0, 2),
+        foreign_publishers=sorted(foreign),
+    )
+
+
+def _wait_for_recorder(recorder: Any, rig: RigConfig, timeout_s: float) -> None:
     """Wait until the recorder subscribes to everything the expert publishes (then let DDS match)."""
     wanted = [topics.camera_image(c.name) for c in rig.cameras]
     wanted += [topics.JOINT_STATES, topics.SIM_SUCCESS, topics.SIM_EXPERT_SUBTASK, topics.POLICY_TASK]
@@ -351,7 +381,7 @@ def _wait_for_recorder(recorder, rig: RigConfig, timeout_s: float) -> None:
     time.sleep(0.5)  # subscriptions exist; give discovery a moment to match them with the publishers
 
 
-def _progress(total: int, enabled: bool):
+def _progress(total: int, enabled: bool) -> Any:
     if not enabled:
         return None
     from tqdm import tqdm

@@ -20,6 +20,7 @@ Each waypoint carries a subtask in words ("move the right gripper above the cube
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -40,19 +41,19 @@ PEG_HALF_X = 0.06
 SOCKET_CENTRE_Z = 0.022  # resting height of the socket body (its walls reach 2 mm lower)
 PIN_END_X = 0.04  # the pin's +x end in the socket frame
 # How the right gripper gets above the cube in transfer_cube. 'joint': a joint-space move to the IK
-# solution nearest home, no wrist flip (the default since 2026-12-01). 'cartesian': a straight line,
-# which crosses the wrist singularity and rolls the forearm half a turn either way (the shipped
-# checkpoint's data).
+# solution nearest home, no wrist flip (the default: docs/experiments/2026-12-01-retrain-joint-space-expert.md).
+# 'cartesian': a straight line, which crosses the wrist singularity and rolls the forearm half a turn either
+# way (the shipped checkpoint's data).
 APPROACHES = ('joint', 'cartesian')
-MAX_TIME_WARP = 0.5  # ScriptedExpert(time_warp=...): segments at most e^0.5 = 1.65x longer or shorter
-MAX_MEET_JITTER = 0.03  # ScriptedExpert(meet_jitter=...): the handover point moves at most 3 cm per axis
+MAX_NOISE_RAD = 0.2  # ExpertOptions.noise_rad: DART offsets of at most this std
+MAX_TIME_WARP = 0.5  # ExpertOptions.time_warp: segments at most e^0.5 = 1.65x longer or shorter
+MAX_MEET_JITTER = 0.03  # ExpertOptions.meet_jitter: the handover point moves at most 3 cm per axis
 # transfer_cube: where the left gripper's TCP closes, relative to the handover point. Level with the cube's
 # centre: the right gripper holds the cube ~7 mm below the point, and the open fingers (5.5 cm apart) clear the
-# 4 cm cube by 7.5 mm either side only when centred on it. Until 2026-12-01 the TCP was 15 mm below the point,
-# 7.8 mm below the cube's centre: the upper finger arrived level with the cube's top face, any error put it
-# against the cube's near edge and the approach pushed the cube out from between the fingers. Measured with
-# DART offsets 0.01 rad and time warp 0.2 (seeds 500-519, aim_left): 17 successes of 20 against 13; 10.5 mm
-# higher: 14. The labels and the timeline are unchanged.
+# 4 cm cube by 7.5 mm either side only when centred on it; lower, the upper finger meets the cube's near edge
+# and pushes the cube out from between the fingers. The heights compared, and the success counts that chose
+# this one: docs/experiments/2026-12-01-left-grasp-level-and-aimed-finetune.md. The labels and the timeline do
+# not depend on it.
 LEFT_GRASP_FROM_MEET = np.array([0.0, 0.0, -0.0075])
 # aim_left: the left TCP at its grasp relative to the cube's centre, as the nominal plan has it at aim_step,
 # halfway through the left gripper's move around the cube (seeds 0-11, --expert-max-speed 2: std 0.6, 0.3 and
@@ -185,6 +186,47 @@ class ArmIK:
         return best
 
 
+@dataclass(frozen=True)
+class ExpertOptions:
+    """How the scripted expert executes its plan: the data options of `collect`, `sim-expert` and `sim_rig`.
+
+    They change the demonstrations, never what eval-sim scores against. Checked here, once, when made:
+    a ValueError names the field. Checks that need the task are in `check_task`.
+
+    `noise_rad`: DART, slow joint offsets of this std executed but not published (ScriptedExpert._smooth_noise).
+    `max_joint_speed_rad_s`: no arm joint faster than this (None: unlimited; ScriptedExpert._limit_speed).
+    `approach`: how the right gripper gets above the cube in transfer_cube (APPROACHES).
+    `time_warp`: each segment of the timeline stretched by a seeded exp(U(-w, w)) (ScriptedExpert._warp_times).
+    `meet_jitter`: transfer_cube, the handover point moved by a seeded U(-j, j) m per axis.
+    `aim_left`: transfer_cube, the left grasp aimed at the cube as measured (ScriptedExpert.observe).
+    """
+
+    noise_rad: float = 0.0
+    max_joint_speed_rad_s: float | None = None
+    approach: str = 'joint'
+    time_warp: float = 0.0
+    meet_jitter: float = 0.0
+    aim_left: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.noise_rad <= MAX_NOISE_RAD:
+            raise ValueError(f'noise_rad must be in [0, {MAX_NOISE_RAD}] rad, got {self.noise_rad}')
+        speed = self.max_joint_speed_rad_s
+        if speed is not None and not (speed > 0 and math.isfinite(speed)):
+            raise ValueError(f'max_joint_speed_rad_s must be positive (None: unlimited), got {speed}')
+        if self.approach not in APPROACHES:
+            raise ValueError(f'approach must be one of {APPROACHES}, got {self.approach!r}')
+        if not 0.0 <= self.time_warp <= MAX_TIME_WARP:
+            raise ValueError(f'time_warp must be in [0, {MAX_TIME_WARP}], got {self.time_warp}')
+        if not 0.0 <= self.meet_jitter <= MAX_MEET_JITTER:
+            raise ValueError(f'meet_jitter must be in [0, {MAX_MEET_JITTER}] m, got {self.meet_jitter}')
+
+    def check_task(self, task: str) -> None:
+        """Refuse the options that only transfer_cube has a use for (ValueError) for any other task."""
+        if (self.aim_left or self.meet_jitter > 0) and task != 'transfer_cube':
+            raise ValueError(f'aim_left and meet_jitter apply to transfer_cube only, not {task!r}')
+
+
 class ScriptedExpert:
     """Plans one episode of `task` from the seed's object poses; `act(step)` gives joint targets + subtask."""
 
@@ -194,47 +236,36 @@ class ScriptedExpert:
         task: str,
         seed: int,
         object_poses: dict[str, np.ndarray] | None = None,
-        noise_rad: float = 0.0,
-        max_joint_speed_rad_s: float | None = None,
-        approach: str = 'joint',
-        time_warp: float = 0.0,
-        meet_jitter: float = 0.0,
-        aim_left: bool = False,
-    ):
-        if approach not in APPROACHES:
-            raise ValueError(f'approach must be one of {APPROACHES}, got {approach!r}')
-        if not 0.0 <= time_warp <= MAX_TIME_WARP:
-            raise ValueError(f'time_warp must be in [0, {MAX_TIME_WARP}], got {time_warp}')
-        if not 0.0 <= meet_jitter <= MAX_MEET_JITTER:
-            raise ValueError(f'meet_jitter must be in [0, {MAX_MEET_JITTER}] m, got {meet_jitter}')
-        if (aim_left or meet_jitter > 0) and task != 'transfer_cube':
-            raise ValueError(f'aim_left and meet_jitter apply to transfer_cube only, not {task!r}')
-        self.approach = approach
+        options: ExpertOptions | None = None,
+    ) -> None:
+        self.options = options if options is not None else ExpertOptions()
+        self.options.check_task(task)
+        self.approach = self.options.approach
         self.rig = rig
         self.task = task
         self.seed = seed
-        self.meet_jitter = float(meet_jitter)
+        self.meet_jitter = self.options.meet_jitter
         self.dt = 1.0 / rig.control_rate_hz
         self.poses = object_poses if object_poses is not None else sample_object_poses(task, seed)
         model = load_model(task)
         self.ik = {arm: ArmIK(model, rig, arm) for arm in ('left', 'right')}
         scene_home = SimScene(rig, task=task, seed=seed)
         self.home_q = {arm: self._arm_only(rig, arm, scene_home.joint_positions(arm)) for arm in self.ik}
-        self.plans = self._warp_times(self._waypoints(), time_warp)
+        self.plans = self._warp_times(self._waypoints(), self.options.time_warp)
         self.num_steps = int(round(max(w[-1].t for w in self.plans.values()) / self.dt)) + 1
         self.joint_plan: dict[str, np.ndarray] = {}
         self._ik_plan: dict[str, np.ndarray] = {}  # IK solutions (IK joint order) before the speed limit
         self.labels: list[str] = []
         self.max_ik_error = 0.0
-        self.max_joint_speed_rad_s = max_joint_speed_rad_s
+        self.max_joint_speed_rad_s = self.options.max_joint_speed_rad_s
         self._solve(self.plans)
         self.max_speed_lag_rad = 0.0  # how far the speed limit made a joint trail its IK solution
-        if max_joint_speed_rad_s is not None:
-            self._limit_speed(max_joint_speed_rad_s)
+        if self.max_joint_speed_rad_s is not None:
+            self._limit_speed(self.max_joint_speed_rad_s)
         # aim_left: the step at which observe() measures the cube, and the correction it applied
-        self.aim_step = self._aim_step() if aim_left else None
+        self.aim_step = self._aim_step() if self.options.aim_left else None
         self.aim_correction: np.ndarray | None = None
-        self.noise = {arm: self._smooth_noise(arm, noise_rad) for arm in self.joint_plan}
+        self.noise = {arm: self._smooth_noise(arm, self.options.noise_rad) for arm in self.joint_plan}
 
     @staticmethod
     def _arm_only(rig: RigConfig, arm: str, q: np.ndarray) -> np.ndarray:
@@ -451,8 +482,6 @@ class ScriptedExpert:
         on 99 of 100 at 2 rad/s (100 unlimited) and reaches its stages at the same times.
         Grippers (metres) are left alone.
         """
-        if not max_rad_s > 0:
-            raise ValueError(f'max_joint_speed_rad_s must be positive, got {max_rad_s}')
         step = max_rad_s * self.dt
         for arm in arms or tuple(self.joint_plan):
             plan = self._rig_order(arm, self._ik_plan[arm])
@@ -587,34 +616,13 @@ def run_episode(scene: SimScene, expert: ScriptedExpert, extra_steps: int = 0, o
     }
 
 
-def evaluate(
-    rig: RigConfig,
-    task: str,
-    episodes: int,
-    seed: int,
-    max_joint_speed_rad_s: float | None = None,
-    approach: str = 'joint',
-    time_warp: float = 0.0,
-    meet_jitter: float = 0.0,
-    aim_left: bool = False,
-    noise_rad: float = 0.0,
-) -> dict:
+def evaluate(rig: RigConfig, task: str, episodes: int, seed: int, options: ExpertOptions | None = None) -> dict:
     """Success rate of the expert over `episodes` seeds starting at `seed` (success = stage 4 at the end)."""
+    options = options if options is not None else ExpertOptions()
     results = []
     for i in range(episodes):
         scene = SimScene(rig, task=task, seed=seed + i)
-        expert = ScriptedExpert(
-            rig,
-            task,
-            seed + i,
-            noise_rad=noise_rad,
-            max_joint_speed_rad_s=max_joint_speed_rad_s,
-            approach=approach,
-            time_warp=time_warp,
-            meet_jitter=meet_jitter,
-            aim_left=aim_left,
-        )
-        results.append(run_episode(scene, expert))
+        results.append(run_episode(scene, ScriptedExpert(rig, task, seed + i, options=options)))
     successes = sum(r['success'] for r in results)
     return {
         'task': task,
@@ -625,11 +633,11 @@ def evaluate(
         'reached_stage_4_rate': sum(r['max_stage'] >= 4 for r in results) / max(1, episodes),
         'failed_seeds': [r['seed'] for r in results if not r['success']],
         'failed_final_stages': [r['final_stage'] for r in results if not r['success']],
-        'approach': approach,
-        'time_warp': time_warp,
-        'meet_jitter': meet_jitter,
-        'aim_left': aim_left,
-        'noise_rad': noise_rad,
+        'approach': options.approach,
+        'time_warp': options.time_warp,
+        'meet_jitter': options.meet_jitter,
+        'aim_left': options.aim_left,
+        'noise_rad': options.noise_rad,
     }
 
 

@@ -31,8 +31,12 @@ from __future__ import annotations
 import math
 import threading
 import time
+from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray
+from pydantic import ValidationError
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.node import Node
 from rosgraph_msgs.msg import Clock
@@ -41,7 +45,7 @@ from std_msgs.msg import Bool, Int64, String
 from std_srvs.srv import Trigger
 
 from bimanual_vla import topics
-from bimanual_vla.config import ConfigError
+from bimanual_vla.config import ConfigError, SimConfig, format_validation_error
 from bimanual_vla.ros_utils import (
     ERROR,
     OK,
@@ -52,7 +56,7 @@ from bimanual_vla.ros_utils import (
     sec_to_stamp,
     subscribe_from_any_publisher,
 )
-from bimanual_vla.sim.expert import APPROACHES, MAX_MEET_JITTER, MAX_TIME_WARP
+from bimanual_vla.sim.expert import ExpertOptions, ScriptedExpert
 from bimanual_vla.sim.fault_injection import CameraFaults
 from bimanual_vla.sim.scene import MAX_REWARD, SceneRenderer, SimScene, rig_cameras, snapshot
 from bimanual_vla.sim.servo_bus import SimServoBus, check_protocol, default_directory, port_link, write_servo_bus_rig
@@ -71,86 +75,132 @@ def camera_info_msg(camera: str, width: int, height: int, fovy_deg: float) -> Ca
     return info
 
 
+# The expert's ROS parameters: (name, ExpertOptions field, default, description). The maximum speed's
+# 0 is ExpertOptions' None (unlimited): a ROS parameter has no null.
+EXPERT_PARAMETERS: tuple[tuple[str, str, Any, str], ...] = (
+    ('expert_noise_rad', 'noise_rad', 0.0, 'DART: slow joint offsets (std, rad) executed, not published'),
+    (
+        'expert_max_joint_speed',
+        'max_joint_speed_rad_s',
+        0.0,
+        'rad/s the expert moves each arm joint at most (0: unlimited)',
+    ),
+    ('expert_approach', 'approach', 'joint', "the expert's move above the cube: joint (no wrist flip) | cartesian"),
+    ('expert_time_warp', 'time_warp', 0.0, "segments of the expert's plan stretched by exp(U(-w, w)) (0: nominal)"),
+    ('expert_meet_jitter', 'meet_jitter', 0.0, "the expert's handover point moved by U(-j, j) m per axis (0: nominal)"),
+    ('expert_aim_left', 'aim_left', False, "the expert's left grasp aimed at the cube where it is measured"),
+)
+
+
+def expert_parameters(options: ExpertOptions) -> dict[str, Any]:
+    """The sim_rig parameters that make its expert follow `options` (for `rig_nodes`' sim_overrides)."""
+    out = {}
+    for name, attr, default, _ in EXPERT_PARAMETERS:
+        value = getattr(options, attr)
+        out[name] = type(default)(0.0 if value is None else value)
+    return out
+
+
+def expert_options(values: dict[str, Any]) -> ExpertOptions:
+    """ExpertOptions from sim_rig parameter values by name (missing ones take their defaults); ValueError if bad."""
+    fields = {attr: values.get(name, default) for name, attr, default, _ in EXPERT_PARAMETERS}
+    fields['max_joint_speed_rad_s'] = fields['max_joint_speed_rad_s'] or None
+    return ExpertOptions(**fields)
+
+
+@dataclass
+class _Tick:
+    """What one physics tick hands from under the sim lock to the publishers."""
+
+    sim_time: float
+    states: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]  # arm: positions, velocities, efforts
+    success: bool
+    expert_targets: dict[str, np.ndarray] | None  # the expert's clean plan, published as the commands
+    issued: float  # sim time the expert's targets act from
+    frame_due: bool
+
+
 class SimRig(Node):
     """MuJoCo ALOHA rig node (see module docstring)."""
 
-    def __init__(self, node_name: str = 'sim_rig', **kwargs) -> None:
+    def __init__(self, node_name: str = 'sim_rig', **kwargs: Any) -> None:
         super().__init__(node_name, **kwargs)
         self.rig = declare_rig(self, default='aloha_sim')
-        sim = self.rig.sim or {}
+        sim, sizes, servo_bus_dir = self._declare_parameters()
+        self.scene = SimScene(self.rig, task=sim.task, seed=sim.seed)
+        # Servo-bus mode: the arm drivers own joint_states, joint_command and e-stop for every arm.
+        self.servo_buses: dict[str, SimServoBus] = {}
+        self.servo_bus_rig_file = ''
+        if sim.servo_bus:
+            check_protocol(sim.servo_bus)
+            directory = servo_bus_dir or str(default_directory(self.rig.name))
+            self.servo_bus_rig_file = str(write_servo_bus_rig(self.rig, sim.servo_bus, directory))
+            for arm in self.rig.arms:
+                self.servo_buses[arm.name] = SimServoBus(arm, sim.servo_bus, port_link(directory, arm.name))
+        self.cameras = rig_cameras(self.rig, sizes) if self.render_rate_hz > 0 else {}
+        self._init_state()
+        self._create_publishers()
+        self._create_inputs()
+        if self.use_expert:
+            self._start_expert()
+        self._start_threads()
+        self.get_logger().info(
+            f'sim rig {self.rig.name}: task {self.scene.task}, seed {self.scene.seed}, '
+            f'{self.rig.control_rate_hz:g} Hz physics ({self.scene.substeps} substeps), '
+            f'cameras {list(self.cameras)} at {self.render_rate_hz:g} Hz, real_time_factor {self.real_time_factor:g}'
+        )
 
-        def param(name: str, default, description: str):
-            return self.declare_parameter(name, default, ParameterDescriptor(description=description)).value
+    def _param(self, name: str, default: Any, description: str) -> Any:
+        return self.declare_parameter(name, default, ParameterDescriptor(description=description)).value
 
-        task = param('task', str(sim.get('task', 'transfer_cube')), 'transfer_cube | insertion (fixed at start)')
-        seed = int(param('seed', int(sim.get('seed', 0)), 'episode seed used at start and by sim/reset'))
+    def _declare_parameters(self) -> tuple[SimConfig, dict[str, tuple[int, int]], str]:
+        """Declare and check every parameter: (the sim settings in force, camera sizes, servo_bus_dir).
+
+        The rig's `sim:` block gives the defaults; the parameters override them and are checked by the
+        same model (ConfigError naming the parameter). Also sets render rate, real-time factor and expert.
+        """
+        rig_sim = self.rig.sim or SimConfig()
+        param = self._param
+        values = {
+            'task': str(param('task', rig_sim.task, 'transfer_cube | insertion (fixed at start)')),
+            'seed': int(param('seed', rig_sim.seed, 'episode seed used at start and by sim/reset')),
+            'real_time_factor': float(
+                param('real_time_factor', float(rig_sim.real_time_factor), '1: real time; 0: as fast as possible')
+            ),
+            'servo_bus': str(
+                param('servo_bus', rig_sim.servo_bus, "'' | feetech | dynamixel: arms as emulated servo buses")
+            ),
+        }
+        try:
+            sim = SimConfig.model_validate(values)
+        except ValidationError as exc:
+            raise ConfigError(format_validation_error(self.get_name(), exc)) from None
+        self.real_time_factor = sim.real_time_factor
         default_render = max((c.fps for c in self.rig.cameras), default=0.0)
         self.render_rate_hz = float(param('render_rate_hz', float(default_render), 'camera rate in sim time; 0: off'))
-        self.real_time_factor = float(
-            param('real_time_factor', float(sim.get('real_time_factor', 1.0)), '1: real time; 0: as fast as possible')
-        )
         width = int(param('camera_width', 0, 'override every camera width (0: rig value)'))
         height = int(param('camera_height', 0, 'override every camera height (0: rig value)'))
         self.use_expert = bool(param('expert', False, 'drive the arms with the built-in scripted expert'))
-        self.expert_noise_rad = float(
-            param('expert_noise_rad', 0.0, 'DART: slow joint offsets (std, rad) executed, not published')
-        )
-        self.expert_max_joint_speed = float(
-            param('expert_max_joint_speed', 0.0, 'rad/s the expert moves each arm joint at most (0: unlimited)')
-        )
-        self.expert_approach = str(
-            param('expert_approach', 'joint', "the expert's move above the cube: joint (no wrist flip) | cartesian")
-        )
-        self.expert_time_warp = float(
-            param('expert_time_warp', 0.0, "segments of the expert's plan stretched by exp(U(-w, w)) (0: nominal)")
-        )
-        self.expert_meet_jitter = float(
-            param('expert_meet_jitter', 0.0, "the expert's handover point moved by U(-j, j) m per axis (0: nominal)")
-        )
-        self.expert_aim_left = bool(
-            param('expert_aim_left', False, "the expert's left grasp aimed at the cube where it is measured")
-        )
-        servo_bus = str(
-            param('servo_bus', str(sim.get('servo_bus', '')), "'' | feetech | dynamixel: arms as emulated servo buses")
-        )
+        expert = {name: param(name, default, text) for name, _, default, text in EXPERT_PARAMETERS}
         servo_bus_dir = str(param('servo_bus_dir', '', "where the drivers' rig file and pty links go ('': default)"))
-        if self.real_time_factor < 0 or not math.isfinite(self.real_time_factor):
-            raise ConfigError(f'real_time_factor must be >= 0, got {self.real_time_factor}')
         if self.render_rate_hz < 0:
             raise ConfigError(f'render_rate_hz must be >= 0, got {self.render_rate_hz}')
         if width < 0 or height < 0:
             raise ConfigError('camera_width/camera_height must be >= 0')
-        if not (0.0 <= self.expert_noise_rad <= 0.2):
-            raise ConfigError(f'expert_noise_rad must be in [0, 0.2] rad, got {self.expert_noise_rad}')
-        if not (self.expert_max_joint_speed >= 0 and math.isfinite(self.expert_max_joint_speed)):
-            raise ConfigError(f'expert_max_joint_speed must be >= 0 rad/s, got {self.expert_max_joint_speed}')
-        if not 0.0 <= self.expert_time_warp <= MAX_TIME_WARP:
-            raise ConfigError(f'expert_time_warp must be in [0, {MAX_TIME_WARP}], got {self.expert_time_warp}')
-        if not 0.0 <= self.expert_meet_jitter <= MAX_MEET_JITTER:
-            raise ConfigError(f'expert_meet_jitter must be in [0, {MAX_MEET_JITTER}] m, got {self.expert_meet_jitter}')
-        if self.expert_approach not in APPROACHES:
-            raise ConfigError(f"expert_approach must be 'joint' or 'cartesian', got {self.expert_approach!r}")
-
-        self.scene = SimScene(self.rig, task=task, seed=seed)
-        if (self.expert_meet_jitter > 0 or self.expert_aim_left) and self.scene.task != 'transfer_cube':
-            task_name = self.scene.task
-            raise ConfigError(f'expert_meet_jitter and expert_aim_left apply to transfer_cube only, not {task_name}')
-        # Servo-bus mode: the arm drivers own joint_states, joint_command and e-stop for every arm.
-        self.servo_buses: dict[str, SimServoBus] = {}
-        self.servo_bus_rig_file = ''
-        if servo_bus:
-            check_protocol(servo_bus)
-            directory = servo_bus_dir or str(default_directory(self.rig.name))
-            self.servo_bus_rig_file = str(write_servo_bus_rig(self.rig, servo_bus, directory))
-            for arm in self.rig.arms:
-                self.servo_buses[arm.name] = SimServoBus(arm, servo_bus, port_link(directory, arm.name))
+        try:
+            self.expert_options = expert_options(expert)
+            self.expert_options.check_task(sim.task)
+        except ValueError as exc:
+            raise ConfigError(f'{self.get_name()}: expert parameters: {exc}') from None
         sizes = {c.name: (width or c.width, height or c.height) for c in self.rig.cameras}
-        self.cameras = rig_cameras(self.rig, sizes) if self.render_rate_hz > 0 else {}
+        return sim, sizes, servo_bus_dir
+
+    def _init_state(self) -> None:
         self._lock = threading.Lock()  # scene state, goals, estop, reset requests
         self._render_request = threading.Condition()  # render snapshot hand-over
         self._estop = False
         self._pending_reset: int | None = None
-        self._expert = None
+        self._expert: ScriptedExpert | None = None
         self._expert_subtask = ''
         self._expert_subtask_update = ''
         self._rejected = 0
@@ -162,8 +212,9 @@ class SimRig(Node):
         self._render_error = ''
         self.camera_faults = CameraFaults()  # fault hook for soak tests: broken cameras on demand
         self._last_success: bool | None = None
+        self._next_render = 0.0  # sim time the next frame is due
 
-        # publishers
+    def _create_publishers(self) -> None:
         self._clock_pub = self.create_publisher(Clock, topics.CLOCK, topics.CLOCK_QOS)
         if not self.servo_buses:  # with buses, joint_states is the arm drivers' alone
             self._joint_pub = self.create_publisher(JointState, topics.JOINT_STATES, topics.SENSOR_QOS)
@@ -176,19 +227,21 @@ class SimRig(Node):
         self._info_pubs = {
             c: self.create_publisher(CameraInfo, topics.camera_info(c), topics.SENSOR_QOS) for c in self.cameras
         }
-        self._cmd_echo_pubs = {}
         self._infos = {}
         for cam, (w, h) in self.cameras.items():
             cam_id = self.scene.model.camera(cam).id
             self._infos[cam] = camera_info_msg(cam, w, h, float(self.scene.model.cam_fovy[cam_id]))
-
-        # subscriptions and services
-        for arm in self.rig.arms:
-            if self.use_expert:
+        self._cmd_echo_pubs = {}
+        if self.use_expert:  # the expert's targets, published as the commands a recording holds
+            for arm in self.rig.arms:
                 self._cmd_echo_pubs[arm.name] = self.create_publisher(
                     JointState, topics.arm_command(arm.name), topics.COMMAND_QOS
                 )
-            elif not self.servo_buses:
+
+    def _create_inputs(self) -> None:
+        """Subscriptions, services and the diagnostics timer."""
+        if not self.use_expert and not self.servo_buses:
+            for arm in self.rig.arms:
                 self.create_subscription(
                     JointState,
                     topics.arm_command(arm.name),
@@ -200,8 +253,8 @@ class SimRig(Node):
         self.create_service(Trigger, topics.SIM_RESET, self._on_reset)
         self.create_timer(1.0, self._publish_diagnostics)
 
-        if self.use_expert:
-            self._start_expert()
+    def _start_threads(self) -> None:
+        """The render thread (waiting until it rendered or failed), the servo buses, then physics."""
         self._running = True
         self._render_snapshot = snapshot(self.scene.model, self.scene.data)
         self._render_pending = False
@@ -228,11 +281,6 @@ class SimRig(Node):
                 )
         self._physics_thread = threading.Thread(target=self._physics_loop, name='sim_rig_physics', daemon=True)
         self._physics_thread.start()
-        self.get_logger().info(
-            f'sim rig {self.rig.name}: task {self.scene.task}, seed {self.scene.seed}, '
-            f'{self.rig.control_rate_hz:g} Hz physics ({self.scene.substeps} substeps), '
-            f'cameras {list(self.cameras)} at {self.render_rate_hz:g} Hz, real_time_factor {self.real_time_factor:g}'
-        )
 
     # ------------------------------------------------------------------ inputs
 
@@ -283,19 +331,7 @@ class SimRig(Node):
             self._pending_reset = int(msg.data)
 
     def _start_expert(self) -> None:
-        from bimanual_vla.sim.expert import ScriptedExpert
-
-        self._expert = ScriptedExpert(
-            self.rig,
-            self.scene.task,
-            self.scene.seed,
-            noise_rad=self.expert_noise_rad,
-            max_joint_speed_rad_s=self.expert_max_joint_speed or None,
-            approach=self.expert_approach,
-            time_warp=self.expert_time_warp,
-            meet_jitter=self.expert_meet_jitter,
-            aim_left=self.expert_aim_left,
-        )
+        self._expert = ScriptedExpert(self.rig, self.scene.task, self.scene.seed, options=self.expert_options)
 
     # ------------------------------------------------------------------ physics
 
@@ -312,81 +348,14 @@ class SimRig(Node):
     def _physics_ticks(self) -> None:
         dt = self.scene.control_dt
         render_period = 1.0 / self.render_rate_hz if self.cameras else math.inf
-        next_render = 0.0
         wall_next = time.monotonic()
         tick = 0
         while self._running:
             with self._lock:
-                if self._pending_reset is not None:
-                    self.scene.reset(self._pending_reset)
-                    self._pending_reset = None
-                    for bus in self.servo_buses.values():
-                        bus.take_goals()  # goals aimed at the old episode's pose
-                        bus.power_cycle()
-                    next_render = 0.0
-                    self._last_success = None
-                    if self.use_expert:
-                        self._start_expert()
-                    self.get_logger().info(f'episode reset: seed {self.scene.seed}')
-                expert_targets = None
-                issued = self.scene.time  # the expert's targets act from now until the next tick
-                if self._expert is not None and not self._estop:
-                    self._expert.observe(self.scene.steps, lambda: self.scene.object_pose('red_box_joint')[:3])
-                    expert_targets, subtask = self._expert.act(self.scene.steps)
-                    if not self.servo_buses:  # with buses, the drivers carry the published targets
-                        # executed with the DART offsets (if any); the clean plan is what gets published
-                        offsets = self._expert.offsets(self.scene.steps)
-                        for arm, target in expert_targets.items():
-                            self.scene.command(arm, target + offsets[arm])
-                    self._expert_subtask_update = subtask
-                self._apply_servo_buses()
-                self.scene.step()
-                sim_time = self.scene.time
-                states = {
-                    a: (self.scene.joint_positions(a), self.scene.joint_velocities(a), self.scene.joint_efforts(a))
-                    for a in self.scene.arms
-                }
-                success = self.scene.success
-                # No cameras (render_rate_hz 0): no renderer thread, so never hand it (or wait for) a frame.
-                frame_due = bool(self.cameras) and sim_time + 1e-9 >= next_render
-                if frame_due:
-                    next_render += render_period
-                    with self._render_request:
-                        if self._render_pending:
-                            self._frames_dropped += 1
-                        else:
-                            snapshot(self.scene.model, self.scene.data, self._render_snapshot)
-                            self._render_pending = True
-                            self._render_request.notify()
-            stamp = sec_to_stamp(sim_time)
-            self._clock_pub.publish(Clock(clock=stamp))
-            for arm, bus in self.servo_buses.items():  # outside the sim lock: never held with the emulator's
-                bus.publish_positions(states[arm][0])
-            for arm, (pos, vel, eff) in ({} if self.servo_buses else states).items():  # bus mode: drivers publish
-                msg = JointState(
-                    name=self.scene.arms[arm].config.qualified_joint_names(),
-                    position=pos.tolist(),
-                    velocity=vel.tolist(),
-                    effort=eff.tolist(),
-                )
-                msg.header.stamp = stamp
-                self._joint_pub.publish(msg)
-            if expert_targets is not None:
-                for arm, target in expert_targets.items():
-                    cmd = JointState(name=self.scene.arms[arm].config.qualified_joint_names(), position=list(target))
-                    # Stamped when issued, as a real rig records its commands: a sample at t pairs the
-                    # state at t with the command that acts from t. (Before 2026-11-30 this was the
-                    # post-step time, one tick late; checkpoints trained on such bags record the offset.)
-                    cmd.header.stamp = sec_to_stamp(issued)
-                    self._cmd_echo_pubs[arm].publish(cmd)
-                if self._expert_subtask_update != self._expert_subtask:
-                    self._expert_subtask = self._expert_subtask_update
-                    self._subtask_pub.publish(String(data=self._expert_subtask))
-            if success != self._last_success or tick % max(1, round(1.0 / dt)) == 0:
-                self._last_success = success
-                self._success_pub.publish(Bool(data=success))
+                step = self._step_locked(render_period)
+            self._publish_tick(step, tick, dt)
             tick += 1
-            if frame_due and self.real_time_factor == 0:
+            if step.frame_due and self.real_time_factor == 0:
                 with self._render_request:  # lockstep: every frame rendered when not real time
                     self._render_request.wait_for(lambda: not self._render_pending or not self._running, 10.0)
             if self.real_time_factor > 0:
@@ -397,6 +366,84 @@ class SimRig(Node):
                 elif delay < -0.25:  # far behind (loaded machine): resynchronise instead of bursting
                     self._overruns += 1
                     wall_next = time.monotonic()
+
+    def _step_locked(self, render_period: float) -> _Tick:
+        """One physics tick under the sim lock: a pending reset, the expert's targets, the step, a frame due."""
+        if self._pending_reset is not None:
+            self._reset_locked(self._pending_reset)
+        expert_targets = None
+        issued = self.scene.time  # the expert's targets act from now until the next tick
+        if self._expert is not None and not self._estop:
+            self._expert.observe(self.scene.steps, lambda: self.scene.object_pose('red_box_joint')[:3])
+            expert_targets, subtask = self._expert.act(self.scene.steps)
+            if not self.servo_buses:  # with buses, the drivers carry the published targets
+                # executed with the DART offsets (if any); the clean plan is what gets published
+                offsets = self._expert.offsets(self.scene.steps)
+                for arm, target in expert_targets.items():
+                    self.scene.command(arm, target + offsets[arm])
+            self._expert_subtask_update = subtask
+        self._apply_servo_buses()
+        self.scene.step()
+        sim_time = self.scene.time
+        states = {
+            a: (self.scene.joint_positions(a), self.scene.joint_velocities(a), self.scene.joint_efforts(a))
+            for a in self.scene.arms
+        }
+        # No cameras (render_rate_hz 0): no renderer thread, so never hand it (or wait for) a frame.
+        frame_due = bool(self.cameras) and sim_time + 1e-9 >= self._next_render
+        if frame_due:
+            self._next_render += render_period
+            with self._render_request:
+                if self._render_pending:
+                    self._frames_dropped += 1
+                else:
+                    snapshot(self.scene.model, self.scene.data, self._render_snapshot)
+                    self._render_pending = True
+                    self._render_request.notify()
+        return _Tick(sim_time, states, self.scene.success, expert_targets, issued, frame_due)
+
+    def _reset_locked(self, seed: int) -> None:
+        """Restart the episode at `seed` (sim lock held): servos power-cycled, the expert planned again."""
+        self.scene.reset(seed)
+        self._pending_reset = None
+        for bus in self.servo_buses.values():
+            bus.take_goals()  # goals aimed at the old episode's pose
+            bus.power_cycle()
+        self._next_render = 0.0
+        self._last_success = None
+        if self.use_expert:
+            self._start_expert()
+        self.get_logger().info(f'episode reset: seed {self.scene.seed}')
+
+    def _publish_tick(self, step: _Tick, tick: int, dt: float) -> None:
+        """Clock, joint states (or the servo buses' positions), the expert's commands and subtask, success."""
+        stamp = sec_to_stamp(step.sim_time)
+        self._clock_pub.publish(Clock(clock=stamp))
+        for arm, bus in self.servo_buses.items():  # outside the sim lock: never held with the emulator's
+            bus.publish_positions(step.states[arm][0])
+        for arm, (pos, vel, eff) in ({} if self.servo_buses else step.states).items():  # bus mode: drivers publish
+            msg = JointState(
+                name=self.scene.arms[arm].config.qualified_joint_names(),
+                position=pos.tolist(),
+                velocity=vel.tolist(),
+                effort=eff.tolist(),
+            )
+            msg.header.stamp = stamp
+            self._joint_pub.publish(msg)
+        if step.expert_targets is not None:
+            for arm, target in step.expert_targets.items():
+                cmd = JointState(name=self.scene.arms[arm].config.qualified_joint_names(), position=list(target))
+                # Stamped when issued, as a real rig records its commands: a sample at t pairs the state at t
+                # with the command that acts from t. collect.json says so (`command_stamps: issued`); a
+                # format 1 file without that key describes commands stamped a tick late, after the step.
+                cmd.header.stamp = sec_to_stamp(step.issued)
+                self._cmd_echo_pubs[arm].publish(cmd)
+            if self._expert_subtask_update != self._expert_subtask:
+                self._expert_subtask = self._expert_subtask_update
+                self._subtask_pub.publish(String(data=self._expert_subtask))
+        if step.success != self._last_success or tick % max(1, round(1.0 / dt)) == 0:
+            self._last_success = step.success
+            self._success_pub.publish(Bool(data=step.success))
 
     def _apply_servo_buses(self) -> None:
         """Goals written over each bus become joint targets; joints with torque off go limp.

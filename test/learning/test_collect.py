@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,39 +15,37 @@ EPISODE_S = 1.2
 
 @pytest.fixture(scope='module')
 def collected(tmp_path_factory):
-    from bimanual_vla.learning.collect import collect
+    from bimanual_vla.learning.collect import CollectSettings, collect
+    from bimanual_vla.sim.expert import ExpertOptions
 
     out = tmp_path_factory.mktemp('collect') / 'bag'
-    result = collect(
-        out,
-        task='transfer_cube',
-        episodes=2,
-        seed=7,
-        episode_s=EPISODE_S,
-        progress=False,
-        expert_max_joint_speed_rad_s=2.0,
-        expert_approach='cartesian',  # the straight line, whose wrist flip the limit has to tame
-        expert_time_warp=0.3,
+    # the straight-line approach, whose wrist flip the limit has to tame
+    expert = ExpertOptions(max_joint_speed_rad_s=2.0, approach='cartesian', time_warp=0.3)
+    settings = CollectSettings(
+        task='transfer_cube', episodes=2, seed=7, episode_s=EPISODE_S, progress=False, expert=expert
     )
-    return out, result
+    return out, collect(out, settings)
 
 
 def test_the_speed_limited_expert_records_no_command_faster_than_the_gate(collected):
     """`--expert-max-speed 2`: the recorded actions hold no motion the policy node's 2 rad/s gate would clamp."""
     from bimanual_vla.config import load_rig
     from bimanual_vla.learning.dataset import BagDataset
-    from bimanual_vla.sim.expert import ScriptedExpert
+    from bimanual_vla.sim.expert import ExpertOptions, ScriptedExpert
 
     out, _ = collected
     summary = json.loads((out / 'collect.json').read_text())
     assert summary['expert_max_joint_speed_rad_s'] == 2.0 and summary['command_stamps'] == 'issued'
+    assert summary['format_version'] == 2
     assert summary['expert_approach'] == 'cartesian'  # reached the sim: the joint approach peaks at 1.1 here
     rig = load_rig('aloha_sim')
     ticks = int(EPISODE_S * 50)
     unlimited = max(
         float(np.max(np.abs(np.diff(plan[:ticks], axis=0)))) * 50
         for seed in (7, 8)
-        for plan in ScriptedExpert(rig, 'transfer_cube', seed, approach='cartesian').joint_plan.values()
+        for plan in ScriptedExpert(
+            rig, 'transfer_cube', seed, options=ExpertOptions(approach='cartesian')
+        ).joint_plan.values()
     )
     assert unlimited > 4.0  # without the limit these seconds hold the wrist flip
     ds = BagDataset(out, rig='aloha_sim', chunk_size=2, time_base='header')
@@ -62,7 +61,7 @@ def test_the_time_warped_expert_reaches_the_sim(collected):
     """`--expert-time-warp`: the recorded commands follow the warped plan of each seed, not the nominal one."""
     from bimanual_vla.config import load_rig
     from bimanual_vla.learning.dataset import BagDataset
-    from bimanual_vla.sim.expert import ScriptedExpert
+    from bimanual_vla.sim.expert import ExpertOptions, ScriptedExpert
 
     out, _ = collected
     assert json.loads((out / 'collect.json').read_text())['expert_time_warp'] == 0.3
@@ -71,7 +70,10 @@ def test_the_time_warped_expert_reaches_the_sim(collected):
     for e, seed in enumerate((7, 8)):
         plans = {
             warp: ScriptedExpert(
-                rig, 'transfer_cube', seed, max_joint_speed_rad_s=2.0, approach='cartesian', time_warp=warp
+                rig,
+                'transfer_cube',
+                seed,
+                options=ExpertOptions(max_joint_speed_rad_s=2.0, approach='cartesian', time_warp=warp),
             ).joint_plan['right']
             for warp in (0.0, 0.3)
         }
@@ -93,35 +95,27 @@ def test_the_aimed_and_jittered_expert_reaches_the_sim(tmp_path):
     nominal one, and from the aim on the left arm follows the aimed plan, not the unaimed one.
     """
     from bimanual_vla.config import load_rig
-    from bimanual_vla.learning.collect import collect
+    from bimanual_vla.learning.collect import CollectSettings, collect
     from bimanual_vla.learning.dataset import BagDataset
-    from bimanual_vla.sim.expert import ScriptedExpert, run_episode
+    from bimanual_vla.sim.expert import ExpertOptions, ScriptedExpert, run_episode
     from bimanual_vla.sim.scene import SimScene
 
     seed, kw = 501, {'max_joint_speed_rad_s': 2.0, 'noise_rad': 0.02}
     out = tmp_path / 'bag'
+    expert = ExpertOptions(meet_jitter=0.02, aim_left=True, **kw)
     collect(
-        out,
-        task='transfer_cube',
-        episodes=1,
-        seed=seed,
-        episode_s=5.8,
-        progress=False,
-        expert_noise_rad=kw['noise_rad'],
-        expert_max_joint_speed_rad_s=kw['max_joint_speed_rad_s'],
-        expert_meet_jitter=0.02,
-        expert_aim_left=True,
+        out, CollectSettings(task='transfer_cube', episodes=1, seed=seed, episode_s=5.8, progress=False, expert=expert)
     )
     summary = json.loads((out / 'collect.json').read_text())
     assert summary['expert_meet_jitter'] == 0.02 and summary['expert_aim_left'] is True
     rig = load_rig('aloha_sim')
-    aimed = ScriptedExpert(rig, 'transfer_cube', seed, meet_jitter=0.02, aim_left=True, **kw)
+    aimed = ScriptedExpert(rig, 'transfer_cube', seed, options=expert)
     run_episode(SimScene(rig, 'transfer_cube', seed), aimed)
     assert np.linalg.norm(aimed.aim_correction) > 0.003
     plans = {
         'aimed': aimed.joint_plan,
-        'unaimed': ScriptedExpert(rig, 'transfer_cube', seed, meet_jitter=0.02, **kw).joint_plan,
-        'nominal': ScriptedExpert(rig, 'transfer_cube', seed, **kw).joint_plan,
+        'unaimed': ScriptedExpert(rig, 'transfer_cube', seed, options=ExpertOptions(meet_jitter=0.02, **kw)).joint_plan,
+        'nominal': ScriptedExpert(rig, 'transfer_cube', seed, options=ExpertOptions(**kw)).joint_plan,
     }
     ds = BagDataset(out, rig='aloha_sim', chunk_size=1, time_base='header')
     errors = {(name, arm): [] for name in plans for arm in ('left', 'right')}
@@ -186,21 +180,71 @@ def test_bag_holds_labelled_episodes_with_fresh_frames_and_expert_labels(collect
 
 
 def test_output_that_exists_is_refused(tmp_path):
-    from bimanual_vla.learning.collect import collect
+    from bimanual_vla.learning.collect import CollectSettings, collect
 
     (tmp_path / 'bag').mkdir()
     with pytest.raises(FileExistsError):
-        collect(tmp_path / 'bag', episodes=1, progress=False)
+        collect(tmp_path / 'bag', CollectSettings(episodes=1, progress=False))
 
 
 def test_handover_options_out_of_range_or_for_the_wrong_task_are_refused_before_anything_starts(tmp_path):
-    from bimanual_vla.learning.collect import collect
+    from bimanual_vla.cli.main import main
+    from bimanual_vla.learning.collect import CollectSettings
+    from bimanual_vla.sim.expert import ExpertOptions
 
-    with pytest.raises(ValueError, match=r'expert_meet_jitter must be in \[0, 0.03\] m, got 0.05'):
-        collect(tmp_path / 'a', episodes=1, progress=False, expert_meet_jitter=0.05)
-    with pytest.raises(ValueError, match='apply to transfer_cube only'):
-        collect(tmp_path / 'b', task='insertion', episodes=1, progress=False, expert_aim_left=True)
+    with pytest.raises(SystemExit, match=r'collect: meet_jitter must be in \[0, 0.03\] m, got 0.05'):
+        main(['collect', str(tmp_path / 'a'), '--episodes', '1', '--no-progress', '--expert-meet-jitter', '0.05'])
+    with pytest.raises(
+        SystemExit, match="collect: aim_left and meet_jitter apply to transfer_cube only, not 'insertion'"
+    ):
+        main(['collect', str(tmp_path / 'b'), '--task', 'insertion', '--expert-aim-left', '--no-progress'])
     assert not (tmp_path / 'a').exists() and not (tmp_path / 'b').exists()
+    with pytest.raises(ValueError, match="apply to transfer_cube only, not 'insertion'"):
+        CollectSettings(task='insertion', expert=ExpertOptions(meet_jitter=0.01))
+    with pytest.raises(ValueError, match="unknown task 'stacking'"):
+        CollectSettings(task='stacking')
+    with pytest.raises(ValueError, match='episodes must be >= 1'):
+        CollectSettings(episodes=0)
+
+
+def test_the_collect_flags_become_settings_and_sim_parameters():
+    """`collect`'s flags reach CollectSettings and the sim rig's parameters unchanged (0: unlimited speed)."""
+    import argparse
+
+    from bimanual_vla.cli.commands.collect import add_parser, settings
+
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers())
+    args = parser.parse_args(
+        ['collect', 'OUT', '--task', 'transfer_cube', '--episodes', '3', '--seed', '9', '--expert-noise', '0.01']
+        + ['--expert-time-warp', '0.2', '--expert-meet-jitter', '0.02', '--expert-aim-left', '--no-progress']
+    )
+    got = settings(args)
+    assert (got.episodes, got.seed, got.progress, got.real_time_factor) == (3, 9, False, 0.0)
+    assert got.expert.max_joint_speed_rad_s is None and got.expert.aim_left and got.expert.time_warp == 0.2
+    assert got.sim_parameters() == {
+        'task': 'transfer_cube',
+        'seed': 9,
+        'real_time_factor': 0.0,
+        'expert': True,
+        'expert_noise_rad': 0.01,
+        'expert_max_joint_speed': 0.0,
+        'expert_approach': 'joint',
+        'expert_time_warp': 0.2,
+        'expert_meet_jitter': 0.02,
+        'expert_aim_left': True,
+    }
+
+
+def test_collect_json_says_its_format_version_and_a_file_without_one_is_the_oldest():
+    from bimanual_vla.learning.collect import FORMAT_VERSION, CollectResult, summary_format_version
+    from bimanual_vla.sim.expert import ExpertOptions
+
+    written = CollectResult.start(Path('bag'), 'transfer_cube', ExpertOptions(max_joint_speed_rad_s=2.0)).to_json()
+    assert written['format_version'] == FORMAT_VERSION == 2
+    assert summary_format_version(json.loads(json.dumps(written))) == 2
+    assert written['expert_max_joint_speed_rad_s'] == 2.0 and written['expert_aim_left'] is False
+    assert summary_format_version({'command_stamps': 'issued', 'episodes': []}) == 1
 
 
 def test_a_second_sim_on_the_domain_marks_the_episode_and_train_leaves_it_out(tmp_path, ros_context):
@@ -209,13 +253,13 @@ def test_a_second_sim_on_the_domain_marks_the_episode_and_train_leaves_it_out(tm
     from rosgraph_msgs.msg import Clock
 
     from bimanual_vla import topics
-    from bimanual_vla.learning.collect import collect
+    from bimanual_vla.learning.collect import CollectSettings, collect
     from bimanual_vla.learning.train_data import failed_episode_labels
 
     intruder = rclpy.create_node('intruding_sim', context=ros_context)
     intruder.create_publisher(Clock, topics.CLOCK, 10)  # it need not even publish: it is there
     try:
-        result = collect(tmp_path / 'bag', episodes=1, seed=7, episode_s=0.5, progress=False)
+        result = collect(tmp_path / 'bag', CollectSettings(episodes=1, seed=7, episode_s=0.5, progress=False))
     finally:
         intruder.destroy_node()
     assert result.episodes[0].foreign_publishers == ['/clock']

@@ -30,12 +30,14 @@ TINY = ModelShape(
 @pytest.fixture(scope='module')
 def samples(tmp_path_factory):
     """Two short expert episodes recorded through the topics, decoded into a 32 px sample cache."""
-    from bimanual_vla.learning.collect import collect
+    from bimanual_vla.learning.collect import CollectSettings, collect
     from bimanual_vla.learning.train_data import build_cache
+    from bimanual_vla.sim.expert import ExpertOptions
 
     root = tmp_path_factory.mktemp('train')
     # the straight-line approach: its wrist flip is the fast motion the speed report must catch
-    collect(root / 'bag', episodes=2, seed=3, episode_s=1.0, progress=False, expert_approach='cartesian')
+    expert = ExpertOptions(approach='cartesian')
+    collect(root / 'bag', CollectSettings(episodes=2, seed=3, episode_s=1.0, progress=False, expert=expert))
     return build_cache([root / 'bag'], root / 'cache', rig='aloha_sim', image_size=(32, 32), chunk_size=10,
                        keep_failed=True, progress=False)  # fmt: skip
 
@@ -255,13 +257,15 @@ def test_train_cli_trains_resumes_without_data_and_refuses_bad_arguments(samples
     # The data is checked against the policy node's speed limit: the expert's first second (seeds 3
     # and 4) holds its wrist flip, up to 17 rad/s, which the 2 rad/s gate would clamp.
     from bimanual_vla.config import load_rig
-    from bimanual_vla.sim.expert import ScriptedExpert
+    from bimanual_vla.sim.expert import ExpertOptions, ScriptedExpert
 
     rig = load_rig('aloha_sim')
     plan_max = max(
         float(np.max(np.abs(np.diff(p[:50], axis=0))) * rig.control_rate_hz)
         for seed in (3, 4)
-        for p in ScriptedExpert(rig, 'transfer_cube', seed, approach='cartesian').joint_plan.values()
+        for p in ScriptedExpert(
+            rig, 'transfer_cube', seed, options=ExpertOptions(approach='cartesian')
+        ).joint_plan.values()
     )
     speed = json.loads((out / 'training' / 'demonstration_speed.json').read_text())
     assert plan_max > 2.0 and speed['limit_rad_s'] == 2.0

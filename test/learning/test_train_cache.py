@@ -16,11 +16,11 @@ CACHE_ARGS = dict(rig='aloha_sim', image_size=(32, 32), chunk_size=10, keep_fail
 @pytest.fixture(scope='module')
 def bags(tmp_path_factory):
     """Two bags of one short episode each, recorded through the topics by `collect`."""
-    from bimanual_vla.learning.collect import collect
+    from bimanual_vla.learning.collect import CollectSettings, collect
 
     root = tmp_path_factory.mktemp('bags')
-    collect(root / 'a', episodes=1, seed=3, episode_s=0.8, progress=False)
-    collect(root / 'b', episodes=1, seed=5, episode_s=0.8, progress=False)
+    collect(root / 'a', CollectSettings(episodes=1, seed=3, episode_s=0.8, progress=False))
+    collect(root / 'b', CollectSettings(episodes=1, seed=5, episode_s=0.8, progress=False))
     return root / 'a', root / 'b'
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from bimanual_vla.config import load_rig
-from bimanual_vla.sim.expert import ScriptedExpert, run_episode
+from bimanual_vla.sim.expert import ExpertOptions, ScriptedExpert, run_episode
 from bimanual_vla.sim.scene import SimScene
 
 RIG = load_rig('aloha_sim')
@@ -61,7 +61,7 @@ def test_expert_succeeds_in_process(task: str, seed: int) -> None:
 
 def test_dart_noise_perturbs_execution_not_the_plan() -> None:
     clean = ScriptedExpert(RIG, 'transfer_cube', 4)
-    noisy = ScriptedExpert(RIG, 'transfer_cube', 4, noise_rad=0.02)
+    noisy = ScriptedExpert(RIG, 'transfer_cube', 4, options=ExpertOptions(noise_rad=0.02))
     gripper = RIG.arm('right').joint_names.index('gripper')
     for k in (0, 100, 300):
         assert np.array_equal(noisy.act(k)[0]['right'], clean.act(k)[0]['right'])  # the recorded action
@@ -71,7 +71,7 @@ def test_dart_noise_perturbs_execution_not_the_plan() -> None:
     arm = np.delete(offsets, gripper, axis=1)
     assert 0.01 < arm.std() < 0.03  # about the requested std
     assert np.abs(np.diff(arm, axis=0)).max() < 0.02 * 2 * np.pi * 1.0 * 0.02 * 3  # slow: <= 1 Hz sines
-    again = ScriptedExpert(RIG, 'transfer_cube', 4, noise_rad=0.02)
+    again = ScriptedExpert(RIG, 'transfer_cube', 4, options=ExpertOptions(noise_rad=0.02))
     assert np.array_equal(again.perturbed(250)['left'], noisy.perturbed(250)['left'])  # seeded by the episode
     assert np.array_equal(clean.perturbed(250)['left'], clean.act(250)[0]['left'])  # 0: the plan itself
 
@@ -118,8 +118,10 @@ def test_expert_replay_records_when_each_stage_was_first_reached() -> None:
 
 def test_a_speed_limited_expert_trails_its_wrist_flip_then_catches_up_and_still_succeeds(tmp_path) -> None:
     """`max_joint_speed_rad_s` (collect --expert-max-speed): no arm joint faster than the policy node's gate."""
-    free = ScriptedExpert(RIG, 'transfer_cube', 4, approach='cartesian')
-    limited = ScriptedExpert(RIG, 'transfer_cube', 4, max_joint_speed_rad_s=2.0, approach='cartesian')
+    free = ScriptedExpert(RIG, 'transfer_cube', 4, options=ExpertOptions(approach='cartesian'))
+    limited = ScriptedExpert(
+        RIG, 'transfer_cube', 4, options=ExpertOptions(max_joint_speed_rad_s=2.0, approach='cartesian')
+    )
     gripper = RIG.arm('right').joint_names.index('gripper')
     free_plan, plan = free.joint_plan['right'], limited.joint_plan['right']
     free_speed = np.abs(np.diff(free_plan, axis=0)) / free.dt
@@ -133,12 +135,14 @@ def test_a_speed_limited_expert_trails_its_wrist_flip_then_catches_up_and_still_
     outcome = run_episode(SimScene(RIG, 'transfer_cube', 4), limited)
     assert outcome['success']
     with pytest.raises(ValueError, match='max_joint_speed_rad_s must be positive'):
-        ScriptedExpert(RIG, 'transfer_cube', 4, max_joint_speed_rad_s=0.0)
+        ScriptedExpert(RIG, 'transfer_cube', 4, options=ExpertOptions(max_joint_speed_rad_s=0.0))
 
-    from bimanual_vla.learning.collect import collect
+    from bimanual_vla.cli.main import main
 
-    with pytest.raises(ValueError, match=r'expert_max_joint_speed_rad_s must be >= 0 \(0: unlimited\), got -1'):
-        collect(tmp_path / 'bag', episodes=1, expert_max_joint_speed_rad_s=-1.0, progress=False)
+    with pytest.raises(
+        SystemExit, match=r'collect: max_joint_speed_rad_s must be positive \(None: unlimited\), got -1'
+    ):
+        main(['collect', str(tmp_path / 'bag'), '--episodes', '1', '--expert-max-speed', '-1', '--no-progress'])
     assert not (tmp_path / 'bag').exists()
 
 
@@ -153,7 +157,7 @@ def test_the_joint_space_approach_reaches_above_the_cube_without_the_wrist_flip(
     roll, wrist = names.index('forearm_roll'), names.index('wrist_angle')
     for seed in (1000, 1001):  # the line flips the forearm to -3.1 on one, +2.8 on the other
         joint = ScriptedExpert(RIG, 'transfer_cube', seed)
-        line = ScriptedExpert(RIG, 'transfer_cube', seed, approach='cartesian')
+        line = ScriptedExpert(RIG, 'transfer_cube', seed, options=ExpertOptions(approach='cartesian'))
         assert joint.approach == 'joint' and joint.labels == line.labels  # same clock, same labels
         plan, old = joint.joint_plan['right'], line.joint_plan['right']
         assert np.abs(old[:, roll]).max() > 2.3  # the flip the straight line makes
@@ -172,20 +176,17 @@ def test_the_joint_space_approach_reaches_above_the_cube_without_the_wrist_flip(
         assert speed.max() < 3.0  # against 4.7-45 rad/s for the flip
         assert np.abs(np.diff(line.joint_plan['right'][:, arm_cols], axis=0)).max() / line.dt > 4.0  # 14.5, 4.7 rad/s
     # seed 4 (cube straight ahead): the line only wiggles through the singularity (17 rad/s, 0.2 rad)
-    wiggle = ScriptedExpert(RIG, 'transfer_cube', 4, approach='cartesian').joint_plan['right']
+    wiggle = ScriptedExpert(RIG, 'transfer_cube', 4, options=ExpertOptions(approach='cartesian')).joint_plan['right']
     smooth = ScriptedExpert(RIG, 'transfer_cube', 4).joint_plan['right']
     assert np.abs(np.diff(wiggle[:, roll])).max() * RIG.control_rate_hz > 5.0
     assert np.abs(np.diff(smooth[:, roll])).max() * RIG.control_rate_hz < 1.0
     outcome = run_episode(SimScene(RIG, 'transfer_cube', 1001), ScriptedExpert(RIG, 'transfer_cube', 1001))
     assert outcome['success'] and 2.5 < outcome['stage_first_s']['1'] < 3.5
     with pytest.raises(ValueError, match='approach must be one of'):
-        ScriptedExpert(RIG, 'transfer_cube', 4, approach='straight')
+        ScriptedExpert(RIG, 'transfer_cube', 4, options=ExpertOptions(approach='straight'))
 
-    from bimanual_vla.learning.collect import collect
-
-    with pytest.raises(ValueError, match="expert_approach must be 'joint' or 'cartesian'"):
-        collect(tmp_path / 'bag', episodes=1, expert_approach='line', progress=False)
-    assert not (tmp_path / 'bag').exists()
+    with pytest.raises(ValueError, match=r"approach must be one of \('joint', 'cartesian'\), got 'line'"):
+        ExpertOptions(approach='line')
 
 
 def _label_changes(expert: ScriptedExpert) -> list[tuple[int, str]]:
@@ -198,10 +199,16 @@ def test_a_time_warped_expert_stretches_each_segment_within_its_bound_and_still_
     from bimanual_vla.sim.expert import GRIPPER_CLOSED, GRIPPER_OPEN
 
     nominal = ScriptedExpert(RIG, 'transfer_cube', 300)
-    warped = ScriptedExpert(RIG, 'transfer_cube', 300, time_warp=0.2)
-    assert _label_changes(ScriptedExpert(RIG, 'transfer_cube', 300, time_warp=0.0)) == _label_changes(nominal)
-    assert _label_changes(ScriptedExpert(RIG, 'transfer_cube', 300, time_warp=0.2)) == _label_changes(warped)
-    assert _label_changes(ScriptedExpert(RIG, 'transfer_cube', 301, time_warp=0.2)) != _label_changes(warped)
+    warped = ScriptedExpert(RIG, 'transfer_cube', 300, options=ExpertOptions(time_warp=0.2))
+    assert _label_changes(
+        ScriptedExpert(RIG, 'transfer_cube', 300, options=ExpertOptions(time_warp=0.0))
+    ) == _label_changes(nominal)
+    assert _label_changes(
+        ScriptedExpert(RIG, 'transfer_cube', 300, options=ExpertOptions(time_warp=0.2))
+    ) == _label_changes(warped)
+    assert _label_changes(
+        ScriptedExpert(RIG, 'transfer_cube', 301, options=ExpertOptions(time_warp=0.2))
+    ) != _label_changes(warped)
     changes_n, changes_w = _label_changes(nominal), _label_changes(warped)
     assert [label for _, label in changes_w] == [label for _, label in changes_n]  # the same moves in order
     bounds_n = np.diff([0] + [k for k, _ in changes_n] + [nominal.num_steps])
@@ -222,7 +229,7 @@ def test_a_time_warped_expert_stretches_each_segment_within_its_bound_and_still_
     assert outcome['success']
     for bad in (-0.1, 0.8):
         with pytest.raises(ValueError, match='time_warp must be in'):
-            ScriptedExpert(RIG, 'transfer_cube', 300, time_warp=bad)
+            ScriptedExpert(RIG, 'transfer_cube', 300, options=ExpertOptions(time_warp=bad))
 
 
 def test_nearest_solution_prefers_the_least_motion_and_refuses_an_unreachable_pose() -> None:
@@ -252,8 +259,8 @@ def test_the_aimed_left_grasp_closes_where_the_cube_is_held() -> None:
     from bimanual_vla.sim.expert import AIM_LABEL, LEFT_GRASP_FROM_CUBE
 
     seed, kw = 510, {'max_joint_speed_rad_s': 2.0, 'noise_rad': 0.01, 'meet_jitter': 0.02}
-    plain = ScriptedExpert(RIG, 'transfer_cube', seed, **kw)
-    aimed = ScriptedExpert(RIG, 'transfer_cube', seed, aim_left=True, **kw)
+    plain = ScriptedExpert(RIG, 'transfer_cube', seed, options=ExpertOptions(**kw))
+    aimed = ScriptedExpert(RIG, 'transfer_cube', seed, options=ExpertOptions(aim_left=True, **kw))
     assert plain.aim_step is None and aimed.aim_step is not None
     k = aimed.aim_step
     outcome, cube = _cube_at(aimed, seed, k)
@@ -289,16 +296,72 @@ def test_a_jittered_handover_point_moves_both_arms_and_is_seeded() -> None:
         return right.pos, left.pos
 
     nominal = handover(ScriptedExpert(RIG, 'transfer_cube', 42))
-    moved = handover(ScriptedExpert(RIG, 'transfer_cube', 42, meet_jitter=0.02))
+    moved = handover(ScriptedExpert(RIG, 'transfer_cube', 42, options=ExpertOptions(meet_jitter=0.02)))
     offset = moved[0] - nominal[0]
     np.testing.assert_allclose(moved[1] - nominal[1], offset, atol=1e-12)  # the left grasp moves with it
     assert np.all(np.abs(offset) <= 0.02) and np.abs(offset).max() > 0.005
-    again = handover(ScriptedExpert(RIG, 'transfer_cube', 42, meet_jitter=0.02))
-    other = handover(ScriptedExpert(RIG, 'transfer_cube', 43, meet_jitter=0.02))
+    again = handover(ScriptedExpert(RIG, 'transfer_cube', 42, options=ExpertOptions(meet_jitter=0.02)))
+    other = handover(ScriptedExpert(RIG, 'transfer_cube', 43, options=ExpertOptions(meet_jitter=0.02)))
     np.testing.assert_array_equal(again[0], moved[0])
     assert np.abs(other[0] - moved[0]).max() > 1e-4
     for bad in (-0.01, 0.05):
         with pytest.raises(ValueError, match='meet_jitter must be in'):
-            ScriptedExpert(RIG, 'transfer_cube', 42, meet_jitter=bad)
+            ScriptedExpert(RIG, 'transfer_cube', 42, options=ExpertOptions(meet_jitter=bad))
     with pytest.raises(ValueError, match='apply to transfer_cube only'):
-        ScriptedExpert(RIG, 'insertion', 42, aim_left=True)
+        ScriptedExpert(RIG, 'insertion', 42, options=ExpertOptions(aim_left=True))
+
+
+@pytest.mark.parametrize(
+    ('fields', 'message'),
+    [
+        ({'noise_rad': 0.25}, r'noise_rad must be in \[0, 0.2\] rad, got 0.25'),
+        ({'noise_rad': float('nan')}, r'noise_rad must be in \[0, 0.2\] rad, got nan'),
+        (
+            {'max_joint_speed_rad_s': float('inf')},
+            r'max_joint_speed_rad_s must be positive \(None: unlimited\), got inf',
+        ),
+        ({'time_warp': 0.6}, r'time_warp must be in \[0, 0.5\], got 0.6'),
+        ({'meet_jitter': -0.01}, r'meet_jitter must be in \[0, 0.03\] m, got -0.01'),
+    ],
+)
+def test_expert_options_are_checked_once_when_made(fields: dict, message: str) -> None:
+    """Every option out of its range is refused by ExpertOptions itself, naming the field and the value."""
+    with pytest.raises(ValueError, match=message):
+        ExpertOptions(**fields)
+
+
+def test_expert_options_for_transfer_cube_only_are_refused_for_insertion() -> None:
+    ExpertOptions(meet_jitter=0.02, aim_left=True).check_task('transfer_cube')
+    ExpertOptions(noise_rad=0.01, time_warp=0.2).check_task('insertion')  # DART and warp apply to both
+    for options in (ExpertOptions(aim_left=True), ExpertOptions(meet_jitter=0.01)):
+        with pytest.raises(ValueError, match="apply to transfer_cube only, not 'insertion'"):
+            options.check_task('insertion')
+
+
+def test_expert_options_travel_to_sim_rig_parameters_and_back() -> None:
+    """The sim rig's expert_* parameters carry every option; 0 is an unlimited speed (a parameter has no null)."""
+    from bimanual_vla.sim.node import expert_options, expert_parameters
+
+    options = ExpertOptions(0.01, 2.0, 'cartesian', 0.2, 0.02, True)
+    params = expert_parameters(options)
+    assert params == {
+        'expert_noise_rad': 0.01,
+        'expert_max_joint_speed': 2.0,
+        'expert_approach': 'cartesian',
+        'expert_time_warp': 0.2,
+        'expert_meet_jitter': 0.02,
+        'expert_aim_left': True,
+    }
+    assert expert_options(params) == options
+    assert expert_parameters(ExpertOptions())['expert_max_joint_speed'] == 0.0
+    assert expert_options({'expert_max_joint_speed': 0.0}) == ExpertOptions()
+    assert isinstance(expert_parameters(ExpertOptions(meet_jitter=0))['expert_meet_jitter'], float)  # a double
+
+
+def test_sim_expert_cli_refuses_a_bad_option_naming_it() -> None:
+    from bimanual_vla.cli.main import main
+
+    with pytest.raises(SystemExit, match=r'sim-expert: time_warp must be in \[0, 0.5\], got 0.7'):
+        main(['sim-expert', '--episodes', '1', '--time-warp', '0.7'])
+    with pytest.raises(SystemExit, match='sim-expert: aim_left and meet_jitter apply to transfer_cube only'):
+        main(['sim-expert', '--episodes', '1', '--task', 'insertion', '--aim-left'])

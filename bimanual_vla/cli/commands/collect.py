@@ -5,6 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from bimanual_vla.learning.collect import CollectSettings
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -80,27 +84,40 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from bimanual_vla.learning.collect import collect
 
-    result = collect(
-        args.output,
-        task=args.task,
-        episodes=args.episodes,
-        seed=args.seed,
-        rig_name=args.rig,
-        real_time_factor=args.real_time_factor,
-        tail_s=args.tail_s,
-        compress=args.compress,
-        episode_s=args.episode_s,
-        expert_noise_rad=args.expert_noise,
-        expert_max_joint_speed_rad_s=args.expert_max_speed,
-        expert_approach=args.expert_approach,
-        expert_time_warp=args.expert_time_warp,
-        expert_meet_jitter=args.expert_meet_jitter,
-        expert_aim_left=args.expert_aim_left,
-        progress=not args.no_progress,
-    )
+    result = collect(args.output, settings(args))
     summary = result.to_json()
     summary.pop('episodes')
     summary['episodes'] = len(result.episodes)
     summary['failed_seeds'] = [e.seed for e in result.episodes if not e.success]
     print(json.dumps(summary, indent=2))
     return 0
+
+
+def settings(args: argparse.Namespace) -> CollectSettings:
+    """The collection the flags describe; SystemExit naming the setting if one is out of range."""
+    from bimanual_vla.learning.collect import CollectSettings
+    from bimanual_vla.sim.expert import ExpertOptions
+
+    try:
+        expert = ExpertOptions(
+            noise_rad=args.expert_noise,
+            max_joint_speed_rad_s=args.expert_max_speed or None,  # 0: unlimited
+            approach=args.expert_approach,
+            time_warp=args.expert_time_warp,
+            meet_jitter=args.expert_meet_jitter,
+            aim_left=args.expert_aim_left,
+        )
+        return CollectSettings(
+            task=args.task,
+            episodes=args.episodes,
+            seed=args.seed,
+            rig_name=args.rig,
+            real_time_factor=args.real_time_factor,
+            tail_s=args.tail_s,
+            compress=args.compress,
+            episode_s=args.episode_s,
+            progress=not args.no_progress,
+            expert=expert,
+        )
+    except ValueError as exc:
+        raise SystemExit(f'collect: {exc}') from None

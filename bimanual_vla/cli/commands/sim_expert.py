@@ -10,6 +10,11 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from bimanual_vla.config import RigConfig
+    from bimanual_vla.sim.expert import ExpertOptions
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -72,46 +77,43 @@ def run(args: argparse.Namespace) -> int:
 
     if args.episodes < 1:
         raise SystemExit('--episodes must be >= 1')
+    options = expert_options(args)
     rig = load_rig(args.rig)
     if args.sheet or args.video:
-        _render_first(rig, args)
+        _render_first(rig, args, options)
     t0 = time.perf_counter()
-    if args.max_speed is not None and not args.max_speed > 0:
-        raise SystemExit(f'--max-speed must be positive, got {args.max_speed}')
-    result = evaluate(
-        rig,
-        args.task,
-        args.episodes,
-        args.seed,
-        max_joint_speed_rad_s=args.max_speed,
-        approach=args.approach,
-        time_warp=args.time_warp,
-        meet_jitter=args.meet_jitter,
-        aim_left=args.aim_left,
-        noise_rad=args.noise,
-    )
+    result = evaluate(rig, args.task, args.episodes, args.seed, options)
     result['wall_s'] = round(time.perf_counter() - t0, 2)
     print(json.dumps(result))
     return 0
 
 
-def _render_first(rig, args: argparse.Namespace) -> None:
+def expert_options(args: argparse.Namespace) -> ExpertOptions:
+    """The expert's options from the flags; SystemExit naming the option if one is out of range."""
+    from bimanual_vla.sim.expert import ExpertOptions
+
+    try:
+        options = ExpertOptions(
+            noise_rad=args.noise,
+            max_joint_speed_rad_s=args.max_speed,
+            approach=args.approach,
+            time_warp=args.time_warp,
+            meet_jitter=args.meet_jitter,
+            aim_left=args.aim_left,
+        )
+        options.check_task(args.task)
+    except ValueError as exc:
+        raise SystemExit(f'sim-expert: {exc}') from None
+    return options
+
+
+def _render_first(rig: RigConfig, args: argparse.Namespace, options: ExpertOptions) -> None:
     from bimanual_vla.learning.episode_video import EpisodeRecorder
     from bimanual_vla.sim.expert import ScriptedExpert, run_episode
     from bimanual_vla.sim.scene import SceneRenderer, SimScene, rig_cameras
 
     scene = SimScene(rig, task=args.task, seed=args.seed)
-    expert = ScriptedExpert(
-        rig,
-        args.task,
-        args.seed,
-        max_joint_speed_rad_s=args.max_speed,
-        approach=args.approach,
-        time_warp=args.time_warp,
-        meet_jitter=args.meet_jitter,
-        aim_left=args.aim_left,
-        noise_rad=args.noise,
-    )
+    expert = ScriptedExpert(rig, args.task, args.seed, options=options)
     renderer = SceneRenderer(scene.model, rig_cameras(rig))
     recorder = EpisodeRecorder()
     every = max(1, round(rig.control_rate_hz / 15))

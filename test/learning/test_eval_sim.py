@@ -25,11 +25,10 @@ def checkpoint(tmp_path_factory) -> Path:
 def test_short_episodes_drive_the_sim_within_limits(checkpoint, tmp_path):
     import numpy as np
 
-    from bimanual_vla.learning.eval_sim import evaluate_closed_loop, normalise_text
+    from bimanual_vla.learning.eval_sim import EvalSettings, evaluate_closed_loop, normalise_text
 
-    report = evaluate_closed_loop(
-        checkpoint, tmp_path / 'eval', episodes=2, seed=1000, max_sim_s=6.0, progress=False, tick_log=True
-    )
+    settings = EvalSettings(episodes=2, seed=1000, max_sim_s=6.0, progress=False, tick_log=True)
+    report = evaluate_closed_loop(checkpoint, tmp_path / 'eval', settings)
     assert json.loads((tmp_path / 'eval' / 'report.json').read_text())['episodes'] == 2
     episodes = report['per_episode']
     assert [e['seed'] for e in episodes] == [1000, 1001]
@@ -153,3 +152,38 @@ def test_the_observer_times_a_new_subtask_whichever_of_its_two_messages_arrives_
         assert [(t, arrived) for t, arrived, *_ in observer.inference_log] == [(1.0, 1.16), (1.2, 1.30), (1.3, 1.40)]
     finally:
         observer.destroy_node()
+
+
+def test_the_eval_sim_flags_become_settings(monkeypatch, tmp_path):
+    """Every `eval-sim` flag reaches EvalSettings, and the defaults are the function's."""
+    from bimanual_vla.cli.main import main
+    from bimanual_vla.learning import eval_sim
+    from bimanual_vla.learning.eval_sim import EvalSettings
+
+    got = []
+    monkeypatch.setattr(eval_sim, 'evaluate_closed_loop', lambda c, o, s: got.append((c, o, s)) or {})
+    assert main(['eval-sim', '--checkpoint', 'ck', '--out', str(tmp_path)]) == 0
+    args = ['eval-sim', '--checkpoint', 'ck', '--out', str(tmp_path), '--episodes', '3', '--seed', '7']
+    args += ['--task', 'insertion', '--num-steps', '4', '--torch-threads', '2', '--max-sim-s', '5', '--settle-s', '0.5']
+    args += ['--real-time-factor', '0', '--video-episodes', '0', '--tick-log', '--composed', '--narrate-expert']
+    args += ['--no-expert-pace', '--expert-approach', 'cartesian', '--no-progress', '--policy', 'fast']
+    assert main(args) == 0
+    assert got[0][2] == EvalSettings(progress=True)
+    assert got[1][2] == EvalSettings(
+        episodes=3,
+        seed=7,
+        task='insertion',
+        num_steps=4,
+        torch_threads=2,
+        max_sim_s=5.0,
+        settle_s=0.5,
+        real_time_factor=0.0,
+        video_episodes=0,
+        tick_log=True,
+        policy_process=False,
+        narrate_expert=True,
+        expert_pace=False,
+        expert_approach='cartesian',
+        progress=False,
+        policy='fast',
+    )

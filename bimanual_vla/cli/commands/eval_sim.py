@@ -57,11 +57,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bimanual_vla.learning.eval_sim import evaluate_closed_loop
+    from bimanual_vla.learning.eval_sim import EvalSettings, evaluate_closed_loop
 
-    report = evaluate_closed_loop(
-        args.checkpoint,
-        args.out,
+    settings = EvalSettings(
         episodes=args.episodes,
         seed=args.seed,
         task=args.task,
@@ -80,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
         expert_pace=not args.no_expert_pace,
         expert_approach=args.expert_approach,
     )
+    report = evaluate_closed_loop(args.checkpoint, args.out, settings)
     summary = {k: v for k, v in report.items() if k != 'per_episode'}
     print(json.dumps(summary, indent=2))
     return 0

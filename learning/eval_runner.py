@@ -1,0 +1,308 @@
+"""eval-sim's runner: brings up the sim and the policy, plays each episode and scores it (eval_sim.py)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from rclpy.parameter import Parameter
+from std_msgs.msg import Int64, String
+
+from bimanual_vla.config import RigConfig, load_rig
+from bimanual_vla.learning.collect import TASK_TEXT
+from bimanual_vla.learning.eval_observer import EvalObserver, call_enable
+from bimanual_vla.learning.eval_report import (
+    EpisodeReport,
+    ExpertReplay,
+    aligned_labels,
+    latency_percentiles,
+    score_subtasks,
+    summarise,
+    tick_log_line,
+)
+
+if TYPE_CHECKING:
+    from bimanual_vla.sim.expert import ExpertOptions, ScriptedExpert
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """How `evaluate_closed_loop` runs: `episodes` episodes of `task` from seed `seed` on.
+
+    An episode ends `settle_s` after success is first reached or at `max_sim_s`. `num_steps` and
+    `torch_threads` override the policy file's inference settings (None: the file's). The first
+    `video_episodes` are drawn into the video.
+    `tick_log`: also write OUT/ticks.jsonl, a line per episode with every tick (sim time, policy
+    subtask, expert label, aligned expert label, measured joints) and every inference (observation
+    stamp, arrival time, subtask, expert label, aligned label), for timing analyses the report's
+    summary cannot answer.
+    `policy_process`: run policy_node in a child process of its own, as the launch files do (see
+    bimanual_vla/bringup/node_process.py); False composes it with the simulator in this process.
+    `narrate_expert`: the scripted expert drives the arms and the policy, never enabled, only writes
+    its subtasks (preview mode). The agreement then measures the reasoning head on the expert's own
+    motion, latency included, without the differences in pace a closed loop brings; success and
+    stages are the expert's.
+    `expert_pace`: after each episode, replay the scripted expert on its seed (physics only, ~1 s)
+    and report how much sooner or later the policy reached each reward stage than the expert did,
+    and the aligned agreement and its ceiling (eval_sim's docstring). The expert's labels follow its
+    clock, so the policy's pace bounds the agreement it can reach with them.
+    `expert_approach`: how the expert (labels, replay, narrated motion) moves above the cube
+    (sim/expert.py, APPROACHES). None: the way the checkpoint's training data did
+    (`expert_approach` in its bimanual_vla.json), else 'joint'. The labels follow the same clock
+    either way; the replay the policy's motion is aligned with should be the motion it learned.
+    """
+
+    episodes: int = 50
+    seed: int = 1000
+    task: str = 'transfer_cube'
+    rig_name: str = 'aloha_sim'
+    max_sim_s: float = 12.0
+    settle_s: float = 1.0
+    real_time_factor: float = 1.0
+    num_steps: int | None = None
+    torch_threads: int | None = 1
+    video_episodes: int = 1
+    progress: bool = True
+    policy: str = 'default'
+    tick_log: bool = False
+    policy_process: bool = True
+    narrate_expert: bool = False
+    expert_pace: bool = True
+    expert_approach: str | None = None
+
+
+@dataclass
+class _Run:
+    """One evaluation's running state: the graph, the observer, and what the episodes add up to."""
+
+    settings: EvalSettings
+    out: Path
+    rig: RigConfig
+    expert: ExpertOptions
+    observer: EvalObserver
+    composition: Any
+    spinner: threading.Thread
+    reports: list[EpisodeReport]
+    latencies: list[float]  # every change of subtask: observation to its text, sim seconds
+    chunk_latencies: list[float]  # every inference: observation to its chunk
+
+
+def evaluate_closed_loop(checkpoint: Path, out: Path, settings: EvalSettings | None = None) -> dict:
+    """Run the closed-loop episodes `settings` describe, write OUT/report.json + video; return the report."""
+    import rclpy
+
+    from bimanual_vla.bringup.compose import OWN_PROCESS, compose
+    from bimanual_vla.bringup.nodes import rig_nodes
+    from bimanual_vla.sim.expert import ExpertOptions
+    from bimanual_vla.sim.node import expert_parameters
+
+    s = settings if settings is not None else EvalSettings()
+    checkpoint = Path(checkpoint).expanduser().resolve()
+    approach = s.expert_approach or _trained_approach(checkpoint) or 'joint'
+    expert = ExpertOptions(approach=approach)
+    out = Path(out).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    rig = load_rig(s.rig_name)
+    policy_overrides = {
+        'enabled': False,
+        'checkpoint': str(checkpoint),
+        'policy': _policy_file(out, s.policy, s.num_steps, s.torch_threads),
+    }
+    sim = {'task': s.task, 'seed': s.seed, 'real_time_factor': s.real_time_factor, 'expert': s.narrate_expert}
+    sim['expert_approach'] = expert_parameters(expert)['expert_approach']
+    specs = rig_nodes(s.rig_name, policy=s.policy, sim_overrides=sim, policy_overrides=policy_overrides)
+    started = time.monotonic()
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    composition = None
+    stop = threading.Event()
+    spinner = None
+    try:
+        observer = EvalObserver(rig, context=context, parameter_overrides=[Parameter('use_sim_time', value=True)])
+        observer.task_pub.publish(String(data=TASK_TEXT[s.task]))
+        own_process = OWN_PROCESS if s.policy_process else ()
+        composition = compose(specs, rig=s.rig_name, context=context, extra_nodes=[observer], own_process=own_process)
+        spinner = threading.Thread(target=composition.spin, kwargs={'until': stop.is_set}, daemon=True)
+        spinner.start()
+        run = _Run(s, out, rig, expert, observer, composition, spinner, [], [], [])
+        _run_episodes(run)
+    finally:
+        stop.set()
+        if spinner is not None:
+            spinner.join(10.0)
+        if composition is not None:
+            composition.shutdown()
+        if context.ok():
+            rclpy.shutdown(context=context)
+    report = _write_report(run, checkpoint)
+    report['wall_s'] = round(time.monotonic() - started, 1)
+    (out / 'report.json').write_text(json.dumps(report, indent=2) + '\n')
+    return report
+
+
+def _run_episodes(run: _Run) -> None:
+    """Every episode in turn, with a progress bar if asked for."""
+    bar = None
+    if run.settings.progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=run.settings.episodes, unit='episode', desc='eval-sim')
+    for i in range(run.settings.episodes):
+        run.reports.append(_run_episode(run, i))
+        if bar is not None:
+            bar.set_postfix(success=f'{sum(r.success for r in run.reports)}/{len(run.reports)}')
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+
+
+def _run_episode(run: _Run, i: int) -> EpisodeReport:
+    """Reset to episode `i`'s seed, let the policy (or the expert) drive until it ends, score it."""
+    from bimanual_vla.sim.expert import ScriptedExpert
+
+    s, observer = run.settings, run.observer
+    ep_seed = s.seed + i
+    wall0 = time.monotonic()
+    report = EpisodeReport(index=i, seed=ep_seed)
+    call_enable(observer, False)
+    expert = ScriptedExpert(run.rig, s.task, ep_seed, options=run.expert)
+    observer.expert_labels = expert.labels
+    observer.expect_reset()
+    observer.reset_pub.publish(Int64(data=ep_seed))
+    if not observer.reset_seen.wait(30.0) or not observer.frame_after_reset.wait(30.0):
+        raise RuntimeError(f'episode {i}: the sim did not reset to seed {ep_seed}')
+    observer.start_recording(video=i < s.video_episodes)
+    if not s.narrate_expert:
+        call_enable(observer, True)
+    report.first_success_s = _wait_for_the_end(run, report)
+    call_enable(observer, False)
+    observer.stop_recording()
+    sim = run.composition.node('sim_rig')
+    _note_stages(sim, report, observer.sim_time)
+    with sim._lock:
+        report.max_stage = int(sim.scene.max_reward_reached)
+        report.final_stage = int(sim.scene.reward)
+        report.success = bool(sim.scene.success)
+    report.sim_time_s = round(observer.sim_time, 3)
+    _score_episode(run, report, expert, i)
+    report.wall_s = round(time.monotonic() - wall0, 2)
+    return report
+
+
+def _wait_for_the_end(run: _Run, report: EpisodeReport) -> float | None:
+    """Follow the episode until `settle_s` after success or `max_sim_s`; the sim time success began."""
+    observer, sim = run.observer, run.composition.node('sim_rig')
+    first_success = None
+    while True:
+        now = observer.sim_time
+        _note_stages(sim, report, now)
+        if observer.success and first_success is None:
+            first_success = now
+        if not observer.success:
+            first_success = None
+        if first_success is not None and now - first_success >= run.settings.settle_s:
+            return first_success
+        if now >= run.settings.max_sim_s:
+            return first_success
+        if not run.spinner.is_alive():
+            raise RuntimeError('the executor stopped')
+        run.composition.check_children()
+        time.sleep(0.01)
+
+
+def _score_episode(run: _Run, report: EpisodeReport, expert: ScriptedExpert, i: int) -> None:
+    """Agreement, the expert's pace and the latencies of episode `i`; its ticks.jsonl line if asked for."""
+    observer = run.observer
+    ticks = list(observer.tick_log)
+    infs = list(observer.inference_log)
+    changes = list(observer.subtask_changes)
+    aligned = None
+    if run.settings.expert_pace:
+        # the expert on this seed, physics only (~1 s): its pace and the motion the ticks are aligned with
+        replay = replay_expert(expert)
+        report.expert_stage_first_s = replay.stage_first_s
+        aligned = aligned_labels(ticks, replay, run.rig)
+    score_subtasks(report, ticks, infs, aligned)
+    delays = [at - t for t, at in changes]
+    chunk_delays = [at - t for t, at, *_ in infs]
+    report.observation_to_subtask_s = latency_percentiles(delays)
+    report.observation_to_chunk_s = latency_percentiles(chunk_delays)
+    run.latencies.extend(delays)
+    run.chunk_latencies.extend(chunk_delays)
+    if run.settings.tick_log:
+        with open(run.out / 'ticks.jsonl', 'a' if i else 'w') as f:
+            f.write(json.dumps(tick_log_line(report, ticks, infs, aligned, changes)) + '\n')
+
+
+def _write_report(run: _Run, checkpoint: Path) -> dict:
+    """The video, the contact sheet and the report of the whole run (report.json is written by the caller)."""
+    s, observer = run.settings, run.observer
+    outputs = {}
+    if observer.recorder.frames:
+        outputs['video'] = str(observer.recorder.write_video(run.out / 'episode.mp4', fps=observer.video_fps))
+        sheet = observer.recorder.write_contact_sheet(run.out / 'contact_sheet.png', count=12)
+        outputs['contact_sheet'] = str(sheet)
+    report = summarise(
+        run.reports,
+        checkpoint,
+        s.task,
+        s.seed,
+        s.real_time_factor,
+        observer,
+        outputs,
+        run.latencies,
+        run.chunk_latencies,
+    )
+    report['policy_in_own_process'] = s.policy_process
+    report['driver'] = 'expert (the policy narrates)' if s.narrate_expert else 'policy'
+    report['expert_approach'] = run.expert.approach
+    return report
+
+
+def _trained_approach(checkpoint: Path) -> str | None:
+    """The expert approach the checkpoint's training data used (its metadata), None if not recorded."""
+    from bimanual_vla.policy_node.checkpoint import read_metadata
+
+    return read_metadata(checkpoint).expert_approach
+
+
+def replay_expert(expert: ScriptedExpert) -> ExpertReplay:
+    """Play a planned ScriptedExpert on its seed in-process (physics only, no rendering, ~1 s)."""
+    from bimanual_vla.sim.expert import run_episode
+    from bimanual_vla.sim.scene import SimScene
+
+    scene = SimScene(expert.rig, task=expert.task, seed=expert.seed)
+    joints: list[np.ndarray] = []
+
+    def record(_step: int, s: SimScene, _label: str) -> None:
+        joints.append(np.concatenate([s.joint_positions(a.name) for a in expert.rig.arms]))
+
+    result = run_episode(scene, expert, on_step=record)
+    return ExpertReplay(result['stage_first_s'], np.array(joints), list(expert.labels))
+
+
+def _note_stages(sim: Any, report: EpisodeReport, now: float) -> None:
+    """Record when each reward stage was first reached (the policy's pace, to compare with the expert's)."""
+    with sim._lock:
+        sim.scene.note_stages(report.stage_first_s, round(now, 2))
+
+
+def _policy_file(out: Path, policy: str, num_steps: int | None, torch_threads: int | None) -> str:
+    """A copy of the policy YAML with the inference settings of this evaluation (the node reads them from it)."""
+    import yaml
+
+    from bimanual_vla.config import load_policy
+
+    cfg = load_policy(policy).model_dump(mode='json')
+    if num_steps is not None:
+        cfg['inference']['num_steps'] = int(num_steps)
+    if torch_threads is not None:
+        cfg['inference']['torch_threads'] = int(torch_threads)
+    path = out / 'policy.yaml'
+    path.write_text(yaml.safe_dump(cfg))
+    return str(path)

@@ -161,6 +161,31 @@ def _abs(namespace: str, topic: str) -> str:
     return f'{ns}/{topic}'
 
 
+@dataclass(frozen=True)
+class _BagTopics:
+    """The absolute topic names one bag is indexed from."""
+
+    cameras: dict[str, str]  # image topic -> camera name
+    joint_states: str
+    actions: dict[str, str]  # command topic -> arm (empty unless action_source='commands')
+    arms: dict[str, list[str] | None]  # arm -> its qualified joint names (None: from the messages)
+    task: str
+    subtask: str | None  # the first of subtask_topics the bag has
+    header: bool  # time_base == 'header': sync on header stamps instead of receive times
+
+
+@dataclass
+class _BagScan:
+    """One pass over a bag's messages, per episode: (sync, recv) frame times, joints, commands."""
+
+    cams: list[dict[str, list[tuple[int, int]]]]
+    joints: list[dict[str, list[tuple[int, float]]]]
+    js_times: list[list[tuple[int, int]]]  # (recv, sync) of every joint_states message
+    acts: list[dict[str, list[tuple[int, list[str], list[float]]]]]
+    labels: dict[str, list[tuple[int, str]]]  # task/subtask topic -> (recv, text), over the whole bag
+    order: list[str] = field(default_factory=list)  # joint names in order of appearance
+
+
 class BagDataset(Dataset):
     """Synchronised samples from one or more bags; see the module docstring.
 
@@ -218,6 +243,30 @@ class BagDataset(Dataset):
         return {t[len(pre) : len(t) - len(suf)]: None for t in bag.topics if t.startswith(pre) and t.endswith(suf)}
 
     def _index_bag(self, bag_i: int, bag: BagReader) -> None:
+        topics = self._bag_topics(bag)
+        episodes = bag.episodes or [Episode(0, bag.path.name, bag.start_ns, None)]
+        starts = [e.start_ns for e in episodes]
+        stops = [e.end_ns if e.end_ns is not None else bag.end_ns + 1 for e in episodes]
+        scan = self._scan_messages(bag, topics, starts, stops)
+        where = str(bag.path)
+        if not self.joint_names:
+            self.joint_names = self.rig.all_joint_names() if self.rig is not None else list(scan.order)
+        missing_joints = [j for j in self.joint_names if j not in scan.order]
+        if missing_joints:
+            raise DatasetError(f'{where}: joint_states never report joint(s) {missing_joints}')
+
+        ep_offset = len(self.episodes)
+        self._tasks.append(_labels(scan.labels[topics.task]))  # indexed by bag number
+        self._subtasks.append(_labels(scan.labels.get(topics.subtask or '', [])))
+        for k, episode in enumerate(episodes):
+            idx = _EpisodeIndex(bag_i, episode.index, episode.label, (starts[k], stops[k]))
+            self._fill_episode(idx, scan, k, topics.arms, where)
+            self._plan_samples(idx)
+            self.episodes.append(idx)
+        log.info('%s: %d episode(s) indexed (episodes %d..)', where, len(episodes), ep_offset)
+
+    def _bag_topics(self, bag: BagReader) -> _BagTopics:
+        """The topics to index in `bag` (learning the cameras from the first bag); refuses a bag lacking one."""
         opts = self.options
         ns = opts.namespace
         where = str(bag.path)
@@ -246,93 +295,95 @@ class BagDataset(Dataset):
                     "(use action_source='joint_states' for bags without commands, or command_topic for "
                     'a teleop leader topic)'
                 )
-        task_topic = _abs(ns, T.POLICY_TASK)
         sub_topics = [_abs(ns, t) for t in opts.subtask_topics]
-        sub_topic = next((t for t in sub_topics if t in bag.topics), None)
         header = opts.time_base == 'header'
         for topic in [*cam_topics, js_topic, *act_topics]:
             if header and bag.topics[topic].type not in _STAMPED_TYPES:
                 raise DatasetError(f"{where}: time_base='header' needs stamped messages; {topic} has none")
+        return _BagTopics(
+            cameras=cam_topics,
+            joint_states=js_topic,
+            actions=act_topics,
+            arms=arms,
+            task=_abs(ns, T.POLICY_TASK),
+            subtask=next((t for t in sub_topics if t in bag.topics), None),
+            header=header,
+        )
 
-        episodes = bag.episodes or [Episode(0, bag.path.name, bag.start_ns, None)]
-        starts = [e.start_ns for e in episodes]
-        stops = [e.end_ns if e.end_ns is not None else bag.end_ns + 1 for e in episodes]
+    def _scan_messages(self, bag: BagReader, topics: _BagTopics, starts: list[int], stops: list[int]) -> _BagScan:
+        """One pass over the bag's messages: per episode, frame times, joint positions and commands."""
 
         def episode_of(t: int) -> int:
             i = bisect.bisect_right(starts, t) - 1
             return i if i >= 0 and t < stops[i] else -1
 
-        n_ep = len(episodes)
-        cams: list[dict[str, list[tuple[int, int]]]] = [{c: [] for c in self.cameras} for _ in range(n_ep)]
-        joints: list[dict[str, list[tuple[int, float]]]] = [{} for _ in range(n_ep)]
-        js_times: list[list[tuple[int, int]]] = [[] for _ in range(n_ep)]
-        acts: list[dict[str, list[tuple[int, list[str], list[float]]]]] = [{a: [] for a in arms} for _ in range(n_ep)]
-        labels: dict[str, list[tuple[int, str]]] = {task_topic: [], sub_topic or '': []}
-        order: list[str] = []  # joint names in order of appearance
-        wanted = [*cam_topics, js_topic, *act_topics, task_topic] + ([sub_topic] if sub_topic else [])
+        n_ep = len(starts)
+        scan = _BagScan(
+            cams=[{c: [] for c in self.cameras} for _ in range(n_ep)],
+            joints=[{} for _ in range(n_ep)],
+            js_times=[[] for _ in range(n_ep)],
+            acts=[{a: [] for a in topics.arms} for _ in range(n_ep)],
+            labels={topics.task: [], topics.subtask or '': []},
+        )
+        cam_topics, js_topic, act_topics = topics.cameras, topics.joint_states, topics.actions
+        label_topics = (topics.task, topics.subtask)
+        wanted = [*cam_topics, js_topic, *act_topics, topics.task] + ([topics.subtask] if topics.subtask else [])
         for msg in bag.messages(wanted):
             recv = msg.timestamp_ns
-            if msg.topic in (task_topic, sub_topic):
-                labels[msg.topic].append((recv, bag.decode(msg).data))
+            if msg.topic in label_topics:
+                scan.labels[msg.topic].append((recv, bag.decode(msg).data))
                 continue
             ep = episode_of(recv)
             if ep < 0:
                 continue
-            sync = header_stamp_ns(msg.data) if header else recv
+            sync = header_stamp_ns(msg.data) if topics.header else recv
             if msg.topic in cam_topics:
-                cams[ep][cam_topics[msg.topic]].append((sync, recv))
+                scan.cams[ep][cam_topics[msg.topic]].append((sync, recv))
                 continue
             decoded = bag.decode(msg)
             if msg.topic == js_topic:
                 if len(decoded.name) != len(decoded.position):
                     self.skipped['malformed_joint_state'] += 1
                     continue
-                js_times[ep].append((recv, sync))
+                scan.js_times[ep].append((recv, sync))
+                joints = scan.joints[ep]
                 for name, pos in zip(decoded.name, decoded.position, strict=True):
-                    if name not in joints[ep]:
-                        joints[ep][name] = []
-                        if name not in order:
-                            order.append(name)
-                    joints[ep][name].append((sync, float(pos)))
+                    if name not in joints:
+                        joints[name] = []
+                        if name not in scan.order:
+                            scan.order.append(name)
+                    joints[name].append((sync, float(pos)))
             else:
-                acts[ep][act_topics[msg.topic]].append((sync, list(decoded.name), list(decoded.position)))
+                scan.acts[ep][act_topics[msg.topic]].append((sync, list(decoded.name), list(decoded.position)))
+        return scan
 
-        if not self.joint_names:
-            self.joint_names = self.rig.all_joint_names() if self.rig is not None else list(order)
-        missing_joints = [j for j in self.joint_names if j not in order]
-        if missing_joints:
-            raise DatasetError(f'{where}: joint_states never report joint(s) {missing_joints}')
+    def _fill_episode(
+        self, idx: _EpisodeIndex, scan: _BagScan, k: int, arms: dict[str, list[str] | None], where: str
+    ) -> None:
+        """Episode `k`'s arrays from the scan, in joint order; refuses commands that leave a joint out."""
         col = {n: i for i, n in enumerate(self.joint_names)}
-
-        ep_offset = len(self.episodes)
-        self._tasks.append(_labels(labels[task_topic]))  # indexed by bag number
-        self._subtasks.append(_labels(labels.get(sub_topic or '', [])))
-        for k, episode in enumerate(episodes):
-            idx = _EpisodeIndex(bag_i, episode.index, episode.label, (starts[k], stops[k]))
-            for cam, frames in cams[k].items():
-                arr = np.array(sorted(frames), dtype=np.int64).reshape(-1, 2)
-                idx.cam_sync[cam], idx.cam_recv[cam] = arr[:, 0].copy(), arr[:, 1].copy()
-            for name in self.joint_names:
-                arr = np.array(sorted(joints[k].get(name, [])), dtype=np.float64).reshape(-1, 2)
-                idx.joint_t.append(arr[:, 0].astype(np.int64))
-                idx.joint_q.append(arr[:, 1])
-            js = np.array(sorted(js_times[k]), dtype=np.int64).reshape(-1, 2)
-            idx.js_recv, idx.js_sync = js[:, 0].copy(), js[:, 1].copy()
-            if opts.action_source == 'commands':
-                for arm, msgs in acts[k].items():
-                    t, q, cols = _arm_actions(arm, arms[arm], msgs, col, where)
-                    if cols is None:
-                        continue
-                    idx.act_t.append(t)
-                    idx.act_q.append(q)
-                    idx.act_cols.append(cols)
-                covered = set().union(*[set(c.tolist()) for c in idx.act_cols]) if idx.act_cols else set()
-                uncovered = [self.joint_names[i] for i in range(len(self.joint_names)) if i not in covered]
-                if uncovered and any(len(m) for m in acts[k].values()):
-                    raise DatasetError(f'{where}: commands never cover joint(s) {uncovered}')
-            self._plan_samples(idx)
-            self.episodes.append(idx)
-        log.info('%s: %d episode(s) indexed (episodes %d..)', where, len(episodes), ep_offset)
+        for cam, frames in scan.cams[k].items():
+            arr = np.array(sorted(frames), dtype=np.int64).reshape(-1, 2)
+            idx.cam_sync[cam], idx.cam_recv[cam] = arr[:, 0].copy(), arr[:, 1].copy()
+        for name in self.joint_names:
+            arr = np.array(sorted(scan.joints[k].get(name, [])), dtype=np.float64).reshape(-1, 2)
+            idx.joint_t.append(arr[:, 0].astype(np.int64))
+            idx.joint_q.append(arr[:, 1])
+        js = np.array(sorted(scan.js_times[k]), dtype=np.int64).reshape(-1, 2)
+        idx.js_recv, idx.js_sync = js[:, 0].copy(), js[:, 1].copy()
+        if self.options.action_source != 'commands':
+            return
+        for arm, msgs in scan.acts[k].items():
+            t, q, cols = _arm_actions(arm, arms[arm], msgs, col, where)
+            if cols is None:
+                continue
+            idx.act_t.append(t)
+            idx.act_q.append(q)
+            idx.act_cols.append(cols)
+        covered = set().union(*[set(c.tolist()) for c in idx.act_cols]) if idx.act_cols else set()
+        uncovered = [self.joint_names[i] for i in range(len(self.joint_names)) if i not in covered]
+        if uncovered and any(len(m) for m in scan.acts[k].values()):
+            raise DatasetError(f'{where}: commands never cover joint(s) {uncovered}')
 
     def _plan_samples(self, ep: _EpisodeIndex) -> None:
         """Sample times of one episode, keeping those whose inputs are fresh and whose first action exists."""

@@ -25,11 +25,14 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from bimanual_vla.policy_node.preprocess import model_rgb
+
+if TYPE_CHECKING:
+    from bimanual_vla.learning.dataset import BagDataset
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +182,6 @@ def _decode_bag(
 
     rig, chunk_size, cameras = options['rig'], options['chunk_size'], options['cameras']
     time_base, default_task = options['time_base'], options['default_task']
-    image_size = tuple(options['image_size'])
     ds = BagDataset(
         [path], rig=rig, chunk_size=chunk_size, cameras=cameras, time_base=time_base, default_task=default_task
     )
@@ -190,7 +192,55 @@ def _decode_bag(
         raise ValueError(f'crop for camera(s) {unknown} the data does not have; it has {cams}')
     tmp = directory.with_name(directory.name + '.partial')
     tmp.mkdir(parents=True, exist_ok=True)
+    image_size = tuple(options['image_size'])
+    decoded = _decode_samples(ds, kept, crops, (image_size[0], image_size[1]), chunk_size, progress, path.name)
     h, w = image_size
+    for cam in cams:
+        empty = np.zeros((0, h, w, 3), dtype=np.uint8)
+        frames = decoded.frame_lists[cam]
+        np.save(tmp / f'frames_{cam}.npy', np.stack(frames) if frames else empty)
+    np.savez(tmp / 'arrays.npz', **decoded.arrays)
+    info = {
+        'version': CACHE_VERSION,
+        'bags': [str(path)],
+        'options': options,
+        'cameras': cams,
+        'joint_names': list(ds.joint_names),
+        'rate_hz': ds.rate_hz,
+        'samples': len(decoded.arrays['state']),
+        'episodes': len(kept),
+        'episode_labels': [ds.episodes[e].label for e in kept],  # by the `episode` ids of the samples
+        'episodes_left_out': [],
+        'tasks': list(decoded.tasks),
+        'subtasks': list(decoded.subtasks),
+        'skipped': dict(ds.skipped),
+    }
+    (tmp / 'cache.json').write_text(json.dumps(info, indent=2) + '\n')
+    ds.close()
+    tmp.rename(directory)
+
+
+@dataclass
+class _DecodedSamples:
+    """One bag's samples as the cache stores them: each distinct frame once, arrays indexing them."""
+
+    frame_lists: dict[str, list[np.ndarray]]  # camera -> model-ready frames, each source frame once
+    arrays: dict[str, np.ndarray]  # arrays.npz, by name
+    tasks: dict[str, int]  # task text -> task_id
+    subtasks: dict[str, int]  # subtask text -> subtask_id
+
+
+def _decode_samples(
+    ds: BagDataset,
+    kept: list[int],
+    crops: dict[str, tuple[int, int, int, int]],
+    image_size: tuple[int, int],
+    chunk_size: int,
+    progress: bool,
+    name: str,
+) -> _DecodedSamples:
+    """Every sample of the episodes `kept` of BagDataset `ds`, images cropped and resized for the model."""
+    cams = list(ds.cameras)
     n = sum(len(ds.episode_range(e)) for e in kept)
     frame_lists: dict[str, list[np.ndarray]] = {c: [] for c in cams}
     frame_index = np.zeros((n, len(cams)), dtype=np.int64)
@@ -206,7 +256,7 @@ def _decode_bag(
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=n, unit='sample', desc=f'decoding {path.name}')
+        bar = tqdm(total=n, unit='sample', desc=f'decoding {name}')
     i = 0
     for e in kept:
         last: dict[str, tuple[int, int]] = {}  # cam -> (source frame number, cache index)
@@ -215,7 +265,7 @@ def _decode_bag(
             for c_i, cam in enumerate(cams):
                 src = int(ep.frames[cam][k])
                 if cam not in last or last[cam][0] != src:
-                    frame_lists[cam].append(model_rgb(cam, s['images'][cam], (h, w), crops.get(cam)))
+                    frame_lists[cam].append(model_rgb(cam, s['images'][cam], image_size, crops.get(cam)))
                     last[cam] = (src, len(frame_lists[cam]) - 1)
                 frame_index[i, c_i] = last[cam][1]
             state[i] = s['state']
@@ -231,37 +281,16 @@ def _decode_bag(
         bar.close()
     if i != n:
         raise RuntimeError(f'expected {n} samples from the bags, decoded {i}')
-    for cam in cams:
-        empty = np.zeros((0, h, w, 3), dtype=np.uint8)
-        np.save(tmp / f'frames_{cam}.npy', np.stack(frame_lists[cam]) if frame_lists[cam] else empty)
-    np.savez(
-        tmp / 'arrays.npz',
-        frame_index=frame_index,
-        state=state,
-        actions=actions,
-        actions_is_pad=is_pad,
-        task_id=task_id,
-        subtask_id=subtask_id,
-        episode=episode,
-    )
-    info = {
-        'version': CACHE_VERSION,
-        'bags': [str(path)],
-        'options': options,
-        'cameras': cams,
-        'joint_names': list(ds.joint_names),
-        'rate_hz': ds.rate_hz,
-        'samples': n,
-        'episodes': len(kept),
-        'episode_labels': [ds.episodes[e].label for e in kept],  # by the `episode` ids of the samples
-        'episodes_left_out': [],
-        'tasks': list(tasks),
-        'subtasks': list(subtasks),
-        'skipped': dict(ds.skipped),
+    arrays = {
+        'frame_index': frame_index,
+        'state': state,
+        'actions': actions,
+        'actions_is_pad': is_pad,
+        'task_id': task_id,
+        'subtask_id': subtask_id,
+        'episode': episode,
     }
-    (tmp / 'cache.json').write_text(json.dumps(info, indent=2) + '\n')
-    ds.close()
-    tmp.rename(directory)
+    return _DecodedSamples(frame_lists, arrays, tasks, subtasks)
 
 
 def leave_out_episodes(part: CachedSamples, labels: set[str]) -> CachedSamples:

@@ -493,6 +493,19 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
+@dataclass
+class _ModelStart:
+    """What the model a run starts from fixes: cameras, crops, tokens, and what it was trained on before."""
+
+    cameras: list[str]
+    crops: dict[str, tuple[int, ...]]
+    tokens: SpecialTokens
+    reasoning: bool
+    prior_tasks: list[str] = field(default_factory=list)
+    prior_subtasks: list[str] = field(default_factory=list)
+    prior_approaches: list[str | None] = field(default_factory=list)
+
+
 class Trainer:
     """Holds model, optimizer and data for a run; `run()` trains to `cfg.steps`, saving along the way."""
 
@@ -502,7 +515,6 @@ class Trainer:
         self.samples = samples
         torch.set_num_threads(max(1, cfg.threads))
         self.step = 0
-        texts = list(samples.tasks) + [s for s in samples.subtasks if s]
         state_dir = self.out / TRAIN_STATE_DIR
         if resume:
             if not (state_dir / 'state.json').is_file():
@@ -510,79 +522,19 @@ class Trainer:
             source = self.out
         else:
             source = Path(cfg.init).expanduser() if cfg.init else None
-        if source is not None:
-            directory = check_directory(source)
-            self.tokenizer = load_tokenizer(directory)
-            init_meta = read_metadata(directory)
-            self.model = load_pi0(directory)
-            check_tokenizer_covers(self.tokenizer, texts, str(directory))
-            cameras = list(init_meta.camera_names)
-            crops = {c: tuple(b) for c, b in init_meta.image_crops.items()}
-            if cfg.crops and {c: tuple(b) for c, b in cfg.crops.items()} != crops:
-                raise ValueError(f'--crop {cfg.crops} differs from the crops {crops} {directory} was trained with')
-            tokens = init_meta.tokens
-            reasoning = init_meta.reasoning or any(samples.subtasks)
-            prior_tasks, prior_subtasks = list(init_meta.tasks), list(init_meta.subtasks)
-            prior_approaches = [init_meta.expert_approach]
-        else:
-            self.tokenizer = new_tokenizer(texts)
-            self.model = new_model(cfg.shape, self.tokenizer, cfg.chunk_size, cfg.seed)
-            cameras = list(cfg.cameras or samples.cameras)
-            crops = {c: tuple(b) for c, b in cfg.crops.items()}
-            tokens = SpecialTokens()
-            reasoning = any(samples.subtasks)
-            prior_tasks, prior_subtasks = [], []
-            prior_approaches = []
-        missing = [c for c in cameras if c not in samples.cameras]
+        start = self._load_or_create_model(source)
+        missing = [c for c in start.cameras if c not in samples.cameras]
         if missing:
             raise ValueError(f'the data has no camera(s) {missing}; it has {samples.cameras}')
         if self.model.config.chunk_size != samples.chunk_size:
             raise ValueError(f'model chunk_size {self.model.config.chunk_size} != data chunk {samples.chunk_size}')
-        vs = self.model.config.vlm_config.vision_config.image_size
-        if resume:
-            self.metadata = read_metadata(self.out)
-        else:
-            # a fine-tune keeps a single approach only if its initial checkpoint learned the same one
-            approach = expert_approach(cfg.data)
-            approach = approach if all(p == approach for p in prior_approaches) else None
-            norm = NormalizationConfig(
-                mode=cfg.normalization,
-                state=compute_stats(samples.state),
-                actions=compute_stats(samples.actions, samples.actions_is_pad),
-            )
-            rate_hz = float(samples.info.get('rate_hz', 50.0))
-            self.metadata = CheckpointMetadata(
-                rig=cfg.rig,
-                joint_names=list(samples.joint_names),
-                camera_names=cameras,
-                chunk_size=samples.chunk_size,
-                control_rate_hz=rate_hz,
-                image_size=(vs, vs),
-                image_crops=crops,
-                normalization=norm,
-                tokens=tokens,
-                reasoning=reasoning,
-                max_task_tokens=cfg.max_task_tokens,
-                # a fine-tune keeps what its initial checkpoint was trained on and adds this data's
-                tasks=list(dict.fromkeys([*prior_tasks, *samples.tasks])),
-                subtasks=list(dict.fromkeys([*prior_subtasks, *(t for t in samples.subtasks if t)])),
-                action_time_offset_s=action_time_offset_s(cfg.data, rate_hz),
-                expert_approach=approach,
-            )
+        self.metadata = read_metadata(self.out) if resume else self._new_metadata(start)
         self.model.train()
         self.model.requires_grad_(True)
         self.batches = BatchMaker(
             samples, self.tokenizer, self.metadata, self.model.config, subtask_lookahead_s=cfg.subtask_lookahead_s
         )
-        decay, no_decay = [], []
-        for name, p in self.model.named_parameters():
-            (no_decay if p.ndim < 2 or 'norm' in name or 'embed' in name else decay).append(p)
-        self.optimizer = torch.optim.AdamW(
-            [{'params': decay, 'weight_decay': cfg.weight_decay}, {'params': no_decay, 'weight_decay': 0.0}],
-            lr=cfg.lr,
-            betas=(0.9, 0.95),
-            eps=1e-8,
-        )
+        self.optimizer = self._new_optimizer()
         self.index_table = sample_table(samples, cfg)
         self.history: list[dict[str, float]] = []
         if resume:
@@ -590,6 +542,82 @@ class Trainer:
             state = json.loads((state_dir / 'state.json').read_text())
             self.step = int(state['step'])
             self.history = list(state.get('history', []))
+
+    def _load_or_create_model(self, source: Path | None) -> _ModelStart:
+        """Set self.model and self.tokenizer from checkpoint `source`, or new ones when it is None."""
+        cfg, samples = self.cfg, self.samples
+        texts = list(samples.tasks) + [s for s in samples.subtasks if s]
+        if source is None:
+            self.tokenizer = new_tokenizer(texts)
+            self.model = new_model(cfg.shape, self.tokenizer, cfg.chunk_size, cfg.seed)
+            return _ModelStart(
+                cameras=list(cfg.cameras or samples.cameras),
+                crops={c: tuple(b) for c, b in cfg.crops.items()},
+                tokens=SpecialTokens(),
+                reasoning=any(samples.subtasks),
+            )
+        directory = check_directory(source)
+        self.tokenizer = load_tokenizer(directory)
+        init_meta = read_metadata(directory)
+        self.model = load_pi0(directory)
+        check_tokenizer_covers(self.tokenizer, texts, str(directory))
+        crops = {c: tuple(b) for c, b in init_meta.image_crops.items()}
+        if cfg.crops and {c: tuple(b) for c, b in cfg.crops.items()} != crops:
+            raise ValueError(f'--crop {cfg.crops} differs from the crops {crops} {directory} was trained with')
+        return _ModelStart(
+            cameras=list(init_meta.camera_names),
+            crops=crops,
+            tokens=init_meta.tokens,
+            reasoning=init_meta.reasoning or any(samples.subtasks),
+            prior_tasks=list(init_meta.tasks),
+            prior_subtasks=list(init_meta.subtasks),
+            prior_approaches=[init_meta.expert_approach],
+        )
+
+    def _new_metadata(self, start: _ModelStart) -> CheckpointMetadata:
+        """The metadata of a run that does not resume: this data's statistics, timing and labels."""
+        cfg, samples = self.cfg, self.samples
+        vs = self.model.config.vlm_config.vision_config.image_size
+        # a fine-tune keeps a single approach only if its initial checkpoint learned the same one
+        approach = expert_approach(cfg.data)
+        approach = approach if all(p == approach for p in start.prior_approaches) else None
+        norm = NormalizationConfig(
+            mode=cfg.normalization,
+            state=compute_stats(samples.state),
+            actions=compute_stats(samples.actions, samples.actions_is_pad),
+        )
+        rate_hz = float(samples.info.get('rate_hz', 50.0))
+        return CheckpointMetadata(
+            rig=cfg.rig,
+            joint_names=list(samples.joint_names),
+            camera_names=start.cameras,
+            chunk_size=samples.chunk_size,
+            control_rate_hz=rate_hz,
+            image_size=(vs, vs),
+            image_crops=start.crops,
+            normalization=norm,
+            tokens=start.tokens,
+            reasoning=start.reasoning,
+            max_task_tokens=cfg.max_task_tokens,
+            # a fine-tune keeps what its initial checkpoint was trained on and adds this data's
+            tasks=list(dict.fromkeys([*start.prior_tasks, *samples.tasks])),
+            subtasks=list(dict.fromkeys([*start.prior_subtasks, *(t for t in samples.subtasks if t)])),
+            action_time_offset_s=action_time_offset_s(cfg.data, rate_hz),
+            expert_approach=approach,
+        )
+
+    def _new_optimizer(self) -> torch.optim.AdamW:
+        """AdamW with weight decay on matrices only (not on norms, embeddings or biases)."""
+        cfg = self.cfg
+        decay, no_decay = [], []
+        for name, p in self.model.named_parameters():
+            (no_decay if p.ndim < 2 or 'norm' in name or 'embed' in name else decay).append(p)
+        return torch.optim.AdamW(
+            [{'params': decay, 'weight_decay': cfg.weight_decay}, {'params': no_decay, 'weight_decay': 0.0}],
+            lr=cfg.lr,
+            betas=(0.9, 0.95),
+            eps=1e-8,
+        )
 
     @property
     def parameters(self) -> int:

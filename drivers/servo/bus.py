@@ -396,16 +396,10 @@ class ServoBus:
         self.counters.transactions += 1
         parser = self._parser
         parser.reset()
-        frame_bytes = sum(proto.status_frame_size(n) for n in expected.values())
         parser.max_frame = max(proto.status_frame_size(n) + n // 3 + 2 for n in expected.values())
         noise0, corrupt0 = parser.noise_bytes, parser.checksum_errors
         self._send(packet)
-        deadline = (
-            self._wire_free_at
-            + frame_bytes * self._byte_time
-            + len(expected) * self.reply_latency_s
-            + self.timeout_margin_s
-        )
+        deadline = self._reply_deadline(expected)
         budget_ms = 1000 * (deadline - time.monotonic())
         hold_s = 4 * proto.status_frame_size(max(expected.values())) * self._byte_time + 0.002
         packets: dict[int, StatusPacket] = {}
@@ -454,6 +448,35 @@ class ServoBus:
             self.counters.checksum_errors += parser.checksum_errors - corrupt0
         # Replies (or their deadline) are behind us: nothing of ours is on the wire any more.
         now = self._wire_free_at = time.monotonic()
+        self._settle_unanswered(now, waiting, held, suspect, lone_ok, budget_ms, packets, errors)
+        return _Outcome(packets, errors)
+
+    def _reply_deadline(self, expected: dict[int, int]) -> float:
+        """When the replies to the instruction just sent are due at the latest (monotonic seconds)."""
+        frame_bytes = sum(self.protocol.status_frame_size(n) for n in expected.values())
+        return (
+            self._wire_free_at
+            + frame_bytes * self._byte_time
+            + len(expected) * self.reply_latency_s
+            + self.timeout_margin_s
+        )
+
+    def _settle_unanswered(
+        self,
+        now: float,
+        waiting: dict[int, int],
+        held: dict[int, StatusPacket],
+        suspect: set[int],
+        lone_ok: bool,
+        budget_ms: float,
+        packets: dict[int, StatusPacket],
+        errors: dict[int, BusError],
+    ) -> None:
+        """After the deadline: accept a lone held reply where allowed, else record why each servo failed.
+
+        A servo that did not answer may still answer late: its reply shape is remembered for
+        ``late_reply_memory_s`` after `now` so a later transaction does not take it for its own.
+        """
         for sid, n_params in waiting.items():
             if sid in held and lone_ok:
                 self._late_possible.pop(sid, None)
@@ -469,7 +492,6 @@ class ServoBus:
                 errors[sid] = ChecksumError(f'servo {sid}: reply failed its checksum on {self.port}')
             else:
                 errors[sid] = BusTimeout(f'servo {sid}: no reply within {budget_ms:.1f} ms on {self.port}')
-        return _Outcome(packets, errors)
 
     def _take(self, pkt: StatusPacket, packets: dict[int, StatusPacket], errors: dict[int, BusError]) -> None:
         servo_id = pkt.servo_id

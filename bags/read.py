@@ -9,7 +9,7 @@ message whose record is intact; what it could not read is listed in
 
 Messages decode with ``rclpy.serialization.deserialize_message`` when the type is
 installed (rclpy's CDR can carry trailing alignment bytes that rosbags' strict
-deserializer rejects, see DESIGN.md "Known pitfalls"); types not installed here
+deserializer rejects); types not installed here
 decode with rosbags from the definition stored in the bag.
 """
 

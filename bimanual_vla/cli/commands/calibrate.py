@@ -21,9 +21,12 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from bimanual_vla.config import ArmConfig, ConfigError, load_rig
+
+if TYPE_CHECKING:
+    from bimanual_vla.drivers.servo.bus import ServoBus
 
 MIN_RANGE_TICKS = 20  # a joint whose extremes differ by less was not moved
 
@@ -185,7 +188,6 @@ def _read_ticks(bus, ids: list[int]) -> dict[int, int]:
 
 def interactive(arm: ArmConfig, port: str, reverse: set[str], stdin: TextIO, out: TextIO):
     """Run the guided calibration; returns the ArmCalibration, or None after a reported failure."""
-    from bimanual_vla.drivers.servo.arm_controller import write_eeprom
     from bimanual_vla.drivers.servo.bus import BusError, ServoBus
     from bimanual_vla.drivers.servo.calibration import ArmCalibration, JointCalibration, now_iso
 
@@ -194,7 +196,6 @@ def interactive(arm: ArmConfig, port: str, reverse: set[str], stdin: TextIO, out
     try:
         with ServoBus(port, arm.protocol, arm.baudrate) as bus:
             ct = bus.control_table
-            half = (ct.resolution - 1) // 2
             missing = []
             for sid in ids:
                 try:
@@ -208,57 +209,11 @@ def interactive(arm: ArmConfig, port: str, reverse: set[str], stdin: TextIO, out
                 bus.write(sid, ct.torque_enable.address, ct.encode(ct.torque_enable, 0))
             out.write(f'Arm {arm.name} on {port}: {len(ids)} servos found, torque is OFF (support the arm).\n')
 
-            _prompt(
-                'Step 1/3: move the arm to the MIDDLE of its range (the pose the URDF calls all zeros) '
-                'and press Enter... ',
-                stdin,
-                out,
-            )
-            for sid in ids:  # read the raw angle without any offset, then centre it
-                write_eeprom(bus, sid, 'homing_offset', 0)
-            raw = _read_ticks(bus, ids)
-            offsets = {}
-            for sid in ids:
-                if ct.protocol == 'feetech':  # STS: present = actual - offset; 11-bit magnitude
-                    offsets[sid] = max(-2047, min(2047, raw[sid] - half))
-                else:  # Dynamixel: present = actual + offset
-                    offsets[sid] = half - raw[sid]
-                write_eeprom(bus, sid, 'homing_offset', offsets[sid])
-            zero = _read_ticks(bus, ids)
-            out.write('  zero pose recorded: ' + ', '.join(f'{names[s]} {zero[s]}' for s in ids) + '\n')
-
-            out.write(
-                'Step 2/3: move EVERY joint slowly through its whole range (end stop to end stop), then press Enter.\n'
-            )
-            with _RangeRecorder(bus, ids, names, out) as recorder:
-                while True:
-                    answer = _prompt('  press Enter when done... ', stdin, out)
-                    if recorder.error is not None:
-                        raise recorder.error
-                    still = [
-                        names[s] for s in ids if recorder.high.get(s, 0) - recorder.low.get(s, 0) < MIN_RANGE_TICKS
-                    ]
-                    if not still or answer.lower() == 'accept':
-                        break
-                    out.write(f'  joint(s) {still} barely moved; move them too (or type "accept" and Enter).\n')
-            low = {s: min(recorder.low.get(s, zero[s]), zero[s]) for s in ids}
-            high = {s: max(recorder.high.get(s, zero[s]), zero[s]) for s in ids}
-            for s in ids:
-                if high[s] - low[s] < MIN_RANGE_TICKS:
-                    high[s] = low[s] + MIN_RANGE_TICKS  # accepted unmoved joint: keep the file valid
-
+            offsets, zero = _step_zero_pose(bus, ids, names, stdin, out)
+            low, high = _step_ranges(bus, ids, names, zero, stdin, out)
             zero_ticks = {s: float(zero[s]) for s in ids}
             direction = {s: (-1 if names[s] in reverse else 1) for s in ids}
-            if arm.gripper:
-                gid = next(j.id for j in arm.joints if j.name == arm.gripper)
-                _prompt(f'Step 3/3: CLOSE the gripper ({arm.gripper}) fully and press Enter... ', stdin, out)
-                closed = _read_ticks(bus, [gid])[gid]
-                low[gid], high[gid] = min(low[gid], closed), max(high[gid], closed)
-                zero_ticks[gid] = float(closed)
-                # Opening is positive: away from the closed end of the range.
-                direction[gid] = 1 if closed - low[gid] <= high[gid] - closed else -1
-            else:
-                out.write('Step 3/3: no gripper on this arm.\n')
+            _step_gripper(bus, arm, low, high, zero_ticks, direction, stdin, out)
 
             joints = {
                 names[s]: JointCalibration(
@@ -287,6 +242,79 @@ def interactive(arm: ArmConfig, port: str, reverse: set[str], stdin: TextIO, out
         print(f'error: bus failure during calibration ({exc}); nothing written', file=out)
         return None
     return calibration
+
+
+def _step_zero_pose(
+    bus: ServoBus, ids: list[int], names: dict[int, str], stdin: TextIO, out: TextIO
+) -> tuple[dict[int, int], dict[int, int]]:
+    """Step 1: homing offsets that put the arm's middle pose at mid-scale; returns (offsets, zero pose ticks)."""
+    from bimanual_vla.drivers.servo.arm_controller import write_eeprom
+
+    ct = bus.control_table
+    half = (ct.resolution - 1) // 2
+    _prompt(
+        'Step 1/3: move the arm to the MIDDLE of its range (the pose the URDF calls all zeros) and press Enter... ',
+        stdin,
+        out,
+    )
+    for sid in ids:  # read the raw angle without any offset, then centre it
+        write_eeprom(bus, sid, 'homing_offset', 0)
+    raw = _read_ticks(bus, ids)
+    offsets = {}
+    for sid in ids:
+        if ct.protocol == 'feetech':  # STS: present = actual - offset; 11-bit magnitude
+            offsets[sid] = max(-2047, min(2047, raw[sid] - half))
+        else:  # Dynamixel: present = actual + offset
+            offsets[sid] = half - raw[sid]
+        write_eeprom(bus, sid, 'homing_offset', offsets[sid])
+    zero = _read_ticks(bus, ids)
+    out.write('  zero pose recorded: ' + ', '.join(f'{names[s]} {zero[s]}' for s in ids) + '\n')
+    return offsets, zero
+
+
+def _step_ranges(
+    bus: ServoBus, ids: list[int], names: dict[int, str], zero: dict[int, int], stdin: TextIO, out: TextIO
+) -> tuple[dict[int, int], dict[int, int]]:
+    """Step 2: each joint's range as the user moves it (including the zero pose); returns (low, high) ticks."""
+    out.write('Step 2/3: move EVERY joint slowly through its whole range (end stop to end stop), then press Enter.\n')
+    with _RangeRecorder(bus, ids, names, out) as recorder:
+        while True:
+            answer = _prompt('  press Enter when done... ', stdin, out)
+            if recorder.error is not None:
+                raise recorder.error
+            still = [names[s] for s in ids if recorder.high.get(s, 0) - recorder.low.get(s, 0) < MIN_RANGE_TICKS]
+            if not still or answer.lower() == 'accept':
+                break
+            out.write(f'  joint(s) {still} barely moved; move them too (or type "accept" and Enter).\n')
+    low = {s: min(recorder.low.get(s, zero[s]), zero[s]) for s in ids}
+    high = {s: max(recorder.high.get(s, zero[s]), zero[s]) for s in ids}
+    for s in ids:
+        if high[s] - low[s] < MIN_RANGE_TICKS:
+            high[s] = low[s] + MIN_RANGE_TICKS  # accepted unmoved joint: keep the file valid
+    return low, high
+
+
+def _step_gripper(
+    bus: ServoBus,
+    arm: ArmConfig,
+    low: dict[int, int],
+    high: dict[int, int],
+    zero_ticks: dict[int, float],
+    direction: dict[int, int],
+    stdin: TextIO,
+    out: TextIO,
+) -> None:
+    """Step 3: the gripper's zero is fully closed and opening is positive; updates the dicts in place."""
+    if not arm.gripper:
+        out.write('Step 3/3: no gripper on this arm.\n')
+        return
+    gid = next(j.id for j in arm.joints if j.name == arm.gripper)
+    _prompt(f'Step 3/3: CLOSE the gripper ({arm.gripper}) fully and press Enter... ', stdin, out)
+    closed = _read_ticks(bus, [gid])[gid]
+    low[gid], high[gid] = min(low[gid], closed), max(high[gid], closed)
+    zero_ticks[gid] = float(closed)
+    # Opening is positive: away from the closed end of the range.
+    direction[gid] = 1 if closed - low[gid] <= high[gid] - closed else -1
 
 
 def write_position_limits(bus, arm: ArmConfig, calibration, out: TextIO) -> None:

@@ -5,9 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from bimanual_vla.learning.train import TrainConfig
+    from bimanual_vla.learning.train_data import CachedSamples
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    """The `train` subcommand's options: one add_argument per option, long because there are many."""
     p = sub.add_parser(
         'train',
         help='train or fine-tune a PI0 checkpoint on recorded bags',
@@ -146,13 +152,10 @@ def _demonstration_speed(samples, gate_max_velocity: float | None) -> dict:
     return report
 
 
-def run(args: argparse.Namespace) -> int:
-    import logging
+def _train_config(args: argparse.Namespace) -> TrainConfig:
+    """The command line's configuration, or with --resume the saved one (steps and progress from the command line)."""
+    from bimanual_vla.learning.train import TRAIN_STATE_DIR, TrainConfig, config_from_json
 
-    from bimanual_vla.learning.train import TRAIN_STATE_DIR, TRAINING_DIR, TrainConfig, Trainer, config_from_json
-    from bimanual_vla.learning.train_data import build_cache
-
-    logging.basicConfig(level=logging.INFO, format='%(message)s')
     out = args.out.expanduser()
     if args.resume:
         state = json.loads((out / TRAIN_STATE_DIR / 'state.json').read_text())
@@ -199,6 +202,13 @@ def run(args: argparse.Namespace) -> int:
             crops=_crops(args.crop),
             progress=not args.no_progress,
         )
+    return cfg
+
+
+def _samples(cfg: TrainConfig) -> CachedSamples:
+    """The decoded training samples (cached), at the input geometry of --init's checkpoint if given."""
+    from bimanual_vla.learning.train_data import build_cache
+
     image_size, crops = cfg.shape.image_size, cfg.crops
     if cfg.init:  # the checkpoint's own input geometry
         from bimanual_vla.policy_node.checkpoint import read_metadata
@@ -206,7 +216,7 @@ def run(args: argparse.Namespace) -> int:
         init_meta = read_metadata(Path(cfg.init).expanduser())
         image_size = init_meta.image_size[0]
         crops = cfg.crops or {c: list(box) for c, box in init_meta.image_crops.items()}
-    samples = build_cache(
+    return build_cache(
         cfg.data,
         cfg.cache_dir or Path('~/.cache/bimanual_vla/train').expanduser(),
         rig=cfg.rig,
@@ -219,6 +229,16 @@ def run(args: argparse.Namespace) -> int:
         crops=crops,
         progress=cfg.progress,
     )
+
+
+def run(args: argparse.Namespace) -> int:
+    import logging
+
+    from bimanual_vla.learning.train import TRAINING_DIR, Trainer
+
+    logging.basicConfig(level=logging.INFO, format='%(message)s')
+    cfg = _train_config(args)
+    samples = _samples(cfg)
     speed = _demonstration_speed(samples, args.gate_max_velocity)
     trainer = Trainer(cfg, samples, resume=args.resume)
     (trainer.out / TRAINING_DIR).mkdir(parents=True, exist_ok=True)

@@ -115,6 +115,27 @@ def checkpoint_tasks(checkpoint: Path) -> list[str]:
 DEMO_SEED = 1001
 
 
+def _choose_driver(task: str, driver: str) -> tuple[str, Path | None]:
+    """('policy' or 'expert', the default policy's checkpoint or None); 'auto' picks the policy where its
+    checkpoint learned `task`, else the expert. Refuses a policy driver without a checkpoint that learned it."""
+    from bimanual_vla.learning.collect import TASK_TEXT
+
+    if task not in TASK_TEXT:
+        raise ValueError(f'unknown task {task!r}; choose from {sorted(TASK_TEXT)}')
+    checkpoint = trained_checkpoint()
+    trained = checkpoint_tasks(checkpoint) if checkpoint is not None else []
+    if driver == 'auto':
+        driver = 'policy' if TASK_TEXT[task] in trained else 'expert'
+    if driver == 'policy' and checkpoint is None:
+        raise FileNotFoundError('no trained checkpoint installed for the default policy; use --driver expert')
+    if driver == 'policy' and TASK_TEXT[task] not in trained:
+        raise ValueError(
+            f"the default policy's checkpoint was trained on {trained}, not {TASK_TEXT[task]!r}; "
+            f'use --driver expert for {task}'
+        )
+    return driver, checkpoint
+
+
 def run_demo(
     out: Path,
     *,
@@ -136,19 +157,7 @@ def run_demo(
 
     seed = DEMO_SEED if seed is None else seed
     rig = load_rig(rig_name)
-    if task not in TASK_TEXT:
-        raise ValueError(f'unknown task {task!r}; choose from {sorted(TASK_TEXT)}')
-    checkpoint = trained_checkpoint()
-    trained = checkpoint_tasks(checkpoint) if checkpoint is not None else []
-    if driver == 'auto':  # the policy where its checkpoint learned the task, else the expert
-        driver = 'policy' if TASK_TEXT[task] in trained else 'expert'
-    if driver == 'policy' and checkpoint is None:
-        raise FileNotFoundError('no trained checkpoint installed for the default policy; use --driver expert')
-    if driver == 'policy' and TASK_TEXT[task] not in trained:
-        raise ValueError(
-            f"the default policy's checkpoint was trained on {trained}, not {TASK_TEXT[task]!r}; "
-            f'use --driver expert for {task}'
-        )
+    driver, checkpoint = _choose_driver(task, driver)
     sim = {'task': task, 'seed': seed, 'real_time_factor': real_time_factor, 'expert': driver == 'expert'}
     specs = rig_nodes(
         rig_name,

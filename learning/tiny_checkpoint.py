@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bimanual_vla.policy_node.checkpoint import (
     CheckpointError,
@@ -20,6 +21,9 @@ from bimanual_vla.policy_node.checkpoint import (
     SpecialTokens,
     write_metadata,
 )
+
+if TYPE_CHECKING:
+    from transformers import PI0Config, PI0ForConditionalGeneration
 
 #: Words of the tasks and subtasks a bimanual rig is asked to do. Lower case; the tokenizer lowercases input.
 VOCABULARY: tuple[str, ...] = tuple(
@@ -159,17 +163,13 @@ def make_tiny_checkpoint(
     embedding dominates the residual stream and an untrained Gemma just repeats its
     last input token; at ~0.3 it writes varied subtask text, so demos and tests
     exercise reasoning with something more than one repeated token. 0 keeps the default.
-    """
-    import torch
-    from transformers import PI0ForConditionalGeneration
 
+    The parameters are keyword-only, one per `make-checkpoint --tiny` option, each with the
+    default tests and demos use; they stay separate arguments so a call names only what it changes.
+    """
     from bimanual_vla.config import load_rig
 
-    out = Path(out).expanduser()
-    if out.exists() and any(out.iterdir()):
-        if not force:
-            raise CheckpointError(f'{out}: directory exists and is not empty (use --force to replace it)')
-        shutil.rmtree(out)
+    out = _empty_directory(Path(out).expanduser(), force)
     rig_cfg = load_rig(rig)
     if not rig_cfg.cameras:
         raise CheckpointError(f'rig {rig_cfg.name!r} has no cameras; a VLA checkpoint needs at least one')
@@ -190,13 +190,7 @@ def make_tiny_checkpoint(
     )
     if len(joints) > config.max_action_dim:
         raise CheckpointError(f'rig has {len(joints)} joints; pi0 carries at most {config.max_action_dim}')
-    torch.manual_seed(seed)
-    model = PI0ForConditionalGeneration(config).eval()
-    if text_init_std > 0:
-        with torch.no_grad():
-            for name, param in model.model.vlm.language_model.named_parameters():
-                if param.ndim == 2 and 'embed' not in name:
-                    param.normal_(0.0, text_init_std)
+    model = _random_model(config, seed, text_init_std)
 
     out.mkdir(parents=True, exist_ok=True)
     from transformers.utils import logging as hf_logging
@@ -220,3 +214,27 @@ def make_tiny_checkpoint(
         ),
     )
     return out
+
+
+def _empty_directory(out: Path, force: bool) -> Path:
+    """`out`, refused if it holds anything, unless `force`: then emptied (removed; written again later)."""
+    if out.exists() and any(out.iterdir()):
+        if not force:
+            raise CheckpointError(f'{out}: directory exists and is not empty (use --force to replace it)')
+        shutil.rmtree(out)
+    return out
+
+
+def _random_model(config: PI0Config, seed: int, text_init_std: float) -> PI0ForConditionalGeneration:
+    """A PI0 model with seeded random weights; see make_tiny_checkpoint for `text_init_std`."""
+    import torch
+    from transformers import PI0ForConditionalGeneration
+
+    torch.manual_seed(seed)
+    model = PI0ForConditionalGeneration(config).eval()
+    if text_init_std > 0:
+        with torch.no_grad():
+            for name, param in model.model.vlm.language_model.named_parameters():
+                if param.ndim == 2 and 'embed' not in name:
+                    param.normal_(0.0, text_init_std)
+    return model

@@ -215,10 +215,6 @@ class SimConfig(_Strict):
         default='', description="'': the sim follows joint_command; else every arm is an emulated servo bus"
     )
 
-    def get(self, name: str, default: Any = None) -> Any:
-        """Mapping-style read, for callers that still treat the block as a dict (bringup/nodes.py)."""
-        return getattr(self, name, default)
-
 
 class RigConfig(_Strict):
     """A whole rig: arms, cameras, control rate, URDF and e-stop behaviour."""

@@ -131,9 +131,8 @@ class SimScene:
     """One ALOHA scene: reset to a seeded episode, set joint targets, step at the control rate."""
 
     def __init__(self, rig: RigConfig, task: str | None = None, seed: int | None = None) -> None:
-        sim = rig.sim or {}
         self.rig = rig
-        self.task = task or str(sim.get('task', 'transfer_cube'))
+        self.task = task or (rig.sim.task if rig.sim else 'transfer_cube')
         self.model = load_model(self.task)
         self.data = mujoco.MjData(self.model)
         self.control_rate_hz = rig.control_rate_hz
@@ -147,7 +146,7 @@ class SimScene:
         self.arms: dict[str, _ArmMap] = {arm.name: self._map_arm(arm) for arm in rig.arms}
         self._goal = {name: np.zeros(len(m.config.joints)) for name, m in self.arms.items()}
         self._contact_names = self._contact_geom_names()
-        self.seed = int(sim.get('seed', 0)) if seed is None else int(seed)
+        self.seed = (rig.sim.seed if rig.sim else 0) if seed is None else int(seed)
         self.reward = 0
         self.max_reward_reached = 0
         self.steps = 0

@@ -63,7 +63,7 @@ def rig_nodes(
     sim_time = sim if use_sim_time is None else use_sim_time
     common = {'rig': str(rig_ref), 'use_sim_time': sim_time}
     specs: list[NodeSpec] = []
-    servo_bus = str((sim_overrides or {}).get('servo_bus') or (rig.sim or {}).get('servo_bus') or '')  # '': rig's
+    servo_bus = str((sim_overrides or {}).get('servo_bus') or (rig.sim.servo_bus if rig.sim else ''))
     if sim and servo_bus:
         from bimanual_vla.sim.servo_bus import default_directory, write_servo_bus_rig
 

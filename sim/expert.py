@@ -288,9 +288,9 @@ class ScriptedExpert:
         time a move by the clock it infers (how long the other arm has been still) instead of by what
         it sees. Segments of random length, seeded by the episode seed, take that cue away: each
         move starts exactly when the previous one ends, whenever that is. The labels follow the
-        warped clock. 0 keeps the nominal timeline (the one eval-sim's labels use). Measured
-        (docs/training.md, fourteenth session): a fine-tune on such data kept the demonstrations'
-        pace closed loop, but the drops after the handover it was aimed at did not change.
+        warped clock. 0 keeps the nominal timeline (the one eval-sim's labels use). A fine-tune on
+        such data kept the demonstrations' pace closed loop, but the drops after the handover it was
+        aimed at did not change (docs/experiments/2026-12-01-finetune-time-warped-demonstrations.md).
         """
         if warp <= 0:
             return plans
@@ -307,8 +307,8 @@ class ScriptedExpert:
         With one fixed handover point the left gripper can close on the same spot every time and
         still succeed, so demonstrations never show it going where the cube actually is. Closed loop
         the right arm brings the cube a little off that spot, and a cloned left gripper closes beside
-        it (docs/training.md, fourteenth session). Moving the point per episode (both arms follow)
-        puts the cube somewhere else each time.
+        it (docs/experiments/2026-12-01-finetune-time-warped-demonstrations.md). Moving the point per
+        episode (both arms follow) puts the cube somewhere else each time.
         """
         if self.meet_jitter <= 0:
             return np.zeros(3)

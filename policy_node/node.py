@@ -1,19 +1,13 @@
 """The policy node: observations in, reasoning text + action chunks + control-rate joint commands out.
 
-A thin ROS adapter over ``policy_node/scheduler.py``, which holds every timing decision (pacing,
-where a chunk starts, late chunks, starved ticks, time jumps). Three loops that never wait on each other:
-
-* **inputs** (subscription callbacks): hand the latest frame and joint positions, with their
-  stamps, to the scheduler. Cheap: no decoding, no copying beyond the message.
-* **inference** (a plain Python thread, so the model's seconds never occupy an executor thread):
-  when the scheduler says one is due and inputs are fresh, run the model on its inputs with its
-  real-time-chunking guide, and hand the chunk back to it.
-* **control** (a timer at the rig's control rate; the node spins on one thread, and every other
-  callback only stores a message, so a tick waits at most microseconds for one): the scheduler's
-  action at *now*, through the safety gate, one ``arms/<arm>/joint_command`` per arm.
-
-One lock guards the scheduler, the gate and the node's own state, held only for microseconds
-(copying arrays, swapping a chunk), never across inference.
+A thin ROS adapter. Three loops that never wait on each other: **inputs** (subscription callbacks
+hand the latest frames and joints, with their stamps, to ``scheduler.py``: no decoding), **inference**
+(``inference_worker.py``, a plain thread, so the model's seconds never occupy an executor thread) and
+**control** (a timer at the rig's control rate: the scheduler's action at *now*, through the safety
+gate, one ``arms/<arm>/joint_command`` per arm; the node spins on one thread and every other callback
+only stores a message, so a tick waits at most microseconds). One lock guards the scheduler, the gate
+and the node's own state, held only for microseconds, never across inference. ``diagnostics.py``
+gives the diagnostics' values and level, ``messages.py`` builds the outgoing messages.
 """
 
 from __future__ import annotations
@@ -22,27 +16,27 @@ import functools
 import sys
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-from builtin_interfaces.msg import Duration
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.node import Node
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool, String
 from std_srvs.srv import SetBool
-from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+from trajectory_msgs.msg import JointTrajectory
 from visualization_msgs.msg import MarkerArray
 
 from bimanual_vla import topics
 from bimanual_vla.config import ConfigError, PolicyConfig, load_policy, resolve_share_relative
 from bimanual_vla.image_msgs import ImageError, image_to_rgb
+from bimanual_vla.policy_node import diagnostics
 from bimanual_vla.policy_node.chunking import Chunk
+from bimanual_vla.policy_node.inference_worker import InferenceWorker, Snapshot, load_model
 from bimanual_vla.policy_node.markers import GripperPaths, chunk_markers
+from bimanual_vla.policy_node.messages import chunk_trajectory, joint_command
 from bimanual_vla.policy_node.rig_fit import check_cameras, commanded_arms
 from bimanual_vla.policy_node.safety import CommandGate
-from bimanual_vla.policy_node.scheduler import InferenceInputs, Scheduler, Timing
+from bimanual_vla.policy_node.scheduler import Scheduler, scheduler_for_policy
 from bimanual_vla.ros_utils import (
     ERROR,
     OK,
@@ -56,29 +50,7 @@ from bimanual_vla.ros_utils import (
     subscribe_from_any_publisher,
 )
 
-
-@dataclass
-class _Snapshot:
-    """One inference's inputs: the scheduler's (times, frames, guide plan) plus what the model reads."""
-
-    inputs: InferenceInputs[Image]
-    images: dict[str, np.ndarray]
-    task: str
-    guide: object | None  # the model's ChunkGuide
-    decode_subtask: bool
-    override: str | None
-
-    @property
-    def stamp(self) -> float:
-        return self.inputs.t_obs
-
-    @property
-    def camera_stamps(self) -> dict[str, float]:
-        return self.inputs.camera_stamps
-
-    @property
-    def state(self) -> np.ndarray:
-        return self.inputs.state
+_LEVELS = {'OK': OK, 'WARN': WARN, 'ERROR': ERROR, 'STALE': STALE}
 
 
 class PolicyNode(Node):
@@ -86,14 +58,13 @@ class PolicyNode(Node):
 
     def __init__(self, **kwargs) -> None:
         super().__init__('policy_node', **kwargs)
-        self._stop = threading.Event()  # first: destroy_node must work on a node whose set-up failed
-        self._thread: threading.Thread | None = None
+        self._worker: InferenceWorker[Image] | None = None  # first: destroy_node must work on a failed set-up
         checkpoint, enabled, strategy = self._declare_parameters()
         self._load_model(checkpoint)
         self._init_state(enabled, strategy)
         self._init_ros_io()
-        self._thread = threading.Thread(target=self._inference_loop, name='policy_inference', daemon=True)
-        self._thread.start()
+        self._worker = self._make_worker()
+        self._worker.start()
         self.get_logger().info(
             f'policy {checkpoint.name}: {len(self.joint_names)} joints, cameras {self.camera_names}, '
             f'chunk {self.model.chunk_size} @ {self.model.control_rate_hz:g} Hz, chunking {strategy}, '
@@ -120,48 +91,26 @@ class PolicyNode(Node):
         return checkpoint, enabled, strategy
 
     def _load_model(self, checkpoint: Path) -> None:
-        from bimanual_vla.policy_node.model import VLAPolicy  # torch/transformers: only when a node is built
-
-        inf = self.policy_cfg.inference
-        if inf.torch_threads > 0:  # torch's default takes every core and starves the control loop
-            import torch
-
-            torch.set_num_threads(inf.torch_threads)
-        self.model = VLAPolicy.load(
-            checkpoint,
-            device=inf.device,
-            num_steps=inf.num_steps,
-            max_subtask_tokens=self.policy_cfg.reasoning.max_tokens,
-        )
+        self.model = load_model(checkpoint, self.policy_cfg)
         self.joint_names: list[str] = list(self.model.joint_names)
         self.camera_names: list[str] = list(self.model.camera_names)
         self.dt = 1.0 / float(self.model.control_rate_hz)
         # The checkpoint says how its data stamped commands; the policy file may override it.
-        offset = inf.action_time_offset_s
+        offset = self.policy_cfg.inference.action_time_offset_s
         self.action_time_offset_s = float(offset if offset is not None else self.model.metadata.action_time_offset_s)
         self.arms = commanded_arms(self.rig, self.joint_names, self.get_logger().warning)
         check_cameras(self.rig, self.camera_names)
 
     def _init_state(self, enabled: bool, strategy: str) -> None:
-        inf, staleness = self.policy_cfg.inference, self.policy_cfg.staleness
-        timing = Timing(
+        self.scheduler: Scheduler[Image] = scheduler_for_policy(
+            self.policy_cfg,
             dt=self.dt,
             chunk_size=self.model.chunk_size,
-            execution_horizon=inf.execution_horizon,
-            chunk_start=inf.chunk_start,
             action_time_offset_s=self.action_time_offset_s,
-            camera_max_age_s=staleness.camera_max_age_s,
-            joint_max_age_s=staleness.joint_max_age_s,
-        )
-        self.scheduler: Scheduler[Image] = Scheduler(
-            timing,
-            self.joint_names,
-            self.camera_names,
-            {arm: cols for arm, (_names, cols) in self.arms.items()},
+            joint_names=self.joint_names,
+            camera_names=self.camera_names,
+            arm_columns={arm: cols for arm, (_names, cols) in self.arms.items()},
             strategy=strategy,
-            ensemble_decay=inf.ensemble_decay,
-            latency_margin=inf.rtc_latency_margin,
-            latency_quantile=inf.rtc_latency_quantile,
             on_time_jump=self._on_time_jump,
         )
         self.stats, self.latency = self.scheduler.stats, self.scheduler.latency
@@ -230,10 +179,7 @@ class PolicyNode(Node):
 
     def task_trained(self, task: str) -> str:
         """'yes' / 'no' if the checkpoint records the prompts it was trained on, else 'unknown'."""
-        trained = self.model.metadata.tasks
-        if not trained:
-            return 'unknown'
-        return 'yes' if task in trained else 'no'
+        return diagnostics.task_trained(task, self.model.metadata.tasks)
 
     def _check_task(self, task: str) -> None:
         """Say so when the prompt is not one the checkpoint learned: a small VLA trained on a few
@@ -266,11 +212,8 @@ class PolicyNode(Node):
         return response
 
     def _on_time_jump(self, back_s: float) -> None:
-        """The scheduler saw ROS time jump back (under the lock): retract the old timeline's subtask.
-
-        It described an episode that is over (an empty ``policy/reasoning``), and the new one's first
-        subtask is published even when it reads the same.
-        """
+        """ROS time jumped back (under the lock): retract the old episode's subtask (an empty
+        ``policy/reasoning``), so the new one's first is published even when it reads the same."""
         if self._last_reasoning:
             self._subtask, self._last_reasoning = '', None
             self._reasoning_pub.publish(String(data=''))
@@ -296,179 +239,87 @@ class PolicyNode(Node):
             return
         stamp = sec_to_stamp(now)
         for arm, (names, cols) in self.arms.items():
-            msg = JointState()
-            msg.header.stamp = stamp
-            msg.name = names
-            msg.position = [float(v) for v in result.command[cols]]
-            self._cmd_pubs[arm].publish(msg)
+            self._cmd_pubs[arm].publish(joint_command(stamp, names, result.command[cols]))
         if pending:
             for cam_stamp in pending.values():
                 self.stats.frame_to_command_ms.append((self.now_s() - cam_stamp) * 1e3)
 
     # ------------------------------------------------------------ inference
 
-    def _snapshot(self) -> _Snapshot | None:
+    def _make_worker(self) -> InferenceWorker[Image]:
+        return InferenceWorker(
+            model=self.model,
+            scheduler=self.scheduler,
+            lock=self._lock,
+            policy_cfg=self.policy_cfg,
+            camera_names=self.camera_names,
+            clock=self.now_s,
+            prompt=lambda: (self._task, self._override),  # called under the lock
+            decode_image=image_to_rgb,
+            decode_errors=(ImageError,),
+            logger=self.get_logger(),
+            on_subtask=self._publish_subtask,
+            on_chunk=self._on_chunk,
+        )
+
+    def _snapshot(self) -> Snapshot[Image] | None:
         """Everything one inference needs, copied under the lock; None if inputs are not usable."""
-        now = self.now_s()
-        with self._lock:
-            self.scheduler.note_time(now)
-            inputs = self.scheduler.plan_inference(now) if self._task else None
-            if inputs is None:
-                return None
-            task, override = self._task, self._override
-        guide = None
-        if inputs.plan is not None:
-            inference = self.policy_cfg.inference
-            guide = inputs.plan.to_chunk_guide(inference.rtc_beta, inference.rtc_jacobian)
-        images = {}
-        for cam in self.camera_names:
-            try:
-                images[cam] = image_to_rgb(inputs.frames[cam])
-            except ImageError as exc:
-                self.stats.bad_images += 1
-                self.stats.last_error = f'camera {cam}: {exc}'
-                return None
-        reasoning = self.policy_cfg.reasoning
-        decode = reasoning.enabled and self.stats.chunks % reasoning.every_n_chunks == 0
-        return _Snapshot(inputs, images, task, guide, decode, override)
+        assert self._worker is not None
+        return self._worker.snapshot()
 
-    def _inference_loop(self) -> None:
-        from bimanual_vla.policy_node.model import NonFiniteActionError, Observation
-
-        while not self._stop.is_set():
-            if not self.scheduler.inference_due(self.now_s()):
-                self._stop.wait(0.002)
-                continue
-            snap = self._snapshot()
-            if snap is None:
-                self._stop.wait(0.02)
-                continue
-            started = self.now_s()
-            wall0 = time.monotonic()
-            obs = Observation(images=snap.images, state=snap.state, task=snap.task, stamp=snap.stamp)
-            try:
-                result = self.model.infer(
-                    obs,
-                    decode_subtask=snap.decode_subtask,
-                    subtask_override=snap.override,
-                    guide=snap.guide,
-                    on_subtask=functools.partial(self._publish_subtask, epoch=snap.inputs.epoch),
-                )
-            except NonFiniteActionError as exc:
-                self.stats.nonfinite_chunks += 1
-                self.stats.last_error = f'model output rejected: {exc}'
-                self.get_logger().error(
-                    f'non-finite model output rejected (never sent): {exc}', throttle_duration_sec=5
-                )
-                self.scheduler.pace(started, snap.inputs.epoch)
-                continue
-            except Exception as exc:  # keep the node alive; diagnostics go ERROR and name it
-                self.stats.inference_errors += 1
-                self.stats.last_error = f'{type(exc).__name__}: {exc}'
-                self.get_logger().error(f'inference failed: {self.stats.last_error}', throttle_duration_sec=5)
-                self._stop.wait(0.5)
-                continue
-            self.stats.inference_ms.append((time.monotonic() - wall0) * 1e3)
-            self.scheduler.inference_finished(started, self.now_s(), snap.inputs.epoch)
-            self._accept(result, snap)
-
-    def _accept(self, result, snap: _Snapshot) -> None:
-        now = self.now_s()
-        with self._lock:
-            outcome = self.scheduler.accept_chunk(result.actions, snap.inputs, now)
-        if outcome.status == 'invalid':
-            self.get_logger().error(self.stats.last_error, throttle_duration_sec=5)
-        if outcome.status != 'accepted' or outcome.chunk is None:
-            return
+    def _on_chunk(self, result, snap: Snapshot[Image], chunk: Chunk) -> None:
+        """A chunk the scheduler accepted: publish it, and its markers every ``markers_every_n_chunks``."""
         self._subtask = result.subtask  # published on policy/reasoning when decoded (infer's on_subtask)
-        chunk = outcome.chunk
-        self._publish_chunk(chunk)
+        self._chunk_pub.publish(chunk_trajectory(chunk, self.joint_names))
         if self.stats.chunks % self.marker_every == 0:
             label = f'[coach] {result.subtask}' if result.subtask_source == 'override' else result.subtask
+            stamp = sec_to_stamp(chunk.t0)
+            frozen = snap.inputs.frozen_steps
             markers = chunk_markers(
-                self.paths,
-                chunk.actions,
-                self.dt,
-                stamp=sec_to_stamp(chunk.t0),
-                reasoning=label,
-                frozen_steps=snap.inputs.frozen_steps,
+                self.paths, chunk.actions, self.dt, stamp=stamp, reasoning=label, frozen_steps=frozen
             )
             self._marker_pub.publish(markers)
 
     def _publish_subtask(self, text: str, epoch: int) -> None:
-        """Publish a new subtask on policy/reasoning the moment the model has written it.
-
-        The model decodes the subtask before the flow steps that turn it into actions, so this comes
-        about half an inference before the chunk. Nothing from before a time jump is published: the
-        check and the publish share the lock with the jump's retraction, so they cannot interleave.
-        """
+        """A new subtask on policy/reasoning the moment the model has written it (about half an
+        inference before its chunk); under the lock, so nothing from before a time jump gets out."""
         with self._lock:
             if not text or text == self._last_reasoning or epoch != self.scheduler.epoch:
                 return
             self._last_reasoning = text
             self._reasoning_pub.publish(String(data=text))
 
-    def _publish_chunk(self, chunk: Chunk) -> None:
-        msg = JointTrajectory()
-        msg.header.stamp = sec_to_stamp(chunk.t0)
-        msg.joint_names = self.joint_names
-        for i, row in enumerate(chunk.actions):
-            ns = int(round(i * chunk.dt * 1e9))
-            point = JointTrajectoryPoint(positions=[float(v) for v in row])
-            point.time_from_start = Duration(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)
-            msg.points.append(point)
-        self._chunk_pub.publish(msg)
-
     # ---------------------------------------------------------- diagnostics
 
     def diagnostics_values(self) -> dict[str, object]:
         with self._lock:
-            counters = self.gate.counters
-            values: dict[str, object] = {
-                'enabled': self.gate.enabled,
-                'estop': self.gate.estop,
-                'chunking': self.scheduler.executor.strategy,
-                'task': self._task,
-                'task_trained': self.task_trained(self._task),
-                'subtask': self._subtask,
-                'subtask_override': self._override or '',
-                'stale_inputs': '; '.join(self._stale) or 'none',
-                'commands_sent': counters.commands,
-                'rejected_outputs': self.stats.nonfinite_chunks + counters.nonfinite_rejected,
-                'limit_clips': counters.limit_clips,
-                'velocity_clamps': counters.velocity_clamps,
-                'blocked_ticks': ', '.join(f'{k}={v}' for k, v in sorted(counters.blocked.items())) or 'none',
-            }
+            values = diagnostics.status_values(
+                self.gate,
+                self.stats,
+                chunking=self.scheduler.executor.strategy,
+                task=self._task,
+                trained=self.task_trained(self._task),
+                subtask=self._subtask,
+                override=self._override,
+                stale=self._stale,
+            )
             arrival = self.scheduler.arrival_values()
         values.update(self.scheduler.stats_values(arrival))
         return values
 
     def _publish_diagnostics(self) -> None:
         values = self.diagnostics_values()
-        if self.gate.estop:
-            level, message = ERROR, 'e-stop engaged'
-        elif self._stale:
-            level, message = STALE, 'stale inputs: ' + '; '.join(self._stale)
-        elif self.stats.inference_errors or self.stats.nonfinite_chunks:
-            level, message = WARN, f'model output rejected or failed: {self.stats.last_error}'
-        elif values['task_trained'] == 'no':
-            level, message = WARN, f"task {values['task']!r} is not among the checkpoint's training tasks"
-        elif not self.gate.enabled:
-            level, message = OK, 'disabled (preview only: chunks and reasoning published, no commands)'
-        else:
-            level, message = OK, f'running, {self.stats.chunks} chunks'
+        level, message = diagnostics.status_level(values, self._stale, self.stats)
         array = DiagnosticArray()
         array.header.stamp = self.get_clock().now().to_msg()
-        array.status.append(diagnostic_status(f'{self.get_name()}: policy', level, message, values))
+        array.status.append(diagnostic_status(f'{self.get_name()}: policy', _LEVELS[level], message, values))
         self._diag_pub.publish(array)
 
     # -------------------------------------------------------------- teardown
 
     def destroy_node(self) -> None:
-        self._stop.set()
-        thread = self._thread
-        if thread is not None and thread.is_alive() and threading.current_thread() is not thread:
-            thread.join(timeout=30.0)
+        if self._worker is not None:
+            self._worker.stop(timeout=30.0)
         super().destroy_node()
 
 

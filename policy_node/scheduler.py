@@ -35,6 +35,7 @@ from typing import Generic, Literal, TypeVar
 
 import numpy as np
 
+from bimanual_vla.config import PolicyConfig
 from bimanual_vla.policy_node.chunking import Chunk, ChunkExecutor, GuidePlan, LatencyEstimator, Strategy, plan_guide
 from bimanual_vla.policy_node.input_sync import ArrivalDelay, JointHistory, StampedHistory
 
@@ -463,3 +464,39 @@ class Scheduler(Generic[F]):
             'bad_joint_states': s.bad_joint_states,
             'last_error': s.last_error or 'none',
         }
+
+
+def scheduler_for_policy(
+    policy_cfg: PolicyConfig,
+    *,
+    dt: float,
+    chunk_size: int,
+    action_time_offset_s: float,
+    joint_names: Sequence[str],
+    camera_names: Sequence[str],
+    arm_columns: Mapping[str, Sequence[int]],
+    strategy: str,
+    on_time_jump: Callable[[float], None] | None = None,
+) -> Scheduler:
+    """The scheduler a policy file configures for a checkpoint (its rate, chunk size and joints)."""
+    inf, staleness = policy_cfg.inference, policy_cfg.staleness
+    timing = Timing(
+        dt=dt,
+        chunk_size=chunk_size,
+        execution_horizon=inf.execution_horizon,
+        chunk_start=inf.chunk_start,
+        action_time_offset_s=action_time_offset_s,
+        camera_max_age_s=staleness.camera_max_age_s,
+        joint_max_age_s=staleness.joint_max_age_s,
+    )
+    return Scheduler(
+        timing,
+        joint_names,
+        camera_names,
+        arm_columns,
+        strategy=strategy,
+        ensemble_decay=inf.ensemble_decay,
+        latency_margin=inf.rtc_latency_margin,
+        latency_quantile=inf.rtc_latency_quantile,
+        on_time_jump=on_time_jump,
+    )

@@ -52,3 +52,19 @@ def spin_until(executor, predicate: Callable[[], bool], timeout: float) -> bool:
 @pytest.fixture
 def spin() -> Callable[..., bool]:
     return spin_until
+
+
+@pytest.fixture(scope='session')
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random aloha_sim checkpoint (read-only by convention: copy it before editing)."""
+    from bimanual_vla.learning.tiny_checkpoint import make_tiny_checkpoint
+
+    return make_tiny_checkpoint(tmp_path_factory.mktemp('ckpt') / 'tiny', rig='aloha_sim', seed=0)
+
+
+@pytest.fixture(scope='session')
+def tiny_policy(tiny_checkpoint: Path):
+    """The tiny checkpoint loaded once. Tests sharing it must not depend on its cached subtask."""
+    from bimanual_vla.policy_node.model import VLAPolicy
+
+    return VLAPolicy.load(tiny_checkpoint)

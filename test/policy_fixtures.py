@@ -1,7 +1,6 @@
-"""Shared fixtures for the policy model tests: one tiny random checkpoint per test session.
+"""Helpers for the policy model tests: copy a checkpoint, make observations and noise.
 
-Import the fixtures into a test module (``from policy_fixtures import tiny_checkpoint, tiny_policy``)
-rather than re-creating checkpoints: making one costs a few seconds.
+The session fixtures `tiny_checkpoint` and `tiny_policy` they go with live in test/conftest.py.
 """
 
 from __future__ import annotations
@@ -10,23 +9,6 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import pytest
-
-
-@pytest.fixture(scope='session')
-def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny random aloha_sim checkpoint (read-only by convention: copy it before editing)."""
-    from bimanual_vla.learning.tiny_checkpoint import make_tiny_checkpoint
-
-    return make_tiny_checkpoint(tmp_path_factory.mktemp('ckpt') / 'tiny', rig='aloha_sim', seed=0)
-
-
-@pytest.fixture(scope='session')
-def tiny_policy(tiny_checkpoint: Path):
-    """The tiny checkpoint loaded once. Tests sharing it must not depend on its cached subtask."""
-    from bimanual_vla.policy_node.model import VLAPolicy
-
-    return VLAPolicy.load(tiny_checkpoint)
 
 
 def copy_checkpoint(src: Path, dst: Path) -> Path:

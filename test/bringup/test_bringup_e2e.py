@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from policy_fixtures import tiny_checkpoint  # noqa: F401  (session fixture)
 
 from bimanual_vla import topics
 from bimanual_vla.config import load_policy, load_rig
@@ -25,7 +24,7 @@ pytestmark = [pytest.mark.ros, pytest.mark.slow]
 
 def test_sim_rig_and_policy_publish_every_contract_topic(
     ros_context,
-    tiny_checkpoint: Path,  # noqa: F811  (the session fixture imported above)
+    tiny_checkpoint: Path,
     tmp_path: Path,
 ) -> None:
     from diagnostic_msgs.msg import DiagnosticArray

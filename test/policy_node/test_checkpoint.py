@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from policy_fixtures import copy_checkpoint, tiny_checkpoint, tiny_policy  # noqa: F401
+from policy_fixtures import copy_checkpoint
 
 from bimanual_vla.cli.main import main as cli_main
 from bimanual_vla.config import load_rig
@@ -69,7 +69,7 @@ def test_make_checkpoint_cli_round_trip(tmp_path: Path, capsys: pytest.CaptureFi
     assert cli_main([*argv, '--force']) == 0
 
 
-def test_default_tiny_checkpoint_metadata(tiny_checkpoint: Path, tiny_policy) -> None:  # noqa: F811
+def test_default_tiny_checkpoint_metadata(tiny_checkpoint: Path, tiny_policy) -> None:
     meta = read_metadata(tiny_checkpoint)
     assert meta.joint_names == load_rig('aloha_sim').all_joint_names()
     assert meta.camera_names == ['top', 'left_wrist', 'right_wrist']
@@ -90,7 +90,7 @@ def _edit_metadata(directory: Path, **changes: object) -> None:
     path.write_text(json.dumps(data))
 
 
-def test_metadata_format_version(tiny_checkpoint: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_metadata_format_version(tiny_checkpoint: Path, tmp_path: Path) -> None:
     """Written explicitly; a file without it is the oldest version; an unknown version is refused."""
     assert METADATA_FORMAT_VERSION == 1 == OLDEST_METADATA_FORMAT_VERSION
     written = json.loads((tiny_checkpoint / METADATA_FILE).read_text())
@@ -109,7 +109,7 @@ def test_metadata_format_version(tiny_checkpoint: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize('name', ['pytorch_model.bin', 'extra/optimizer.pt', 'stats.pkl', 'last.ckpt', 'w.pth'])
-def test_pickle_files_are_refused(tiny_checkpoint: Path, tmp_path: Path, name: str) -> None:  # noqa: F811
+def test_pickle_files_are_refused(tiny_checkpoint: Path, tmp_path: Path, name: str) -> None:
     ck = copy_checkpoint(tiny_checkpoint, tmp_path / 'ck')
     (ck / name).parent.mkdir(parents=True, exist_ok=True)
     (ck / name).write_bytes(b'\x80\x04K\x01.')  # a valid pickle of the int 1
@@ -118,7 +118,7 @@ def test_pickle_files_are_refused(tiny_checkpoint: Path, tmp_path: Path, name: s
 
 
 @pytest.mark.parametrize('missing', ['tokenizer.json', 'config.json', 'model.safetensors', 'bimanual_vla.json'])
-def test_missing_files_are_named(tiny_checkpoint: Path, tmp_path: Path, missing: str) -> None:  # noqa: F811
+def test_missing_files_are_named(tiny_checkpoint: Path, tmp_path: Path, missing: str) -> None:
     ck = copy_checkpoint(tiny_checkpoint, tmp_path / 'ck')
     (ck / missing).unlink()
     with pytest.raises(CheckpointError, match=rf'missing {missing}'):
@@ -130,7 +130,7 @@ def test_missing_directory(tmp_path: Path) -> None:
         VLAPolicy.load(tmp_path / 'nope')
 
 
-def test_corrupt_weights_are_refused(tiny_checkpoint: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_corrupt_weights_are_refused(tiny_checkpoint: Path, tmp_path: Path) -> None:
     ck = copy_checkpoint(tiny_checkpoint, tmp_path / 'ck')
     data = (ck / 'model.safetensors').read_bytes()
     (ck / 'model.safetensors').write_bytes(data[: len(data) // 3])
@@ -141,7 +141,7 @@ def test_corrupt_weights_are_refused(tiny_checkpoint: Path, tmp_path: Path) -> N
         VLAPolicy.load(ck)
 
 
-def test_weights_missing_a_tensor_are_refused(tiny_checkpoint: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_weights_missing_a_tensor_are_refused(tiny_checkpoint: Path, tmp_path: Path) -> None:
     from safetensors.torch import load_file, save_file
 
     ck = copy_checkpoint(tiny_checkpoint, tmp_path / 'ck')
@@ -153,7 +153,7 @@ def test_weights_missing_a_tensor_are_refused(tiny_checkpoint: Path, tmp_path: P
         VLAPolicy.load(ck)
 
 
-def test_corrupt_files_are_refused(tiny_checkpoint: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_corrupt_files_are_refused(tiny_checkpoint: Path, tmp_path: Path) -> None:
     ck = copy_checkpoint(tiny_checkpoint, tmp_path / 'ck')
     (ck / 'tokenizer.json').write_text('{not json')
     with pytest.raises(CheckpointError, match='tokenizer.json: not a readable tokenizers file'):
@@ -164,7 +164,7 @@ def test_corrupt_files_are_refused(tiny_checkpoint: Path, tmp_path: Path) -> Non
         VLAPolicy.load(ck2)
 
 
-def test_foreign_model_type_and_remote_code_are_refused(tiny_checkpoint: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_foreign_model_type_and_remote_code_are_refused(tiny_checkpoint: Path, tmp_path: Path) -> None:
     ck = copy_checkpoint(tiny_checkpoint, tmp_path / 'ck')
     config = json.loads((ck / 'config.json').read_text())
     (ck / 'config.json').write_text(json.dumps({**config, 'model_type': 'llama'}))
@@ -175,7 +175,7 @@ def test_foreign_model_type_and_remote_code_are_refused(tiny_checkpoint: Path, t
         VLAPolicy.load(ck)
 
 
-def test_inconsistent_metadata_is_refused(tiny_checkpoint: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_inconsistent_metadata_is_refused(tiny_checkpoint: Path, tmp_path: Path) -> None:
     ck = copy_checkpoint(tiny_checkpoint, tmp_path / 'ck')
     _edit_metadata(ck, normalization__state__mean=[0.0] * 3)
     with pytest.raises(CheckpointError, match='normalization.state.*3 values for 14 joints|mean has 3'):
@@ -202,7 +202,7 @@ def test_inconsistent_metadata_is_refused(tiny_checkpoint: Path, tmp_path: Path)
         VLAPolicy.load(ck)
 
 
-def test_joint_mismatch_is_refused_and_order_is_free(tiny_checkpoint: Path) -> None:  # noqa: F811
+def test_joint_mismatch_is_refused_and_order_is_free(tiny_checkpoint: Path) -> None:
     so101 = load_rig('so101_bimanual').all_joint_names()
     with pytest.raises(CheckpointError, match='joints do not match the rig.*left_waist.*left_shoulder_pan'):
         VLAPolicy.load(tiny_checkpoint, rig_joint_names=so101)

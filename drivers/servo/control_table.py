@@ -10,6 +10,7 @@ never repeat a bit trick.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 
 
@@ -43,7 +44,13 @@ class ControlTable:
     operating_mode: Register | None = None
     present_velocity: Register | None = None
     lock: Register | None = None  # Feetech: 1 = EEPROM writes are not kept over power cycles
-    return_delay: Register | None = None
+    return_delay: Register | None = None  # reply delay in units of 2 us (both families)
+    # Firmware version, read-only: Feetech keeps major and minor in two registers (LeRobot reads them
+    # as "major.minor" and refuses a bus whose servos differ); Dynamixel has one Firmware_Version byte.
+    firmware_major: Register | None = None
+    firmware_minor: Register | None = None
+    firmware_version: Register | None = None
+    drive_mode: Register | None = None  # Dynamixel Drive_Mode: bit 0 set = reverse (the servo counts the other way)
     # What the servo's drive is doing, read with the position every cycle for the stall guard:
     # Feetech Present_Load (0.1 % of full drive, sign in bit 10); Dynamixel X Present_Current
     # (a current in model units, full scale = Current_Limit), which the XL430/XC430 models
@@ -57,6 +64,23 @@ class ControlTable:
     eeprom_end: int = 0  # Dynamixel refuses writes below this address while torque is on
     default_model_number: int = 0
     default_baud_value: int = 0  # baud_rate register value meaning 1 Mbaud
+    # What a servo of this family holds out of the box (the emulator's factory-fresh servo).
+    factory_baudrate: int = 1_000_000
+    factory_return_delay: int = 250  # 500 us
+    factory_firmware: tuple[int, int] = (0, 0)  # (major, minor); Dynamixel: (version, 0)
+    model_names: tuple[tuple[int, str], ...] = ()  # model number -> name, for `scan`
+
+    def model_name(self, model_number: int) -> str:
+        """The servo model called ``model_number`` (e.g. 'sts3215'), or 'unknown model N'."""
+        return dict(self.model_names).get(model_number, f'unknown model {model_number}')
+
+    def firmware(self, read: Callable[[Register], int]) -> str:
+        """The firmware version as 'major.minor' (Feetech) or 'N' (Dynamixel), from ``read(register)``."""
+        if self.firmware_major is not None and self.firmware_minor is not None:
+            return f'{read(self.firmware_major)}.{read(self.firmware_minor)}'
+        if self.firmware_version is not None:
+            return str(read(self.firmware_version))
+        return '?'
 
     def register(self, name: str) -> Register:
         """The register called ``name`` (a field name of this class); KeyError if there is none."""
@@ -130,6 +154,8 @@ _REGISTER_FIELDS = tuple(f.name for f in fields(ControlTable) if 'Register' in s
 # Feetech STS3215 (SMS/STS memory map; EEPROM below 40, SRAM from 40).
 FEETECH_STS = ControlTable(
     protocol='feetech',
+    firmware_major=Register(0, 1),
+    firmware_minor=Register(1, 1),
     model_number=Register(3, 2),
     id=Register(5, 1),
     baud_rate=Register(6, 1),
@@ -147,15 +173,22 @@ FEETECH_STS = ControlTable(
     size=128,
     default_model_number=777,  # STS3215
     default_baud_value=0,  # 0 = 1 Mbaud
+    factory_baudrate=1_000_000,  # STS3215 out of the box: id 1, 1 Mbaud
+    # 3.10: what LeRobot's SO-100/SO-101 set-up expects (STS3215 on 3.9 fail its handshake, lerobot#1010).
+    factory_firmware=(3, 10),
+    # Model numbers as LeRobot's feetech/tables.py MODEL_NUMBER_TABLE has them.
+    model_names=((777, 'sts3215'), (2825, 'sts3250'), (11272, 'sm8512bl'), (1284, 'scs0009')),
 )
 
 # Dynamixel X-series, protocol 2.0 (XL430-W250, XL330-M288, XM430, ...).
 DYNAMIXEL_X = ControlTable(
     protocol='dynamixel',
     model_number=Register(0, 2),
+    firmware_version=Register(6, 1),
     id=Register(7, 1),
     baud_rate=Register(8, 1),
     return_delay=Register(9, 1),
+    drive_mode=Register(10, 1),
     operating_mode=Register(11, 1),
     homing_offset=Register(20, 4, signed=True),
     current_limit=Register(38, 2),
@@ -172,6 +205,24 @@ DYNAMIXEL_X = ControlTable(
     load_models=frozenset({1060, 1070, 1080, 1090, 1160}),
     default_model_number=1060,  # XL430-W250 (XL330-M288 is 1200)
     default_baud_value=3,  # 3 = 1 Mbaud
+    factory_baudrate=57_600,  # X series out of the box: id 1, 57600 baud
+    factory_firmware=(46, 0),
+    # ROBOTIS model numbers (e-Manual; the ones LeRobot's dynamixel/tables.py knows, and their siblings).
+    model_names=(
+        (1020, 'xm430-w350'),
+        (1030, 'xm430-w210'),
+        (1060, 'xl430-w250'),
+        (1070, 'xc430-w150'),
+        (1080, 'xc430-w240'),
+        (1090, '2xl430-w250'),
+        (1110, 'xh540-w150'),
+        (1120, 'xm540-w270'),
+        (1160, '2xc430-w250'),
+        (1190, 'xl330-m077'),
+        (1200, 'xl330-m288'),
+        (1210, 'xc330-t181'),
+        (1220, 'xc330-t288'),
+    ),
 )
 
 CONTROL_TABLES: dict[str, ControlTable] = {'feetech': FEETECH_STS, 'dynamixel': DYNAMIXEL_X}

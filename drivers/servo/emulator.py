@@ -15,15 +15,26 @@ to the nearer limit; both limits 0 is the multi-turn setting, no limit); a Dynam
 position control accepts Goal Position only within its limits and answers a goal outside
 them with Data Limit Error (protocol 2.0 status error 6), keeping its previous goal
 (through a sync write, which has no reply, the goal is silently dropped).
+
+Discovery works as on a real bus. A servo hears only instructions sent at the baud rate its
+Baud_Rate register selects (the emulator reads the line speed the host set on the pty), so a
+scan over the baud table finds it at its rate only. A PING to the broadcast id 0xFE is answered
+by every servo, one status each, in id order, each after its Return_Delay_Time (2 us units):
+Dynamixel 2.0 puts model number and firmware version in it, Feetech STS an empty status, as
+LeRobot's ``broadcast_ping`` (and so ``scan_port`` and motor set-up) expect. The firmware
+registers hold a realistic version (STS3215 3.10, Dynamixel X 46) and are read-only.
 """
 
 from __future__ import annotations
 
+import array
 import contextlib
+import fcntl
 import math
 import os
 import random
 import select
+import struct
 import threading
 import time
 import tty
@@ -34,12 +45,17 @@ from bimanual_vla.drivers.servo.control_table import CONTROL_TABLES, ControlTabl
 from bimanual_vla.drivers.servo.dynamixel_protocol import DYNAMIXEL
 from bimanual_vla.drivers.servo.protocol_common import BROADCAST_ID, Instruction, InstructionPacket, PacketError
 from bimanual_vla.drivers.servo.protocols import protocol_for
+from bimanual_vla.servo_baud_rates import BAUD_RATES, baud_register_value
 
 DXL_ERR_INSTRUCTION = 2
 DXL_ERR_DATA_LENGTH = 5
 DXL_ERR_DATA_LIMIT = 6
 DXL_ERR_ACCESS = 7
-FIRMWARE_VERSION = 46
+RETURN_DELAY_UNIT_S = 2e-6  # Return_Delay_Time counts 2 us steps on both families
+
+# Linux termios2: the line speed a host set, standard or not (pyserial sets 1 Mbaud, 250 kbaud... this way).
+_TCGETS2 = 0x802C542A
+_TERMIOS2_SPEED_OFFSET = 4 * 4 + 1 + 19  # c_iflag, c_oflag, c_cflag, c_lflag, c_line, c_cc[19]
 
 # Load model: a servo pushing against an obstacle drives in proportion to its remaining goal
 # error, at full scale from LOAD_SATURATION_TICKS on; one moving freely drives FREE_LOAD_FRACTION.
@@ -75,6 +91,8 @@ class EmulatedServo:
         max_speed_ticks_per_s: float,
         lock: threading.RLock,
         owner: ServoBusEmulator,
+        baud_value: int | None = None,
+        return_delay: int = 0,
     ) -> None:
         self.table = table
         self.max_speed = float(max_speed_ticks_per_s)
@@ -83,7 +101,15 @@ class EmulatedServo:
         self._regs = bytearray(table.size)
         self._put('model_number', model_number)
         self._put('id', servo_id)
-        self._put('baud_rate', table.default_baud_value)
+        self._put('baud_rate', table.default_baud_value if baud_value is None else baud_value)
+        if table.return_delay is not None:
+            self._put('return_delay', return_delay)
+        major, minor = table.factory_firmware
+        if table.firmware_major is not None and table.firmware_minor is not None:
+            self._put('firmware_major', major)
+            self._put('firmware_minor', minor)
+        if table.firmware_version is not None:
+            self._put('firmware_version', major)
         self._put('min_position_limit', 0)
         self._put('max_position_limit', table.resolution - 1)
         if table.current_limit is not None:
@@ -164,6 +190,9 @@ class EmulatedServo:
             self._advance()
             if address + len(data) > table.size:
                 return DXL_ERR_ACCESS if table.protocol == 'dynamixel' else 0
+            identity = [r for r in (table.model_number, table.firmware_version) if r is not None]
+            if table.protocol == 'dynamixel' and any(_overlaps(r, address, address + len(data)) for r in identity):
+                return DXL_ERR_ACCESS  # read-only registers: the X series refuses the write whole
             torque_on = self._regs[table.torque_enable.address]
             if table.eeprom_end and torque_on and address < table.eeprom_end:
                 return DXL_ERR_ACCESS
@@ -173,7 +202,7 @@ class EmulatedServo:
             old_offset = self._get('homing_offset') if touches_offset else 0
             old_id = self._get('id') if touches_id else 0
             before = bytes(self._regs[address:end])
-            read_only = [r for r in (table.present_position, table.effort) if r is not None]
+            read_only = [r for r in self._read_only() if r is not None]
             if any(_overlaps(r, address, end) for r in read_only):
                 for i, b in enumerate(data):
                     a = address + i
@@ -202,6 +231,20 @@ class EmulatedServo:
             if new_id != old_id:
                 self._owner._rekey(old_id, new_id)
             return 0
+
+    def _read_only(self) -> tuple[Register | None, ...]:
+        """Registers a write leaves alone: measurements, model number and firmware version."""
+        t = self.table
+        return (t.present_position, t.effort, t.model_number, t.firmware_major, t.firmware_minor, t.firmware_version)
+
+    @property
+    def baudrate(self) -> int:
+        """The line speed this servo listens at, from its Baud_Rate register."""
+        return BAUD_RATES[self.table.protocol].get(self._get('baud_rate'), 0)
+
+    @property
+    def return_delay_s(self) -> float:
+        return self._get('return_delay') * RETURN_DELAY_UNIT_S if self.table.return_delay is not None else 0.0
 
     # ------------------------------------------------------------ for tests
     def read_register(self, name: str) -> int:
@@ -251,7 +294,13 @@ class ServoBusEmulator:
         faults: FaultConfig | None = None,
         max_speed_ticks_per_s: float = 3000.0,
         model_number: int | None = None,
+        baudrate: int | None = None,
+        return_delay: int = 0,
     ) -> None:
+        """``baudrate``: the rate the servos' Baud_Rate registers select (default 1 Mbaud; a factory-fresh
+        Dynamixel X is at 57600, ``table.factory_baudrate``). ``return_delay``: their Return_Delay_Time
+        (2 us units; 0 as LeRobot configures them, 250 out of the box).
+        """
         self.protocol = protocol_for(protocol)
         self.table = CONTROL_TABLES[protocol]
         self.faults = faults if faults is not None else FaultConfig()
@@ -261,11 +310,15 @@ class ServoBusEmulator:
         self.instructions_received = 0
         self._lock = threading.RLock()
         model = self.table.default_model_number if model_number is None else model_number
+        baud_value = None if baudrate is None else baud_register_value(self.table.protocol, baudrate)
         self._servos: dict[int, EmulatedServo] = {}
         for servo_id in ids:
             if not 0 <= servo_id <= self.protocol.max_id:
                 raise ValueError(f'servo id {servo_id} out of range 0..{self.protocol.max_id}')
-            self._servos[servo_id] = EmulatedServo(self.table, servo_id, model, max_speed_ticks_per_s, self._lock, self)
+            self._servos[servo_id] = EmulatedServo(
+                self.table, servo_id, model, max_speed_ticks_per_s, self._lock, self, baud_value, return_delay
+            )
+        self._line_baud: int | None = None  # what the host set on the pty; None: unknown, every servo hears
         self._rng = random.Random(self.faults.seed)
         self._seed = self.faults.seed
         self._late: list[bytes] = []
@@ -348,38 +401,74 @@ class ServoBusEmulator:
                 if self._stop.wait(0.01):
                     return
                 continue
+            self._line_baud = self._read_line_baud()
             for packet in parser.feed(data):
                 if isinstance(packet, InstructionPacket):
                     self.instructions_received += 1
+                    if packet.instruction == Instruction.PING and packet.servo_id == BROADCAST_ID:
+                        self._broadcast_ping()
+                        continue
                     replies = self._handle(packet)
                     if replies:
                         self._send(replies)
 
+    def _read_line_baud(self) -> int | None:
+        """The baud rate the host set on the pty (Linux TCGETS2); None where it cannot be read."""
+        buf = array.array('B', bytes(64))
+        try:
+            fcntl.ioctl(self._slave, _TCGETS2, buf)
+        except OSError:
+            return None
+        return struct.unpack_from('I', buf.tobytes(), _TERMIOS2_SPEED_OFFSET)[0] or None
+
+    def _hears(self, servo_id: int) -> bool:
+        """Whether servo ``servo_id`` exists, is not faulted missing, and listens at the line's baud rate."""
+        servo = self._servos.get(servo_id)
+        if servo is None or servo_id in self.faults.missing_ids:
+            return False
+        return self._line_baud is None or servo.baudrate == self._line_baud
+
+    def _broadcast_ping(self) -> None:
+        """Every servo answers, in id order, each after its own return delay (so replies never collide)."""
+        with self._lock:
+            replies = []
+            for i in sorted(self._servos):
+                if self._hears(i):
+                    servo = self._servos[i]
+                    params = self.protocol.ping_reply_params(servo._get('model_number'), self._firmware(servo))
+                    replies.append((servo.return_delay_s, self._status(i, 0, params)))
+        for delay, reply in replies:
+            if delay > 0 and self._stop.wait(delay):
+                return
+            self._send([reply])
+
+    def _firmware(self, servo: EmulatedServo) -> int:
+        reg = self.table.firmware_version
+        return servo._get('firmware_version') if reg is not None else 0
+
     def _handle(self, packet: InstructionPacket) -> list[bytes]:
         """Carry out one instruction; the status packets it produces, in bus order."""
-        proto, faults = self.protocol, self.faults
+        proto = self.protocol
         code, params, target = packet.instruction, packet.params, packet.servo_id
         try:
             with self._lock:
                 if code == Instruction.SYNC_READ and target == BROADCAST_ID:
                     address, length, ids = proto.split_sync_read(params)
                     return [
-                        self._status(i, 0, self._servos[i].read_bytes(address, length))
-                        for i in ids
-                        if i in self._servos and i not in faults.missing_ids
+                        self._status(i, 0, self._servos[i].read_bytes(address, length)) for i in ids if self._hears(i)
                     ]
                 if code == Instruction.SYNC_WRITE and target == BROADCAST_ID:
                     address, items = proto.split_sync_write(params)
                     for i, data in items.items():
-                        if i in self._servos and i not in faults.missing_ids:
+                        if self._hears(i):
                             self._servos[i].write_bytes(address, data)
                     return []
-                servo = self._servos.get(target)
-                if servo is None or target in faults.missing_ids:
+                if not self._hears(target):
                     return []
+                servo = self._servos[target]
                 if code == Instruction.PING:
                     model = servo._get('model_number')
-                    return [self._status(target, 0, proto.ping_reply_params(model, FIRMWARE_VERSION))]
+                    return [self._status(target, 0, proto.ping_reply_params(model, self._firmware(servo)))]
                 if code == Instruction.READ:
                     address, length = proto.split_read(params)
                     if self.table.protocol == 'dynamixel' and address + length > self.table.size:

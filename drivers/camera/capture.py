@@ -30,7 +30,9 @@ Design decisions, in one place:
   sequence number or timestamp does not increase is rejected, so no frame is ever
   delivered twice.
 * **Recovery.** Bad parameters are found when the capture starts and raise
-  :class:`SourceConfigError` with a message meant for the user. Once running, any
+  :class:`SourceConfigError` with a message meant for the user; a device node that does not
+  exist (:class:`DeviceMissing`: unplugged, not enumerated yet) is either that, or, for a rig's
+  driver, waited for like an unplugged camera (``start(wait_for_device=True)``). Once running, any
   failure (device unplugged, file renamed away) closes the source and reopens it
   with exponential backoff (capped), reporting the state in :class:`CaptureStats`.
 * **Frozen sources.** A real image sensor never delivers two bit-identical frames (sensor
@@ -87,6 +89,14 @@ class SourceConfigError(CaptureError, ValueError):
 
 class SourceUnavailable(CaptureError):
     """The source failed while running (unplugged, stalled, file gone); worth retrying."""
+
+
+class DeviceMissing(SourceConfigError):
+    """The camera's device node does not exist: unplugged, or not enumerated yet.
+
+    A configuration error to a caller that wants the camera now (``Capture.start()``); a rig's
+    camera driver instead waits for it (``start(wait_for_device=True)``), as for an unplugged camera.
+    """
 
 
 @dataclass(frozen=True, slots=True)
@@ -437,7 +447,7 @@ class V4L2Source(FrameSource):
         path = self.device
         if not os.path.exists(path):
             present = ', '.join(video_devices()) or 'none'
-            raise SourceConfigError(f'camera device {path} does not exist (video devices present: {present})')
+            raise DeviceMissing(f'camera device {path} does not exist (video devices present: {present})')
         if not stat.S_ISCHR(os.stat(path).st_mode):
             raise SourceConfigError(f'{path} is not a character device (expected a V4L2 node like /dev/video0)')
         if not os.access(path, os.R_OK | os.W_OK):
@@ -651,7 +661,7 @@ class CaptureStats:
     """A snapshot of the capture's health, for diagnostics."""
 
     state: str
-    """starting | streaming | reconnecting | frozen | stopped"""
+    """starting | waiting (no device yet) | streaming | reconnecting | frozen | stopped"""
     source: str
     frames_captured: int
     superseded: int
@@ -710,9 +720,23 @@ class Capture:
         self._last_error = ''
         self._thread: threading.Thread | None = None
 
-    def start(self) -> None:
-        self.source.open()
-        self._set(state='streaming')
+    def start(self, wait_for_device: bool = False) -> None:
+        """Open the source here (bad parameters raise) and start the capture thread.
+
+        ``wait_for_device``: a camera whose device node does not exist yet is not an error but
+        state ``waiting``: the thread keeps trying to open it with the usual backoff.
+        """
+        try:
+            self.source.open()
+        except DeviceMissing as exc:
+            if not wait_for_device:
+                raise
+            self.source.close()
+            with self._lock:
+                self._state, self._last_error = 'waiting', f'{type(exc).__name__}: {exc}'
+                self._failures += 1
+        else:
+            self._set(state='streaming')
         self._thread = threading.Thread(target=self._run, name=f'capture {self.source.description}', daemon=True)
         self._thread.start()
 
@@ -759,6 +783,8 @@ class Capture:
     def _run(self) -> None:
         src, stop = self.source, self.source.stop
         delay = self.backoff_initial_s
+        if self.stats().state == 'waiting':
+            delay = self._reopen(delay)
         while not stop.is_set():
             try:
                 frame = src.read()

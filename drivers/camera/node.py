@@ -6,6 +6,8 @@ this node only maps frames into messages and reports health. Parameters:
 * ``rig`` (required): rig YAML path or shipped rig name.
 * ``camera`` (required): the camera's name in the rig (``base``, ``left_wrist``, ...).
 * ``source`` (optional): overrides the rig's source (``test_pattern``, ``/dev/video2``, ``2``, a video file).
+  A device that does not exist yet (camera unplugged) is not an error: the node says so once in its
+  log, reports it on ``/diagnostics`` (ERROR, state ``waiting``) and opens it once it appears.
 * ``camera_info_file`` (optional): calibration YAML in the camera_calibration_parsers format;
   without it CameraInfo carries the size and all-zero intrinsics (ROS's "uncalibrated").
 * ``reconnect_initial_s`` / ``reconnect_max_s``: backoff between reopen attempts after a failure.
@@ -91,12 +93,13 @@ class CameraDriver(Node):
         self._info = load_camera_info(info_file, cam) if info_file else uncalibrated_camera_info(cam)
         self._info.header.frame_id = self._image.header.frame_id
 
-        # Bad parameters (unknown device, unsupported size, unreadable file, nonsense) raise here.
+        # Bad parameters (unsupported size, unreadable file, nonsense) raise here. A device node that does
+        # not exist (camera unplugged at start) is waited for: the rest of the rig runs meanwhile.
         source = make_source(cam.source, cam.width, cam.height, cam.fps, label=cam.name)
         capture = Capture(
             source, backoff_initial_s=backoff_initial, backoff_max_s=backoff_max, frozen_after_s=frozen_after_s
         )
-        capture.start()
+        capture.start(wait_for_device=True)
         self._capture = capture
 
         self._image_pub = self.create_publisher(Image, topics.camera_image(cam.name), topics.SENSOR_QOS)
@@ -108,14 +111,18 @@ class CameraDriver(Node):
         self._waiting_for_clock = 0
         self._latency_sum_ns = 0
         self._window = (time.monotonic(), 0, 0, 0)  # (t, published, captured, latency_sum_ns) at last report
-        self._last_state = 'streaming'
-        self._outage_started = 0.0
+        self._last_state = capture.stats().state
+        self._outage_started = time.monotonic()
         self._frozen_events_logged = 0
         self._last_diag = 0.0
         self._thread = threading.Thread(target=self._publish_loop, name=f'publish {cam.name}', daemon=True)
         self._thread.start()
         self.create_timer(STATE_POLL_S, self._poll_state)
         stats = capture.stats()
+        if stats.state == 'waiting':
+            self.get_logger().error(
+                f'camera {cam.name}: {stats.last_error.removeprefix("DeviceMissing: ")}; retrying until it appears'
+            )
         self.get_logger().info(
             f'camera {cam.name}: {stats.source}, {stats.width}x{stats.height} @ {stats.fps:g} fps '
             f'-> {self._image_pub.topic_name}'
@@ -178,7 +185,7 @@ class CameraDriver(Node):
                 if stats.state == 'reconnecting':
                     self.get_logger().error(f'camera {name}: source failed ({stats.last_error}); reconnecting')
             elif stats.state == 'streaming':
-                what = 'images change again' if self._last_state == 'frozen' else 'source back'
+                what = {'frozen': 'images change again', 'waiting': 'device appeared'}.get(self._last_state, 'source back')
                 self.get_logger().info(
                     f'camera {name}: {what} after {now - self._outage_started:.1f} s '
                     f'({stats.reconnects} reconnect(s) so far)'
@@ -200,7 +207,9 @@ class CameraDriver(Node):
         latency_ms = (latency_sum - latency0) / n / 1e6 if n else float('nan')
         self._window = (now, published, stats.frames_captured, latency_sum)
 
-        if stats.state == 'reconnecting':
+        if stats.state == 'waiting':
+            level, message = ERROR, f'no camera: {stats.last_error.removeprefix("DeviceMissing: ")}; retrying'
+        elif stats.state == 'reconnecting':
             level, message = ERROR, f'source failed, reconnecting: {stats.last_error}'
         elif stats.state == 'frozen':
             level, message = ERROR, f'{stats.last_error}: not publishing, reopening the source'

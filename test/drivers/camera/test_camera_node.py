@@ -290,8 +290,6 @@ def _time(ns: int):
 @pytest.mark.parametrize(
     ('params', 'error', 'message'),
     [
-        ({'camera': 'base', 'source': '/dev/video99'}, CaptureError, 'camera device /dev/video99 does not exist'),
-        ({'camera': 'left_wrist'}, CaptureError, '/dev/video98 does not exist'),
         ({'camera': 'base', 'source': '{tmp}/nope.mp4'}, CaptureError, 'nope.mp4 not found'),
         ({'camera': 'big', 'source': '{tmp}/clip.avi'}, CaptureError, 'is 160x120 but the camera is configured'),
         ({'camera': 'base', 'source': 'usb cam'}, CaptureError, "'usb cam' is not a V4L2 device"),
@@ -338,11 +336,49 @@ def test_calibration_file_fills_camera_info(harness, rig_file: Path, tmp_path: P
     assert info.distortion_model == 'plumb_bob'
 
 
-def test_executable_reports_a_bad_device_in_one_line_and_exits_2(rig_file: Path) -> None:
+def test_executable_reports_a_bad_source_in_one_line_and_exits_2(rig_file: Path) -> None:
     cmd = [sys.executable, '-m', 'bimanual_vla.drivers.camera.node', '--ros-args', '-p', f'rig:={rig_file}']
     cmd += ['-p', 'camera:=base']
-    cmd += ['-p', 'source:=/dev/video99']
+    cmd += ['-p', 'source:=usb cam']
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parents[3])
     assert result.returncode == 2, result.stderr
-    assert 'camera_driver: error: camera device /dev/video99 does not exist' in result.stderr
-    assert 'Traceback' not in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "camera_driver: error: camera source 'usb cam' is not a V4L2 device (/dev/videoN or an index), "
+        "a video file (.mp4, .avi, .mkv, .mov, ...) or 'test_pattern'"
+    ]
+
+
+@pytest.mark.parametrize('params', [{'camera': 'left_wrist'}, {'camera': 'base', 'source': '/dev/video99'}])
+def test_a_missing_device_is_reported_once_and_in_diagnostics_and_the_node_keeps_trying(
+    harness, params: dict[str, str], rig_file: Path
+) -> None:
+    h = harness(rig=str(rig_file), reconnect_initial_s=0.05, reconnect_max_s=0.1, **params)
+    device = params.get('source', '/dev/video98')
+    assert h.spin(lambda: len(h.diags) >= 2)
+    diag = h.diags[-1]
+    assert diag['_level'] == '2'  # ERROR
+    assert diag['_message'].startswith(f'no camera: camera device {device} does not exist'), diag['_message']
+    assert diag['state'] == 'waiting' and diag['frames_published'] == '0'
+    failures = int(diag['failures'])
+    assert h.spin(lambda: int(h.diags[-1]['failures']) >= failures + 3)  # still retrying
+    assert h.images == []
+
+
+def test_executable_with_a_missing_device_keeps_running_and_says_so_in_one_line(rig_file: Path) -> None:
+    cmd = [sys.executable, '-m', 'bimanual_vla.drivers.camera.node', '--ros-args', '-p', f'rig:={rig_file}']
+    cmd += ['-p', 'camera:=left_wrist', '-p', 'reconnect_initial_s:=0.1', '-p', 'reconnect_max_s:=0.2']
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[3]
+    )
+    try:
+        time.sleep(6.0)
+        assert proc.poll() is None, proc.communicate()
+    finally:
+        proc.send_signal(2)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    errors = [line for line in (out + err).splitlines() if 'ERROR' in line or 'rror' in line]
+    assert len(errors) == 1, out + err
+    assert 'camera left_wrist: camera device /dev/video98 does not exist' in errors[0]
+    assert 'retrying until it appears' in errors[0]
+    assert 'Traceback' not in err

@@ -14,12 +14,14 @@ import pytest
 from bimanual_vla.drivers.camera.capture import (
     Capture,
     CaptureError,
+    DeviceMissing,
     Frame,
     FreezeDetector,
     LatestFrame,
     SourceConfigError,
     TestPatternRenderer,
     TestPatternSource,
+    V4L2Source,
     VideoFileSource,
     decode_frame_number,
     encode_frame_number,
@@ -256,6 +258,34 @@ def test_bad_sources_fail_at_start_with_a_clear_message(
     assert message in str(info.value)
     if 'does not exist' in message or 'not found' in message or 'not a V4L2' in message:
         assert isinstance(info.value, SourceConfigError)
+
+
+def test_a_missing_camera_device_is_waited_for_and_opened_once_it_appears(tmp_path: Path) -> None:
+    # A rig's first start with a camera unplugged: the capture reports the missing device and keeps
+    # trying to open it, and picks up the device node once it appears (here a link to /dev/null,
+    # which OpenCV then cannot open: the next, different error proves the new node was tried).
+    device = tmp_path / 'video0'
+    with pytest.raises(DeviceMissing, match=f'camera device {device} does not exist'):
+        Capture(V4L2Source(str(device), W, H, 30.0)).start()  # by default, still an error at start
+    capture = Capture(V4L2Source(str(device), W, H, 30.0), backoff_initial_s=0.02, backoff_max_s=0.05)
+    capture.start(wait_for_device=True)
+    try:
+        assert capture.running
+        first = capture.stats()
+        assert first.state == 'waiting'
+        assert first.last_error.startswith(f'DeviceMissing: camera device {device} does not exist'), first.last_error
+        deadline = time.monotonic() + 10
+        while capture.stats().failures < first.failures + 3 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert capture.stats().failures >= first.failures + 3  # retried, not given up
+        assert capture.stats().state == 'waiting'
+        device.symlink_to('/dev/null')
+        while 'could not open' not in capture.stats().last_error and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert 'OpenCV could not open' in capture.stats().last_error, capture.stats().last_error
+    finally:
+        capture.stop()
+    assert capture.stats().state == 'stopped'
 
 
 # -------------------------------------------------------------------- frozen source

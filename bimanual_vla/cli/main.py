@@ -20,6 +20,8 @@ from bimanual_vla.rosenv import apply_pip_defaults
 COMMAND_MODULES: tuple[str, ...] = (
     'bimanual_vla.cli.commands.check_rig',
     'bimanual_vla.cli.commands.emulate_bus',
+    'bimanual_vla.cli.commands.scan',
+    'bimanual_vla.cli.commands.setup_servo',
     'bimanual_vla.cli.commands.run',
     'bimanual_vla.cli.commands.demo',
     'bimanual_vla.cli.commands.record',

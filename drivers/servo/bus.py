@@ -19,6 +19,8 @@ What this does differently from the manufacturers' SDKs, and why:
   asked, so once the last one has answered the missing ones are known missing;
   one absent servo costs nothing extra unless it is the last, and then only the
   margin, never a fixed 34 ms per servo. Later servos are still read.
+* ``broadcast_ping`` finds every servo on the bus at the current baud rate (what ``scan`` and
+  ``setup-servo`` build on), listening as long as the SDKs do, since servos answer in id order.
 * ping/read/write retry on timeouts and checksum errors (``retries``); sync reads
   do not (the next cycle is the retry, and it is not delayed by this one).
 """
@@ -36,7 +38,13 @@ from dataclasses import asdict, dataclass
 import serial
 
 from bimanual_vla.drivers.servo.control_table import CONTROL_TABLES, ControlTable
-from bimanual_vla.drivers.servo.protocol_common import CorruptFrame, PacketError, StatusPacket
+from bimanual_vla.drivers.servo.protocol_common import (
+    BROADCAST_ID,
+    CorruptFrame,
+    Instruction,
+    PacketError,
+    StatusPacket,
+)
 from bimanual_vla.drivers.servo.protocols import protocol_for
 
 BITS_PER_BYTE = 10  # 8N1: start bit, 8 data bits, stop bit
@@ -133,6 +141,7 @@ class ServoBus:
         self.last_error: str | None = None
         self.alarms: dict[int, list[str]] = {}  # latest non-fatal error bits per servo, in words
         self.last_sync_errors: dict[int, BusError] = {}  # why each None in the last sync_read is None
+        self.broadcast_garbled = 0  # replies to the last broadcast_ping that failed their check
         self._byte_time = BITS_PER_BYTE / baudrate
         self._lock = threading.Lock()
         self._serial: serial.SerialBase | None = None
@@ -202,6 +211,44 @@ class ServoBus:
         self._single(servo_id, self.protocol.ping(servo_id), 0, 'ping')
         reg = self.control_table.model_number
         return int.from_bytes(self.read(servo_id, reg.address, reg.length), 'little')
+
+    def broadcast_ping(self, window_s: float | None = None) -> dict[int, int]:
+        """Every servo that answers a PING to the broadcast id at this baud rate: ``{id: model number}``.
+
+        Servos answer one after another in id order, so the bus listens for the whole window the
+        manufacturers' SDKs allow (every possible id's status at this baud rate plus 3 ms per id,
+        as ``broadcastPing`` in dynamixel_sdk) unless ``window_s`` says otherwise. Garbled replies
+        (two servos sharing an id collide on the wire) are counted in ``broadcast_garbled``.
+        Feetech statuses carry no data: the model number is read from each servo that answered.
+        """
+        proto = self.protocol
+        n_params = 3 if self.protocol_name == 'dynamixel' else 0
+        n_ids = proto.max_id + 1
+        if window_s is None:
+            window_s = n_ids * (proto.status_frame_size(n_params) * self._byte_time + 0.003) + 0.016
+        found: dict[int, StatusPacket] = {}
+        with self._lock:
+            self.counters.transactions += 1
+            parser = self._parser
+            parser.reset()
+            parser.max_frame = proto.status_frame_size(n_params) + 2
+            noise0, corrupt0 = parser.noise_bytes, parser.checksum_errors
+            self._send(self._build(lambda: proto.frame(BROADCAST_ID, Instruction.PING, b'')))
+            deadline = time.monotonic() + window_s
+            try:
+                while (left := deadline - time.monotonic()) > 0:
+                    for item in parser.feed(self._receive(left)):
+                        if isinstance(item, StatusPacket) and len(item.params) == n_params:
+                            found.setdefault(item.servo_id, item)
+            finally:
+                self.counters.noise_bytes += parser.noise_bytes - noise0
+                self.counters.checksum_errors += parser.checksum_errors - corrupt0
+                self.broadcast_garbled = parser.checksum_errors - corrupt0
+            self._wire_free_at = time.monotonic()
+        if n_params:
+            return {i: p.params[0] | (p.params[1] << 8) for i, p in sorted(found.items())}
+        reg = self.control_table.model_number
+        return {i: self.control_table.decode(reg, self.read(i, reg.address, reg.length)) for i in sorted(found)}
 
     def read(self, servo_id: int, address: int, length: int) -> bytes:
         """``length`` bytes from ``address`` of one servo."""

@@ -1,13 +1,13 @@
-"""Write the bimanual URDFs of the serial-bus rigs (SO-101, Koch v1.1) from kinematic tables.
+"""Write the bimanual URDF of the Koch v1.1 rig from a kinematic table.
 
-Joint origins and axes are the arms' published kinematics (SO-101: TheRobotStudio's
-so101_new_calib URDF, whose zero pose is LeRobot's mid-range calibration; Koch v1.1: the
-follower arm URDF from jess-moss/koch-v1-1 as cleaned up in ManiSkill's assets). Joint names and
+Joint origins and axes are the arm's published kinematics (the follower arm URDF from
+jess-moss/koch-v1-1 as cleaned up in ManiSkill's assets). The SO-101 rig's URDF is generated
+from the MuJoCo model its twin simulates instead (`bimanual_vla/urdf_so101.py`). Joint names and
 limits come from the rig YAML, so the URDF cannot disagree with what the drivers enforce.
 Geometry is primitive (cylinders between joint origins).
 
-Run: ``python -m bimanual_vla.urdf_serial_arms`` (rewrites urdf/so101_bimanual.urdf and
-urdf/koch_bimanual.urdf in the checkout).
+Run: ``python -m bimanual_vla.urdf_serial_arms`` (rewrites urdf/koch_bimanual.urdf in the
+checkout).
 """
 
 from __future__ import annotations
@@ -42,26 +42,6 @@ class ArmKinematics:
     camera_rpy: tuple[float, float, float]
 
 
-SO101 = ArmKinematics(
-    base_offset=(0.0, 0.0, 0.0),
-    base_rpy=(0.0, 0.0, 0.0),
-    joints=(
-        KinematicJoint('shoulder_pan', 'shoulder_link', (0.0388353, 0.0, 0.0624), (3.14159, 0.0, -3.14159), (0, 0, 1)),
-        KinematicJoint(
-            'shoulder_lift', 'upper_arm_link', (-0.0303992, -0.0182778, -0.0542), (-1.5708, -1.5708, 0.0), (0, 0, 1)
-        ),
-        KinematicJoint('elbow_flex', 'lower_arm_link', (-0.11257, -0.028, 0.0), (0.0, 0.0, 1.5708), (0, 0, 1)),
-        KinematicJoint('wrist_flex', 'wrist_link', (-0.1349, 0.0052, 0.0), (0.0, 0.0, -1.5708), (0, 0, 1)),
-        KinematicJoint('wrist_roll', 'gripper_link', (0.0, -0.0611, 0.0181), (1.5708, 0.0486795, 3.14159), (0, 0, 1)),
-        KinematicJoint('gripper', 'moving_jaw_link', (0.0202, 0.0188, -0.0234), (1.5708, 0.0, 0.0), (0, 0, 1)),
-    ),
-    tool_parent='gripper_link',
-    tool_xyz=(-0.0079, -0.000218, -0.0981274),
-    tool_rpy=(0.0, 3.14159, 0.0),
-    camera_xyz=(0.0, 0.045, -0.02),
-    camera_rpy=(3.14159, 0.0, 0.0),
-)
-
 KOCH = ArmKinematics(
     base_offset=(0.005766, -0.028665, 0.018513),
     base_rpy=(0.0, 0.0, 1.5707963),
@@ -88,7 +68,7 @@ KOCH = ArmKinematics(
 ARM_PLACEMENT = {'left': ((0.0, 0.22, 0.0), (0.0, 0.0, 0.0)), 'right': ((0.0, -0.22, 0.0), (0.0, 0.0, 0.0))}
 BASE_CAMERA = ((0.45, 0.0, 0.55), (-2.3, 0.0, 1.5708))  # above and in front, looking back down at the arms
 
-RIGS = {'so101_bimanual': SO101, 'koch_bimanual': KOCH}
+RIGS = {'koch_bimanual': KOCH}
 
 
 def generate(rig: RigConfig, kin: ArmKinematics) -> str:

@@ -133,7 +133,7 @@ class SimScene:
     def __init__(self, rig: RigConfig, task: str | None = None, seed: int | None = None) -> None:
         self.rig = rig
         self.task = task or (rig.sim.task if rig.sim else 'transfer_cube')
-        self.model = load_model(self.task)
+        self.model = self._load_model()
         self.data = mujoco.MjData(self.model)
         self.control_rate_hz = rig.control_rate_hz
         self.control_dt = 1.0 / rig.control_rate_hz
@@ -153,6 +153,10 @@ class SimScene:
         self.reset(self.seed)
 
     # ------------------------------------------------------------------ mapping
+
+    def _load_model(self) -> mujoco.MjModel:
+        """The compiled scene of ``self.task`` (a subclass composes another scene here)."""
+        return load_model(self.task)
 
     def _map_arm(self, arm: ArmConfig) -> _ArmMap:
         if arm.name not in ARM_PREFIX:

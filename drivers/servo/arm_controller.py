@@ -76,6 +76,7 @@ class ControllerStats:
     disconnects: int = 0
     goal_writes: int = 0
     homing_offsets_restored: int = 0
+    drive_modes_restored: int = 0
     position_limits_written: int = 0
     stall_events: int = 0
     last_error: str = ''
@@ -243,7 +244,7 @@ class ArmController:
         self._schedule_reconnect(now)
 
     def _restore_homing_offsets(self) -> None:
-        """The calibrated ranges assume the servo's homing-offset register; put it back if it differs."""
+        """The calibrated ranges assume the servo's homing offset (and drive mode); put them back if they differ."""
         assert self.bus is not None
         ct = self.bus.control_table
         for name, sid in zip(self.joint_names, self.ids, strict=True):
@@ -260,6 +261,31 @@ class ArmController:
                 self.bus.write(sid, ct.torque_enable.address, ct.encode(ct.torque_enable, 0))
                 write_eeprom(self.bus, sid, 'homing_offset', want)
                 self.stats.homing_offsets_restored += 1
+            self._restore_drive_mode(name, sid)
+
+    def _restore_drive_mode(self, name: str, sid: int) -> None:
+        """Dynamixel: the calibrated ticks assume Drive_Mode bit 0 (reverse) as the calibration says; put it back.
+
+        A LeRobot calibration with ``drive_mode: 1`` counts on the servo reversing itself (the Koch
+        leader's elbow_flex); on a servo without that bit the joint would run backwards. Other bits
+        of the register are kept.
+        """
+        assert self.bus is not None
+        ct = self.bus.control_table
+        reg = ct.drive_mode
+        if reg is None:
+            return
+        want = self.calibration.joints[name].drive_mode
+        have = ct.decode(reg, self.bus.read(sid, reg.address, reg.length))
+        if have & 1 != want:
+            self._error(
+                f'arm {self.arm.name}: servo {sid} ({name}) drive mode (reverse bit) is {have & 1}, calibration '
+                f'says {want}; writing the calibrated value (torque off for the write)',
+                'warn',
+            )
+            self.bus.write(sid, ct.torque_enable.address, ct.encode(ct.torque_enable, 0))
+            write_eeprom(self.bus, sid, 'drive_mode', (have & ~1) | want)
+            self.stats.drive_modes_restored += 1
 
     def _restore_position_limits(self, only: Sequence[int] | None = None) -> None:
         """The servos' own Min/Max_Position_Limit must hold the joint limits; write them where they differ.

@@ -57,6 +57,11 @@ class JointCalibration(BaseModel):
     range_max: int = Field(description='highest present-position tick the joint reaches')
     direction: Literal[1, -1] = Field(default=1, description='+1: ticks increase with the joint angle; -1: reversed')
     zero_ticks: float = Field(description='present-position tick value at which the joint is at 0 rad')
+    drive_mode: Literal[0, 1] = Field(
+        default=0,
+        description="bit 0 of the servo's own Drive_Mode register these ticks assume (Dynamixel: 1 = the servo "
+        'counts in reverse); like homing_offset, the driver puts it back if the servo holds another value',
+    )
 
     @model_validator(mode='after')
     def _range_ordered(self) -> JointCalibration:
@@ -77,6 +82,12 @@ class ArmCalibration(BaseModel):
     arm: str = ''
     protocol: Literal['feetech', 'dynamixel', 'sim', ''] = ''
     resolution: int = Field(default=DEFAULT_RESOLUTION, gt=0, description='ticks per revolution')
+    ticks_per_turn: int | None = Field(
+        default=None,
+        gt=0,
+        description='ticks the angle mapping counts as 2 pi (None: resolution). LeRobot maps 360 degrees to '
+        'resolution - 1 = 4095 ticks; a file imported from LeRobot keeps that, so angles equal its degrees',
+    )
     source: Source = 'manual'
     created: str = ''
     joints: dict[str, JointCalibration] = Field(min_length=1)
@@ -89,7 +100,7 @@ class ArmCalibration(BaseModel):
     # --------------------------------------------------------------- mapping
 
     def rad_per_tick(self) -> float:
-        return 2.0 * math.pi / self.resolution
+        return 2.0 * math.pi / (self.ticks_per_turn or self.resolution)
 
     def to_radians(self, joint: str, ticks: int | float) -> float:
         """Joint angle (rad) for a present-position reading."""
@@ -313,10 +324,21 @@ def _from_lerobot(
 ) -> ArmCalibration:
     """LeRobot's current format: ``{motor: {id, drive_mode, homing_offset, range_min, range_max}}``.
 
-    LeRobot writes ``homing_offset`` into the servo's register and records the range in the
-    resulting present-position ticks, as we do. Its body joints are in degrees around the
-    middle of the range; its gripper is 0-100 % from the range end it closes at. So: zero at
-    mid-range for joints, at the closed end for the gripper, ``drive_mode`` 1 reverses.
+    Conventions as huggingface/lerobot has them (src/lerobot/motors/motors_bus.py
+    ``MotorsBus._normalize``/``_unnormalize``; dynamixel/dynamixel.py and feetech/feetech.py):
+
+    * ``homing_offset`` is written into the servo's register and the range is recorded in the
+      resulting present-position ticks, as we do.
+    * Body joints in degrees: ``(ticks - mid) * 360 / max_res`` with ``mid`` the middle of the
+      range and ``max_res = resolution - 1 = 4095``: so zero at mid-range and ``ticks_per_turn``
+      4095, which makes our radians LeRobot's degrees exactly. The gripper is 0-100 % of the
+      range from ``range_min``: zero there, opening positive.
+    * ``drive_mode`` 1: a Dynamixel bus (``apply_drive_mode = False``) has written it into the
+      servo's Drive_Mode register (the Koch leader's ``elbow_flex``), so the servo already counts
+      in reverse and the ticks in the file are reversed ones: no reversal in software, and
+      ``drive_mode`` is kept so the driver can put the register back. A Feetech bus
+      (``apply_drive_mode = True``; STS servos have no such register) reverses in software:
+      ``-norm`` for joints, ``100 - norm`` for the gripper, i.e. its zero at ``range_max``.
     """
     joints: dict[str, JointCalibration] = {}
     required = ('id', 'drive_mode', 'homing_offset', 'range_min', 'range_max')
@@ -329,9 +351,16 @@ def _from_lerobot(
         if drive_mode not in (0, 1):
             raise CalibrationError(f'{name}.drive_mode: expected 0 or 1, got {drive_mode}')
         rmin, rmax = _int(motor['range_min'], f'{name}.range_min'), _int(motor['range_max'], f'{name}.range_max')
-        direction = -1 if drive_mode else 1
+        in_servo = protocol == 'dynamixel'  # LeRobot's DynamixelMotorsBus.apply_drive_mode is False
+        if not in_servo and protocol != 'feetech' and drive_mode:
+            raise CalibrationError(
+                f'{name}.drive_mode: 1 means a servo register on Dynamixel and a software reversal on Feetech; '
+                'give the rig (or the protocol) to import it'
+            )
+        software_reverse = bool(drive_mode) and not in_servo
+        direction = -1 if software_reverse else 1
         if name == gripper:
-            zero = float(rmax if drive_mode else rmin)
+            zero = float(rmax if software_reverse else rmin)
         else:
             zero = (rmin + rmax) / 2.0
         try:
@@ -342,6 +371,7 @@ def _from_lerobot(
                 range_max=rmax,
                 direction=direction,
                 zero_ticks=zero,
+                drive_mode=drive_mode if in_servo else 0,
             )
         except ValidationError as exc:
             raise CalibrationError(_format_errors(name, exc)) from None
@@ -349,6 +379,7 @@ def _from_lerobot(
         arm=arm.name if arm else '',
         protocol=protocol if protocol in ('feetech', 'dynamixel', 'sim') else '',
         resolution=resolution,
+        ticks_per_turn=resolution - 1,  # LeRobot's max_res in _normalize/_unnormalize (DEGREES)
         source='lerobot',
         created=now_iso(),
         joints=joints,

@@ -259,6 +259,10 @@ def _step_zero_pose(
     )
     for sid in ids:  # read the raw angle without any offset, then centre it
         write_eeprom(bus, sid, 'homing_offset', 0)
+        if ct.drive_mode is not None:  # Dynamixel: count forward (direction is --reverse's job; the file says 0)
+            mode = ct.decode(ct.drive_mode, bus.read(sid, ct.drive_mode.address, ct.drive_mode.length))
+            if mode & 1:
+                write_eeprom(bus, sid, 'drive_mode', mode & ~1)
     raw = _read_ticks(bus, ids)
     offsets = {}
     for sid in ids:

@@ -21,6 +21,7 @@ from bimanual_vla.drivers.servo.calibration import (
 )
 
 K = 2 * math.pi / 4096  # rad per tick
+KL = 2 * math.pi / 4095  # rad per tick in LeRobot's degrees (360 / max_res, max_res = 4096 - 1)
 
 JOINTS = [
     {'id': 1, 'name': 'shoulder_pan', 'lower': -1.9, 'upper': 1.9},
@@ -165,12 +166,13 @@ def test_lerobot_current_format(arm) -> None:
     assert c.source == 'lerobot' and c.protocol == 'feetech'
     pan = c.joints['shoulder_pan']
     assert (pan.id, pan.homing_offset, pan.range_min, pan.range_max, pan.direction) == (1, -1470, 758, 3292, 1)
-    # LeRobot degrees: (ticks - mid) * 360 / 4095; zero at the middle of the range.
+    # LeRobot degrees: (ticks - mid) * 360 / 4095; zero at the middle of the range (test_calibration_lerobot.py
+    # checks this against LeRobot's formula tick by tick).
     assert c.to_radians('shoulder_pan', (758 + 3292) / 2) == 0.0
-    assert c.to_radians('shoulder_pan', 2025 + 1024) == pytest.approx(math.pi / 2)
+    assert c.to_radians('shoulder_pan', 2025 + 1024) == pytest.approx(1024 * 2 * math.pi / 4095, rel=1e-12)
     # Gripper: LeRobot 0 % = range_min (closed) -> 0 rad, opening positive.
     assert c.to_radians('gripper', 2031) == 0.0
-    assert c.to_radians('gripper', 3476) == pytest.approx((3476 - 2031) * K)
+    assert c.to_radians('gripper', 3476) == pytest.approx((3476 - 2031) * KL, rel=1e-12)
     assert c.check_against(arm) == [] or all('calibrated range' in w for w in c.check_against(arm))
 
 
@@ -180,10 +182,10 @@ def test_lerobot_drive_mode_reverses() -> None:
     data['gripper']['drive_mode'] = 1
     c = parse_calibration(data, protocol='feetech')
     mid = (904 + 3207) / 2
-    assert c.to_radians('wrist_flex', mid + 100) == pytest.approx(-100 * K)
+    assert c.to_radians('wrist_flex', mid + 100) == pytest.approx(-100 * KL, rel=1e-12)
     # Reversed gripper: LeRobot's 0 % is range_max.
     assert c.to_radians('gripper', 3476) == 0.0
-    assert c.to_radians('gripper', 3376) == pytest.approx(100 * K)
+    assert c.to_radians('gripper', 3376) == pytest.approx(100 * KL, rel=1e-12)
 
 
 def test_lerobot_legacy_format_matches_its_formula(arm) -> None:

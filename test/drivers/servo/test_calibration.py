@@ -334,6 +334,8 @@ def test_cli_interactive_calibration_against_emulator(tmp_path, protocol) -> Non
         middle = {1: 2500, 2: 1800, 3: 2100, 4: 2048, 5: 3000, 6: 1500}  # raw angles in the middle pose
         for sid, raw in middle.items():
             emu.set_present_position(sid, raw)
+        if protocol == 'dynamixel':  # left reversed by LeRobot's Koch leader calibration (elbow_flex)
+            emu.servo(3).write_register('drive_mode', 1)
         rig = write_rig(tmp_path, protocol=protocol, port=port)
         out = tmp_path / 'left.json'
         cmd = [sys.executable, '-m', 'bimanual_vla.cli.main', 'calibrate', '--rig', str(rig), '--arm', 'left']
@@ -394,6 +396,9 @@ def test_cli_interactive_calibration_against_emulator(tmp_path, protocol) -> Non
         assert cal.to_radians('shoulder_pan', 2047 + 1024) == pytest.approx(math.pi / 2)
         assert cal.to_radians('wrist_roll', 2047 + 1024) == pytest.approx(-math.pi / 2)
         assert not any(emu.servo(i).torque_enabled for i in range(1, 7))  # left limp for the user
+        if protocol == 'dynamixel':  # counting forward again, as the file (drive_mode 0) says
+            assert [emu.servo(i).read_register('drive_mode') for i in range(1, 7)] == [0] * 6
+            assert all(j.drive_mode == 0 for j in cal.joints.values())
         # Each servo's own position limits hold the rig's joint limits in the new ticks, inside the recorded
         # range; wrist_roll is reversed: its upper limit (2.8 rad) is its minimum, round(2047 - 2.8 / K) = 222.
         limits = {1: (1000, 3100), 2: (939, 2800), 3: (1500, 2600), 4: (1200, 2900), 5: (222, 3807), 6: (2000, 2047)}

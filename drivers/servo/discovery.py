@@ -66,9 +66,11 @@ def scan_bus(
     *,
     window_s: float | None = None,
     bus_factory: Callable[[str, str, int], ServoBus] = ServoBus,
+    progress: Callable[[str, int], None] | None = None,
 ) -> ScanResult:
     """Broadcast-PING ``port`` at each rate of each protocol's table (or only ``baudrates``).
 
+    ``progress(protocol, rate)`` is called before each rate is tried (about a second each).
     Raises PortError (a BusError) if the port cannot be opened.
     """
     servos: list[FoundServo] = []
@@ -78,6 +80,8 @@ def scan_bus(
     for protocol in protocols:
         for rate in baud_rates(protocol) if rates is None else rates:
             tried.append((protocol, rate))
+            if progress is not None:
+                progress(protocol, rate)
             with bus_factory(port, protocol, rate) as bus:
                 models = bus.broadcast_ping(window_s)
                 if bus.broadcast_garbled:

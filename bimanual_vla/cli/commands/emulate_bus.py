@@ -66,6 +66,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument('--seed', type=int, default=0, help='seed of the fault injection')
     p.add_argument('--speed', type=float, default=3000.0, help='max servo speed, ticks per second (default 3000)')
     p.add_argument('--model-number', type=int, default=None, help='model number servos report (default per protocol)')
+    p.add_argument(
+        '--baudrate',
+        type=int,
+        default=None,
+        help='baud rate the servos listen at (default 1000000; a factory-fresh Dynamixel X is at 57600)',
+    )
     p.set_defaults(func=run)
 
 
@@ -86,14 +92,27 @@ def run(args: argparse.Namespace) -> int:
         stop.set()
 
     previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    from bimanual_vla.config import ConfigError
+    from bimanual_vla.servo_baud_rates import baud_register_value
+
+    if args.baudrate is not None:
+        try:
+            baud_register_value(args.protocol, args.baudrate)
+        except ValueError as exc:
+            raise ConfigError(f'--baudrate: {exc}') from None
     emulator = ServoBusEmulator(
-        args.protocol, args.ids, faults=faults, max_speed_ticks_per_s=args.speed, model_number=args.model_number
+        args.protocol,
+        args.ids,
+        faults=faults,
+        max_speed_ticks_per_s=args.speed,
+        model_number=args.model_number,
+        baudrate=args.baudrate,
     )
     try:
         port = emulator.start()
         print(port, flush=True)
         print(
-            f'emulating {args.protocol} servos {args.ids} on {port}'
+            f'emulating {args.protocol} servos {args.ids} on {port} at {emulator.servo(args.ids[0]).baudrate} baud'
             + (f', not answering: {sorted(faults.missing_ids)}' if faults.missing_ids else '')
             + '; Ctrl-C to stop',
             file=sys.stderr,

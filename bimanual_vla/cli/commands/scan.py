@@ -60,10 +60,17 @@ def run(args: argparse.Namespace) -> int:
 
     protocols = parse_protocol(args.protocol, required=False)
     rates = [parse_baudrate(args.baudrate, protocols)] if args.baudrate else None
+
+    def progress(protocol: str, rate: int) -> None:  # on a terminal only: the output itself stays parseable
+        sys.stderr.write(f'\r\033[Kscanning {args.port}: {protocol} @ {rate} baud ...')
+        sys.stderr.flush()
+
     try:
-        result = scan_bus(args.port, protocols, rates)
+        result = scan_bus(args.port, protocols, rates, progress=progress if sys.stderr.isatty() else None)
     except PortError as exc:
         raise ConfigError(f'--port: {exc}') from None
+    if sys.stderr.isatty():
+        sys.stderr.write('\r\033[K')
     shown = None
     for servo in result.servos:
         if (servo.protocol, servo.baudrate) != shown:

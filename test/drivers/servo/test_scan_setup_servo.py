@@ -152,3 +152,32 @@ def test_setup_servo_bad_input_is_one_line_exit_2(
     assert main(['setup-servo', '--port', '/dev/null', *args]) == 2
     err = capsys.readouterr().err
     assert err.startswith(message) and err.count('\n') == 1
+
+
+# ----------------------------------------------------------- emulate-bus
+def test_emulate_bus_serves_a_factory_fresh_dynamixel_at_57600() -> None:
+    import signal
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, '-m', 'bimanual_vla.cli.main', 'emulate-bus', '--protocol', 'dynamixel', '--ids', '1']
+    proc = subprocess.Popen([*cmd, '--baudrate', '57600'], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        port = proc.stdout.readline().strip()
+        assert port.startswith('/dev/'), proc.stderr.read() if proc.poll() is not None else port
+        with ServoBus(port, 'dynamixel', 57_600) as bus:
+            assert bus.broadcast_ping(window_s=0.3) == {1: 1060}
+        with ServoBus(port, 'dynamixel', 1_000_000) as bus:
+            assert bus.broadcast_ping(window_s=0.3) == {}
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    bad = subprocess.run([*cmd, '--baudrate', '76800'], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2
+    assert bad.stderr == (
+        'error: --baudrate: 76800 is not a dynamixel baud rate '
+        '(one of 9600, 57600, 115200, 1000000, 2000000, 3000000, 4000000, 4500000)\n'
+    )

@@ -59,7 +59,16 @@ from bimanual_vla.ros_utils import (
 from bimanual_vla.sim.expert import ExpertOptions, ScriptedExpert
 from bimanual_vla.sim.fault_injection import CameraFaults
 from bimanual_vla.sim.scene import MAX_REWARD, SceneRenderer, SimScene, rig_cameras, snapshot
-from bimanual_vla.sim.servo_bus import SimServoBus, check_protocol, default_directory, port_link, write_servo_bus_rig
+from bimanual_vla.sim.servo_bus import (
+    SimServoBus,
+    check_protocol,
+    default_directory,
+    is_twin,
+    port_link,
+    twin_buses,
+    write_servo_bus_rig,
+)
+from bimanual_vla.sim.so101_scene import SO101_TASKS, So101Scene
 
 
 def camera_info_msg(camera: str, width: int, height: int, fovy_deg: float) -> CameraInfo:
@@ -127,11 +136,15 @@ class SimRig(Node):
         super().__init__(node_name, **kwargs)
         self.rig = declare_rig(self, default='aloha_sim')
         sim, sizes, servo_bus_dir = self._declare_parameters()
-        self.scene = SimScene(self.rig, task=sim.task, seed=sim.seed)
+        scene_class = So101Scene if sim.task in SO101_TASKS else SimScene
+        self.scene = scene_class(self.rig, task=sim.task, seed=sim.seed)
         # Servo-bus mode: the arm drivers own joint_states, joint_command and e-stop for every arm.
         self.servo_buses: dict[str, SimServoBus] = {}
         self.servo_bus_rig_file = ''
-        if sim.servo_bus:
+        if is_twin(self.rig):  # the rig file is the drivers' own: buses at its ports, factory-fresh servos
+            self.servo_bus_rig_file = str(self.get_parameter('rig').value)
+            self.servo_buses = twin_buses(self.rig)
+        elif sim.servo_bus:
             check_protocol(sim.servo_bus)
             directory = servo_bus_dir or str(default_directory(self.rig.name))
             self.servo_bus_rig_file = str(write_servo_bus_rig(self.rig, sim.servo_bus, directory))
@@ -162,7 +175,7 @@ class SimRig(Node):
         rig_sim = self.rig.sim or SimConfig()
         param = self._param
         values = {
-            'task': str(param('task', rig_sim.task, 'transfer_cube | insertion (fixed at start)')),
+            'task': str(param('task', rig_sim.task, 'transfer_cube | insertion; SO-101: handover_cube | lift_bar')),
             'seed': int(param('seed', rig_sim.seed, 'episode seed used at start and by sim/reset')),
             'real_time_factor': float(
                 param('real_time_factor', float(rig_sim.real_time_factor), '1: real time; 0: as fast as possible')
@@ -187,6 +200,8 @@ class SimRig(Node):
             raise ConfigError(f'render_rate_hz must be >= 0, got {self.render_rate_hz}')
         if width < 0 or height < 0:
             raise ConfigError('camera_width/camera_height must be >= 0')
+        if self.use_expert and sim.task in SO101_TASKS:
+            raise ConfigError(f'{self.get_name()}: the SO-101 twin has no scripted expert yet (task {sim.task})')
         try:
             self.expert_options = expert_options(expert)
             self.expert_options.check_task(sim.task)
@@ -421,6 +436,8 @@ class SimRig(Node):
         self._clock_pub.publish(Clock(clock=stamp))
         for arm, bus in self.servo_buses.items():  # outside the sim lock: never held with the emulator's
             bus.publish_positions(step.states[arm][0])
+            if bus.factory_fresh:  # the twin's servos report the simulated torque as present load
+                bus.publish_loads(So101Scene.load_fractions(step.states[arm][2]))
         for arm, (pos, vel, eff) in ({} if self.servo_buses else step.states).items():  # bus mode: drivers publish
             msg = JointState(
                 name=self.scene.arms[arm].config.qualified_joint_names(),

@@ -19,6 +19,16 @@ exists (so a launch file can start the drivers at the same time as the simulator
   when it stops. A driver started earlier just retries until it appears (its usual
   reconnect with backoff), and reconnects by itself to a restarted simulator.
 
+The SO-101 twin (``config/rigs/so101_sim.yaml``, arms on ``protocol: feetech``) uses the same class
+in its *physical* form instead (:func:`twin_buses`): the rig file is the drivers' rig as it is, each
+pty is linked at the arm's own ``port``, the drivers use the rig's own calibration files, and the
+servos power up factory-fresh (homing offset 0, position limits 0..4095) with their horns mounted
+as :class:`ServoHorn` says. Then a servo reports its *raw* encoder ticks minus its homing offset
+(Feetech; plus, Dynamixel), whichever offset calibration or a driver wrote, exactly as hardware
+does; goals are turned back into joint angles through the same registers; present load is the
+simulated actuator torque as a fraction of the stall torque, so it rises when a joint pushes
+against the table, an object or the other arm, and the driver's stall guard sees it.
+
 Units: the calibration maps ``ticks -> (ticks - 2048) * 2*pi/4096`` for every joint, the
 arm driver's one mapping. Revolute joints come out in radians, exactly as a real servo's
 angle would. The ALOHA gripper joint is a finger's slide in *metres*, and the same mapping
@@ -34,14 +44,15 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
 from bimanual_vla.config import ArmConfig, ConfigError, RigConfig
 from bimanual_vla.drivers.servo.calibration import ArmCalibration, JointCalibration, now_iso
-from bimanual_vla.drivers.servo.emulator import FaultConfig, ServoBusEmulator
+from bimanual_vla.drivers.servo.emulator import EmulatedServo, FaultConfig, ServoBusEmulator
 
 SERVO_BUS_PROTOCOLS = ('feetech', 'dynamixel')
 RESOLUTION = 4096  # ticks per turn of the emulated STS3215 / Dynamixel X servos
@@ -162,6 +173,47 @@ def write_servo_bus_rig(rig: RigConfig, protocol: str, directory: str | os.PathL
     return path
 
 
+@dataclass(frozen=True)
+class ServoHorn:
+    """How a simulated joint turns its servo: the raw encoder tick at joint angle 0 and which way ticks count.
+
+    A real arm's horns are mounted wherever the spline teeth allowed; calibration finds out. The
+    default is a servo centred before its horn went on (raw 2048 at the joint's zero), counting up
+    with the joint (LeRobot's SO-101 follower: drive_mode 0 on every motor).
+    """
+
+    raw_zero: int = ZERO_TICKS
+    direction: int = 1
+
+    def raw_ticks(self, value: float) -> float:
+        return self.raw_zero + self.direction * value / RAD_PER_TICK
+
+    def value(self, raw_ticks: float) -> float:
+        return self.direction * (raw_ticks - self.raw_zero) * RAD_PER_TICK
+
+
+class _SimDrivenServo(EmulatedServo):
+    """An emulated servo whose present load comes from the simulator (external motion), not from its own model."""
+
+    sim_load = 0.0  # signed fraction of full scale, set by the physics thread
+
+    def _advance(self) -> None:
+        super()._advance()
+        if self._owner.external_motion:
+            self._store_load(self.sim_load)
+
+
+class _SimBusEmulator(ServoBusEmulator):
+    """The project's servo bus emulator with :class:`_SimDrivenServo` servos (everything else unchanged)."""
+
+    def __init__(self, protocol: str, ids: Sequence[int], faults: FaultConfig) -> None:
+        super().__init__(protocol, ids, faults=faults)
+        for sid, servo in list(self._servos.items()):
+            self._servos[sid] = _SimDrivenServo(
+                self.table, sid, servo.read_register('model_number'), servo.max_speed, self._lock, self
+            )
+
+
 class SimServoBus:
     """One simulated arm's emulated bus: positions in, goals and torque out.
 
@@ -171,13 +223,24 @@ class SimServoBus:
     (no lock-order cycle, whatever the physics thread holds).
     """
 
-    def __init__(self, arm: ArmConfig, protocol: str, link: str | os.PathLike[str]) -> None:
+    def __init__(
+        self,
+        arm: ArmConfig,
+        protocol: str,
+        link: str | os.PathLike[str],
+        horns: Mapping[str, ServoHorn] | None = None,
+    ) -> None:
+        """``horns`` (joint name -> ServoHorn): the physical twin, factory-fresh servos reporting raw
+        ticks through their homing offsets. None: the calibrated servos of the ALOHA servo-bus mode."""
         self.arm = arm
         self.protocol = check_protocol(protocol)
         self.link = Path(link)
         self.ids = [j.id for j in arm.joints]
         self._name_of = {j.id: j.name for j in arm.joints}
-        self.emulator = ServoBusEmulator(protocol, self.ids, faults=FaultConfig())
+        self.factory_fresh = horns is not None
+        self.horns = [(horns or {}).get(j.name, ServoHorn()) for j in arm.joints]
+        self._horn_of = dict(zip(self.ids, self.horns, strict=True))
+        self.emulator = _SimBusEmulator(protocol, self.ids, FaultConfig())
         self.emulator.external_motion = True
         self._goal_lock = threading.Lock()
         self._pending: dict[int, int] = {}
@@ -196,6 +259,19 @@ class SimServoBus:
         a driver taking over writes goal = present position, then torque on: nothing moves.
         """
         pty = self.emulator.start()
+        if self.factory_fresh:
+            self._power_up_physical(positions)
+        else:
+            self._power_up_calibrated(positions)
+        self.emulator.on_goal = self._on_goal
+        self.link.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.link.with_name(f'.{self.link.name}.{os.getpid()}.tmp')
+        tmp.unlink(missing_ok=True)
+        os.symlink(pty, tmp)
+        os.replace(tmp, self.link)  # atomic: a driver never sees a missing or half-made link while we replace it
+        return pty
+
+    def _power_up_calibrated(self, positions: Sequence[float]) -> None:
         calibration = servo_calibration(self.arm, self.protocol)
         for sid, joint, value in zip(self.ids, self.arm.joints, positions, strict=True):
             servo = self.emulator.servo(sid)
@@ -207,13 +283,31 @@ class SimServoBus:
             servo.set_present_position(to_ticks(value))
             servo.write_register('goal_position', max(low, min(high, to_ticks(value))))
             servo.write_register('torque_enable', 1)
-        self.emulator.on_goal = self._on_goal
-        self.link.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.link.with_name(f'.{self.link.name}.{os.getpid()}.tmp')
-        tmp.unlink(missing_ok=True)
-        os.symlink(pty, tmp)
-        os.replace(tmp, self.link)  # atomic: a driver never sees a missing or half-made link while we replace it
-        return pty
+
+    def _power_up_physical(self, positions: Sequence[float]) -> None:
+        """Hold ``positions`` with whatever the EEPROM holds: factory values (homing offset 0, limits
+        0..4095, the emulator's defaults) at the first start, what was written since at a later one."""
+        for sid, value in zip(self.ids, positions, strict=True):
+            servo = self.emulator.servo(sid)
+            ticks = self._present_ticks(sid, float(value))
+            servo.set_present_position(ticks)
+            low, high = servo.read_register('min_position_limit'), servo.read_register('max_position_limit')
+            servo.write_register('goal_position', max(low, min(high, ticks)))
+            servo.write_register('torque_enable', 1)
+
+    def _offset_sign(self) -> int:
+        """Present = raw - offset on a Feetech STS, raw + offset on a Dynamixel."""
+        return -1 if self.protocol == 'feetech' else 1
+
+    def _present_ticks(self, sid: int, value: float) -> int:
+        """What the servo reports for joint value ``value``: raw encoder ticks through its homing offset."""
+        raw = self._horn_of[sid].raw_ticks(value)
+        offset = self.emulator.servo(sid).read_register('homing_offset')
+        return round(raw + self._offset_sign() * offset)
+
+    def _goal_value(self, sid: int, ticks: int) -> float:
+        offset = self.emulator.servo(sid).read_register('homing_offset')
+        return self._horn_of[sid].value(ticks - self._offset_sign() * offset)
 
     def stop(self) -> None:
         """Remove the link (if it is still ours) and close the pty: connected drivers see the port vanish."""
@@ -234,12 +328,24 @@ class SimServoBus:
     def publish_positions(self, positions: Sequence[float]) -> None:
         """Present-position registers from the simulated joint values (rig joint order)."""
         for sid, value in zip(self.ids, positions, strict=True):
-            self.emulator.set_present_position(sid, to_ticks(float(value)))
+            ticks = self._present_ticks(sid, float(value)) if self.factory_fresh else to_ticks(float(value))
+            self.emulator.set_present_position(sid, ticks)
+
+    def publish_loads(self, fractions: Sequence[float]) -> None:
+        """Present load registers from the simulated actuator torques (signed fractions of stall torque).
+
+        The sign follows the servo's tick direction, as a real servo reports the way it pushes.
+        """
+        for sid, fraction in zip(self.ids, fractions, strict=True):
+            servo = self.emulator.servo(sid)
+            servo.sim_load = float(fraction) * self._horn_of[sid].direction  # type: ignore[attr-defined]
 
     def take_goals(self) -> dict[str, float]:
         """Goals written over the bus since the last call, as {joint name: rad (m for the gripper)}."""
         with self._goal_lock:
             pending, self._pending = self._pending, {}
+        if self.factory_fresh:
+            return {self._name_of[sid]: self._goal_value(sid, t) for sid, t in pending.items() if sid in self._name_of}
         return {self._name_of[sid]: to_value(ticks) for sid, ticks in pending.items() if sid in self._name_of}
 
     def torque_off(self) -> list[str]:
@@ -267,3 +373,23 @@ class SimServoBus:
         if self.emulator.instructions_received >= reads or time.monotonic() >= deadline:
             self.emulator.faults.missing_ids = set()
             self._hidden_until = None
+
+
+def is_twin(rig: RigConfig) -> bool:
+    """A physical twin: a rig with a `sim:` block whose arms are servo-bus arms (the rig file is the drivers')."""
+    return rig.sim is not None and bool(rig.sim.servo_bus) and all(arm.protocol != 'sim' for arm in rig.arms)
+
+
+def twin_buses(rig: RigConfig, horns: Mapping[str, Mapping[str, ServoHorn]] | None = None) -> dict[str, SimServoBus]:
+    """One factory-fresh emulated bus per arm of a twin rig, each to be linked at the arm's own ``port``.
+
+    ``horns``: {arm: {joint: ServoHorn}}; joints not named have a centred horn counting up.
+    """
+    if not is_twin(rig):
+        raise ConfigError(f'rig {rig.name}: not a twin (needs a sim.servo_bus block and servo-bus arms with ports)')
+    out = {}
+    for arm in rig.arms:
+        if arm.protocol != rig.sim.servo_bus:
+            raise ConfigError(f'rig {rig.name}: arm {arm.name} is {arm.protocol}, sim.servo_bus is {rig.sim.servo_bus}')
+        out[arm.name] = SimServoBus(arm, arm.protocol, arm.port, horns=(horns or {}).get(arm.name, {}))
+    return out

@@ -278,9 +278,10 @@ class So101Scene(SimScene):
         """The task object's centre (world frame, m)."""
         return self.data.xpos[self._object_body].copy()
 
-    def load_fractions(self, arm: str) -> np.ndarray:
-        """Each joint's actuator torque as a signed fraction of the servo's stall torque (what present load reports)."""
-        return np.clip(self.joint_efforts(arm) / FORCE_LIMIT_NM, -1.0, 1.0)
+    @staticmethod
+    def load_fractions(efforts: np.ndarray) -> np.ndarray:
+        """Actuator torques (:meth:`joint_efforts`) as signed fractions of the servo's stall torque: present load."""
+        return np.clip(np.asarray(efforts, dtype=float) / FORCE_LIMIT_NM, -1.0, 1.0)
 
     def _touching(self) -> tuple[set[str], bool]:
         """(arms whose gripper touches the object, object touches the table)."""

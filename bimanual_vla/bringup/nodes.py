@@ -43,6 +43,15 @@ def is_simulated(rig: RigConfig) -> bool:
     return all(arm.protocol == 'sim' for arm in rig.arms)
 
 
+def is_twin(rig: RigConfig) -> bool:
+    """A digital twin (so101_sim): servo-bus arms whose ports the simulator serves (`sim.servo_bus`).
+
+    Brought up as the real rig is (one arm_driver per arm, with this very rig file) plus sim_rig,
+    which also renders the cameras whose source is `sim`. Same test as `bimanual_vla.sim.servo_bus.is_twin`.
+    """
+    return rig.sim is not None and bool(rig.sim.servo_bus) and all(arm.protocol != 'sim' for arm in rig.arms)
+
+
 def rig_nodes(
     rig_ref: str,
     *,
@@ -60,11 +69,20 @@ def rig_nodes(
     """
     rig = load_rig(rig_ref)
     sim = is_simulated(rig)
-    sim_time = sim if use_sim_time is None else use_sim_time
+    twin = is_twin(rig)
+    sim_time = (sim or twin) if use_sim_time is None else use_sim_time
     common = {'rig': str(rig_ref), 'use_sim_time': sim_time}
     specs: list[NodeSpec] = []
     servo_bus = str((sim_overrides or {}).get('servo_bus') or (rig.sim.servo_bus if rig.sim else ''))
-    if sim and servo_bus:
+    if twin:
+        specs.append(NodeSpec('sim_rig', 'sim_rig', {**common, **(sim_overrides or {})}))
+        specs += [NodeSpec('arm_driver', f'arm_driver_{a.name}', {**common, 'arm': a.name}) for a in rig.arms]
+        specs += [
+            NodeSpec('camera_driver', f'camera_driver_{c.name}', {**common, 'camera': c.name})
+            for c in rig.cameras
+            if c.source != 'sim'
+        ]
+    elif sim and servo_bus:
         from bimanual_vla.sim.servo_bus import default_directory, write_servo_bus_rig
 
         directory = str((sim_overrides or {}).get('servo_bus_dir') or default_directory(rig.name))

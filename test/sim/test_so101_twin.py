@@ -236,3 +236,30 @@ def test_run_so101_sim_moves_a_simulated_joint_through_an_arm_driver(ros_context
             assert abs(efforts['right_shoulder_lift']) > 0.005
     finally:
         composition.shutdown()
+
+
+def test_pushing_into_the_table_raises_present_load_and_the_stall_guard_holds(tmp_path: Path) -> None:
+    """The arm driver's stall protection against the twin: the gripper driven down into the table."""
+    from bimanual_vla.drivers.servo.arm_controller import ArmController
+    from bimanual_vla.drivers.servo.calibration import identity_calibration
+
+    rig = load_rig(twin_rig_file(tmp_path))
+    arm = rig.arm('right')
+    with TwinLoop(rig) as twin:  # centred horns: the identity mapping is the twin's angles
+        controller = ArmController(arm, identity_calibration(arm))
+        try:
+            loads: list[float] = []
+            deadline = time.monotonic() + 20
+            while controller.stats.stall_events == 0:
+                assert time.monotonic() < deadline, (twin.positions('right'), loads[-5:])
+                controller.submit_command(['right_shoulder_lift', 'right_elbow_flex'], [1.5, 0.9])
+                reading = controller.cycle()
+                if reading is not None and reading.efforts and reading.efforts[1] is not None:
+                    loads.append(abs(reading.efforts[1]))
+                time.sleep(0.01)
+            assert max(loads) >= arm.stall_load_fraction  # the shoulder pushes at (nearly) full load
+            stalled = [j for j, b in zip(arm.joint_names, controller.filter.blocked, strict=True) if b is not None]
+            assert 'shoulder_lift' in stalled
+            assert twin.positions('right')[1] < 1.4  # the table stopped it short of the goal
+        finally:
+            controller.close()

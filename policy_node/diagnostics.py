@@ -1,15 +1,33 @@
 """The policy node's diagnostics, without ROS: key/values and level from plain state.
 
-The node wraps them into one DiagnosticStatus (``<node>: policy``) a second; levels are named here
-('OK', 'WARN', 'ERROR', 'STALE') and mapped to the message's bytes by the node.
+The node wraps them into one DiagnosticStatus (``<node>: policy``) a second
+(``messages.diagnostic_array``); levels are named here ('OK', 'WARN', 'ERROR', 'STALE').
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
+from typing import Any
 
+from bimanual_vla.config import RigConfig
+from bimanual_vla.policy_node.prompt import Prompt
 from bimanual_vla.policy_node.safety import CommandGate
-from bimanual_vla.policy_node.scheduler import Stats
+from bimanual_vla.policy_node.scheduler import Scheduler, Stats
+from bimanual_vla.policy_node.settings import NodeSettings
+
+
+def startup_line(settings: NodeSettings, model: Any, scheduler: Scheduler, rig: RigConfig, markers: str) -> str:
+    """The node's start-up log line: checkpoint, joints, cameras, chunking, timing, enabled, markers.
+
+    ``model``: the loaded VLAPolicy (its joint and camera names, chunk size and rate are read).
+    """
+    enabled = 'ENABLED' if settings.enabled else 'disabled (call policy/enable)'
+    return (
+        f'policy {settings.checkpoint.name}: {len(model.joint_names)} joints, cameras {list(model.camera_names)}, '
+        f'chunk {model.chunk_size} @ {model.control_rate_hz:g} Hz, chunking {settings.chunking}, '
+        f'{scheduler.chunk_start_text()}, control {rig.control_rate_hz:g} Hz, {enabled}; markers: {markers}'
+    )
 
 
 def task_trained(task: str, trained: Sequence[str] | None) -> str:
@@ -17,6 +35,39 @@ def task_trained(task: str, trained: Sequence[str] | None) -> str:
     if not trained:
         return 'unknown'
     return 'yes' if task in trained else 'no'
+
+
+def untrained_task_warning(task: str, trained: Sequence[str] | None) -> str | None:
+    """The warning for a prompt the checkpoint did not learn (None if it did, or nothing is recorded):
+    a small VLA trained on a few prompts acts on an unseen one unpredictably, and a typo is the usual cause."""
+    if task and task_trained(task, trained) == 'no':
+        return f'task {task!r} is not one this checkpoint was trained on: {trained}'
+    return None
+
+
+def policy_values(
+    gate: CommandGate,
+    scheduler: Scheduler,
+    prompt: Prompt,
+    trained_tasks: Sequence[str] | None,
+    lock: AbstractContextManager,
+) -> dict[str, object]:
+    """Every value the node publishes, in order: its own and the arrival delays read under ``lock``
+    (the callbacks change them), then the scheduler's counters, which need no lock to be read."""
+    with lock:
+        values = status_values(
+            gate,
+            scheduler.stats,
+            chunking=scheduler.executor.strategy,
+            task=prompt.task,
+            trained=task_trained(prompt.task, trained_tasks),
+            subtask=prompt.subtask,
+            override=prompt.override,
+            stale=scheduler.stale,
+        )
+        arrival = scheduler.arrival_values()
+    values.update(scheduler.stats_values(arrival))
+    return values
 
 
 def status_values(

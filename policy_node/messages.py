@@ -1,16 +1,21 @@
-"""The policy node's outgoing messages, built from arrays: one arm's joint command, a chunk's trajectory."""
+"""The policy node's outgoing messages, built from plain values: one arm's joint command, a chunk's
+trajectory, the diagnostics array, the markers' reasoning label."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from builtin_interfaces.msg import Duration, Time
+from diagnostic_msgs.msg import DiagnosticArray
 from sensor_msgs.msg import JointState
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from bimanual_vla.policy_node.chunking import Chunk
-from bimanual_vla.ros_utils import sec_to_stamp
+from bimanual_vla.ros_utils import ERROR, OK, STALE, WARN, diagnostic_status, sec_to_stamp
+
+LEVELS = {'OK': OK, 'WARN': WARN, 'ERROR': ERROR, 'STALE': STALE}
+"""``diagnostics.status_level``'s level names as the message's bytes."""
 
 
 def joint_command(stamp: Time, names: list[str], positions: np.ndarray) -> JointState:
@@ -33,3 +38,16 @@ def chunk_trajectory(chunk: Chunk, joint_names: Sequence[str]) -> JointTrajector
         point.time_from_start = Duration(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)
         msg.points.append(point)
     return msg
+
+
+def diagnostic_array(stamp: Time, name: str, level: str, message: str, values: Mapping[str, object]) -> DiagnosticArray:
+    """``/diagnostics``: one status ``name`` at ``level`` (a name of ``LEVELS``), values rendered as text."""
+    array = DiagnosticArray()
+    array.header.stamp = stamp
+    array.status.append(diagnostic_status(name, LEVELS[level], message, values))
+    return array
+
+
+def reasoning_label(subtask: str, source: str) -> str:
+    """The subtask as the markers show it: marked ``[coach]`` when it came from policy/subtask."""
+    return f'[coach] {subtask}' if source == 'override' else subtask

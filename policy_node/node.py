@@ -1,13 +1,13 @@
 """The policy node: observations in, reasoning text + action chunks + control-rate joint commands out.
 
-A thin ROS adapter. Three loops that never wait on each other: **inputs** (subscription callbacks
-hand the latest frames and joints, with their stamps, to ``scheduler.py``: no decoding), **inference**
-(``inference_worker.py``, a plain thread, so the model's seconds never occupy an executor thread) and
-**control** (a timer at the rig's control rate: the scheduler's action at *now*, through the safety
-gate, one ``arms/<arm>/joint_command`` per arm; the node spins on one thread and every other callback
-only stores a message, so a tick waits at most microseconds). One lock guards the scheduler, the gate
-and the node's own state, held only for microseconds, never across inference. ``diagnostics.py``
-gives the diagnostics' values and level, ``messages.py`` builds the outgoing messages.
+A thin ROS adapter: it declares the parameters and creates its topics, service and timers in
+``__init__``; ROS-free pieces decide. Three loops never wait on each other: **inputs** (callbacks
+store frames and joints with their stamps in ``scheduler.Scheduler``, no decoding), **inference**
+(``inference_worker.py``, a plain thread) and **control** (a timer at the rig's control rate: the
+scheduler's action at *now* through the safety gate, one ``arms/<arm>/joint_command`` per arm). The
+node spins on one thread; one lock guards the scheduler, the gate and the prompt, held only for
+microseconds, never across inference. ``settings.py`` resolves the parameters, ``prompt.py`` keeps
+the task and the reasoning, ``diagnostics.py`` gives the diagnostics, ``messages.py`` the messages.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import functools
 import sys
 import threading
 import time
-from pathlib import Path
 
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.node import Node
@@ -27,30 +26,19 @@ from trajectory_msgs.msg import JointTrajectory
 from visualization_msgs.msg import MarkerArray
 
 from bimanual_vla import topics
-from bimanual_vla.config import ConfigError, PolicyConfig, load_policy, resolve_share_relative
+from bimanual_vla.config import load_policy
 from bimanual_vla.image_msgs import ImageError, image_to_rgb
 from bimanual_vla.policy_node import diagnostics
 from bimanual_vla.policy_node.chunking import Chunk
 from bimanual_vla.policy_node.inference_worker import InferenceWorker, Snapshot, load_model
 from bimanual_vla.policy_node.markers import GripperPaths, chunk_markers
-from bimanual_vla.policy_node.messages import chunk_trajectory, joint_command
+from bimanual_vla.policy_node.messages import chunk_trajectory, diagnostic_array, joint_command, reasoning_label
+from bimanual_vla.policy_node.prompt import Prompt
 from bimanual_vla.policy_node.rig_fit import check_cameras, commanded_arms
 from bimanual_vla.policy_node.safety import CommandGate
 from bimanual_vla.policy_node.scheduler import Scheduler, scheduler_for_policy
-from bimanual_vla.ros_utils import (
-    ERROR,
-    OK,
-    STALE,
-    WARN,
-    declare_rig,
-    diagnostic_status,
-    run_node,
-    sec_to_stamp,
-    stamp_to_sec,
-    subscribe_from_any_publisher,
-)
-
-_LEVELS = {'OK': OK, 'WARN': WARN, 'ERROR': ERROR, 'STALE': STALE}
+from bimanual_vla.policy_node.settings import NodeSettings
+from bimanual_vla.ros_utils import declare_rig, run_node, sec_to_stamp, stamp_to_sec, subscribe_from_any_publisher
 
 
 class PolicyNode(Node):
@@ -58,70 +46,67 @@ class PolicyNode(Node):
 
     def __init__(self, **kwargs) -> None:
         super().__init__('policy_node', **kwargs)
-        self._worker: InferenceWorker[Image] | None = None  # first: destroy_node must work on a failed set-up
-        checkpoint, enabled, strategy = self._declare_parameters()
-        self._load_model(checkpoint)
-        self._init_state(enabled, strategy)
-        self._init_ros_io()
-        self._worker = self._make_worker()
-        self._worker.start()
-        self.get_logger().info(
-            f'policy {checkpoint.name}: {len(self.joint_names)} joints, cameras {self.camera_names}, '
-            f'chunk {self.model.chunk_size} @ {self.model.control_rate_hz:g} Hz, chunking {strategy}, '
-            f'{self.scheduler.chunk_start_text()}, '
-            f'control {self.rig.control_rate_hz:g} Hz, {"ENABLED" if enabled else "disabled (call policy/enable)"}; '
-            f'markers: {self.paths.mode}'
-        )
-        self._check_task(self._task)
-
-    # ---------------------------------------------------------------- setup
-
-    def _declare_parameters(self) -> tuple[Path, bool, str]:
-        """Declare every parameter; returns (checkpoint directory, enabled at start, chunking strategy)."""
-        self.rig = declare_rig(self)
-        policy_arg = self.declare_parameter('policy', 'default').get_parameter_value().string_value
-        self.policy_cfg: PolicyConfig = load_policy(policy_arg)
-        ckpt = self.declare_parameter('checkpoint', '').get_parameter_value().string_value
-        enabled = self.declare_parameter('enabled', self.policy_cfg.safety.enabled_at_start).value
-        strategy = self.declare_parameter('chunking', self.policy_cfg.inference.chunking).value
-        self.marker_every = max(1, int(self.declare_parameter('markers_every_n_chunks', 1).value))
-        checkpoint = resolve_share_relative(ckpt or self.policy_cfg.checkpoint)
-        if not Path(checkpoint).is_dir():
-            raise ConfigError(f'checkpoint {checkpoint} is not a directory (set the "checkpoint" parameter)')
-        return checkpoint, enabled, strategy
-
-    def _load_model(self, checkpoint: Path) -> None:
-        self.model = load_model(checkpoint, self.policy_cfg)
+        self.worker: InferenceWorker[Image] | None = None  # first: destroy_node must work on a failed set-up
+        self.settings = self._declare_parameters()
+        self.model = load_model(self.settings.checkpoint, self.settings.policy)
         self.joint_names: list[str] = list(self.model.joint_names)
         self.camera_names: list[str] = list(self.model.camera_names)
         self.dt = 1.0 / float(self.model.control_rate_hz)
-        # The checkpoint says how its data stamped commands; the policy file may override it.
-        offset = self.policy_cfg.inference.action_time_offset_s
-        self.action_time_offset_s = float(offset if offset is not None else self.model.metadata.action_time_offset_s)
+        self.action_time_offset_s = self.settings.action_time_offset_s(self.model.metadata.action_time_offset_s)
         self.arms = commanded_arms(self.rig, self.joint_names, self.get_logger().warning)
         check_cameras(self.rig, self.camera_names)
+        self._init_state()
+        self._init_ros_io()
+        self.worker = InferenceWorker(
+            model=self.model,
+            scheduler=self.scheduler,
+            lock=self._lock,
+            policy_cfg=self.settings.policy,
+            camera_names=self.camera_names,
+            clock=self.now_s,
+            prompt=self.prompt.read,  # called under the lock
+            decode_image=image_to_rgb,
+            decode_errors=(ImageError,),
+            logger=self.get_logger(),
+            on_subtask=self._publish_subtask,
+            on_chunk=self._on_chunk,
+        )
+        self.worker.start()
+        self.get_logger().info(
+            diagnostics.startup_line(self.settings, self.model, self.scheduler, self.rig, self.paths.mode)
+        )
+        self._check_task(self.prompt.task)
 
-    def _init_state(self, enabled: bool, strategy: str) -> None:
+    # ---------------------------------------------------------------- setup
+
+    def _declare_parameters(self) -> NodeSettings:
+        self.rig = declare_rig(self)
+        policy = load_policy(self.declare_parameter('policy', 'default').get_parameter_value().string_value)
+        return NodeSettings.resolve(
+            policy,
+            checkpoint=self.declare_parameter('checkpoint', '').get_parameter_value().string_value,
+            enabled=self.declare_parameter('enabled', policy.safety.enabled_at_start).value,
+            chunking=self.declare_parameter('chunking', policy.inference.chunking).value,
+            markers_every_n_chunks=self.declare_parameter('markers_every_n_chunks', 1).value,
+        )
+
+    def _init_state(self) -> None:
         self.scheduler: Scheduler[Image] = scheduler_for_policy(
-            self.policy_cfg,
+            self.settings.policy,
             dt=self.dt,
             chunk_size=self.model.chunk_size,
             action_time_offset_s=self.action_time_offset_s,
             joint_names=self.joint_names,
             camera_names=self.camera_names,
             arm_columns={arm: cols for arm, (_names, cols) in self.arms.items()},
-            strategy=strategy,
+            strategy=self.settings.chunking,
             on_time_jump=self._on_time_jump,
         )
         self.stats, self.latency = self.scheduler.stats, self.scheduler.latency
-        max_velocity = self.policy_cfg.safety.max_velocity_rad_s
+        max_velocity, enabled = self.settings.policy.safety.max_velocity_rad_s, self.settings.enabled
         self.gate = CommandGate.from_rig(self.rig, self.joint_names, max_velocity_rad_s=max_velocity, enabled=enabled)
+        self.prompt = Prompt(self.settings.policy.task)
         self._lock = threading.Lock()
-        self._task = self.policy_cfg.task
-        self._override: str | None = None
-        self._last_reasoning: str | None = None
-        self._subtask = ''
-        self._last_tick_wall: float | None = None
 
     def _init_ros_io(self) -> None:
         for cam in self.camera_names:
@@ -146,17 +131,6 @@ class PolicyNode(Node):
     def now_s(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9
 
-    @property
-    def _stale(self) -> list[str]:
-        """Stale inputs at the latest control tick (empty: all fresh)."""
-        return self.scheduler.stale
-
-    def frame_arrival_delay_s(self) -> float:
-        return self.scheduler.frame_arrival_delay_s()
-
-    def input_delay_s(self) -> float:
-        return self.scheduler.input_delay_s()
-
     # --------------------------------------------------------------- inputs
 
     def _on_image(self, cam: str, msg: Image) -> None:
@@ -165,34 +139,23 @@ class PolicyNode(Node):
             self.scheduler.add_frame(cam, msg, stamp_to_sec(msg.header.stamp), arrival)
 
     def _on_joints(self, msg: JointState) -> None:
-        if len(msg.position) != len(msg.name):
-            self.stats.bad_joint_states += 1
-            return
         with self._lock:
             self.scheduler.add_joints(stamp_to_sec(msg.header.stamp), msg.name, msg.position)
 
     def _on_task(self, msg: String) -> None:
         with self._lock:
-            self._task = msg.data.strip()
+            task = self.prompt.set_task(msg.data)
         self.get_logger().info(f'task: {msg.data!r}')
-        self._check_task(self._task)
-
-    def task_trained(self, task: str) -> str:
-        """'yes' / 'no' if the checkpoint records the prompts it was trained on, else 'unknown'."""
-        return diagnostics.task_trained(task, self.model.metadata.tasks)
+        self._check_task(task)
 
     def _check_task(self, task: str) -> None:
-        """Say so when the prompt is not one the checkpoint learned: a small VLA trained on a few
-        prompts acts on an unseen one unpredictably, and a typo is the usual cause."""
-        if task and self.task_trained(task) == 'no':
-            self.get_logger().warning(
-                f'task {task!r} is not one this checkpoint was trained on: {self.model.metadata.tasks}'
-            )
+        warning = diagnostics.untrained_task_warning(task, self.model.metadata.tasks)
+        if warning:
+            self.get_logger().warning(warning)
 
     def _on_subtask(self, msg: String) -> None:
-        text = msg.data.strip()
         with self._lock:
-            self._override = text or None
+            text = self.prompt.set_override(msg.data)
         self.get_logger().info(f'subtask override: {text!r}' if text else 'subtask override cleared')
 
     def _on_estop(self, msg: Bool) -> None:
@@ -212,20 +175,15 @@ class PolicyNode(Node):
         return response
 
     def _on_time_jump(self, back_s: float) -> None:
-        """ROS time jumped back (under the lock): retract the old episode's subtask (an empty
-        ``policy/reasoning``), so the new one's first is published even when it reads the same."""
-        if self._last_reasoning:
-            self._subtask, self._last_reasoning = '', None
+        """ROS time jumped back (the scheduler calls it under the lock): retract the old episode's subtask."""
+        if self.prompt.retract():
             self._reasoning_pub.publish(String(data=''))
         self.get_logger().info(f'time jumped back {back_s:.2f} s (sim reset or bag loop): executing chunk dropped')
 
     # -------------------------------------------------------------- control
 
     def _tick(self) -> None:
-        wall = time.monotonic()
-        if self._last_tick_wall is not None:
-            self.stats.tick_periods_ms.append((wall - self._last_tick_wall) * 1e3)
-        self._last_tick_wall = wall
+        self.scheduler.note_tick_wall(time.monotonic())
         now = self.now_s()
         with self._lock:
             tick = self.scheduler.tick(now)
@@ -241,42 +199,19 @@ class PolicyNode(Node):
         for arm, (names, cols) in self.arms.items():
             self._cmd_pubs[arm].publish(joint_command(stamp, names, result.command[cols]))
         if pending:
-            for cam_stamp in pending.values():
-                self.stats.frame_to_command_ms.append((self.now_s() - cam_stamp) * 1e3)
+            self.scheduler.note_commanded(pending, self.now_s())
 
     # ------------------------------------------------------------ inference
 
-    def _make_worker(self) -> InferenceWorker[Image]:
-        return InferenceWorker(
-            model=self.model,
-            scheduler=self.scheduler,
-            lock=self._lock,
-            policy_cfg=self.policy_cfg,
-            camera_names=self.camera_names,
-            clock=self.now_s,
-            prompt=lambda: (self._task, self._override),  # called under the lock
-            decode_image=image_to_rgb,
-            decode_errors=(ImageError,),
-            logger=self.get_logger(),
-            on_subtask=self._publish_subtask,
-            on_chunk=self._on_chunk,
-        )
-
-    def _snapshot(self) -> Snapshot[Image] | None:
-        """Everything one inference needs, copied under the lock; None if inputs are not usable."""
-        assert self._worker is not None
-        return self._worker.snapshot()
-
     def _on_chunk(self, result, snap: Snapshot[Image], chunk: Chunk) -> None:
         """A chunk the scheduler accepted: publish it, and its markers every ``markers_every_n_chunks``."""
-        self._subtask = result.subtask  # published on policy/reasoning when decoded (infer's on_subtask)
+        self.prompt.subtask = result.subtask  # published on policy/reasoning when decoded (_publish_subtask)
         self._chunk_pub.publish(chunk_trajectory(chunk, self.joint_names))
-        if self.stats.chunks % self.marker_every == 0:
-            label = f'[coach] {result.subtask}' if result.subtask_source == 'override' else result.subtask
-            stamp = sec_to_stamp(chunk.t0)
+        if self.stats.chunks % self.settings.markers_every == 0:
+            label = reasoning_label(result.subtask, result.subtask_source)
             frozen = snap.inputs.frozen_steps
             markers = chunk_markers(
-                self.paths, chunk.actions, self.dt, stamp=stamp, reasoning=label, frozen_steps=frozen
+                self.paths, chunk.actions, self.dt, stamp=sec_to_stamp(chunk.t0), reasoning=label, frozen_steps=frozen
             )
             self._marker_pub.publish(markers)
 
@@ -284,42 +219,25 @@ class PolicyNode(Node):
         """A new subtask on policy/reasoning the moment the model has written it (about half an
         inference before its chunk); under the lock, so nothing from before a time jump gets out."""
         with self._lock:
-            if not text or text == self._last_reasoning or epoch != self.scheduler.epoch:
-                return
-            self._last_reasoning = text
-            self._reasoning_pub.publish(String(data=text))
+            if self.prompt.reasoning_to_publish(text, current=epoch == self.scheduler.epoch):
+                self._reasoning_pub.publish(String(data=text))
 
     # ---------------------------------------------------------- diagnostics
 
     def diagnostics_values(self) -> dict[str, object]:
-        with self._lock:
-            values = diagnostics.status_values(
-                self.gate,
-                self.stats,
-                chunking=self.scheduler.executor.strategy,
-                task=self._task,
-                trained=self.task_trained(self._task),
-                subtask=self._subtask,
-                override=self._override,
-                stale=self._stale,
-            )
-            arrival = self.scheduler.arrival_values()
-        values.update(self.scheduler.stats_values(arrival))
-        return values
+        return diagnostics.policy_values(self.gate, self.scheduler, self.prompt, self.model.metadata.tasks, self._lock)
 
     def _publish_diagnostics(self) -> None:
         values = self.diagnostics_values()
-        level, message = diagnostics.status_level(values, self._stale, self.stats)
-        array = DiagnosticArray()
-        array.header.stamp = self.get_clock().now().to_msg()
-        array.status.append(diagnostic_status(f'{self.get_name()}: policy', _LEVELS[level], message, values))
-        self._diag_pub.publish(array)
+        level, message = diagnostics.status_level(values, self.scheduler.stale, self.stats)
+        stamp = self.get_clock().now().to_msg()
+        self._diag_pub.publish(diagnostic_array(stamp, f'{self.get_name()}: policy', level, message, values))
 
     # -------------------------------------------------------------- teardown
 
     def destroy_node(self) -> None:
-        if self._worker is not None:
-            self._worker.stop(timeout=30.0)
+        if self.worker is not None:
+            self.worker.stop(timeout=30.0)
         super().destroy_node()
 
 

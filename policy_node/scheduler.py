@@ -167,6 +167,7 @@ class Scheduler(Generic[F]):
         self._pending_frames: dict[str, float] | None = None  # camera stamps of the newest chunk, until commanded
         self._next_start = -math.inf  # pacing: when the next inference is due, on timeline _paced_epoch
         self._paced_epoch = 0
+        self._last_tick_wall: float | None = None  # monotonic time of the previous control tick
 
     # --------------------------------------------------------------- inputs
 
@@ -176,9 +177,13 @@ class Scheduler(Generic[F]):
         if self._keep_history:
             self._frame_history[cam].add(stamp, frame)
 
-    def add_joints(self, stamp: float, names: Iterable[str], positions: Iterable[float]) -> None:
-        """One joint-state message: joints not in the checkpoint are ignored; a non-finite position is
-        counted (``bad_joint_states``) and not stored, so that joint goes stale instead of feeding NaN."""
+    def add_joints(self, stamp: float, names: Sequence[str], positions: Sequence[float]) -> None:
+        """One joint-state message: joints not in the checkpoint are ignored; a non-finite position, or a
+        message whose names and positions differ in number, is counted (``bad_joint_states``) and not
+        stored, so that joint goes stale instead of feeding NaN."""
+        if len(names) != len(positions):
+            self.stats.bad_joint_states += 1
+            return
         cols: list[int] = []
         values: list[float] = []
         for name, pos in zip(names, positions, strict=True):
@@ -305,6 +310,18 @@ class Scheduler(Generic[F]):
         """Camera stamps of the newest chunk's inputs, once: call when a tick sent a command."""
         pending, self._pending_frames = self._pending_frames, None
         return pending
+
+    def note_tick_wall(self, wall: float) -> None:
+        """The control timer fired at ``wall`` (monotonic seconds): its period, for diagnostics."""
+        if self._last_tick_wall is not None:
+            self.stats.tick_periods_ms.append((wall - self._last_tick_wall) * 1e3)
+        self._last_tick_wall = wall
+
+    def note_commanded(self, pending: Mapping[str, float] | None, now: float) -> None:
+        """The first command from a chunk went out at ``now``: how long after each of its frames
+        was taken (``pending``, from ``take_pending_frames``), for diagnostics."""
+        for cam_stamp in (pending or {}).values():
+            self.stats.frame_to_command_ms.append((now - cam_stamp) * 1e3)
 
     # ------------------------------------------------------------ inference
 

@@ -1,5 +1,4 @@
-"""The policy node's ROS-free pieces: the inference worker (policy_node/inference_worker.py), the
-diagnostics' values and level (policy_node/diagnostics.py), checked by value with a fake model."""
+"""The policy node's inference thread (policy_node/inference_worker.py), checked by value with a fake model."""
 
 from __future__ import annotations
 
@@ -10,10 +9,8 @@ import numpy as np
 import pytest
 
 from bimanual_vla.config import load_policy
-from bimanual_vla.policy_node import diagnostics
 from bimanual_vla.policy_node.inference_worker import InferenceWorker
-from bimanual_vla.policy_node.safety import CommandGate
-from bimanual_vla.policy_node.scheduler import Scheduler, Stats, scheduler_for_policy
+from bimanual_vla.policy_node.scheduler import Scheduler, scheduler_for_policy
 
 DT = 1 / 32
 JOINTS = ['left_a', 'left_b', 'right_a', 'right_b']
@@ -164,56 +161,3 @@ def test_the_thread_stops_and_joins() -> None:
     worker.start()
     worker.stop(timeout=5.0)
     assert worker._thread is not None and not worker._thread.is_alive()
-
-
-# ------------------------------------------------------------- diagnostics
-
-
-def test_task_trained_is_unknown_without_a_recorded_task_list() -> None:
-    assert diagnostics.task_trained('fold', None) == 'unknown'
-    assert diagnostics.task_trained('fold', []) == 'unknown'
-    assert diagnostics.task_trained('fold', ['fold', 'stack']) == 'yes'
-    assert diagnostics.task_trained('fld', ['fold']) == 'no'
-
-
-def test_status_values_keys_in_order_and_rendered_counters() -> None:
-    gate = CommandGate(['a', 'b'], np.array([-1.0, -1.0]), np.array([1.0, 1.0]), 0.1, enabled=True)
-    gate.counters.blocked.update({'stale': 3, 'disabled': 2})
-    gate.counters.nonfinite_rejected = 1
-    stats = Stats()
-    stats.nonfinite_chunks = 2
-    values = diagnostics.status_values(
-        gate, stats, chunking='rtc', task='fold', trained='yes', subtask='reach', override=None, stale=[]
-    )
-    assert list(values) == [
-        'enabled', 'estop', 'chunking', 'task', 'task_trained', 'subtask', 'subtask_override', 'stale_inputs',
-        'commands_sent', 'rejected_outputs', 'limit_clips', 'velocity_clamps', 'blocked_ticks',
-    ]  # fmt: skip
-    assert values['enabled'] is True and values['estop'] is False
-    assert values['subtask_override'] == '' and values['stale_inputs'] == 'none'
-    assert values['rejected_outputs'] == 3 and values['blocked_ticks'] == 'disabled=2, stale=3'
-    values = diagnostics.status_values(
-        gate, stats, chunking='rtc', task='', trained='unknown', subtask='', override='lift', stale=['a', 'b']
-    )
-    assert values['subtask_override'] == 'lift' and values['stale_inputs'] == 'a; b'
-
-
-def test_status_level_most_severe_first() -> None:
-    stats = Stats()
-    base = {'estop': False, 'enabled': True, 'task': 'fold', 'task_trained': 'yes'}
-    assert diagnostics.status_level(base, [], stats) == ('OK', 'running, 0 chunks')
-    assert diagnostics.status_level({**base, 'enabled': False}, [], stats) == (
-        'OK',
-        'disabled (preview only: chunks and reasoning published, no commands)',
-    )
-    assert diagnostics.status_level({**base, 'task_trained': 'no'}, [], stats) == (
-        'WARN',
-        "task 'fold' is not among the checkpoint's training tasks",
-    )
-    stats.inference_errors, stats.last_error = 1, 'RuntimeError: boom'
-    assert diagnostics.status_level(base, [], stats) == ('WARN', 'model output rejected or failed: RuntimeError: boom')
-    assert diagnostics.status_level(base, ['camera top: no frame'], stats) == (
-        'STALE',
-        'stale inputs: camera top: no frame',
-    )
-    assert diagnostics.status_level({**base, 'estop': True}, ['x'], stats) == ('ERROR', 'e-stop engaged')

@@ -354,12 +354,12 @@ def test_synchronized_chunks_observe_when_every_input_had_arrived_with_the_joint
     from bimanual_vla.ros_utils import stamp_to_sec
 
     rig, node = start_with_late_frames(harness, tiny_checkpoint, tmp_path, 'synchronized')
-    assert 0.29 <= node.input_delay_s() <= 0.45, node.input_delay_s()
+    assert 0.29 <= node.scheduler.input_delay_s() <= 0.45, node.scheduler.input_delay_s()
     values = node.diagnostics_values()
     assert values['chunk_start'] == 'synchronized' and 290 <= values['camera_top_arrival_delay_ms_p50'] <= 450
 
     now = node.now_s()
-    snap = node._snapshot()  # what the inference thread does, under the node's lock
+    snap = node.worker.snapshot()  # what the inference thread does, under the node's lock
     assert snap is not None
     t_sync = snap.stamp + node.action_time_offset_s
     assert 0.29 <= now - t_sync <= 0.45, (now, t_sync)
@@ -384,10 +384,10 @@ def test_arrival_compensated_chunks_start_earlier_by_the_frames_arrival_delay_wi
     from bimanual_vla.ros_utils import stamp_to_sec
 
     rig, node = start_with_late_frames(harness, tiny_checkpoint, tmp_path, 'arrival_compensated')
-    assert 0.29 <= node.frame_arrival_delay_s() <= 0.36, node.frame_arrival_delay_s()
+    assert 0.29 <= node.scheduler.frame_arrival_delay_s() <= 0.36, node.scheduler.frame_arrival_delay_s()
 
     now = node.now_s()
-    snap = node._snapshot()
+    snap = node.worker.snapshot()
     assert snap is not None
     lead = now - (snap.stamp + node.action_time_offset_s)
     assert 0.29 <= lead <= 0.36, lead
@@ -419,7 +419,7 @@ def test_a_checkpoint_trained_on_late_stamped_commands_starts_its_chunks_that_mu
     assert node.action_time_offset_s == expected
     assert wait_for(lambda: rig.count(rig.chunks) >= 1, 60), node.diagnostics_values()
     before = node.now_s()
-    snap = node._snapshot()  # what the inference thread does, under the node's lock
+    snap = node.worker.snapshot()  # what the inference thread does, under the node's lock
     after = node.now_s()
     assert snap is not None
     assert before - expected - 1e-6 <= snap.stamp <= after - expected + 1e-6
@@ -533,11 +533,11 @@ def test_sim_time_jumping_back_drops_the_old_chunk_and_infers_on_the_new_timelin
         stale_seen: list[str] = []
         deadline = time.monotonic() + 10
         while node.stats.time_jumps < 1 and time.monotonic() < deadline:
-            stale_seen += node._stale
+            stale_seen += node.scheduler.stale
             time.sleep(0.001)
         assert node.stats.time_jumps >= 1, node.diagnostics_values()
         for _ in range(300):  # the ticks right after the jump, until the new timeline's inputs arrive
-            stale_seen += node._stale
+            stale_seen += node.scheduler.stale
             time.sleep(0.001)
         # inputs of the old timeline are forgotten at the jump, not reported as "-99 s old"
         assert not [s for s in stale_seen if ' -' in s], stale_seen

@@ -86,6 +86,13 @@ def test_joint_states_outside_the_checkpoint_are_ignored_and_non_finite_ones_cou
     assert s.stats.bad_joint_states == 1
 
 
+def test_a_joint_state_whose_names_and_positions_differ_in_number_is_counted_and_not_stored() -> None:
+    s, _ = make()
+    s.add_joints(10.0, ['left_a', 'left_b'], [0.5])
+    assert s.stats.bad_joint_states == 1
+    assert np.isnan(s.joint_pos).all() and np.isinf(s.joint_stamp).all()
+
+
 def test_arrival_delays_per_camera_and_their_cap() -> None:
     s, _ = make()
     s.add_frame('top', 'a', stamp=9.875, arrival=9.9375)  # 62.5 ms late
@@ -320,6 +327,19 @@ def test_no_chunk_yet_proposes_nothing_without_counting_a_starved_tick() -> None
     tick = s.tick(10.0)
     assert tick.action is None and tick.stale == []
     assert s.stats.starved_ticks == 0
+
+
+def test_control_periods_and_frame_to_command_delays_are_recorded_for_diagnostics() -> None:
+    s, _ = make()
+    s.note_tick_wall(100.0)
+    assert list(s.stats.tick_periods_ms) == []  # the first tick has no period
+    s.note_tick_wall(100.03125)
+    s.note_tick_wall(100.0625)
+    assert list(s.stats.tick_periods_ms) == [31.25, 31.25]
+    s.note_commanded(None, 10.0)
+    assert list(s.stats.frame_to_command_ms) == []
+    s.note_commanded({'top': 9.9375, 'wrist': 9.875}, 10.0)
+    assert list(s.stats.frame_to_command_ms) == [62.5, 125.0]
 
 
 # ------------------------------------------------------------------- pacing

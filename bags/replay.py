@@ -10,6 +10,14 @@ thread sleeps between messages; it also publishes ``rosgraph_msgs/Clock`` at
 ``clock_hz`` with the bag time of "now", so nodes started with ``use_sim_time:=true``
 (the policy node, controllers) run their timers and stamps on bag time and behave as
 they would have live, at any replay rate.
+
+Which clock ``t_i`` is on is the bag's time base (``time_base`` parameter, default ``auto``:
+:mod:`bimanual_vla.bags.time_base`). On ``receive`` it is the recorder's receive time. On
+``header`` (a sim recorded faster than real time, whose stamps are sim time) messages keep their
+recorded order but are paced by sim time: each is placed at the header stamp of the newest joint
+state read before it (:class:`StampTimeline`), and ``/clock`` carries that sim time, so an 8.98 s
+episode recorded in 2 s replays in 8.98 s. Where sim time goes back (a reset between episodes)
+playback goes on without a pause and ``/clock`` goes back with it, as it did live.
 """
 
 from __future__ import annotations
@@ -24,8 +32,49 @@ from rosgraph_msgs.msg import Clock
 
 from bimanual_vla import topics as T
 from bimanual_vla.bags.message_types import UnknownMessageTypeError, message_class, replay_qos
-from bimanual_vla.bags.read import BagReader
+from bimanual_vla.bags.read import BagMessage, BagReader
+from bimanual_vla.bags.time_base import AUTO, header_stamp_ns, resolve_time_base
 from bimanual_vla.ros_utils import ERROR, OK, WARN, diagnostic_status
+
+_STAMPED_REFERENCE_TYPES = ('sensor_msgs/msg/JointState', 'sensor_msgs/msg/Image')
+
+
+class StampTimeline:
+    """Places messages read in receive order on the sim clock of their header stamps (time base header).
+
+    `place` gives (play, clock) for a message: ``clock`` is the header stamp of the newest message of
+    the `reference` topic read so far (joint states), ``play`` the same plus the sim time lost to resets
+    (a stamp going back), so play positions never decrease. None before the first reference stamp.
+    """
+
+    def __init__(self, reference: str) -> None:
+        self.reference = reference
+        self.clock: int | None = None
+        self.offset = 0  # sim time lost to resets so far: play = clock + offset
+
+    def place(self, msg: BagMessage) -> tuple[int, int] | None:
+        if msg.topic == self.reference:
+            try:
+                stamp = header_stamp_ns(msg.data)
+            except ValueError:
+                stamp = None
+            if stamp is not None:
+                if self.clock is not None and stamp < self.clock:
+                    self.offset += self.clock - stamp
+                self.clock = stamp
+        if self.clock is None:
+            return None
+        return self.clock + self.offset, self.clock
+
+
+def _reference_topic(reader: BagReader) -> str | None:
+    """The stamped topic a header-time-base replay is paced by: joint states, else a camera."""
+    for type_name in _STAMPED_REFERENCE_TYPES:
+        names = sorted(t for t, info in reader.topics.items() if info.type == type_name and info.count)
+        names.sort(key=lambda t: not t.endswith('/joint_states'))
+        if names:
+            return names[0]
+    return None
 
 
 def _time_msg(ns: int) -> Any:
@@ -52,10 +101,16 @@ class BagPlayer(Node):
         self.wait_for_subscribers_s = float(self.declare_parameter('wait_for_subscribers_s', 0.0).value)
         self.delay_s = float(self.declare_parameter('delay_s', 0.0).value)
         autostart = bool(self.declare_parameter('autostart', True).value)
+        requested_base = str(self.declare_parameter('time_base', AUTO).value)
 
         self.reader = BagReader(bag)
         for problem in self.reader.problems:
             self.get_logger().warning(f'{bag}: {problem}')
+        self.time_base = resolve_time_base(self.reader, requested_base)
+        self.reference_topic = _reference_topic(self.reader) if self.time_base.header else None
+        if self.time_base.header and self.reference_topic is None:
+            raise ValueError(f'{bag}: time base header needs stamped joint states or images; the bag has none')
+        self.get_logger().info(self.time_base.line(bag))
         if only:
             self.reader.require_topics(only)
             wanted = {self.resolve_topic_name(t) for t in only}
@@ -135,21 +190,39 @@ class BagPlayer(Node):
             self.finished.set()
 
     def _play_once(self) -> None:
-        first = self.reader.start_ns + self.start_offset_ns
+        """One pass over the bag, paced on its time base (module docstring)."""
+        timeline = StampTimeline(self.reference_topic) if self.reference_topic else None
         clock_period = int(1e9 / self.clock_hz) if self.clock_hz > 0 else 0
-        wall0 = time.monotonic_ns()
-        next_clock = wall0
+        # play positions: receive times, or (header) sim time made monotonic by the timeline
+        first: int | None = None if timeline else self.reader.start_ns + self.start_offset_ns
+        wall0 = next_clock = time.monotonic_ns()
+        lost = 0  # play - clock: sim time lost to resets (header)
 
         def bag_at(wall: int) -> int:
-            return first + int((wall - wall0) * self.rate)
+            assert first is not None
+            return first + int((wall - wall0) * self.rate) - lost
 
-        self._publish_clock(first)
-        for msg in self.reader.messages(self.publishers_by_topic.keys(), start_ns=first):
-            target = wall0 + int((msg.timestamp_ns - first) / self.rate)
+        if first is not None:
+            self._publish_clock(first)
+        topics = set(self.publishers_by_topic) | ({timeline.reference} if timeline else set())
+        for msg in self.reader.messages(topics, start_ns=None if timeline else first):
+            play = msg.timestamp_ns
+            if timeline is not None:
+                placed = timeline.place(msg)
+                if placed is None:  # before the first stamp: nothing to pace by yet
+                    self._publish(msg)
+                    continue
+                play, lost = placed[0], placed[0] - placed[1]
+                if first is None:
+                    first, wall0 = play + self.start_offset_ns, time.monotonic_ns()
+                    next_clock = wall0
+                if play < first:  # --start-offset on the sim clock
+                    continue
+            target = wall0 + int((play - first) / self.rate)
             while not self._stop.is_set():
                 now = time.monotonic_ns()
                 if clock_period and next_clock <= now:
-                    self._publish_clock(bag_at(now))
+                    self._publish_clock(min(bag_at(now), play - lost) if timeline else bag_at(now))
                     next_clock += clock_period
                     if next_clock < now:  # fell behind (loaded machine): don't burst stale ticks
                         next_clock = now + clock_period
@@ -160,9 +233,18 @@ class BagPlayer(Node):
                 self._stop.wait(max(0, wake - now) / 1e9)
             if self._stop.is_set():
                 return
-            self.publishers_by_topic[msg.topic].publish(msg.data)
-            self.published[msg.topic] += 1
-        self._publish_clock(bag_at(time.monotonic_ns()) if not self.loop else self.reader.end_ns)
+            self._publish(msg)
+        if first is None:
+            return
+        end = self.reader.end_ns if timeline is None else self.bag_time_ns
+        self._publish_clock(bag_at(time.monotonic_ns()) if not self.loop else end)
+
+    def _publish(self, msg: BagMessage) -> None:
+        publisher = self.publishers_by_topic.get(msg.topic)
+        if publisher is None:  # the reference topic read for pacing only
+            return
+        publisher.publish(msg.data)
+        self.published[msg.topic] += 1
 
     # --------------------------------------------------------- diagnostics
 

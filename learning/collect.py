@@ -7,8 +7,10 @@ node publishes the task on ``policy/task``, resets the sim to each episode's see
 episode with ``record/episode`` markers. All three nodes share one process and one executor
 (`bimanual_vla.bringup.compose`), so there is no process start cost per episode, and the sim runs as fast as
 the machine allows (``real_time_factor:=0``: physics waits for every camera frame, so no frame is
-dropped and the recording is identical to a real-time one apart from wall-clock receive times; train
-on it with ``time_base='header'``).
+dropped and the recording is identical to a real-time one apart from wall-clock receive times). The
+bag says so: its metadata.yaml custom_data holds ``bimanual_vla.time_base: header``
+(:func:`bimanual_vla.bags.time_base.mark_time_base`), so every bag consumer reads it on the sim
+clock of its header stamps unless told otherwise.
 
 Output: one bag (``OUT/``, rosbag2 + MCAP) holding every episode as a labelled episode
 (``"<task> seed <n>"``) and ``OUT/collect.json`` with each episode's seed, success, sim duration and
@@ -271,6 +273,7 @@ def collect(out: Path, settings: CollectSettings | None = None) -> CollectResult
             spinner.join(10.0)
         if recorder is not None:
             recorder.close()  # before the nodes are destroyed: it cancels its timers
+            _mark_sim_time(out)
             result.recorded_messages = {s.name: s.count for s in recorder.topic_states.values()}
             result.dropped_messages = recorder.dropped
         if composition is not None:
@@ -281,6 +284,14 @@ def collect(out: Path, settings: CollectSettings | None = None) -> CollectResult
     if out.is_dir():
         (out / SUMMARY_FILE).write_text(json.dumps(result.to_json(), indent=2) + '\n')
     return result
+
+
+def _mark_sim_time(out: Path) -> None:
+    """Say in the closed bag's metadata that its stamps are sim time (the time base to read it on)."""
+    from bimanual_vla.bags.time_base import mark_time_base
+
+    if (out / 'metadata.yaml').is_file():
+        mark_time_base(out, 'header')
 
 
 def _recorder(out: Path, settings: CollectSettings, context: Any) -> Any:

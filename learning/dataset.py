@@ -35,11 +35,13 @@ per process, so DataLoader workers each get their own. A damaged bag that is rea
 salvage scanner has no index: each frame read then scans the file (slow; re-record or
 re-index such a bag before training on it).
 
-Time base: ``'receive'`` (default) uses the recorder's receive timestamps for everything (one
-clock, robust); ``'header'`` uses ``header.stamp`` of images, joint states and commands
-(capture times; needed for sims run faster than real time, whose stamps are sim time).
-Unstamped topics (task, subtask) are then placed at the stamp of the joint state received
-just before them.
+Time base: ``'auto'`` (default) takes it from each bag (:mod:`bimanual_vla.bags.time_base`: the
+metadata ``collect`` writes, else inferred from the joint states' stamps) and logs one line per bag
+saying which and why (also in :attr:`BagDataset.time_bases`); ``'receive'`` uses the recorder's
+receive timestamps for everything (one clock, robust: live rigs); ``'header'`` uses
+``header.stamp`` of images, joint states and commands (capture times; needed for sims run faster
+than real time, whose stamps are sim time). Unstamped topics (task, subtask) are then placed at
+the stamp of the joint state received just before them.
 """
 
 from __future__ import annotations
@@ -48,7 +50,6 @@ import bisect
 import logging
 import math
 import os
-import struct
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -60,13 +61,14 @@ from torch.utils.data import Dataset
 
 from bimanual_vla import topics as T
 from bimanual_vla.bags.read import BagError, BagReader, Episode, MissingTopicError
+from bimanual_vla.bags.time_base import AUTO, TimeBase, check_time_base, header_stamp_ns, resolve_time_base
 from bimanual_vla.image_msgs import image_to_rgb
 
 log = logging.getLogger(__name__)
 
 ACTION_SOURCES = ('commands', 'joint_states')
 STATE_MODES = ('latest', 'interpolate')
-TIME_BASES = ('receive', 'header')
+TIME_BASES = (AUTO, 'receive', 'header')
 DEFAULT_SUBTASK_TOPICS = (T.POLICY_SUBTASK, T.SIM_EXPERT_SUBTASK)
 _STAMPED_TYPES = ('sensor_msgs/msg/Image', 'sensor_msgs/msg/JointState', 'sensor_msgs/msg/CameraInfo')
 
@@ -90,7 +92,7 @@ class DatasetOptions:
     state_mode: str = 'latest'  # 'latest' | 'interpolate'
     camera_max_age_s: float = 0.5  # as the policy node's staleness default
     joint_max_age_s: float = 0.2
-    time_base: str = 'receive'  # 'receive' | 'header'
+    time_base: str = AUTO  # 'auto' (from each bag, see bags.time_base) | 'receive' | 'header'
     namespace: str = '/'
     subtask_topics: tuple[str, ...] = DEFAULT_SUBTASK_TOPICS
     default_task: str = ''  # used where the bag has no policy/task (else the episode label)
@@ -100,8 +102,7 @@ class DatasetOptions:
             raise ValueError(f'action_source must be one of {ACTION_SOURCES}, got {self.action_source!r}')
         if self.state_mode not in STATE_MODES:
             raise ValueError(f'state_mode must be one of {STATE_MODES}, got {self.state_mode!r}')
-        if self.time_base not in TIME_BASES:
-            raise ValueError(f'time_base must be one of {TIME_BASES}, got {self.time_base!r}')
+        check_time_base(self.time_base)
         if self.chunk_size < 1:
             raise ValueError(f'chunk_size must be >= 1, got {self.chunk_size}')
         for name in ('rate_hz', 'sample_hz'):
@@ -143,15 +144,6 @@ class _EpisodeIndex:
     act_cols: list[np.ndarray] = field(default_factory=list)  # per action group: columns in joint order
     samples: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # sample times (time base)
     frames: dict[str, np.ndarray] = field(default_factory=dict)  # camera -> frame number per sample
-
-
-def header_stamp_ns(data: bytes) -> int:
-    """header.stamp of a CDR message that starts with std_msgs/Header, without deserialising it."""
-    if len(data) < 12:
-        raise ValueError('message too short for a header')
-    fmt = '<iI' if data[1] == 1 else '>iI'
-    sec, nsec = struct.unpack_from(fmt, data, 4)
-    return sec * 1_000_000_000 + nsec
 
 
 def _abs(namespace: str, topic: str) -> str:
@@ -215,6 +207,7 @@ class BagDataset(Dataset):
         self._tasks: list[_Labels] = []
         self._subtasks: list[_Labels] = []
         self._readers: dict[int, BagReader] = {}
+        self.time_bases: list[TimeBase] = []  # per bag: the clock it is read on, and why
         self._pid = os.getpid()
         for i, path in enumerate(self.paths):
             with BagReader(path) as bag:
@@ -243,7 +236,10 @@ class BagDataset(Dataset):
         return {t[len(pre) : len(t) - len(suf)]: None for t in bag.topics if t.startswith(pre) and t.endswith(suf)}
 
     def _index_bag(self, bag_i: int, bag: BagReader) -> None:
-        topics = self._bag_topics(bag)
+        time_base = resolve_time_base(bag, self.options.time_base)
+        self.time_bases.append(time_base)
+        log.info('%s', time_base.line(bag.path))
+        topics = self._bag_topics(bag, time_base.header)
         episodes = bag.episodes or [Episode(0, bag.path.name, bag.start_ns, None)]
         starts = [e.start_ns for e in episodes]
         stops = [e.end_ns if e.end_ns is not None else bag.end_ns + 1 for e in episodes]
@@ -265,7 +261,7 @@ class BagDataset(Dataset):
             self.episodes.append(idx)
         log.info('%s: %d episode(s) indexed (episodes %d..)', where, len(episodes), ep_offset)
 
-    def _bag_topics(self, bag: BagReader) -> _BagTopics:
+    def _bag_topics(self, bag: BagReader, header: bool) -> _BagTopics:
         """The topics to index in `bag` (learning the cameras from the first bag); refuses a bag lacking one."""
         opts = self.options
         ns = opts.namespace
@@ -296,10 +292,9 @@ class BagDataset(Dataset):
                     'a teleop leader topic)'
                 )
         sub_topics = [_abs(ns, t) for t in opts.subtask_topics]
-        header = opts.time_base == 'header'
         for topic in [*cam_topics, js_topic, *act_topics]:
             if header and bag.topics[topic].type not in _STAMPED_TYPES:
-                raise DatasetError(f"{where}: time_base='header' needs stamped messages; {topic} has none")
+                raise DatasetError(f"{where}: time base 'header' needs stamped messages; {topic} has none")
         return _BagTopics(
             cameras=cam_topics,
             joint_states=js_topic,
@@ -499,7 +494,7 @@ class BagDataset(Dataset):
         reader = self._reader(ep.bag)
         want_sync = int(ep.cam_sync[camera][frame])
         for msg in reader.messages([topic], start_ns=recv, stop_ns=recv + 1):
-            if self.options.time_base == 'header' and header_stamp_ns(msg.data) != want_sync:
+            if self.time_bases[ep.bag].header and header_stamp_ns(msg.data) != want_sync:
                 continue
             return image_to_rgb(reader.decode(msg))
         raise BagError(f'{self.paths[ep.bag]}: frame of {topic} at {recv} ns is no longer readable')
@@ -507,7 +502,7 @@ class BagDataset(Dataset):
     def labels_at(self, ep: _EpisodeIndex, t: int) -> tuple[str, str]:
         """(task, subtask) in force at sample time t."""
         recv = t
-        if self.options.time_base == 'header':  # labels are placed by receive time: map t onto it
+        if self.time_bases[ep.bag].header:  # labels are placed by receive time: map t onto it
             i = int(np.searchsorted(ep.js_sync, t, side='right')) - 1
             recv = int(ep.js_recv[i]) if i >= 0 else ep.recv_range[0]
         task = self._tasks[ep.bag].at(recv) or self.options.default_task or ep.label
@@ -582,7 +577,7 @@ class BagDataset(Dataset):
                     latest[topics[msg.topic]] = msg
                 msg = latest.get(cam)
                 sync_ok = msg is not None and (
-                    self.options.time_base != 'header' or header_stamp_ns(msg.data) == int(ep.cam_sync[cam][want])
+                    not self.time_bases[ep.bag].header or header_stamp_ns(msg.data) == int(ep.cam_sync[cam][want])
                 )
                 if msg is not None and msg.timestamp_ns == recv and sync_ok:
                     img = image_to_rgb(reader.decode(msg))
@@ -602,6 +597,7 @@ class BagDataset(Dataset):
             'chunk_size': self.chunk_size,
             'rate_hz': self.rate_hz,
             'sample_hz': self.sample_hz,
+            'time_bases': [tb.line(p) for tb, p in zip(self.time_bases, self.paths, strict=True)],
             'skipped': dict(sorted((k, v) for k, v in self.skipped.items() if v)),
         }
 

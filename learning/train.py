@@ -116,7 +116,7 @@ class TrainConfig:
     save_every: int = 500
     log_every: int = 10
     threads: int = 2
-    time_base: str = 'header'
+    time_base: str = 'auto'  # each bag's own (bimanual_vla.bags.time_base) unless 'header' / 'receive'
     default_task: str = ''
     cache_dir: str | None = None
     skip_episodes: list[str] = field(default_factory=list)

@@ -119,7 +119,7 @@ def build_cache(
     image_size: tuple[int, int],
     chunk_size: int,
     cameras: list[str] | None = None,
-    time_base: str = 'header',
+    time_base: str = 'auto',
     default_task: str = '',
     skip_episodes: list[str] | None = None,
     keep_failed: bool = False,
@@ -150,11 +150,13 @@ def build_cache(
         options['crops'] = {c: list(box) for c, box in sorted(crops.items())}
     parts = []
     for path in paths:
-        directory = Path(cache_root).expanduser() / cache_key([path], options)
+        # the bag's own time base, resolved before the key: a cache built with it named stays valid
+        bag_options = {**options, 'time_base': _bag_time_base(path, time_base)}
+        directory = Path(cache_root).expanduser() / cache_key([path], bag_options)
         if (directory / 'cache.json').is_file():
             log.info('reusing sample cache %s for %s', directory, path)
         else:
-            _decode_bag(path, directory, options, crops, progress)
+            _decode_bag(path, directory, bag_options, crops, progress)
         skip = set(skip_episodes or [])
         part = load_cache(directory)
         summary = collect_summary(path)
@@ -172,6 +174,17 @@ def build_cache(
     joined = kept[0] if len(kept) == 1 else join_caches(kept)
     left_out = [label for p in parts for label in p.info['episodes_left_out']]  # bags left out whole too
     return dataclasses.replace(joined, info={**joined.info, 'episodes_left_out': left_out})
+
+
+def _bag_time_base(path: Path, requested: str) -> str:
+    """'header' or 'receive': `requested`, or for 'auto' the bag's own (logged in one line)."""
+    from bimanual_vla.bags.read import BagReader
+    from bimanual_vla.bags.time_base import resolve_time_base
+
+    with BagReader(path) as bag:
+        resolved = resolve_time_base(bag, requested)
+    log.info('%s', resolved.line(path))
+    return resolved.base
 
 
 def _decode_bag(

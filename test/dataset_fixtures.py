@@ -11,6 +11,12 @@ Layout (aloha_sim rig: arms left/right with 7 joints, cameras top/left_wrist/rig
 * arms/<arm>/joint_command: every 20 ms at +3 ms, ``command_value(a, j, i)``;
 * cameras: 10 Hz at +4 ms, 6x8 rgb8 frames filled with ``frame_value(cam, n)``;
 * policy/task (before the first episode), sim/expert_subtask labels, record/episode markers.
+
+By default header stamps equal receive times (a live rig: one clock). ``header_offset`` puts the
+stamps on another clock (like sim time); ``speed`` > 1 records a sim run faster than real time:
+the stamps keep the timeline above while the messages arrive ``speed`` times faster (receive
+time ``T0 + (t - T0) / speed``), as ``collect`` records; ``time_base`` writes the metadata key
+``collect`` writes.
 """
 
 from __future__ import annotations
@@ -55,12 +61,19 @@ class BagSpec:
     subtask_topic: str = '/sim/expert_subtask'
     task: str | None = TASK
     image_size: tuple[int, int] = (6, 8)  # height, width
-    header_offset: int = HEADER_OFFSET  # 0: header stamps equal receive times (as a live rig on one clock)
+    header_offset: int = 0  # 0: header stamps equal receive times (as a live rig on one clock)
+    speed: float = 1.0  # sim seconds per receive second (a sim run faster than real time)
+    time_base: str | None = None  # metadata custom_data bimanual_vla.time_base, as collect writes it
 
 
-def _header(msg, recv: int, offset: int = HEADER_OFFSET) -> None:
-    stamp = recv + offset
+def _header(msg, t: int, offset: int = HEADER_OFFSET) -> None:
+    stamp = t + offset
     msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp, SEC)
+
+
+def received(t: int, speed: float) -> int:
+    """When a message of nominal time `t` reaches the recorder in a run `speed` times real time."""
+    return T0 + round((t - T0) / speed)
 
 
 def build_entries(spec: BagSpec) -> list[tuple[str, str, int, bytes]]:
@@ -104,6 +117,8 @@ def build_entries(spec: BagSpec) -> list[tuple[str, str, int, bytes]]:
         for label, start, stop in spec.episodes:
             out.append(('/record/episode', st, T0 + int(start * SEC), serialize_message(String(data=label))))
             out.append(('/record/episode', st, T0 + int(stop * SEC), serialize_message(String(data=''))))
+    if spec.speed != 1.0:
+        out = [(topic, type_name, received(t, spec.speed), data) for topic, type_name, t, data in out]
     out.sort(key=lambda e: e[2])
     return out
 
@@ -117,6 +132,10 @@ def write_bag(path: Path, spec: BagSpec | None = None) -> Path:
     entries = build_entries(spec or BagSpec())
     conns = {}
     with Writer(path, version=9, storage_plugin=StoragePlugin.MCAP) as writer:
+        if spec is not None and spec.time_base is not None:
+            from bimanual_vla.bags.time_base import TIME_BASE_KEY
+
+            writer.set_custom_data(TIME_BASE_KEY, spec.time_base)
         for topic, type_name, ts, data in entries:
             if topic not in conns:
                 msgdef, digest = type_definition(type_name)

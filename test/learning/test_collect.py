@@ -271,3 +271,19 @@ def test_a_second_sim_on_the_domain_marks_the_episode_and_train_leaves_it_out(tm
     summary['episodes'][0]['foreign_publishers'] = []
     (tmp_path / 'bag' / 'collect.json').write_text(json.dumps(summary))
     assert failed_episode_labels([tmp_path / 'bag']) == set()
+
+
+def test_the_bag_says_its_stamps_are_sim_time_and_is_read_on_them_by_default(collected):
+    """collect marks its bag (metadata custom_data) so every consumer reads it on sim time unasked."""
+    from bimanual_vla.bags.read import BagReader
+    from bimanual_vla.bags.time_base import TIME_BASE_KEY
+    from bimanual_vla.learning.dataset import BagDataset
+
+    out, result = collected
+    with BagReader(out) as bag:
+        assert bag.custom_data[TIME_BASE_KEY] == 'header'
+    ds = BagDataset(out, rig='aloha_sim', chunk_size=1)  # no time base named
+    assert [(tb.base, tb.source) for tb in ds.time_bases] == [('header', 'metadata')]
+    for e, episode in enumerate(result.episodes):
+        sampled_s = len(ds.episode_range(e)) / 50
+        assert abs(sampled_s - episode.sim_duration_s) <= 0.1, (e, sampled_s, episode.sim_duration_s)

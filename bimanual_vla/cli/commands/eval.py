@@ -48,6 +48,8 @@ def run(args: argparse.Namespace) -> int:
         options.chunk_size = policy.chunk_size
         options.rate_hz = float(policy.control_rate_hz)
         dataset = BagDataset(args.bags, options)
+        for time_base, bag in zip(dataset.time_bases, dataset.paths, strict=True):
+            print(time_base.line(bag), file=sys.stderr)
         report, traces = evaluate(
             dataset,
             policy_predictor(policy, seed=args.seed, reasoning=not args.no_reasoning),

@@ -27,6 +27,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help='wait up to S seconds for every topic to have a subscriber before playing',
     )
     p.add_argument('--namespace', default='', help='namespace to publish relative names in')
+    p.add_argument(
+        '--time-base',
+        choices=('auto', 'receive', 'header'),
+        default='auto',
+        help="clock to pace by: auto (default) = the bag's (its metadata, else inferred from the stamps), "
+        'receive = recorder receive times, header = message stamps (sim recordings, /clock in sim time)',
+    )
     p.set_defaults(func=run)
 
 
@@ -47,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
         Parameter('clock_hz', value=float(args.clock_hz)),
         Parameter('delay_s', value=float(args.delay)),
         Parameter('wait_for_subscribers_s', value=float(args.wait_for_subscribers)),
+        Parameter('time_base', value=args.time_base),
     ]
     try:
         player = BagPlayer(parameter_overrides=overrides, namespace=args.namespace or None)

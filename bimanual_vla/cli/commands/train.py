@@ -84,9 +84,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument('--threads', type=int, default=2, help="torch threads (the machine's cores)")
     p.add_argument(
         '--time-base',
-        choices=['header', 'receive'],
-        default='header',
-        help='header: sim recordings / stamped data (default); receive: recorder receive times',
+        choices=['auto', 'header', 'receive'],
+        default='auto',
+        help="auto (default): each bag's own (its metadata, else inferred from the stamps); header: message "
+        'stamps (sim time); receive: recorder receive times',
     )
     p.add_argument('--default-task', default='', help='task text for bags without policy/task')
     p.add_argument('--cache-dir', type=Path, help='decoded-sample cache (default ~/.cache/bimanual_vla/train)')

@@ -2,7 +2,8 @@
 
 Set before rclpy is imported anywhere, and inherited by every subprocess a test
 starts, so no test traffic leaves the machine and parallel test sessions on one
-machine do not hear each other.
+machine do not hear each other. The fixtures below are shared by several test folders;
+the harnesses and data they build on live in test/helpers/ (imported as ``helpers.<module>``).
 """
 
 from __future__ import annotations
@@ -68,3 +69,22 @@ def tiny_policy(tiny_checkpoint: Path):
     from bimanual_vla.policy_node.model import VLAPolicy
 
     return VLAPolicy.load(tiny_checkpoint)
+
+
+@pytest.fixture(scope='session')
+def node_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The policy node tests' tiny random aloha_sim checkpoint, with 2 s chunks (read-only: copy it
+    before editing)."""
+    from helpers.policy_node import make_node_checkpoint
+
+    return make_node_checkpoint(tmp_path_factory.mktemp('ckpt') / 'tiny')
+
+
+@pytest.fixture
+def policy_harness(ros_context) -> Iterator[tuple[object, Callable[..., object]]]:
+    """(synthetic rig, start(policy file, **parameters) -> PolicyNode), spun on their own executor
+    threads until the test ends (``helpers.policy_node.PolicyHarness``)."""
+    from helpers.policy_node import PolicyHarness
+
+    with PolicyHarness(ros_context) as harness:
+        yield harness.rig, harness.start

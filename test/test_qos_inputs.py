@@ -12,10 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
+from helpers.policy_node import wait_for, write_policy
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
-
-# The policy node's fixtures: a synthetic rig spun on its own threads, a tiny checkpoint.
-from test_policy_node import harness, tiny_checkpoint, wait_for, write_policy  # noqa: F401
 
 from bimanual_vla import topics
 
@@ -186,10 +184,10 @@ def _publish_until(publish: Callable[[], None], seen: Callable[[float], bool], t
 
 @pytest.mark.slow
 def test_arm_driver_estop_from_a_default_qos_and_a_best_effort_publisher(tmp_path, ros_context, spin) -> None:
+    from helpers.arm_driver import ArmHarness
     from std_msgs.msg import Bool
-    from test_arm_node import Harness
 
-    h = Harness(tmp_path, ros_context, spin)
+    h = ArmHarness(tmp_path, ros_context, spin)
     try:
         h.start()
         default = h.peer.create_publisher(Bool, topics.ESTOP, 10)
@@ -209,16 +207,15 @@ def test_arm_driver_estop_from_a_default_qos_and_a_best_effort_publisher(tmp_pat
 @pytest.mark.slow
 def test_sim_rig_estop_from_a_default_qos_and_a_best_effort_publisher(ros_context, spin) -> None:
     import gym_aloha  # noqa: F401  (make test installs the sim extra; a missing one must fail, not skip)
+    from helpers.sim_rig import node_threads, sim_rig_node
     from rclpy.node import Node
     from std_msgs.msg import Bool
-    from test_sim_rig import _executor as sim_executor
-    from test_sim_rig import _sim
 
-    sim = _sim(ros_context, real_time_factor=1.0, render_rate_hz=0.0, seed=4)
+    sim = sim_rig_node(ros_context, real_time_factor=1.0, render_rate_hz=0.0, seed=4)
     probe = Node('probe', context=ros_context)
     default = probe.create_publisher(Bool, topics.ESTOP, 10)
     best_effort = probe.create_publisher(Bool, topics.ESTOP, BEST_EFFORT)
-    ex = sim_executor(ros_context, sim, probe)
+    ex = node_threads(ros_context, sim, probe)
 
     def estop_is(active: bool) -> Callable[[float], bool]:
         return lambda t: spin(ex, lambda: sim._estop is active, t)
@@ -234,11 +231,11 @@ def test_sim_rig_estop_from_a_default_qos_and_a_best_effort_publisher(ros_contex
 
 
 @pytest.mark.slow
-def test_policy_node_takes_estop_task_and_subtask_from_any_publisher(harness, tiny_checkpoint, tmp_path) -> None:  # noqa: F811
+def test_policy_node_takes_estop_task_and_subtask_from_any_publisher(policy_harness, node_checkpoint, tmp_path) -> None:
     from std_msgs.msg import Bool, String
 
-    rig, start = harness
-    node = start(write_policy(tmp_path, tiny_checkpoint))
+    rig, start = policy_harness
+    node = start(write_policy(tmp_path, node_checkpoint))
     estop_default = rig.node.create_publisher(Bool, topics.ESTOP, 10)
     estop_best_effort = rig.node.create_publisher(Bool, topics.ESTOP, BEST_EFFORT)
     task_default = rig.node.create_publisher(String, topics.POLICY_TASK, 10)

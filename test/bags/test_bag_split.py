@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from test_bags import SEC, _entries_images, _image, _record_live
+from helpers.bags import SEC, entries_images, image_msg, record_live
 
 from bimanual_vla.bags.message_types import type_definition
 from bimanual_vla.bags.read import EPISODES_CUSTOM_DATA_KEY, BagReader, Episode
@@ -28,7 +28,7 @@ def _write(path: Path, entries: list, **limits) -> SplitBagWriter:
 def test_a_size_limit_splits_into_files_read_back_as_one_bag(tmp_path) -> None:
     from rosbags.rosbag2 import Reader
 
-    entries = _entries_images(60, 3000)  # 60 images of 3 kB + 60 joint states, 0.1 s apart
+    entries = entries_images(60, 3000)  # 60 images of 3 kB + 60 joint states, 0.1 s apart
     bag = tmp_path / 'long'
     writer = _write(bag, entries, max_bytes=20_000)
     episodes = json.dumps([Episode(0, 'a', 100 * SEC, 103 * SEC).__dict__])
@@ -56,14 +56,14 @@ def test_a_size_limit_splits_into_files_read_back_as_one_bag(tmp_path) -> None:
         assert reader.problems == []
         assert reader.topics['/cameras/base/image_raw'].count == 60
         images = [m for _, m in reader.decoded(['/cameras/base/image_raw'])]
-        assert [bytes(m.data) for m in images] == [bytes(_image(k, 3000).data) for k in range(60)]
+        assert [bytes(m.data) for m in images] == [bytes(image_msg(k, 3000).data) for k in range(60)]
         assert reader.custom_data[EPISODES_CUSTOM_DATA_KEY] == episodes
         assert reader.episodes == [Episode(0, 'a', 100 * SEC, 103 * SEC)]
         assert reader.start_ns == 100 * SEC and reader.end_ns == entries[-1][2]
 
 
 def test_a_duration_limit_closes_a_file_every_so_many_seconds(tmp_path) -> None:
-    entries = _entries_images(50, 100)  # 5 s of messages, 0.1 s apart
+    entries = entries_images(50, 100)  # 5 s of messages, 0.1 s apart
     writer = _write(tmp_path / 'timed', entries, max_duration_s=1.0)
     writer.close()
     assert len(writer.files) == 5
@@ -74,7 +74,7 @@ def test_a_duration_limit_closes_a_file_every_so_many_seconds(tmp_path) -> None:
 
 def test_files_closed_before_a_crash_stay_readable(tmp_path) -> None:
     """The recorder dies (no close): every closed file is listed in metadata.yaml and reads whole."""
-    entries = _entries_images(60, 3000)
+    entries = entries_images(60, 3000)
     writer = _write(tmp_path / 'crash', entries, max_bytes=20_000)  # never closed
     closed = sum(f['message_count'] for f in writer.closed_files)
     assert closed > 0
@@ -88,7 +88,7 @@ def test_files_closed_before_a_crash_stay_readable(tmp_path) -> None:
 
 def test_the_file_open_at_a_crash_is_salvaged_from_its_own_directory(tmp_path) -> None:
     """Its complete 1 MiB chunks read back (BagReader's salvage path), in order, byte for byte."""
-    entries = [e for e in _entries_images(40, 100_000) if e[0] == '/cameras/base/image_raw']
+    entries = [e for e in entries_images(40, 100_000) if e[0] == '/cameras/base/image_raw']
     writer = _write(tmp_path / 'big', entries, max_bytes=2_000_000)  # never closed: the second file is open
     assert writer.files == ['big_0.mcap']
     closed = writer.closed_files[0]['message_count']
@@ -97,7 +97,7 @@ def test_the_file_open_at_a_crash_is_salvaged_from_its_own_directory(tmp_path) -
         images = [m for _, m in reader.decoded(['/cameras/base/image_raw'])]
     assert len(images) >= 10  # of the 40 - closed in the open file, all but the chunk being filled
     for k, img in enumerate(images):
-        assert bytes(img.data) == bytes(_image(closed + k, 100_000).data)
+        assert bytes(img.data) == bytes(image_msg(closed + k, 100_000).data)
 
 
 def test_bad_limits_and_existing_directories_are_refused(tmp_path) -> None:
@@ -115,7 +115,7 @@ def test_the_recorder_splits_a_live_recording(tmp_path, ros_context, spin) -> No
     from rclpy.parameter import Parameter
 
     out = tmp_path / 'live_split'
-    info = _record_live(ros_context, spin, out, extra=[Parameter('max_bag_size_mb', value=0.002)])
+    info = record_live(ros_context, spin, out, extra=[Parameter('max_bag_size_mb', value=0.002)])
     mcaps = sorted(out.glob('*.mcap'))
     assert len(mcaps) >= 3, mcaps
     with BagReader(out) as bag:

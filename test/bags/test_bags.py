@@ -16,127 +16,10 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers.bags import SEC, entries_images, image_msg, record_live, spin_for, write_bag
 
 from bimanual_vla import topics as T
 from bimanual_vla.bags.read import BagDecodeError, BagError, BagReader, MissingTopicError
-
-SEC = 1_000_000_000
-
-
-# --------------------------------------------------------------------- helpers
-
-
-def _image(i: int, size: int = 12) -> object:
-    from sensor_msgs.msg import Image
-
-    width = size // 3
-    msg = Image(height=1, width=width, encoding='rgb8', step=size)
-    msg.header.frame_id = T.camera_frame('base')
-    msg.header.stamp.sec = i
-    msg.data = bytes((i + k) % 256 for k in range(size))
-    return msg
-
-
-def _joints(i: int) -> object:
-    from sensor_msgs.msg import JointState
-
-    # velocity/effort empty on purpose: rclpy serialises this with trailing alignment bytes (DESIGN.md pitfalls).
-    msg = JointState(name=['left_shoulder_pan', 'left_gripper'], position=[0.01 * i, -0.5])
-    msg.header.stamp.sec = i
-    return msg
-
-
-def write_bag(path: Path, entries: list[tuple[str, str, int, bytes]], compress: bool = False) -> None:
-    """A bag written with rosbags' Writer (as our recorder does) from rclpy-serialised bytes."""
-    from rosbags.rosbag2 import CompressionFormat, CompressionMode, StoragePlugin, Writer
-
-    from bimanual_vla.bags.message_types import type_definition
-
-    writer = Writer(path, version=9, storage_plugin=StoragePlugin.MCAP)
-    if compress:
-        writer.set_compression(CompressionMode.STORAGE, CompressionFormat.ZSTD)
-    conns = {}
-    with writer:
-        for topic, type_name, ts, data in entries:
-            if topic not in conns:
-                msgdef, digest = type_definition(type_name)
-                conns[topic] = writer.add_connection(topic, type_name, msgdef=msgdef, rihs01=digest)
-            writer.write(conns[topic], ts, data)
-
-
-def _entries_images(n: int, size: int, t0: int = 100 * SEC, period: int = SEC // 10) -> list:
-    from rclpy.serialization import serialize_message
-
-    out = []
-    for i in range(n):
-        out.append(
-            ('/cameras/base/image_raw', 'sensor_msgs/msg/Image', t0 + i * period, serialize_message(_image(i, size)))
-        )
-        out.append(('/joint_states', 'sensor_msgs/msg/JointState', t0 + i * period + 1, serialize_message(_joints(i))))
-    return out
-
-
-def _spin_for(executor, seconds: float) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        executor.spin_once(timeout_sec=0.01)
-
-
-def _record_live(ros_context, spin, out: Path, extra: list | None = None) -> dict:
-    """Record ~2 s of synthetic rig traffic with BagRecorder (`extra` parameters); return what was published."""
-    from rclpy.executors import SingleThreadedExecutor
-    from rclpy.node import Node
-    from rclpy.parameter import Parameter
-    from std_msgs.msg import String
-
-    from bimanual_vla.bags.record import BagRecorder
-
-    src = Node('bag_test_source', context=ros_context)
-    pub_js = src.create_publisher(type(_joints(0)), T.JOINT_STATES, T.SENSOR_QOS)
-    pub_img = src.create_publisher(type(_image(0)), T.camera_image('base'), T.SENSOR_QOS)
-    pub_task = src.create_publisher(String, T.POLICY_TASK, T.LATCHED_QOS)
-    pub_ep = src.create_publisher(String, T.RECORD_EPISODE, T.RELIABLE_QOS)
-    pub_task.publish(String(data='transfer the cube'))  # before the recorder exists: latched
-    rec = BagRecorder(
-        context=ros_context,
-        parameter_overrides=[
-            Parameter('output', value=str(out)),
-            Parameter('topics', value=[T.JOINT_STATES, T.camera_image('base'), T.POLICY_TASK]),
-            Parameter('discovery_period_s', value=0.1),
-            *(extra or []),
-        ],
-    )
-    executor = SingleThreadedExecutor(context=ros_context)
-    executor.add_node(src)
-    executor.add_node(rec)
-    wanted = {'/joint_states', '/cameras/base/image_raw', '/policy/task'}
-    assert spin(executor, lambda: wanted <= set(rec.topic_states), 15.0), rec.topic_states
-    assert spin(
-        executor,
-        lambda: (
-            pub_js.get_subscription_count() and pub_img.get_subscription_count() and pub_ep.get_subscription_count()
-        ),
-        15.0,
-    )
-    assert spin(executor, lambda: rec.topic_states['/policy/task'].count == 1, 10.0), 'latched task not recorded'
-    hashes = {str(i.topic_type_hash) for i in src.get_publishers_info_by_topic('/joint_states')}
-    pub_ep.publish(String(data='episode_a'))
-    n = 40
-    for i in range(n):
-        pub_js.publish(_joints(i))
-        if i % 4 == 0:
-            pub_img.publish(_image(i, 3 * 64))
-        if i == 20:
-            pub_ep.publish(String(data='episode_b'))
-        _spin_for(executor, 0.03)
-    pub_ep.publish(String(data=''))
-    assert spin(executor, lambda: rec.topic_states['/joint_states'].count >= n, 10.0)
-    assert spin(executor, lambda: rec.topic_states['/record/episode'].count == 3, 10.0)
-    rec.close()
-    executor.shutdown()
-    rec.destroy_node()
-    src.destroy_node()
-    return {'n': n, 'joint_hashes': hashes}
 
 
 @pytest.fixture(scope='module')
@@ -155,7 +38,7 @@ def recorded_bag(tmp_path_factory) -> tuple[Path, dict]:
     context = Context()
     rclpy.init(context=context)
     try:
-        info = _record_live(context, spin_until, out)
+        info = record_live(context, spin_until, out)
     finally:
         rclpy.shutdown(context=context)
     return out, info
@@ -196,7 +79,7 @@ def test_recorded_bag_opens_with_rosbags_and_decodes_with_rclpy(recorded_bag) ->
             elif conn.topic == '/policy/task':
                 tasks.append(deserialize_message(bytes(raw), String).data)
     assert positions == pytest.approx([0.01 * i for i in range(info['n'])])
-    assert frames == [(i, bytes(_image(i, 192).data)) for i in range(0, info['n'], 4)]
+    assert frames == [(i, bytes(image_msg(i, 192).data)) for i in range(0, info['n'], 4)]
     assert tasks == ['transfer the cube']
 
 
@@ -249,7 +132,7 @@ def test_record_replay_record_gives_same_messages(recorded_bag, tmp_path, ros_co
         done = spin(executor, lambda: player.poll() is not None, 60.0)
         output = player.communicate(timeout=10)[0] if done else ''
         assert done and player.returncode == 0, output
-        _spin_for(executor, 0.3)
+        spin_for(executor, 0.3)
     finally:
         if player.poll() is None:
             player.kill()
@@ -290,8 +173,8 @@ def test_record_cli_closes_bag_cleanly_on_sigint(tmp_path, ros_context, spin) ->
         assert proc.poll() is None, proc.communicate()[0]
         for i in range(20):
             pub.publish(String(data=f'hello {i}'))
-            _spin_for(executor, 0.02)
-        _spin_for(executor, 0.5)
+            spin_for(executor, 0.02)
+        spin_for(executor, 0.5)
         proc.send_signal(signal.SIGINT)
         output = proc.communicate(timeout=20)[0]
     finally:
@@ -346,7 +229,7 @@ def test_replay_clock_drives_sim_time_timers(tmp_path, ros_context, spin) -> Non
     assert spin(executor, lambda: player.clock_pub.get_subscription_count() > 0, 15.0)
     player.start()
     assert spin(executor, lambda: player.finished.is_set(), 30.0)
-    _spin_for(executor, 0.3)
+    spin_for(executor, 0.3)
     player.stop()
     executor.shutdown()
 
@@ -406,7 +289,7 @@ def _chunk_offsets(path: Path) -> list[int]:
 
 def test_truncated_bag_keeps_every_complete_chunk(tmp_path) -> None:
     bag = tmp_path / 'cut'
-    entries = _entries_images(40, 100_000)  # ~4 MB: several 1 MiB chunks
+    entries = entries_images(40, 100_000)  # ~4 MB: several 1 MiB chunks
     write_bag(bag, entries)
     offsets = _chunk_offsets(bag)
     assert len(offsets) >= 3
@@ -421,12 +304,12 @@ def test_truncated_bag_keeps_every_complete_chunk(tmp_path) -> None:
         images = [m for _, m in got]
     assert 0 < len(images) < 40
     for k, img in enumerate(images):  # the first chunks, intact and in order
-        assert bytes(img.data) == bytes(_image(k, 100_000).data)
+        assert bytes(img.data) == bytes(image_msg(k, 100_000).data)
 
 
 def test_missing_metadata_is_salvaged_from_mcap(tmp_path) -> None:
     bag = tmp_path / 'nometa'
-    write_bag(bag, _entries_images(5, 30))
+    write_bag(bag, entries_images(5, 30))
     (bag / 'metadata.yaml').unlink()
     with BagReader(bag) as reader:
         assert any('metadata.yaml is missing' in p for p in reader.problems)
@@ -440,7 +323,7 @@ def test_missing_metadata_is_salvaged_from_mcap(tmp_path) -> None:
 def test_flipped_bytes_lose_only_the_damaged_chunk(tmp_path, damage) -> None:
     bag = tmp_path / 'flipped'
     n = 40
-    write_bag(bag, _entries_images(n, 100_000), compress=damage == 'zstd')
+    write_bag(bag, entries_images(n, 100_000), compress=damage == 'zstd')
     offsets = _chunk_offsets(bag)
     raw = bytearray(_mcap(bag).read_bytes())
     victim = offsets[1]
@@ -457,16 +340,16 @@ def test_flipped_bytes_lose_only_the_damaged_chunk(tmp_path, damage) -> None:
         images = [m for _, m in reader.decoded(['/cameras/base/image_raw'])]
         problems = list(reader.problems)
     assert any(str(victim) in p for p in problems), problems
-    expected = {bytes(_image(i, 100_000).data) for i in range(n)}
+    expected = {bytes(image_msg(i, 100_000).data) for i in range(n)}
     got = [bytes(i.data) for i in images]
     assert all(g in expected for g in got)  # nothing garbled is returned
     assert len(expected) - 12 <= len(got) < len(expected)  # one ~1 MiB chunk (~10 images) lost, the rest kept
-    assert bytes(_image(n - 1, 100_000).data) in got  # data after the damage survives
+    assert bytes(image_msg(n - 1, 100_000).data) in got  # data after the damage survives
 
 
 def test_missing_camera_topic_is_named(tmp_path) -> None:
     bag = tmp_path / 'nocam'
-    write_bag(bag, [e for e in _entries_images(3, 30) if e[0] == '/joint_states'])
+    write_bag(bag, [e for e in entries_images(3, 30) if e[0] == '/joint_states'])
     with BagReader(bag) as reader:
         with pytest.raises(MissingTopicError) as err:
             reader.require_topics(['cameras/base/image_raw', 'joint_states'])

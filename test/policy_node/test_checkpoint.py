@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from policy_fixtures import copy_checkpoint
+from helpers.policy_node import copy_checkpoint
 
 from bimanual_vla.cli.main import main as cli_main
 from bimanual_vla.config import load_rig

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from policy_fixtures import copy_checkpoint, make_noise, make_observation
+from helpers.policy_node import copy_checkpoint, make_noise, make_observation
 
 from bimanual_vla.policy_node.chunking import soft_mask
 from bimanual_vla.policy_node.model import (

@@ -15,38 +15,22 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
+from helpers.policy_node import MAX_STEP, RATE, RIG, SyntheticRig, copy_checkpoint, wait_for, write_policy
 
 from bimanual_vla import topics
-from bimanual_vla.config import load_rig
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 
-RIG = 'aloha_sim'
-CAMERAS = ['top', 'left_wrist', 'right_wrist']
-MAX_VEL = 2.0
-RATE = 50.0
-MAX_STEP = MAX_VEL / RATE
 VOCAB_SUBTASK = 'grasp the cube with the left arm'
 
 
 @pytest.fixture(scope='module')
-def tiny_checkpoint(tmp_path_factory) -> Path:
-    from bimanual_vla.cli.main import main
-
-    out = tmp_path_factory.mktemp('ckpt') / 'tiny'
-    # 100-step chunks (2 s): a loaded 2-core CI machine can take ~1 s per inference.
-    assert main(['make-checkpoint', '--tiny', str(out), '--rig', RIG, '--chunk-size', '100']) == 0
-    return out
-
-
-@pytest.fixture(scope='module')
-def nan_checkpoint(tiny_checkpoint, tmp_path_factory) -> Path:
+def nan_checkpoint(node_checkpoint, tmp_path_factory) -> Path:
     """The same checkpoint with one weight of the action output projection set to NaN."""
     from safetensors.numpy import load_file, save_file
 
     out = tmp_path_factory.mktemp('ckpt') / 'nan'
-    shutil.copytree(tiny_checkpoint, out)
+    shutil.copytree(node_checkpoint, out)
     tensors = load_file(str(out / 'model.safetensors'))
     keys = [k for k in tensors if 'action_out_proj' in k and k.endswith('weight')]
     assert keys, f'no action_out_proj weight in {sorted(tensors)[:10]}...'
@@ -56,158 +40,7 @@ def nan_checkpoint(tiny_checkpoint, tmp_path_factory) -> Path:
     return out
 
 
-def write_policy(tmp_path: Path, checkpoint: Path, **overrides) -> Path:
-    cfg = {
-        'checkpoint': str(checkpoint),
-        'task': 'transfer the cube to the left arm',
-        'reasoning': {'enabled': True, 'every_n_chunks': 1, 'max_tokens': 6},
-        'inference': {'num_steps': 5, 'execution_horizon': 25, 'chunking': 'rtc', 'torch_threads': 1},
-        'staleness': {'camera_max_age_s': 0.5, 'joint_max_age_s': 0.3},
-        'safety': {'max_velocity_rad_s': MAX_VEL, 'enabled_at_start': False},
-    }
-    for key, value in overrides.items():
-        cfg[key] = {**cfg[key], **value} if isinstance(value, dict) else value
-    path = tmp_path / 'policy.yaml'
-    path.write_text(yaml.safe_dump(cfg))
-    return path
-
-
-class Rig:
-    """Synthetic cameras (15 Hz) and joint_states (50 Hz), and recorders for everything the node sends."""
-
-    def __init__(self, context) -> None:
-        from diagnostic_msgs.msg import DiagnosticArray
-        from rclpy.node import Node
-        from rclpy.qos import QoSProfile, ReliabilityPolicy
-        from sensor_msgs.msg import Image, JointState
-        from std_msgs.msg import String
-        from trajectory_msgs.msg import JointTrajectory
-        from visualization_msgs.msg import MarkerArray
-
-        self.node = Node('synthetic_rig', context=context)
-        self.rig = load_rig(RIG)
-        self.joint_names = self.rig.all_joint_names()
-        self.position = np.array([(j.lower + j.upper) / 2 for a in self.rig.arms for j in a.joints])
-        self.cameras_on = set(CAMERAS)
-        self.camera_delay_s = 0.0  # frames stamped this long before they are published (capture + transport)
-        self.ramp_rad_s = 0.0  # the first joint moves at this speed from the first joint state on
-        self._ramp_t0: float | None = None
-        self.image_stamps: list[float] = []
-        self.lock = threading.Lock()
-        self.commands: dict[str, list] = {a.name: [] for a in self.rig.arms}
-        self.reasoning: list[str] = []
-        self.chunks: list = []
-        self.markers: list = []
-        self.diagnostics: list = []
-        self._img_pubs = {
-            c: self.node.create_publisher(Image, topics.camera_image(c), topics.SENSOR_QOS) for c in CAMERAS
-        }
-        self._js_pub = self.node.create_publisher(JointState, topics.JOINT_STATES, topics.SENSOR_QOS)
-        self.task_pub = self.node.create_publisher(String, topics.POLICY_TASK, topics.LATCHED_QOS)
-        self.subtask_pub = self.node.create_publisher(String, topics.POLICY_SUBTASK, topics.RELIABLE_QOS)
-        deep = QoSProfile(depth=200, reliability=ReliabilityPolicy.RELIABLE)
-
-        def keep(store):
-            def cb(msg):
-                with self.lock:
-                    store.append((time.monotonic(), msg))
-
-            return cb
-
-        for arm in self.commands:
-            self.node.create_subscription(JointState, topics.arm_command(arm), keep(self.commands[arm]), deep)
-        self.node.create_subscription(String, topics.POLICY_REASONING, keep(self.reasoning), topics.LATCHED_QOS)
-        self.node.create_subscription(JointTrajectory, topics.POLICY_ACTION_CHUNK, keep(self.chunks), deep)
-        self.node.create_subscription(MarkerArray, topics.POLICY_MARKERS, keep(self.markers), deep)
-        self.node.create_subscription(DiagnosticArray, topics.DIAGNOSTICS, keep(self.diagnostics), deep)
-        rng = np.random.default_rng(0)
-        self._frames = {c: rng.integers(0, 255, size=(48, 64, 3), dtype=np.uint8) for c in CAMERAS}
-        self.node.create_timer(1 / 15, self._publish_images)
-        self.node.create_timer(1 / 50, self._publish_joints)
-
-    def _publish_images(self) -> None:
-        from rclpy.duration import Duration
-        from sensor_msgs.msg import Image
-
-        now = self.node.get_clock().now() - Duration(nanoseconds=int(self.camera_delay_s * 1e9))
-        stamp = now.to_msg()
-        with self.lock:
-            self.image_stamps.append(now.nanoseconds * 1e-9)
-        for cam in CAMERAS:
-            if cam not in self.cameras_on:
-                continue
-            frame = self._frames[cam]
-            msg = Image(height=48, width=64, encoding='rgb8', step=64 * 3, data=frame.tobytes())
-            msg.header.stamp = stamp
-            msg.header.frame_id = topics.camera_frame(cam)
-            self._img_pubs[cam].publish(msg)
-
-    def _publish_joints(self) -> None:
-        from sensor_msgs.msg import JointState
-
-        now = self.node.get_clock().now()
-        t = now.nanoseconds * 1e-9
-        self._ramp_t0 = t if self._ramp_t0 is None else self._ramp_t0
-        msg = JointState(name=self.joint_names, position=[float(v) for v in self.position_at(t)])
-        msg.header.stamp = now.to_msg()
-        self._js_pub.publish(msg)
-
-    def position_at(self, t: float) -> np.ndarray:
-        position = self.position.copy()
-        position[0] += self.ramp_rad_s * (t - (self._ramp_t0 if self._ramp_t0 is not None else t))
-        return position
-
-    def count(self, store) -> int:
-        with self.lock:
-            return len(store)
-
-    def snapshot(self, store) -> list:
-        with self.lock:
-            return list(store)
-
-
-@pytest.fixture
-def harness(ros_context):
-    """Spins the synthetic rig and any policy node added to it on their own executor threads."""
-    from bimanual_vla.bringup.executors import NodeThreads
-
-    executor = NodeThreads(context=ros_context)
-    rig = Rig(ros_context)
-    executor.add_node(rig.node)
-    nodes = []
-
-    def start(policy: Path, **params):
-        from rclpy.parameter import Parameter
-
-        from bimanual_vla.policy_node.node import PolicyNode
-
-        overrides = [Parameter('rig', value=RIG), Parameter('policy', value=str(policy))]
-        overrides += [Parameter(k, value=v) for k, v in params.items()]
-        node = PolicyNode(context=ros_context, parameter_overrides=overrides)
-        nodes.append(node)
-        executor.add_node(node)
-        return node
-
-    thread = threading.Thread(target=executor.spin, daemon=True)
-    thread.start()
-    yield rig, start
-    executor.shutdown(timeout_sec=5)
-    thread.join(timeout=10)
-    for node in nodes:
-        node.destroy_node()
-    rig.node.destroy_node()
-
-
-def wait_for(predicate, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
-
-
-def call_enable(rig: Rig, value: bool) -> tuple[bool, str]:
+def call_enable(rig: SyntheticRig, value: bool) -> tuple[bool, str]:
     from std_srvs.srv import SetBool
 
     client = rig.node.create_client(SetBool, topics.POLICY_ENABLE)
@@ -229,12 +62,14 @@ def max_step_ok(msgs: list) -> float:
     return worst
 
 
-def test_streams_commands_reasoning_chunks_markers_and_honours_override(harness, tiny_checkpoint, tmp_path) -> None:
+def test_streams_commands_reasoning_chunks_markers_and_honours_override(
+    policy_harness, node_checkpoint, tmp_path
+) -> None:
     from std_msgs.msg import String
     from visualization_msgs.msg import Marker
 
-    rig, start = harness
-    node = start(write_policy(tmp_path, tiny_checkpoint))
+    rig, start = policy_harness
+    node = start(write_policy(tmp_path, node_checkpoint))
     # Disabled at start: chunks and reasoning flow (preview), commands do not.
     assert wait_for(lambda: rig.count(rig.chunks) >= 2, 60), node.diagnostics_values()
     assert rig.count(rig.commands['left']) == 0
@@ -302,7 +137,7 @@ def test_streams_commands_reasoning_chunks_markers_and_honours_override(harness,
 
 @pytest.mark.parametrize('chunk_start', ['snapshot', 'oldest_input'])
 def test_a_chunk_starts_when_its_inputs_were_gathered_not_at_the_oldest_frame(
-    harness, tiny_checkpoint, tmp_path, chunk_start
+    policy_harness, node_checkpoint, tmp_path, chunk_start
 ) -> None:
     """Frames 0.3 s old: by default a chunk starts at the snapshot, as training samples do (dataset.py).
 
@@ -311,9 +146,9 @@ def test_a_chunk_starts_when_its_inputs_were_gathered_not_at_the_oldest_frame(
     """
     from bimanual_vla.ros_utils import stamp_to_sec
 
-    rig, start = harness
+    rig, start = policy_harness
     rig.camera_delay_s = 0.3
-    node = start(write_policy(tmp_path, tiny_checkpoint, inference={'chunk_start': chunk_start}))
+    node = start(write_policy(tmp_path, node_checkpoint, inference={'chunk_start': chunk_start}))
     assert wait_for(lambda: rig.count(rig.chunks) >= 3, 60), node.diagnostics_values()
     received = rig.snapshot(rig.chunks)
     image_stamps = np.array(rig.snapshot(rig.image_stamps))
@@ -332,18 +167,18 @@ def test_a_chunk_starts_when_its_inputs_were_gathered_not_at_the_oldest_frame(
             assert node_now - t0 >= 0.3
 
 
-def start_with_late_frames(harness, tiny_checkpoint, tmp_path, chunk_start: str):
+def start_with_late_frames(policy_harness, node_checkpoint, tmp_path, chunk_start: str):
     """A node whose frames arrive 0.3 s after their stamps while the first joint moves at 0.05 rad/s; 3 chunks in."""
-    rig, start = harness
+    rig, start = policy_harness
     rig.camera_delay_s = 0.3
     rig.ramp_rad_s = 0.05
-    node = start(write_policy(tmp_path, tiny_checkpoint, inference={'chunk_start': chunk_start}))
+    node = start(write_policy(tmp_path, node_checkpoint, inference={'chunk_start': chunk_start}))
     assert wait_for(lambda: rig.count(rig.chunks) >= 3, 60), node.diagnostics_values()
     return rig, node
 
 
 def test_synchronized_chunks_observe_when_every_input_had_arrived_with_the_joints_of_that_moment(
-    harness, tiny_checkpoint, tmp_path
+    policy_harness, node_checkpoint, tmp_path
 ) -> None:
     """Frames arriving 0.3 s after their stamps, joints fresh and moving.
 
@@ -353,7 +188,7 @@ def test_synchronized_chunks_observe_when_every_input_had_arrived_with_the_joint
     """
     from bimanual_vla.ros_utils import stamp_to_sec
 
-    rig, node = start_with_late_frames(harness, tiny_checkpoint, tmp_path, 'synchronized')
+    rig, node = start_with_late_frames(policy_harness, node_checkpoint, tmp_path, 'synchronized')
     assert 0.29 <= node.scheduler.input_delay_s() <= 0.45, node.scheduler.input_delay_s()
     values = node.diagnostics_values()
     assert values['chunk_start'] == 'synchronized' and 290 <= values['camera_top_arrival_delay_ms_p50'] <= 450
@@ -373,7 +208,7 @@ def test_synchronized_chunks_observe_when_every_input_had_arrived_with_the_joint
 
 
 def test_arrival_compensated_chunks_start_earlier_by_the_frames_arrival_delay_with_the_latest_inputs(
-    harness, tiny_checkpoint, tmp_path
+    policy_harness, node_checkpoint, tmp_path
 ) -> None:
     """Frames arriving 0.3 s after their stamps, joints fresh and moving.
 
@@ -383,7 +218,7 @@ def test_arrival_compensated_chunks_start_earlier_by_the_frames_arrival_delay_wi
     """
     from bimanual_vla.ros_utils import stamp_to_sec
 
-    rig, node = start_with_late_frames(harness, tiny_checkpoint, tmp_path, 'arrival_compensated')
+    rig, node = start_with_late_frames(policy_harness, node_checkpoint, tmp_path, 'arrival_compensated')
     assert 0.29 <= node.scheduler.frame_arrival_delay_s() <= 0.36, node.scheduler.frame_arrival_delay_s()
 
     now = node.now_s()
@@ -406,15 +241,15 @@ def test_arrival_compensated_chunks_start_earlier_by_the_frames_arrival_delay_wi
 
 @pytest.mark.parametrize(('in_checkpoint', 'in_policy', 'expected'), [(0.25, None, 0.25), (0.25, 0.1, 0.1)])
 def test_a_checkpoint_trained_on_late_stamped_commands_starts_its_chunks_that_much_earlier(
-    harness, tiny_checkpoint, tmp_path, in_checkpoint, in_policy, expected
+    policy_harness, node_checkpoint, tmp_path, in_checkpoint, in_policy, expected
 ) -> None:
     """`action_time_offset_s` from the checkpoint's metadata (learning/train_data.py), or the policy file's."""
     ckpt = tmp_path / 'offset_ckpt'
-    shutil.copytree(tiny_checkpoint, ckpt)
+    shutil.copytree(node_checkpoint, ckpt)
     meta = ckpt / 'bimanual_vla.json'
     meta.write_text(json.dumps({**json.loads(meta.read_text()), 'action_time_offset_s': in_checkpoint}))
     inference = {} if in_policy is None else {'action_time_offset_s': in_policy}
-    rig, start = harness
+    rig, start = policy_harness
     node = start(write_policy(tmp_path, ckpt, inference=inference))
     assert node.action_time_offset_s == expected
     assert wait_for(lambda: rig.count(rig.chunks) >= 1, 60), node.diagnostics_values()
@@ -425,9 +260,9 @@ def test_a_checkpoint_trained_on_late_stamped_commands_starts_its_chunks_that_mu
     assert before - expected - 1e-6 <= snap.stamp <= after - expected + 1e-6
 
 
-def test_stale_camera_stops_commands_and_fresh_inputs_resume(harness, tiny_checkpoint, tmp_path) -> None:
-    rig, start = harness
-    policy = write_policy(tmp_path, tiny_checkpoint, safety={'enabled_at_start': True})
+def test_stale_camera_stops_commands_and_fresh_inputs_resume(policy_harness, node_checkpoint, tmp_path) -> None:
+    rig, start = policy_harness
+    policy = write_policy(tmp_path, node_checkpoint, safety={'enabled_at_start': True})
     node = start(policy)
     assert wait_for(lambda: rig.count(rig.commands['right']) >= 20, 60), node.diagnostics_values()
 
@@ -453,8 +288,8 @@ def test_stale_camera_stops_commands_and_fresh_inputs_resume(harness, tiny_check
     assert np.max(np.abs(np.array(first.position) - measured)) <= MAX_STEP + 1e-9
 
 
-def test_nan_model_output_never_reaches_a_driver(harness, nan_checkpoint, tmp_path) -> None:
-    rig, start = harness
+def test_nan_model_output_never_reaches_a_driver(policy_harness, nan_checkpoint, tmp_path) -> None:
+    rig, start = policy_harness
     policy = write_policy(tmp_path, nan_checkpoint, safety={'enabled_at_start': True})
     node = start(policy)
     assert wait_for(lambda: node.diagnostics_values()['rejected_outputs'] >= 2, 60), node.diagnostics_values()
@@ -471,12 +306,12 @@ def test_nan_model_output_never_reaches_a_driver(harness, nan_checkpoint, tmp_pa
     )
 
 
-def test_estop_stops_commands_and_requires_re_enable(harness, tiny_checkpoint, tmp_path) -> None:
+def test_estop_stops_commands_and_requires_re_enable(policy_harness, node_checkpoint, tmp_path) -> None:
     from rclpy.qos import QoSProfile
     from std_msgs.msg import Bool
 
-    rig, start = harness
-    node = start(write_policy(tmp_path, tiny_checkpoint, safety={'enabled_at_start': True}))
+    rig, start = policy_harness
+    node = start(write_policy(tmp_path, node_checkpoint, safety={'enabled_at_start': True}))
     assert wait_for(lambda: rig.count(rig.commands['left']) >= 10, 60), node.diagnostics_values()
     estop = rig.node.create_publisher(Bool, topics.ESTOP, topics.LATCHED_QOS)
     assert isinstance(topics.LATCHED_QOS, QoSProfile)
@@ -497,7 +332,7 @@ def test_estop_stops_commands_and_requires_re_enable(harness, tiny_checkpoint, t
 
 
 def test_sim_time_jumping_back_drops_the_old_chunk_and_infers_on_the_new_timeline(
-    harness, tiny_checkpoint, tmp_path
+    policy_harness, node_checkpoint, tmp_path
 ) -> None:
     """A sim reset (or a looping bag) sends ROS time backwards: the node must keep acting on the new timeline."""
     from rclpy.parameter import Parameter
@@ -505,7 +340,7 @@ def test_sim_time_jumping_back_drops_the_old_chunk_and_infers_on_the_new_timelin
 
     from bimanual_vla.ros_utils import sec_to_stamp, stamp_to_sec
 
-    rig, start = harness
+    rig, start = policy_harness
     sim_now, jump_to = [100.0], [None]
     clock_pub = rig.node.create_publisher(Clock, topics.CLOCK, topics.CLOCK_QOS)
     running = threading.Event()
@@ -522,7 +357,7 @@ def test_sim_time_jumping_back_drops_the_old_chunk_and_infers_on_the_new_timelin
     ticker.start()
     try:
         rig.node.set_parameters([Parameter('use_sim_time', value=True)])
-        policy = write_policy(tmp_path, tiny_checkpoint, safety={'enabled_at_start': True})
+        policy = write_policy(tmp_path, node_checkpoint, safety={'enabled_at_start': True})
         node = start(policy, use_sim_time=True)
         assert wait_for(lambda: rig.count(rig.commands['left']) >= 20, 60), node.diagnostics_values()
         assert all(stamp_to_sec(m.header.stamp) > 99 for _, m in rig.snapshot(rig.chunks))
@@ -563,7 +398,7 @@ def test_sim_time_jumping_back_drops_the_old_chunk_and_infers_on_the_new_timelin
 
 
 def test_rtc_plans_with_latency_in_ros_time_when_the_sim_runs_slower_than_real_time(
-    harness, tiny_checkpoint, tmp_path
+    policy_harness, node_checkpoint, tmp_path
 ) -> None:
     """RTC freezes control steps of ROS time. With the sim clock at a quarter of real time, an inference
     that takes w wall seconds spans w / 4 of them, and the latency the node plans with must say so."""
@@ -572,7 +407,7 @@ def test_rtc_plans_with_latency_in_ros_time_when_the_sim_runs_slower_than_real_t
 
     from bimanual_vla.ros_utils import sec_to_stamp
 
-    rig, start = harness
+    rig, start = policy_harness
     clock_pub = rig.node.create_publisher(Clock, topics.CLOCK, topics.CLOCK_QOS)
     running = threading.Event()
     running.set()
@@ -588,7 +423,7 @@ def test_rtc_plans_with_latency_in_ros_time_when_the_sim_runs_slower_than_real_t
     ticker.start()
     try:
         rig.node.set_parameters([Parameter('use_sim_time', value=True)])
-        policy = write_policy(tmp_path, tiny_checkpoint, inference={'rtc_latency_margin': 0.0})
+        policy = write_policy(tmp_path, node_checkpoint, inference={'rtc_latency_margin': 0.0})
         node = start(policy, use_sim_time=True)
         assert wait_for(lambda: node.stats.chunks >= 8, 90), node.diagnostics_values()
         ros_s = np.array(list(node.latency._recent))
@@ -602,15 +437,17 @@ def test_rtc_plans_with_latency_in_ros_time_when_the_sim_runs_slower_than_real_t
         ticker.join(timeout=2)
 
 
-def test_policy_node_in_a_process_of_its_own_drives_this_one_through_topics(harness, tiny_checkpoint, tmp_path) -> None:
+def test_policy_node_in_a_process_of_its_own_drives_this_one_through_topics(
+    policy_harness, node_checkpoint, tmp_path
+) -> None:
     """`compose`'s default: the policy node in a child process (bimanual_vla/bringup/node_process.py), the rig here."""
     import os
 
     from bimanual_vla.bringup.node_process import NodeProcess
     from bimanual_vla.bringup.nodes import NodeSpec
 
-    rig, _ = harness
-    spec = NodeSpec('policy_node', 'policy_node', {'rig': RIG, 'policy': str(write_policy(tmp_path, tiny_checkpoint))})
+    rig, _ = policy_harness
+    spec = NodeSpec('policy_node', 'policy_node', {'rig': RIG, 'policy': str(write_policy(tmp_path, node_checkpoint))})
     with NodeProcess(spec) as child:
         assert child.alive() and child.process.pid != os.getpid()
         assert wait_for(lambda: rig.count(rig.reasoning) >= 1, 60)
@@ -641,14 +478,14 @@ def _running(pid: int) -> bool:
     return stat.rsplit(')', 1)[1].split()[0] != 'Z'
 
 
-def test_a_child_node_process_stops_when_its_parent_is_killed(tiny_checkpoint, tmp_path) -> None:
+def test_a_child_node_process_stops_when_its_parent_is_killed(node_checkpoint, tmp_path) -> None:
     """SIGKILL runs no exit handler in the parent: the child must notice by itself and stop."""
     import os
     import signal
     import subprocess
     import sys
 
-    policy = write_policy(tmp_path, tiny_checkpoint)
+    policy = write_policy(tmp_path, node_checkpoint)
     script = (
         'import sys, time\n'
         'from bimanual_vla.bringup.nodes import NodeSpec\n'
@@ -692,14 +529,13 @@ def test_a_node_failing_in_its_own_process_raises_its_error_here(tmp_path) -> No
     assert not child.alive()
 
 
-def test_a_task_the_checkpoint_was_not_trained_on_is_flagged(harness, tiny_checkpoint, tmp_path) -> None:
+def test_a_task_the_checkpoint_was_not_trained_on_is_flagged(policy_harness, node_checkpoint, tmp_path) -> None:
     """The checkpoint records its training prompts: another prompt (a typo, say) turns diagnostics WARN."""
     from diagnostic_msgs.msg import DiagnosticStatus
-    from policy_fixtures import copy_checkpoint
     from std_msgs.msg import String
 
-    rig, start = harness
-    ck = copy_checkpoint(tiny_checkpoint, tmp_path / 'ck')
+    rig, start = policy_harness
+    ck = copy_checkpoint(node_checkpoint, tmp_path / 'ck')
     meta = json.loads((ck / 'bimanual_vla.json').read_text())
     (ck / 'bimanual_vla.json').write_text(json.dumps({**meta, 'tasks': ['transfer the cube to the left arm']}))
     node = start(write_policy(tmp_path, ck))  # the policy file's task is the trained one

@@ -9,28 +9,11 @@ import gym_aloha  # noqa: F401  (make test installs the sim extra; a missing one
 import mujoco  # noqa: F401
 import numpy as np
 import pytest
+from helpers.sim_rig import node_threads, sim_rig_node
 
 from bimanual_vla import topics
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
-
-
-def _sim(ros_context, **params):
-    from rclpy.parameter import Parameter
-
-    from bimanual_vla.sim.node import SimRig
-
-    overrides = [Parameter(k, value=v) for k, v in params.items()]
-    return SimRig(context=ros_context, parameter_overrides=overrides)
-
-
-def _executor(ros_context, *nodes):
-    from bimanual_vla.bringup.executors import NodeThreads
-
-    ex = NodeThreads(context=ros_context)
-    for n in nodes:
-        ex.add_node(n)
-    return ex
 
 
 def _stamp_ns(stamp) -> int:
@@ -43,9 +26,9 @@ def test_topics_limits_estop_and_reset(ros_context, spin) -> None:
     from sensor_msgs.msg import CameraInfo, Image, JointState
     from std_msgs.msg import Bool, Int64
 
-    sim = _sim(ros_context, real_time_factor=1.0, render_rate_hz=10.0, seed=4)
+    sim = sim_rig_node(ros_context, real_time_factor=1.0, render_rate_hz=10.0, seed=4)
     probe = Node('probe', context=ros_context)
-    ex = _executor(ros_context, sim, probe)
+    ex = node_threads(ros_context, sim, probe)
     images: dict[str, list[Image]] = {c: [] for c in ('top', 'left_wrist', 'right_wrist')}
     infos: list[CameraInfo] = []
     clocks: list[int] = []
@@ -128,7 +111,7 @@ def test_expert_drives_sim_over_topics_to_success(ros_context, spin) -> None:
     seed = 5
     rig = load_rig('aloha_sim')
     expert = ScriptedExpert(rig, 'transfer_cube', seed)
-    sim = _sim(ros_context, real_time_factor=1.0, render_rate_hz=0.0, seed=seed)
+    sim = sim_rig_node(ros_context, real_time_factor=1.0, render_rate_hz=0.0, seed=seed)
     driver = Node('expert_driver', context=ros_context)
     pubs = {
         a: driver.create_publisher(JointState, topics.arm_command(a), topics.COMMAND_QOS) for a in ('left', 'right')
@@ -149,7 +132,7 @@ def test_expert_drives_sim_over_topics_to_success(ros_context, spin) -> None:
 
     driver.create_subscription(JointState, topics.JOINT_STATES, on_joints, topics.SENSOR_QOS)
     driver.create_subscription(Bool, topics.SIM_SUCCESS, lambda m: success.append(m.data), topics.RELIABLE_QOS)
-    ex = _executor(ros_context, sim, driver)
+    ex = node_threads(ros_context, sim, driver)
     try:
         assert spin(ex, lambda: all(p.get_subscription_count() for p in pubs.values()), 10.0)
         with sim._lock:
@@ -168,7 +151,7 @@ def test_builtin_expert_mode_publishes_subtasks_and_commands(ros_context, spin) 
     from sensor_msgs.msg import JointState
     from std_msgs.msg import Bool, String
 
-    sim = _sim(ros_context, real_time_factor=0.0, render_rate_hz=0.0, expert=True, seed=2, task='insertion')
+    sim = sim_rig_node(ros_context, real_time_factor=0.0, render_rate_hz=0.0, expert=True, seed=2, task='insertion')
     probe = Node('probe2', context=ros_context)
     subtasks: list[str] = []
     commands: list[JointState] = []
@@ -176,7 +159,7 @@ def test_builtin_expert_mode_publishes_subtasks_and_commands(ros_context, spin) 
     probe.create_subscription(String, topics.SIM_EXPERT_SUBTASK, lambda m: subtasks.append(m.data), 50)
     probe.create_subscription(JointState, topics.arm_command('left'), commands.append, topics.COMMAND_QOS)
     probe.create_subscription(Bool, topics.SIM_SUCCESS, lambda m: success.append(m.data), topics.LATCHED_QOS)
-    ex = _executor(ros_context, sim, probe)
+    ex = node_threads(ros_context, sim, probe)
     try:
         assert spin(ex, lambda: bool(success) and success[-1], 60.0), f'stage {sim.scene.reward}'
         assert 'grasp the peg and the socket' in subtasks and 'insert the peg into the socket' in subtasks

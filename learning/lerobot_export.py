@@ -3,26 +3,36 @@
 Layout written (one file of each kind; LeRobot reads them as chunk 0, file 0)::
 
     meta/info.json                         codebase_version "v3.0", fps, features, path templates
-    meta/stats.json                        per-feature min/max/mean/std/count + quantiles
+    meta/stats.json                        per-feature min/max/mean/std/count + quantiles q01..q99
     meta/tasks.parquet                     task text (pandas index "task") -> task_index
     meta/subtasks.parquet                  subtask text -> subtask_index (our extra feature)
     meta/episodes/chunk-000/file-000.parquet   one row per episode: length, tasks, frame range,
-                                               data/video file and time range, per-episode stats
-    data/chunk-000/file-000.parquet        one row per frame: observation.state, action,
-                                           timestamp, frame_index, episode_index, index,
-                                           task_index, subtask_index
+                                               data/video file and time range, stats/<feature>/<stat>
+    data/chunk-000/file-000.parquet        one row per frame (one row group per episode):
+                                           observation.state, action, timestamp, frame_index,
+                                           episode_index, index, task_index, subtask_index,
+                                           language_persistent, language_events
     videos/observation.images.<cam>/chunk-000/file-000.mp4   every episode back to back
 
-Frames are the dataset samples (:mod:`bimanual_vla.learning.dataset`) at ``fps`` with chunk size 1:
-``action`` is the command in force at the frame (LeRobot builds chunks itself with
-``delta_timestamps``). LeRobot needs frames evenly spaced at ``fps`` within an episode, so where
-the dataset skips samples (a stale camera mid-episode) the episode is split there, and the
-split is reported. Videos are encoded with OpenCV's FFmpeg backend as MPEG-4 Part 2 (``mp4v``),
-the only mp4 encoder the opencv-python wheels ship; LeRobot's own recorder writes AV1 (or
-h264), which is smaller for the same quality. LeRobot decodes mpeg4 too (pyav/torchcodec); to
-re-encode, run ``ffmpeg -i file-000.mp4 -c:v libsvtav1 -pix_fmt yuv420p ...`` and update
-``video.codec`` in info.json. One data/video file per dataset: fine to a few hours of data;
-LeRobot's 100 MB / 500 MB per-file splitting is not implemented.
+Frames are the dataset samples (:mod:`bimanual_vla.learning.dataset`) at ``fps`` with chunk size 1,
+on each bag's own time base (``DatasetOptions.time_base``, default from the bag: a simulated
+recording is sampled on sim time, so an episode of D seconds has D x fps frames): ``action`` is the
+command in force at the frame (LeRobot builds chunks itself with ``delta_timestamps``). LeRobot
+needs frames evenly spaced at ``fps`` within an episode, so where the dataset skips samples (a stale
+camera mid-episode) the episode is split there, and the split is reported.
+
+What LeRobot's own tools need, and where it comes from (huggingface/lerobot 7427f318, v0.6.2; see
+docs/lerobot.md): videos encoded and described as LeRobot encodes them
+(:mod:`bimanual_vla.learning.lerobot_video`: AV1 by default, a codec ``delete_episodes`` and
+``split_dataset`` accept); statistics per episode and for the dataset as LeRobot's compute_stats
+computes them, image quantiles included (:mod:`bimanual_vla.learning.lerobot_stats`); subtasks
+both as our ``subtask_index`` and as current LeRobot's language columns: ``language_persistent``
+holds on every frame the episode's rows ``{role: assistant, content: <subtask>, style: subtask,
+timestamp: <first frame of it>, camera: null, tool_calls: null}`` (LeRobot resolves the subtask at
+t as the newest row at or before t), ``language_events`` is empty, both declared in info.json as
+``dtype: language`` (``src/lerobot/datasets/language.py``, the annotation pipeline's writer).
+One data/video file per dataset: fine to a few hours of data; LeRobot's 100 MB / 500 MB per-file
+splitting is not implemented. fps must be a whole number (LeRobot stores it as one).
 """
 
 from __future__ import annotations
@@ -37,14 +47,16 @@ from typing import Any
 
 import numpy as np
 
+from bimanual_vla.learning import lerobot_stats
 from bimanual_vla.learning.dataset import BagDataset, DatasetOptions
+from bimanual_vla.learning.lerobot_video import VideoWriter, encoder_settings, video_info
 
 CODEBASE_VERSION = 'v3.0'
 DATA_PATH = 'data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet'
 VIDEO_PATH = 'videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4'
 EPISODES_PATH = 'meta/episodes/chunk-000/file-000.parquet'
-QUANTILES = (0.01, 0.10, 0.50, 0.90, 0.99)
-_IMAGE_STATS_EVERY = 5  # image statistics from every 5th frame (LeRobot subsamples too)
+LANGUAGE_PERSISTENT, LANGUAGE_EVENTS = 'language_persistent', 'language_events'
+LANGUAGE_FEATURE = {'dtype': 'language', 'shape': [1], 'names': None}  # language.language_feature_info()
 
 
 class ExportError(RuntimeError):
@@ -55,68 +67,10 @@ def camera_key(camera: str) -> str:
     return f'observation.images.{camera}'
 
 
-def _stats(values: np.ndarray) -> dict[str, Any]:
-    """LeRobot-style statistics over axis 0 of (N, D) values."""
-    out: dict[str, Any] = {
-        'min': values.min(axis=0).tolist(),
-        'max': values.max(axis=0).tolist(),
-        'mean': values.mean(axis=0).tolist(),
-        'std': values.std(axis=0).tolist(),
-        'count': [int(len(values))],
-    }
-    for q in QUANTILES:
-        out[f'q{round(q * 100):02d}'] = np.quantile(values, q, axis=0).tolist()
-    return out
-
-
-class _ImageStats:
-    """Per-channel statistics of pixel values in [0, 1] (shape 3x1x1 as LeRobot stores them)."""
-
-    def __init__(self) -> None:
-        self.n = 0
-        self.sum = np.zeros(3)
-        self.sq = np.zeros(3)
-        self.lo = np.full(3, np.inf)
-        self.hi = np.full(3, -np.inf)
-        self.frames = 0
-
-    def add(self, rgb: np.ndarray) -> None:
-        x = rgb.reshape(-1, 3).astype(np.float64) / 255.0
-        self.n += len(x)
-        self.sum += x.sum(axis=0)
-        self.sq += (x**2).sum(axis=0)
-        self.lo = np.minimum(self.lo, x.min(axis=0))
-        self.hi = np.maximum(self.hi, x.max(axis=0))
-        self.frames += 1
-
-    def result(self) -> dict[str, Any]:
-        mean = self.sum / self.n
-        std = np.sqrt(np.maximum(self.sq / self.n - mean**2, 0.0))
-        col = lambda v: [[[float(c)]] for c in v]  # noqa: E731
-        return {'min': col(self.lo), 'max': col(self.hi), 'mean': col(mean), 'std': col(std), 'count': [self.frames]}
-
-
-class _VideoWriter:
-    def __init__(self, path: Path, fps: float, size: tuple[int, int]) -> None:
-        import cv2
-
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.size = size  # (width, height)
-        self.writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*'mp4v'), fps, size)
-        if not self.writer.isOpened():
-            raise ExportError(f'{path}: OpenCV cannot open an mp4v video writer')
-        self.frames = 0
-
-    def write(self, rgb: np.ndarray) -> None:
-        import cv2
-
-        if (rgb.shape[1], rgb.shape[0]) != self.size:
-            rgb = cv2.resize(rgb, self.size, interpolation=cv2.INTER_AREA)
-        self.writer.write(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-        self.frames += 1
-
-    def close(self) -> None:
-        self.writer.release()
+def subtask_row(text: str, timestamp: float) -> dict[str, Any]:
+    """A ``language_persistent`` row of style subtask, keys in LeRobot's PERSISTENT_ROW_FIELDS order."""
+    return {'role': 'assistant', 'content': text, 'style': 'subtask', 'timestamp': float(timestamp),
+            'camera': None, 'tool_calls': None}  # fmt: skip
 
 
 def _pandas_index_metadata(index_name: str, value_name: str) -> bytes:
@@ -150,17 +104,21 @@ def export_lerobot(
     bags: str | Path | Sequence[str | Path],
     out: str | Path,
     *,
-    fps: float = 50.0,
+    fps: float = 50,
     options: DatasetOptions | None = None,
     robot_type: str | None = None,
     progress: bool = False,
+    vcodec: str = 'libsvtav1',
 ) -> dict[str, Any]:
     """Write the LeRobot v3.0 dataset of `bags` to `out`; return a summary (frames, episodes, splits)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    if not (math.isfinite(fps) and fps > 0):
-        raise ValueError(f'fps must be > 0, got {fps}')
+    if not (math.isfinite(fps) and fps > 0 and float(fps).is_integer()):
+        raise ValueError(f'fps must be a whole number > 0 (LeRobot stores fps as an integer), got {fps}')
+    fps = int(fps)
+    settings = encoder_settings(vcodec)
+    try:
+        import av  # noqa: F401
+    except ImportError:
+        raise ExportError('export-lerobot encodes its videos with PyAV: pip install av') from None
     out = Path(out).expanduser()
     if out.exists():
         raise ExportError(f'{out}: already exists (the export never overwrites)')
@@ -171,7 +129,7 @@ def export_lerobot(
     if tmp.exists():
         shutil.rmtree(tmp)
     try:
-        summary = _write(dataset, tmp, fps, robot_type, progress, pa, pq)
+        summary = _write(dataset, tmp, fps, robot_type, progress, settings)
         tmp.rename(out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -183,8 +141,27 @@ def export_lerobot(
 
 
 _COLUMNS = ('observation.state', 'action', 'timestamp', 'frame_index', 'episode_index', 'index', 'task_index',
-            'subtask_index')  # fmt: skip
+            'subtask_index', LANGUAGE_PERSISTENT, LANGUAGE_EVENTS)  # fmt: skip
 """The data parquet's columns, in order."""
+_VECTOR_FEATURES = ('observation.state', 'action')
+_SCALAR_FEATURES = {'timestamp': np.float32, 'frame_index': np.int64, 'episode_index': np.int64, 'index': np.int64,
+                    'task_index': np.int64, 'subtask_index': np.int64}  # fmt: skip
+"""Per-frame scalars and their stored dtype (LeRobot computes their statistics in it)."""
+
+
+def plan_episodes(dataset: BagDataset, fps: int) -> list[list[int]]:
+    """Per dataset episode, the lengths of the exported episodes it becomes (split where samples skip)."""
+    period_ns = 1e9 / fps
+    plan = []
+    for ep in dataset.episodes:
+        times = np.asarray(ep.samples, dtype=np.int64)
+        if not len(times):
+            plan.append([])
+            continue
+        cuts = np.flatnonzero(np.diff(times) > 1.5 * period_ns) + 1  # a gap: LeRobot needs even spacing
+        bounds = [0, *cuts.tolist(), len(times)]
+        plan.append([b - a for a, b in zip(bounds, bounds[1:], strict=False)])
+    return plan
 
 
 @dataclass
@@ -195,30 +172,45 @@ class _Frames:
     episodes: list[dict[str, Any]] = field(default_factory=list)
     tasks: dict[str, int] = field(default_factory=dict)
     subtasks: dict[str, int] = field(default_factory=dict)
-    videos: dict[str, _VideoWriter] = field(default_factory=dict)
-    image_stats: dict[str, _ImageStats] = field(default_factory=dict)
+    videos: dict[str, VideoWriter] = field(default_factory=dict)
     splits: int = 0
 
-    def close_episode(self, ep: dict[str, Any] | None) -> None:
-        if ep is None or ep['length'] == 0:
-            return
+    def open_episode(self, s: dict[str, Any], length: int, cameras: Sequence[str]) -> dict[str, Any]:
+        start = len(self.columns['index'])
+        return {'episode_index': len(self.episodes), 'tasks': [], 'length': 0, 'planned': length,
+                'dataset_from_index': start, 'source': f'{s["bag"]}#{s["episode_label"]}', 'stats': {},
+                'subtask_rows': [], 'last_subtask': None, 'stat_frames': set(lerobot_stats.sample_indices(length)),
+                'image_stats': {c: lerobot_stats.ImageStats() for c in cameras}}  # fmt: skip
+
+    def close_episode(self, ep: dict[str, Any]) -> None:
+        """Finish `ep`: its language column and its statistics (LeRobot's compute_episode_stats)."""
         ep['dataset_to_index'] = ep['dataset_from_index'] + ep['length']
         lo, hi = ep['dataset_from_index'], ep['dataset_to_index']
-        for key in ('observation.state', 'action'):
-            ep['stats'][key] = _stats(np.asarray(self.columns[key][lo:hi], dtype=np.float64))
+        self.columns[LANGUAGE_PERSISTENT].extend([ep['subtask_rows']] * ep['length'])
+        self.columns[LANGUAGE_EVENTS].extend([[] for _ in range(ep['length'])])
+        for key in _VECTOR_FEATURES:
+            ep['stats'][key] = lerobot_stats.feature_stats(np.asarray(self.columns[key][lo:hi], dtype=np.float32))
+        for key, dtype in _SCALAR_FEATURES.items():
+            ep['stats'][key] = lerobot_stats.feature_stats(np.asarray(self.columns[key][lo:hi], dtype=dtype))
+        for cam, acc in ep.pop('image_stats').items():
+            ep['stats'][camera_key(cam)] = acc.result()
         self.episodes.append(ep)
 
-    def add(self, s: dict[str, Any], current: dict[str, Any], out: Path, fps: float) -> None:
+    def add(self, s: dict[str, Any], current: dict[str, Any], out: Path, fps: int, settings: dict[str, Any]) -> None:
         """Append one sample `s` to the columns, the episode `current` and the videos."""
         columns = self.columns
         task = self.tasks.setdefault(s['task'], len(self.tasks))
         if s['task'] not in current['tasks']:
             current['tasks'].append(s['task'])
         sub = self.subtasks.setdefault(s['subtask'], len(self.subtasks))
+        k = current['length']
+        if s['subtask'] != current['last_subtask'] and s['subtask']:
+            current['subtask_rows'].append(subtask_row(s['subtask'], np.float32(k / fps)))
+        current['last_subtask'] = s['subtask']
         columns['observation.state'].append(s['state'].tolist())
         columns['action'].append(s['actions'][0].tolist())
-        columns['timestamp'].append(current['length'] / fps)
-        columns['frame_index'].append(current['length'])
+        columns['timestamp'].append(k / fps)
+        columns['frame_index'].append(k)
         columns['episode_index'].append(current['episode_index'])
         columns['index'].append(len(columns['index']))
         columns['task_index'].append(task)
@@ -226,25 +218,32 @@ class _Frames:
         for cam, img in s['images'].items():
             if cam not in self.videos:
                 path = out / VIDEO_PATH.format(video_key=camera_key(cam), chunk_index=0, file_index=0)
-                self.videos[cam] = _VideoWriter(path, fps, (img.shape[1], img.shape[0]))
-            self.videos[cam].write(img)
-            if current['length'] % _IMAGE_STATS_EVERY == 0:
-                self.image_stats[cam].add(img)
+                self.videos[cam] = VideoWriter(path, fps, (img.shape[1], img.shape[0]), settings)
+            writer = self.videos[cam]
+            if (img.shape[1], img.shape[0]) != writer.size:
+                import cv2
+
+                img = cv2.resize(img, writer.size, interpolation=cv2.INTER_AREA)
+            writer.write(img)
+            if k in current['stat_frames']:  # LeRobot's image statistics sample these frames
+                current['image_stats'][cam].add(img)
         current['length'] += 1
 
 
-def _write(dataset: BagDataset, out: Path, fps: float, robot_type: str | None, progress: bool, pa, pq) -> dict:
-    frames = _read_frames(dataset, out, fps, progress)
+def _write(dataset: BagDataset, out: Path, fps: int, robot_type: str | None, progress: bool, settings: dict) -> dict:
+    frames = _read_frames(dataset, out, fps, progress, settings)
     total = len(frames.columns['index'])
     if total == 0:
         raise ExportError('no frames to export')
-    _write_data(frames, out / DATA_PATH.format(chunk_index=0, file_index=0), len(dataset.joint_names), pa, pq)
-    _write_episodes(frames, dataset.cameras, out / EPISODES_PATH, fps, pa, pq)
+    _write_data(frames, out / DATA_PATH.format(chunk_index=0, file_index=0), len(dataset.joint_names))
+    _write_episodes(frames, dataset.cameras, out / EPISODES_PATH, fps)
     _write_lookup(out / 'meta/tasks.parquet', 'task', 'task_index', list(frames.tasks))
     _write_lookup(out / 'meta/subtasks.parquet', 'subtask', 'subtask_index', list(frames.subtasks))
-    (out / 'meta/stats.json').write_text(json.dumps(_dataset_stats(frames), indent=2))
+    stats = lerobot_stats.aggregate_stats([e['stats'] for e in frames.episodes])
+    (out / 'meta/stats.json').write_text(json.dumps(lerobot_stats.to_json(stats), indent=4))
     info = _info(frames, dataset, fps, robot_type)
     (out / 'meta/info.json').write_text(json.dumps(info, indent=4))
+    codec = info['features'][camera_key(dataset.cameras[0])]['info']['video.codec'] if dataset.cameras else None
     return {
         'episodes': len(frames.episodes),
         'frames': total,
@@ -252,39 +251,34 @@ def _write(dataset: BagDataset, out: Path, fps: float, robot_type: str | None, p
         'subtasks': len(frames.subtasks),
         'episodes_split_at_gaps': frames.splits,
         'skipped_samples': dict(sorted((k, v) for k, v in dataset.skipped.items() if v)),
-        'video_codec': 'mpeg4 (OpenCV mp4v)',
+        'time_bases': [tb.line(p) for tb, p in zip(dataset.time_bases, dataset.paths, strict=True)],
+        'video_codec': f'{codec} ({settings["vcodec"]})',
     }
 
 
-def _read_frames(dataset: BagDataset, out: Path, fps: float, progress: bool) -> _Frames:
+def _read_frames(dataset: BagDataset, out: Path, fps: int, progress: bool, settings: dict) -> _Frames:
     """One pass over the dataset's samples: columns and episodes in memory, videos written to `out`."""
-    frames = _Frames(image_stats={c: _ImageStats() for c in dataset.cameras})
-    period_ns = 1e9 / fps
+    frames = _Frames()
+    plan = plan_episodes(dataset, fps)
     bar = None
     if progress:
         from tqdm import tqdm
 
         bar = tqdm(total=len(dataset), unit='frame', desc='export')
     try:
-        for e in range(len(dataset.episodes)):
+        for e, lengths in enumerate(plan):
+            frames.splits += max(0, len(lengths) - 1)
+            pending = list(lengths)
             current: dict[str, Any] | None = None
-            last_t = None
             for s in dataset.iter_episode(e):
-                t = s['time_ns']
-                if current is not None and t - last_t > 1.5 * period_ns:  # a gap: LeRobot needs even spacing
+                if current is None:
+                    current = frames.open_episode(s, pending.pop(0), dataset.cameras)
+                frames.add(s, current, out, fps, settings)
+                if current['length'] == current['planned']:
                     frames.close_episode(current)
                     current = None
-                    frames.splits += 1
-                last_t = t
-                if current is None:
-                    start = len(frames.columns['index'])
-                    current = {'episode_index': len(frames.episodes), 'tasks': [], 'length': 0,
-                               'dataset_from_index': start, 'source': f'{s["bag"]}#{s["episode_label"]}',
-                               'stats': {}}  # fmt: skip
-                frames.add(s, current, out, fps)
                 if bar is not None:
                     bar.update(1)
-            frames.close_episode(current)
     finally:
         for writer in frames.videos.values():
             writer.close()
@@ -293,7 +287,11 @@ def _read_frames(dataset: BagDataset, out: Path, fps: float, progress: bool) -> 
     return frames
 
 
-def _write_data(frames: _Frames, data_path: Path, n_joints: int, pa, pq) -> None:
+def _write_data(frames: _Frames, data_path: Path, n_joints: int) -> None:
+    """The frames' parquet, one row group per episode (as LeRobot's writers emit it)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     columns = frames.columns
     data_path.parent.mkdir(parents=True, exist_ok=True)
     vec = pa.list_(pa.float32(), n_joints)
@@ -306,11 +304,19 @@ def _write_data(frames: _Frames, data_path: Path, n_joints: int, pa, pq) -> None
         'index': pa.array(columns['index'], pa.int64()),
         'task_index': pa.array(columns['task_index'], pa.int64()),
         'subtask_index': pa.array(columns['subtask_index'], pa.int64()),
+        # inferred, as LeRobot's LanguageColumnsWriter does (it casts them to its features on load)
+        LANGUAGE_PERSISTENT: pa.array(columns[LANGUAGE_PERSISTENT]),
+        LANGUAGE_EVENTS: pa.array(columns[LANGUAGE_EVENTS]),
     })  # fmt: skip
-    pq.write_table(table, data_path)
+    with pq.ParquetWriter(str(data_path), table.schema, compression='snappy') as writer:
+        for ep in frames.episodes:
+            writer.write_table(table.slice(ep['dataset_from_index'], ep['length']))
 
 
-def _write_episodes(frames: _Frames, cameras: Sequence[str], ep_path: Path, fps: float, pa, pq) -> None:
+def _write_episodes(frames: _Frames, cameras: Sequence[str], ep_path: Path, fps: int) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     episodes = frames.episodes
     ep_cols: dict[str, list] = {
         'episode_index': [e['episode_index'] for e in episodes],
@@ -329,9 +335,9 @@ def _write_episodes(frames: _Frames, cameras: Sequence[str], ep_path: Path, fps:
         ep_cols[f'videos/{key}/to_timestamp'] = [e['dataset_to_index'] / fps for e in episodes]
     ep_cols['meta/episodes/chunk_index'] = [0] * len(episodes)
     ep_cols['meta/episodes/file_index'] = [0] * len(episodes)
-    for key in ('observation.state', 'action'):
-        for stat in episodes[0]['stats'][key]:
-            ep_cols[f'stats/{key}/{stat}'] = [e['stats'][key][stat] for e in episodes]
+    for key in episodes[0]['stats']:
+        for stat in lerobot_stats.STAT_KEYS:
+            ep_cols[f'stats/{key}/{stat}'] = [np.asarray(e['stats'][key][stat]).tolist() for e in episodes]
     ep_cols['bimanual_vla/source'] = [e['source'] for e in episodes]
     ep_types = {'episode_index': pa.int64(), 'tasks': pa.list_(pa.string()), 'length': pa.int64()}
     ep_table = pa.table({
@@ -342,38 +348,26 @@ def _write_episodes(frames: _Frames, cameras: Sequence[str], ep_path: Path, fps:
     pq.write_table(ep_table, ep_path)
 
 
-def _dataset_stats(frames: _Frames) -> dict[str, Any]:
-    columns = frames.columns
-    stats: dict[str, Any] = {
-        'observation.state': _stats(np.asarray(columns['observation.state'], dtype=np.float64)),
-        'action': _stats(np.asarray(columns['action'], dtype=np.float64)),
-    }
-    for key in ('timestamp', 'frame_index', 'episode_index', 'index', 'task_index', 'subtask_index'):
-        stats[key] = _stats(np.asarray(columns[key], dtype=np.float64)[:, None])
-    for cam, acc in frames.image_stats.items():
-        if acc.frames:
-            stats[camera_key(cam)] = acc.result()
-    return stats
-
-
-def _info(frames: _Frames, dataset: BagDataset, fps: float, robot_type: str | None) -> dict[str, Any]:
-    """meta/info.json: the features (videos, joint vectors, indices) and the dataset's totals."""
+def _info(frames: _Frames, dataset: BagDataset, fps: int, robot_type: str | None) -> dict[str, Any]:
+    """meta/info.json: the features (videos, joint vectors, indices, language) and the dataset's totals."""
     n_joints = len(dataset.joint_names)
     features: dict[str, Any] = {}
     for cam in dataset.cameras:
-        w, h = frames.videos[cam].size
+        writer = frames.videos[cam]
+        w, h = writer.size
         features[camera_key(cam)] = {
             'dtype': 'video',
             'shape': [h, w, 3],
             'names': ['height', 'width', 'channels'],
-            'info': {'video.height': h, 'video.width': w, 'video.codec': 'mpeg4', 'video.pix_fmt': 'yuv420p',
-                     'video.is_depth_map': False, 'video.fps': fps, 'video.channels': 3, 'has_audio': False},
-        }  # fmt: skip
-    for key in ('observation.state', 'action'):
+            'info': video_info(writer.path, writer.settings),
+        }
+    for key in _VECTOR_FEATURES:
         features[key] = {'dtype': 'float32', 'shape': [n_joints], 'names': list(dataset.joint_names)}
     features['timestamp'] = {'dtype': 'float32', 'shape': [1], 'names': None}
     for key in ('frame_index', 'episode_index', 'index', 'task_index', 'subtask_index'):
         features[key] = {'dtype': 'int64', 'shape': [1], 'names': None}
+    features[LANGUAGE_PERSISTENT] = dict(LANGUAGE_FEATURE)
+    features[LANGUAGE_EVENTS] = dict(LANGUAGE_FEATURE)
     rig = dataset.rig
     return {
         'codebase_version': CODEBASE_VERSION,
@@ -384,7 +378,7 @@ def _info(frames: _Frames, dataset: BagDataset, fps: float, robot_type: str | No
         'chunks_size': 1000,
         'data_files_size_in_mb': 100,
         'video_files_size_in_mb': 500,
-        'fps': fps if fps != int(fps) else int(fps),
+        'fps': fps,
         'splits': {'train': f'0:{len(frames.episodes)}'},
         'data_path': DATA_PATH,
         'video_path': VIDEO_PATH,

@@ -16,8 +16,10 @@ def add_dataset_arguments(p: argparse.ArgumentParser, *, with_rate: bool = True)
     g.add_argument('--command-topic', default='arms/{arm}/joint_command',
                    help='per-arm action topic, e.g. leader/{arm}/joint_states for teleop data')  # fmt: skip
     g.add_argument('--state-mode', choices=('latest', 'interpolate'), default='latest')
-    g.add_argument('--time-base', choices=('receive', 'header'), default='receive',
-                   help="'header' for sims run faster than real time (stamps in sim time)")  # fmt: skip
+    g.add_argument('--time-base', choices=('auto', 'receive', 'header'), default='auto',
+                   help="clock to sample on: auto (default) = the bag's (its metadata, else inferred from the "
+                        "stamps; one line says which), receive = recorder receive times, header = message "
+                        "stamps (sim time)")  # fmt: skip
     g.add_argument('--camera-max-age', type=float, default=0.5, metavar='S', help='skip samples with older frames')
     g.add_argument('--joint-max-age', type=float, default=0.2, metavar='S')
     g.add_argument('--namespace', default='/')
@@ -44,13 +46,15 @@ def dataset_options(args: argparse.Namespace):
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         'export-lerobot',
-        help='export bags to a LeRobot v3.0 dataset (parquet + mp4)',
+        help='export bags to a LeRobot v3.0 dataset (parquet + AV1 mp4)',
         description='Resample the episodes of the bags at FPS and write a LeRobot dataset (format v3.0): '
         'meta/info.json, meta/stats.json, meta/tasks.parquet, meta/episodes, data/ parquet, videos/ mp4.',
     )
     p.add_argument('bags', nargs='+', metavar='BAG', help='rosbag2 directories (concatenated)')
     p.add_argument('--out', required=True, help='dataset directory to create (must not exist)')
-    p.add_argument('--fps', type=float, default=50.0, help='frame rate of the dataset (default 50)')
+    p.add_argument('--fps', type=int, default=50, help='frame rate of the dataset, a whole number (default 50)')
+    p.add_argument('--vcodec', choices=('libsvtav1', 'h264'), default='libsvtav1',
+                   help="video encoder: libsvtav1 (AV1, LeRobot's default) or h264 (libx264)")  # fmt: skip
     p.add_argument('--robot-type', default=None, help='info.json robot_type (default: the rig name)')
     add_dataset_arguments(p)
     p.set_defaults(func=run)
@@ -65,9 +69,12 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         summary = export_lerobot(args.bags, args.out, fps=args.fps, options=dataset_options(args),
-                                 robot_type=args.robot_type, progress=sys.stderr.isatty())  # fmt: skip
+                                 robot_type=args.robot_type, progress=sys.stderr.isatty(),
+                                 vcodec=args.vcodec)  # fmt: skip
     except (BagError, ExportError, ValueError) as exc:
         print(f'error: {exc}', file=sys.stderr)
         return 2
+    for line in summary.get('time_bases', []):
+        print(line, file=sys.stderr)
     print(json.dumps(summary))
     return 0

@@ -138,3 +138,27 @@ def test_stamps_that_are_no_timeline_are_not_taken_for_sim_time(tmp_path, stamp,
             writer.write(conn, recv, serialize_message(msg))
     with BagReader(bag) as reader:
         assert resolve_time_base(reader).base == 'receive', why
+
+
+def test_eval_of_a_policy_that_acts_on_sim_time_scores_zero_by_default(sim_bag) -> None:
+    """A policy that issues exactly the recorded commands of the sim timeline scores 0 open loop by default;
+    read on the squeezed receive times, the same policy looks wrong (the tenfold MAE the time base caused)."""
+    from dataset_fixtures import command_value
+
+    from bimanual_vla.learning.evaluate import Prediction, evaluate
+
+    H = 10
+
+    def sim_time_policy(sample) -> Prediction:  # the expert's commands at the sample's sim time
+        t = sample['time_ns'] - HEADER_OFFSET
+        ticks = [(t + k * 20 * MS - T0 - 3 * MS) // (20 * MS) for k in range(H)]
+        return Prediction(np.array([[command_value(a, j, i) for a in range(2) for j in range(7)] for i in ticks]))
+
+    report, _ = evaluate(BagDataset(sim_bag, rig='aloha_sim', chunk_size=H), sim_time_policy, stride=5)
+    assert report['samples_evaluated'] > 30 and report['mae'] < 1e-4  # held last command at the end
+    squeezed, _ = evaluate(
+        BagDataset(sim_bag, rig='aloha_sim', chunk_size=H, time_base='receive'),
+        lambda s: sim_time_policy({**s, 'time_ns': s['time_ns'] + HEADER_OFFSET}),  # a receive-clock sample
+        stride=5,
+    )
+    assert squeezed['mae'] > 100 * report['mae'], (squeezed['mae'], report['mae'])

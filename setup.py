@@ -100,6 +100,7 @@ setup(
             'sim_rig = bimanual_vla.sim.node:main',
             'camera_driver = bimanual_vla.drivers.camera.node:main',
             'estop_input = bimanual_vla.drivers.estop.node:main',
+            'robot_description_publisher = bimanual_vla.bringup.description_node:main',
         ],
     },
 )

@@ -7,28 +7,18 @@ bag time. No drivers: the policy's commands go to the topics, where you can reco
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
-from launch_ros.actions import Node
 
-from bimanual_vla.bringup.launch_actions import PACKAGE, robot_state_publisher, rviz, spec_actions, truthy
-from bimanual_vla.bringup.nodes import NodeSpec
+from bimanual_vla.bringup.launch_actions import launch_actions, replay_processes, truthy
 
 
 def _nodes(context):
-    rig = LaunchConfiguration('rig').perform(context)
-    bag = LaunchConfiguration('bag').perform(context)
-    rate = LaunchConfiguration('rate').perform(context)
-    policy = LaunchConfiguration('policy').perform(context)
-    replay = Node(
-        package=PACKAGE,
-        executable='bimanual-vla',
-        arguments=['replay', bag, '--rate', rate],
-        output='screen',
-    )
-    policy_node = NodeSpec('policy_node', 'policy_node', {'rig': rig, 'policy': policy, 'use_sim_time': True})
-    actions = [replay, *spec_actions([policy_node]), robot_state_publisher(rig, use_sim_time=True)]
-    if truthy(LaunchConfiguration('rviz').perform(context)):
-        actions.append(rviz(use_sim_time=True))
-    return actions
+    """Everything is decided and every executable checked before the first process starts."""
+
+    def arg(name: str) -> str:
+        return LaunchConfiguration(name).perform(context)
+
+    processes = replay_processes(arg('bag'), arg('rig'), arg('policy'), arg('rate'), rviz=truthy(arg('rviz')))
+    return launch_actions(processes)
 
 
 def generate_launch_description():

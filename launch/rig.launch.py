@@ -1,5 +1,7 @@
 """Real rig: one arm_driver per arm and one camera_driver per camera from the rig YAML, the policy
 node, robot_state_publisher with the rig's URDF, and optionally rviz2 and a bag recorder.
+robot_state_publisher and rviz2 are optional (left out with one warning when not installed); a missing
+executable of this package stops the launch before anything starts (bimanual_vla/bringup/launch_actions.py).
 
     ros2 launch bimanual_vla rig.launch.py rig:=so101_bimanual policy:=default rviz:=true record:=~/bags/run1
 """
@@ -8,15 +10,23 @@ from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 
-from bimanual_vla.bringup.launch_actions import bringup_actions
-from bimanual_vla.bringup.nodes import rig_nodes
+from bimanual_vla.bringup.launch_actions import launch_actions, rig_processes, truthy
 
 
 def _nodes(context):
-    rig = LaunchConfiguration('rig').perform(context)
-    policy = LaunchConfiguration('policy').perform(context)
-    specs = rig_nodes(rig, policy=policy or None, use_sim_time=False)
-    return bringup_actions(context, rig, specs, use_sim_time=False)
+    """Everything is decided and every executable checked before the first process starts."""
+
+    def arg(name: str) -> str:
+        return LaunchConfiguration(name).perform(context)
+
+    processes = rig_processes(
+        arg('rig'),
+        arg('policy'),
+        rviz=truthy(arg('rviz')),
+        record=arg('record'),
+        record_split_mb=arg('record_split_mb'),
+    )
+    return launch_actions(processes)
 
 
 def generate_launch_description():

@@ -8,22 +8,26 @@ from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 
-from bimanual_vla.bringup.launch_actions import bringup_actions
-from bimanual_vla.bringup.nodes import rig_nodes
+from bimanual_vla.bringup.launch_actions import launch_actions, sim_processes, truthy
 
 
 def _nodes(context):
-    rig = LaunchConfiguration('rig').perform(context)
-    policy = LaunchConfiguration('policy').perform(context)
-    sim = {
-        'task': LaunchConfiguration('task').perform(context),
-        'seed': int(LaunchConfiguration('seed').perform(context)),
-    }
-    servo_bus = LaunchConfiguration('servo_bus').perform(context)
-    if servo_bus:
-        sim['servo_bus'] = servo_bus
-    specs = rig_nodes(rig, policy=policy or None, use_sim_time=True, sim_overrides=sim)
-    return bringup_actions(context, rig, specs, use_sim_time=True)
+    """Everything is decided and every executable checked before the first process starts."""
+
+    def arg(name: str) -> str:
+        return LaunchConfiguration(name).perform(context)
+
+    processes = sim_processes(
+        arg('rig'),
+        arg('policy'),
+        task=arg('task'),
+        seed=arg('seed'),
+        servo_bus=arg('servo_bus'),
+        rviz=truthy(arg('rviz')),
+        record=arg('record'),
+        record_split_mb=arg('record_split_mb'),
+    )
+    return launch_actions(processes)
 
 
 def generate_launch_description():

@@ -1,89 +1,277 @@
-"""Launch actions shared by launch/*.launch.py: bimanual_vla.bringup.nodes specs as launch_ros Nodes.
+"""What launch/*.launch.py start, decided before anything starts: the pure part of the launch files.
 
-Imported only by launch files (it needs launch_ros). Kept thin on purpose: which nodes a rig has
-and their parameters come from `bimanual_vla.bringup.nodes`, the same source `bimanual-vla run` uses.
+A launch file's OpaqueFunction reads its launch arguments and calls one of `rig_processes`,
+`sim_processes` or `replay_processes` (plain values in, `ProcessSpec`s out: which package,
+executable, node name, parameters, arguments, respawn), then `launch_actions(processes)`, which
+checks every executable exactly where launch_ros will look for it (`find_executable`, what
+`ExecutableInPackage` does: `<prefix of the package in the ament index>/lib/<package>/<executable>`)
+*before* a single action exists:
+
+- a required process (this package's nodes, the recorder, the replayer) that is not there stops the
+  launch with one line naming what is missing and how to get it, and no node has started, so none is
+  left running as an orphan;
+- an optional one (robot_state_publisher, rviz2) that is not there is left out with one warning;
+  instead of robot_state_publisher, this package's `robot_description_publisher` puts the rig's URDF
+  on `robot_description` (latched, as robot_state_publisher does; no TF without it).
+
+Only `launch_actions` (and `build_actions`) import launch / launch_ros, inside the function, so the
+rest is importable and tested where no ROS distribution is installed. Which nodes a rig has and their
+parameters come from `bimanual_vla.bringup.nodes`, the source `bimanual-vla run` uses too.
 """
 
 from __future__ import annotations
 
-from launch.actions import LogInfo, RegisterEventHandler
-from launch.event_handlers import OnProcessExit
-from launch_ros.actions import Node
+import os
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
-from bimanual_vla.bringup.nodes import NodeSpec, robot_description
+from bimanual_vla.bringup.nodes import NodeSpec, rig_nodes, robot_description
 from bimanual_vla.bringup.supervision import LAUNCH_RESPAWN_DELAY_S
 from bimanual_vla.config import share_dir
 
 PACKAGE = 'bimanual_vla'
 
+COLCON_HINT = (
+    'ros2 launch needs this package built by colcon on a ROS 2 install (colcon build, then '
+    'source install/setup.bash); a pip install has no ament index entry: use `bimanual-vla run` there '
+    '(docs/installing.md)'
+)
 
-def spec_action(spec: NodeSpec) -> Node:
-    """One node; drivers and the policy node are respawned by launch when their process dies."""
+
+@dataclass(frozen=True)
+class ProcessSpec:
+    """One process a launch file starts, as launch_ros's `Node` takes it.
+
+    `optional` is empty for a process the launch cannot do without; otherwise it says what is lost
+    without it (the one warning when its package is missing). `replacement` starts in its place then.
+    """
+
+    package: str
+    executable: str
+    name: str | None = None
+    parameters: dict[str, Any] = field(default_factory=dict)
+    arguments: tuple[str, ...] = ()
+    remappings: tuple[tuple[str, str], ...] = ()
+    respawn_delay_s: float | None = None
+    exit_message: str = ''
+    optional: str = ''
+    replacement: ProcessSpec | None = None
+
+
+class LaunchPlanError(RuntimeError):
+    """A required executable is missing: the launch stops before starting anything."""
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    processes: list[ProcessSpec]
+    warnings: list[str]
+
+
+# ------------------------------------------------------------------------------ the processes
+
+
+def node_process(spec: NodeSpec) -> ProcessSpec:
+    """One of this package's nodes; drivers and the policy node are respawned when their process dies."""
     delay = LAUNCH_RESPAWN_DELAY_S.get(spec.executable)
-    respawn = {'respawn': True, 'respawn_delay': delay} if delay is not None else {}
-    return Node(
-        package=PACKAGE,
-        executable=spec.executable,
-        name=spec.name,
-        parameters=[spec.parameters],
-        output='screen',
-        **respawn,
+    message = ''
+    if delay is not None:
+        note = ''
+        if spec.executable == 'policy_node':
+            note = ' (disabled, as at start-up, unless the policy file enables it at start)'
+        message = f'{spec.name} exited; the arms hold (driver watchdog); respawning in {delay:g} s{note}'
+    return ProcessSpec(
+        PACKAGE, spec.executable, spec.name, dict(spec.parameters), respawn_delay_s=delay, exit_message=message
     )
 
 
-def spec_actions(specs: list[NodeSpec]) -> list:
-    """The nodes, plus for each respawned one a rule that says in the log why it is restarting."""
-    actions: list = []
-    for spec in specs:
-        node = spec_action(spec)
-        actions.append(node)
-        delay = LAUNCH_RESPAWN_DELAY_S.get(spec.executable)
-        if delay is not None:
-            note = ''
-            if spec.executable == 'policy_node':
-                note = ' (disabled, as at start-up, unless the policy file enables it at start)'
-            message = f'{spec.name} exited; the arms hold (driver watchdog); respawning in {delay:g} s{note}'
-            actions.append(RegisterEventHandler(OnProcessExit(target_action=node, on_exit=[LogInfo(msg=message)])))
-    return actions
-
-
-def robot_state_publisher(rig: str, use_sim_time: bool) -> Node:
-    return Node(
-        package='robot_state_publisher',
-        executable='robot_state_publisher',
-        parameters=[{'robot_description': robot_description(rig), 'use_sim_time': use_sim_time}],
-        output='screen',
+def description_processes(rig: str, use_sim_time: bool) -> ProcessSpec:
+    """robot_state_publisher (TF and robot_description); without it, robot_description alone."""
+    fallback = ProcessSpec(
+        PACKAGE, 'robot_description_publisher', parameters={'rig': rig, 'use_sim_time': use_sim_time}
+    )
+    return ProcessSpec(
+        'robot_state_publisher',
+        'robot_state_publisher',
+        parameters={'robot_description': robot_description(rig), 'use_sim_time': use_sim_time},
+        optional='no TF for rviz2 (robot_description_publisher publishes the URDF instead)',
+        replacement=fallback,
     )
 
 
-def rviz(use_sim_time: bool) -> Node:
-    return Node(
-        package='rviz2',
-        executable='rviz2',
-        arguments=['-d', str(share_dir() / 'config' / 'rviz' / 'bimanual.rviz')],
-        parameters=[{'use_sim_time': use_sim_time}],
-        output='screen',
+def rviz_process(use_sim_time: bool) -> ProcessSpec:
+    return ProcessSpec(
+        'rviz2',
+        'rviz2',
+        parameters={'use_sim_time': use_sim_time},
+        arguments=('-d', str(share_dir() / 'config' / 'rviz' / 'bimanual.rviz')),
+        optional='no visualisation (rviz:=true asked for it)',
     )
 
 
-def recorder(rig: str, out: str, split_mb: str = '0') -> Node:
+def recorder_process(rig: str, out: str, split_mb: str = '0') -> ProcessSpec:
     """`bimanual-vla record`; `split_mb` > 0 closes a file every so many MB (long sessions, see bag_split)."""
-    arguments = ['record', out, '--rig', rig, '--max-bag-size', str(float(split_mb or 0))]
-    return Node(package=PACKAGE, executable='bimanual-vla', arguments=arguments, output='screen')
+    arguments = ('record', out, '--rig', rig, '--max-bag-size', str(float(split_mb or 0)))
+    return ProcessSpec(PACKAGE, 'bimanual-vla', arguments=arguments)
 
 
-def bringup_actions(context, rig: str, specs: list[NodeSpec], use_sim_time: bool) -> list[Node]:
+def replayer_process(bag: str, rate: str) -> ProcessSpec:
+    return ProcessSpec(PACKAGE, 'bimanual-vla', arguments=('replay', bag, '--rate', rate))
+
+
+def bringup_processes(
+    rig: str, specs: list[NodeSpec], *, use_sim_time: bool, rviz: bool, record: str, record_split_mb: str
+) -> list[ProcessSpec]:
     """The rig's nodes plus what every bringup launch adds: robot_state_publisher, and rviz2 and a
-    bag recorder when the `rviz` / `record` launch arguments ask for them."""
-    from launch.substitutions import LaunchConfiguration
-
-    actions = spec_actions(specs) + [robot_state_publisher(rig, use_sim_time=use_sim_time)]
-    if truthy(LaunchConfiguration('rviz').perform(context)):
-        actions.append(rviz(use_sim_time=use_sim_time))
-    record = LaunchConfiguration('record').perform(context)
+    bag recorder when asked for."""
+    processes = [node_process(s) for s in specs] + [description_processes(rig, use_sim_time)]
+    if rviz:
+        processes.append(rviz_process(use_sim_time))
     if record:
-        actions.append(recorder(rig, record, LaunchConfiguration('record_split_mb').perform(context)))
+        processes.append(recorder_process(rig, record, record_split_mb))
+    return processes
+
+
+def rig_processes(rig: str, policy: str, *, rviz: bool, record: str, record_split_mb: str = '0') -> list[ProcessSpec]:
+    """launch/rig.launch.py: drivers per arm and camera, the policy node (`policy` '' = none)."""
+    specs = rig_nodes(rig, policy=policy or None, use_sim_time=False)
+    return bringup_processes(rig, specs, use_sim_time=False, rviz=rviz, record=record, record_split_mb=record_split_mb)
+
+
+def sim_processes(
+    rig: str,
+    policy: str,
+    *,
+    task: str,
+    seed: str,
+    servo_bus: str = '',
+    rviz: bool,
+    record: str,
+    record_split_mb: str = '0',
+) -> list[ProcessSpec]:
+    """launch/sim.launch.py: sim_rig (behind arm_drivers with `servo_bus`) on sim time, the policy node."""
+    sim: dict[str, Any] = {'task': task, 'seed': int(seed)}
+    if servo_bus:
+        sim['servo_bus'] = servo_bus
+    specs = rig_nodes(rig, policy=policy or None, use_sim_time=True, sim_overrides=sim)
+    return bringup_processes(rig, specs, use_sim_time=True, rviz=rviz, record=record, record_split_mb=record_split_mb)
+
+
+def replay_processes(bag: str, rig: str, policy: str, rate: str, *, rviz: bool) -> list[ProcessSpec]:
+    """launch/replay.launch.py: the bag (with /clock) and the policy node on bag time, no drivers."""
+    policy_node = NodeSpec('policy_node', 'policy_node', {'rig': rig, 'policy': policy, 'use_sim_time': True})
+    processes = [replayer_process(bag, rate), node_process(policy_node), description_processes(rig, True)]
+    if rviz:
+        processes.append(rviz_process(use_sim_time=True))
+    return processes
+
+
+# ------------------------------------------------------------------------------ the check
+
+
+def find_executable(package: str, executable: str) -> str | None:
+    """Where launch_ros would find `executable` of `package` (its ExecutableInPackage), or None."""
+    try:
+        from ament_index_python.packages import PackageNotFoundError, get_package_prefix
+    except ImportError:
+        return None
+    try:
+        prefix = get_package_prefix(package)
+    except (PackageNotFoundError, ValueError):
+        return None
+    libexec = os.path.join(prefix, 'lib', package)
+    if not os.path.isdir(libexec):
+        return None
+    return shutil.which(executable, path=libexec)
+
+
+def plan(processes: Sequence[ProcessSpec], find: Callable[[str, str], str | None] | None = None) -> LaunchPlan:
+    """Check every executable before anything starts: the processes to start and one warning per
+    optional one left out; LaunchPlanError (one line) if a required one is missing. `find` defaults to
+    `find_executable`."""
+    find = find or find_executable
+    missing: list[str] = []
+    warnings: list[str] = []
+    kept: list[ProcessSpec] = []
+    for process in processes:
+        if find(process.package, process.executable) is not None:
+            kept.append(process)
+            continue
+        label = f'{process.package}/{process.executable}'
+        if not process.optional:
+            missing.append(label)
+            continue
+        warnings.append(f'{label} is not installed: skipped, {process.optional}')
+        if process.replacement is not None:
+            kept.append(process.replacement)
+            if find(process.replacement.package, process.replacement.executable) is None:
+                missing.append(f'{process.replacement.package}/{process.replacement.executable}')
+    if missing:
+        own = any(label.startswith(f'{PACKAGE}/') for label in missing)
+        raise LaunchPlanError(
+            f'not found: {", ".join(dict.fromkeys(missing))}; nothing was started' + (f'. {COLCON_HINT}' if own else '')
+        )
+    return LaunchPlan(kept, warnings)
+
+
+def ros2_launch_hint(find: Callable[[str, str], str | None] | None = None) -> str | None:
+    """One line on how to get `ros2 launch bimanual_vla ...`, or None where it works already."""
+    import importlib.util
+
+    if importlib.util.find_spec('launch_ros') is None:
+        return (
+            'ros2 launch needs a ROS 2 distribution (launch, launch_ros) and a colcon build of this package; '
+            'on the pip path `bimanual-vla run` starts the same nodes (docs/installing.md)'
+        )
+    if (find or find_executable)(PACKAGE, 'policy_node') is None:
+        return COLCON_HINT
+    return None
+
+
+# ------------------------------------------------------------------------------ launch_ros
+
+
+def build_actions(processes: Sequence[ProcessSpec]) -> list:
+    """launch_ros Nodes for `processes`, each respawned one with an OnProcessExit rule saying why."""
+    from launch.actions import LogInfo, RegisterEventHandler
+    from launch.event_handlers import OnProcessExit
+    from launch_ros.actions import Node
+
+    actions: list = []
+    for process in processes:
+        kwargs: dict[str, Any] = {'package': process.package, 'executable': process.executable, 'output': 'screen'}
+        if process.name is not None:
+            kwargs['name'] = process.name
+        if process.parameters:
+            kwargs['parameters'] = [process.parameters]
+        if process.arguments:
+            kwargs['arguments'] = list(process.arguments)
+        if process.remappings:
+            kwargs['remappings'] = list(process.remappings)
+        if process.respawn_delay_s is not None:
+            kwargs.update(respawn=True, respawn_delay=process.respawn_delay_s)
+        node = Node(**kwargs)
+        actions.append(node)
+        if process.exit_message:
+            rule = OnProcessExit(target_action=node, on_exit=[LogInfo(msg=process.exit_message)])
+            actions.append(RegisterEventHandler(rule))
     return actions
+
+
+def launch_actions(processes: Sequence[ProcessSpec]) -> list:
+    """What a launch file's OpaqueFunction returns: the checked plan as actions, warnings logged.
+
+    Raises LaunchPlanError (launch prints its one line and exits non-zero) before any action exists.
+    """
+    import launch.logging
+
+    checked = plan(processes)
+    logger = launch.logging.get_logger('bimanual_vla')
+    for warning in checked.warnings:
+        logger.warning(warning)
+    return build_actions(checked.processes)
 
 
 def truthy(text: str) -> bool:

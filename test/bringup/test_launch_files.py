@@ -1,9 +1,11 @@
 """Launch files and the bringup they share with the CLI.
 
 `launch`/`launch_ros` are not on PyPI, so everywhere we check statically that each launch file
-parses, declares its arguments, and that what it starts (via bimanual_vla.bringup.nodes) references only
-existing executables, node classes, configs and URDFs. test/bringup/test_launch_pytest.py runs the launch
-files for real where launch_pytest is importable (a ROS 2 distribution install).
+parses and declares its arguments, and that what it starts (via bimanual_vla.bringup.nodes) references only
+existing executables, node classes, configs and URDFs. test/bringup/test_launch_plan.py runs each launch
+file's own function with launch's classes replaced by recorders (executables, parameters, respawn, missing
+packages); test/bringup/test_launch_pytest.py runs the launch files for real where launch_pytest is
+importable (a ROS 2 distribution install).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from bimanual_vla.bringup.nodes import NODE_CLASSES, is_simulated, rig_nodes, robot_description
-from bimanual_vla.config import load_policy, load_rig, share_dir
+from bimanual_vla.config import load_policy, load_rig
 
 ROOT = Path(__file__).resolve().parents[2]
 LAUNCH_FILES = sorted((ROOT / 'launch').glob('*.launch.py'))
@@ -54,17 +56,6 @@ def test_launch_files_exist_and_declare_documented_arguments() -> None:
             assert f'`{arg}:=' in readme, f'{path.name} argument {arg} is not documented in README.md'
 
 
-def test_launch_files_only_reference_existing_executables() -> None:
-    scripts = console_scripts()
-    for path in LAUNCH_FILES:
-        for executable in re.findall(r"executable='([\w-]+)'", path.read_text()):
-            assert executable in scripts, f'{path.name} starts unknown executable {executable}'
-    helper = (ROOT / 'bimanual_vla' / 'bringup' / 'launch_actions.py').read_text()
-    for executable in re.findall(r"executable='([\w-]+)'", helper):
-        assert executable in scripts | {'robot_state_publisher', 'rviz2'}, executable
-    assert (share_dir() / 'config' / 'rviz' / 'bimanual.rviz').is_file()
-
-
 @pytest.mark.parametrize('rig', ['so101_bimanual', 'koch_bimanual', 'aloha_sim'])
 def test_bringup_of_shipped_rigs(rig: str) -> None:
     cfg = load_rig(rig)
@@ -96,52 +87,3 @@ def test_node_classes_are_nodes() -> None:
         cls = getattr(importlib.import_module(module_name), class_name)
         assert issubclass(cls, Node), executable
         assert callable(importlib.import_module(module_name).main), executable
-
-
-class _Recorded:
-    """Stands in for a launch / launch_ros action class: keeps the keyword arguments it was built with."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        self.args, self.kwargs = args, kwargs
-
-
-def test_launch_respawns_drivers_and_the_policy_and_logs_why(monkeypatch) -> None:
-    """launch_actions turns specs into launch_ros Nodes with respawn settings and an OnProcessExit rule.
-
-    launch/launch_ros are not installable here, so their action classes are replaced by recorders
-    (test/bringup/test_launch_pytest.py runs the real ones where a ROS distribution is installed).
-    """
-    import sys
-    import types
-
-    from bimanual_vla.bringup.supervision import LAUNCH_RESPAWN_DELAY_S
-
-    classes = {
-        'launch.actions': ('LogInfo', 'RegisterEventHandler'),
-        'launch.event_handlers': ('OnProcessExit',),
-        'launch_ros.actions': ('Node',),
-    }
-    for module_name, names in classes.items():
-        module = types.ModuleType(module_name)
-        for name in names:
-            setattr(module, name, type(name, (_Recorded,), {}))
-        monkeypatch.setitem(sys.modules, module_name, module)
-    monkeypatch.delitem(sys.modules, 'bimanual_vla.bringup.launch_actions', raising=False)
-    launch_actions = importlib.import_module('bimanual_vla.bringup.launch_actions')
-    monkeypatch.setitem(sys.modules, 'bimanual_vla.bringup.launch_actions', launch_actions)  # removed again at teardown
-
-    specs = rig_nodes('so101_bimanual')
-    actions = launch_actions.spec_actions(specs)
-    nodes = [a for a in actions if type(a).__name__ == 'Node']
-    rules = [a for a in actions if type(a).__name__ == 'RegisterEventHandler']
-    assert [n.kwargs['name'] for n in nodes] == [s.name for s in specs]
-    for node, spec in zip(nodes, specs, strict=True):
-        assert node.kwargs['respawn'] is True, spec.name
-        assert node.kwargs['respawn_delay'] == LAUNCH_RESPAWN_DELAY_S[spec.executable]
-    assert len(rules) == len(nodes)  # one exit rule per respawned node, aimed at that node
-    policy = next(n for n in nodes if n.kwargs['executable'] == 'policy_node')
-    rule = next(r for r in rules if r.args[0].kwargs['target_action'] is policy)
-    message = rule.args[0].kwargs['on_exit'][0].kwargs['msg']
-    assert message.startswith('policy_node exited; the arms hold') and 'respawning in 2 s' in message
-    sim = launch_actions.spec_actions(rig_nodes('aloha_sim', policy=None))
-    assert len(sim) == 1 and 'respawn' not in sim[0].kwargs  # a restarted simulator would reset its world

@@ -21,6 +21,7 @@ NODE_CLASSES: dict[str, str] = {
     'sim_rig': 'bimanual_vla.sim.node:SimRig',
     'policy_node': 'bimanual_vla.policy_node.node:PolicyNode',
     'estop_input': 'bimanual_vla.drivers.estop.node:EstopInput',
+    'robot_description_publisher': 'bimanual_vla.bringup.description_node:RobotDescriptionNode',
 }
 
 

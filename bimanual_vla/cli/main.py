@@ -49,8 +49,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def strip_ros_args(argv: list[str]) -> list[str]:
+    """`argv` without its ROS arguments (`--ros-args ... [--]`), as rclpy would take them.
+
+    launch_ros starts every executable, this CLI included, with `--ros-args` and its node name,
+    parameter files and remappings appended; argparse would refuse them. The arguments themselves stay
+    in `sys.argv`, where `rclpy.init()` reads them, so a command's node still takes its name and
+    parameters from the launch file. rclpy is imported only when there is something to strip, so
+    `--help` and `check-rig` keep needing none of it. Malformed ROS arguments raise ValueError.
+    """
+    if '--ros-args' not in argv:
+        return argv
+    from rclpy.utilities import remove_ros_args
+
+    try:
+        return remove_ros_args(['bimanual-vla', *argv])[1:]
+    except Exception as exc:  # rclpy's RCLInvalidROSArgsError, without importing rclpy's internals
+        detail = str(exc).splitlines()[0].split(', at ')[0].removeprefix('Failed to parse ROS arguments: ')
+        raise ValueError(f'invalid ROS arguments: {detail}') from None
+
+
 def main(argv: list[str] | None = None) -> int:
     apply_pip_defaults()
+    try:
+        argv = strip_ros_args(sys.argv[1:] if argv is None else list(argv))
+    except ValueError as exc:
+        print(f'bimanual-vla: error: {exc}', file=sys.stderr)
+        return 2
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)

@@ -38,6 +38,8 @@ def make_node_checkpoint(out: Path) -> Path:
 
 
 def write_policy(tmp_path: Path, checkpoint: Path, **overrides) -> Path:
+    """``tmp_path/policy.yaml`` for ``checkpoint``: 5 flow steps, RTC, one torch thread, disabled at
+    start; each override replaces a top-level value or updates a section (a dict)."""
     cfg = {
         'checkpoint': str(checkpoint),
         'task': 'transfer the cube to the left arm',
@@ -54,6 +56,7 @@ def write_policy(tmp_path: Path, checkpoint: Path, **overrides) -> Path:
 
 
 def wait_for(predicate, timeout: float) -> bool:
+    """Poll ``predicate`` every 50 ms (the nodes spin on threads of their own) for up to ``timeout`` s."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():

@@ -61,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
         print(f'error: {exc}', file=sys.stderr)
         return 2
     report['checkpoint'] = str(args.checkpoint)
+    report['time_bases'] = [tb.line(bag) for tb, bag in zip(dataset.time_bases, dataset.paths, strict=True)]
     written = write_report(report, traces, args.out, dataset.rate_hz, dataset.rig)
     summary = {k: report[k] for k in ('samples_evaluated', 'mae', 'rmse')}
     summary['subtask_exact_match_rate'] = report['subtask']['exact_match_rate']

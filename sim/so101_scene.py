@@ -25,8 +25,10 @@ Tasks (object poses drawn from the seed; reward stages 0..4, success = 4, from c
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
+from pathlib import Path
 
 import numpy as np
 
@@ -41,6 +43,7 @@ ARM_JOINTS = ('shoulder_pan', 'shoulder_lift', 'elbow_flex', 'wrist_flex', 'wris
 # Start pose of every episode: upper arm raised, forearm folded down, gripper half open, above the table.
 START_QPOS = (0.0, -1.0, 0.9, 0.9, 0.0, 0.6)
 GRIPPER_BODIES = ('gripper', 'moving_jaw_so101_v1')
+MESH_GRID_M = 0.002  # meshes simplified to within 2 mm for rendering and collision (simplified_mesh)
 FORCE_LIMIT_NM = 3.35  # the MJCF's actuator forcerange: the STS3215's stall torque at 7.4 V (~35 kg.cm)
 
 TABLE_HALF = (0.35, 0.5, 0.02)  # x, y, thickness/2 (m)
@@ -73,6 +76,35 @@ STAGE_NAMES = {
 
 # MuJoCo cameras look along -z with +y up; ROS optical frames look along +z with +y down.
 OPTICAL_TO_MUJOCO = np.diag([1.0, -1.0, -1.0])
+
+
+@functools.cache
+def simplified_mesh(path: str, grid_m: float) -> tuple[np.ndarray, np.ndarray]:
+    """A binary STL's triangles with vertices clustered on a ``grid_m`` grid: (vertices (N, 3), faces (M, 3)).
+
+    The SO-101's CAD meshes hold ~320k triangles an arm (a servo model alone 19k, used five times);
+    MuJoCo's offscreen renderer spends ~1 s on three cameras of that without a GPU. Merging the
+    vertices within each grid cell (the cell's mean) and dropping the triangles that collapse keeps
+    every surface within ``grid_m`` of the CAD and cuts the count by an order of magnitude.
+    Done in memory at run time: the package's files stay as they are.
+    """
+    data = Path(path).read_bytes()
+    count = int(np.frombuffer(data[80:84], '<u4')[0])
+    record = np.dtype([('normal', '<f4', 3), ('v', '<f4', (3, 3)), ('attr', '<u2')])
+    if len(data) != 84 + record.itemsize * count:
+        raise ConfigError(f'{path}: not a binary STL of {count} triangles')
+    corners = np.frombuffer(data[84:], record)['v'].reshape(-1, 3).astype(float)
+    cell = np.floor(corners / grid_m).astype(np.int64)
+    cell -= cell.min(axis=0)
+    span = cell.max(axis=0) + 1
+    keys, index = np.unique((cell[:, 0] * span[1] + cell[:, 1]) * span[2] + cell[:, 2], return_inverse=True)
+    index = index.reshape(-1)
+    vertices = np.zeros((len(keys), 3))
+    np.add.at(vertices, index, corners)
+    vertices /= np.bincount(index)[:, None]
+    faces = index.reshape(-1, 3)
+    faces = faces[(faces[:, 0] != faces[:, 1]) & (faces[:, 1] != faces[:, 2]) & (faces[:, 0] != faces[:, 2])]
+    return vertices, faces
 
 
 def check_task(task: str) -> str:
@@ -126,8 +158,8 @@ def layout(
     return arms, cameras
 
 
-def build_spec(rig: RigConfig, task: str) -> mujoco.MjSpec:
-    """The bimanual scene of ``task`` as an MjSpec (not compiled)."""
+def build_spec(rig: RigConfig, task: str, mesh_grid_m: float = MESH_GRID_M) -> mujoco.MjSpec:
+    """The bimanual scene of ``task`` as an MjSpec (not compiled); meshes simplified on ``mesh_grid_m`` (0: CAD)."""
     check_task(task)
     arm_poses, camera_poses = layout(rig)
     spec = mujoco.MjSpec()
@@ -150,7 +182,15 @@ def build_spec(rig: RigConfig, task: str) -> mujoco.MjSpec:
     )
     for arm, pose in arm_poses.items():
         child = mujoco.MjSpec.from_file(str(so101_arm_xml()))
-        child.meshdir = str(so101_arm_xml().parent / 'assets')
+        meshdir = so101_arm_xml().parent / 'assets'
+        child.meshdir = str(meshdir)
+        if mesh_grid_m > 0:
+            for mesh in child.meshes:
+                vertices, faces = simplified_mesh(str(meshdir / mesh.file), mesh_grid_m)
+                mesh.name = mesh.name or Path(mesh.file).stem  # geoms refer to it by the file's name
+                mesh.file = ''
+                mesh.uservert = vertices.reshape(-1).tolist()
+                mesh.userface = faces.reshape(-1).tolist()
         frame = world.add_frame(pos=pose[:3, 3].tolist(), quat=_quat(pose[:3, :3]))
         spec.attach(child, prefix=f'{arm}/', frame=frame)
         for pad in ('fixed_jaw_pad', 'moving_jaw_pad'):

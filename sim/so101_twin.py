@@ -76,14 +76,17 @@ class TwinLoop:
             else:
                 self._hand.pop(arm, None)
 
-    def sweep(self, arm: str, joint: str, low: float, high: float, duration_s: float) -> None:
-        """The hand moves one joint from ``low`` to ``high`` and back to where it was, taking ``duration_s``."""
+    def sweep(self, arm: str, joint: str, low: float, high: float, duration_s: float, dwell_s: float = 0.25) -> None:
+        """The hand moves one joint to ``low``, to ``high`` and back to where it was, taking ``duration_s``,
+        and rests ``dwell_s`` at each end stop (as a person does, so a reader sampling the bus sees it)."""
         with self.lock:
             start = float(self.scene.joint_positions(arm)[self.scene.arms[arm].config.joint_names.index(joint)])
-        path = np.concatenate([np.linspace(start, low, 20), np.linspace(low, high, 40), np.linspace(high, start, 20)])
-        for value in path:
-            self.hold(arm, {joint: float(value)})
-            time.sleep(duration_s / len(path))
+        for a, b, n in ((start, low, 20), (low, high, 40), (high, start, 20)):
+            for value in np.linspace(a, b, n):
+                self.hold(arm, {joint: float(value)})
+                time.sleep(duration_s / 80)
+            if b != start:
+                time.sleep(dwell_s)
 
     # ------------------------------------------------------------------ physics
 

@@ -164,11 +164,19 @@ def test_calibrate_against_the_twin_and_the_file_drives_a_fresh_twin(tmp_path: P
                 reading = controller.cycle()
                 time.sleep(0.01)
             assert controller.stats.homing_offsets_restored == 6
-            sim = twin.positions('left')
-            seen = np.array(reading.positions)
-            np.testing.assert_allclose(seen[:5], sim[:5], atol=2 * RAD_PER_TICK)
             # the gripper's zero is where it closes (calibrate's step 3): the MJCF's lower end
-            assert seen[5] == pytest.approx(sim[5] - GRIPPER_CLOSED, abs=2 * RAD_PER_TICK)
+            expected_offset = np.array([0, 0, 0, 0, 0, -GRIPPER_CLOSED])
+
+            def error() -> float:  # once the arm is at rest (it settles under gravity as the driver takes over)
+                reading = controller.cycle()
+                if reading is None or None in reading.positions:
+                    return float('inf')
+                return float(np.max(np.abs(np.array(reading.positions) - twin.positions('left') - expected_offset)))
+
+            deadline = time.monotonic() + 10
+            while (worst := error()) > 2 * RAD_PER_TICK:
+                assert time.monotonic() < deadline, worst
+                time.sleep(0.02)
             deadline = time.monotonic() + 10
             while abs(twin.positions('left')[0] - 0.4) > 0.02:
                 assert time.monotonic() < deadline, twin.positions('left')

@@ -231,7 +231,9 @@ class SimConfig(_Strict):
     node that takes each value as it is, so a wrong type would otherwise only fail, or be cast, there.
     """
 
-    task: Literal['transfer_cube', 'insertion', 'handover_cube', 'lift_bar'] = 'transfer_cube'  # the last two: SO-101 twin
+    task: Literal['transfer_cube', 'insertion', 'handover_cube', 'lift_bar'] = (
+        'transfer_cube'  # the last two: SO-101 twin
+    )
     seed: int = Field(default=0, ge=0, description='episode seed at start and for sim/reset')
     real_time_factor: float = Field(default=1.0, ge=0, allow_inf_nan=False, description='0: as fast as possible')
     servo_bus: Literal['', 'feetech', 'dynamixel'] = Field(

@@ -189,16 +189,21 @@ def run_node(
 ) -> int:
     """The body of every node's ``main()``: start, spin until Ctrl-C, clean up; exit status.
 
-    A node whose constructor raises one of `startup_errors` (bad config, missing device or
-    checkpoint) prints one line and returns 2 instead of a traceback. The node spins on a
+    A node whose constructor raises one of `startup_errors` or a ConfigError (bad config, missing
+    device or checkpoint), or that was given a parameter it does not declare or of the wrong type
+    (`bimanual_vla/node_parameters.py`, checked before it is constructed), prints one line and
+    returns 2 instead of a traceback. `label` is the executable's name. The node spins on a
     SingleThreadedExecutor: every node keeps its slow work in threads of its own, and rclpy's
     MultiThreadedExecutor costs more than it gives (see ``bimanual_vla/bringup/executors.py``).
     """
     import sys
 
     import rclpy
+    from rclpy.exceptions import InvalidParameterTypeException
     from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 
+    from bimanual_vla.config import ConfigError
+    from bimanual_vla.node_parameters import check_node_overrides, type_exception_text
     from bimanual_vla.rosenv import apply_pip_defaults
 
     apply_pip_defaults()
@@ -206,9 +211,11 @@ def run_node(
     node = None
     try:
         try:
+            check_node_overrides(label)  # undeclared or mistyped parameters: one line, before the node starts
             node = node_class()
-        except startup_errors as exc:
-            print(f'{label}: error: {exc}', file=sys.stderr)
+        except (ConfigError, InvalidParameterTypeException, *startup_errors) as exc:
+            text = type_exception_text(exc) if isinstance(exc, InvalidParameterTypeException) else exc
+            print(f'{label}: error: {text}', file=sys.stderr)
             return 2
         executor = SingleThreadedExecutor()
         executor.add_node(node)

@@ -32,6 +32,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from bimanual_vla.config import ConfigError
 from bimanual_vla.policy_node.preprocess import crop_box_problem
 
 METADATA_FILE = 'bimanual_vla.json'
@@ -48,8 +49,11 @@ OLDEST_METADATA_FORMAT_VERSION = 1
 PICKLE_SUFFIXES: tuple[str, ...] = ('.bin', '.pt', '.pth', '.pkl', '.pickle', '.ckpt')
 
 
-class CheckpointError(ValueError):
-    """A checkpoint directory is missing, incomplete, corrupt, unsafe or does not fit the rig."""
+class CheckpointError(ConfigError):
+    """A checkpoint directory is missing, incomplete, corrupt, unsafe or does not fit the rig.
+
+    A ConfigError (a ValueError): a user's input, reported in one line naming the file, never a traceback.
+    """
 
 
 class FeatureStats(BaseModel):
@@ -233,7 +237,8 @@ def check_directory(directory: str | Path) -> Path:
     return d
 
 
-def _check_config(directory: Path) -> dict[str, Any]:
+def check_config(directory: Path) -> dict[str, Any]:
+    """config.json of a checkpoint: readable JSON, a pi0 model, no remote code (auto_map)."""
     path = directory / CONFIG_FILE
     try:
         config = json.loads(path.read_text())
@@ -286,7 +291,7 @@ def load_pi0(directory: Path, *, device: str = 'cpu', dtype: Any = None):
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # a progress bar per load would clutter node logs
-    _check_config(directory)
+    check_config(directory)
     _check_safetensors(directory)
     try:
         model, info = PI0ForConditionalGeneration.from_pretrained(

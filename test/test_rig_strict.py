@@ -16,9 +16,40 @@ import yaml
 
 from bimanual_vla.config import ConfigError, check_rig_files, load_policy, load_rig, resolve_rig_path
 from bimanual_vla.servo_baud_rates import DYNAMIXEL_BAUD_RATES, FEETECH_BAUD_RATES
-from test_config import base_rig, mutate, write
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def base_rig() -> dict:
+    """A small valid rig as plain data; each test breaks one thing."""
+    joints = [
+        {'id': 1, 'name': 'shoulder_pan', 'lower': -1.0, 'upper': 1.0},
+        {'id': 2, 'name': 'gripper', 'lower': 0.0, 'upper': 1.5},
+    ]
+    return {
+        'name': 'test_rig',
+        'urdf': 'urdf/test.urdf',
+        'arms': [
+            {'name': 'left', 'protocol': 'feetech', 'port': '/dev/ttyACM0', 'baudrate': 1000000, 'joints': joints}
+        ],
+        'cameras': [{'name': 'base', 'source': 'test_pattern', 'width': 640, 'height': 480, 'fps': 30}],
+    }
+
+
+def mutate(data: dict, dotted: str, value) -> dict:
+    """Set data at a path like 'arms.0.joints.1.lower'."""
+    *parents, last = dotted.split('.')
+    node = data
+    for part in parents:
+        node = node[int(part)] if part.isdigit() else node[part]
+    node[last] = value
+    return data
+
+
+def write(tmp_path: Path, data: dict) -> Path:
+    path = tmp_path / 'rig.yaml'
+    path.write_text(yaml.safe_dump(data))
+    return path
 
 
 def _check_rig(*rigs: str) -> subprocess.CompletedProcess[str]:
@@ -88,7 +119,7 @@ def test_lax_policy_values_are_refused(tmp_path: Path, section: str, field: str,
 
 
 def test_shipped_rigs_name_files_that_exist() -> None:
-    for name in ('so101_bimanual', 'koch_bimanual', 'aloha_sim'):
+    for name in ('so101_bimanual', 'so101_sim', 'koch_bimanual', 'aloha_sim'):
         check_rig_files(load_rig(name), resolve_rig_path(name))
 
 
@@ -96,7 +127,9 @@ def test_check_rig_refuses_a_missing_urdf_in_one_line(tmp_path: Path) -> None:
     rig_file = write(tmp_path, base_rig())  # urdf/test.urdf: not shipped
     result = _check_rig(str(rig_file))
     assert result.returncode == 2, result.stdout + result.stderr
-    assert result.stderr.splitlines() == [f'error: {rig_file}: urdf: file urdf/test.urdf not found ({REPO}/urdf/test.urdf)']
+    assert result.stderr.splitlines() == [
+        f'error: {rig_file}: urdf: file urdf/test.urdf not found ({REPO}/urdf/test.urdf)'
+    ]
     urdf = tmp_path / 'arm.urdf'
     urdf.write_text('<robot name="x"/>')
     ok = _check_rig(str(write(tmp_path, mutate(base_rig(), 'urdf', str(urdf)))))

@@ -13,8 +13,6 @@ the bringup (the default, for offline tools such as eval-sim) or, given a `Resta
 
 from __future__ import annotations
 
-import gc
-import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -30,6 +28,8 @@ from bimanual_vla.bringup.executors import NodeThreads
 from bimanual_vla.bringup.node_process import NodeProcess
 from bimanual_vla.bringup.nodes import NodeSpec, robot_description
 from bimanual_vla.bringup.supervision import RestartPolicy, Supervisor
+from bimanual_vla.config import ConfigError
+from bimanual_vla.node_parameters import check_overrides, type_exception_text
 from bimanual_vla.ros_utils import ERROR, OK, WARN, diagnostic_status, log_at
 
 # Executables started in a process of their own unless a caller asks for everything composed.
@@ -81,26 +81,21 @@ class BringupMonitor(Node):
 def instantiate(spec: NodeSpec, context: Context | None = None) -> Node:
     """Create the node of `spec` with its parameters, named as the spec says.
 
-    A whole number given for a parameter the node declares as a double (`--set
-    sim_rig.render_rate_hz=0`, which YAML types as an integer) is taken as that double: rclpy
-    refuses the integer, and the user meant the number. Any other type mismatch is raised as is.
+    The parameters are checked against what the node declares first (bimanual_vla/node_parameters.py):
+    one it does not declare, or a value of the wrong type, is a ConfigError naming the node and the
+    parameter, raised before the node exists. A whole number for a double (`--set
+    sim_rig.render_rate_hz=0`, which YAML types as an integer) is taken as that double.
     """
     from rclpy.exceptions import InvalidParameterTypeException
 
-    params = dict(spec.parameters)
-    while True:
-        overrides = [Parameter(key, value=value) for key, value in params.items()]
-        try:
-            return spec.node_class(
-                cli_args=['--ros-args', '-r', f'__node:={spec.name}'], parameter_overrides=overrides, context=context
-            )
-        except InvalidParameterTypeException as exc:
-            match = re.search(r"parameter '([^']+)'", str(exc))
-            value = params.get(match.group(1)) if match else None
-            if "expecting type 'DOUBLE'" not in str(exc) or type(value) is not int:
-                raise
-            params[match.group(1)] = float(value)
-        gc.collect()  # the half-made node (its name, its rosout publisher) goes before the retry
+    params = check_overrides(spec.executable, spec.parameters, f'node {spec.name}: parameter ', convert=True)
+    overrides = [Parameter(key, value=value) for key, value in params.items()]
+    try:
+        return spec.node_class(
+            cli_args=['--ros-args', '-r', f'__node:={spec.name}'], parameter_overrides=overrides, context=context
+        )
+    except InvalidParameterTypeException as exc:  # the table and the node disagree: still one line
+        raise ConfigError(f'node {spec.name}: {type_exception_text(exc)}') from None
 
 
 @dataclass

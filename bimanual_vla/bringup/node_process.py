@@ -28,6 +28,7 @@ import traceback
 from pathlib import Path
 
 from bimanual_vla.bringup.nodes import NodeSpec
+from bimanual_vla.config import ConfigError
 
 
 def _serve(spec: NodeSpec, stop, ready, errors) -> None:
@@ -58,8 +59,10 @@ def _serve(spec: NodeSpec, stop, ready, errors) -> None:
         executor.shutdown()
     except KeyboardInterrupt:
         pass
+    except ConfigError as exc:  # a user's input (config, parameter, checkpoint): its one line is the message
+        errors.put((True, str(exc)))
     except BaseException as exc:  # the parent re-raises it with the child's traceback
-        errors.put(f'{type(exc).__name__}: {exc}\n{traceback.format_exc()}')
+        errors.put((False, f'{type(exc).__name__}: {exc}\n{traceback.format_exc()}'))
     finally:
         if node is not None:
             node.destroy_node()
@@ -96,6 +99,7 @@ class NodeProcess:
     def __init__(self, spec: NodeSpec, *, ready_timeout_s: float = 120.0) -> None:
         self.spec = spec
         self.ready_timeout_s = ready_timeout_s
+        self.config_error = False
         self._ctx = multiprocessing.get_context('spawn')
         self._new_process(spec)
 
@@ -109,13 +113,19 @@ class NodeProcess:
         )
 
     def start(self) -> NodeProcess:
-        """Start the child and wait until its node exists; raise the child's error if it failed."""
+        """Start the child and wait until its node exists; raise the child's error if it failed.
+
+        A ConfigError in the child is raised here as a ConfigError naming the node (one line for the
+        user); anything else as a RuntimeError carrying the child's traceback.
+        """
         self.process.start()
         deadline = time.monotonic() + self.ready_timeout_s
         while not self._ready.wait(0.1):
             error = self.error()
             if error is not None or not self.process.is_alive():
                 self.stop()
+                if self.config_error:
+                    raise ConfigError(f'{self.spec.name}: {error}')
                 raise RuntimeError(f'{self.spec.name} failed in its process: {error or "it exited"}')
             if time.monotonic() >= deadline:
                 self.stop()
@@ -143,11 +153,16 @@ class NodeProcess:
         return self.process.exitcode
 
     def error(self) -> str | None:
-        """The error the current process reported (its constructor or spin failed), once."""
+        """The error the current process reported (its constructor or spin failed), once.
+
+        Sets `config_error`: whether it was a ConfigError (bad configuration, parameter or
+        checkpoint; the text is its one line) rather than a crash (the text ends in the traceback).
+        """
         try:
-            return self._errors.get_nowait()
+            self.config_error, text = self._errors.get_nowait()
         except (queue.Empty, OSError, ValueError):
             return None
+        return text
 
     def alive(self) -> bool:
         return self.process.is_alive()

@@ -61,6 +61,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from bimanual_vla.config import ConfigError
+
 TEST_PATTERN = 'test_pattern'
 MJPG = cv2.VideoWriter_fourcc(*'MJPG')
 MAX_KERNEL_STAMP_AGE_S = 1.0
@@ -83,7 +85,7 @@ class CaptureError(RuntimeError):
     """Base class of capture failures."""
 
 
-class SourceConfigError(CaptureError, ValueError):
+class SourceConfigError(CaptureError, ConfigError):
     """The source as configured cannot work (unknown device, unsupported size, unreadable file, nonsense)."""
 
 

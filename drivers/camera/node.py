@@ -185,7 +185,9 @@ class CameraDriver(Node):
                 if stats.state == 'reconnecting':
                     self.get_logger().error(f'camera {name}: source failed ({stats.last_error}); reconnecting')
             elif stats.state == 'streaming':
-                what = {'frozen': 'images change again', 'waiting': 'device appeared'}.get(self._last_state, 'source back')
+                what = {'frozen': 'images change again', 'waiting': 'device appeared'}.get(
+                    self._last_state, 'source back'
+                )
                 self.get_logger().info(
                     f'camera {name}: {what} after {now - self._outage_started:.1f} s '
                     f'({stats.reconnects} reconnect(s) so far)'

@@ -30,7 +30,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bimanual_vla.learning.demo import run_demo
+    from bimanual_vla.bringup.preflight import choose_checkpoint
+    from bimanual_vla.config import ConfigError, load_rig
+    from bimanual_vla.learning.demo import _choose_driver, run_demo
+
+    # Which driver, and a checkpoint that can drive the rig: one line and status 2 if not, before the sim starts.
+    try:
+        driver, checkpoint = _choose_driver(args.task, args.driver)
+    except (ValueError, FileNotFoundError) as exc:
+        raise ConfigError(str(exc)) from None
+    if driver == 'policy':
+        choose_checkpoint(load_rig('aloha_sim'), 'default', str(checkpoint), "the default policy's checkpoint")
 
     result = run_demo(
         args.out,

@@ -57,7 +57,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from bimanual_vla.bringup.preflight import choose_checkpoint
+    from bimanual_vla.config import load_rig
     from bimanual_vla.learning.eval_sim import EvalSettings, evaluate_closed_loop
+
+    # A bad rig, policy file or checkpoint: one line naming the file, before the simulator starts.
+    checkpoint = args.checkpoint.expanduser().resolve()
+    choose_checkpoint(load_rig(args.rig), args.policy, str(checkpoint), '--checkpoint')
 
     settings = EvalSettings(
         episodes=args.episodes,

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
+
+from bimanual_vla.config import RigConfig, check_rig_files, load_rig, resolve_rig_path
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -22,7 +25,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help='run the policy node in this process too (one interpreter lock for all: slower inference)',
     )
     p.add_argument('--rig', required=True, help='rig YAML path or shipped name (e.g. so101_bimanual, aloha_sim)')
-    p.add_argument('--policy', default='default', help='policy YAML path or name; "none" runs without a policy')
+    p.add_argument(
+        '--policy',
+        default=None,
+        help='policy YAML path or name; "none" runs without a policy. Default: the shipped "default" policy, '
+        'or none (with a note saying why) where its checkpoint does not fit the rig',
+    )
     p.add_argument('--duration', type=float, default=None, help='stop after this many seconds')
     p.add_argument(
         '--no-estop-key',
@@ -48,18 +56,29 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def parse_overrides(items: list[str]) -> dict[str, dict[str, object]]:
-    """`node.param=value` strings -> {node: {param: value}} with YAML typing of values."""
-    import yaml
+def choose_policy(rig: RigConfig, policy: str | None, overrides: dict[str, Any]) -> str | None:
+    """The policy file the policy node gets, or None: no policy node.
 
-    out: dict[str, dict[str, object]] = {}
-    for item in items:
-        key, sep, value = item.partition('=')
-        node, dot, param = key.partition('.')
-        if not sep or not dot or not node or not param:
-            raise SystemExit(f'error: --set expects NODE.PARAM=VALUE, got {item!r}')
-        out.setdefault(node, {})[param] = yaml.safe_load(value)
-    return out
+    A checkpoint the user named (`--policy FILE`, `--set policy_node.checkpoint=DIR`) that is missing,
+    broken or made for another rig is an error (ConfigError, one line). The default policy's checkpoint
+    in that case is not: a first run on a rig without a checkpoint of its own brings the drivers and
+    cameras up with the policy off, and one line says why and how to get a checkpoint.
+    """
+    from bimanual_vla.bringup.preflight import HOW_TO_GET_A_CHECKPOINT, choose_checkpoint
+    from bimanual_vla.policy_node.checkpoint import CheckpointError
+
+    if policy is not None and policy.lower() == 'none':
+        return None
+    named = policy is not None or 'policy' in overrides or 'checkpoint' in overrides
+    policy = str(overrides.get('policy') or policy or 'default')
+    try:
+        choose_checkpoint(rig, policy, overrides.get('checkpoint'), '--set policy_node.checkpoint')
+    except CheckpointError as exc:  # the policy file itself is fine (a bad one raised ConfigError)
+        if named:
+            raise
+        print(f'run: policy off: {exc}; {HOW_TO_GET_A_CHECKPOINT}', file=sys.stderr, flush=True)
+        return None
+    return policy
 
 
 def _stop_on_sigterm() -> None:
@@ -77,19 +96,26 @@ def run(args: argparse.Namespace) -> int:
 
     from bimanual_vla.bringup.compose import OWN_PROCESS, compose
     from bimanual_vla.bringup.nodes import NodeSpec, rig_nodes
+    from bimanual_vla.bringup.preflight import apply_set, parse_set
     from bimanual_vla.bringup.supervision import RestartPolicy
+    from bimanual_vla.node_parameters import check_overrides
 
-    policy = None if args.policy.lower() == 'none' else args.policy
-    overrides = parse_overrides(args.set)
-    nodes = rig_nodes(args.rig, policy=policy, sim_overrides=overrides.get('sim_rig'))
+    rig = load_rig(args.rig)
+    check_rig_files(rig, resolve_rig_path(args.rig))
+    overrides = parse_set(args.set)
+    checked = {
+        name: check_overrides(name, overrides[name], f'--set {name}.', convert=True)
+        for name in ('sim_rig', 'policy_node')
+        if name in overrides
+    }
+    policy = choose_policy(rig, args.policy, checked.get('policy_node', {}))
+    if policy is None:
+        overrides.pop('policy_node', None)  # checked above; no policy node to take them
+    nodes = rig_nodes(args.rig, policy=policy, sim_overrides=checked.get('sim_rig'))
     if args.estop_key or args.estop_device:  # composed here: it reads this process's terminal
         estop = {'keyboard': args.estop_key, 'device': args.estop_device, 'key': args.estop_device_key}
         nodes.append(NodeSpec('estop_input', 'estop_input', {**estop, 'mode': args.estop_pedal_mode}))
-    specs = [NodeSpec(s.executable, s.name, {**s.parameters, **overrides.get(s.name, {})}) for s in nodes]
-    unknown = set(overrides) - {s.name for s in specs}
-    if unknown:
-        print(f'error: --set names unknown nodes {sorted(unknown)}; nodes: {[s.name for s in specs]}', file=sys.stderr)
-        return 2
+    specs = apply_set(nodes, overrides)
     rclpy.init()
     _stop_on_sigterm()
     try:

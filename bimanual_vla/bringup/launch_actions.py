@@ -21,23 +21,14 @@ parameters come from `bimanual_vla.bringup.nodes`, the source `bimanual-vla run`
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from bimanual_vla.bringup.launch_availability import COLCON_HINT, PACKAGE, find_executable
 from bimanual_vla.bringup.nodes import NodeSpec, rig_nodes, robot_description
 from bimanual_vla.bringup.supervision import LAUNCH_RESPAWN_DELAY_S
 from bimanual_vla.config import share_dir
-
-PACKAGE = 'bimanual_vla'
-
-COLCON_HINT = (
-    'ros2 launch needs this package built by colcon on a ROS 2 install (colcon build, then '
-    'source install/setup.bash); a pip install has no ament index entry: use `bimanual-vla run` there '
-    '(docs/installing.md)'
-)
 
 
 @dataclass(frozen=True)
@@ -171,22 +162,6 @@ def replay_processes(bag: str, rig: str, policy: str, rate: str, *, rviz: bool) 
 # ------------------------------------------------------------------------------ the check
 
 
-def find_executable(package: str, executable: str) -> str | None:
-    """Where launch_ros would find `executable` of `package` (its ExecutableInPackage), or None."""
-    try:
-        from ament_index_python.packages import PackageNotFoundError, get_package_prefix
-    except ImportError:
-        return None
-    try:
-        prefix = get_package_prefix(package)
-    except (PackageNotFoundError, ValueError):
-        return None
-    libexec = os.path.join(prefix, 'lib', package)
-    if not os.path.isdir(libexec):
-        return None
-    return shutil.which(executable, path=libexec)
-
-
 def plan(processes: Sequence[ProcessSpec], find: Callable[[str, str], str | None] | None = None) -> LaunchPlan:
     """Check every executable before anything starts: the processes to start and one warning per
     optional one left out; LaunchPlanError (one line) if a required one is missing. `find` defaults to
@@ -214,20 +189,6 @@ def plan(processes: Sequence[ProcessSpec], find: Callable[[str, str], str | None
             f'not found: {", ".join(dict.fromkeys(missing))}; nothing was started' + (f'. {COLCON_HINT}' if own else '')
         )
     return LaunchPlan(kept, warnings)
-
-
-def ros2_launch_hint(find: Callable[[str, str], str | None] | None = None) -> str | None:
-    """One line on how to get `ros2 launch bimanual_vla ...`, or None where it works already."""
-    import importlib.util
-
-    if importlib.util.find_spec('launch_ros') is None:
-        return (
-            'ros2 launch needs a ROS 2 distribution (launch, launch_ros) and a colcon build of this package; '
-            'on the pip path `bimanual-vla run` starts the same nodes (docs/installing.md)'
-        )
-    if (find or find_executable)(PACKAGE, 'policy_node') is None:
-        return COLCON_HINT
-    return None
 
 
 # ------------------------------------------------------------------------------ launch_ros

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from bimanual_vla.bringup import launch_actions
+from bimanual_vla.bringup import launch_actions, launch_availability
 from bimanual_vla.bringup.nodes import NODE_CLASSES, NodeSpec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -311,10 +311,10 @@ def test_find_executable_looks_where_launch_ros_looks(tmp_path, monkeypatch) -> 
     (bin_dir / 'other_node').chmod(0o755)
     monkeypatch.setenv('AMENT_PREFIX_PATH', str(prefix))
     monkeypatch.setenv('PATH', f'{bin_dir}{os.pathsep}{os.environ["PATH"]}')
-    assert launch_actions.find_executable('fake_pkg', 'fake_node') == str(exe)
-    assert launch_actions.find_executable('fake_pkg', 'not_executable') is None
-    assert launch_actions.find_executable('fake_pkg', 'other_node') is None
-    assert launch_actions.find_executable('no_such_pkg', 'fake_node') is None
+    assert launch_availability.find_executable('fake_pkg', 'fake_node') == str(exe)
+    assert launch_availability.find_executable('fake_pkg', 'not_executable') is None
+    assert launch_availability.find_executable('fake_pkg', 'other_node') is None
+    assert launch_availability.find_executable('no_such_pkg', 'fake_node') is None
 
 
 def test_ros2_launch_hint_names_the_way_to_get_it(monkeypatch) -> None:
@@ -324,7 +324,7 @@ def test_ros2_launch_hint_names_the_way_to_get_it(monkeypatch) -> None:
         return object() if name == 'launch_ros' else real_find_spec(name, *args)
 
     if importlib.util.find_spec('launch_ros') is None:
-        assert 'needs a ROS 2 distribution' in launch_actions.ros2_launch_hint()
+        assert launch_availability.ros2_launch_hint() == launch_availability.PIP_HINT
     monkeypatch.setattr(importlib.util, 'find_spec', find_spec)
-    assert launch_actions.ros2_launch_hint(found_except('bimanual_vla')) == launch_actions.COLCON_HINT
-    assert launch_actions.ros2_launch_hint(found_except()) is None
+    assert launch_availability.ros2_launch_hint(found_except('bimanual_vla')) == launch_availability.COLCON_HINT
+    assert launch_availability.ros2_launch_hint(found_except()) is None

@@ -10,6 +10,8 @@ from bimanual_vla.config import RigConfig, check_rig_files, load_rig, resolve_ri
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    from bimanual_vla.bringup.launch_availability import ros2_launch_hint  # light: no launch, no rclpy
+
     p = sub.add_parser(
         'run',
         help='bring up a rig (drivers or simulator + policy node)',
@@ -18,6 +20,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         'drivers or simulator composed in this one, each node spinning in a thread of its own. A policy process '
         'that dies is restarted (disabled, with backoff) while the arms hold. Stop with Ctrl-C or SIGTERM: each '
         'arm is left holding its pose, or with torque off where the rig says estop_action: torque_off.',
+        epilog=ros2_launch_hint(),  # one line, only where `ros2 launch bimanual_vla` cannot work
     )
     p.add_argument(
         '--composed',

@@ -2,8 +2,10 @@
 
 Part of the contract: the rig file's `baudrate` is checked against it (config.py), the drivers and
 `scan`/`setup-servo` turn a register value into a rate and back. Values from the manufacturers'
-control tables: Feetech STS/SMS (register 6, e.g. STS3215) and Dynamixel X series protocol 2.0
-(register 8, e.g. XL330, XL430, XM430).
+control tables: Feetech STS/SMS (register 6, e.g. STS3215; the `SMS_STS_*` baud constants of
+Feetech's SCServo SDK) and Dynamixel X series protocol 2.0 (register 8, e.g. XL330, XL430, XM430).
+LeRobot's Feetech table maps values 5-7 to 57600/38400/19200 instead of Feetech's 76800/57600/38400;
+only a Feetech bus set to one of those slow rates is affected, and the SDK's values are kept here.
 """
 
 from __future__ import annotations

@@ -136,6 +136,11 @@ class BagRecorder(Node):
         self._started_ns = time.time_ns()
         self._thread = threading.Thread(target=self._write_loop, name='bag_writer', daemon=True)
         self._thread.start()
+        if rig is not None and rig.sim is not None:
+            # A simulated rig stamps on sim time: say so, so every bag consumer reads it on header stamps.
+            from bimanual_vla.bags.time_base import TIME_BASE_KEY
+
+            self._queue.put(('custom', TIME_BASE_KEY, 'header'))
 
         # The episode topic is subscribed up front: a one-shot marker must not be lost to discovery.
         self._subscribe(self.episode_topic, 'std_msgs/msg/String', [], EPISODE_QOS)

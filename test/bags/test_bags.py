@@ -424,3 +424,22 @@ def test_not_a_bag_is_a_clear_error(tmp_path) -> None:
     (tmp_path / 'junk' / 'junk.mcap').write_bytes(b'not an mcap file at all')
     with pytest.raises(BagError, match='not an MCAP file'):
         BagReader(tmp_path / 'junk')
+
+
+@pytest.mark.ros
+@pytest.mark.parametrize(('rig', 'expected'), [('aloha_sim', 'header'), ('so101_bimanual', None)])
+def test_recorder_marks_a_simulated_rigs_bag_as_sim_time(rig, expected, tmp_path, ros_context) -> None:
+    """A recording of a simulated rig says its stamps carry the timing (sim time); a real rig's says nothing."""
+    from rclpy.parameter import Parameter
+
+    from bimanual_vla.bags.record import BagRecorder
+    from bimanual_vla.bags.time_base import TIME_BASE_KEY
+
+    rec = BagRecorder(
+        context=ros_context,
+        parameter_overrides=[Parameter('output', value=str(tmp_path / 'bag')), Parameter('rig', value=rig)],
+    )
+    rec.close()
+    rec.destroy_node()
+    with BagReader(tmp_path / 'bag') as bag:
+        assert bag.custom_data.get(TIME_BASE_KEY) == expected

@@ -11,7 +11,8 @@ Every bag consumer (``BagDataset``, ``export-lerobot``, ``eval``, ``train``, ``r
 the time base here, unless the user names one:
 
 1. the bag's metadata.yaml ``custom_data`` key ``bimanual_vla.time_base`` (``header`` or
-   ``receive``), which ``collect`` writes for its simulated recordings (:func:`mark_time_base`);
+   ``receive``), which ``collect`` writes for its simulated recordings (:func:`mark_time_base`)
+   and ``record --rig`` writes for a simulated rig;
 2. else inferred from the first joint states: header stamps more than :data:`SEPARATE_CLOCK_S`
    away from their receive times are on a clock of their own (sim time, or a replayed
    recording's), so the stamps carry the timing -> ``header``, provided they form a usable

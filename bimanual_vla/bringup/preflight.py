@@ -1,4 +1,4 @@
-"""What `run` and `eval-sim` check before they start anything: `--set`, the policy file and its checkpoint.
+"""What `run`, `eval-sim` and `demo` check before they start anything: `--set`, the policy file, its checkpoint.
 
 Every problem is a ConfigError in one line naming the file or parameter (`--set policy_node.enabled:
 must be true or false, got 'maybe'`), raised before a port is opened or a model is loaded. The
@@ -10,7 +10,7 @@ Its weights are read by the policy node itself, whose errors reach the user as o
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,3 +95,31 @@ def choose_checkpoint(rig: RigConfig, policy: str, checkpoint: str | None, named
         return PolicyChoice(check_checkpoint(rig, path), named_by)
     except ConfigError as exc:
         raise type(exc)(f'{named_by}: {exc}') from None
+
+
+def policy_for_rig(
+    rig: RigConfig, policy: str | None, overrides: Mapping[str, Any], note: Callable[[str], object]
+) -> str | None:
+    """The policy file a rig's policy node gets, or None: no policy node (`policy` 'none').
+
+    `policy` is what the user asked for (None: nothing, the shipped default); `overrides` are the
+    policy node's checked `--set` values. A checkpoint the user named (`--policy FILE`, `--set
+    policy_node.checkpoint=DIR`) that is missing, broken or made for another rig is an error
+    (ConfigError, one line). The default policy's checkpoint in that case is not: a first run on a rig
+    without a checkpoint of its own brings the drivers and cameras up with the policy off, and
+    `note` gets the one line that says why and how to get a checkpoint.
+    """
+    from bimanual_vla.policy_node.checkpoint import CheckpointError
+
+    if policy is not None and policy.lower() == 'none':
+        return None
+    named = policy is not None or 'policy' in overrides or 'checkpoint' in overrides
+    policy = str(overrides.get('policy') or policy or 'default')
+    try:
+        choose_checkpoint(rig, policy, overrides.get('checkpoint'), '--set policy_node.checkpoint')
+    except CheckpointError as exc:  # the policy file itself is fine (a bad one raised ConfigError)
+        if named:
+            raise
+        note(f'policy off: {exc}; {HOW_TO_GET_A_CHECKPOINT}')
+        return None
+    return policy

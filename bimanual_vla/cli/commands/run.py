@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
 
-from bimanual_vla.config import RigConfig, check_rig_files, load_rig, resolve_rig_path
+from bimanual_vla.config import check_rig_files, load_rig, resolve_rig_path
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -59,29 +58,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def choose_policy(rig: RigConfig, policy: str | None, overrides: dict[str, Any]) -> str | None:
-    """The policy file the policy node gets, or None: no policy node.
-
-    A checkpoint the user named (`--policy FILE`, `--set policy_node.checkpoint=DIR`) that is missing,
-    broken or made for another rig is an error (ConfigError, one line). The default policy's checkpoint
-    in that case is not: a first run on a rig without a checkpoint of its own brings the drivers and
-    cameras up with the policy off, and one line says why and how to get a checkpoint.
-    """
-    from bimanual_vla.bringup.preflight import HOW_TO_GET_A_CHECKPOINT, choose_checkpoint
-    from bimanual_vla.policy_node.checkpoint import CheckpointError
-
-    if policy is not None and policy.lower() == 'none':
-        return None
-    named = policy is not None or 'policy' in overrides or 'checkpoint' in overrides
-    policy = str(overrides.get('policy') or policy or 'default')
-    try:
-        choose_checkpoint(rig, policy, overrides.get('checkpoint'), '--set policy_node.checkpoint')
-    except CheckpointError as exc:  # the policy file itself is fine (a bad one raised ConfigError)
-        if named:
-            raise
-        print(f'run: policy off: {exc}; {HOW_TO_GET_A_CHECKPOINT}', file=sys.stderr, flush=True)
-        return None
-    return policy
+def _note(text: str) -> None:
+    print(f'run: {text}', file=sys.stderr, flush=True)
 
 
 def _stop_on_sigterm() -> None:
@@ -99,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
 
     from bimanual_vla.bringup.compose import OWN_PROCESS, compose
     from bimanual_vla.bringup.nodes import NodeSpec, rig_nodes
-    from bimanual_vla.bringup.preflight import apply_set, parse_set
+    from bimanual_vla.bringup.preflight import apply_set, parse_set, policy_for_rig
     from bimanual_vla.bringup.supervision import RestartPolicy
     from bimanual_vla.node_parameters import check_overrides
 
@@ -111,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
         for name in ('sim_rig', 'policy_node')
         if name in overrides
     }
-    policy = choose_policy(rig, args.policy, checked.get('policy_node', {}))
+    policy = policy_for_rig(rig, args.policy, checked.get('policy_node', {}), note=_note)
     if policy is None:
         overrides.pop('policy_node', None)  # checked above; no policy node to take them
     nodes = rig_nodes(args.rig, policy=policy, sim_overrides=checked.get('sim_rig'))

@@ -241,6 +241,127 @@ class SimConfig(_Strict):
     )
 
 
+# Teleoperation: how far apart (rad, per joint) a leader and its follower may be for teleop to start without a
+# ramp. 0.5 rad is already a visible lurch at the driver's ramp; a wider tolerance means no check at all.
+START_TOLERANCE_RAD = Bound(0.0, 0.5, 'rad')
+# A leader silent this long makes its follower hold; past 2 s (the longest watchdog) the driver holds anyway.
+LEADER_TIMEOUT_S = Bound(0.0, 2.0, 's')
+
+
+class LeaderJointConfig(_Strict):
+    """One servo of a leader arm: bus id and joint name (leaders have no joint limits: nothing drives them)."""
+
+    id: int = Field(ge=0, le=252, description='servo id on the bus (0..252)')
+    name: str = Field(pattern=NAME_PATTERN)
+
+
+class LeaderGripperConfig(_Strict):
+    """A leader's gripper (trigger): its joint, and its range mapped linearly onto the follower's gripper range.
+
+    Angles in radians, in each arm's own calibrated angles. Unset ends default to the leader calibration's
+    range (closed = low end) and the follower gripper joint's limits (closed = lower).
+    """
+
+    joint: str = Field(default='gripper', pattern=NAME_PATTERN, description="the leader's gripper joint")
+    leader_closed: float | None = Field(default=None, allow_inf_nan=False)
+    leader_open: float | None = Field(default=None, allow_inf_nan=False)
+    follower_closed: float | None = Field(default=None, allow_inf_nan=False)
+    follower_open: float | None = Field(default=None, allow_inf_nan=False)
+    spring_open_fraction: float = Field(
+        default=0.5,
+        ge=0,
+        le=1,
+        description='Dynamixel (Koch) leaders: the trigger is held by a current-limited position at this fraction '
+        "of the leader gripper's range from closed (LeRobot's koch_leader gripper_open_pos 50 %)",
+    )
+    spring_goal_current: int | None = Field(
+        default=None,
+        gt=0,
+        le=1750,
+        description="Dynamixel leaders: Goal_Current of the spring (the servo's units); None keeps the servo's "
+        'own (its Current_Limit), as LeRobot does',
+    )
+
+    @model_validator(mode='after')
+    def _distinct_ends(self) -> LeaderGripperConfig:
+        for a, b, what in (
+            (self.leader_closed, self.leader_open, 'leader'),
+            (self.follower_closed, self.follower_open, 'follower'),
+        ):
+            if a is not None and b is not None and a == b:
+                raise ValueError(f'{what}_closed and {what}_open are both {a}: an empty gripper range')
+        return self
+
+
+class LeaderConfig(_Strict):
+    """A leader arm a person moves by hand; `teleop` reads it and commands its follower arm to match."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    protocol: Literal['feetech', 'dynamixel'] = Field(
+        description='feetech: SO-101 leader (STS3215, torque off); dynamixel: Koch leader (XL330, the gripper '
+        'held by a current-limited spring position)'
+    )
+    port: str = Field(min_length=1)
+    baudrate: int = Field(default=1_000_000, gt=0, description="one of the servo family's rates (servo_baud_rates)")
+    calibration: str | None = None
+    follower: str = Field(pattern=NAME_PATTERN, description='the arm of this rig the leader drives')
+    joints: list[LeaderJointConfig] = Field(min_length=1)
+    joint_map: dict[str, str] = Field(
+        default_factory=dict,
+        description='leader joint -> follower joint; a leader joint not named here drives the follower joint of '
+        'the same name (the gripper goes through `gripper`)',
+    )
+    gripper: LeaderGripperConfig | None = None
+    read_rate_hz: Annotated[float, _within(READ_RATE_HZ)] = 100.0
+    start_tolerance_rad: Annotated[float, _within(START_TOLERANCE_RAD)] = Field(
+        default=0.2, description='teleop starts only with every mapped joint of leader and follower this close'
+    )
+    timeout_s: Annotated[float, _within(LEADER_TIMEOUT_S)] = Field(
+        default=0.1, description='a leader silent this long makes its follower hold'
+    )
+
+    @field_validator('baudrate')
+    @classmethod
+    def _servo_baud_rate(cls, baudrate: int, info: ValidationInfo) -> int:
+        protocol = info.data.get('protocol')
+        if protocol in BAUD_RATES:
+            baud_register_value(protocol, baudrate)
+        return baudrate
+
+    @field_validator('joints')
+    @classmethod
+    def _unique_joints(cls, joints: list[LeaderJointConfig]) -> list[LeaderJointConfig]:
+        _reject_duplicates([j.name for j in joints], 'joint name')
+        _reject_duplicates([j.id for j in joints], 'servo id')
+        return joints
+
+    @model_validator(mode='after')
+    def _mapping_names_leader_joints(self) -> LeaderConfig:
+        names = self.joint_names
+        unknown = [j for j in self.joint_map if j not in names]
+        if unknown:
+            raise ValueError(f'joint_map names leader joint(s) {unknown} the leader does not have {names}')
+        if self.gripper is not None:
+            if self.gripper.joint not in names:
+                raise ValueError(f'gripper.joint {self.gripper.joint!r} is not one of the joints {names}')
+            if self.gripper.joint in self.joint_map:
+                raise ValueError(f'{self.gripper.joint!r} is the gripper: map it with `gripper`, not joint_map')
+        return self
+
+    @property
+    def joint_names(self) -> list[str]:
+        return [j.name for j in self.joints]
+
+    def follower_joint(self, leader_joint: str) -> str:
+        """The follower joint a (non-gripper) leader joint drives."""
+        return self.joint_map.get(leader_joint, leader_joint)
+
+    def body_joints(self) -> list[str]:
+        """The leader joints mapped one to one (every joint but the gripper)."""
+        gripper = self.gripper.joint if self.gripper is not None else None
+        return [n for n in self.joint_names if n != gripper]
+
+
 class RigConfig(_Strict):
     """A whole rig: arms, cameras, control rate, URDF and e-stop behaviour."""
 
@@ -251,6 +372,7 @@ class RigConfig(_Strict):
     arms: list[ArmConfig] = Field(min_length=1)
     cameras: list[CameraConfig] = Field(default_factory=list)
     sim: SimConfig | None = Field(default=None, description='simulator settings, only for simulated rigs')
+    leaders: list[LeaderConfig] = Field(default_factory=list, description='leader arms for teleoperation')
 
     @field_validator('arms')
     @classmethod
@@ -273,6 +395,41 @@ class RigConfig(_Strict):
         for port, ids in by_port.items():
             _reject_duplicates(ids, f'servo id on shared port {port}')
         return arms
+
+    @field_validator('leaders')
+    @classmethod
+    def _leaders_drive_arms(cls, leaders: list[LeaderConfig], info: ValidationInfo) -> list[LeaderConfig]:
+        _reject_duplicates([lead.name for lead in leaders], 'leader name')
+        _reject_duplicates([lead.follower for lead in leaders], 'follower (one leader per arm)')
+        arms = {a.name: a for a in info.data.get('arms') or []}  # absent when the arms failed validation
+        if not arms:
+            return leaders
+        ports = {a.port: f'arm {a.name}' for a in arms.values() if a.protocol != 'sim'}
+        for lead in leaders:
+            arm = arms.get(lead.follower)
+            if arm is None:
+                raise ValueError(f'leader {lead.name}: follower {lead.follower!r} is not an arm of this rig {list(arms)}')
+            if lead.port in ports:
+                raise ValueError(f'leader {lead.name}: port {lead.port} is also the port of {ports[lead.port]}')
+            ports[lead.port] = f'leader {lead.name}'
+            driven = [lead.follower_joint(j) for j in lead.body_joints()]
+            missing = [j for j in driven if j not in arm.joint_names]
+            if missing:
+                raise ValueError(
+                    f'leader {lead.name}: follower joint(s) {missing} are not joints of arm {arm.name} {arm.joint_names}'
+                )
+            if lead.gripper is not None:
+                if arm.gripper is None:
+                    raise ValueError(f'leader {lead.name}: has a gripper but arm {arm.name} names no gripper joint')
+                driven.append(arm.gripper)
+            _reject_duplicates(driven, f'follower joint driven by leader {lead.name}')
+        return leaders
+
+    def leader(self, name: str) -> LeaderConfig:
+        for lead in self.leaders:
+            if lead.name == name:
+                return lead
+        raise ConfigError(f'rig {self.name!r} has no leader {name!r}; leaders: {[x.name for x in self.leaders]}')
 
     @field_validator('cameras')
     @classmethod

@@ -57,6 +57,10 @@ def test_so101_sim_differs_from_so101_bimanual_only_in_ports_calibration_files_c
         assert cam_twin.pop('source') == 'sim' and cam_real.pop('source').startswith('/dev/video')
         assert cam_real == cam_twin
     assert twin.pop('sim')['servo_bus'] == 'feetech' and real.pop('sim') is None
+    for lead_real, lead_twin in zip(real.pop('leaders'), twin.pop('leaders'), strict=True):
+        for key in ('port', 'calibration'):
+            lead_real.pop(key), lead_twin.pop(key)
+        assert lead_real == lead_twin
     assert {k: v for k, v in real.items() if k != 'name'} == {k: v for k, v in twin.items() if k != 'name'}
 
 

@@ -8,9 +8,12 @@ It serves until SIGINT or SIGTERM.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
+from pathlib import Path
+from typing import Any
 
 
 def parse_ids(text: str) -> list[int]:
@@ -72,6 +75,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=None,
         help='baud rate the servos listen at (default 1000000; a factory-fresh Dynamixel X is at 57600)',
     )
+    p.add_argument(
+        '--motion',
+        default=None,
+        metavar='FILE',
+        help='move the servos along recorded angles (CSV/JSON, '
+        'radians; a scripted hand on a leader arm: docs/teleop.md)',
+    )
+    p.add_argument(
+        '--calibration', default=None, metavar='FILE', help='for --motion: maps joint-name columns to servos'
+    )
+    p.add_argument(
+        '--loop', action='store_true', help='for --motion: start over at the end (default: hold the last pose)'
+    )
+    p.add_argument(
+        '--link', default=None, metavar='PATH', help="also make PATH a symlink to the pty (a rig file's port)"
+    )
     p.set_defaults(func=run)
 
 
@@ -108,8 +127,16 @@ def run(args: argparse.Namespace) -> int:
         model_number=args.model_number,
         baudrate=args.baudrate,
     )
+    player = _motion_player(args, emulator)
+    link = Path(args.link).expanduser() if args.link else None
     try:
         port = emulator.start()
+        if link is not None:
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.unlink(missing_ok=True)
+            link.symlink_to(port)
+        if player is not None:
+            player.start()
         print(port, flush=True)
         print(
             f'emulating {args.protocol} servos {args.ids} on {port} at {emulator.servo(args.ids[0]).baudrate} baud'
@@ -121,7 +148,32 @@ def run(args: argparse.Namespace) -> int:
         while not stop.wait(0.5):
             pass
     finally:
+        if player is not None:
+            player.stop()
+        if link is not None and link.is_symlink() and os.readlink(link) == emulator.port:
+            link.unlink()
         emulator.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return 0
+
+
+def _motion_player(args: argparse.Namespace, emulator: Any) -> Any:
+    """The --motion player for ``emulator``, or None; a bad motion or calibration file is a ConfigError (one line)."""
+    if args.motion is None:
+        if args.calibration or args.loop:
+            from bimanual_vla.config import ConfigError
+
+            raise ConfigError('--calibration and --loop go with --motion')
+        return None
+    from bimanual_vla.config import ConfigError
+    from bimanual_vla.drivers.servo.calibration import CalibrationError, load_calibration
+    from bimanual_vla.drivers.servo.emulated_motion import MotionError, MotionPlayer, load_motion
+
+    try:
+        calibration = load_calibration(args.calibration, protocol=args.protocol) if args.calibration else None
+        return MotionPlayer(
+            emulator, load_motion(args.motion), calibration=calibration, loop=args.loop, where=args.motion
+        )
+    except (MotionError, CalibrationError) as exc:
+        raise ConfigError(str(exc)) from None

@@ -52,6 +52,16 @@ RELIABLE_QOS = QoSProfile(
 )
 """policy/action_chunk, policy/markers, sim/success; a user-facing input's subscription for reliable publishers."""
 
+TRAJECTORY_QOS = QoSProfile(
+    reliability=ReliabilityPolicy.RELIABLE,
+    durability=DurabilityPolicy.VOLATILE,
+    history=HistoryPolicy.KEEP_LAST,
+    depth=1,
+)
+"""arms/<arm>/joint_trajectory, published and subscribed: reliable (one message carries many ticks, and
+ros2_controllers' joint trajectory controller subscribes reliable too), keep last 1 (a newer trajectory
+replaces an older one anyway)."""
+
 LATCHED_INPUT_QOS = QoSProfile(
     reliability=ReliabilityPolicy.RELIABLE,
     durability=DurabilityPolicy.TRANSIENT_LOCAL,
@@ -126,6 +136,11 @@ def camera_frame(camera: str) -> str:
 def arm_command(arm: str) -> str:
     """sensor_msgs/JointState position targets for one arm."""
     return f'arms/{arm}/joint_command'
+
+
+def arm_trajectory(arm: str) -> str:
+    """trajectory_msgs/JointTrajectory for one arm, played by its driver (docs/arm_driver.md, Trajectories)."""
+    return f'arms/{arm}/joint_trajectory'
 
 
 def arm_torque(arm: str) -> str:

@@ -2,9 +2,15 @@
 
 The ``arm_driver`` node is a thin ROS shell around this class: its read thread
 calls :meth:`ArmController.cycle` at the read rate, its subscriptions and services
-call :meth:`submit_command`, :meth:`set_estop` and :meth:`set_torque`. One lock
-serialises all of them, so a torque change or e-stop never interleaves with a
-half-finished read/write cycle.
+call :meth:`submit_command`, :meth:`submit_trajectory`, :meth:`set_estop` and
+:meth:`set_torque`. One lock serialises all of them, so a torque change or e-stop
+never interleaves with a half-finished read/write cycle.
+
+Two kinds of command, one filter: a joint command is a target the filter ramps to; a
+trajectory (:mod:`bimanual_vla.drivers.servo.trajectory`) is played at each cycle, its value
+for that cycle's time handed to the same filter as a command (limits, ramp, stall guard,
+watchdog, e-stop). The newest source wins: a joint command drops the trajectory in play, a
+trajectory takes over from its splice time. E-stop, torque off and a reconnect drop it too.
 
 What it survives, and how:
 
@@ -22,6 +28,7 @@ What it survives, and how:
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -32,6 +39,7 @@ from bimanual_vla.drivers.servo.bus import BusError, PortError, ServoBus
 from bimanual_vla.drivers.servo.calibration import ArmCalibration
 from bimanual_vla.drivers.servo.command_filter import CommandFilter, CommandRejected, JointLimit
 from bimanual_vla.drivers.servo.stall_guard import RELEASE_RAD, StallEvent, StallGuard
+from bimanual_vla.drivers.servo.trajectory import Trajectory, TrajectoryPlayer, TrajectoryRejected
 
 Log = Callable[[str, str], None]  # (level: 'info'|'warn'|'error', message)
 
@@ -104,7 +112,9 @@ class ArmController:
         backoff_max_s: float = 2.0,
         bus_factory: Callable[..., ServoBus] = ServoBus,
         log: Log | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
+        """``clock``: the time trajectories are stamped in (the node's ROS clock: sim time under sim)."""
         if arm.protocol not in ('feetech', 'dynamixel'):
             raise ValueError(f'arm {arm.name!r}: protocol {arm.protocol!r} has no servo bus (sim arms use sim_rig)')
         if estop_action not in ('hold', 'torque_off'):
@@ -133,6 +143,9 @@ class ArmController:
         )
         self.filter.set_enabled(torque_on_start)
         self.torque_wanted = torque_on_start
+        self.clock = clock
+        self._clock_now: float | None = None  # the trajectory clock at the latest cycle
+        self.player = TrajectoryPlayer(self.qualified_names, log=self._log_trajectory)
 
         self.bus: ServoBus | None = None
         self.connected = False
@@ -202,6 +215,7 @@ class ArmController:
                 self._learn_effort_scale(sid, model)
             positions = self._read_positions_once()
             self.filter.reset_to(positions)
+            self.player.clear('reconnect')  # like a command target: not resumed after an outage
             if self.torque_wanted:
                 self._torque_on(positions)
             else:
@@ -392,6 +406,7 @@ class ArmController:
     def _torque_on(self, positions: Sequence[float | None]) -> list[int]:
         """Goal = present position first, then torque: a servo never lunges at an old goal."""
         self.filter.reset_to(positions)
+        self.player.clear('torque')
         self.stall_guard.reset()
         self._write_goals({i: p for i, p in enumerate(self.filter.goal) if p is not None})
         failed = self._write_torque(True)
@@ -400,9 +415,14 @@ class ArmController:
 
     # ---------------------------------------------------------------- cycle
 
-    def cycle(self, now: float | None = None) -> Reading | None:
-        """One read (+ write) cycle. Returns the reading, or None while not connected."""
+    def cycle(self, now: float | None = None, clock_now: float | None = None) -> Reading | None:
+        """One read (+ write) cycle. Returns the reading, or None while not connected.
+
+        ``now``: monotonic seconds (the filter's ramp and watchdog); ``clock_now``: the trajectory
+        clock's time of this cycle (default: ``clock()``).
+        """
         now = time.monotonic() if now is None else now
+        self._clock_now = self.clock() if clock_now is None else clock_now
         with self.lock:
             self.stats.cycles += 1
             if not self.connected:
@@ -460,10 +480,28 @@ class ArmController:
         else:
             goals = self._guard_stalls(now, positions, efforts)  # holding still is allowed even when moving is not
             if self.motion_allowed:
+                self._play_trajectory(now)
                 goals.update(self.filter.tick(now) or {})
             if goals:
                 self._write_goals(goals)
         return Reading(now, positions, efforts)
+
+    def _play_trajectory(self, now: float) -> None:
+        """The trajectory's value at this cycle's clock time becomes the filter's command."""
+        if self.filter.estopped or self._clock_now is None:  # e-stop drops the trajectory; never played through it
+            return
+        sample = self.player.sample(self._clock_now)
+        if sample is None:
+            return
+        if sample.finished:
+            self._log('info', f'arm {self.arm.name}: trajectory ran out; holding its last point')
+        known = [i for i, v in enumerate(sample.positions) if math.isfinite(v)]
+        if known:
+            names = [self.qualified_names[i] for i in known]
+            self.filter.submit(names, [float(sample.positions[i]) for i in known], now)
+
+    def _log_trajectory(self, level: str, message: str) -> None:
+        self._log(level, f'arm {self.arm.name}: {message}')
 
     def _effort(self, index: int, sid: int, data: bytes, address: int) -> float | None:
         """The servo's load/current in ``data`` as a fraction of full scale, signed in the joint's direction."""
@@ -538,15 +576,47 @@ class ArmController:
     # ------------------------------------------------------------- commands
 
     def submit_command(self, names: Sequence[str], positions: Sequence[float], now: float | None = None) -> list[str]:
-        """Validate and accept a command (see CommandFilter.submit); raises CommandRejected."""
+        """Validate and accept a command (see CommandFilter.submit); raises CommandRejected.
+
+        The newest source wins: an accepted command drops the trajectory in play.
+        """
         now = time.monotonic() if now is None else now
         with self.lock:
-            return self.filter.submit(names, positions, now)
+            notes = self.filter.submit(names, positions, now)
+            if self.player.clear('command'):
+                notes.append('a joint command took over from the trajectory in play')
+            return notes
+
+    def submit_trajectory(self, trajectory: Trajectory, clock_now: float | None = None) -> tuple[str, list[str]]:
+        """Validate a trajectory and splice it in (see TrajectoryPlayer.submit): ('started' | 'spliced' | 'stop',
+        notes about points beyond the joint limits, which the filter clamps). Raises TrajectoryRejected (counted
+        in ``player.counters``); refused while the e-stop is active or torque is off, like a command."""
+        clock_now = self.clock() if clock_now is None else clock_now
+        with self.lock:
+            blocked = None
+            if self.filter.estopped:
+                blocked = TrajectoryRejected('estop', 'e-stop is active: trajectories are ignored until it is released')
+            elif not self.filter.enabled:
+                blocked = TrajectoryRejected('torque_off', 'torque is off: enable it before sending a trajectory')
+            if blocked is not None and trajectory.positions:  # an empty one (stop) is always taken
+                self.player.counters['rejected'] += 1
+                self.player.counters[f'rejected_{blocked.reason}'] += 1
+                raise blocked
+            outcome = self.player.submit(trajectory, clock_now, self.filter.goal)
+            notes = []
+            for k, name in enumerate(trajectory.joint_names):
+                limit = self.filter.joints[self.filter.index[name]]
+                values = [row[k] for row in trajectory.positions]
+                if values and (min(values) < limit.lower or max(values) > limit.upper):
+                    notes.append(f'{name}: points outside [{limit.lower:+.4f}, {limit.upper:+.4f}] are clamped')
+            return outcome, notes
 
     def set_estop(self, active: bool) -> None:
         with self.lock:
             was = self.filter.estopped
             self.filter.set_estop(active)
+            if active:
+                self.player.clear('estop')
             if active and not was:
                 self._log('warn', f'arm {self.arm.name}: E-STOP active ({self.estop_action})')
                 if self.estop_action == 'torque_off':
@@ -569,6 +639,7 @@ class ArmController:
             self.torque_wanted = on
             if not self.connected:
                 self.filter.set_enabled(on)
+                self.player.clear('torque')
                 return False, f'arm {self.arm.name} is not connected; torque will be {"on" if on else "off"} on connect'
             try:
                 if on:
@@ -576,6 +647,7 @@ class ArmController:
                 else:
                     failed = self._write_torque(False)
                     self.filter.set_enabled(False)
+                    self.player.clear('torque')
             except PortError as exc:
                 self._disconnect(str(exc), time.monotonic())
                 return False, f'port error: {exc}'
@@ -633,6 +705,7 @@ class ArmController:
                 'goal_writes': self.stats.goal_writes,
                 'stall_events': self.stats.stall_events,
                 'stalled_joints': [self.joint_names[i] for i, b in enumerate(self.filter.blocked) if b is not None],
+                'trajectory': self.player.state(self._clock_now),
                 'position_limits_written': self.stats.position_limits_written,
                 'last_error': self.stats.last_error or '-',
             }
@@ -640,6 +713,8 @@ class ArmController:
                 values[f'bus_{key}'] = value
             for key, value in sorted(self.filter.counters.items()):
                 values[f'cmd_{key}'] = value
+            for key, value in sorted(self.player.counters.items()):
+                values[f'trajectory_{key}'] = value
             return values
 
 

@@ -2,7 +2,9 @@
 
 Thin by design: a dedicated thread calls :class:`bimanual_vla.drivers.servo.arm_controller.ArmController`
 at the read rate (default 100 Hz) and publishes what it read; ROS callbacks hand
-commands, e-stop and torque requests to the same controller. The safety rules
+commands (``arms/<arm>/joint_command``), trajectories (``arms/<arm>/joint_trajectory``, played at
+each cycle by :mod:`bimanual_vla.drivers.servo.trajectory`; the newest source wins), e-stop and
+torque requests to the same controller. The safety rules
 (limits, max step, NaN rejection, watchdog, e-stop) live in
 :mod:`bimanual_vla.drivers.servo.command_filter`, the bus lifecycle in :mod:`bimanual_vla.drivers.servo.arm_controller`.
 
@@ -33,6 +35,7 @@ from rclpy.node import Node
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool
 from std_srvs.srv import SetBool
+from trajectory_msgs.msg import JointTrajectory
 
 from bimanual_vla import topics
 from bimanual_vla.config import (
@@ -47,6 +50,7 @@ from bimanual_vla.config import (
 from bimanual_vla.drivers.servo.arm_controller import ArmController, Reading
 from bimanual_vla.drivers.servo.calibration import CalibrationError, calibration_for_arm
 from bimanual_vla.drivers.servo.command_filter import CommandRejected, VelocityEstimator
+from bimanual_vla.drivers.servo.trajectory import Trajectory, TrajectoryRejected
 from bimanual_vla.ros_utils import (
     ERROR,
     OK,
@@ -60,7 +64,7 @@ from bimanual_vla.ros_utils import (
 
 
 class ArmDriver(Node):
-    """Publishes ``joint_states`` for one arm and follows ``arms/<arm>/joint_command``."""
+    """Publishes ``joint_states`` for one arm and follows ``arms/<arm>/joint_command`` and ``joint_trajectory``."""
 
     def __init__(self, node_name: str = 'arm_driver', **kwargs) -> None:
         super().__init__(node_name, **kwargs)
@@ -108,6 +112,7 @@ class ArmDriver(Node):
             estop_action=estop_action,
             torque_on_start=torque_on_start,
             log=self._log,
+            clock=self._clock_s,
         )
         self.velocity = VelocityEstimator(len(arm.joints))
         self.overruns = 0
@@ -115,6 +120,9 @@ class ArmDriver(Node):
         self.joint_pub = self.create_publisher(JointState, topics.JOINT_STATES, topics.SENSOR_QOS)
         self.diag_pub = self.create_publisher(DiagnosticArray, topics.DIAGNOSTICS, topics.DIAGNOSTICS_QOS)
         self.create_subscription(JointState, topics.arm_command(arm.name), self._on_command, topics.COMMAND_QOS)
+        self.create_subscription(
+            JointTrajectory, topics.arm_trajectory(arm.name), self._on_trajectory, topics.TRAJECTORY_QOS
+        )
         subscribe_from_any_publisher(self, Bool, topics.ESTOP, self._on_estop, latched=True)
         self.create_service(SetBool, topics.arm_torque(arm.name), self._on_torque)
         self._diag_last = (time.monotonic(), 0)
@@ -134,6 +142,10 @@ class ArmDriver(Node):
 
     def _log(self, level: str, message: str) -> None:
         log_at(self, level, message)
+
+    def _clock_s(self) -> float:
+        """The node's ROS time (sim time under use_sim_time): the clock trajectories are stamped in."""
+        return self.get_clock().now().nanoseconds * 1e-9
 
     # ------------------------------------------------------------- I/O thread
 
@@ -179,6 +191,17 @@ class ArmDriver(Node):
         except CommandRejected as exc:
             self.get_logger().warning(
                 f'arm {self.arm.name}: command rejected ({exc.reason}): {exc}', throttle_duration_sec=1.0
+            )
+            return
+        if notes:
+            self.get_logger().warning(f'arm {self.arm.name}: {"; ".join(notes)}', throttle_duration_sec=1.0)
+
+    def _on_trajectory(self, msg: JointTrajectory) -> None:
+        try:
+            _, notes = self.controller.submit_trajectory(Trajectory.from_message(msg))
+        except TrajectoryRejected as exc:
+            self.get_logger().warning(
+                f'arm {self.arm.name}: trajectory rejected ({exc.reason}): {exc}', throttle_duration_sec=1.0
             )
             return
         if notes:

@@ -201,7 +201,9 @@ class TrajectoryPlayer:
             raise TrajectoryRejected('empty', 'trajectory has points but no joint names')
         unknown = [n for n in names if n not in self.index]
         if unknown:
-            raise TrajectoryRejected('unknown_joint', f'unknown joint name(s) {unknown}; this arm has {self.joint_names}')
+            raise TrajectoryRejected(
+                'unknown_joint', f'unknown joint name(s) {unknown}; this arm has {self.joint_names}'
+            )
         if len(set(names)) != len(names):
             raise TrajectoryRejected('duplicate_joint', f'duplicate joint names in {names}')
         for k, row in enumerate(points):
@@ -219,13 +221,15 @@ class TrajectoryPlayer:
         if np.any(np.diff(rel) <= 0):
             k = int(np.flatnonzero(np.diff(rel) <= 0)[0]) + 1
             raise TrajectoryRejected(
-                'times_not_increasing', f'time_from_start must increase: point {k} at {rel[k]:.6f} s after {rel[k - 1]:.6f} s'
+                'times_not_increasing',
+                f'time_from_start must increase: point {k} at {rel[k]:.6f} s after {rel[k - 1]:.6f} s',
             )
         start = trajectory.start if trajectory.start > 0 else now  # zero stamp: start now
         times = start + rel
         if times[-1] < now - _EPS_S:
             raise TrajectoryRejected(
-                'ended', f'trajectory ended {now - times[-1]:.3f} s before it arrived (start {start:.3f}, now {now:.3f})'
+                'ended',
+                f'trajectory ended {now - times[-1]:.3f} s before it arrived (start {start:.3f}, now {now:.3f})',
             )
         return np.array([self.index[n] for n in names]), times, rows
 

@@ -156,12 +156,14 @@ def test_the_observer_times_a_new_subtask_whichever_of_its_two_messages_arrives_
 
 def test_the_eval_sim_flags_become_settings(monkeypatch, tmp_path):
     """Every `eval-sim` flag reaches EvalSettings, and the defaults are the function's."""
+    from bimanual_vla.bringup import preflight
     from bimanual_vla.cli.main import main
     from bimanual_vla.learning import eval_sim
     from bimanual_vla.learning.eval_sim import EvalSettings
 
     got = []
     monkeypatch.setattr(eval_sim, 'evaluate_closed_loop', lambda c, o, s: got.append((c, o, s)) or {})
+    monkeypatch.setattr(preflight, 'choose_checkpoint', lambda *args: None)  # 'ck' and policy 'fast' do not exist
     assert main(['eval-sim', '--checkpoint', 'ck', '--out', str(tmp_path)]) == 0
     args = ['eval-sim', '--checkpoint', 'ck', '--out', str(tmp_path), '--episodes', '3', '--seed', '7']
     args += ['--task', 'insertion', '--num-steps', '4', '--torch-threads', '2', '--max-sim-s', '5', '--settle-s', '0.5']

@@ -519,13 +519,14 @@ def test_a_child_node_process_stops_when_its_parent_is_killed(node_checkpoint, t
 def test_a_node_failing_in_its_own_process_raises_its_error_here(tmp_path) -> None:
     from bimanual_vla.bringup.node_process import NodeProcess
     from bimanual_vla.bringup.nodes import NodeSpec
+    from bimanual_vla.config import ConfigError
 
     missing = tmp_path / 'no_such_checkpoint'
     spec = NodeSpec('policy_node', 'policy_node', {'rig': RIG, 'checkpoint': str(missing)})
     child = NodeProcess(spec, ready_timeout_s=60)
-    with pytest.raises(RuntimeError, match='policy_node failed in its process') as err:
+    with pytest.raises(ConfigError) as err:  # a user's error: the child's one line, naming the node
         child.start()
-    assert str(missing) in str(err.value)  # the child's own message names what is wrong
+    assert str(err.value).startswith(f'policy_node: checkpoint {missing} ')  # the child's own message
     assert not child.alive()
 
 

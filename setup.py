@@ -101,6 +101,7 @@ setup(
             'camera_driver = bimanual_vla.drivers.camera.node:main',
             'estop_input = bimanual_vla.drivers.estop.node:main',
             'robot_description_publisher = bimanual_vla.bringup.description_node:main',
+            'teleop = bimanual_vla.drivers.teleop.node:main',
         ],
     },
 )

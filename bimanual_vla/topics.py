@@ -1,13 +1,18 @@
 """Topic and service names and their QoS profiles: the one place nodes take them from.
 
 Names are relative so a whole rig can be pushed into a namespace. QoS follows
-the contract in docs/architecture.md: sensor streams are best effort / keep last
-(a late frame is worthless), commands are reliable with depth 1 (only the newest
-target matters), and state a late joiner must see (task, reasoning, estop,
-robot_description) is transient local.
+the contract in docs/architecture.md (section "Topics, services and QoS", with the
+table of what standard tools ask for on each topic).
 
-The rule: a publisher offers the strongest QoS its rate allows; a subscriber of a
-user-facing input (estop, policy/task, policy/subtask) accepts any publisher, through
+The rule: a publisher offers the strongest QoS its rate allows, so that any subscriber
+matches it, including the ones that ask for reliable delivery by default
+(``create_subscription(..., 10)``, MoveIt's state monitor, diagnostic_aggregator):
+joint_states and commands are reliable, state a late joiner must see (task, reasoning,
+estop, robot_description) is transient local too, and only camera frames are best
+effort (a 900 KB frame is not worth retransmitting). A subscriber accepts any publisher:
+high-rate streams (images, joint_states, joint_command) with a best-effort subscription
+(SENSOR_QOS, COMMAND_INPUT_QOS), which matches reliable and best-effort publishers alike;
+user-facing inputs (estop, policy/task, policy/subtask) through
 ``ros_utils.subscribe_from_any_publisher`` (LATCHED_INPUT_QOS, RELIABLE_QOS and
 ANY_PUBLISHER_QOS at once), so an e-stop can never be lost to a QoS mismatch.
 """
@@ -26,7 +31,18 @@ from rclpy.qos import (
 # ----------------------------------------------------------------- QoS profiles
 
 SENSOR_QOS: QoSProfile = qos_profile_sensor_data
-"""Cameras and joint_states: best effort, keep last 5, volatile."""
+"""Best effort, keep last 5, volatile: camera images and camera_info as published, and every subscription
+to a high-rate stream (images, joint_states), which so accepts reliable and best-effort publishers."""
+
+STATE_QOS = QoSProfile(
+    reliability=ReliabilityPolicy.RELIABLE,
+    durability=DurabilityPolicy.VOLATILE,
+    history=HistoryPolicy.KEEP_LAST,
+    depth=10,
+)
+"""joint_states as published (arm drivers, sim): reliable, keep last 10, what joint_state_broadcaster offers,
+so reliable subscribers (a default ``create_subscription(..., 10)``, MoveIt's CurrentStateMonitor) receive
+it. It costs the driver's I/O loop little (docs/experiments/2026-12-07-reliable-joint-states.md)."""
 
 COMMAND_QOS = QoSProfile(
     reliability=ReliabilityPolicy.RELIABLE,
@@ -34,7 +50,17 @@ COMMAND_QOS = QoSProfile(
     history=HistoryPolicy.KEEP_LAST,
     depth=1,
 )
-"""arms/<arm>/joint_command: reliable, keep last 1."""
+"""arms/<arm>/joint_command as published: reliable, keep last 1."""
+
+COMMAND_INPUT_QOS = QoSProfile(
+    reliability=ReliabilityPolicy.BEST_EFFORT,
+    durability=DurabilityPolicy.VOLATILE,
+    history=HistoryPolicy.KEEP_LAST,
+    depth=1,
+)
+"""arms/<arm>/joint_command as subscribed (arm driver, sim): best effort, keep last 1, so a command from any
+publisher is taken (``ros2 topic pub``'s reliable default, the policy node's reliable stream, a best-effort
+teleoperation node); only the newest target matters, and the next one follows within a control period."""
 
 LATCHED_QOS = QoSProfile(
     reliability=ReliabilityPolicy.RELIABLE,
@@ -89,7 +115,8 @@ CLOCK_QOS = QoSProfile(
     history=HistoryPolicy.KEEP_LAST,
     depth=1,
 )
-"""/clock as rclpy's time source subscribes to it."""
+"""/clock, published and subscribed: best effort, keep last 1, ROS's convention (rclcpp's ClockQoS, which
+simulators use too); rclpy's and rclcpp's time sources subscribe best effort, so they accept any /clock publisher."""
 
 # ----------------------------------------------------------------------- topics
 
@@ -116,6 +143,8 @@ SIM_RESET_SEED = 'sim/reset_seed'
 POLICY_ENABLE = 'policy/enable'
 SIM_RESET = 'sim/reset'
 """std_srvs/Trigger: restart the sim episode with the sim_rig's `seed` parameter."""
+TELEOP_ENABLE = 'teleop/enable'
+"""std_srvs/SetBool: true arms teleoperation (after an e-stop, or disarmed), false disarms it."""
 
 
 def camera_image(camera: str) -> str:
@@ -146,6 +175,11 @@ def arm_trajectory(arm: str) -> str:
 def arm_torque(arm: str) -> str:
     """std_srvs/SetBool: torque on/off for one arm."""
     return f'arms/{arm}/torque'
+
+
+def leader_joint_states(arm: str) -> str:
+    """sensor_msgs/JointState: what arm <arm>'s leader asks of it (follower joint names, radians; teleop)."""
+    return f'leader/{arm}/joint_states'
 
 
 def qualified_joint(arm: str, joint: str) -> str:

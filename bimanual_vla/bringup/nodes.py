@@ -22,6 +22,7 @@ NODE_CLASSES: dict[str, str] = {
     'policy_node': 'bimanual_vla.policy_node.node:PolicyNode',
     'estop_input': 'bimanual_vla.drivers.estop.node:EstopInput',
     'robot_description_publisher': 'bimanual_vla.bringup.description_node:RobotDescriptionNode',
+    'teleop': 'bimanual_vla.drivers.teleop.node:TeleopNode',
 }
 
 

@@ -117,9 +117,9 @@ class ArmDriver(Node):
         self.velocity = VelocityEstimator(len(arm.joints))
         self.overruns = 0
 
-        self.joint_pub = self.create_publisher(JointState, topics.JOINT_STATES, topics.SENSOR_QOS)
+        self.joint_pub = self.create_publisher(JointState, topics.JOINT_STATES, topics.STATE_QOS)
         self.diag_pub = self.create_publisher(DiagnosticArray, topics.DIAGNOSTICS, topics.DIAGNOSTICS_QOS)
-        self.create_subscription(JointState, topics.arm_command(arm.name), self._on_command, topics.COMMAND_QOS)
+        self.create_subscription(JointState, topics.arm_command(arm.name), self._on_command, topics.COMMAND_INPUT_QOS)
         self.create_subscription(
             JointTrajectory, topics.arm_trajectory(arm.name), self._on_trajectory, topics.TRAJECTORY_QOS
         )

@@ -61,6 +61,28 @@ def test_sim_launch_publishes_joint_states_and_images() -> None:
     assert states and 'left_waist' in states[0].name
     images = wait_for(Image, topics.camera_image('top'), topics.SENSOR_QOS)
     assert images and images[0].encoding == 'rgb8'
+    # A subscriber asking for reliable delivery, as create_subscription(..., 10) and MoveIt do.
+    assert wait_for(JointState, topics.JOINT_STATES, 10)
+
+
+RECORDING: dict[str, Path] = {}
+
+
+@launch_pytest.fixture
+def sim_launch_recording(tmp_path_factory):
+    """record:=DIR: launch_ros starts `bimanual-vla record DIR ... --ros-args`, which must take them."""
+    out = tmp_path_factory.mktemp('launch_bag') / 'bag'
+    RECORDING['out'] = out
+    return include('sim.launch.py', policy='', seed='2', record=str(out))
+
+
+@pytest.mark.launch(fixture=sim_launch_recording)
+def test_sim_launch_records_a_bag_where_record_says() -> None:
+    out = RECORDING['out']
+    end = time.monotonic() + 60.0
+    while time.monotonic() < end and not list(out.glob('*.mcap')):
+        time.sleep(0.5)
+    assert list(out.glob('*.mcap')), f'no bag in {out}'
 
 
 @pytest.fixture(scope='module')

@@ -131,6 +131,7 @@ NODE_SCRIPTS = {
         'robot_description_publisher: error: node x: parameter "rig" is required (a rig YAML path or name)'
     ),
     'sim_rig': 'sim_rig: error: {tmp}/missing.yaml: file not found',
+    'teleop': 'teleop: error: node x: parameter "rig" is required (a rig YAML path or name)',
 }
 
 

@@ -47,15 +47,33 @@ def test_a_leader_maps_by_name_unless_joint_map_says_otherwise(tmp_path: Path) -
 @pytest.mark.parametrize(
     ('changes', 'line'),
     [
-        ({'follower': 'middle'}, "leaders: leader left_leader: follower 'middle' is not an arm of this rig ['left', 'right']"),
+        (
+            {'follower': 'middle'},
+            "leaders: leader left_leader: follower 'middle' is not an arm of this rig ['left', 'right']",
+        ),
         ({'port': '/dev/ttyACM1'}, 'leaders: leader left_leader: port /dev/ttyACM1 is also the port of arm right'),
         ({'joint_map': {'elbow': 'elbow_flex'}}, "leaders[0]: joint_map names leader joint(s) ['elbow'] the leader"),
-        ({'joint_map': {'elbow_flex': 'elbow'}}, "leaders: leader left_leader: follower joint(s) ['elbow'] are not joints"),
-        ({'joint_map': {'elbow_flex': 'wrist_flex'}}, 'leaders: duplicate follower joint driven by leader left_leader: wrist_flex'),
-        ({'joint_map': {'gripper': 'gripper'}}, "leaders[0]: 'gripper' is the gripper: map it with `gripper`, not joint_map"),
+        (
+            {'joint_map': {'elbow_flex': 'elbow'}},
+            "leaders: leader left_leader: follower joint(s) ['elbow'] are not joints",
+        ),
+        (
+            {'joint_map': {'elbow_flex': 'wrist_flex'}},
+            'leaders: duplicate follower joint driven by leader left_leader: wrist_flex',
+        ),
+        (
+            {'joint_map': {'gripper': 'gripper'}},
+            "leaders[0]: 'gripper' is the gripper: map it with `gripper`, not joint_map",
+        ),
         ({'gripper': {'joint': 'trigger'}}, "leaders[0]: gripper.joint 'trigger' is not one of the joints"),
-        ({'gripper': {'leader_closed': 0.5, 'leader_open': 0.5}}, 'leaders[0].gripper: leader_closed and leader_open are both'),
-        ({'gripper': {'spring_goal_current': 5000}}, 'leaders[0].gripper.spring_goal_current: Input should be less than'),
+        (
+            {'gripper': {'leader_closed': 0.5, 'leader_open': 0.5}},
+            'leaders[0].gripper: leader_closed and leader_open are both',
+        ),
+        (
+            {'gripper': {'spring_goal_current': 5000}},
+            'leaders[0].gripper.spring_goal_current: Input should be less than',
+        ),
         ({'baud_rate': 1000000}, 'leaders[0].baud_rate: unknown field (check the spelling)'),
         ({'protocol': 'sim'}, "leaders[0].protocol: Input should be 'feetech' or 'dynamixel'"),
         ({'port': ''}, 'leaders[0].port: String should have at least 1 character'),

@@ -4,10 +4,11 @@ A thin ROS adapter: it declares the parameters and creates its topics, service a
 ``__init__``; ROS-free pieces decide. Three loops never wait on each other: **inputs** (callbacks
 store frames and joints with their stamps in ``scheduler.Scheduler``, no decoding), **inference**
 (``inference_worker.py``, a plain thread) and **control** (a timer at the rig's control rate: the
-scheduler's action at *now* through the safety gate, one ``arms/<arm>/joint_command`` per arm). The
-node spins on one thread; one lock guards the scheduler, the gate and the prompt, held only for
-microseconds, never across inference. ``settings.py`` resolves the parameters, ``prompt.py`` keeps
-the task and the reasoning, ``diagnostics.py`` gives the diagnostics, ``messages.py`` the messages.
+scheduler's action at *now* through the safety gate; ``command_output.py`` sends it per ``command_mode``
+as one ``arms/<arm>/joint_command`` per arm, or sends the chunk's committed part as a trajectory the
+drivers play). The node spins on one thread; one lock guards the scheduler, the gate and the prompt, held
+only for microseconds, never across inference. ``settings.py`` resolves the parameters, ``prompt.py``
+keeps the task and the reasoning, ``diagnostics.py`` gives the diagnostics, ``messages.py`` the messages.
 """
 
 from __future__ import annotations
@@ -30,14 +31,16 @@ from bimanual_vla.config import load_policy
 from bimanual_vla.image_msgs import ImageError, image_to_rgb
 from bimanual_vla.policy_node import diagnostics
 from bimanual_vla.policy_node.chunking import Chunk
+from bimanual_vla.policy_node.command_output import CommandOutput
 from bimanual_vla.policy_node.inference_worker import InferenceWorker, Snapshot, load_model
 from bimanual_vla.policy_node.markers import GripperPaths, chunk_markers
-from bimanual_vla.policy_node.messages import chunk_trajectory, diagnostic_array, joint_command, reasoning_label
+from bimanual_vla.policy_node.messages import chunk_trajectory, diagnostic_array, reasoning_label
 from bimanual_vla.policy_node.prompt import Prompt
 from bimanual_vla.policy_node.rig_fit import check_cameras, commanded_arms
 from bimanual_vla.policy_node.safety import CommandGate
 from bimanual_vla.policy_node.scheduler import Scheduler, scheduler_for_policy
 from bimanual_vla.policy_node.settings import NodeSettings
+from bimanual_vla.policy_node.trajectory_plan import check_command_mode
 from bimanual_vla.ros_utils import declare_rig, run_node, sec_to_stamp, stamp_to_sec, subscribe_from_any_publisher
 
 
@@ -82,6 +85,7 @@ class PolicyNode(Node):
     def _declare_parameters(self) -> NodeSettings:
         self.rig = declare_rig(self)
         policy = load_policy(self.declare_parameter('policy', 'default').get_parameter_value().string_value)
+        self.command_mode = check_command_mode(self.declare_parameter('command_mode', 'tick').value)
         return NodeSettings.resolve(
             policy,
             checkpoint=self.declare_parameter('checkpoint', '').get_parameter_value().string_value,
@@ -117,9 +121,7 @@ class PolicyNode(Node):
         subscribe_from_any_publisher(self, String, topics.POLICY_SUBTASK, self._on_subtask, latched=True)
         subscribe_from_any_publisher(self, Bool, topics.ESTOP, self._on_estop, latched=True)
         self.create_service(SetBool, topics.POLICY_ENABLE, self._on_enable)
-        self._cmd_pubs = {
-            arm: self.create_publisher(JointState, topics.arm_command(arm), topics.COMMAND_QOS) for arm in self.arms
-        }
+        self.output = CommandOutput(self, self.command_mode, self.arms, self.gate, 1.0 / self.rig.control_rate_hz)
         self._chunk_pub = self.create_publisher(JointTrajectory, topics.POLICY_ACTION_CHUNK, topics.RELIABLE_QOS)
         self._reasoning_pub = self.create_publisher(String, topics.POLICY_REASONING, topics.LATCHED_QOS)
         self._marker_pub = self.create_publisher(MarkerArray, topics.POLICY_MARKERS, topics.RELIABLE_QOS)
@@ -192,12 +194,10 @@ class PolicyNode(Node):
             elif tick.was_stale and not tick.stale:
                 self.get_logger().info('all inputs fresh')
             result = self.gate.step(tick.action, measured=tick.measured, inputs_fresh=not tick.stale)
-            pending = self.scheduler.take_pending_frames() if result.command is not None else None
-        if result.command is None:
-            return
-        stamp = sec_to_stamp(now)
-        for arm, (names, cols) in self.arms.items():
-            self._cmd_pubs[arm].publish(joint_command(stamp, names, result.command[cols]))
+            out = self.output.decide(now, result, self.scheduler.executor)  # None: nothing to send
+            pending = self.scheduler.take_pending_frames() if out is not None and result.command is not None else None
+        if out is not None:
+            self.output.publish(out)
         if pending:
             self.scheduler.note_commanded(pending, self.now_s())
 

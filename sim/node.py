@@ -2,10 +2,12 @@
 
 Nothing above the drivers can tell it from hardware: it publishes ``joint_states``
 (one message per arm per control tick, names ``<arm>_<joint>``) and each camera's
-``image_raw`` + ``camera_info``, and follows ``arms/<arm>/joint_command`` and
-``estop`` exactly like the arm drivers do (limits, NaN rejection, max step per tick,
-hold on e-stop). Additionally it publishes ``/clock`` (sim time), ``sim/success`` and
-the task's reward stage in diagnostics, and resets episodes on request.
+``image_raw`` + ``camera_info``, and follows ``arms/<arm>/joint_command``,
+``arms/<arm>/joint_trajectory`` (played each physics tick at sim time by the drivers' own
+``TrajectoryPlayer``; the newest source wins) and ``estop`` like the arm drivers do (limits,
+NaN rejection, max step per tick, hold on e-stop, which also drops a trajectory).
+Additionally it publishes ``/clock`` (sim time), ``sim/success`` and the task's reward stage
+in diagnostics, and resets episodes on request.
 
 Threads, and why:
 
@@ -43,9 +45,11 @@ from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import CameraInfo, Image, JointState
 from std_msgs.msg import Bool, Int64, String
 from std_srvs.srv import Trigger
+from trajectory_msgs.msg import JointTrajectory
 
 from bimanual_vla import topics
 from bimanual_vla.config import ConfigError, SimConfig, format_validation_error
+from bimanual_vla.drivers.servo.trajectory import Trajectory, TrajectoryPlayer, TrajectoryRejected
 from bimanual_vla.ros_utils import (
     ERROR,
     OK,
@@ -220,6 +224,8 @@ class SimRig(Node):
         self._expert_subtask_update = ''
         self._rejected = 0
         self._commands = 0
+        # arm -> its trajectory (sim time); the arm drivers play them instead in servo-bus mode
+        self._players = {a.name: TrajectoryPlayer(a.qualified_joint_names()) for a in self.rig.arms}
         self._overruns = 0
         self._frames = 0
         self._frames_dropped = 0
@@ -232,7 +238,7 @@ class SimRig(Node):
     def _create_publishers(self) -> None:
         self._clock_pub = self.create_publisher(Clock, topics.CLOCK, topics.CLOCK_QOS)
         if not self.servo_buses:  # with buses, joint_states is the arm drivers' alone
-            self._joint_pub = self.create_publisher(JointState, topics.JOINT_STATES, topics.STATE_QOS)
+            self._joint_pub = self.create_publisher(JointState, topics.JOINT_STATES, topics.SENSOR_QOS)
         self._success_pub = self.create_publisher(Bool, topics.SIM_SUCCESS, topics.LATCHED_QOS)
         self._subtask_pub = self.create_publisher(String, topics.SIM_EXPERT_SUBTASK, topics.LATCHED_QOS)
         self._diag_pub = self.create_publisher(DiagnosticArray, topics.DIAGNOSTICS, topics.DIAGNOSTICS_QOS)
@@ -261,10 +267,16 @@ class SimRig(Node):
                     JointState,
                     topics.arm_command(arm.name),
                     lambda msg, a=arm.name: self._on_command(a, msg),
-                    topics.COMMAND_INPUT_QOS,
+                    topics.COMMAND_QOS,
+                )
+                self.create_subscription(
+                    JointTrajectory,
+                    topics.arm_trajectory(arm.name),
+                    lambda msg, a=arm.name: self._on_trajectory(a, msg),
+                    topics.TRAJECTORY_QOS,
                 )
         subscribe_from_any_publisher(self, Bool, topics.ESTOP, self._on_estop, latched=True)
-        subscribe_from_any_publisher(self, Int64, topics.SIM_RESET_SEED, self._on_reset_seed, latched=False)
+        self.create_subscription(Int64, topics.SIM_RESET_SEED, self._on_reset_seed, topics.RELIABLE_QOS)
         self.create_service(Trigger, topics.SIM_RESET, self._on_reset)
         self.create_timer(1.0, self._publish_diagnostics)
 
@@ -318,12 +330,42 @@ class SimRig(Node):
                     return
                 self.scene.command(arm, targets)
                 self._commands += 1
+                self._players[arm].clear('command')  # the newest source wins
         except ValueError as exc:
             self._rejected += 1
             self.get_logger().warning(f'arm {arm}: joint_command rejected: {exc}', throttle_duration_sec=2.0)
 
+    def _on_trajectory(self, arm: str, msg: JointTrajectory) -> None:
+        """Splice a trajectory in at sim time; refused (counted, logged) while e-stopped, like a command."""
+        player = self._players[arm]
+        try:
+            with self._lock:
+                if self._estop and msg.points:
+                    player.counters['rejected'] += 1
+                    player.counters['rejected_estop'] += 1
+                    return
+                player.submit(Trajectory.from_message(msg), self.scene.time, list(self.scene.goal(arm)))
+        except TrajectoryRejected as exc:
+            self.get_logger().warning(
+                f'arm {arm}: joint_trajectory rejected ({exc.reason}): {exc}', throttle_duration_sec=2.0
+            )
+
+    def _play_trajectories(self) -> None:
+        """Each arm's trajectory at this tick's sim time becomes its goal (sim lock held)."""
+        for arm, player in self._players.items():
+            sample = player.sample(self.scene.time) if player.active and not self._estop else None
+            if sample is None:
+                continue
+            names = self.scene.arms[arm].config.joint_names
+            self.scene.command(
+                arm, {n: float(v) for n, v in zip(names, sample.positions, strict=True) if math.isfinite(v)}
+            )
+
     def _on_estop(self, msg: Bool) -> None:
         with self._lock:
+            if msg.data:
+                for player in self._players.values():
+                    player.clear('estop')
             if self.servo_buses:  # servos know nothing of e-stops: the arm drivers stop writing goals
                 self._estop = bool(msg.data)
             elif msg.data and not self._estop:
@@ -398,6 +440,7 @@ class SimRig(Node):
                     self.scene.command(arm, target + offsets[arm])
             self._expert_subtask_update = subtask
         self._apply_servo_buses()
+        self._play_trajectories()
         self.scene.step()
         sim_time = self.scene.time
         states = {
@@ -421,6 +464,8 @@ class SimRig(Node):
         """Restart the episode at `seed` (sim lock held): servos power-cycled, the expert planned again."""
         self.scene.reset(seed)
         self._pending_reset = None
+        for player in self._players.values():
+            player.clear('reset')
         for bus in self.servo_buses.values():
             bus.take_goals()  # goals aimed at the old episode's pose
             bus.power_cycle()
@@ -562,6 +607,11 @@ class SimRig(Node):
                 'estop': self._estop,
                 'commands_accepted': self._commands,
                 'commands_rejected': self._rejected,
+                **{
+                    f'trajectory_{arm}_{key}': value
+                    for arm, player in self._players.items()
+                    for key, value in sorted(player.counters.items())
+                },
                 'pacing_overruns': self._overruns,
                 'frames_rendered': self._frames,
                 'frames_dropped': self._frames_dropped,

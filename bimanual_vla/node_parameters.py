@@ -76,6 +76,15 @@ NODE_PARAMETERS: dict[str, dict[str, str]] = {
     },
     'estop_input': {'keyboard': BOOL, 'device': STRING, 'key': STRING, 'mode': STRING, **_RCLPY},
     'robot_description_publisher': {'rig': STRING, **_RCLPY},
+    'teleop': {
+        'rig': STRING,
+        'leaders': STRING,
+        'armed': BOOL,
+        'ramp': BOOL,
+        'ramp_velocity_rad_s': DOUBLE,
+        'follower_max_age_s': DOUBLE,
+        **_RCLPY,
+    },
 }
 
 

@@ -238,7 +238,7 @@ class SimRig(Node):
     def _create_publishers(self) -> None:
         self._clock_pub = self.create_publisher(Clock, topics.CLOCK, topics.CLOCK_QOS)
         if not self.servo_buses:  # with buses, joint_states is the arm drivers' alone
-            self._joint_pub = self.create_publisher(JointState, topics.JOINT_STATES, topics.SENSOR_QOS)
+            self._joint_pub = self.create_publisher(JointState, topics.JOINT_STATES, topics.STATE_QOS)
         self._success_pub = self.create_publisher(Bool, topics.SIM_SUCCESS, topics.LATCHED_QOS)
         self._subtask_pub = self.create_publisher(String, topics.SIM_EXPERT_SUBTASK, topics.LATCHED_QOS)
         self._diag_pub = self.create_publisher(DiagnosticArray, topics.DIAGNOSTICS, topics.DIAGNOSTICS_QOS)
@@ -267,7 +267,7 @@ class SimRig(Node):
                     JointState,
                     topics.arm_command(arm.name),
                     lambda msg, a=arm.name: self._on_command(a, msg),
-                    topics.COMMAND_QOS,
+                    topics.COMMAND_INPUT_QOS,
                 )
                 self.create_subscription(
                     JointTrajectory,
@@ -276,7 +276,7 @@ class SimRig(Node):
                     topics.TRAJECTORY_QOS,
                 )
         subscribe_from_any_publisher(self, Bool, topics.ESTOP, self._on_estop, latched=True)
-        self.create_subscription(Int64, topics.SIM_RESET_SEED, self._on_reset_seed, topics.RELIABLE_QOS)
+        subscribe_from_any_publisher(self, Int64, topics.SIM_RESET_SEED, self._on_reset_seed, latched=False)
         self.create_service(Trigger, topics.SIM_RESET, self._on_reset)
         self.create_timer(1.0, self._publish_diagnostics)
 

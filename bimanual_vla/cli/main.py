@@ -34,6 +34,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     'bimanual_vla.cli.commands.collect',
     'bimanual_vla.cli.commands.train',
     'bimanual_vla.cli.commands.eval_sim',
+    'bimanual_vla.cli.commands.teleop',
 )
 
 

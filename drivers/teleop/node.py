@@ -120,7 +120,7 @@ class TeleopNode(Node):
             for c in self.channels
         }
         self.leader_pubs = {
-            c.arm: self.create_publisher(JointState, topics.leader_joint_states(c.arm), topics.RELIABLE_QOS)
+            c.arm: self.create_publisher(JointState, topics.leader_joint_states(c.arm), topics.STATE_QOS)
             for c in self.channels
         }
         self.diag_pub = self.create_publisher(DiagnosticArray, topics.DIAGNOSTICS, topics.DIAGNOSTICS_QOS)

@@ -36,7 +36,7 @@ def find_executable(package: str, executable: str) -> str | None:
         return None
     try:
         prefix = get_package_prefix(package)
-    except (PackageNotFoundError, ValueError):
+    except (PackageNotFoundError, ValueError, OSError):  # OSError: AMENT_PREFIX_PATH unset (nothing sourced)
         return None
     libexec = os.path.join(prefix, 'lib', package)
     if not os.path.isdir(libexec):
@@ -46,7 +46,11 @@ def find_executable(package: str, executable: str) -> str | None:
 
 def ros2_launch_hint(find: Callable[[str, str], str | None] | None = None) -> str | None:
     """One line on how to get `ros2 launch bimanual_vla ...`, or None where it works already."""
-    if importlib.util.find_spec('launch_ros') is None:
+    try:
+        has_launch_ros = importlib.util.find_spec('launch_ros') is not None
+    except ValueError:  # imported already, without a spec (a stand-in module)
+        has_launch_ros = True
+    if not has_launch_ros:
         return PIP_HINT
     if (find or find_executable)(PACKAGE, 'policy_node') is None:
         return COLCON_HINT

@@ -315,6 +315,8 @@ def test_find_executable_looks_where_launch_ros_looks(tmp_path, monkeypatch) -> 
     assert launch_availability.find_executable('fake_pkg', 'not_executable') is None
     assert launch_availability.find_executable('fake_pkg', 'other_node') is None
     assert launch_availability.find_executable('no_such_pkg', 'fake_node') is None
+    monkeypatch.delenv('AMENT_PREFIX_PATH')  # nothing sourced: ament_index raises, the answer is "not found"
+    assert launch_availability.find_executable('fake_pkg', 'fake_node') is None
 
 
 def test_ros2_launch_hint_names_the_way_to_get_it(monkeypatch) -> None:

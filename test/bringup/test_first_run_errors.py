@@ -18,11 +18,13 @@ import pytest
 import yaml
 
 from bimanual_vla.config import resolve_rig_path, share_dir
+from bimanual_vla.node_parameters import NODE_PARAMETERS
 
 pytestmark = pytest.mark.ros
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED_CHECKPOINT = share_dir() / 'checkpoints' / 'aloha_transfer_cube'
+POLICY_NODE_PARAMETERS = ', '.join(sorted(NODE_PARAMETERS['policy_node']))  # as the error lists them
 
 
 def cli(*args: str, timeout: float = 180.0) -> subprocess.CompletedProcess[str]:
@@ -104,8 +106,7 @@ def test_first_run_on_a_real_rig_starts_drivers_and_cameras_with_the_policy_off(
         (
             ['--set', 'policy_node.inference.num_steps=-1'],
             'error: --set policy_node.inference.num_steps: policy_node declares no parameter inference.num_steps '
-            '(its parameters: checkpoint, chunking, enabled, markers_every_n_chunks, policy, rig, '
-            'start_type_description_service, use_sim_time)',
+            f'(its parameters: {POLICY_NODE_PARAMETERS})',
         ),
         (['--set', 'sim_rig.seed=abc'], "error: --set sim_rig.seed: must be an integer, got 'abc'"),
         (['--set', 'sim_rig.seed=1.5'], 'error: --set sim_rig.seed: must be an integer, got 1.5'),
@@ -200,8 +201,7 @@ def test_demo_refuses_a_policy_driver_it_has_no_checkpoint_for_in_one_line(tmp_p
             'policy_node',
             ['rig:=aloha_sim', 'inference.num_steps:=-1'],
             'policy_node: error: parameter inference.num_steps: policy_node declares no parameter '
-            'inference.num_steps (its parameters: checkpoint, chunking, enabled, markers_every_n_chunks, policy, '
-            'rig, start_type_description_service, use_sim_time)',
+            f'inference.num_steps (its parameters: {POLICY_NODE_PARAMETERS})',
         ),
         (
             'policy_node',

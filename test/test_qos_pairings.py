@@ -67,8 +67,13 @@ AUDIT: dict[str, tuple[QoSProfile | None, list[QoSProfile], QoSProfile | str | N
         topics.COMMAND_INPUT_QOS,
         [DEFAULT, SYSTEM_DEFAULT, BEST_EFFORT, topics.COMMAND_QOS],
     ),
-    'arms/<arm>/joint_trajectory': (None, [], topics.TRAJECTORY_QOS, [DEFAULT, SYSTEM_DEFAULT]),
-    'leader/<arm>/joint_states': (topics.RELIABLE_QOS, [DEFAULT, SENSOR_DATA, MOVEIT_STATE], None, []),
+    'arms/<arm>/joint_trajectory': (
+        topics.TRAJECTORY_QOS,
+        [DEFAULT, SYSTEM_DEFAULT],
+        topics.TRAJECTORY_QOS,
+        [DEFAULT, SYSTEM_DEFAULT],
+    ),
+    'leader/<arm>/joint_states': (topics.STATE_QOS, [DEFAULT, SENSOR_DATA, MOVEIT_STATE], None, []),
     'estop': (topics.LATCHED_QOS, [DEFAULT, LATCHED_READER], ANY_PUBLISHER, [DEFAULT, BEST_EFFORT, LATCHED_WRITER]),
     'policy/task': (
         topics.LATCHED_QOS,

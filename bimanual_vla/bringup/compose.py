@@ -84,9 +84,12 @@ def instantiate(spec: NodeSpec, context: Context | None = None) -> Node:
     The parameters are checked against what the node declares first (bimanual_vla/node_parameters.py):
     one it does not declare, or a value of the wrong type, is a ConfigError naming the node and the
     parameter, raised before the node exists. A whole number for a double (`--set
-    sim_rig.render_rate_hz=0`, which YAML types as an integer) is taken as that double.
+    sim_rig.render_rate_hz=0`, which YAML types as an integer) is taken as that double. A bad
+    calibration file is raised as a ConfigError too: every user error of a bringup is one line.
     """
     from rclpy.exceptions import InvalidParameterTypeException
+
+    from bimanual_vla.drivers.servo.calibration import CalibrationError
 
     params = check_overrides(spec.executable, spec.parameters, f'node {spec.name}: parameter ', convert=True)
     overrides = [Parameter(key, value=value) for key, value in params.items()]
@@ -96,6 +99,8 @@ def instantiate(spec: NodeSpec, context: Context | None = None) -> Node:
         )
     except InvalidParameterTypeException as exc:  # the table and the node disagree: still one line
         raise ConfigError(f'node {spec.name}: {type_exception_text(exc)}') from None
+    except CalibrationError as exc:  # the user's calibration file: one line, like any ConfigError
+        raise ConfigError(str(exc)) from None
 
 
 @dataclass

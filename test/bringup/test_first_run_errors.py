@@ -32,10 +32,13 @@ def cli(*args: str, timeout: float = 180.0) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO, check=False)
 
 
-def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
-    """The single line a failed command printed (exit status 2, nothing else on stderr)."""
+def one_error_line(result: subprocess.CompletedProcess[str], *, logs: bool = False) -> str:
+    """The single line a failed command printed (exit status 2, nothing else on stderr).
+
+    `logs`: nodes started before the failure may have logged (`[INFO] [...]` lines): leave those out.
+    """
     assert result.returncode == 2, result.stdout + result.stderr
-    lines = result.stderr.strip().splitlines()
+    lines = [line for line in result.stderr.strip().splitlines() if not (logs and line.startswith('['))]
     assert len(lines) == 1, result.stderr
     return lines[0]
 
@@ -238,3 +241,12 @@ def test_node_executables_refuse_bad_parameters_in_one_line(executable: str, par
         cmd += ['-p', param]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=REPO, check=False)
     assert one_error_line(result) == expected
+
+
+def test_a_bad_calibration_file_ends_in_one_line(so101_on_ptys) -> None:
+    rig, _ = so101_on_ptys
+    calibration = Path(yaml.safe_load(rig.read_text())['arms'][0]['calibration'])
+    calibration.write_text('{"format": "bimanual_vla.calibration", "arm": "left"')  # cut short
+    result = cli('run', '--rig', str(rig), '--policy', 'none', '--no-estop-key', '--duration', '5')
+    line = one_error_line(result, logs=True)
+    assert line.startswith(f'error: {calibration}: not valid JSON: '), line

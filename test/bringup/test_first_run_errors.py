@@ -250,3 +250,8 @@ def test_a_bad_calibration_file_ends_in_one_line(so101_on_ptys) -> None:
     result = cli('run', '--rig', str(rig), '--policy', 'none', '--no-estop-key', '--duration', '5')
     line = one_error_line(result, logs=True)
     assert line.startswith(f'error: {calibration}: not valid JSON: '), line
+
+
+def test_a_bad_estop_key_ends_in_one_line() -> None:
+    result = cli('run', '--rig', 'aloha_sim', '--policy', 'none', '--estop-device-key', 'NOPE', timeout=60)
+    assert one_error_line(result).startswith("error: --estop-device-key: unknown key 'NOPE': use a number")

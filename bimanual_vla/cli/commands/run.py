@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bimanual_vla.config import check_rig_files, load_rig, resolve_rig_path
+from bimanual_vla.config import ConfigError, check_rig_files, load_rig, resolve_rig_path
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -79,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
     from bimanual_vla.bringup.nodes import NodeSpec, rig_nodes
     from bimanual_vla.bringup.preflight import apply_set, parse_set, policy_for_rig
     from bimanual_vla.bringup.supervision import RestartPolicy
+    from bimanual_vla.drivers.estop.input import parse_key
     from bimanual_vla.node_parameters import check_overrides
 
     rig = load_rig(args.rig)
@@ -93,6 +94,10 @@ def run(args: argparse.Namespace) -> int:
     if policy is None:
         overrides.pop('policy_node', None)  # checked above; no policy node to take them
     nodes = rig_nodes(args.rig, policy=policy, sim_overrides=checked.get('sim_rig'))
+    try:
+        parse_key(args.estop_device_key)
+    except ValueError as exc:
+        raise ConfigError(f'--estop-device-key: {exc}') from None
     if args.estop_key or args.estop_device:  # composed here: it reads this process's terminal
         estop = {'keyboard': args.estop_key, 'device': args.estop_device, 'key': args.estop_device_key}
         nodes.append(NodeSpec('estop_input', 'estop_input', {**estop, 'mode': args.estop_pedal_mode}))

@@ -13,6 +13,7 @@ a single Node exists. test_launch_pytest.py runs the real launch where a ROS dis
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import sys
@@ -330,3 +331,58 @@ def test_ros2_launch_hint_names_the_way_to_get_it(monkeypatch) -> None:
     monkeypatch.setattr(importlib.util, 'find_spec', find_spec)
     assert launch_availability.ros2_launch_hint(found_except('bimanual_vla')) == launch_availability.COLCON_HINT
     assert launch_availability.ros2_launch_hint(found_except()) is None
+
+
+def _colcon() -> str | None:
+    import shutil
+
+    return os.environ.get('BIMANUAL_COLCON') or shutil.which('colcon')
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_colcon() is None, reason='colcon not found (BIMANUAL_COLCON unset, not on PATH)')
+def test_after_a_colcon_build_every_executable_of_this_package_is_where_launch_ros_looks(tmp_path) -> None:
+    """A real colcon install on AMENT_PREFIX_PATH: the launch plan finds this package's executables
+    (robot_state_publisher and rviz2 are not in that prefix: left out with their warnings)."""
+    import shutil
+    import subprocess
+
+    source = tmp_path / 'ws' / 'src' / 'bimanual_vla'
+    listed = subprocess.run(['git', 'ls-files', '-co', '--exclude-standard', '-z'], cwd=ROOT, capture_output=True)
+    for rel in filter(None, listed.stdout.decode().split('\0')):  # the working tree, as test_package_metadata
+        if (ROOT / rel).is_file():
+            (source / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / rel, source / rel)
+    env = {k: v for k, v in os.environ.items() if k not in ('PYTHONPATH', 'AMENT_PREFIX_PATH')}
+    build = subprocess.run(
+        [_colcon(), 'build', '--base-paths', 'src'], cwd=tmp_path / 'ws', env=env, capture_output=True, text=True
+    )
+    assert build.returncode == 0, build.stdout[-2000:] + build.stderr[-2000:]
+    prefix = tmp_path / 'ws' / 'install' / 'bimanual_vla'
+    probe = (
+        'import json\n'
+        'from bimanual_vla.bringup import launch_actions as la\n'
+        "p = la.plan(la.sim_processes('aloha_sim', 'default', task='transfer_cube', seed='0', rviz=True, record='b'))\n"
+        'print(json.dumps([[x.package, x.executable] for x in p.processes] + [p.warnings]))\n'
+    )
+    run = subprocess.run(
+        [sys.executable, '-c', probe],
+        cwd=tmp_path,
+        env={
+            **env,
+            'AMENT_PREFIX_PATH': str(prefix),
+            'PYTHONPATH': str(next(prefix.glob('lib/python3.*/site-packages'))),
+        },
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    *processes, warnings = json.loads(run.stdout)
+    assert processes == [
+        ['bimanual_vla', 'sim_rig'],
+        ['bimanual_vla', 'policy_node'],
+        ['bimanual_vla', 'robot_description_publisher'],
+        ['bimanual_vla', 'bimanual-vla'],
+    ]
+    assert [w.split(' ')[0] for w in warnings] == ['robot_state_publisher/robot_state_publisher', 'rviz2/rviz2']

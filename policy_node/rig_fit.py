@@ -23,7 +23,7 @@ def commanded_arms(
     rig_joints = set(rig.all_joint_names())
     unknown = [n for n in joint_names if n not in rig_joints]
     if unknown:
-        raise ConfigError(f'checkpoint joints {unknown} are not joints of rig {rig.name!r}')
+        raise ConfigError(f'checkpoint joints {_some(unknown)} are not joints of rig {rig.name!r}')
     arms: dict[str, tuple[list[str], np.ndarray]] = {}
     cols = {n: i for i, n in enumerate(joint_names)}
     for arm in rig.arms:
@@ -37,6 +37,13 @@ def commanded_arms(
         else:
             warn(f'arm {arm.name!r} is not in the checkpoint: it will not be commanded')
     return arms
+
+
+def _some(names: list[str], shown: int = 4) -> str:
+    """`names` as a list, the first few of a long one: an error stays one readable line."""
+    if len(names) <= shown:
+        return str(names)
+    return f'{str(names[:shown])[:-1]}, ... {len(names)} in all]'
 
 
 def check_cameras(rig: RigConfig, camera_names: list[str]) -> None:

@@ -30,3 +30,12 @@ def test_a_checkpoint_joint_or_camera_the_rig_lacks_is_refused() -> None:
     check_cameras(rig, ['top', 'left_wrist'])
     with pytest.raises(ConfigError, match=r"checkpoint expects cameras \['front'\] that rig 'aloha_sim' does not"):
         check_cameras(rig, ['top', 'front'])
+
+
+def test_a_checkpoint_of_another_rig_is_refused_in_one_short_line() -> None:
+    with pytest.raises(ConfigError) as err:
+        commanded_arms(load_rig('so101_bimanual'), LEFT, print)  # the ALOHA's joints on an SO-101 (gripper: both)
+    assert str(err.value) == (
+        "checkpoint joints ['left_waist', 'left_shoulder', 'left_elbow', 'left_forearm_roll', ... 6 in all] "
+        "are not joints of rig 'so101_bimanual'"
+    )

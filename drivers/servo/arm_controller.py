@@ -144,7 +144,8 @@ class ArmController:
         self.filter.set_enabled(torque_on_start)
         self.torque_wanted = torque_on_start
         self.clock = clock
-        self._clock_now: float | None = None  # the trajectory clock at the latest cycle
+        self._clock_now: float | None = None  # the trajectory clock at the latest cycle's write
+        self._clock_given: float | None = None  # the cycle's clock_now argument, if any
         self.player = TrajectoryPlayer(self.qualified_names, log=self._log_trajectory)
 
         self.bus: ServoBus | None = None
@@ -419,10 +420,11 @@ class ArmController:
         """One read (+ write) cycle. Returns the reading, or None while not connected.
 
         ``now``: monotonic seconds (the filter's ramp and watchdog); ``clock_now``: the trajectory
-        clock's time of this cycle (default: ``clock()``).
+        clock's time of this cycle's write (default: ``clock()`` read after the servos' reply, just
+        before the goals go out, so a trajectory's value is the one for the moment it is written).
         """
         now = time.monotonic() if now is None else now
-        self._clock_now = self.clock() if clock_now is None else clock_now
+        self._clock_given = clock_now
         with self.lock:
             self.stats.cycles += 1
             if not self.connected:
@@ -488,8 +490,9 @@ class ArmController:
 
     def _play_trajectory(self, now: float) -> None:
         """The trajectory's value at this cycle's clock time becomes the filter's command."""
-        if self.filter.estopped or self._clock_now is None:  # e-stop drops the trajectory; never played through it
+        if self.filter.estopped or not self.player.active:  # e-stop drops the trajectory; never played through it
             return
+        self._clock_now = self.clock() if self._clock_given is None else self._clock_given
         sample = self.player.sample(self._clock_now)
         if sample is None:
             return

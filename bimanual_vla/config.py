@@ -408,7 +408,9 @@ class RigConfig(_Strict):
         for lead in leaders:
             arm = arms.get(lead.follower)
             if arm is None:
-                raise ValueError(f'leader {lead.name}: follower {lead.follower!r} is not an arm of this rig {list(arms)}')
+                raise ValueError(
+                    f'leader {lead.name}: follower {lead.follower!r} is not an arm of this rig {list(arms)}'
+                )
             if lead.port in ports:
                 raise ValueError(f'leader {lead.name}: port {lead.port} is also the port of {ports[lead.port]}')
             ports[lead.port] = f'leader {lead.name}'
@@ -416,7 +418,8 @@ class RigConfig(_Strict):
             missing = [j for j in driven if j not in arm.joint_names]
             if missing:
                 raise ValueError(
-                    f'leader {lead.name}: follower joint(s) {missing} are not joints of arm {arm.name} {arm.joint_names}'
+                    f'leader {lead.name}: follower joint(s) {missing} are not joints of arm {arm.name} '
+                    f'{arm.joint_names}'
                 )
             if lead.gripper is not None:
                 if arm.gripper is None:

@@ -33,12 +33,12 @@ K = 2 * math.pi / 4096
 GRIPPER = {'joint': 'gripper', 'leader_closed': 0.0, 'leader_open': 1.0, 'follower_closed': 0.0, 'follower_open': 0.5}
 
 
-def calibration(arm: str, **joints: dict) -> dict:
+def calibration(arm: str, protocol: str = 'feetech', **joints: dict) -> dict:
     base = {'homing_offset': 0, 'range_min': 0, 'range_max': 4095, 'direction': 1, 'zero_ticks': 2048}
     return {
         'format': 'bimanual_vla.calibration',
         'arm': arm,
-        'protocol': 'feetech',
+        'protocol': protocol,
         'joints': {n: {**base, 'id': i, **joints.get(n, {})} for i, n in enumerate(NAMES, 1)},
     }
 
@@ -60,12 +60,12 @@ def still_motion(pose: list[float]) -> Motion:
 class TeleopHarness:
     """Leader emulator + motion, follower emulator + arm_driver, the teleop node, and a peer that watches."""
 
-    def __init__(self, tmp_path: Path, context, spin, motion: Motion, **params) -> None:
+    def __init__(self, tmp_path: Path, context, spin, motion: Motion, protocol: str = 'feetech', **params) -> None:
         from bimanual_vla.drivers.servo.emulator import ServoBusEmulator
 
         self.tmp_path, self.context, self._spin, self.params = tmp_path, context, spin, params
-        self.follower = ServoBusEmulator('feetech', range(1, 7), max_speed_ticks_per_s=4000)
-        self.leader = ServoBusEmulator('feetech', range(1, 7))
+        self.follower = ServoBusEmulator(protocol, range(1, 7), max_speed_ticks_per_s=4000)
+        self.leader = ServoBusEmulator(protocol, range(1, 7))
         self.goals: list[tuple[float, int, int]] = []
         self.follower.on_goal = lambda sid, ticks: self.goals.append((time.monotonic(), sid, ticks))
         links = {'follower': tmp_path / 'ttyF', 'leader': tmp_path / 'ttyL'}
@@ -73,8 +73,8 @@ class TeleopHarness:
         os.symlink(self.leader.start(), links['leader'])
         # The follower's wrist_flex is mounted reversed, the leader's shoulder_pan sits 300 ticks off centre.
         f_cal, l_cal = tmp_path / 'follower.json', tmp_path / 'leader.json'
-        f_cal.write_text(json.dumps(calibration('left', wrist_flex={'direction': -1})))
-        l_cal.write_text(json.dumps(calibration('left_leader', shoulder_pan={'zero_ticks': 1748})))
+        f_cal.write_text(json.dumps(calibration('left', protocol, wrist_flex={'direction': -1})))
+        l_cal.write_text(json.dumps(calibration('left_leader', protocol, shoulder_pan={'zero_ticks': 1748})))
         self.follower_cal = load_calibration(f_cal)
         self.leader_cal = load_calibration(l_cal)
         rig = {
@@ -83,7 +83,7 @@ class TeleopHarness:
             'arms': [
                 {
                     'name': 'left',
-                    'protocol': 'feetech',
+                    'protocol': protocol,
                     'port': str(links['follower']),
                     'calibration': str(f_cal),
                     'gripper': 'gripper',
@@ -93,7 +93,7 @@ class TeleopHarness:
             'leaders': [
                 {
                     'name': 'left_leader',
-                    'protocol': 'feetech',
+                    'protocol': protocol,
                     'port': str(links['leader']),
                     'calibration': str(l_cal),
                     'follower': 'left',
@@ -193,8 +193,8 @@ class TeleopHarness:
 def harness(tmp_path: Path, ros_context, spin):
     made: list[TeleopHarness] = []
 
-    def make(motion: Motion, **params) -> TeleopHarness:
-        made.append(TeleopHarness(tmp_path, ros_context, spin, motion, **params).start())
+    def make(motion: Motion, protocol: str = 'feetech', **params) -> TeleopHarness:
+        made.append(TeleopHarness(tmp_path, ros_context, spin, motion, protocol, **params).start())
         return made[-1]
 
     yield make
@@ -209,10 +209,16 @@ def expected_follower(motion: Motion, t: float) -> np.ndarray:
     return pose
 
 
-def test_the_follower_tracks_the_leader_through_both_calibrations(harness) -> None:
+@pytest.mark.parametrize('protocol', ['feetech', 'dynamixel'])  # SO-101 and Koch leader/follower pairs
+def test_the_follower_tracks_the_leader_through_both_calibrations(harness, protocol: str) -> None:
     motion = sine_motion(4.0)
-    h = harness(motion)
+    h = harness(motion, protocol)
     assert h.spin(lambda: h.state() == 'engaged', 15), h.reason()
+    trigger = h.leader.servo(6)  # Koch: the trigger is a current-limited spring; SO-101: limp like the rest
+    assert trigger.torque_enabled == (protocol == 'dynamixel')
+    assert not any(h.leader.servo(sid).torque_enabled for sid in range(1, 6))
+    if protocol == 'dynamixel':
+        assert trigger.read_register('operating_mode') == 5
     assert h.spin(lambda: h.player.finished, 15)
     # The motion ends still: the follower ends where the leader's pose maps to, joint by joint.
     final = expected_follower(motion, motion.duration_s)

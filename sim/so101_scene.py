@@ -53,6 +53,17 @@ CUBE_RANGE = ((0.15, 0.25), (-0.27, -0.17))  # in front of the right arm (x, y i
 BAR_HALF = (0.012, 0.15, 0.012)  # along y
 BAR_RANGE = ((0.18, 0.24), (-0.02, 0.02))
 BAR_YAW = 0.1  # rad, either way
+# Collision bits (contype, conaffinity); two geoms touch when one's contype shares a bit with the other's
+# conaffinity. The jaws' mesh geoms are convex hulls of concave parts: they fill the space between the
+# jaws and would push an object out before the pads close on it. So objects touch the jaws only through
+# the fingertip pads (which the MJCF provides for this, inert by default), and every other arm link,
+# the table and each other as usual; the jaw hulls still touch the table, the links and the other arm.
+LINK_COLLISION = (5, 1)  # arm links other than the jaws: bit 1 (the MJCF's) and bit 4 (objects)
+PAD_COLLISION = (2, 2)
+SURFACE_COLLISION = (3, 1)  # table: bit 1 for the arms, bit 2 for objects and pads
+OBJECT_COLLISION = (2, 6)  # objects: pads and surfaces (bit 2), links (bit 4); not the jaw hulls (bit 1 only)
+ARM_BODIES = ('base', 'shoulder', 'upper_arm', 'lower_arm', 'wrist', 'gripper', 'moving_jaw_so101_v1')
+OBJECT_SOLREF = (0.004, 1.0)  # stiffer contacts than MuJoCo's default (0.02): a squeezed object sinks in < 1 mm
 LIFT_HEIGHT = 0.05  # m the bar must rise for lift_bar's success
 LEVEL_TILT = 0.15  # rad: the bar's axis within this of horizontal counts as level
 
@@ -176,6 +187,8 @@ def build_spec(rig: RigConfig, task: str, mesh_grid_m: float = MESH_GRID_M) -> m
     world.add_geom(
         name='table',
         type=mujoco.mjtGeom.mjGEOM_BOX,
+        contype=SURFACE_COLLISION[0],
+        conaffinity=SURFACE_COLLISION[1],
         size=list(TABLE_HALF),
         pos=[TABLE_CENTRE[0], TABLE_CENTRE[1], -TABLE_HALF[2]],
         rgba=[0.55, 0.42, 0.3, 1],
@@ -193,9 +206,12 @@ def build_spec(rig: RigConfig, task: str, mesh_grid_m: float = MESH_GRID_M) -> m
                 mesh.userface = faces.reshape(-1).tolist()
         frame = world.add_frame(pos=pose[:3, 3].tolist(), quat=_quat(pose[:3, :3]))
         spec.attach(child, prefix=f'{arm}/', frame=frame)
-        for pad in ('fixed_jaw_pad', 'moving_jaw_pad'):
-            geom = spec.geom(f'{arm}/{pad}')
-            geom.contype, geom.conaffinity = 1, 1
+        for body in ARM_BODIES:
+            for geom in spec.body(f'{arm}/{body}').geoms:
+                if geom.name.endswith('_jaw_pad'):
+                    geom.contype, geom.conaffinity = PAD_COLLISION
+                elif geom.contype and body not in GRIPPER_BODIES:
+                    geom.contype, geom.conaffinity = LINK_COLLISION
     for cam, (body, pose) in camera_poses.items():
         parent = world if body is None else spec.body(body)
         parent.add_camera(name=cam, pos=pose[:3, 3].tolist(), quat=_quat(pose[:3, :3]), fovy=_fovy(cam))
@@ -210,6 +226,9 @@ def build_spec(rig: RigConfig, task: str, mesh_grid_m: float = MESH_GRID_M) -> m
             rgba=[0.85, 0.1, 0.1, 1],
             friction=[1.5, 0.01, 0.001],
             condim=4,
+            solref=list(OBJECT_SOLREF),
+            contype=OBJECT_COLLISION[0],
+            conaffinity=OBJECT_COLLISION[1],
         )
     else:
         bar = world.add_body(name='bar', pos=[0.2, 0.0, BAR_HALF[2]])
@@ -222,6 +241,9 @@ def build_spec(rig: RigConfig, task: str, mesh_grid_m: float = MESH_GRID_M) -> m
             rgba=[0.1, 0.3, 0.85, 1],
             friction=[1.5, 0.01, 0.001],
             condim=4,
+            solref=list(OBJECT_SOLREF),
+            contype=OBJECT_COLLISION[0],
+            conaffinity=OBJECT_COLLISION[1],
         )
     return spec
 

@@ -228,22 +228,28 @@ def test_the_follower_tracks_the_leader_through_both_calibrations(harness, proto
         return all(goals[n] and abs(goals[n][-1][1] - final[i]) <= 1.5 * K for i, n in enumerate(NAMES))
 
     assert h.spin(arrived, 10)
-    present = [h.follower_cal.to_radians(n, h.follower.servo(i).present_position) for i, n in enumerate(NAMES, 1)]
-    assert present == pytest.approx(final.tolist(), abs=1.5 * K)
+
+    def present() -> list[float]:
+        return [h.follower_cal.to_radians(n, h.follower.servo(i).present_position) for i, n in enumerate(NAMES, 1)]
+
+    # and the servos get there (they move at their own speed after the last goal)
+    assert h.spin(lambda: np.max(np.abs(np.array(present()) - final)) <= 1.5 * K, 5), present()
     # On the way, every goal written was a pose the leader had been in (within a tick and a half), never
     # one it had not reached yet: the follower followed rather than led or wandered.
     start = h.player._t0
-    grid = np.arange(0.0, motion.duration_s + 0.005, 0.005)
+    # The leader's path sampled every 0.5 ms (linear between the motion's 10 ms samples; 0.5 ms of it is
+    # at most 0.3 tick), so within a tick and a half means the two roundings to ticks and no more.
+    grid = np.arange(0.0, motion.duration_s + 0.0005, 0.0005)
     path = np.stack([expected_follower(motion, t) for t in grid])
     goals = h.follower_goal_rad(since=start + 0.5)  # after engaging
     for i, name in enumerate(NAMES):
         assert len({round(v, 6) for _, v in goals[name]}) > 50, name  # it moved, goal after goal
         for t, value in goals[name]:
-            reached = path[grid <= t - start + 0.005, i]
+            reached = path[: np.searchsorted(grid, t - start, side='right'), i]
             assert np.min(np.abs(reached - value)) <= 1.5 * K, (name, t - start, value)
     # What the leader asked for went out on leader/left/joint_states, in follower joint names.
     assert list(h.leader_states[-1].name) == QUALIFIED
-    assert list(h.leader_states[-1].position) == pytest.approx(final.tolist(), abs=1.5 * K)
+    assert h.spin(lambda: np.max(np.abs(np.array(h.leader_states[-1].position) - final)) <= 1.5 * K, 5)
 
 
 def test_a_silent_leader_makes_the_follower_hold_and_says_why(harness) -> None:
@@ -259,12 +265,12 @@ def test_a_silent_leader_makes_the_follower_hold_and_says_why(harness) -> None:
     assert h.diags[-1].level == b'\x02' and h.diags[-1].message.startswith('leader silent for')
     lost_at = time.monotonic()
     h.spin(lambda: False, 1.5)  # the leader keeps moving in the hand; nothing reaches the follower
-    assert not [c for c in h.commands if c[0] > lost_at + 0.1]
-    held = h.follower_goal_rad(since=lost_at + 0.2)
+    assert not [e for e in h.node.command_log if e[1] > lost_at]  # no command from a reading since
+    held = h.follower_goal_rad(since=lost_at + 0.5)
     for name in NAMES:
         values = {round(v, 9) for _, v in held[name]}
         assert len(values) <= 1, (name, values)  # the driver holds its last target
-    # Back after 1.5 s of a 4 s sine: the leader has moved on, so teleop does not simply resume.
+    # Back: teleop resumes only through the start check (too_far where the leader moved on meanwhile).
     h.leader.faults.missing_ids = set()
     assert h.spin(lambda: h.state() in ('too_far', 'engaged') and h.state() != 'leader_lost', 5), h.reason()
     assert time.monotonic() - silent_at > 1.5
@@ -279,17 +285,18 @@ def test_estop_stops_teleop_until_released_and_rearmed(harness) -> None:
     assert h.spin(lambda: h.state() == 'estop', 5), h.reason()
     stopped = time.monotonic()
     h.spin(lambda: False, 0.5)
-    assert not [c for c in h.commands if c[0] > stopped + 0.1]
+    assert not [e for e in h.node.command_log if e[1] > stopped]  # no reading since became a command
     h.estop_pub.publish(Bool(data=False))
     assert h.spin(lambda: h.state() == 'disarmed', 5), h.reason()
     assert 're-arm teleop (teleop/enable)' in h.reason()
     released = time.monotonic()
     h.spin(lambda: False, 0.5)
-    assert not [c for c in h.commands if c[0] > released + 0.1]  # released is not re-armed
+    assert not [e for e in h.node.command_log if e[1] > released]  # released is not re-armed
     response = h.call_enable(True)
     assert response.success and response.message == 'left: armed'
     assert h.spin(lambda: h.state() == 'engaged', 5), h.reason()
-    assert h.spin(lambda: any(c[0] > released + 0.5 for c in h.commands), 5)
+    assert h.spin(lambda: any(e[1] > released + 0.5 for e in h.node.command_log), 5)
+    assert h.spin(lambda: any(c[0] > released + 0.5 for c in h.commands), 5)  # and they reach the arm
 
 
 def test_teleop_refuses_to_start_when_poses_differ(harness) -> None:

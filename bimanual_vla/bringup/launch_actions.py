@@ -14,6 +14,13 @@ checks every executable exactly where launch_ros will look for it (`find_executa
   instead of robot_state_publisher, this package's `robot_description_publisher` puts the rig's URDF
   on `robot_description` (latched, as robot_state_publisher does; no TF without it).
 
+The policy node is decided as `bimanual-vla run` decides it (`preflight.policy_for_rig`): the shipped
+default policy whose checkpoint does not fit the rig (the ALOHA checkpoint on an SO-101 rig) is left
+out with one warning saying what is missing and how to get it, and the drivers and cameras start; a
+policy file the user named whose checkpoint is missing, broken or made for another rig is a
+ConfigError (one line) before anything starts. A policy node started without a checkpoint it can
+load would exit at once and be respawned every 2 s for ever.
+
 Only `launch_actions` (and `build_actions`) import launch / launch_ros, inside the function, so the
 rest is importable and tested where no ROS distribution is installed. Which nodes a rig has and their
 parameters come from `bimanual_vla.bringup.nodes`, the source `bimanual-vla run` uses too.
@@ -27,8 +34,15 @@ from typing import Any
 
 from bimanual_vla.bringup.launch_availability import COLCON_HINT, PACKAGE, find_executable
 from bimanual_vla.bringup.nodes import NodeSpec, rig_nodes, robot_description
+from bimanual_vla.bringup.preflight import policy_for_rig
 from bimanual_vla.bringup.supervision import LAUNCH_RESPAWN_DELAY_S
-from bimanual_vla.config import share_dir
+from bimanual_vla.config import load_rig, share_dir
+
+# How a launch user gets a checkpoint for a rig that has none: a launch takes a policy file, not --set.
+LAUNCH_HOW_TO_GET_A_CHECKPOINT = (
+    'to drive this rig with a policy, record demonstrations (bimanual-vla record), train on them '
+    '(bimanual-vla train --data BAG --out DIR), then pass policy:=FILE, a policy YAML whose checkpoint: is DIR'
+)
 
 
 @dataclass(frozen=True)
@@ -37,6 +51,8 @@ class ProcessSpec:
 
     `optional` is empty for a process the launch cannot do without; otherwise it says what is lost
     without it (the one warning when its package is missing). `replacement` starts in its place then.
+    `left_out` is the one warning for a process decided against before the check (the default policy
+    without a checkpoint for the rig): `plan` logs it and never looks for the executable.
     """
 
     package: str
@@ -49,6 +65,7 @@ class ProcessSpec:
     exit_message: str = ''
     optional: str = ''
     replacement: ProcessSpec | None = None
+    left_out: str = ''
 
 
 class LaunchPlanError(RuntimeError):
@@ -112,12 +129,35 @@ def replayer_process(bag: str, rate: str) -> ProcessSpec:
     return ProcessSpec(PACKAGE, 'bimanual-vla', arguments=('replay', bag, '--rate', rate))
 
 
+def choose_policy(rig: str, policy: str) -> tuple[str | None, list[ProcessSpec]]:
+    """The policy file the policy node gets (None: no policy node) and the left-out policy node, if any.
+
+    `policy` is the launch argument: '' or 'none' asks for no policy node; 'default' (the launch
+    files' default) is the shipped policy, left out with its one warning where its checkpoint does
+    not fit the rig; any other file is the user's, and a checkpoint of it that does not fit raises
+    ConfigError (`<file>: checkpoint: <dir>: <problem>`).
+    """
+    if policy.strip() == '':
+        return None, []
+    notes: list[str] = []
+    asked = None if policy == 'default' else policy
+    chosen = policy_for_rig(load_rig(rig), asked, {}, notes.append, how_to=LAUNCH_HOW_TO_GET_A_CHECKPOINT)
+    return chosen, [ProcessSpec(PACKAGE, 'policy_node', 'policy_node', left_out=note) for note in notes]
+
+
 def bringup_processes(
-    rig: str, specs: list[NodeSpec], *, use_sim_time: bool, rviz: bool, record: str, record_split_mb: str
+    rig: str,
+    specs: list[NodeSpec],
+    *,
+    use_sim_time: bool,
+    rviz: bool,
+    record: str,
+    record_split_mb: str,
+    left_out: Sequence[ProcessSpec] = (),
 ) -> list[ProcessSpec]:
-    """The rig's nodes plus what every bringup launch adds: robot_state_publisher, and rviz2 and a
-    bag recorder when asked for."""
-    processes = [node_process(s) for s in specs] + [description_processes(rig, use_sim_time)]
+    """The rig's nodes (and the ones `left_out`, for their warnings) plus what every bringup launch
+    adds: robot_state_publisher, and rviz2 and a bag recorder when asked for."""
+    processes = [node_process(s) for s in specs] + list(left_out) + [description_processes(rig, use_sim_time)]
     if rviz:
         processes.append(rviz_process(use_sim_time))
     if record:
@@ -126,9 +166,12 @@ def bringup_processes(
 
 
 def rig_processes(rig: str, policy: str, *, rviz: bool, record: str, record_split_mb: str = '0') -> list[ProcessSpec]:
-    """launch/rig.launch.py: drivers per arm and camera, the policy node (`policy` '' = none)."""
-    specs = rig_nodes(rig, policy=policy or None, use_sim_time=False)
-    return bringup_processes(rig, specs, use_sim_time=False, rviz=rviz, record=record, record_split_mb=record_split_mb)
+    """launch/rig.launch.py: drivers per arm and camera, the policy node (`policy`: see `choose_policy`)."""
+    chosen, left_out = choose_policy(rig, policy)
+    specs = rig_nodes(rig, policy=chosen, use_sim_time=False)
+    return bringup_processes(
+        rig, specs, use_sim_time=False, rviz=rviz, record=record, record_split_mb=record_split_mb, left_out=left_out
+    )
 
 
 def sim_processes(
@@ -146,14 +189,21 @@ def sim_processes(
     sim: dict[str, Any] = {'task': task, 'seed': int(seed)}
     if servo_bus:
         sim['servo_bus'] = servo_bus
-    specs = rig_nodes(rig, policy=policy or None, use_sim_time=True, sim_overrides=sim)
-    return bringup_processes(rig, specs, use_sim_time=True, rviz=rviz, record=record, record_split_mb=record_split_mb)
+    chosen, left_out = choose_policy(rig, policy)
+    specs = rig_nodes(rig, policy=chosen, use_sim_time=True, sim_overrides=sim)
+    return bringup_processes(
+        rig, specs, use_sim_time=True, rviz=rviz, record=record, record_split_mb=record_split_mb, left_out=left_out
+    )
 
 
 def replay_processes(bag: str, rig: str, policy: str, rate: str, *, rviz: bool) -> list[ProcessSpec]:
     """launch/replay.launch.py: the bag (with /clock) and the policy node on bag time, no drivers."""
-    policy_node = NodeSpec('policy_node', 'policy_node', {'rig': rig, 'policy': policy, 'use_sim_time': True})
-    processes = [replayer_process(bag, rate), node_process(policy_node), description_processes(rig, True)]
+    chosen, left_out = choose_policy(rig, policy)
+    processes = [replayer_process(bag, rate), *left_out]
+    if chosen is not None:
+        policy_node = NodeSpec('policy_node', 'policy_node', {'rig': rig, 'policy': chosen, 'use_sim_time': True})
+        processes.append(node_process(policy_node))
+    processes.append(description_processes(rig, True))
     if rviz:
         processes.append(rviz_process(use_sim_time=True))
     return processes
@@ -164,13 +214,16 @@ def replay_processes(bag: str, rig: str, policy: str, rate: str, *, rviz: bool) 
 
 def plan(processes: Sequence[ProcessSpec], find: Callable[[str, str], str | None] | None = None) -> LaunchPlan:
     """Check every executable before anything starts: the processes to start and one warning per
-    optional one left out; LaunchPlanError (one line) if a required one is missing. `find` defaults to
-    `find_executable`."""
+    optional one left out (and per one decided against, `left_out`); LaunchPlanError (one line) if a
+    required one is missing. `find` defaults to `find_executable`."""
     find = find or find_executable
     missing: list[str] = []
     warnings: list[str] = []
     kept: list[ProcessSpec] = []
     for process in processes:
+        if process.left_out:
+            warnings.append(process.left_out)
+            continue
         if find(process.package, process.executable) is not None:
             kept.append(process)
             continue

@@ -98,7 +98,11 @@ def choose_checkpoint(rig: RigConfig, policy: str, checkpoint: str | None, named
 
 
 def policy_for_rig(
-    rig: RigConfig, policy: str | None, overrides: Mapping[str, Any], note: Callable[[str], object]
+    rig: RigConfig,
+    policy: str | None,
+    overrides: Mapping[str, Any],
+    note: Callable[[str], object],
+    how_to: str = HOW_TO_GET_A_CHECKPOINT,
 ) -> str | None:
     """The policy file a rig's policy node gets, or None: no policy node (`policy` 'none').
 
@@ -107,7 +111,8 @@ def policy_for_rig(
     policy_node.checkpoint=DIR`) that is missing, broken or made for another rig is an error
     (ConfigError, one line). The default policy's checkpoint in that case is not: a first run on a rig
     without a checkpoint of its own brings the drivers and cameras up with the policy off, and
-    `note` gets the one line that says why and how to get a checkpoint.
+    `note` gets the one line that says why and how to get a checkpoint (`how_to`: the launch files
+    take a policy file where `run` takes `--set`).
     """
     from bimanual_vla.policy_node.checkpoint import CheckpointError
 
@@ -120,6 +125,6 @@ def policy_for_rig(
     except CheckpointError as exc:  # the policy file itself is fine (a bad one raised ConfigError)
         if named:
             raise
-        note(f'policy off: {exc}; {HOW_TO_GET_A_CHECKPOINT}')
+        note(f'policy off: {exc}; {how_to}')
         return None
     return policy

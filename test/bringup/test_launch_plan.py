@@ -173,8 +173,12 @@ def test_launch_files_start_console_scripts_with_arguments_the_cli_parses(stub_l
             assert params['robot_description'].lstrip().startswith('<?xml')
         if node['executable'] == 'rviz2':
             assert node['arguments'][0] == '-d' and Path(node['arguments'][1]).is_file()
-    assert stub_launch.warnings == []
     executables = [n['executable'] for n in nodes]
+    if case == 'rig-so101':  # the shipped ALOHA checkpoint does not fit the SO-101 rig: policy off
+        assert 'policy_node' not in executables
+        assert [w.split(':')[0] for w in stub_launch.warnings] == ['policy off']
+    else:
+        assert stub_launch.warnings == []
     if 'record' in overrides:
         (recorder,) = [n for n in nodes if n['executable'] == 'bimanual-vla']
         assert recorder['arguments'][:2] == ['record', overrides['record']]
@@ -280,20 +284,96 @@ def test_a_missing_fallback_is_required_too() -> None:
 def test_respawned_nodes_get_an_exit_rule_that_says_why(stub_launch) -> None:
     from bimanual_vla.bringup.supervision import LAUNCH_RESPAWN_DELAY_S
 
-    actions = stub_launch.run('rig.launch.py', {'rig': 'so101_bimanual'})
-    nodes = [a for a in actions if type(a).__name__ == 'Node']
-    rules = [a for a in actions if type(a).__name__ == 'RegisterEventHandler']
-    respawned = [n for n in nodes if n.kwargs.get('respawn')]
-    assert [n.kwargs['executable'] for n in respawned] == ['arm_driver'] * 2 + ['camera_driver'] * 3 + ['policy_node']
-    for node in respawned:
-        assert node.kwargs['respawn_delay'] == LAUNCH_RESPAWN_DELAY_S[node.kwargs['executable']]
-    assert [r.args[0].kwargs['target_action'] for r in rules] == respawned  # one rule per respawned node
+    for name, overrides, expected in [
+        ('rig.launch.py', {'rig': 'so101_bimanual'}, ['arm_driver'] * 2 + ['camera_driver'] * 3),
+        ('sim.launch.py', {'servo_bus': 'feetech'}, ['arm_driver'] * 2 + ['policy_node']),
+    ]:
+        Recorded.made = []
+        actions = stub_launch.run(name, overrides)
+        nodes = [a for a in actions if type(a).__name__ == 'Node']
+        rules = [a for a in actions if type(a).__name__ == 'RegisterEventHandler']
+        respawned = [n for n in nodes if n.kwargs.get('respawn')]
+        assert [n.kwargs['executable'] for n in respawned] == expected
+        for node in respawned:
+            assert node.kwargs['respawn_delay'] == LAUNCH_RESPAWN_DELAY_S[node.kwargs['executable']]
+        assert [r.args[0].kwargs['target_action'] for r in rules] == respawned  # one rule per respawned node
     policy = next(n for n in nodes if n.kwargs['executable'] == 'policy_node')
     rule = next(r for r in rules if r.args[0].kwargs['target_action'] is policy)
     message = rule.args[0].kwargs['on_exit'][0].kwargs['msg']
     assert message.startswith('policy_node exited; the arms hold') and 'respawning in 2 s' in message
     sim = nodes_of(stub_launch.run('sim.launch.py', {'policy': ''}))
     assert 'respawn' not in sim[0]  # a restarted simulator would reset its world
+
+
+# What `bimanual-vla run` decides too (bringup/preflight.py policy_for_rig): the shipped default policy
+# whose checkpoint does not fit the rig is left out with one line, a policy file the user named is an error.
+SHIPPED_CHECKPOINT = ROOT / 'checkpoints' / 'aloha_transfer_cube'
+DEFAULT_POLICY = ROOT / 'config' / 'policy' / 'default.yaml'
+LAUNCH_HOW_TO = (
+    'to drive this rig with a policy, record demonstrations (bimanual-vla record), train on them '
+    '(bimanual-vla train --data BAG --out DIR), then pass policy:=FILE, a policy YAML whose checkpoint: is DIR'
+)
+
+
+@pytest.mark.parametrize(
+    ('name', 'overrides', 'kept'),
+    [
+        ('rig.launch.py', {'rig': 'so101_bimanual'}, ['arm_driver'] * 2 + ['camera_driver'] * 3),
+        ('rig.launch.py', {'rig': 'koch_bimanual', 'policy': 'default'}, ['arm_driver'] * 2 + ['camera_driver'] * 3),
+        ('replay.launch.py', {'bag': '/tmp/bag', 'rig': 'so101_bimanual'}, ['bimanual-vla']),
+    ],
+)
+def test_the_default_policy_without_a_checkpoint_for_the_rig_is_left_out_with_one_warning(
+    stub_launch, name, overrides, kept
+) -> None:
+    nodes = nodes_of(stub_launch.run(name, overrides))
+    executables = [n['executable'] for n in nodes]
+    assert executables[: len(kept)] == kept and 'policy_node' not in executables
+    assert 'robot_state_publisher' in executables  # the rest of the launch starts
+    (warning,) = stub_launch.warnings
+    rig = overrides['rig']
+    assert warning == (
+        f'policy off: {DEFAULT_POLICY}: checkpoint: {SHIPPED_CHECKPOINT}: checkpoint joints '
+        "['left_waist', 'left_shoulder', 'left_elbow', 'left_forearm_roll', ... 12 in all] are not joints of rig "
+        f"'{rig}'; {LAUNCH_HOW_TO}"
+    )
+
+
+@pytest.mark.parametrize('policy', ['', 'none'])
+def test_no_policy_asked_for_starts_no_policy_node_and_says_nothing(stub_launch, policy) -> None:
+    nodes = nodes_of(stub_launch.run('rig.launch.py', {'rig': 'so101_bimanual', 'policy': policy}))
+    assert 'policy_node' not in [n['executable'] for n in nodes]
+    assert stub_launch.warnings == []
+
+
+@pytest.mark.parametrize('checkpoint', ['aloha', 'missing'])
+@pytest.mark.parametrize('name', ['rig.launch.py', 'replay.launch.py'])
+def test_a_checkpoint_the_user_named_that_does_not_fit_stops_the_launch_before_any_node_exists(
+    stub_launch, tmp_path, name, checkpoint
+) -> None:
+    from bimanual_vla.config import ConfigError
+
+    directory = SHIPPED_CHECKPOINT if checkpoint == 'aloha' else tmp_path / 'no_such_checkpoint'
+    policy = tmp_path / 'mine.yaml'
+    policy.write_text(DEFAULT_POLICY.read_text().replace('checkpoints/aloha_transfer_cube', str(directory)))
+    with pytest.raises(ConfigError) as error:
+        stub_launch.run(name, {'rig': 'so101_bimanual', 'policy': str(policy), 'bag': '/tmp/bag'})
+    assert [r for r in Recorded.made if type(r).__name__ == 'Node'] == []  # nothing started, nothing respawned
+    message = str(error.value)
+    assert '\n' not in message and message.startswith(f'{policy}: checkpoint: {directory}: ')
+    if checkpoint == 'aloha':
+        assert message.endswith("are not joints of rig 'so101_bimanual'")
+    else:
+        assert message.endswith('checkpoint directory not found')
+
+
+def test_a_checkpoint_the_user_named_that_fits_gets_the_policy_node(stub_launch, tmp_path) -> None:
+    policy = tmp_path / 'mine.yaml'
+    policy.write_text(DEFAULT_POLICY.read_text().replace('checkpoints/aloha_transfer_cube', str(SHIPPED_CHECKPOINT)))
+    nodes = nodes_of(stub_launch.run('sim.launch.py', {'policy': str(policy)}))
+    assert [n['executable'] for n in nodes][:2] == ['sim_rig', 'policy_node']
+    assert nodes[1]['parameters'][0]['policy'] == str(policy)
+    assert stub_launch.warnings == []
 
 
 def test_find_executable_looks_where_launch_ros_looks(tmp_path, monkeypatch) -> None:

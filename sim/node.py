@@ -72,6 +72,7 @@ from bimanual_vla.sim.servo_bus import (
     twin_buses,
     write_servo_bus_rig,
 )
+from bimanual_vla.sim.so101_expert import So101Expert
 from bimanual_vla.sim.so101_scene import SO101_TASKS, So101Scene
 
 
@@ -204,8 +205,6 @@ class SimRig(Node):
             raise ConfigError(f'render_rate_hz must be >= 0, got {self.render_rate_hz}')
         if width < 0 or height < 0:
             raise ConfigError('camera_width/camera_height must be >= 0')
-        if self.use_expert and sim.task in SO101_TASKS:
-            raise ConfigError(f'{self.get_name()}: the SO-101 twin has no scripted expert yet (task {sim.task})')
         try:
             self.expert_options = expert_options(expert)
             self.expert_options.check_task(sim.task)
@@ -388,6 +387,9 @@ class SimRig(Node):
             self._pending_reset = int(msg.data)
 
     def _start_expert(self) -> None:
+        if self.scene.task in SO101_TASKS:  # the SO-101 twin's expert takes no options (no DART, no aiming)
+            self._expert = So101Expert(self.rig, self.scene.task, self.scene.seed)
+            return
         self._expert = ScriptedExpert(self.rig, self.scene.task, self.scene.seed, options=self.expert_options)
 
     # ------------------------------------------------------------------ physics

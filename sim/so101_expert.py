@@ -267,6 +267,14 @@ class So101Expert:
 
     # ------------------------------------------------------------------ playing
 
+    def observe(self, step: int, object_position: object) -> bool:
+        """The ALOHA expert's hook for re-planning on a measurement; this expert plans once (nothing to do)."""
+        return False
+
+    def offsets(self, step: int) -> dict[str, np.ndarray]:
+        """No DART offsets: zeros, so the sim rig executes the plan as published."""
+        return {arm: np.zeros(plan.shape[1]) for arm, plan in self.joint_plan.items()}
+
     def act(self, step: int) -> tuple[dict[str, np.ndarray], str]:
         """Joint targets (rig order) for control step ``step`` (0 = first tick) and its subtask."""
         k = min(max(int(step), 0), self.num_steps - 1)

@@ -275,3 +275,34 @@ def test_pushing_into_the_table_raises_present_load_and_the_stall_guard_holds(tm
             assert twin.positions('right')[1] < 1.4  # the table stopped it short of the goal
         finally:
             controller.close()
+
+
+@pytest.mark.ros
+@pytest.mark.slow
+def test_the_expert_hands_the_cube_over_through_the_real_drivers(ros_context, spin, tmp_path: Path) -> None:
+    """sim_rig's expert publishes joint commands; the arm_drivers carry them over the emulated buses."""
+    from rclpy.node import Node
+    from std_msgs.msg import Bool, String
+
+    from bimanual_vla import topics
+    from bimanual_vla.bringup.compose import compose
+    from bimanual_vla.bringup.nodes import rig_nodes
+
+    rig_file = str(twin_rig_file(tmp_path))
+    specs = rig_nodes(rig_file, policy=None, sim_overrides={'render_rate_hz': 0.0, 'expert': True, 'seed': 7})
+    probe = Node('so101_expert_probe', context=ros_context)
+    success: list[bool] = []
+    subtasks: list[str] = []
+    probe.create_subscription(Bool, topics.SIM_SUCCESS, lambda m: success.append(m.data), topics.LATCHED_QOS)
+    probe.create_subscription(String, topics.SIM_EXPERT_SUBTASK, lambda m: subtasks.append(m.data), topics.LATCHED_QOS)
+    composition = compose(specs, context=ros_context, extra_nodes=[probe])
+    sim = composition.node('sim_rig')
+    try:
+        assert spin(composition.executor, lambda: bool(success) and success[-1], 40.0), (
+            sim.scene.max_reward_reached,
+            subtasks,
+        )
+        assert sim.servo_buses['left'].goals_received > 0 and sim.servo_buses['right'].goals_received > 0
+        assert 'grasp the cube with the left gripper' in subtasks
+    finally:
+        composition.shutdown()

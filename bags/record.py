@@ -302,14 +302,29 @@ class BagRecorder(Node):
 
 
 def main(args: list[str] | None = None) -> int:
-    """Entry point: `ros2 run bimanual_vla bag_record --ros-args -p output:=BAG [-p rig:=NAME]`."""
-    import rclpy
+    """Entry point: `ros2 run bimanual_vla bag_record --ros-args -p output:=BAG [-p rig:=NAME]`.
 
+    A missing or mistyped parameter, a rig file that is not there or an output that exists: one line
+    naming it, exit status 2 (as `ros_utils.run_node` does for the other nodes), never a traceback.
+    """
+    import sys
+
+    import rclpy
+    from rclpy.exceptions import InvalidParameterTypeException
+
+    from bimanual_vla.config import ConfigError
+    from bimanual_vla.node_parameters import type_exception_text
     from bimanual_vla.rosenv import apply_pip_defaults
 
     apply_pip_defaults()
     rclpy.init(args=args)
-    recorder = BagRecorder()
+    try:
+        recorder = BagRecorder()
+    except (ConfigError, ValueError, FileExistsError, InvalidParameterTypeException) as exc:
+        text = type_exception_text(exc) if isinstance(exc, InvalidParameterTypeException) else exc
+        print(f'bag_record: error: {text}', file=sys.stderr)
+        rclpy.try_shutdown()
+        return 2
     return spin_until_signal(recorder)
 
 

@@ -270,14 +270,30 @@ class BagPlayer(Node):
 
 
 def main(args: list[str] | None = None) -> int:
-    """Entry point: `ros2 run bimanual_vla bag_replay --ros-args -p bag:=BAG [-p rate:=2.0]`."""
-    import rclpy
+    """Entry point: `ros2 run bimanual_vla bag_replay --ros-args -p bag:=BAG [-p rate:=2.0]`.
 
+    A missing or mistyped parameter or a bag that cannot be read: one line naming it, exit status 2
+    (as `ros_utils.run_node` does for the other nodes), never a traceback.
+    """
+    import sys
+
+    import rclpy
+    from rclpy.exceptions import InvalidParameterTypeException
+
+    from bimanual_vla.bags.read import BagError
+    from bimanual_vla.config import ConfigError
+    from bimanual_vla.node_parameters import type_exception_text
     from bimanual_vla.rosenv import apply_pip_defaults
 
     apply_pip_defaults()
     rclpy.init(args=args)
-    player = BagPlayer()
+    try:
+        player = BagPlayer()
+    except (ConfigError, BagError, ValueError, InvalidParameterTypeException) as exc:
+        text = type_exception_text(exc) if isinstance(exc, InvalidParameterTypeException) else exc
+        print(f'bag_replay: error: {text}', file=sys.stderr)
+        rclpy.try_shutdown()
+        return 2
     return spin_until_done(player)
 
 

@@ -138,9 +138,12 @@ def check_overrides(executable: str, params: Mapping[str, Any], where: str, *, c
 
 
 def type_exception_text(exc: Exception) -> str:
-    """rclpy's InvalidParameterTypeException in the one-line form (`parameter enabled: must be ...`)."""
-    name = exc.args[1] if len(exc.args) > 1 else '?'
-    return f'parameter {name}: {exc.args[0] if exc.args else exc}'
+    """rclpy's InvalidParameterTypeException in the one-line form (`parameter rate: Trying to set ...`).
+
+    rclpy makes its one argument `<message>: <parameter name>`.
+    """
+    message, _, name = str(exc).rpartition(': ')
+    return f'parameter {name}: {message}' if message else f'parameter ?: {exc}'
 
 
 def check_node_overrides(executable: str, context: Any = None) -> None:

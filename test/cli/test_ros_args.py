@@ -132,6 +132,8 @@ NODE_SCRIPTS = {
     ),
     'sim_rig': 'sim_rig: error: {tmp}/missing.yaml: file not found',
     'teleop': 'teleop: error: node x: parameter "rig" is required (a rig YAML path or name)',
+    'bag_record': 'bag_record: error: bag_recorder: parameter "output" (the bag directory to create) is required',
+    'bag_replay': 'bag_replay: error: bag_player: parameter "bag" (the bag to replay) is required',
 }
 
 
@@ -143,6 +145,43 @@ def test_node_scripts_take_ros_arguments(script: str, tmp_path) -> None:
     assert done.returncode == 2, done.stderr
     lines = [line for line in done.stderr.splitlines() if 'error' in line]
     assert lines == [NODE_SCRIPTS[script].format(tmp=tmp_path)], done.stderr
+
+
+@pytest.mark.ros
+@pytest.mark.parametrize(
+    ('script', 'parameters', 'expected'),
+    [
+        (
+            'bag_record',
+            ['output:={tmp}'],
+            'bag_record: error: {tmp} exists already; a bag is only ever written to a new directory',
+        ),
+        (
+            'bag_record',
+            ['output:={tmp}/bag', 'rig:={tmp}/missing.yaml'],
+            'bag_record: error: {tmp}/missing.yaml: file not found',
+        ),
+        (
+            'bag_replay',
+            ['bag:={tmp}/missing'],
+            'bag_replay: error: {tmp}/missing: no such bag (neither a rosbag2 directory nor an .mcap file)',
+        ),
+        (
+            'bag_replay',
+            ['bag:={tmp}/missing', 'rate:=fast'],
+            "bag_replay: error: parameter rate: Trying to set parameter 'rate' to 'fast' of type 'STRING', "
+            "expecting type 'DOUBLE'",
+        ),
+    ],
+    ids=['output-exists', 'rig-missing', 'bag-missing', 'rate-type'],
+)
+def test_bag_scripts_refuse_bad_parameters_in_one_line(
+    script: str, parameters: list[str], expected: str, tmp_path
+) -> None:
+    extra = [arg for p in parameters for arg in ('-p', p.format(tmp=tmp_path))]
+    done = subprocess.run([str(BIN / script), *NODE_ROS_ARGS, *extra], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == [expected.format(tmp=tmp_path)]
 
 
 @pytest.mark.ros

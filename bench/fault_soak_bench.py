@@ -759,9 +759,12 @@ class FaultSoak:
         if goals['too_fast']:
             problems.append(f'{goals["too_fast"]} goal writes faster than max_velocity_rad_s')
         for name, proc in processes.items():
-            growth = proc['rss_mb']['growth_mb_per_hour']
+            growth = proc['rss_mb']['steady_growth_mb_per_hour']  # second half: a one-time step is not growth
             if proc['minutes'] >= MIN_FIT_MINUTES and math.isfinite(growth) and growth > RSS_TARGET_MB_PER_HOUR:
-                problems.append(f'{name}: resident memory grows {growth} MB/h (target < {RSS_TARGET_MB_PER_HOUR:g})')
+                problems.append(
+                    f'{name}: resident memory grows {growth} MB/h over the second half of its '
+                    f'{proc["minutes"]} min (target < {RSS_TARGET_MB_PER_HOUR:g})'
+                )
         if recording:
             if recording.get('gaps_outside_faults'):
                 problems.append(f'bag: {len(recording["gaps_outside_faults"])} gaps outside fault windows')

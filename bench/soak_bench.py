@@ -55,15 +55,26 @@ def proc_sample(pid: int) -> tuple[float, int, int]:
 
 
 def summarise_process(t: np.ndarray, rows: list[tuple[float, int, int]], warmup: float) -> dict:
+    """Memory, threads and fds of one process: values after warm-up, and two growth fits.
+
+    `growth_mb_per_hour` is fitted from the end of the warm-up on; `steady_growth_mb_per_hour` over
+    the second half of the series only. A process that steps up once and then stays flat (glibc
+    raising its mmap threshold once large buffers are freed, caches filling) has a large first fit
+    over a short series and a near-zero second one; a leak has both
+    (docs/experiments/2026-12-07-recorder-memory.md). The soak's verdict uses the steady fit.
+    """
     rss = np.array([r[0] for r in rows])
     steady = t >= warmup
     slope = float(np.polyfit(t[steady], rss[steady], 1)[0] * 3600) if steady.sum() >= 3 else float('nan')
+    late = t >= max(warmup, float(t[-1]) / 2) if len(t) else steady
+    late_slope = float(np.polyfit(t[late], rss[late], 1)[0] * 3600) if late.sum() >= 3 else float('nan')
     return {
         'rss_mb': {
             'after_warmup': round(float(rss[steady][0]), 1) if steady.any() else None,
             'last': round(float(rss[-1]), 1),
             'max': round(float(rss.max()), 1),
             'growth_mb_per_hour': round(slope, 1),
+            'steady_growth_mb_per_hour': round(late_slope, 1),
         },
         'threads': {'first': rows[0][1], 'last': rows[-1][1], 'max': max(r[1] for r in rows)},
         'fds': {'first': rows[0][2], 'last': rows[-1][2], 'max': max(r[2] for r in rows)},

@@ -335,12 +335,15 @@ def summarise_segments(reports: Sequence[dict[str, Any]]) -> dict[str, Any]:
             total['published'] += entry['published']
             total['reached_drivers'] += entry['reached_drivers']
     growth: dict[str, float] = {}
+    steady: dict[str, float] = {}  # second-half fits (segments that have them): a one-time step is not growth
     for report in reports:
         for name, proc in report.get('processes', {}).items():
-            rate = proc.get('rss_mb', {}).get('growth_mb_per_hour')
-            long_enough = proc.get('minutes', 0.0) >= MIN_FIT_MINUTES
-            if long_enough and isinstance(rate, int | float) and math.isfinite(rate):
-                growth[name] = max(growth.get(name, -math.inf), rate)
+            if proc.get('minutes', 0.0) < MIN_FIT_MINUTES:
+                continue
+            for key, worst in (('growth_mb_per_hour', growth), ('steady_growth_mb_per_hour', steady)):
+                rate = proc.get('rss_mb', {}).get(key)
+                if isinstance(rate, int | float) and math.isfinite(rate):
+                    worst[name] = max(worst.get(name, -math.inf), rate)
     goals = [r.get('goal_writes', {}) for r in reports]
     bags = [r['recording'] for r in reports if r.get('recording')]
     return {
@@ -362,6 +365,7 @@ def summarise_segments(reports: Sequence[dict[str, Any]]) -> dict[str, Any]:
         'estop_hold_s': stats(holds),
         'estop_by_qos': qos,
         'worst_rss_growth_mb_per_hour': {k: round(v, 1) for k, v in sorted(growth.items())},  # fits >= 10 min
+        'worst_steady_rss_growth_mb_per_hour': {k: round(v, 1) for k, v in sorted(steady.items())},
         'bag_gaps_outside_faults': sum(len(b.get('gaps_outside_faults', [])) for b in bags),
         'bag_dropped_messages': sum(int(b.get('dropped') or 0) for b in bags),
         'fatal': [f'segment {i}: {r["fatal"]}' for i, r in enumerate(reports) if r.get('fatal')],

@@ -122,7 +122,7 @@ def test_summarise_segments() -> None:
         'recording': {'gaps_outside_faults': [[1.0, 2.0]], 'dropped': '0'},
         'problems': ['e-stop from reliable_volatile did not reach the drivers'],
     }
-    faster = {'sim': {'rss_mb': {'growth_mb_per_hour': 8.0}, 'minutes': 30.0}}
+    faster = {'sim': {'rss_mb': {'growth_mb_per_hour': 8.0, 'steady_growth_mb_per_hour': 2.5}, 'minutes': 30.0}}
     short = {'sim': {'rss_mb': {'growth_mb_per_hour': 99.0}, 'minutes': 3.0}}  # too short to judge
     total = summarise_segments(
         [segment, {**segment, 'processes': faster}, {**segment, 'minutes': 0.0, 'processes': short}]
@@ -135,6 +135,7 @@ def test_summarise_segments() -> None:
     }
     assert total['estop_by_qos']['reliable_volatile'] == {'published': 3, 'reached_drivers': 0}
     assert total['worst_rss_growth_mb_per_hour'] == {'sim': 8.0}
+    assert total['worst_steady_rss_growth_mb_per_hour'] == {'sim': 2.5}  # segments without the fit are skipped
     assert total['goals_too_fast'] == 3 and total['bag_gaps_outside_faults'] == 3
     assert total['faults_injected'] == 6 and total['faults_unrecovered'] == 0 and total['fatal'] == []
     assert total['problems'][1].startswith('segment 1:')

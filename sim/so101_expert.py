@@ -44,6 +44,10 @@ MEET = np.array([0.0388, 0.0, 0.24])  # handover point: on the line between the 
 # the cube and its own weight (position servos, kp 17.8). The right's pose there is the same in every
 # episode; measured on seeds 0-3 at 5.1-5.9 s (+-1 mm).
 HELD_AT_MEET = np.zeros(3)
+# IK starting points for the arms' poses at the handover (pointing at each other, the right wrist
+# rolled a quarter turn): the branch without a flipped wrist.
+RIGHT_AT_MEET = (-1.6, -1.17, 0.8, 0.37, -1.52)
+LEFT_NEAR_MEET = (1.57, -1.17, 0.8, 0.37, 0.05)
 
 
 def _min_jerk(s: float) -> float:
@@ -70,6 +74,11 @@ class Waypoint:
     rot: np.ndarray
     grip: float
     label: str
+    # Reach it by a minimum-jerk move of the joints to the IK solution (from `guess`, or from where the
+    # segment starts), not along a straight Cartesian line: the right arm's turn from pointing down to
+    # pointing at the left arm swings the pan 1.6 rad, and the Cartesian path's IK flips the wrist on the way.
+    joint_space: bool = False
+    guess: tuple[float, ...] | None = None
 
 
 class So101IK:
@@ -176,7 +185,7 @@ class So101Expert:
             Waypoint(2.3, cube, down_x, o, 'lower the right gripper around the cube'),
             Waypoint(2.9, cube, down_x, c, 'grasp the cube with the right gripper'),
             Waypoint(3.5, cube + [0, 0, 0.08], down_x, c, 'lift the cube'),
-            Waypoint(5.1, MEET + [0, -0.003, 0], to_left, c, 'hand the cube to the left arm'),
+            Waypoint(5.1, MEET + [0, -0.003, 0], to_left, c, 'hand the cube to the left arm', True, RIGHT_AT_MEET),
             Waypoint(6.7, MEET + [0, -0.003, 0], to_left, c, 'hold the cube for the left gripper'),
             Waypoint(7.3, MEET + [0, -0.003, 0], to_left, o, 'release the cube from the right gripper'),
             Waypoint(8.1, MEET + [0, -0.045, 0], to_left, o, 'move the right gripper away'),
@@ -188,7 +197,9 @@ class So101Expert:
         left = [
             self._start('left', 'wait for the right arm'),
             Waypoint(3.5, self._start('left', '').pos, self._start('left', '').rot, o, 'wait for the right arm'),
-            Waypoint(5.1, grasp + [0, 0.04, 0.0], to_right, o, 'move the left gripper towards the cube'),
+            Waypoint(
+                5.1, grasp + [0, 0.04, 0.0], to_right, o, 'move the left gripper towards the cube', True, LEFT_NEAR_MEET
+            ),
             Waypoint(5.9, grasp, to_right, o, 'move the left gripper around the cube'),
             Waypoint(6.7, grasp, to_right, c, 'grasp the cube with the left gripper'),
             Waypoint(7.3, grasp, to_right, c, 'release the cube from the right gripper'),
@@ -248,10 +259,22 @@ class So101Expert:
         gripper = cfg.joint_names.index(cfg.gripper)
         q = self.home_q[arm].copy()
         labels = []
+        moves: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # joint-space segment (end index) -> (q from, q to)
         for k in range(self.num_steps):
-            pos, rot, grip, label = self._sample(wps, (k + 1) * self.dt)
-            q, err = ik.solve(pos, rot, q)
-            self.max_ik_error = max(self.max_ik_error, err)
+            t = (k + 1) * self.dt
+            pos, rot, grip, label = self._sample(wps, t)
+            b = next((i for i, w in enumerate(wps) if w.t > t), None)
+            if b is not None and b > 0 and wps[b].joint_space:
+                if b not in moves:
+                    start = np.array(wps[b].guess) if wps[b].guess is not None else q
+                    q_end, err = ik.solve(wps[b].pos, wps[b].rot, start, iters=300)
+                    self.max_ik_error = max(self.max_ik_error, err)
+                    moves[b] = (q.copy(), q_end)
+                q_a, q_b = moves[b]
+                q = q_a + _min_jerk((t - wps[b - 1].t) / (wps[b].t - wps[b - 1].t)) * (q_b - q_a)
+            else:
+                q, err = ik.solve(pos, rot, q)
+                self.max_ik_error = max(self.max_ik_error, err)
             plan[k, ik.index] = np.clip(q + ik.gravity_offset(q), ik.lower, ik.upper)
             plan[k, gripper] = grip
             labels.append(label)

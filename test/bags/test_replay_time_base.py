@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from dataset_fixtures import HEADER_OFFSET, MS, SEC, T0, BagSpec, write_bag
+from helpers.datasets import HEADER_OFFSET, MS, SEC, T0, BagSpec, write_bag
 
 from bimanual_vla.bags.read import BagMessage
 from bimanual_vla.bags.replay import StampTimeline

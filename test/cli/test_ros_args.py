@@ -111,7 +111,7 @@ def test_record_as_rig_launch_starts_it(tmp_path) -> None:
 @pytest.mark.ros
 @pytest.mark.slow
 def test_replay_as_replay_launch_starts_it(tmp_path) -> None:
-    from dataset_fixtures import BagSpec, write_bag
+    from helpers.datasets import BagSpec, write_bag
 
     from bimanual_vla.bringup.launch_actions import replayer_process
 

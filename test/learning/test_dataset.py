@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from dataset_fixtures import (
+from helpers.datasets import (
     CAMERAS,
     HEADER_OFFSET,
     JOINT_NAMES,

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from dataset_fixtures import MS, SEC, T0, BagSpec, write_bag
+from helpers.datasets import MS, SEC, T0, BagSpec, write_bag
 
 from bimanual_vla import topics as T
 from bimanual_vla.learning.dataset import BagDataset

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from dataset_fixtures import CAMERAS, JOINT_NAMES, MS, T0, TASK, command_value, frame_value, state_value, write_bag
+from helpers.datasets import CAMERAS, JOINT_NAMES, MS, T0, TASK, command_value, frame_value, state_value, write_bag
 
 
 @pytest.fixture(scope='module')
@@ -120,7 +120,7 @@ def test_existing_output_is_refused_and_nothing_is_left_behind(exported, tmp_pat
     out, _ = exported
     with pytest.raises(ExportError, match='already exists'):
         export_lerobot([tmp_path / 'whatever'], out)
-    from dataset_fixtures import BagSpec
+    from helpers.datasets import BagSpec
 
     from bimanual_vla.bags.read import MissingTopicError
 
@@ -131,7 +131,7 @@ def test_existing_output_is_refused_and_nothing_is_left_behind(exported, tmp_pat
 
 
 def test_cli_exports(tmp_path) -> None:
-    from dataset_fixtures import BagSpec
+    from helpers.datasets import BagSpec
 
     from bimanual_vla.cli.main import main
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from dataset_fixtures import CAMERAS, frame_value, write_bag
+from helpers.datasets import CAMERAS, frame_value, write_bag
 
 # src/lerobot/configs/video.py
 VALID_VIDEO_CODECS = frozenset({'h264', 'hevc', 'libsvtav1', 'libaom-av1', 'auto', 'h264_videotoolbox',

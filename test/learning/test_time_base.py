@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from dataset_fixtures import HEADER_OFFSET, MS, SEC, T0, BagSpec, state_value, write_bag
+from helpers.datasets import HEADER_OFFSET, MS, SEC, T0, BagSpec, state_value, write_bag
 
 from bimanual_vla.bags.read import BagReader
 from bimanual_vla.bags.time_base import TIME_BASE_KEY, mark_time_base, resolve_time_base
@@ -143,7 +143,7 @@ def test_stamps_that_are_no_timeline_are_not_taken_for_sim_time(tmp_path, stamp,
 def test_eval_of_a_policy_that_acts_on_sim_time_scores_zero_by_default(sim_bag) -> None:
     """A policy that issues exactly the recorded commands of the sim timeline scores 0 open loop by default;
     read on the squeezed receive times, the same policy looks wrong (the tenfold MAE the time base caused)."""
-    from dataset_fixtures import command_value
+    from helpers.datasets import command_value
 
     from bimanual_vla.learning.evaluate import Prediction, evaluate
 

@@ -22,7 +22,7 @@ import json
 import math
 
 import pytest
-from test_calibration import JOINTS, LEROBOT_SO101, write_rig
+from helpers.calibration import JOINTS, LEROBOT_SO101, write_rig
 
 from bimanual_vla.config import ArmConfig, load_rig
 from bimanual_vla.drivers.servo.arm_controller import ArmController

@@ -27,7 +27,9 @@ def test_short_episodes_drive_the_sim_within_limits(checkpoint, tmp_path):
 
     from bimanual_vla.learning.eval_sim import EvalSettings, evaluate_closed_loop, normalise_text
 
-    settings = EvalSettings(episodes=2, seed=1000, max_sim_s=6.0, progress=False, tick_log=True)
+    # Half real time: on a loaded machine the policy still gets its frames fresh and its chunks out within the
+    # episode's 6 sim seconds (at real time, with the 2 cores shared by 3 busy loops, it wrote none).
+    settings = EvalSettings(episodes=2, seed=1000, max_sim_s=6.0, progress=False, tick_log=True, real_time_factor=0.5)
     report = evaluate_closed_loop(checkpoint, tmp_path / 'eval', settings)
     assert json.loads((tmp_path / 'eval' / 'report.json').read_text())['episodes'] == 2
     episodes = report['per_episode']

@@ -317,37 +317,72 @@ def main(args: list[str] | None = None) -> int:
     from bimanual_vla.rosenv import apply_pip_defaults
 
     apply_pip_defaults()
-    rclpy.init(args=args)
+    stop = StopSignals()  # a Ctrl-C while the bag is being set up still closes it
+    rclpy.init(args=args, signal_handler_options=rclpy_signal_options())
     try:
         recorder = BagRecorder()
     except (ConfigError, ValueError, FileExistsError, InvalidParameterTypeException) as exc:
+        stop.restore()
         text = type_exception_text(exc) if isinstance(exc, InvalidParameterTypeException) else exc
         print(f'bag_record: error: {text}', file=sys.stderr)
         rclpy.try_shutdown()
         return 2
-    return spin_until_signal(recorder)
+    except BaseException:
+        stop.restore()
+        raise
+    return spin_until_signal(recorder, stop)
 
 
-def spin_until_signal(recorder: BagRecorder) -> int:
-    """Spin until SIGINT/SIGTERM, then close the bag so it is complete and readable."""
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class StopSignals:
+    """SIGINT/SIGTERM caught as a request to stop, from before the recorder exists until its bag is closed.
+
+    The recorder logs "recording" and creates its bag directory in its constructor. With rclpy's own
+    signal handlers, a Ctrl-C there shuts the context down under the constructor, or raises outside
+    the spin's clean-up, and leaves a bag without metadata.yaml. Install this before `rclpy.init`
+    and pass `rclpy_signal_options()` to it: a stop signal only sets `requested`, and
+    `spin_until_signal` closes the bag whenever it was set.
+    """
+
+    def __init__(self) -> None:
+        self.requested = threading.Event()
+        self._previous = {sig: signal.signal(sig, self._on_signal) for sig in STOP_SIGNALS}
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self.requested.set()
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def rclpy_signal_options() -> Any:
+    """`rclpy.init(signal_handler_options=...)` that leaves SIGINT/SIGTERM to `StopSignals`."""
+    from rclpy.signals import SignalHandlerOptions
+
+    return SignalHandlerOptions.NO
+
+
+def spin_until_signal(recorder: BagRecorder, stop: StopSignals | None = None) -> int:
+    """Spin until SIGINT/SIGTERM (or the context is shut down), then close the bag, complete and readable."""
     import rclpy
     from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 
-    def on_term(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, on_term)
+    stop = stop or StopSignals()
     executor = SingleThreadedExecutor(context=recorder.context)
     executor.add_node(recorder)
     try:
-        executor.spin()
+        while not stop.requested.is_set() and recorder.context.ok():
+            executor.spin_once(timeout_sec=0.1)  # a signal is seen within 0.1 s
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
-        signal.signal(signal.SIGTERM, previous)
         recorder.close()
         executor.shutdown()
         recorder.destroy_node()
         if recorder.context.ok():
             rclpy.shutdown(context=recorder.context)
+        stop.restore()
     return 0

@@ -443,3 +443,25 @@ def test_recorder_marks_a_simulated_rigs_bag_as_sim_time(rig, expected, tmp_path
     rec.destroy_node()
     with BagReader(tmp_path / 'bag') as bag:
         assert bag.custom_data.get(TIME_BASE_KEY) == expected
+
+
+@pytest.mark.ros
+def test_a_stop_signal_while_the_recorder_is_built_still_closes_the_bag(tmp_path) -> None:
+    """SIGINT and SIGTERM sent while the bag is being set up (after its "recording" line) close it cleanly."""
+    script = (
+        'import os, signal, sys, rclpy\n'
+        'from rclpy.parameter import Parameter\n'
+        'from bimanual_vla.bags.record import BagRecorder, StopSignals, rclpy_signal_options, spin_until_signal\n'
+        'stop = StopSignals()\n'
+        'rclpy.init(signal_handler_options=rclpy_signal_options())\n'
+        'os.kill(os.getpid(), getattr(signal, sys.argv[2]))\n'
+        "recorder = BagRecorder(parameter_overrides=[Parameter('output', value=sys.argv[1])])\n"
+        'sys.exit(spin_until_signal(recorder, stop))\n'
+    )
+    for name in ('SIGINT', 'SIGTERM'):
+        bag = tmp_path / name
+        done = subprocess.run(
+            [sys.executable, '-c', script, str(bag), name], capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert (bag / 'metadata.yaml').is_file(), done.stderr[-2000:]

@@ -41,9 +41,10 @@ def run(args: argparse.Namespace) -> int:
     import rclpy
     from rclpy.parameter import Parameter
 
-    from bimanual_vla.bags.record import BagRecorder, spin_until_signal
+    from bimanual_vla.bags.record import BagRecorder, StopSignals, rclpy_signal_options, spin_until_signal
 
-    rclpy.init()
+    stop = StopSignals()  # a Ctrl-C while the bag is being set up still closes it
+    rclpy.init(signal_handler_options=rclpy_signal_options())
     overrides = [
         Parameter('output', value=args.output),
         Parameter('rig', value=args.rig),
@@ -57,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         recorder = BagRecorder(parameter_overrides=overrides, namespace=args.namespace or None)
     except BaseException:
+        stop.restore()
         rclpy.shutdown()
         raise
-    return spin_until_signal(recorder)
+    return spin_until_signal(recorder, stop)

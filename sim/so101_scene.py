@@ -54,10 +54,11 @@ BAR_HALF = (0.012, 0.15, 0.012)  # along y
 BAR_RANGE = ((0.18, 0.24), (-0.02, 0.02))
 BAR_YAW = 0.1  # rad, either way
 # Collision bits (contype, conaffinity); two geoms touch when one's contype shares a bit with the other's
-# conaffinity. The jaws' mesh geoms are convex hulls of concave parts: they fill the space between the
-# jaws and would push an object out before the pads close on it. So objects touch the jaws only through
-# the fingertip pads (which the MJCF provides for this, inert by default), and every other arm link,
-# the table and each other as usual; the jaw hulls still touch the table, the links and the other arm.
+# conaffinity. The jaws' mesh geoms are convex hulls of concave parts: they reach into the gap between
+# the jaws, where the real parts have none. So objects touch the jaws only through the fingertip pads
+# (which the MJCF provides for this, inert by default), and every other arm link, the table and each
+# other as usual; the jaw hulls still touch the table, the links and the other arm. (The expert succeeds
+# either way: docs/experiments/2026-12-07-so101-expert-grasp-and-handover.md.)
 LINK_COLLISION = (5, 1)  # arm links other than the jaws: bit 1 (the MJCF's) and bit 4 (objects)
 PAD_COLLISION = (2, 2)
 SURFACE_COLLISION = (3, 1)  # table: bit 1 for the arms, bit 2 for objects and pads

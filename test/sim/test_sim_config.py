@@ -36,7 +36,11 @@ def test_a_good_sim_block_keeps_its_values(tmp_path: Path) -> None:
     [
         ({'taks': 'insertion'}, 'sim.taks', 'unknown field (check the spelling)'),
         ({'expert': True}, 'sim.expert', 'unknown field (check the spelling)'),
-        ({'task': 'stacking'}, 'sim.task', "Input should be 'transfer_cube', 'insertion', 'handover_cube' or 'lift_bar'"),
+        (
+            {'task': 'stacking'},
+            'sim.task',
+            "Input should be 'transfer_cube', 'insertion', 'handover_cube' or 'lift_bar'",
+        ),
         ({'seed': '3'}, 'sim.seed', 'Input should be a valid integer'),  # strict: no string to int
         ({'seed': 3.0}, 'sim.seed', 'Input should be a valid integer'),
         ({'seed': -1}, 'sim.seed', 'Input should be greater than or equal to 0'),

@@ -133,6 +133,18 @@ CLOCK = '/clock'
 SIM_SUCCESS = 'sim/success'
 RECORD_EPISODE = 'record/episode'
 """std_msgs/String: a label starts a labelled episode in the bag being recorded, '' ends it."""
+RECORD_DISCARD = 'record/discard'
+"""std_msgs/String (JSON ``{"label": ...}``): the episode of that label recorded last is discarded (re-recorded)."""
+RECORD_CONTROL = 'record/control'
+"""std_msgs/String: ``next`` ends the episode or reset early, ``rerecord`` re-records the last one, ``stop`` stops."""
+TELEOP_INTERVENTION = 'teleop/intervention'
+"""std_msgs/String (JSON ``{"arms": [...], "event": "start"|"end"|"state", "arm": ...}``), latched: the arms a
+human has taken over from the policy; the policy node mutes them, the recorder keeps the takeover segments."""
+CLOCK_SYNC_PING = 'clock_sync/ping'
+"""sensor_msgs/TimeReference: the policy node's clock probe (``header.frame_id`` its id, ``source`` the node)."""
+CLOCK_SYNC_PONG = 'clock_sync/pong'
+"""sensor_msgs/TimeReference: clock_responder's answer: ``time_ref`` when the probe arrived, ``header.stamp``
+when the answer left (robot clock), ``header.frame_id`` and ``source`` copied from the probe."""
 SIM_EXPERT_SUBTASK = 'sim/expert_subtask'
 """std_msgs/String, latched: the scripted expert's current subtask while it drives the sim."""
 SIM_RESET_SEED = 'sim/reset_seed'

@@ -11,17 +11,21 @@ A sample at time ``t`` (one control tick of an episode) holds
 * ``actions`` (H x J) and ``actions_is_pad`` (H): the commanded joint positions at
   ``t + k / rate_hz``, k = 0..H-1, merged across arms into the joint order. With
   ``action_source='commands'`` they are read from ``arms/<arm>/joint_command`` (or any
-  per-arm topic via ``command_topic``, e.g. a teleop leader's positions) and held between
-  messages (a position command is in force until the next one). With
+  per-arm topic via ``command_topic``) and held between messages (a position command is in
+  force until the next one); ``action_source='leader'`` does the same with the teleop leaders'
+  positions, ``leader/<arm>/joint_states`` (follower joint names, already mapped). With
   ``action_source='joint_states'`` the future measured positions are used (interpolated):
   the choice for bags that hold no commands. Steps past the end of the episode's actions are
   padded with the last action and flagged in ``actions_is_pad`` (as LeRobot does);
 * ``task`` (latest ``policy/task``), ``subtask`` (latest label of ``policy/subtask`` or the
   sim expert's ``sim/expert_subtask``, whichever the bag has), ``episode`` (index over all
-  bags), ``episode_label``, ``timestamp`` (seconds since the episode's first sample), ``bag``.
+  bags), ``episode_label``, ``timestamp`` (seconds since the episode's first sample), ``bag``,
+  ``intervention`` (True inside a human takeover recorded on ``teleop/intervention``).
 
 Samples never cross episode boundaries: episodes come from the recorder's ``record/episode``
-markers (or metadata); a bag without markers is one episode. Several bags concatenate.
+markers (or metadata); a bag without markers is one episode. Several bags concatenate. Episodes
+a ``record/discard`` marker discards (re-recorded takes, :mod:`bimanual_vla.bags.episodes`) are
+left out and counted in :attr:`BagDataset.skipped` as ``discarded_episode``.
 
 Strategy and cost. Opening builds a light index in one pass over each bag: every message of
 the topics used is read once, but camera frames are not decoded (only the 8-byte header
@@ -60,13 +64,15 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from bimanual_vla import topics as T
-from bimanual_vla.bags.read import BagError, BagReader, Episode, MissingTopicError
+from bimanual_vla.bags.episodes import in_interventions, intervention_segments, kept_episodes
+from bimanual_vla.bags.read import BagError, BagReader, MissingTopicError
 from bimanual_vla.bags.time_base import AUTO, TimeBase, check_time_base, header_stamp_ns, resolve_time_base
 from bimanual_vla.image_msgs import image_to_rgb
 
 log = logging.getLogger(__name__)
 
-ACTION_SOURCES = ('commands', 'joint_states')
+ACTION_SOURCES = ('commands', 'leader', 'joint_states')
+LEADER_TOPIC = 'leader/{arm}/joint_states'  # action_source='leader' (bimanual_vla.topics.leader_joint_states)
 STATE_MODES = ('latest', 'interpolate')
 TIME_BASES = (AUTO, 'receive', 'header')
 DEFAULT_SUBTASK_TOPICS = (T.POLICY_SUBTASK, T.SIM_EXPERT_SUBTASK)
@@ -87,7 +93,7 @@ class DatasetOptions:
     chunk_size: int = 50  # H
     rate_hz: float | None = None  # spacing of the action chunk; default: rig control rate, else 50
     sample_hz: float | None = None  # spacing of samples; default: rate_hz
-    action_source: str = 'commands'  # 'commands' | 'joint_states'
+    action_source: str = 'commands'  # 'commands' | 'leader' | 'joint_states'
     command_topic: str = 'arms/{arm}/joint_command'  # per-arm action topic ({arm} is replaced)
     state_mode: str = 'latest'  # 'latest' | 'interpolate'
     camera_max_age_s: float = 0.5  # as the policy node's staleness default
@@ -111,6 +117,16 @@ class DatasetOptions:
                 raise ValueError(f'{name} must be > 0, got {value}')
         if '{arm}' not in self.command_topic:
             raise ValueError(f'command_topic must contain "{{arm}}", got {self.command_topic!r}')
+
+    @property
+    def uses_topic(self) -> bool:
+        """Actions come from a per-arm topic (commands or leader positions), not future joint states."""
+        return self.action_source in ('commands', 'leader')
+
+    @property
+    def action_topic(self) -> str:
+        """The per-arm action topic ({arm} unreplaced)."""
+        return LEADER_TOPIC if self.action_source == 'leader' else self.command_topic
 
 
 @dataclass
@@ -143,6 +159,7 @@ class _EpisodeIndex:
     act_q: list[np.ndarray] = field(default_factory=list)  # per action group: (n, len(cols)) positions
     act_cols: list[np.ndarray] = field(default_factory=list)  # per action group: columns in joint order
     samples: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # sample times (time base)
+    intervention: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))  # per sample: in a takeover
     frames: dict[str, np.ndarray] = field(default_factory=dict)  # camera -> frame number per sample
 
 
@@ -159,7 +176,7 @@ class _BagTopics:
 
     cameras: dict[str, str]  # image topic -> camera name
     joint_states: str
-    actions: dict[str, str]  # command topic -> arm (empty unless action_source='commands')
+    actions: dict[str, str]  # action topic -> arm (empty for action_source='joint_states')
     arms: dict[str, list[str] | None]  # arm -> its qualified joint names (None: from the messages)
     task: str
     subtask: str | None  # the first of subtask_topics the bag has
@@ -231,7 +248,7 @@ class BagDataset(Dataset):
         """arm -> its qualified joint names (None: learn them from the messages)."""
         if self.rig is not None:
             return {a.name: a.qualified_joint_names() for a in self.rig.arms}
-        prefix, suffix = self.options.command_topic.split('{arm}')
+        prefix, suffix = self.options.action_topic.split('{arm}')
         pre, suf = _abs(self.options.namespace, prefix), suffix
         return {t[len(pre) : len(t) - len(suf)]: None for t in bag.topics if t.startswith(pre) and t.endswith(suf)}
 
@@ -240,7 +257,11 @@ class BagDataset(Dataset):
         self.time_bases.append(time_base)
         log.info('%s', time_base.line(bag.path))
         topics = self._bag_topics(bag, time_base.header)
-        episodes = bag.episodes or [Episode(0, bag.path.name, bag.start_ns, None)]
+        episodes, discarded = kept_episodes(bag, self.options.namespace)
+        if discarded:
+            self.skipped['discarded_episode'] += len(discarded)
+            log.info('%s: leaving out discarded episode(s) %s', bag.path, ', '.join(e.label for e in discarded))
+        segments = intervention_segments(bag, self.options.namespace)
         starts = [e.start_ns for e in episodes]
         stops = [e.end_ns if e.end_ns is not None else bag.end_ns + 1 for e in episodes]
         scan = self._scan_messages(bag, topics, starts, stops)
@@ -258,6 +279,7 @@ class BagDataset(Dataset):
             idx = _EpisodeIndex(bag_i, episode.index, episode.label, (starts[k], stops[k]))
             self._fill_episode(idx, scan, k, topics.arms, where)
             self._plan_samples(idx)
+            idx.intervention = in_interventions(self._receive_times(idx, idx.samples), segments)
             self.episodes.append(idx)
         log.info('%s: %d episode(s) indexed (episodes %d..)', where, len(episodes), ep_offset)
 
@@ -282,14 +304,15 @@ class BagDataset(Dataset):
             raise MissingTopicError(f'{where}: no joint states ({js_topic}) in the bag')
         arms = self._arms(bag)
         act_topics: dict[str, str] = {}
-        if opts.action_source == 'commands':
-            act_topics = {_abs(ns, opts.command_topic.format(arm=a)): a for a in arms}
+        if opts.uses_topic:
+            act_topics = {_abs(ns, opts.action_topic.format(arm=a)): a for a in arms}
             missing = [t for t in act_topics if t not in bag.topics or bag.topics[t].count == 0]
             if missing or not act_topics:
+                what = 'leader positions' if opts.action_source == 'leader' else 'commands'
                 raise MissingTopicError(
-                    f'{where}: no commands on {", ".join(missing) or _abs(ns, opts.command_topic)} '
-                    "(use action_source='joint_states' for bags without commands, or command_topic for "
-                    'a teleop leader topic)'
+                    f'{where}: no {what} on {", ".join(missing) or _abs(ns, opts.action_topic)} '
+                    "(use action_source='joint_states' for bags without commands, 'leader' for teleop "
+                    "leader positions, 'commands' for the followers' commands)"
                 )
         sub_topics = [_abs(ns, t) for t in opts.subtask_topics]
         for topic in [*cam_topics, js_topic, *act_topics]:
@@ -366,7 +389,7 @@ class BagDataset(Dataset):
             idx.joint_q.append(arr[:, 1])
         js = np.array(sorted(scan.js_times[k]), dtype=np.int64).reshape(-1, 2)
         idx.js_recv, idx.js_sync = js[:, 0].copy(), js[:, 1].copy()
-        if self.options.action_source != 'commands':
+        if not self.options.uses_topic:
             return
         for arm, msgs in scan.acts[k].items():
             t, q, cols = _arm_actions(arm, arms[arm], msgs, col, where)
@@ -396,7 +419,7 @@ class BagDataset(Dataset):
                 return
             firsts.append(t[0])
             lasts.append(t[-1])
-        if opts.action_source == 'commands':
+        if opts.uses_topic:
             if not ep.act_t or any(not len(t) for t in ep.act_t):
                 self.skipped['episode_without_commands'] += 1
                 return
@@ -464,7 +487,7 @@ class BagDataset(Dataset):
         steps = t + np.round(np.arange(self.chunk_size) * (1e9 / self.rate_hz)).astype(np.int64)
         out = np.empty((self.chunk_size, len(self.joint_names)))
         pad = np.zeros(self.chunk_size, dtype=bool)
-        if self.options.action_source == 'commands':
+        if self.options.uses_topic:
             hold = int(1.5e9 / self.rate_hz)
             for times, q, cols in zip(ep.act_t, ep.act_q, ep.act_cols, strict=True):
                 i = np.searchsorted(times, steps, side='right') - 1
@@ -499,12 +522,18 @@ class BagDataset(Dataset):
             return image_to_rgb(reader.decode(msg))
         raise BagError(f'{self.paths[ep.bag]}: frame of {topic} at {recv} ns is no longer readable')
 
+    def _receive_times(self, ep: _EpisodeIndex, times: np.ndarray) -> np.ndarray:
+        """Sample times on the recorder's receive clock (markers and labels are placed on it)."""
+        times = np.asarray(times, dtype=np.int64)
+        if not self.time_bases[ep.bag].header:
+            return times
+        i = np.searchsorted(ep.js_sync, times, side='right') - 1
+        recv = ep.js_recv[np.maximum(i, 0)] if len(ep.js_recv) else np.full(len(times), ep.recv_range[0])
+        return np.where(i >= 0, recv, ep.recv_range[0]).astype(np.int64)
+
     def labels_at(self, ep: _EpisodeIndex, t: int) -> tuple[str, str]:
         """(task, subtask) in force at sample time t."""
-        recv = t
-        if self.time_bases[ep.bag].header:  # labels are placed by receive time: map t onto it
-            i = int(np.searchsorted(ep.js_sync, t, side='right')) - 1
-            recv = int(ep.js_recv[i]) if i >= 0 else ep.recv_range[0]
+        recv = int(self._receive_times(ep, np.array([t]))[0])
         task = self._tasks[ep.bag].at(recv) or self.options.default_task or ep.label
         return task, self._subtasks[ep.bag].at(recv)
 
@@ -526,6 +555,7 @@ class BagDataset(Dataset):
             'timestamp': (t - int(ep.samples[0])) * 1e-9,
             'time_ns': t,
             'bag': str(self.paths[ep.bag]),
+            'intervention': bool(ep.intervention[k]) if len(ep.intervention) else False,
         }
         if images:
             out['images'] = {c: self.read_frame(ep, c, int(ep.frames[c][k])) for c in self.cameras}
@@ -660,3 +690,31 @@ def _arm_actions(
         np.array(rows, dtype=np.float64).reshape(len(rows), len(keep)),
         np.array([cols[i] for i in keep]),
     )
+
+
+ACTION_SOURCE_CHOICES = ('leader', 'command', 'commands', 'joint_states')
+"""What the CLI's --action-source accepts: 'command' is 'commands' (the followers' joint_command)."""
+
+
+def choose_action_source(bags: Sequence[str | Path], requested: str | None, namespace: str = '/') -> str:
+    """The dataset's action_source for ``bags`` and the CLI's ``--action-source`` (None: not given).
+
+    A bag of teleoperated demonstrations (``record-episodes``) holds two candidate actions: the leaders'
+    positions and the commands the followers received. They differ (the teleop node's ramp, a
+    takeover's muted arms, the policy's commands outside takeovers), so with such a bag the choice
+    must be explicit: ValueError naming the bag when ``requested`` is None there. Elsewhere the
+    default stays the followers' commands.
+    """
+    if requested is not None:
+        if requested not in ACTION_SOURCE_CHOICES:
+            raise ValueError(f'--action-source must be one of {ACTION_SOURCE_CHOICES}, got {requested!r}')
+        return 'commands' if requested == 'command' else requested
+    prefix, suffix = _abs(namespace, 'leader/'), '/joint_states'
+    for path in bags:
+        with BagReader(Path(path).expanduser()) as bag:
+            if any(t.startswith(prefix) and t.endswith(suffix) for t in bag.topics):
+                raise ValueError(
+                    f"{path}: holds both the leaders' positions (leader/<arm>/joint_states) and the followers' "
+                    'commands (arms/<arm>/joint_command): choose the action with --action-source leader|command'
+                )
+    return 'commands'

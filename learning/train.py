@@ -111,6 +111,8 @@ class TrainConfig:
     state_dropout: float = 0.0
     start_oversample_s: float = 0.0
     start_oversample_factor: int = 1
+    action_source: str = 'commands'  # 'commands' (followers' joint_command) | 'leader' (leader/<arm>/joint_states)
+    interventions_weight: float = 1.0  # how often an epoch visits a sample inside a human takeover
     normalization: str = 'mean_std'
     seed: int = 0
     save_every: int = 500
@@ -405,8 +407,19 @@ def batch_indices(step: int, n: int, batch_size: int, seed: int) -> np.ndarray:
 def sample_table(samples: CachedSamples, cfg: TrainConfig) -> np.ndarray:
     """Sample indices one epoch visits: each sample once, the first `start_oversample_s` seconds of
     every episode `start_oversample_factor` times (where the arms still rest, only the cameras say
-    where the object is: those samples teach the model to look)."""
+    where the object is: those samples teach the model to look), and each sample inside a recorded
+    human takeover `interventions_weight` times in expectation: the whole part of the weight every
+    epoch, the fractional part for a share of them drawn with the run's seed (0 leaves them out).
+    Visiting W times is weighting the loss by W, with the batches' statistics unchanged."""
     table = np.arange(len(samples), dtype=np.int64)
+    weight = float(cfg.interventions_weight)
+    if weight != 1.0 and samples.intervention is not None and samples.intervention.any():
+        inside = np.flatnonzero(samples.intervention)
+        whole, frac = int(weight), weight - int(weight)
+        extra = np.random.default_rng([cfg.seed, 28]).random(len(inside)) < frac
+        visits = np.full(len(samples), 1, dtype=np.int64)
+        visits[inside] = whole + extra
+        table = np.repeat(table, visits)
     if cfg.start_oversample_factor > 1 and cfg.start_oversample_s > 0:
         rate = float(samples.info.get('rate_hz', 50.0))
         first = np.r_[True, samples.episode[1:] != samples.episode[:-1]]
@@ -732,7 +745,7 @@ def _config_json(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def config_from_json(data: dict[str, Any]) -> TrainConfig:
-    data = dict(data)
+    data = dict(data)  # runs saved before a field existed take its default
     data['shape'] = ModelShape(**data.get('shape', {}))
     return TrainConfig(**data)
 

@@ -7,7 +7,8 @@ model size with the same crop and `resize_with_pad` the policy uses at run time,
 
 * ``frames_<cam>.npy``   uint8 (n_frames, H, W, 3), memory-mapped when training
 * ``arrays.npz``         per sample: frame index per camera, state, actions, actions_is_pad,
-                         task id, subtask id, episode; plus the task/subtask string tables
+                         task id, subtask id, episode, intervention (inside a human takeover);
+                         plus the task/subtask string tables
 * ``cache.json``         what the cache was built from (bags with sizes and mtimes, options)
 
 Each bag gets a cache of its own, keyed by a hash of that bag's files and the options that shape
@@ -85,6 +86,11 @@ class CachedSamples:
     tasks: list[str]
     subtasks: list[str]
     info: dict[str, Any]
+    intervention: np.ndarray | None = None  # (N,) bool: inside a recorded human takeover (None: none recorded)
+
+    def __post_init__(self) -> None:
+        if self.intervention is None:
+            self.intervention = np.zeros(len(self.state), dtype=bool)
 
     def __len__(self) -> int:
         return int(self.state.shape[0])
@@ -125,6 +131,7 @@ def build_cache(
     keep_failed: bool = False,
     crops: dict[str, tuple[int, int, int, int]] | None = None,
     progress: bool = True,
+    action_source: str = 'commands',
 ) -> CachedSamples:
     """Decode `bags` into per-bag caches under `cache_root` (each reused if it exists) and join them.
 
@@ -132,7 +139,10 @@ def build_cache(
     beside the bag (written by `bimanual-vla collect`) reports as failed, unless `keep_failed`.
     `crops` (camera -> x, y, width, height) are cut out of the frames before resizing, exactly as
     the policy does with a checkpoint's ``image_crops``. The bags must agree on cameras, joints and
-    control rate; a bag whose episodes are all left out contributes nothing.
+    control rate; a bag whose episodes are all left out contributes nothing. `action_source`
+    ('commands': the followers' ``arms/<arm>/joint_command``; 'leader': the teleop leaders'
+    ``leader/<arm>/joint_states``) says what the actions are; episodes a ``record/discard`` marker
+    discards are never decoded (`bimanual_vla.bags.episodes`).
     """
     paths = [Path(b).expanduser().resolve() for b in bags]
     if not paths:
@@ -145,6 +155,8 @@ def build_cache(
         'time_base': time_base,
         'default_task': default_task,
     }
+    if action_source != 'commands':  # only then part of the key, so existing caches stay valid
+        options['action_source'] = action_source
     crops = {c: tuple(int(v) for v in box) for c, box in (crops or {}).items()}
     if crops:  # only then part of the key, so caches built before crops existed stay valid
         options['crops'] = {c: list(box) for c, box in sorted(crops.items())}
@@ -196,8 +208,9 @@ def _decode_bag(
     rig, chunk_size, cameras = options['rig'], options['chunk_size'], options['cameras']
     time_base, default_task = options['time_base'], options['default_task']
     ds = BagDataset(
-        [path], rig=rig, chunk_size=chunk_size, cameras=cameras, time_base=time_base, default_task=default_task
-    )
+        [path], rig=rig, chunk_size=chunk_size, cameras=cameras, time_base=time_base, default_task=default_task,
+        action_source=options.get('action_source', 'commands'),
+    )  # fmt: skip
     kept = list(range(len(ds.episodes)))
     cams = list(ds.cameras)
     unknown = sorted(set(crops) - set(cams))
@@ -263,6 +276,7 @@ def _decode_samples(
     task_id = np.zeros(n, dtype=np.int64)
     subtask_id = np.zeros(n, dtype=np.int64)
     episode = np.zeros(n, dtype=np.int64)
+    intervention = np.zeros(n, dtype=bool)
     tasks: dict[str, int] = {}
     subtasks: dict[str, int] = {}
     bar = None
@@ -287,6 +301,7 @@ def _decode_samples(
             task_id[i] = tasks.setdefault(s['task'], len(tasks))
             subtask_id[i] = subtasks.setdefault(s['subtask'], len(subtasks))
             episode[i] = e
+            intervention[i] = s['intervention']
             i += 1
             if bar is not None:
                 bar.update(1)
@@ -302,6 +317,7 @@ def _decode_samples(
         'task_id': task_id,
         'subtask_id': subtask_id,
         'episode': episode,
+        'intervention': intervention,
     }
     return _DecodedSamples(frame_lists, arrays, tasks, subtasks)
 
@@ -324,6 +340,7 @@ def leave_out_episodes(part: CachedSamples, labels: set[str]) -> CachedSamples:
         task_id=part.task_id[keep],
         subtask_id=part.subtask_id[keep],
         episode=part.episode[keep],
+        intervention=part.intervention[keep],
         info={
             **part.info,
             'samples': int(keep.sum()),
@@ -382,6 +399,7 @@ def join_caches(parts: list[CachedSamples]) -> CachedSamples:
         task_id=np.concatenate(task_id),
         subtask_id=np.concatenate(subtask_id),
         episode=np.concatenate(episode),
+        intervention=np.concatenate([p.intervention for p in parts]),
         tasks=tasks,
         subtasks=subtasks,
         info=info,
@@ -497,4 +515,5 @@ def load_cache(directory: str | Path) -> CachedSamples:
         tasks=list(info['tasks']),
         subtasks=list(info['subtasks']),
         info=info,
+        intervention=arrays['intervention'] if 'intervention' in arrays.files else None,
     )

@@ -10,7 +10,9 @@ Layout (aloha_sim rig: arms left/right with 7 joints, cameras top/left_wrist/rig
   joint j of arm a at tick i reads ``state_value(a, j, i)``;
 * arms/<arm>/joint_command: every 20 ms at +3 ms, ``command_value(a, j, i)``;
 * cameras: 10 Hz at +4 ms, 6x8 rgb8 frames filled with ``frame_value(cam, n)``;
-* policy/task (before the first episode), sim/expert_subtask labels, record/episode markers.
+* policy/task (before the first episode), sim/expert_subtask labels, record/episode markers;
+* optionally (``leader``) leader/<arm>/joint_states every 20 ms at +5 ms, ``leader_value(a, j, i)``,
+  and (``strings``) any std_msgs/String messages (record/discard, teleop/intervention markers).
 
 By default header stamps equal receive times (a live rig: one clock). ``header_offset`` puts the
 stamps on another clock (like sim time); ``speed`` > 1 records a sim run faster than real time:
@@ -43,6 +45,10 @@ def command_value(arm: int, joint: int, tick: int) -> float:
     return 0.1 * joint + 0.01 * arm + 0.002 * tick + 0.05
 
 
+def leader_value(arm: int, joint: int, tick: int) -> float:
+    return 0.1 * joint + 0.01 * arm + 0.002 * tick - 0.07
+
+
 def frame_value(cam: int, n: int) -> int:
     return (n * 7 + cam * 50) % 256
 
@@ -64,6 +70,8 @@ class BagSpec:
     header_offset: int = 0  # 0: header stamps equal receive times (as a live rig on one clock)
     speed: float = 1.0  # sim seconds per receive second (a sim run faster than real time)
     time_base: str | None = None  # metadata custom_data bimanual_vla.time_base, as collect writes it
+    leader: bool = False  # also teleop leaders' positions on leader/<arm>/joint_states
+    strings: tuple[tuple[str, float, str], ...] = ()  # (topic, time s, text) std_msgs/String messages
 
 
 def _header(msg, t: int, offset: int = HEADER_OFFSET) -> None:
@@ -98,6 +106,12 @@ def build_entries(spec: BagSpec) -> list[tuple[str, str, int, bytes]]:
                 )
                 _header(cmd, base + 3 * MS, spec.header_offset)
                 out.append((f'/arms/{arm}/joint_command', js, base + 3 * MS, serialize_message(cmd)))
+            if spec.leader:
+                lead = JointState(
+                    name=[f'{arm}_{j}' for j in JOINTS], position=[leader_value(a, j, i) for j in range(7)]
+                )
+                _header(lead, base + 5 * MS, spec.header_offset)
+                out.append((f'/leader/{arm}/joint_states', js, base + 5 * MS, serialize_message(lead)))
     h, w = spec.image_size
     for n in range(int(spec.end_s * 10)):
         recv = T0 + n * 100 * MS + 4 * MS
@@ -113,6 +127,8 @@ def build_entries(spec: BagSpec) -> list[tuple[str, str, int, bytes]]:
             out.append((f'/cameras/{cam}/image_raw', 'sensor_msgs/msg/Image', recv, serialize_message(img)))
     for t, label in spec.subtasks:
         out.append((spec.subtask_topic, st, T0 + int(t * SEC), serialize_message(String(data=label))))
+    for topic, t, text in spec.strings:
+        out.append((topic, st, T0 + int(t * SEC), serialize_message(String(data=text))))
     if spec.markers:
         for label, start, stop in spec.episodes:
             out.append(('/record/episode', st, T0 + int(start * SEC), serialize_message(String(data=label))))

@@ -176,7 +176,7 @@ def test_missing_camera_joint_states_or_commands_are_named(tmp_path) -> None:
     with pytest.raises(MissingTopicError, match='no joint states'):
         BagDataset(nojs, rig='aloha_sim')
     with pytest.raises(ValueError, match='action_source'):
-        BagDataset(nocmd, action_source='leader')
+        BagDataset(nocmd, action_source='teleop')
     with pytest.raises(DatasetError, match='no usable samples'):
         BagDataset(nocmd, rig='aloha_sim', action_source='joint_states', joint_max_age_s=0.001)
 

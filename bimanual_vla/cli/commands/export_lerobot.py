@@ -11,8 +11,10 @@ def add_dataset_arguments(p: argparse.ArgumentParser, *, with_rate: bool = True)
     g.add_argument('--rig', default=None, help='rig name or YAML: cameras, joint order, arms (default: from the bag)')
     if with_rate:
         g.add_argument('--cameras', nargs='+', default=None, metavar='CAM', help='cameras to use (default: all)')
-    g.add_argument('--action-source', choices=('commands', 'joint_states'), default='commands',
-                   help='actions from the recorded commands (default) or from future joint states')  # fmt: skip
+    g.add_argument('--action-source', choices=('leader', 'command', 'commands', 'joint_states'), default=None,
+                   help="actions from the followers' recorded commands ('command', the default for bags without "
+                        "leaders), the teleop leaders' positions ('leader': leader/<arm>/joint_states) or future "
+                        'joint states; bags with both leaders and commands (record-episodes) need it said')  # fmt: skip
     g.add_argument('--command-topic', default='arms/{arm}/joint_command',
                    help='per-arm action topic, e.g. leader/{arm}/joint_states for teleop data')  # fmt: skip
     g.add_argument('--state-mode', choices=('latest', 'interpolate'), default='latest')
@@ -26,13 +28,14 @@ def add_dataset_arguments(p: argparse.ArgumentParser, *, with_rate: bool = True)
     g.add_argument('--task', default='', help='task text where the bag has no policy/task')
 
 
-def dataset_options(args: argparse.Namespace):
-    from bimanual_vla.learning.dataset import DatasetOptions
+def dataset_options(args: argparse.Namespace, bags: list[str] | None = None):
+    """The DatasetOptions of the command line; ValueError when `bags` need --action-source said."""
+    from bimanual_vla.learning.dataset import DatasetOptions, choose_action_source
 
     return DatasetOptions(
         rig=args.rig,
         cameras=getattr(args, 'cameras', None),
-        action_source=args.action_source,
+        action_source=choose_action_source(bags or [], args.action_source, args.namespace),
         command_topic=args.command_topic,
         state_mode=args.state_mode,
         time_base=args.time_base,
@@ -68,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     from bimanual_vla.learning.lerobot_export import ExportError, export_lerobot
 
     try:
-        summary = export_lerobot(args.bags, args.out, fps=args.fps, options=dataset_options(args),
+        summary = export_lerobot(args.bags, args.out, fps=args.fps, options=dataset_options(args, args.bags),
                                  robot_type=args.robot_type, progress=sys.stderr.isatty(),
                                  vcodec=args.vcodec)  # fmt: skip
     except (BagError, ExportError, ValueError) as exc:

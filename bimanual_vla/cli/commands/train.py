@@ -72,6 +72,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar=('SECONDS', 'FACTOR'),
         help='visit the first SECONDS of every episode FACTOR times per epoch',
     )
+    p.add_argument(
+        '--action-source',
+        choices=['leader', 'command', 'commands'],
+        default=None,
+        help="the action trained on: 'leader' (teleop leaders' positions, leader/<arm>/joint_states) or 'command' "
+        "(the followers' arms/<arm>/joint_command; the default for bags without leaders). Bags with both "
+        '(record-episodes) need it said',
+    )
+    p.add_argument(
+        '--interventions-weight',
+        type=float,
+        default=1.0,
+        metavar='W',
+        help='visit samples inside recorded human takeovers (teleop/intervention) W times per epoch (weight W)',
+    )
     p.add_argument('--normalization', choices=['mean_std', 'quantile'], default='mean_std')
     p.add_argument('--seed', type=int, default=0)
     p.add_argument(
@@ -170,6 +185,16 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
             raise SystemExit('--data is required (except with --resume)')
         if out.exists() and any(out.iterdir()):
             raise SystemExit(f'{out}: exists and is not empty (use --resume to continue a run, or a new --out)')
+        from bimanual_vla.bags.read import BagError
+        from bimanual_vla.config import ConfigError
+        from bimanual_vla.learning.dataset import choose_action_source
+
+        if not 0 <= args.interventions_weight < 1e3:  # one line, exit status 2 (cli/main.py)
+            raise ConfigError(f'--interventions-weight: must be in [0, 1000), got {args.interventions_weight}')
+        try:
+            action_source = choose_action_source(args.data, args.action_source)
+        except (ValueError, BagError) as exc:
+            raise ConfigError(str(exc)) from None
         cfg = TrainConfig(
             data=[str(Path(d).expanduser()) for d in args.data],
             out=str(out),
@@ -191,6 +216,8 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
             state_dropout=args.state_dropout,
             start_oversample_s=float(args.start_oversample[0]),
             start_oversample_factor=int(args.start_oversample[1]),
+            action_source=action_source,
+            interventions_weight=float(args.interventions_weight),
             normalization=args.normalization,
             seed=args.seed,
             save_every=args.save_every,
@@ -229,6 +256,7 @@ def _samples(cfg: TrainConfig) -> CachedSamples:
         keep_failed=cfg.keep_failed,
         crops=crops,
         progress=cfg.progress,
+        action_source=cfg.action_source,
     )
 
 

@@ -1,7 +1,9 @@
-"""Simulated rig: sim_rig (MuJoCo ALOHA) instead of the drivers, on sim time, plus the policy node,
-robot_state_publisher, and optionally rviz2 and a bag recorder.
+"""Simulated rig: sim_rig (MuJoCo ALOHA, or the SO-101 twin behind the real arm_drivers) on sim time,
+plus the policy node, robot_state_publisher, and optionally rviz2 and a bag recorder. `task` and `seed`
+default to the rig's `sim:` block.
 
     ros2 launch bimanual_vla sim.launch.py task:=transfer_cube seed:=3 rviz:=true
+    ros2 launch bimanual_vla sim.launch.py rig:=so101_sim policy:=none
 """
 
 from launch import LaunchDescription
@@ -34,8 +36,14 @@ def generate_launch_description():
     return LaunchDescription(
         [
             DeclareLaunchArgument('rig', default_value='aloha_sim', description='simulated rig YAML or name'),
-            DeclareLaunchArgument('task', default_value='transfer_cube', description='transfer_cube | insertion'),
-            DeclareLaunchArgument('seed', default_value='0', description='seed of the object poses'),
+            DeclareLaunchArgument(
+                'task',
+                default_value='',
+                description="transfer_cube | insertion; SO-101 twin: handover_cube | lift_bar; '': the rig's sim.task",
+            ),
+            DeclareLaunchArgument(
+                'seed', default_value='', description="seed of the object poses; '': the rig's sim.seed"
+            ),
             DeclareLaunchArgument(
                 'servo_bus',
                 default_value='',

@@ -178,15 +178,23 @@ def sim_processes(
     rig: str,
     policy: str,
     *,
-    task: str,
-    seed: str,
+    task: str = '',
+    seed: str = '',
     servo_bus: str = '',
     rviz: bool,
     record: str,
     record_split_mb: str = '0',
 ) -> list[ProcessSpec]:
-    """launch/sim.launch.py: sim_rig (behind arm_drivers with `servo_bus`) on sim time, the policy node."""
-    sim: dict[str, Any] = {'task': task, 'seed': int(seed)}
+    """launch/sim.launch.py: sim_rig (behind arm_drivers with `servo_bus`) on sim time, the policy node.
+
+    `task`, `seed`, `servo_bus` reach sim_rig only when given ('' = the rig's `sim:` block), so one
+    launch file serves rigs whose tasks differ (ALOHA's transfer_cube, the SO-101 twin's handover_cube).
+    """
+    sim: dict[str, Any] = {}
+    if task:
+        sim['task'] = task
+    if seed:
+        sim['seed'] = int(seed)
     if servo_bus:
         sim['servo_bus'] = servo_bus
     chosen, left_out = choose_policy(rig, policy)

@@ -376,6 +376,27 @@ def test_a_checkpoint_the_user_named_that_fits_gets_the_policy_node(stub_launch,
     assert stub_launch.warnings == []
 
 
+@pytest.mark.parametrize(
+    ('rig', 'overrides', 'task', 'seed'),
+    [
+        ('so101_sim', {}, None, None),  # the twin's own sim.task (handover_cube) and seed reach sim_rig
+        ('so101_sim', {'task': 'lift_bar', 'seed': '7'}, 'lift_bar', 7),
+        ('aloha_sim', {}, None, None),
+        ('aloha_sim', {'task': 'insertion'}, 'insertion', None),
+    ],
+)
+def test_sim_launch_gives_sim_rig_the_task_and_seed_only_when_given(stub_launch, rig, overrides, task, seed) -> None:
+    """sim.launch.py's task:= / seed:= default to the rig's `sim:` block: a launch default of its own
+    (transfer_cube) would be refused by the SO-101 twin's scene."""
+    nodes = nodes_of(stub_launch.run('sim.launch.py', {'rig': rig, 'policy': '', **overrides}))
+    (sim_rig,) = [n for n in nodes if n['executable'] == 'sim_rig']
+    params = sim_rig['parameters'][0]
+    assert params.get('task') == task and params.get('seed') == seed
+    if rig == 'so101_sim':
+        assert [n['executable'] for n in nodes][:3] == ['sim_rig', 'arm_driver', 'arm_driver']
+        assert stub_launch.warnings == []
+
+
 def test_find_executable_looks_where_launch_ros_looks(tmp_path, monkeypatch) -> None:
     """ExecutableInPackage: <package prefix from the ament index>/lib/<package>/<executable>."""
     prefix = tmp_path / 'install'

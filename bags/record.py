@@ -63,6 +63,8 @@ def rig_topics(rig: RigConfig | None) -> list[str]:
     names.append(T.JOINT_STATES)
     for arm in rig.arms if rig else []:
         names.append(T.arm_command(arm.name))
+    for leader in rig.leaders if rig else []:  # teleop: the leaders' positions, one choice of action
+        names.append(T.leader_joint_states(leader.follower))
     names += [
         T.POLICY_TASK,
         T.POLICY_SUBTASK,
@@ -71,6 +73,8 @@ def rig_topics(rig: RigConfig | None) -> list[str]:
         T.ESTOP,
         T.SIM_SUCCESS,
         T.SIM_EXPERT_SUBTASK,
+        T.TELEOP_INTERVENTION,
+        T.RECORD_DISCARD,
         T.DIAGNOSTICS,
     ]
     return names
@@ -101,6 +105,7 @@ class BagRecorder(Node):
         self.queue_limit = int(float(self.declare_parameter('queue_limit_mb', 1024.0).value) * 2**20)
         split_mb = float(self.declare_parameter('max_bag_size_mb', 0.0).value)
         split_s = float(self.declare_parameter('max_bag_duration_s', 0.0).value)
+        self.split_at_episode_end = bool(self.declare_parameter('split_on_episode_end', False).value)
         if split_mb < 0 or split_s < 0:
             raise ValueError('bag_recorder: max_bag_size_mb and max_bag_duration_s must be >= 0 (0: no split)')
 
@@ -122,6 +127,7 @@ class BagRecorder(Node):
             compress=compress,
             max_bytes=int(split_mb * 2**20) if split_mb > 0 else None,
             max_duration_s=split_s if split_s > 0 else None,
+            split_on_request=self.split_at_episode_end,
         )
 
         self.topic_states: dict[str, _TopicState] = {}
@@ -208,11 +214,12 @@ class BagRecorder(Node):
             self._queued_bytes += size
         state.count += 1
         state.bytes += size
-        if state.name == self.episode_topic:
-            self._on_marker(stamp, data)
+        label = self._on_marker(stamp, data) if state.name == self.episode_topic else None
         self._queue.put(('message', state.name, stamp, data))
+        if label == '' and self.split_at_episode_end:  # the end marker written, the episode's file closes
+            self._queue.put(('split',))
 
-    def _on_marker(self, stamp: int, data: bytes) -> None:
+    def _on_marker(self, stamp: int, data: bytes) -> str:
         from rclpy.serialization import deserialize_message
         from std_msgs.msg import String
 
@@ -223,6 +230,7 @@ class BagRecorder(Node):
         self._queue.put(('custom', EPISODES_CUSTOM_DATA_KEY, episodes))
         what = f'episode {label!r} started' if label else 'episode ended'
         self.get_logger().info(what)
+        return label
 
     @property
     def episodes(self) -> list[Episode]:
@@ -239,6 +247,8 @@ class BagRecorder(Node):
                     self._writer.add_connection(name, type_name, msgdef=msgdef, rihs01=digest, offered=offered)
                 elif item[0] == 'custom':
                     self._writer.set_custom_data(item[1], item[2])
+                elif item[0] == 'split':
+                    self._writer.split()
                 else:
                     _, name, stamp, data = item
                     with self._lock:

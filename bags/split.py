@@ -35,6 +35,7 @@ class SplitBagWriter:
         compress: bool = False,
         max_bytes: int | None = None,
         max_duration_s: float | None = None,
+        split_on_request: bool = False,
     ) -> None:
         for name, value in (('max_bytes', max_bytes), ('max_duration_s', max_duration_s)):
             if value is not None and not value > 0:
@@ -45,7 +46,7 @@ class SplitBagWriter:
         self.compress = compress
         self.max_bytes = max_bytes
         self.max_duration_ns = None if max_duration_s is None else int(max_duration_s * 1e9)
-        self.splitting = max_bytes is not None or max_duration_s is not None
+        self.splitting = max_bytes is not None or max_duration_s is not None or split_on_request
         self.custom_data: dict[str, str] = {}
         self.closed_files: list[dict[str, Any]] = []  # metadata of each closed split, in order
         self._topics: list[tuple[str, str, str | None, str | None, list[Any]]] = []
@@ -105,6 +106,14 @@ class SplitBagWriter:
         self._split_bytes += len(data)
         if self._split_start_ns is None:
             self._split_start_ns = stamp_ns
+
+    def split(self) -> None:
+        """Close the open file now (if it holds a message) and start the next: what is written so far is
+        listed in metadata.yaml and safe if the process dies (``record-episodes`` splits at every episode end)."""
+        if self.splitting and self._split_start_ns is not None:
+            self._close_split()
+            self._split_index += 1
+            self._open_split()
 
     def _full(self, stamp_ns: int) -> bool:
         if self.max_bytes is not None and self._split_bytes >= self.max_bytes:

@@ -77,3 +77,32 @@ def test_intervention_messages_parse_or_refuse():
     assert parse_intervention('') == frozenset() and parse_intervention(' left , right ') == {'left', 'right'}
     with pytest.raises(ValueError, match='"arms" must be a list'):
         parse_intervention('{"arms": "left"}')
+
+
+def test_a_split_on_request_closes_the_file_written_so_far(tmp_path):
+    """record-episodes splits at every episode end: a kill afterwards loses nothing of that episode."""
+    from helpers.bags import entries_images
+
+    from bimanual_vla.bags.message_types import type_definition
+    from bimanual_vla.bags.read import BagReader
+    from bimanual_vla.bags.split import SplitBagWriter
+
+    bag = tmp_path / 'eps'
+    writer = SplitBagWriter(bag, split_on_request=True)
+    entries = entries_images(10, 300)
+    for topic, type_name in {(e[0], e[1]) for e in entries}:
+        msgdef, digest = type_definition(type_name)
+        writer.add_connection(topic, type_name, msgdef=msgdef, rihs01=digest, offered=[])
+    for topic, _, ts, data in entries[:8]:
+        writer.write(topic, ts, data)
+    writer.split()
+    writer.split()  # nothing written since: no empty file
+    assert writer.files == ['eps_0.mcap']
+    with BagReader(bag) as first:  # what a kill now would leave: the closed file, listed
+        assert first.message_count == 8 and not first.problems
+    for topic, _, ts, data in entries[8:]:
+        writer.write(topic, ts, data)
+    writer.close()
+    assert writer.files == ['eps_0.mcap', 'eps_1.mcap']
+    with BagReader(bag) as both:
+        assert both.message_count == len(entries)

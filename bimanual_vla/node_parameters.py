@@ -43,6 +43,7 @@ NODE_PARAMETERS: dict[str, dict[str, str]] = {
         'reconnect_initial_s': DOUBLE,
         'reconnect_max_s': DOUBLE,
         'frozen_after_s': ANY,  # checked against its bound by the node
+        'jpeg_quality': INTEGER,
         **_RCLPY,
     },
     'sim_rig': {
@@ -62,6 +63,7 @@ NODE_PARAMETERS: dict[str, dict[str, str]] = {
         'expert_meet_jitter': DOUBLE,
         'expert_aim_left': BOOL,
         'servo_bus_dir': STRING,
+        'jpeg_quality': INTEGER,
         **_RCLPY,
     },
     'policy_node': {

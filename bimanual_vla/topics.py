@@ -164,6 +164,11 @@ def camera_image(camera: str) -> str:
     return f'cameras/{camera}/image_raw'
 
 
+def camera_image_compressed(camera: str) -> str:
+    """sensor_msgs/CompressedImage (JPEG) of camera_image: image_transport's ``compressed`` name."""
+    return f'{camera_image(camera)}/compressed'
+
+
 def camera_info(camera: str) -> str:
     """sensor_msgs/CameraInfo matching camera_image."""
     return f'cameras/{camera}/camera_info'

@@ -1,8 +1,8 @@
 """The `sim_rig` node: the MuJoCo ALOHA rig behind the same topics as the real rig.
 
 Nothing above the drivers can tell it from hardware: it publishes ``joint_states``
-(one message per arm per control tick, names ``<arm>_<joint>``) and each camera's
-``image_raw`` + ``camera_info``, and follows ``arms/<arm>/joint_command``,
+(one message per arm per control tick, names ``<arm>_<joint>``) and each camera's ``image_raw``
++ ``camera_info`` (and ``image_raw/compressed`` while subscribed), and follows ``arms/<arm>/joint_command``,
 ``arms/<arm>/joint_trajectory`` (played each physics tick at sim time by the drivers' own
 ``TrajectoryPlayer``; the newest source wins) and ``estop`` like the arm drivers do (limits,
 NaN rejection, max step per tick, hold on e-stop, which also drops a trajectory).
@@ -42,7 +42,7 @@ from pydantic import ValidationError
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.node import Node
 from rosgraph_msgs.msg import Clock
-from sensor_msgs.msg import CameraInfo, Image, JointState
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, JointState
 from std_msgs.msg import Bool, Int64, String
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
@@ -50,6 +50,7 @@ from trajectory_msgs.msg import JointTrajectory
 from bimanual_vla import topics
 from bimanual_vla.config import ConfigError, SimConfig, format_validation_error
 from bimanual_vla.drivers.servo.trajectory import Trajectory, TrajectoryPlayer, TrajectoryRejected
+from bimanual_vla.image_msgs import JPEG_QUALITY, CompressedPublisher, check_jpeg_quality, image_to_rgb
 from bimanual_vla.ros_utils import (
     ERROR,
     OK,
@@ -201,6 +202,8 @@ class SimRig(Node):
         self.use_expert = bool(param('expert', False, 'drive the arms with the built-in scripted expert'))
         expert = {name: param(name, default, text) for name, _, default, text in EXPERT_PARAMETERS}
         servo_bus_dir = str(param('servo_bus_dir', '', "where the drivers' rig file and pty links go ('': default)"))
+        quality = param('jpeg_quality', JPEG_QUALITY, 'JPEG quality of image_raw/compressed (1-100)')
+        self.jpeg_quality = check_jpeg_quality(self.get_name(), quality)
         if self.render_rate_hz < 0:
             raise ConfigError(f'render_rate_hz must be >= 0, got {self.render_rate_hz}')
         if width < 0 or height < 0:
@@ -246,6 +249,13 @@ class SimRig(Node):
         }
         self._info_pubs = {
             c: self.create_publisher(CameraInfo, topics.camera_info(c), topics.SENSOR_QOS) for c in self.cameras
+        }
+        self._compressed_pubs = {  # JPEG for a remote policy, encoded only while subscribed
+            c: CompressedPublisher(
+                self.create_publisher(CompressedImage, topics.camera_image_compressed(c), topics.SENSOR_QOS),
+                self.jpeg_quality,
+            )
+            for c in self.cameras
         }
         self._infos = {}
         for cam, (w, h) in self.cameras.items():
@@ -578,6 +588,8 @@ class SimRig(Node):
                         continue
                     self._image_pubs[cam].publish(img)
                     self._info_pubs[cam].publish(info)
+                    if self._compressed_pubs[cam].wanted():
+                        self._compressed_pubs[cam].publish(image_to_rgb(img), img.header)
                 self._render_ms = 0.9 * self._render_ms + 0.1 * (time.perf_counter() - t0) * 1e3
                 self._frames += 1
                 with self._render_request:

@@ -15,6 +15,9 @@ this node only maps frames into messages and reports health. Parameters:
   for this long is frozen: reported as an ERROR and reopened like a failed one. Identical frames are
   never published, so consumers see the camera go stale at once (``bimanual_vla.drivers.camera.capture``,
   Frozen sources).
+* ``jpeg_quality`` (80, 1-100): each frame also goes out as JPEG on ``image_raw/compressed``
+  (sensor_msgs/CompressedImage, image_transport's name), for a policy on another computer; it is
+  encoded only while that topic has a subscriber.
 
 ``header.stamp`` is the capture time in the node's clock domain: the capture thread stamps
 frames on the monotonic clock, and at publish time the frame's age is subtracted from the
@@ -31,16 +34,18 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.node import Node
-from sensor_msgs.msg import CameraInfo, Image
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
 from bimanual_vla import topics
 from bimanual_vla.config import Bound, CameraConfig, ConfigError, check_override
 from bimanual_vla.drivers.camera.capture import FROZEN_AFTER_S, Capture, CaptureError, CaptureStats, Frame, make_source
+from bimanual_vla.image_msgs import JPEG_QUALITY, CompressedPublisher, check_jpeg_quality
 from bimanual_vla.ros_utils import ERROR, OK, WARN, declare_rig, diagnostic_status, run_node
 
 DIAGNOSTICS_PERIOD_S = 1.0
@@ -82,6 +87,8 @@ class CameraDriver(Node):
             self.declare_parameter('frozen_after_s', FROZEN_AFTER_S, ParameterDescriptor(dynamic_typing=True)).value,
             FROZEN_AFTER_S_BOUND,
         )
+        quality = self.declare_parameter('jpeg_quality', JPEG_QUALITY).value
+        quality = check_jpeg_quality(f'node {self.get_name()}', quality)
 
         self.camera: CameraConfig = cam
         # check_fields=True makes the generated setter keep an array.array('B') as is; with the default
@@ -104,6 +111,9 @@ class CameraDriver(Node):
 
         self._image_pub = self.create_publisher(Image, topics.camera_image(cam.name), topics.SENSOR_QOS)
         self._info_pub = self.create_publisher(CameraInfo, topics.camera_info(cam.name), topics.SENSOR_QOS)
+        self._compressed = CompressedPublisher(
+            self.create_publisher(CompressedImage, topics.camera_image_compressed(cam.name), topics.SENSOR_QOS), quality
+        )
         self._diag_pub = self.create_publisher(DiagnosticArray, topics.DIAGNOSTICS, topics.DIAGNOSTICS_QOS)
 
         self._lock = threading.Lock()
@@ -160,6 +170,8 @@ class CameraDriver(Node):
         self._image_pub.publish(msg)
         self._info.header.stamp = stamp
         self._info_pub.publish(self._info)
+        pixels = np.frombuffer(frame.data, np.uint8).reshape(frame.height, frame.width, 3)
+        self._compressed.publish(pixels, msg.header)  # encodes only if someone subscribes
         with self._lock:
             self._published += 1
             self._latency_sum_ns += age_ns
@@ -245,6 +257,8 @@ class CameraDriver(Node):
             'last_error': stats.last_error,
             'stamp_source': stats.stamp_source,
             'capture_to_publish_ms': latency_ms,
+            'compressed_published': self._compressed.published,
+            'compressed_bytes_mean': self._compressed.bytes / max(1, self._compressed.published),
             'notes': '; '.join(stats.notes),
         }
         array = DiagnosticArray()

@@ -352,14 +352,19 @@ def plan_guide(
     (``d``, see ``delay_steps``) get the committed action with weight 1; the rest
     of the overlap with the executing chunk decays to 0; beyond the executing chunk nothing is
     constrained (the guide is shorter than the chunk). ``None`` when nothing is executing.
+
+    A chunk that is late or lost leaves the executor holding its last action past its end: the frozen
+    steps then reach past the end, and hold that action (``committed`` does), so the next chunk starts
+    where the arms were held instead of jumping to wherever the model would have been by then.
     """
     end = executor.end_time()
     if end is None:
         return None
-    overlap = min(chunk_size, math.floor((end - t_obs) / dt + _EPS_STEPS) + 1)
+    delay = delay_steps(t_obs=t_obs, now=now, expected_latency_s=expected_latency_s, dt=dt)
+    overlap = max(min(chunk_size, math.floor((end - t_obs) / dt + _EPS_STEPS) + 1), min(delay, chunk_size))
     if overlap <= 0:
         return None
-    frozen = min(delay_steps(t_obs=t_obs, now=now, expected_latency_s=expected_latency_s, dt=dt), overlap)
+    frozen = min(delay, overlap)
     times = [t_obs + i * dt for i in range(overlap)]
     actions = executor.committed(times)
     assert actions is not None

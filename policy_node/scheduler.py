@@ -168,6 +168,10 @@ class Scheduler(Generic[F]):
         self._next_start = -math.inf  # pacing: when the next inference is due, on timeline _paced_epoch
         self._paced_epoch = 0
         self._last_tick_wall: float | None = None  # monotonic time of the previous control tick
+        # How long a command takes to reach the robot (the policy on another computer: half the measured
+        # round trip, policy_node/remote_link.py; 0 on one). The robot switches to a new chunk that much
+        # after the node does, so RTC must freeze the steps executed until then too.
+        self.link_delay_s = 0.0
 
     # --------------------------------------------------------------- inputs
 
@@ -388,7 +392,7 @@ class Scheduler(Generic[F]):
                 self.executor,
                 t_obs=t_obs,
                 now=now,
-                expected_latency_s=latency if latency is not None else 0.0,
+                expected_latency_s=(latency if latency is not None else 0.0) + self.link_delay_s,
                 dt=self.timing.dt,
                 chunk_size=self.timing.chunk_size,
             )
@@ -453,7 +457,7 @@ class Scheduler(Generic[F]):
 
     def rtc_delay_steps_planned(self) -> int:
         est = self.latency.estimate_s
-        return math.ceil(est / self.timing.dt) + 1 if est is not None else 0
+        return math.ceil((est + self.link_delay_s) / self.timing.dt) + 1 if est is not None else 0
 
     def stats_values(self, arrival: Mapping[str, float]) -> dict[str, object]:
         """Chunk, timing and input counters for diagnostics, with ``arrival`` (taken under the lock) in place."""
@@ -466,6 +470,7 @@ class Scheduler(Generic[F]):
             'inference_ms_p50': percentile(s.inference_ms, 50),
             'inference_ms_max': max(s.inference_ms, default=float('nan')),
             'rtc_delay_steps_planned': self.rtc_delay_steps_planned(),
+            'link_delay_ms': self.link_delay_s * 1e3,
             'control_period_ms_p50': percentile(s.tick_periods_ms, 50),
             'control_period_ms_p99': percentile(s.tick_periods_ms, 99),
             'control_period_ms_max': max(s.tick_periods_ms, default=float('nan')),

@@ -102,6 +102,7 @@ setup(
             'estop_input = bimanual_vla.drivers.estop.node:main',
             'robot_description_publisher = bimanual_vla.bringup.description_node:main',
             'teleop = bimanual_vla.drivers.teleop.node:main',
+            'clock_responder = bimanual_vla.bringup.clock_responder:main',
         ],
     },
 )

@@ -373,6 +373,12 @@ class RigConfig(_Strict):
     cameras: list[CameraConfig] = Field(default_factory=list)
     sim: SimConfig | None = Field(default=None, description='simulator settings, only for simulated rigs')
     leaders: list[LeaderConfig] = Field(default_factory=list, description='leader arms for teleoperation')
+    policy_host: str = Field(
+        default='',
+        pattern=r'^[A-Za-z0-9._:-]*$',
+        description="the computer the policy node runs on, if not the robot's ('': the same one); "
+        'docs/remote_policy.md',
+    )
 
     @field_validator('arms')
     @classmethod

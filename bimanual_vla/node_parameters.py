@@ -74,10 +74,13 @@ NODE_PARAMETERS: dict[str, dict[str, str]] = {
         'chunking': STRING,
         'markers_every_n_chunks': INTEGER,
         'command_mode': STRING,
+        'image_transport': STRING,
+        'max_clock_offset_s': DOUBLE,
         **_RCLPY,
     },
     'estop_input': {'keyboard': BOOL, 'device': STRING, 'key': STRING, 'mode': STRING, **_RCLPY},
     'robot_description_publisher': {'rig': STRING, **_RCLPY},
+    'clock_responder': {**_RCLPY},
     'teleop': {
         'rig': STRING,
         'leaders': STRING,

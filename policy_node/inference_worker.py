@@ -4,6 +4,8 @@ A plain Python thread, so the model's seconds never occupy an executor thread. I
 only through what it is given: the scheduler and the lock that guards it, a clock (seconds of the
 node's time), the prompt (read under the lock), an image decoder, a logger, and two callbacks
 (``on_subtask`` the moment the model has written a subtask, ``on_chunk`` for every accepted chunk).
+Camera frames are decoded here (raw or JPEG, ``image_msgs.decode_image`` by default), never in the
+node's callbacks, which only store the message.
 """
 
 from __future__ import annotations
@@ -75,8 +77,8 @@ class InferenceWorker(Generic[F]):
         camera_names: Sequence[str],
         clock: Callable[[], float],
         prompt: Callable[[], tuple[str, str | None]],
-        decode_image: Callable[[F], np.ndarray],
-        decode_errors: tuple[type[BaseException], ...],
+        decode_image: Callable[[F], np.ndarray] | None = None,
+        decode_errors: tuple[type[BaseException], ...] | None = None,
         logger: Any,  # .error(message, throttle_duration_sec=...)
         on_subtask: Callable[[str, int], None],
         on_chunk: Callable[[Any, Snapshot[F], Chunk], None],
@@ -87,6 +89,12 @@ class InferenceWorker(Generic[F]):
         self.policy_cfg = policy_cfg
         self.camera_names = list(camera_names)
         self.clock, self.prompt = clock, prompt
+        if decode_image is None or decode_errors is None:
+            # sensor_msgs Image or CompressedImage (JPEG): decoded here, in the inference thread, never in a callback
+            from bimanual_vla.image_msgs import ImageError
+            from bimanual_vla.image_msgs import decode_image as decode_any
+
+            decode_image, decode_errors = decode_image or decode_any, decode_errors or (ImageError,)
         self.decode_image, self.decode_errors = decode_image, decode_errors
         self.logger = logger
         self.on_subtask, self.on_chunk = on_subtask, on_chunk

@@ -8,12 +8,12 @@ scheduler's action at *now* through the safety gate; ``command_output.py`` sends
 as one ``arms/<arm>/joint_command`` per arm, or sends the chunk's committed part as a trajectory the
 drivers play). The node spins on one thread; one lock guards the scheduler, the gate and the prompt, held
 only for microseconds, never across inference. ``settings.py`` resolves the parameters, ``prompt.py``
-keeps the task and the reasoning, ``diagnostics.py`` gives the diagnostics, ``messages.py`` the messages.
+keeps the task and the reasoning, ``diagnostics.py`` gives the diagnostics, ``messages.py`` the messages,
+``remote_link.py`` the camera subscriptions (raw or JPEG) and the clock offset to a robot on another host.
 """
 
 from __future__ import annotations
 
-import functools
 import sys
 import threading
 import time
@@ -28,7 +28,6 @@ from visualization_msgs.msg import MarkerArray
 
 from bimanual_vla import topics
 from bimanual_vla.config import load_policy
-from bimanual_vla.image_msgs import ImageError, image_to_rgb
 from bimanual_vla.policy_node import diagnostics
 from bimanual_vla.policy_node.chunking import Chunk
 from bimanual_vla.policy_node.command_output import CommandOutput
@@ -36,12 +35,13 @@ from bimanual_vla.policy_node.inference_worker import InferenceWorker, Snapshot,
 from bimanual_vla.policy_node.markers import GripperPaths, chunk_markers
 from bimanual_vla.policy_node.messages import chunk_trajectory, diagnostic_array, reasoning_label
 from bimanual_vla.policy_node.prompt import Prompt
+from bimanual_vla.policy_node.remote_link import RemoteLink
 from bimanual_vla.policy_node.rig_fit import check_cameras, commanded_arms
 from bimanual_vla.policy_node.safety import CommandGate
 from bimanual_vla.policy_node.scheduler import Scheduler, scheduler_for_policy
 from bimanual_vla.policy_node.settings import NodeSettings
 from bimanual_vla.policy_node.trajectory_plan import check_command_mode
-from bimanual_vla.ros_utils import declare_rig, run_node, sec_to_stamp, stamp_to_sec, subscribe_from_any_publisher
+from bimanual_vla.ros_utils import declare_rig, run_node, sec_to_stamp, subscribe_from_any_publisher
 
 
 class PolicyNode(Node):
@@ -68,8 +68,6 @@ class PolicyNode(Node):
             camera_names=self.camera_names,
             clock=self.now_s,
             prompt=self.prompt.read,  # called under the lock
-            decode_image=image_to_rgb,
-            decode_errors=(ImageError,),
             logger=self.get_logger(),
             on_subtask=self._publish_subtask,
             on_chunk=self._on_chunk,
@@ -113,9 +111,8 @@ class PolicyNode(Node):
         self._lock = threading.Lock()
 
     def _init_ros_io(self) -> None:
-        for cam in self.camera_names:
-            on_image = functools.partial(self._on_image, cam)  # rclpy calls it with the message
-            self.create_subscription(Image, topics.camera_image(cam), on_image, topics.SENSOR_QOS)
+        link = {'lock': self._lock, 'scheduler': self.scheduler, 'gate': self.gate}  # cameras, clocks: remote_link.py
+        self.link = RemoteLink(self, self.rig, self.camera_names, self._on_image, **link)
         self.create_subscription(JointState, topics.JOINT_STATES, self._on_joints, topics.SENSOR_QOS)
         subscribe_from_any_publisher(self, String, topics.POLICY_TASK, self._on_task, latched=True)
         subscribe_from_any_publisher(self, String, topics.POLICY_SUBTASK, self._on_subtask, latched=True)
@@ -135,14 +132,14 @@ class PolicyNode(Node):
 
     # --------------------------------------------------------------- inputs
 
-    def _on_image(self, cam: str, msg: Image) -> None:
+    def _on_image(self, cam: str, msg: Image, stamp: float) -> None:
         arrival = self.now_s()
         with self._lock:
-            self.scheduler.add_frame(cam, msg, stamp_to_sec(msg.header.stamp), arrival)
+            self.scheduler.add_frame(cam, msg, stamp, arrival)
 
     def _on_joints(self, msg: JointState) -> None:
-        with self._lock:
-            self.scheduler.add_joints(stamp_to_sec(msg.header.stamp), msg.name, msg.position)
+        with self._lock:  # the robot's stamp on this node's clock
+            self.scheduler.add_joints(self.link.local(msg.header.stamp), msg.name, msg.position)
 
     def _on_task(self, msg: String) -> None:
         with self._lock:
@@ -171,8 +168,9 @@ class PolicyNode(Node):
             self.get_logger().info('e-stop released; call policy/enable to move again')
 
     def _on_enable(self, request: SetBool.Request, response: SetBool.Response) -> SetBool.Response:
+        problem = self.link.enable_problem() if request.data else None  # clock offset unmeasured or too large
         with self._lock:
-            response.success, response.message = self.gate.set_enabled(request.data)
+            response.success, response.message = (False, problem) if problem else self.gate.set_enabled(request.data)
         self.get_logger().info(f'policy/enable {request.data}: {response.message}')
         return response
 
@@ -197,7 +195,7 @@ class PolicyNode(Node):
             out = self.output.decide(now, result, self.scheduler.executor)  # None: nothing to send
             pending = self.scheduler.take_pending_frames() if out is not None and result.command is not None else None
         if out is not None:
-            self.output.publish(out)
+            self.output.publish(self.link.outgoing(out))
         if pending:
             self.scheduler.note_commanded(pending, self.now_s())
 
@@ -225,7 +223,8 @@ class PolicyNode(Node):
     # ---------------------------------------------------------- diagnostics
 
     def diagnostics_values(self) -> dict[str, object]:
-        return diagnostics.policy_values(self.gate, self.scheduler, self.prompt, self.model.metadata.tasks, self._lock)
+        tasks, link = self.model.metadata.tasks, self.link.values()  # link: image transport, clock offset
+        return {**diagnostics.policy_values(self.gate, self.scheduler, self.prompt, tasks, self._lock), **link}
 
     def _publish_diagnostics(self) -> None:
         values = self.diagnostics_values()

@@ -23,6 +23,7 @@ NODE_CLASSES: dict[str, str] = {
     'estop_input': 'bimanual_vla.drivers.estop.node:EstopInput',
     'robot_description_publisher': 'bimanual_vla.bringup.description_node:RobotDescriptionNode',
     'teleop': 'bimanual_vla.drivers.teleop.node:TeleopNode',
+    'clock_responder': 'bimanual_vla.bringup.clock_responder:ClockResponder',
 }
 
 

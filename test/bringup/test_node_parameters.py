@@ -53,6 +53,7 @@ def test_the_table_is_what_each_node_class_declares(ros_context, so101_rig: Path
         'estop_input': {'keyboard': False},
         'robot_description_publisher': {'rig': 'aloha_sim'},
         'teleop': {'rig': 'so101_bimanual'},  # its leaders' ports missing: it keeps trying to open them
+        'clock_responder': {},
     }
     assert set(params) == set(NODE_CLASSES)  # a node added there is constructed here too
     for executable, values in params.items():

@@ -145,11 +145,6 @@ CLOCK_SYNC_PING = 'clock_sync/ping'
 CLOCK_SYNC_PONG = 'clock_sync/pong'
 """sensor_msgs/TimeReference: clock_responder's answer: ``time_ref`` when the probe arrived, ``header.stamp``
 when the answer left (robot clock), ``header.frame_id`` and ``source`` copied from the probe."""
-CLOCK_SYNC_PING = 'clock_sync/ping'
-"""sensor_msgs/TimeReference: the policy node's clock probe (``header.frame_id`` its id, ``source`` the node)."""
-CLOCK_SYNC_PONG = 'clock_sync/pong'
-"""sensor_msgs/TimeReference: clock_responder's answer: ``time_ref`` when the probe arrived, ``header.stamp``
-when the answer left (robot clock), ``header.frame_id`` and ``source`` copied from the probe."""
 SIM_EXPERT_SUBTASK = 'sim/expert_subtask'
 """std_msgs/String, latched: the scripted expert's current subtask while it drives the sim."""
 SIM_RESET_SEED = 'sim/reset_seed'

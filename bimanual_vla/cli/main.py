@@ -35,6 +35,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     'bimanual_vla.cli.commands.train',
     'bimanual_vla.cli.commands.eval_sim',
     'bimanual_vla.cli.commands.teleop',
+    'bimanual_vla.cli.commands.record_episodes',
 )
 
 

@@ -1,5 +1,11 @@
 """Collect demonstrations: the sim rig's scripted expert, recorded through the real topics and recorder.
 
+Any simulated rig: ALOHA (`aloha_sim`: transfer_cube, insertion; the sim publishes joint states and
+follows the commands itself) or the SO-101 twin (`so101_sim`: handover_cube, lift_bar; the expert's
+commands go through the real `arm_driver`s over the emulated servo buses, and the drivers publish the
+joint states, stamped on sim time as on `run --rig so101_sim`). The twin runs in real time (its
+drivers run on wall time), so collecting on it takes as long as the episodes last.
+
 This is what a user does with a physical rig and a teleoperator, with the simulator standing in for
 both: `sim_rig` (``expert:=true``) publishes cameras, joint states, the expert's joint commands and its
 subtask labels; `BagRecorder` records them as a user's `bimanual-vla record` would; a small conductor
@@ -39,14 +45,11 @@ from std_msgs.msg import Bool, Int64, String
 from bimanual_vla import topics
 from bimanual_vla.bags.record import EPISODE_QOS
 from bimanual_vla.config import RigConfig, load_rig
+from bimanual_vla.learning.tasks import SO101_TASKS, TASK_TEXT, task_for_rig
 from bimanual_vla.ros_utils import stamp_to_sec
 from bimanual_vla.sim.expert import ExpertOptions
 
-#: What the instruction on `policy/task` says for each simulated task.
-TASK_TEXT = {
-    'transfer_cube': 'transfer the cube from the right arm to the left arm',
-    'insertion': 'insert the peg into the socket',
-}
+__all__ = ['TASK_TEXT', 'CollectSettings', 'collect']  # TASK_TEXT: learning/tasks.py, re-exported
 
 SUMMARY_FILE = 'collect.json'
 
@@ -184,6 +187,10 @@ class CollectConductor(Node):
 
 def episode_duration_s(rig: RigConfig, task: str, seed: int, tail_s: float) -> float:
     """How long an episode of the expert lasts in sim time (its plan plus a tail to settle)."""
+    if task in SO101_TASKS:
+        from bimanual_vla.sim.so101_expert import So101Expert
+
+        return So101Expert(rig, task, seed).num_steps / rig.control_rate_hz + tail_s
     from bimanual_vla.sim.expert import ScriptedExpert
 
     expert = ScriptedExpert(rig, task, seed)
@@ -194,23 +201,27 @@ def episode_duration_s(rig: RigConfig, task: str, seed: int, tail_s: float) -> f
 class CollectSettings:
     """What `collect` records: episodes `episodes` of `task` from seed `seed` on, and how.
 
+    `task` None: the rig's `sim.task`; a task of another scene than the rig's is refused.
     `episode_s` cuts every episode after that many sim seconds (a quick look, tests); by default an
     episode lasts the expert's whole plan plus `tail_s`. `real_time_factor` 0 runs the sim as fast as
-    possible. `max_wall_per_episode_s`: an episode that takes longer in wall time is an error.
+    possible; None: 0 on a simulated rig, the rig's own (real time) on a twin, whose arm drivers run
+    on wall time (a twin refuses 0 and anything faster than real time). `max_wall_per_episode_s`: an
+    episode that takes longer in wall time is an error.
     `expert`: how the expert executes its plan (ExpertOptions): DART offsets executed while the clean
     plan is recorded as the action (episodes the offsets make fail are marked failed as usual), a
     speed limit (set it to the policy node's `safety.max_velocity_rad_s`, so the data holds no motion
     the gate would clamp), the approach above the cube, a time warp per episode so no move can be timed
     by the previous one, a handover point moved per episode and the left grasp aimed at the cube, so
     the data shows the left gripper going where the cube is held instead of to one fixed spot.
+    The SO-101 twin's expert takes no options (sim/so101_expert.py): any is refused for its tasks.
     Checked when made (ValueError): nothing starts with settings that cannot run.
     """
 
-    task: str = 'transfer_cube'
+    task: str | None = 'transfer_cube'
     episodes: int = 10
     seed: int = 0
     rig_name: str = 'aloha_sim'
-    real_time_factor: float = 0.0
+    real_time_factor: float | None = None
     tail_s: float = 1.0
     compress: bool = False
     progress: bool = True
@@ -219,10 +230,22 @@ class CollectSettings:
     expert: ExpertOptions = field(default_factory=ExpertOptions)
 
     def __post_init__(self) -> None:
-        if self.task not in TASK_TEXT:
-            raise ValueError(f'unknown task {self.task!r}; choose from {sorted(TASK_TEXT)}')
+        from bimanual_vla.bringup.nodes import is_twin
+
+        rig = load_rig(self.rig_name)
+        object.__setattr__(self, 'task', task_for_rig(rig, self.task))
         if self.episodes < 1:
             raise ValueError('episodes must be >= 1')
+        twin = is_twin(rig)
+        if self.real_time_factor is None:
+            object.__setattr__(self, 'real_time_factor', rig.sim.real_time_factor if twin else 0.0)
+        if twin and not 0.0 < self.real_time_factor <= 1.0:
+            raise ValueError(
+                f'real_time_factor must be in (0, 1] on the twin {rig.name!r} (its arm drivers run on wall time), '
+                f'got {self.real_time_factor:g}'
+            )
+        if self.task in SO101_TASKS and self.expert != ExpertOptions():
+            raise ValueError(f"the SO-101 twin's expert takes no options (--expert-*), not for {self.task!r}")
         self.expert.check_task(self.task)
 
     def sim_parameters(self) -> dict[str, Any]:
@@ -231,6 +254,24 @@ class CollectSettings:
 
         base = {'task': self.task, 'seed': self.seed, 'real_time_factor': self.real_time_factor, 'expert': True}
         return {**base, **expert_parameters(self.expert)}
+
+    def sim_time_nodes(self) -> bool | None:
+        """`rig_nodes`' use_sim_time: off on a simulated rig (the conductor reads /clock itself, the sim stamps
+        in sim time anyway); the rig's default (on) on a twin, whose drivers stamp joint_states with their clock."""
+        from bimanual_vla.bringup.nodes import is_twin
+
+        return None if is_twin(load_rig(self.rig_name)) else False
+
+    def own_process(self) -> tuple[str, ...]:
+        """The executables that get a process of their own: a twin's arm drivers, as launch starts them.
+
+        Composed beside the simulator's physics, rendering and the recorder, a driver shares their
+        interpreter lock and its bus cycle slows; after an episode reset's power cycle it then misses
+        the servos' return and drops the link for seconds, the start of the episode without joint_states.
+        """
+        from bimanual_vla.bringup.nodes import is_twin
+
+        return ('arm_driver',) if is_twin(load_rig(self.rig_name)) else ()
 
 
 def collect(out: Path, settings: CollectSettings | None = None) -> CollectResult:
@@ -255,11 +296,18 @@ def collect(out: Path, settings: CollectSettings | None = None) -> CollectResult
     composition = recorder = spinner = None
     stop = threading.Event()
     try:
-        # Not on sim time: the conductor reads /clock itself, and the recorder stamps receive times.
-        specs = rig_nodes(settings.rig_name, policy=None, use_sim_time=False, sim_overrides=settings.sim_parameters())
+        # The conductor reads /clock itself, and the recorder stamps receive times: neither is on sim time.
+        specs = rig_nodes(
+            settings.rig_name,
+            policy=None,
+            use_sim_time=settings.sim_time_nodes(),
+            sim_overrides=settings.sim_parameters(),
+        )
         conductor = CollectConductor(TASK_TEXT[settings.task], context=context)
         recorder = _recorder(out, settings, context)
-        composition = compose(specs, context=context, extra_nodes=[conductor, recorder])
+        composition = compose(
+            specs, context=context, extra_nodes=[conductor, recorder], own_process=settings.own_process()
+        )
         spinner = threading.Thread(
             target=composition.spin, kwargs={'until': stop.is_set}, name='collect_spin', daemon=True
         )

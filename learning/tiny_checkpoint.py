@@ -35,7 +35,8 @@ VOCABULARY: tuple[str, ...] = tuple(
     release retract right rotate screw shirt side slide slot socket stack still table take the then to
     toward towel transfer turn twist under up upright wait wipe with yellow
     0 1 2 3 4 5 6 7 8 9 . , ; : ! ? - ' ( )
-    """.split()
+    bar both ends for level together
+    """.split()  # the last line: the SO-101 twin's prompts and subtasks, appended so earlier ids stay
 )
 
 

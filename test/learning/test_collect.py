@@ -187,17 +187,19 @@ def test_output_that_exists_is_refused(tmp_path):
         collect(tmp_path / 'bag', CollectSettings(episodes=1, progress=False))
 
 
-def test_handover_options_out_of_range_or_for_the_wrong_task_are_refused_before_anything_starts(tmp_path):
+def test_handover_options_out_of_range_or_for_the_wrong_task_are_refused_before_anything_starts(tmp_path, capsys):
     from bimanual_vla.cli.main import main
     from bimanual_vla.learning.collect import CollectSettings
     from bimanual_vla.sim.expert import ExpertOptions
 
-    with pytest.raises(SystemExit, match=r'collect: meet_jitter must be in \[0, 0.03\] m, got 0.05'):
-        main(['collect', str(tmp_path / 'a'), '--episodes', '1', '--no-progress', '--expert-meet-jitter', '0.05'])
-    with pytest.raises(
-        SystemExit, match="collect: aim_left and meet_jitter apply to transfer_cube only, not 'insertion'"
-    ):
-        main(['collect', str(tmp_path / 'b'), '--task', 'insertion', '--expert-aim-left', '--no-progress'])
+    assert (
+        main(['collect', str(tmp_path / 'a'), '--episodes', '1', '--no-progress', '--expert-meet-jitter', '0.05']) == 2
+    )
+    assert capsys.readouterr().err == 'error: collect: meet_jitter must be in [0, 0.03] m, got 0.05\n'
+    assert main(['collect', str(tmp_path / 'b'), '--task', 'insertion', '--expert-aim-left', '--no-progress']) == 2
+    assert capsys.readouterr().err == (
+        "error: collect: aim_left and meet_jitter apply to transfer_cube only, not 'insertion'\n"
+    )
     assert not (tmp_path / 'a').exists() and not (tmp_path / 'b').exists()
     with pytest.raises(ValueError, match="apply to transfer_cube only, not 'insertion'"):
         CollectSettings(task='insertion', expert=ExpertOptions(meet_jitter=0.01))

@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from bimanual_vla.learning.tasks import TASK_TEXT
+
 if TYPE_CHECKING:
     from bimanual_vla.learning.collect import CollectSettings
 
@@ -15,18 +17,24 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         'collect',
         help='record scripted-expert episodes of the simulated rig (training data)',
-        description='Run the simulated rig with its scripted expert (faster than real time by default) and '
-        'record cameras, joint states, the expert commands, its subtask labels, the task and success through '
-        'the ROS topics and the bag recorder, one labelled episode per seed, into one bag directory OUT '
-        "(plus OUT/collect.json with each episode's outcome).",
+        description='Run the simulated rig with its scripted expert (faster than real time by default; the SO-101 '
+        "twin in real time, behind its real arm drivers) and record cameras, joint states, the expert's commands, "
+        'its subtask labels, the task and success through the ROS topics and the bag recorder, one labelled episode '
+        "per seed, into one bag directory OUT (plus OUT/collect.json with each episode's outcome).",
     )
     p.add_argument('output', metavar='OUT', type=Path, help='bag directory to create (must not exist)')
-    p.add_argument('--task', choices=['transfer_cube', 'insertion'], default='transfer_cube')
+    p.add_argument(
+        '--task',
+        choices=sorted(TASK_TEXT),
+        help="default: the rig's sim.task; aloha_sim: transfer_cube | insertion, so101_sim: handover_cube | lift_bar",
+    )
     p.add_argument('--episodes', type=int, default=50)
     p.add_argument('--seed', type=int, default=0, help='seed of the first episode (then seed+1, ...)')
-    p.add_argument('--rig', default='aloha_sim', help='simulated rig YAML or shipped name')
+    p.add_argument('--rig', default='aloha_sim', help='simulated rig or twin (so101_sim): YAML or shipped name')
     p.add_argument(
-        '--real-time-factor', type=float, default=0.0, help='0 = as fast as possible (default), 1 = real time'
+        '--real-time-factor',
+        type=float,
+        help='0 = as fast as possible (default), 1 = real time (the default on a twin, which refuses faster)',
     )
     p.add_argument('--tail-s', type=float, default=1.0, help='sim seconds recorded after the expert finishes')
     p.add_argument('--episode-s', type=float, help='cut every episode after this many sim seconds')
@@ -94,7 +102,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def settings(args: argparse.Namespace) -> CollectSettings:
-    """The collection the flags describe; SystemExit naming the setting if one is out of range."""
+    """The collection the flags describe; ConfigError (one line, status 2) naming the setting if one is out of range."""
+    from bimanual_vla.config import ConfigError
     from bimanual_vla.learning.collect import CollectSettings
     from bimanual_vla.sim.expert import ExpertOptions
 
@@ -120,4 +129,4 @@ def settings(args: argparse.Namespace) -> CollectSettings:
             expert=expert,
         )
     except ValueError as exc:
-        raise SystemExit(f'collect: {exc}') from None
+        raise ConfigError(f'collect: {exc}') from None

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from bimanual_vla.config import RigConfig, load_rig, resolve_share_relative
 
@@ -25,6 +25,10 @@ NODE_CLASSES: dict[str, str] = {
     'teleop': 'bimanual_vla.drivers.teleop.node:TeleopNode',
     'clock_responder': 'bimanual_vla.bringup.clock_responder:ClockResponder',
 }
+
+Half = Literal['robot', 'policy']
+"""The part of a rig one computer starts when the policy runs on another (the rig's `policy_host`)."""
+HALVES: tuple[str, ...] = ('robot', 'policy')
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,7 @@ def rig_nodes(
     use_sim_time: bool | None = None,
     sim_overrides: dict[str, Any] | None = None,
     policy_overrides: dict[str, Any] | None = None,
+    only: Half | None = None,
 ) -> list[NodeSpec]:
     """Nodes for a rig (a path or shipped name): drivers or the simulator, then the policy.
 
@@ -69,7 +74,13 @@ def rig_nodes(
     on sim time by default. A simulated rig with `servo_bus` (a sim_rig override or the rig's
     `sim.servo_bus`) exposes each arm as an emulated servo bus and gets one real `arm_driver` per
     arm on it (see sim/servo_bus.py); the drivers retry until the simulator's ptys appear.
+
+    `only`: one half of a rig split across two computers (docs/remote_policy.md): `robot` is every
+    node but the policy, `policy` the policy node alone. The robot half of a rig with a `policy_host`
+    also answers the policy node's clock probes (`clock_responder`).
     """
+    if only is not None and only not in HALVES:
+        raise ValueError(f'only must be one of {", ".join(HALVES)}, got {only!r}')
     rig = load_rig(rig_ref)
     sim = is_simulated(rig)
     twin = is_twin(rig)
@@ -102,7 +113,11 @@ def rig_nodes(
         specs += [
             NodeSpec('camera_driver', f'camera_driver_{c.name}', {**common, 'camera': c.name}) for c in rig.cameras
         ]
-    if policy is not None:
+    if only == 'policy':
+        specs = []
+    elif rig.policy_host or only == 'robot':
+        specs.append(NodeSpec('clock_responder', 'clock_responder', {'use_sim_time': sim_time}))
+    if policy is not None and only != 'robot':
         specs.append(NodeSpec('policy_node', 'policy_node', {**common, 'policy': policy, **(policy_overrides or {})}))
     return specs
 

@@ -33,6 +33,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help='policy YAML path or name; "none" runs without a policy. Default: the shipped "default" policy, '
         'or none (with a note saying why) where its checkpoint does not fit the rig',
     )
+    p.add_argument(
+        '--only',
+        choices=('robot', 'policy'),
+        default=None,
+        help="one half of a rig whose policy runs on another computer (the rig's policy_host): robot = drivers "
+        'or simulator, cameras and the clock responder; policy = the policy node (docs/remote_policy.md)',
+    )
     p.add_argument('--duration', type=float, default=None, help='stop after this many seconds')
     p.add_argument(
         '--no-estop-key',
@@ -90,10 +97,16 @@ def run(args: argparse.Namespace) -> int:
         for name in ('sim_rig', 'policy_node')
         if name in overrides
     }
-    policy = policy_for_rig(rig, args.policy, checked.get('policy_node', {}), note=_note)
+    only = getattr(args, 'only', None)
+    if only == 'robot':
+        policy = None  # the policy node runs on the policy host
+    else:
+        policy = policy_for_rig(rig, args.policy, checked.get('policy_node', {}), note=_note)
+        if policy is None and only == 'policy':
+            raise ConfigError(f'run --only policy: no policy to run on rig {rig.name!r} (see the note above)')
     if policy is None:
         overrides.pop('policy_node', None)  # checked above; no policy node to take them
-    nodes = rig_nodes(args.rig, policy=policy, sim_overrides=checked.get('sim_rig'))
+    nodes = rig_nodes(args.rig, policy=policy, sim_overrides=checked.get('sim_rig'), only=only)
     try:
         parse_key(args.estop_device_key)
     except ValueError as exc:
@@ -105,8 +118,9 @@ def run(args: argparse.Namespace) -> int:
     rclpy.init()
     _stop_on_sigterm()
     try:
+        description = None if only == 'policy' else args.rig  # robot_description comes from the robot half
         composition = compose(
-            specs, rig=args.rig, own_process=() if args.composed else OWN_PROCESS, restart=RestartPolicy()
+            specs, rig=description, own_process=() if args.composed else OWN_PROCESS, restart=RestartPolicy()
         )
         names = ', '.join(
             [n.get_name() for n in composition.nodes] + [f'{c.spec.name} (own process)' for c in composition.children]

@@ -20,15 +20,19 @@ for the message payloads so publishers and readers cannot drift.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from bimanual_vla import topics as T
 from bimanual_vla.bags.read import BagDecodeError, BagReader, Episode
+from bimanual_vla.intervention_msgs import END, START, STATE, intervention_payload, parse_intervention
 
-START, END, STATE = 'start', 'end', 'state'
+__all__ = [
+    'END', 'START', 'STATE', 'Segment', 'discard_payload', 'discarded_episodes', 'in_interventions',
+    'intervention_payload', 'intervention_segments', 'kept_episodes', 'parse_intervention',
+]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -43,28 +47,6 @@ class Segment:
 def discard_payload(label: str, reason: str = 'rerecord') -> str:
     """The ``record/discard`` message text for the episode ``label``."""
     return json.dumps({'label': label, 'reason': reason})
-
-
-def intervention_payload(arms: Iterable[str], event: str = STATE, arm: str = '', reason: str = '') -> str:
-    """The ``teleop/intervention`` message text: the arms under human control after ``event`` of ``arm``."""
-    return json.dumps({'arms': sorted(set(arms)), 'event': event, 'arm': arm, 'reason': reason})
-
-
-def parse_intervention(text: str) -> frozenset[str]:
-    """The arms under human control in a ``teleop/intervention`` message; ValueError if it is not one.
-
-    Besides the JSON form, a plain comma-separated list of arm names is accepted (``ros2 topic pub``).
-    """
-    text = text.strip()
-    if not text:
-        return frozenset()
-    if text.startswith('{'):
-        data = json.loads(text)
-        arms = data.get('arms') if isinstance(data, dict) else None
-        if not isinstance(arms, list) or not all(isinstance(a, str) for a in arms):
-            raise ValueError(f'teleop/intervention: "arms" must be a list of arm names, got {text!r}')
-        return frozenset(arms)
-    return frozenset(a.strip() for a in text.split(',') if a.strip())
 
 
 def _topic(bag: BagReader, name: str, namespace: str) -> str | None:

@@ -38,7 +38,7 @@ class CommandOutput:
         period_s: float,
     ) -> None:
         """``arms``: arm -> (its qualified joint names, their columns in the checkpoint's order)."""
-        self.mode, self.arms = mode, dict(arms)
+        self.mode, self.arms, self.gate = mode, dict(arms), gate
         self.planner = TrajectoryPlanner(gate, period_s) if mode == 'trajectory' else None
         if self.planner is None:
             self._pubs = {a: node.create_publisher(JointState, topics.arm_command(a), topics.COMMAND_QOS) for a in arms}
@@ -55,8 +55,11 @@ class CommandOutput:
 
     def publish(self, out: Outgoing) -> bool:
         """Send ``out``; True when it carried motion (a command or a non-empty trajectory)."""
+        muted = self.gate.muted_arms  # taken over by a human (takeover.py): teleop drives them, not the policy
         if isinstance(out, PlannedTrajectory):
             for arm, (names, cols) in self.arms.items():
+                if arm in muted:
+                    continue
                 if out.stop:
                     msg = JointTrajectory(joint_names=list(names))
                     msg.header.stamp = sec_to_stamp(out.t0)
@@ -67,5 +70,6 @@ class CommandOutput:
         now, command = out
         stamp = sec_to_stamp(now)
         for arm, (names, cols) in self.arms.items():
-            self._pubs[arm].publish(joint_command(stamp, names, command[cols]))
+            if arm not in muted:
+                self._pubs[arm].publish(joint_command(stamp, names, command[cols]))
         return True

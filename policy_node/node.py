@@ -28,7 +28,7 @@ from visualization_msgs.msg import MarkerArray
 
 from bimanual_vla import topics
 from bimanual_vla.config import load_policy
-from bimanual_vla.policy_node import diagnostics
+from bimanual_vla.policy_node import diagnostics, takeover
 from bimanual_vla.policy_node.chunking import Chunk
 from bimanual_vla.policy_node.command_output import CommandOutput
 from bimanual_vla.policy_node.inference_worker import InferenceWorker, Snapshot, load_model
@@ -119,6 +119,7 @@ class PolicyNode(Node):
         subscribe_from_any_publisher(self, Bool, topics.ESTOP, self._on_estop, latched=True)
         self.create_service(SetBool, topics.POLICY_ENABLE, self._on_enable)
         self.output = CommandOutput(self, self.command_mode, self.arms, self.gate, 1.0 / self.rig.control_rate_hz)
+        self.takeover = takeover.attach(self, self.arms, self._lock, self.gate, self.scheduler)  # teleop/intervention
         self._chunk_pub = self.create_publisher(JointTrajectory, topics.POLICY_ACTION_CHUNK, topics.RELIABLE_QOS)
         self._reasoning_pub = self.create_publisher(String, topics.POLICY_REASONING, topics.LATCHED_QOS)
         self._marker_pub = self.create_publisher(MarkerArray, topics.POLICY_MARKERS, topics.RELIABLE_QOS)

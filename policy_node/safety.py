@@ -20,6 +20,12 @@ enforces, on every tick and for every joint:
 If the measured position is already outside the limits (a calibration offset, a joint pushed
 by hand) the gate does not yank it inside: it moves towards the limits at the max step.
 
+* **human takeover** (:meth:`CommandGate.mute`, fed from ``teleop/intervention`` by
+  ``takeover.py``): the columns of an arm a human has taken over are not commanded (the command
+  output sends nothing to that arm) and their reference follows the *measured* position every
+  tick, so when the arm is handed back its first command starts where the human left it and moves
+  at the max step from there: a release is a resume after a pause, for that arm only.
+
 No ROS here: the node feeds it numpy arrays in the checkpoint's joint order.
 """
 
@@ -85,6 +91,8 @@ class CommandGate:
         self._enabled = bool(enabled)
         self._estop = False
         self._last: np.ndarray | None = None
+        self._muted = np.zeros(n, dtype=bool)  # columns a human has taken over (teleop/intervention)
+        self.muted_arms: frozenset[str] = frozenset()
         self.counters = GateCounters()
 
     @classmethod
@@ -133,6 +141,15 @@ class CommandGate:
         """Forget the last command: the next one starts from the measured position."""
         self._last = None
 
+    def mute(self, columns: np.ndarray, arms: frozenset[str] = frozenset()) -> None:
+        """The joints (bool per column) a human controls now; ``arms`` names them for the command output."""
+        self._muted = np.asarray(columns, dtype=bool).reshape(self.lower.shape).copy()
+        self.muted_arms = frozenset(arms)
+
+    @property
+    def muted(self) -> np.ndarray:
+        return self._muted.copy()
+
     @property
     def last_command(self) -> np.ndarray | None:
         return None if self._last is None else self._last.copy()
@@ -170,9 +187,15 @@ class CommandGate:
             reference = np.asarray(measured, dtype=np.float64)
             if reference.shape != self.lower.shape or not np.all(np.isfinite(reference)):
                 return self._blocked(NO_REFERENCE)
+        if self._muted.any():  # a human drives these joints: follow where they are, command nothing there
+            reference = reference.copy()
+            here = np.asarray(measured, dtype=np.float64) if measured is not None else reference
+            if here.shape == reference.shape:
+                keep = self._muted & np.isfinite(here)
+                reference[keep] = here[keep]
         target = np.clip(proposed, self.lower, self.upper)
-        limited = bool(np.any(target != proposed))
-        delta = target - reference
+        limited = bool(np.any((target != proposed) & ~self._muted))
+        delta = np.where(self._muted, 0.0, target - reference)
         step = np.clip(delta, -self.max_step, self.max_step)
         slowed = bool(np.any(step != delta))
         command = reference + step

@@ -1,10 +1,13 @@
 """`make demo`: one episode of the simulated rig, headless, written out for a person to look at.
 
-The rig runs exactly as `bimanual-vla run --rig aloha_sim` brings it up (bimanual_vla.bringup.nodes),
-driven either by the policy node with a trained checkpoint or, where no trained checkpoint is
-installed, by the sim's scripted expert. An observer node subscribes to the same topics rviz
-would (cameras, the subtask text, `sim/success`) and writes `episode.mp4`, `contact_sheet.png`
-(cameras side by side, the current subtask drawn on) and `result.json`.
+The rig runs exactly as `bimanual-vla run --rig <rig>` brings it up (bimanual_vla.bringup.nodes):
+the ALOHA sim (`aloha_sim`) or the SO-101 twin (`so101_sim`, behind its real arm drivers), driven
+either by the policy node with a checkpoint for the rig (the one shipped for it, or `--checkpoint`)
+or by the sim's scripted expert: `auto` takes the expert where the rig's checkpoint learned another
+task, and refuses (one line saying how to make one) where no checkpoint for the rig exists. An
+observer node subscribes to the same topics rviz would (cameras, the subtask text, `sim/success`)
+and writes `episode.mp4`, `contact_sheet.png` (cameras side by side, the current subtask drawn on)
+and `result.json`.
 """
 
 from __future__ import annotations
@@ -22,9 +25,10 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import Bool, String
 
 from bimanual_vla import topics
-from bimanual_vla.config import RigConfig, load_policy, load_rig, resolve_share_relative
+from bimanual_vla.config import ConfigError, RigConfig, load_policy, load_rig, resolve_share_relative
 from bimanual_vla.image_msgs import ImageError, image_to_rgb
 from bimanual_vla.learning.episode_video import EpisodeRecorder
+from bimanual_vla.learning.tasks import TASK_TEXT, task_for_rig
 
 
 @dataclass
@@ -115,25 +119,61 @@ def checkpoint_tasks(checkpoint: Path) -> list[str]:
 DEMO_SEED = 1001
 
 
-def _choose_driver(task: str, driver: str) -> tuple[str, Path | None]:
-    """('policy' or 'expert', the default policy's checkpoint or None); 'auto' picks the policy where its
-    checkpoint learned `task`, else the expert. Refuses a policy driver without a checkpoint that learned it."""
-    from bimanual_vla.learning.collect import TASK_TEXT
+def shipped_checkpoint(rig: RigConfig, task: str) -> Path | None:
+    """The installed checkpoint for `rig`: the default policy's where it fits the rig's joints and
+    cameras (ALOHA's), else `checkpoints/<rig name>_<task>` (the SO-101 twin's, once trained); None if neither."""
+    from bimanual_vla.bringup.preflight import check_checkpoint
 
-    if task not in TASK_TEXT:
-        raise ValueError(f'unknown task {task!r}; choose from {sorted(TASK_TEXT)}')
-    checkpoint = trained_checkpoint()
-    trained = checkpoint_tasks(checkpoint) if checkpoint is not None else []
+    default = trained_checkpoint()
+    if default is not None:
+        try:
+            return check_checkpoint(rig, default)
+        except ConfigError:  # made for another rig's joints or cameras
+            pass
+    path = resolve_share_relative(f'checkpoints/{rig.name}_{task}')
+    return path if (path / 'model.safetensors').is_file() else None
+
+
+def no_checkpoint_message(rig: RigConfig, rig_name: str, task: str) -> str:
+    """One line: no checkpoint for `rig` and `task` is installed, and how to make one."""
+    return (
+        f'no checkpoint for rig {rig.name!r} and task {task} is shipped yet; to make one, collect demonstrations '
+        f'(bimanual-vla collect OUT --rig {rig_name} --task {task} --episodes 50), train on them '
+        f'(bimanual-vla train --data OUT --out DIR), then pass --checkpoint DIR; --driver expert shows the scripted '
+        'expert meanwhile'
+    )
+
+
+def _choose_driver(
+    task: str | None, driver: str, rig_name: str = 'aloha_sim', checkpoint: str | Path | None = None
+) -> tuple[str, Path | None, str]:
+    """('policy' or 'expert', the checkpoint or None, the task) for `rig_name`; `task` None: the rig's.
+
+    A checkpoint the user named drives as told ('auto' = policy). Otherwise the rig's shipped one:
+    'auto' picks the policy where it learned `task`, the expert where it learned another task, and
+    refuses (FileNotFoundError, saying how to make one) where the rig has none. ValueError for a task
+    the rig does not run or a policy driver whose checkpoint learned another task.
+    """
+    rig = load_rig(rig_name)
+    task = task_for_rig(rig, task)
+    if checkpoint is not None:
+        if driver == 'expert':
+            raise ValueError('--checkpoint drives with the policy; leave out --driver expert')
+        return 'policy', Path(checkpoint).expanduser().resolve(), task
+    found = shipped_checkpoint(rig, task)
+    if found is None:
+        if driver == 'expert':
+            return 'expert', None, task
+        raise FileNotFoundError(no_checkpoint_message(rig, rig_name, task))
+    trained = checkpoint_tasks(found)
     if driver == 'auto':
         driver = 'policy' if TASK_TEXT[task] in trained else 'expert'
-    if driver == 'policy' and checkpoint is None:
-        raise FileNotFoundError('no trained checkpoint installed for the default policy; use --driver expert')
     if driver == 'policy' and TASK_TEXT[task] not in trained:
         raise ValueError(
             f"the default policy's checkpoint was trained on {trained}, not {TASK_TEXT[task]!r}; "
             f'use --driver expert for {task}'
         )
-    return driver, checkpoint
+    return driver, (found if driver == 'policy' else None), task
 
 
 def run_demo(
@@ -141,23 +181,33 @@ def run_demo(
     *,
     rig_name: str = 'aloha_sim',
     driver: str = 'auto',
-    task: str = 'transfer_cube',
+    task: str | None = 'transfer_cube',
+    checkpoint: str | Path | None = None,
     seed: int | None = None,
     max_sim_s: float = 20.0,
     max_wall_s: float = 300.0,
     real_time_factor: float = 1.0,
     video_fps: float = 10.0,
 ) -> DemoResult:
-    """Run one episode and write its video, contact sheet and result; return the result."""
+    """Run one episode of `task` (None: the rig's) and write its video, contact sheet and result; return the result.
+
+    On a twin the arm drivers run in processes of their own (as launch starts them), and
+    `real_time_factor` must be in (0, 1] (the drivers run on wall time): ValueError otherwise.
+    """
     import rclpy
 
-    from bimanual_vla.bringup.compose import compose
-    from bimanual_vla.bringup.nodes import rig_nodes
-    from bimanual_vla.learning.collect import TASK_TEXT
+    from bimanual_vla.bringup.compose import OWN_PROCESS, compose
+    from bimanual_vla.bringup.nodes import is_twin, rig_nodes
 
     seed = DEMO_SEED if seed is None else seed
     rig = load_rig(rig_name)
-    driver, checkpoint = _choose_driver(task, driver)
+    driver, checkpoint, task = _choose_driver(task, driver, rig_name, checkpoint)
+    twin = is_twin(rig)
+    if twin and not 0.0 < real_time_factor <= 1.0:
+        raise ValueError(
+            f'real_time_factor must be in (0, 1] on the twin {rig.name!r} (its arm drivers run on wall time), '
+            f'got {real_time_factor:g}'
+        )
     sim = {'task': task, 'seed': seed, 'real_time_factor': real_time_factor, 'expert': driver == 'expert'}
     specs = rig_nodes(
         rig_name,
@@ -176,7 +226,8 @@ def run_demo(
         if driver == 'policy':
             task_pub = observer.create_publisher(String, topics.POLICY_TASK, topics.LATCHED_QOS)
             task_pub.publish(String(data=TASK_TEXT[task]))
-        composition = compose(specs, rig=rig_name, extra_nodes=[observer])
+        own_process = (*OWN_PROCESS, 'arm_driver') if twin else OWN_PROCESS
+        composition = compose(specs, rig=rig_name, extra_nodes=[observer], own_process=own_process)
 
         def finished() -> bool:
             now = observer.sim_time()

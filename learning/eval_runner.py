@@ -1,4 +1,8 @@
-"""eval-sim's runner: brings up the sim and the policy, plays each episode and scores it (eval_sim.py)."""
+"""eval-sim's runner: brings up the sim and the policy, plays each episode and scores it (eval_sim.py).
+
+Any simulated rig: ALOHA (transfer_cube, insertion) or the SO-101 twin (handover_cube, lift_bar), where
+the policy's commands go through the real arm_drivers over the emulated buses and the labels, pace
+and replay come from the twin's own expert (sim/so101_expert.py)."""
 
 from __future__ import annotations
 
@@ -14,7 +18,6 @@ from rclpy.parameter import Parameter
 from std_msgs.msg import Int64, String
 
 from bimanual_vla.config import RigConfig, load_rig
-from bimanual_vla.learning.collect import TASK_TEXT
 from bimanual_vla.learning.eval_observer import EvalObserver, call_enable
 from bimanual_vla.learning.eval_report import (
     EpisodeReport,
@@ -25,14 +28,16 @@ from bimanual_vla.learning.eval_report import (
     summarise,
     tick_log_line,
 )
+from bimanual_vla.learning.tasks import SO101_TASKS, TASK_TEXT, task_for_rig
 
 if TYPE_CHECKING:
     from bimanual_vla.sim.expert import ExpertOptions, ScriptedExpert
+    from bimanual_vla.sim.so101_expert import So101Expert
 
 
 @dataclass(frozen=True)
 class EvalSettings:
-    """How `evaluate_closed_loop` runs: `episodes` episodes of `task` from seed `seed` on.
+    """How `evaluate_closed_loop` runs: `episodes` episodes of `task` (None: the rig's `sim.task`) from seed `seed` on.
 
     An episode ends `settle_s` after success is first reached or at `max_sim_s`. `num_steps` and
     `torch_threads` override the policy file's inference settings (None: the file's). The first
@@ -54,12 +59,16 @@ class EvalSettings:
     `expert_approach`: how the expert (labels, replay, narrated motion) moves above the cube
     (sim/expert.py, APPROACHES). None: the way the checkpoint's training data did
     (`expert_approach` in its bimanual_vla.json), else 'joint'. The labels follow the same clock
-    either way; the replay the policy's motion is aligned with should be the motion it learned.
+    either way; the replay the policy's motion is aligned with should be the motion it learned. The
+    SO-101 twin's expert has one way of moving only (the option is reported, not used).
+    On a twin the arm drivers run in processes of their own too (collect.py, `own_process`), and
+    `real_time_factor` must be in (0, 1]: the drivers run on wall time.
+    Checked when made (ValueError).
     """
 
     episodes: int = 50
     seed: int = 1000
-    task: str = 'transfer_cube'
+    task: str | None = 'transfer_cube'
     rig_name: str = 'aloha_sim'
     max_sim_s: float = 12.0
     settle_s: float = 1.0
@@ -74,6 +83,25 @@ class EvalSettings:
     narrate_expert: bool = False
     expert_pace: bool = True
     expert_approach: str | None = None
+
+    def __post_init__(self) -> None:
+        from bimanual_vla.bringup.nodes import is_twin
+
+        rig = load_rig(self.rig_name)
+        object.__setattr__(self, 'task', task_for_rig(rig, self.task))
+        if is_twin(rig) and not 0.0 < self.real_time_factor <= 1.0:
+            raise ValueError(
+                f'real_time_factor must be in (0, 1] on the twin {rig.name!r} (its arm drivers run on wall time), '
+                f'got {self.real_time_factor:g}'
+            )
+
+    def own_process(self) -> tuple[str, ...]:
+        """The executables that get a child process: the policy node (unless composed), a twin's arm drivers."""
+        from bimanual_vla.bringup.compose import OWN_PROCESS
+        from bimanual_vla.bringup.nodes import is_twin
+
+        own = OWN_PROCESS if self.policy_process else ()
+        return (*own, 'arm_driver') if is_twin(load_rig(self.rig_name)) else own
 
 
 @dataclass
@@ -96,7 +124,7 @@ def evaluate_closed_loop(checkpoint: Path, out: Path, settings: EvalSettings | N
     """Run the closed-loop episodes `settings` describe, write OUT/report.json + video; return the report."""
     import rclpy
 
-    from bimanual_vla.bringup.compose import OWN_PROCESS, compose
+    from bimanual_vla.bringup.compose import compose
     from bimanual_vla.bringup.nodes import rig_nodes
     from bimanual_vla.sim.expert import ExpertOptions
     from bimanual_vla.sim.node import expert_parameters
@@ -125,8 +153,9 @@ def evaluate_closed_loop(checkpoint: Path, out: Path, settings: EvalSettings | N
     try:
         observer = EvalObserver(rig, context=context, parameter_overrides=[Parameter('use_sim_time', value=True)])
         observer.task_pub.publish(String(data=TASK_TEXT[s.task]))
-        own_process = OWN_PROCESS if s.policy_process else ()
-        composition = compose(specs, rig=s.rig_name, context=context, extra_nodes=[observer], own_process=own_process)
+        composition = compose(
+            specs, rig=s.rig_name, context=context, extra_nodes=[observer], own_process=s.own_process()
+        )
         spinner = threading.Thread(target=composition.spin, kwargs={'until': stop.is_set}, daemon=True)
         spinner.start()
         run = _Run(s, out, rig, expert, observer, composition, spinner, [], [], [])
@@ -163,14 +192,12 @@ def _run_episodes(run: _Run) -> None:
 
 def _run_episode(run: _Run, i: int) -> EpisodeReport:
     """Reset to episode `i`'s seed, let the policy (or the expert) drive until it ends, score it."""
-    from bimanual_vla.sim.expert import ScriptedExpert
-
     s, observer = run.settings, run.observer
     ep_seed = s.seed + i
     wall0 = time.monotonic()
     report = EpisodeReport(index=i, seed=ep_seed)
     call_enable(observer, False)
-    expert = ScriptedExpert(run.rig, s.task, ep_seed, options=run.expert)
+    expert = plan_expert(run.rig, s.task, ep_seed, run.expert)
     observer.expert_labels = expert.labels
     observer.expect_reset()
     observer.reset_pub.publish(Int64(data=ep_seed))
@@ -215,7 +242,7 @@ def _wait_for_the_end(run: _Run, report: EpisodeReport) -> float | None:
         time.sleep(0.01)
 
 
-def _score_episode(run: _Run, report: EpisodeReport, expert: ScriptedExpert, i: int) -> None:
+def _score_episode(run: _Run, report: EpisodeReport, expert: ScriptedExpert | So101Expert, i: int) -> None:
     """Agreement, the expert's pace and the latencies of episode `i`; its ticks.jsonl line if asked for."""
     observer = run.observer
     ticks = list(observer.tick_log)
@@ -271,19 +298,40 @@ def _trained_approach(checkpoint: Path) -> str | None:
     return read_metadata(checkpoint).expert_approach
 
 
-def replay_expert(expert: ScriptedExpert) -> ExpertReplay:
-    """Play a planned ScriptedExpert on its seed in-process (physics only, no rendering, ~1 s)."""
-    from bimanual_vla.sim.expert import run_episode
+def plan_expert(rig: RigConfig, task: str, seed: int, options: ExpertOptions) -> ScriptedExpert | So101Expert:
+    """The scripted expert of `task`'s scene planned for `seed` (the SO-101 twin's takes no options)."""
+    if task in SO101_TASKS:
+        from bimanual_vla.sim.so101_expert import So101Expert
+
+        return So101Expert(rig, task, seed)
+    from bimanual_vla.sim.expert import ScriptedExpert
+
+    return ScriptedExpert(rig, task, seed, options=options)
+
+
+def replay_expert(expert: ScriptedExpert | So101Expert) -> ExpertReplay:
+    """Play a planned expert on its seed in-process (physics only, no rendering, ~1 s), as sim_rig executes it:
+    its targets plus its offsets (DART, if any) each tick; the joints and the first time of each reward stage."""
     from bimanual_vla.sim.scene import SimScene
 
-    scene = SimScene(expert.rig, task=expert.task, seed=expert.seed)
+    if expert.task in SO101_TASKS:
+        from bimanual_vla.sim.so101_scene import So101Scene
+
+        scene: SimScene = So101Scene(expert.rig, task=expert.task, seed=expert.seed)
+    else:
+        scene = SimScene(expert.rig, task=expert.task, seed=expert.seed)
     joints: list[np.ndarray] = []
-
-    def record(_step: int, s: SimScene, _label: str) -> None:
-        joints.append(np.concatenate([s.joint_positions(a.name) for a in expert.rig.arms]))
-
-    result = run_episode(scene, expert, on_step=record)
-    return ExpertReplay(result['stage_first_s'], np.array(joints), list(expert.labels))
+    stage_first_s: dict[str, float] = {}
+    for k in range(expert.num_steps):
+        expert.observe(k, lambda: scene.object_pose('red_box_joint')[:3])
+        targets, _ = expert.act(k)
+        offsets = expert.offsets(k)
+        for arm, target in targets.items():
+            scene.command(arm, target + offsets[arm])
+        scene.step()
+        scene.note_stages(stage_first_s, round((k + 1) * expert.dt, 3))
+        joints.append(np.concatenate([scene.joint_positions(a.name) for a in expert.rig.arms]))
+    return ExpertReplay(stage_first_s, np.array(joints), list(expert.labels))
 
 
 def _note_stages(sim: Any, report: EpisodeReport, now: float) -> None:

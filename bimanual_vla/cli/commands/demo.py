@@ -6,46 +6,66 @@ import argparse
 import json
 from pathlib import Path
 
+from bimanual_vla.learning.tasks import TASK_TEXT
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         'demo',
         help='run one episode of the simulated rig headless; write video, contact sheet and result',
-        description='Bring up the simulated ALOHA rig (the same nodes as `run --rig aloha_sim`), drive it with '
-        'the policy node when a trained checkpoint is installed (else with the scripted expert), and write '
-        'episode.mp4, contact_sheet.png (cameras side by side, the subtask drawn on) and result.json.',
+        description='Bring up the simulated rig (the same nodes as `run --rig RIG`: the ALOHA sim, or the SO-101 '
+        'twin behind its real arm drivers), drive it with the policy node when a checkpoint for the rig is shipped '
+        '(or given with --checkpoint), else with the scripted expert (--driver expert), and write episode.mp4, '
+        'contact_sheet.png (cameras side by side, the subtask drawn on) and result.json.',
     )
     p.add_argument('--out', type=Path, default=Path('out/demo'), help='output directory (default out/demo)')
+    p.add_argument('--rig', default='aloha_sim', help='simulated rig or twin (so101_sim): YAML or shipped name')
     p.add_argument(
         '--driver',
         choices=['auto', 'policy', 'expert'],
         default='auto',
-        help='auto (default): the shipped checkpoint for transfer_cube, the scripted expert otherwise',
+        help="auto (default): the rig's checkpoint where it learned the task, the scripted expert otherwise",
     )
-    p.add_argument('--task', choices=['transfer_cube', 'insertion'], default='transfer_cube')
+    p.add_argument(
+        '--task',
+        choices=sorted(TASK_TEXT),
+        help="default: the rig's sim.task; aloha_sim: transfer_cube | insertion, so101_sim: handover_cube | lift_bar",
+    )
+    p.add_argument('--checkpoint', type=Path, help="a checkpoint for the rig to drive it with (default: the rig's)")
     p.add_argument('--seed', type=int, default=None, help='object-pose seed (default: a seed held out from training)')
     p.add_argument('--max-sim-s', type=float, default=20.0, help='stop after this much sim time')
-    p.add_argument('--real-time-factor', type=float, default=1.0, help='1 = real time, 0 = as fast as possible')
+    p.add_argument(
+        '--real-time-factor', type=float, default=1.0, help='1 = real time, 0 = as fast as possible (not on a twin)'
+    )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from bimanual_vla.bringup.nodes import is_twin
     from bimanual_vla.bringup.preflight import choose_checkpoint
     from bimanual_vla.config import ConfigError, load_rig
     from bimanual_vla.learning.demo import _choose_driver, run_demo
 
     # Which driver, and a checkpoint that can drive the rig: one line and status 2 if not, before the sim starts.
+    rig = load_rig(args.rig)
     try:
-        driver, checkpoint = _choose_driver(args.task, args.driver)
+        driver, checkpoint, task = _choose_driver(args.task, args.driver, args.rig, args.checkpoint)
     except (ValueError, FileNotFoundError) as exc:
         raise ConfigError(str(exc)) from None
+    if is_twin(rig) and not 0.0 < args.real_time_factor <= 1.0:
+        raise ConfigError(
+            f'--real-time-factor must be in (0, 1] on the twin {rig.name!r} (its drivers run on wall time)'
+        )
     if driver == 'policy':
-        choose_checkpoint(load_rig('aloha_sim'), 'default', str(checkpoint), "the default policy's checkpoint")
+        named_by = '--checkpoint' if args.checkpoint is not None else "the rig's checkpoint"
+        choose_checkpoint(rig, 'default', str(checkpoint), named_by)
 
     result = run_demo(
         args.out,
-        driver=args.driver,
-        task=args.task,
+        rig_name=args.rig,
+        driver=driver,
+        task=task,
+        checkpoint=checkpoint if args.checkpoint is not None else None,
         seed=args.seed,
         max_sim_s=args.max_sim_s,
         real_time_factor=args.real_time_factor,

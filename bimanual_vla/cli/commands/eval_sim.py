@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from bimanual_vla.learning.tasks import TASK_TEXT
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -19,8 +21,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument('--out', type=Path, required=True)
     p.add_argument('--episodes', type=int, default=50)
     p.add_argument('--seed', type=int, default=1000, help='seed of the first episode (then seed+1, ...)')
-    p.add_argument('--task', choices=['transfer_cube', 'insertion'], default='transfer_cube')
-    p.add_argument('--rig', default='aloha_sim')
+    p.add_argument(
+        '--task',
+        choices=sorted(TASK_TEXT),
+        help="default: the rig's sim.task; aloha_sim: transfer_cube | insertion, so101_sim: handover_cube | lift_bar",
+    )
+    p.add_argument('--rig', default='aloha_sim', help='simulated rig or twin (so101_sim): YAML or shipped name')
     p.add_argument('--policy', default='default', help='policy YAML (inference settings) or shipped name')
     p.add_argument('--num-steps', type=int, help="flow steps per chunk (default: the policy file's)")
     p.add_argument('--torch-threads', type=int, default=1, help='inference threads (1 leaves a core to the sim)')
@@ -58,14 +64,25 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from bimanual_vla.bringup.preflight import choose_checkpoint
-    from bimanual_vla.config import load_rig
+    from bimanual_vla.config import ConfigError, load_rig
     from bimanual_vla.learning.eval_sim import EvalSettings, evaluate_closed_loop
 
-    # A bad rig, policy file or checkpoint: one line naming the file, before the simulator starts.
+    # A bad rig, task, policy file or checkpoint: one line naming it, before the simulator starts.
     checkpoint = args.checkpoint.expanduser().resolve()
     choose_checkpoint(load_rig(args.rig), args.policy, str(checkpoint), '--checkpoint')
+    try:
+        settings = _settings(args, EvalSettings)
+    except ValueError as exc:
+        raise ConfigError(f'eval-sim: {exc}') from None
+    report = evaluate_closed_loop(args.checkpoint, args.out, settings)
+    summary = {k: v for k, v in report.items() if k != 'per_episode'}
+    print(json.dumps(summary, indent=2))
+    return 0
 
-    settings = EvalSettings(
+
+def _settings(args: argparse.Namespace, settings_class: type):
+    """EvalSettings from the flags (ValueError for a task or pace the rig cannot run)."""
+    return settings_class(
         episodes=args.episodes,
         seed=args.seed,
         task=args.task,
@@ -84,7 +101,3 @@ def run(args: argparse.Namespace) -> int:
         expert_pace=not args.no_expert_pace,
         expert_approach=args.expert_approach,
     )
-    report = evaluate_closed_loop(args.checkpoint, args.out, settings)
-    summary = {k: v for k, v in report.items() if k != 'per_episode'}
-    print(json.dumps(summary, indent=2))
-    return 0

@@ -1,0 +1,126 @@
+"""eval-sim and demo on the SO-101 twin: the rig and its tasks accepted, a demo without a checkpoint for the
+twin refused in one line that says how to make one, and (slow) a tiny random checkpoint for the twin's joints
+and cameras driving it closed loop through the real arm drivers with every command within the limits."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bimanual_vla.config import share_dir
+
+
+def twin_rig_file(tmp_path: Path, camera_size: tuple[int, int] | None = None) -> Path:
+    """so101_sim.yaml with its ports and calibration files in tmp_path (one twin per port path), and
+    optionally smaller cameras (rendering three 640x480 views in real time is more than a loaded CPU does)."""
+    text = (share_dir() / 'config/rigs/so101_sim.yaml').read_text()
+    text = text.replace('/tmp/bimanual_vla_so101_sim/', f'{tmp_path}/')
+    text = text.replace('~/.config/bimanual_vla/calibration/', f'{tmp_path}/')
+    if camera_size is not None:
+        text = text.replace('width: 640, height: 480', f'width: {camera_size[0]}, height: {camera_size[1]}')
+    path = tmp_path / 'so101_sim.yaml'
+    path.write_text(text)
+    return path
+
+
+def test_demo_on_the_twin_without_a_checkpoint_says_none_is_shipped_and_how_to_make_one(tmp_path, capsys):
+    from bimanual_vla.cli.main import main
+
+    assert main(['demo', '--rig', 'so101_sim', '--out', str(tmp_path / 'demo')]) == 2
+    assert capsys.readouterr().err == (
+        "error: no checkpoint for rig 'so101_sim' and task handover_cube is shipped yet; to make one, collect "
+        'demonstrations (bimanual-vla collect OUT --rig so101_sim --task handover_cube --episodes 50), train on them '
+        '(bimanual-vla train --data OUT --out DIR), then pass --checkpoint DIR; --driver expert shows the scripted '
+        'expert meanwhile\n'
+    )
+    assert main(['demo', '--rig', 'so101_sim', '--driver', 'policy', '--task', 'lift_bar']) == 2
+    assert "no checkpoint for rig 'so101_sim' and task lift_bar is shipped yet" in capsys.readouterr().err
+    assert main(['demo', '--rig', 'so101_sim', '--task', 'transfer_cube']) == 2
+    assert (
+        capsys.readouterr().err
+        == "error: task 'transfer_cube' is not one of rig 'so101_sim''s: handover_cube, lift_bar\n"
+    )
+    assert main(['demo', '--rig', 'so101_sim', '--real-time-factor', '0', '--driver', 'expert']) == 2
+    assert "--real-time-factor must be in (0, 1] on the twin 'so101_sim'" in capsys.readouterr().err
+    assert not (tmp_path / 'demo').exists()
+
+
+def test_the_demo_driver_follows_the_rig_and_the_checkpoint_given(tmp_path):
+    from bimanual_vla.learning.demo import _choose_driver
+
+    assert _choose_driver(None, 'expert', 'so101_sim') == ('expert', None, 'handover_cube')
+    assert _choose_driver(None, 'auto', 'so101_sim', tmp_path / 'ck') == (
+        'policy',
+        (tmp_path / 'ck').resolve(),
+        'handover_cube',
+    )
+    with pytest.raises(ValueError, match='--checkpoint drives with the policy; leave out --driver expert'):
+        _choose_driver(None, 'expert', 'so101_sim', tmp_path / 'ck')
+    driver, checkpoint, task = _choose_driver(None, 'auto')  # ALOHA: its shipped checkpoint learned transfer_cube
+    assert (driver, checkpoint.name, task) == ('policy', 'aloha_transfer_cube', 'transfer_cube')
+    assert _choose_driver('insertion', 'auto') == ('expert', None, 'insertion')
+
+
+def test_eval_sim_takes_the_twin_and_its_tasks(monkeypatch, tmp_path, capsys):
+    from bimanual_vla.bringup import preflight
+    from bimanual_vla.cli.main import main
+    from bimanual_vla.learning import eval_sim
+    from bimanual_vla.learning.eval_sim import EvalSettings
+
+    got = []
+    monkeypatch.setattr(eval_sim, 'evaluate_closed_loop', lambda c, o, s: got.append(s) or {})
+    monkeypatch.setattr(preflight, 'choose_checkpoint', lambda *args: None)
+    assert main(['eval-sim', '--checkpoint', 'ck', '--out', str(tmp_path), '--rig', 'so101_sim']) == 0
+    assert got[0] == EvalSettings(rig_name='so101_sim', task='handover_cube')
+    assert got[0].own_process() == ('policy_node', 'arm_driver')  # the twin's drivers as launch starts them
+    assert (
+        main(['eval-sim', '--checkpoint', 'ck', '--out', str(tmp_path), '--rig', 'so101_sim', '--task', 'insertion'])
+        == 2
+    )
+    assert (
+        capsys.readouterr().err
+        == "error: eval-sim: task 'insertion' is not one of rig 'so101_sim''s: handover_cube, lift_bar\n"
+    )
+    assert (
+        main(
+            ['eval-sim', '--checkpoint', 'ck', '--out', str(tmp_path), '--rig', 'so101_sim', '--real-time-factor', '0']
+        )
+        == 2
+    )
+    assert "real_time_factor must be in (0, 1] on the twin 'so101_sim'" in capsys.readouterr().err
+
+
+@pytest.mark.ros
+@pytest.mark.slow
+def test_a_tiny_checkpoint_drives_the_twin_closed_loop_within_limits(tmp_path):
+    """make-checkpoint --tiny for the twin's joints and cameras, then one eval-sim episode (no success expected)."""
+    from bimanual_vla.cli.main import main
+    from bimanual_vla.policy_node.checkpoint import read_metadata
+
+    rig = twin_rig_file(tmp_path, camera_size=(160, 120))
+    checkpoint = tmp_path / 'tiny'
+    assert main(['make-checkpoint', '--tiny', str(checkpoint), '--rig', str(rig)]) == 0
+    meta = read_metadata(checkpoint)
+    assert list(meta.camera_names) == ['base', 'left_wrist', 'right_wrist']
+    assert list(meta.joint_names) == [
+        f'{arm}_{j}'
+        for arm in ('left', 'right')
+        for j in ('shoulder_pan', 'shoulder_lift', 'elbow_flex', 'wrist_flex', 'wrist_roll', 'gripper')
+    ]
+    out = tmp_path / 'eval'
+    argv = ['eval-sim', '--checkpoint', str(checkpoint), '--out', str(out), '--rig', str(rig), '--episodes', '1']
+    # half real time (the drivers' pace is wall time, so (0, 1] only): a loaded machine still gives the policy
+    # fresh frames and a chunk within the episode
+    argv += ['--max-sim-s', '4', '--real-time-factor', '0.5', '--seed', '1000', '--no-progress']
+    assert main(argv) == 0
+    report = json.loads((out / 'report.json').read_text())
+    assert report['episodes'] == 1
+    (episode,) = report['per_episode']
+    assert episode['seed'] == 1000 and episode['sim_time_s'] >= 4.0
+    assert episode['inferences'] >= 1  # the policy wrote a chunk for this episode
+    # the twin's expert replayed on the seed (its labels and pace): it hands the cube over, stage 4
+    assert sorted(episode['expert_stage_first_s']) == ['1', '2', '3', '4']
+    assert report['commands_checked'] >= 1  # the policy node commanded the arms, each command limit-checked
+    assert report['command_limit_violations'] == []

@@ -88,6 +88,10 @@ NODE_PARAMETERS: dict[str, dict[str, str]] = {
         'ramp': BOOL,
         'ramp_velocity_rad_s': DOUBLE,
         'follower_max_age_s': DOUBLE,
+        'takeover': BOOL,
+        'takeover_threshold_rad': DOUBLE,
+        'takeover_still_rad': DOUBLE,
+        'takeover_release_s': DOUBLE,
         **_RCLPY,
     },
 }

@@ -140,6 +140,8 @@ RECORD_CONTROL = 'record/control'
 TELEOP_INTERVENTION = 'teleop/intervention'
 """std_msgs/String (JSON ``{"arms": [...], "event": "start"|"end"|"state", "arm": ...}``), latched: the arms a
 human has taken over from the policy; the policy node mutes them, the recorder keeps the takeover segments."""
+TELEOP_TAKEOVER = 'teleop/takeover'
+"""std_msgs/String: ``<arm>`` takes that arm over from the policy (takeover mode), ``release [<arm>]`` hands back."""
 CLOCK_SYNC_PING = 'clock_sync/ping'
 """sensor_msgs/TimeReference: the policy node's clock probe (``header.frame_id`` its id, ``source`` the node)."""
 CLOCK_SYNC_PONG = 'clock_sync/pong'

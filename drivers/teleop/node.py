@@ -15,10 +15,14 @@ Parameters:
   ramp (bool, false)                when they do not match, move the follower to the leader slowly
   ramp_velocity_rad_s (double, 0.5) that ramp's joint speed (bounded as any speed setting)
   follower_max_age_s (double, 0.2)  a follower pose older than this is not used for the start check
+  takeover (bool, false)            takeover mode (takeover.py): the policy drives until a leader moves
+  takeover_threshold_rad (0.15)     how far a leader joint must move from its rest pose to take over
+  takeover_still_rad (0.02), takeover_release_s (1.0)   held this still this long, the arm is handed back
 
 Inputs: ``joint_states`` (the followers' poses), ``estop`` (any publisher: an e-stop stops teleop, and
 after its release teleop stays disarmed until re-armed), service ``teleop/enable`` (SetBool: true arms,
-false disarms).
+false disarms); in takeover mode ``teleop/takeover`` (String: an arm takes it over, ``release [arm]`` hands
+back). Takeover mode publishes, latched, ``teleop/intervention``: the arms under human control.
 """
 
 from __future__ import annotations
@@ -32,15 +36,17 @@ from pathlib import Path
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.node import Node
 from sensor_msgs.msg import JointState
-from std_msgs.msg import Bool
+from std_msgs.msg import Bool, String
 from std_srvs.srv import SetBool
 
 from bimanual_vla import topics
-from bimanual_vla.config import MAX_VELOCITY_RAD_S, STALENESS_S, ConfigError, LeaderConfig, check_override
+from bimanual_vla.config import MAX_VELOCITY_RAD_S, STALENESS_S, Bound, ConfigError, LeaderConfig, check_override
 from bimanual_vla.drivers.servo.calibration import ArmCalibration, CalibrationError, load_calibration
 from bimanual_vla.drivers.teleop.engage import ENGAGED, ESTOP, LEADER_LOST, Engagement
 from bimanual_vla.drivers.teleop.leader import LeaderReader, leader_calibration
 from bimanual_vla.drivers.teleop.mapping import GripperMap, LeaderMapping, follower_gripper_range
+from bimanual_vla.drivers.teleop.takeover import POLICY, TakeoverDetector
+from bimanual_vla.intervention_msgs import STATE, intervention_payload
 from bimanual_vla.ros_utils import (
     ERROR,
     OK,
@@ -52,6 +58,9 @@ from bimanual_vla.ros_utils import (
     subscribe_from_any_publisher,
 )
 
+TAKEOVER_RAD = Bound(0.0, 0.5, 'rad')
+"""Takeover thresholds: past 0.5 rad a takeover would wait for a big leader motion; 0 would fire on noise."""
+
 
 class LeaderChannel:
     """One leader, the follower it drives, and the thread that reads it."""
@@ -61,6 +70,7 @@ class LeaderChannel:
         self.reader = reader
         self.mapping = mapping
         self.engagement = engagement
+        self.takeover: TakeoverDetector | None = None
         self.arm = mapping.follower.name
         self.thread: threading.Thread | None = None
         self.overruns = 0
@@ -85,6 +95,14 @@ class TeleopNode(Node):
         self.follower_max_age_s = check_override(
             where, 'parameter follower_max_age_s', self.declare_parameter('follower_max_age_s', 0.2).value, STALENESS_S
         )
+        takeover = bool(self.declare_parameter('takeover', False).value)
+        thresholds = {
+            name: check_override(where, f'parameter {name}', self.declare_parameter(name, default).value, bound)
+            for name, default, bound in (
+                ('takeover_threshold_rad', 0.15, TAKEOVER_RAD), ('takeover_still_rad', 0.02, TAKEOVER_RAD),
+                ('takeover_release_s', 1.0, STALENESS_S),
+            )
+        }  # fmt: skip
         if not self.rig.leaders:
             raise ConfigError(f'rig {self.rig.name!r} has no leaders: add a `leaders:` list (docs/teleop.md)')
         leaders = [self.rig.leader(n) for n in wanted] if wanted else list(self.rig.leaders)
@@ -114,6 +132,13 @@ class TeleopNode(Node):
                 armed=armed,
             )
             self.channels.append(LeaderChannel(lead, reader, mapping, engagement))
+            if takeover:
+                self.channels[-1].takeover = TakeoverDetector(
+                    engagement,
+                    threshold_rad=thresholds['takeover_threshold_rad'],
+                    still_rad=thresholds['takeover_still_rad'],
+                    release_s=thresholds['takeover_release_s'],
+                )
 
         self.command_pubs = {
             c.arm: self.create_publisher(JointState, topics.arm_command(c.arm), topics.COMMAND_QOS)
@@ -124,6 +149,11 @@ class TeleopNode(Node):
             for c in self.channels
         }
         self.diag_pub = self.create_publisher(DiagnosticArray, topics.DIAGNOSTICS, topics.DIAGNOSTICS_QOS)
+        self.intervention_pub = None
+        if takeover:
+            self.intervention_pub = self.create_publisher(String, topics.TELEOP_INTERVENTION, topics.LATCHED_QOS)
+            self.intervention_pub.publish(String(data=intervention_payload([], STATE)))
+            subscribe_from_any_publisher(self, String, topics.TELEOP_TAKEOVER, self._on_takeover, latched=False)
         self.create_subscription(JointState, topics.JOINT_STATES, self._on_joint_states, topics.SENSOR_QOS)
         subscribe_from_any_publisher(self, Bool, topics.ESTOP, self._on_estop, latched=True)
         self.create_service(SetBool, topics.TELEOP_ENABLE, self._on_enable)
@@ -143,7 +173,9 @@ class TeleopNode(Node):
                 for c in self.channels
             )
             + f'; {"armed" if armed else "disarmed"}, start tolerance per leader, ramp {"on" if ramp else "off"}'
-        )
+            + (f'; takeover mode: a leader moved {thresholds["takeover_threshold_rad"]:g} rad takes its arm over'
+               if takeover else '')
+        )  # fmt: skip
 
     def _follower_calibration(self, follower) -> ArmCalibration | None:
         """The follower's calibration file, read for its gripper range only (the arm driver applies it)."""
@@ -166,14 +198,37 @@ class TeleopNode(Node):
         with self._lock:
             for channel in self.channels:
                 before = channel.engagement.state
-                channel.engagement.set_estop(bool(msg.data))
+                if channel.takeover is not None:
+                    if channel.takeover.set_estop(bool(msg.data)):
+                        self._publish_intervention(channel, 'end')
+                else:
+                    channel.engagement.set_estop(bool(msg.data))
                 if channel.engagement.state != before:
                     self._log('warn' if msg.data else 'info', f'teleop {channel.arm}: {channel.engagement.reason}')
 
+    def _on_takeover(self, msg: String) -> None:
+        """``<arm>`` takes that arm over, ``release`` / ``release <arm>`` hands back (at the next reading)."""
+        words = msg.data.split()
+        release = bool(words) and words[0] == 'release'
+        arms = set(words[1:] if release else words)
+        for channel in self.channels:
+            if channel.takeover is not None and (channel.arm in arms or (release and not arms)):
+                channel.takeover.request(not release)
+                self.get_logger().info(f'teleop/takeover: {"release" if release else "take over"} {channel.arm}')
+
+    def _publish_intervention(self, channel: LeaderChannel, event: str) -> None:
+        """The arms under human control, after ``event`` of ``channel``'s arm (call under the lock)."""
+        if self.intervention_pub is None or channel.takeover is None:
+            return
+        human = [c.arm for c in self.channels if c.takeover is not None and c.takeover.human]
+        reason = channel.takeover.reason
+        self.intervention_pub.publish(String(data=intervention_payload(human, event, channel.arm, reason)))
+        self._log('warn' if event == 'start' else 'info', f'takeover {event} {channel.arm}: {reason}')
+
     def _on_enable(self, request: SetBool.Request, response: SetBool.Response) -> SetBool.Response:
         with self._lock:
-            if request.data:
-                answers = [f'{c.arm}: {c.engagement.arm()}' for c in self.channels]
+            if request.data:  # in takeover mode a takeover arms its leader; nothing to arm here
+                answers = [f'{c.arm}: {c.engagement.arm() if c.takeover is None else "armed"}' for c in self.channels]
                 response.success = all(a.endswith('armed') for a in answers)
             else:
                 for channel in self.channels:
@@ -217,8 +272,13 @@ class TeleopNode(Node):
         now = reading.t if reading is not None else time.monotonic()  # when the leader was where it says
         with self._lock:
             before = channel.engagement.state
-            decision = channel.engagement.update(now, targets, self._follower_pose(channel, now))
-        if decision.state != before:
+            if channel.takeover is None:
+                decision = channel.engagement.update(now, targets, self._follower_pose(channel, now))
+            else:
+                decision, event = channel.takeover.update(now, targets, self._follower_pose(channel, now))
+                if event is not None:
+                    self._publish_intervention(channel, event)
+        if decision.state != before and decision.state != POLICY:
             level = 'warn' if decision.state in (LEADER_LOST, ESTOP) else 'info'
             self._log(level, f'teleop {channel.arm}: {decision.reason}')
         stamp = self.get_clock().now().to_msg()
@@ -248,6 +308,8 @@ class TeleopNode(Node):
             channel.reads_at_last_diag = (now, stats.complete_reads)
             with self._lock:
                 state, reason = channel.engagement.state, channel.engagement.reason
+                if channel.takeover is not None:
+                    state = channel.takeover.state
                 engagements, losses = channel.engagement.engagements, channel.engagement.leader_losses
             values = {
                 'state': state,
@@ -269,7 +331,7 @@ class TeleopNode(Node):
             }
             if state == LEADER_LOST or not channel.reader.connected:
                 level = ERROR
-            elif state == ENGAGED:
+            elif state in (ENGAGED, POLICY):
                 level = OK
             else:
                 level = WARN

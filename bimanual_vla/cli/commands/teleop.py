@@ -28,6 +28,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument('--ramp-velocity', type=float, default=0.5, metavar='RAD_S', help="that ramp's speed (0.5 rad/s)")
     p.add_argument('--disarmed', action='store_true', help='start disarmed (arm with the teleop/enable service)')
     p.add_argument('--attach', action='store_true', help='start only the teleop node (the rig runs elsewhere)')
+    p.add_argument(
+        '--takeover',
+        action='store_true',
+        help='takeover mode beside a running policy: moving a leader takes its arm over (the policy is muted '
+        'for it), holding it still for 1 s hands it back (docs/teleop.md, Human takeover)',
+    )
     p.add_argument('--no-cameras', action='store_true', help='leave camera drivers out (and the sim rendering off)')
     p.add_argument('--duration', type=float, default=None, help='stop after this many seconds')
     p.add_argument(
@@ -59,6 +65,7 @@ def plan(args: argparse.Namespace) -> list:
             'ramp': bool(args.ramp),
             'ramp_velocity_rad_s': float(args.ramp_velocity),
             'armed': not args.disarmed,
+            'takeover': bool(getattr(args, 'takeover', False)),
         },
     )
     if args.attach:

@@ -139,8 +139,8 @@ def no_checkpoint_message(rig: RigConfig, rig_name: str, task: str) -> str:
     return (
         f'no checkpoint for rig {rig.name!r} and task {task} is shipped yet; to make one, collect demonstrations '
         f'(bimanual-vla collect OUT --rig {rig_name} --task {task} --episodes 50), train on them '
-        f'(bimanual-vla train --data OUT --out DIR), then pass --checkpoint DIR; --driver expert shows the scripted '
-        'expert meanwhile'
+        f'(bimanual-vla train --data OUT --rig {rig_name} --out DIR), then pass --checkpoint DIR; --driver expert '
+        'shows the scripted expert meanwhile'
     )
 
 

@@ -32,8 +32,8 @@ def test_demo_on_the_twin_without_a_checkpoint_says_none_is_shipped_and_how_to_m
     assert capsys.readouterr().err == (
         "error: no checkpoint for rig 'so101_sim' and task handover_cube is shipped yet; to make one, collect "
         'demonstrations (bimanual-vla collect OUT --rig so101_sim --task handover_cube --episodes 50), train on them '
-        '(bimanual-vla train --data OUT --out DIR), then pass --checkpoint DIR; --driver expert shows the scripted '
-        'expert meanwhile\n'
+        '(bimanual-vla train --data OUT --rig so101_sim --out DIR), then pass --checkpoint DIR; --driver expert '
+        'shows the scripted expert meanwhile\n'
     )
     assert main(['demo', '--rig', 'so101_sim', '--driver', 'policy', '--task', 'lift_bar']) == 2
     assert "no checkpoint for rig 'so101_sim' and task lift_bar is shipped yet" in capsys.readouterr().err

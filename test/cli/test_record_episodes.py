@@ -40,7 +40,9 @@ def rig(tmp_path: Path):
     leader = {'name': 'left_leader', 'protocol': 'feetech', 'port': str(tmp_path / 'ttyLEADER'), 'follower': 'left',
               'joints': [{'id': i, 'name': n} for i, n in enumerate(NAMES, 1)]}  # fmt: skip
     arm = {'name': 'left', 'protocol': 'feetech', 'port': str(tmp_path / 'ttyFOLLOWER'), 'joints': joints}
-    spec = {'name': 'record_rig', 'urdf': 'urdf/so101_bimanual.urdf', 'leaders': [leader], 'arms': [arm]}
+    camera = {'name': 'top', 'source': 'test_pattern', 'width': 128, 'height': 64, 'fps': 10.0}
+    spec = {'name': 'record_rig', 'urdf': 'urdf/so101_bimanual.urdf', 'leaders': [leader], 'arms': [arm],
+            'cameras': [camera]}  # fmt: skip
     path = tmp_path / 'rig.yaml'
     path.write_text(yaml.safe_dump(spec))
     emulate = subprocess.Popen(
@@ -119,6 +121,22 @@ def test_episodes_are_recorded_and_a_rerecorded_one_is_marked(rig: Path, tmp_pat
         labels = [(m.timestamp_ns, bag.decode(m).data) for m in bag.messages(['/policy/subtask'])]
         assert [text for t, text in labels if take2.start_ns < t < take2.end_ns] == ['swing out']
         assert [bag.decode(m).data for m in bag.messages(['/policy/task'])] == ['swing the arm']
+
+    # the recorded set trains as it is (a tiny model, two steps), on the leader's positions as actions
+    from bimanual_vla.cli.main import main
+
+    tiny = ['hidden=32', 'layers=2', 'heads=2', 'head_dim=16', 'expert_hidden=16', 'vision_hidden=16',
+            'vision_layers=1', 'image_size=32', 'patch_size=16']  # fmt: skip
+    run = tmp_path / 'run'
+    argv = ['train', '--data', str(out), '--out', str(run), '--rig', str(rig), '--action-source', 'leader',
+            '--tiny-config', *tiny, '--chunk-size', '10', '--batch-size', '4', '--threads', '1', '--steps', '2',
+            '--save-every', '0', '--no-progress', '--cache-dir', str(tmp_path / 'cache')]  # fmt: skip
+    assert main(argv) == 0
+    state = json.loads((run / 'train_state' / 'state.json').read_text())
+    assert state['step'] == 2 and state['config']['action_source'] == 'leader'
+    cache = json.loads(next((tmp_path / 'cache').glob('*/cache.json')).read_text())
+    assert cache['episode_labels'] == ['episode_000_take2', 'episode_001']  # the discarded take left out
+    assert 'swing out' in cache['subtasks']
 
 
 def test_a_kill_between_episodes_keeps_the_finished_ones(rig: Path, tmp_path: Path) -> None:

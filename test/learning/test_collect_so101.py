@@ -5,31 +5,16 @@ cameras, subtasks, task, episode markers), in a bag marked with the sim time bas
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
-
-from bimanual_vla.config import share_dir
+from helpers.so101_twin import twin_rig_file
 
 SO101_JOINTS = ['shoulder_pan', 'shoulder_lift', 'elbow_flex', 'wrist_flex', 'wrist_roll', 'gripper']
 # An episode reset power-cycles the emulated servos (sim/servo_bus.py) so the drivers restart their goals
 # from the teleported arms; on a loaded machine a driver can take a few seconds to get its bus back, so
 # the episodes are long enough for the drivers to be back within each, and no count depends on it.
 EPISODE_S = 4.0
-
-
-def twin_rig_file(tmp_path: Path, camera_size: tuple[int, int] | None = None) -> Path:
-    """so101_sim.yaml with its ports and calibration files in tmp_path (one twin per port path), and
-    optionally smaller cameras (rendering three 640x480 views in real time is more than a loaded CPU does)."""
-    text = (share_dir() / 'config/rigs/so101_sim.yaml').read_text()
-    text = text.replace('/tmp/bimanual_vla_so101_sim/', f'{tmp_path}/')
-    text = text.replace('~/.config/bimanual_vla/calibration/', f'{tmp_path}/')
-    if camera_size is not None:
-        text = text.replace('width: 640, height: 480', f'width: {camera_size[0]}, height: {camera_size[1]}')
-    path = tmp_path / 'so101_sim.yaml'
-    path.write_text(text)
-    return path
 
 
 def test_the_twin_collects_its_own_tasks_in_real_time_and_says_so(tmp_path):

@@ -5,24 +5,9 @@ and cameras driving it closed loop through the real arm drivers with every comma
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
-
-from bimanual_vla.config import share_dir
-
-
-def twin_rig_file(tmp_path: Path, camera_size: tuple[int, int] | None = None) -> Path:
-    """so101_sim.yaml with its ports and calibration files in tmp_path (one twin per port path), and
-    optionally smaller cameras (rendering three 640x480 views in real time is more than a loaded CPU does)."""
-    text = (share_dir() / 'config/rigs/so101_sim.yaml').read_text()
-    text = text.replace('/tmp/bimanual_vla_so101_sim/', f'{tmp_path}/')
-    text = text.replace('~/.config/bimanual_vla/calibration/', f'{tmp_path}/')
-    if camera_size is not None:
-        text = text.replace('width: 640, height: 480', f'width: {camera_size[0]}, height: {camera_size[1]}')
-    path = tmp_path / 'so101_sim.yaml'
-    path.write_text(text)
-    return path
+from helpers.so101_twin import twin_rig_file
 
 
 def test_demo_on_the_twin_without_a_checkpoint_says_none_is_shipped_and_how_to_make_one(tmp_path, capsys):

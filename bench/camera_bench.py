@@ -6,9 +6,12 @@ stamp to receipt in the subscriber's callback (p50/p99), frame-order checks (dec
 from the test pattern's code strip), the drivers' own drop counters, CPU seconds per
 second of each process over the same wall-clock window, and what filling
 ``sensor_msgs/Image.data`` costs for each Python buffer type (why the driver hands over
-an ``array.array``).
+an ``array.array``), and what ``image_raw/compressed`` costs and saves: JPEG bytes per frame,
+bandwidth per camera against rgb8, encode and decode time per frame (OpenCV, as the camera
+driver and the policy node do it) for the test pattern and a rendered sim frame, per quality.
 
     .venv/bin/python bench/camera_bench.py [--duration 10] [--warmup 3] [--width 640 --height 480 --fps 30]
+    .venv/bin/python bench/camera_bench.py --jpeg-only   # just the compression figures
 
 Both processes keep DDS discovery on localhost and use a domain id derived from the
 parent's pid, so the benchmark neither leaves the machine nor hears other sessions.
@@ -164,6 +167,69 @@ def image_data_fill_costs(width: int, height: int) -> dict[str, object]:
     return costs
 
 
+def sample_images(width: int, height: int) -> dict[str, object]:
+    """Frames to compress: the test pattern (sharp edges and noise: JPEG's hard case) and, if MuJoCo renders
+    here, the ALOHA sim's top camera (what a scene looks like)."""
+    import numpy as np
+
+    from bimanual_vla.drivers.camera.capture import TestPatternRenderer
+
+    images: dict[str, object] = {'test_pattern': TestPatternRenderer(width, height, 'base').render(7)}
+    try:
+        import mujoco
+
+        from bimanual_vla.config import load_rig
+        from bimanual_vla.sim.scene import SceneRenderer, SimScene
+
+        scene = SimScene(load_rig('aloha_sim'), seed=0)
+        mujoco.mj_forward(scene.model, scene.data)
+        renderer = SceneRenderer(scene.model, {'top': (width, height)})
+        images['sim_top'] = np.ascontiguousarray(renderer.render(scene.data, 'top'))
+        renderer.close()
+    except Exception as exc:  # no EGL: the pattern alone
+        images['sim_top'] = f'not rendered: {type(exc).__name__}: {exc}'
+    return images
+
+
+def jpeg_costs(width: int, height: int, fps: float, qualities: tuple[int, ...] = (50, 80, 95)) -> dict[str, object]:
+    """Per image and quality: JPEG bytes, Mbit/s per camera at ``fps`` against rgb8, encode/decode ms (p50 of 30)."""
+    import numpy as np
+    from sensor_msgs.msg import CompressedImage
+
+    from bimanual_vla.image_msgs import compressed_to_rgb, encode_jpeg
+
+    raw_bytes = width * height * 3
+    out: dict[str, object] = {
+        'raw_bytes_per_frame': raw_bytes,
+        'raw_mbit_s_per_camera': round(raw_bytes * 8 * fps / 1e6, 1),
+    }
+    for name, rgb in sample_images(width, height).items():
+        if isinstance(rgb, str):
+            out[name] = rgb
+            continue
+        per_quality = {}
+        for q in qualities:
+            enc, dec = [], []
+            for _ in range(30):
+                t = time.perf_counter()
+                data = encode_jpeg(rgb, q)
+                enc.append((time.perf_counter() - t) * 1e3)
+                t = time.perf_counter()
+                back = compressed_to_rgb(CompressedImage(data=data))
+                dec.append((time.perf_counter() - t) * 1e3)
+            err = np.abs(back.astype(np.int16) - rgb.astype(np.int16))
+            per_quality[f'q{q}'] = {
+                'bytes_per_frame': len(data),
+                'ratio': round(raw_bytes / len(data), 1),
+                'mbit_s_per_camera': round(len(data) * 8 * fps / 1e6, 2),
+                'encode_ms_p50': round(sorted(enc)[15], 2),
+                'decode_ms_p50': round(sorted(dec)[15], 2),
+                'mean_abs_error': round(float(err.mean()), 2),
+            }
+        out[name] = per_quality
+    return out
+
+
 def run_drivers(args: argparse.Namespace) -> int:
     """The drivers process: three CameraDriver nodes; CPU sampled until told to stop on stdin."""
     ros_environment()
@@ -271,6 +337,10 @@ def run_once(args: argparse.Namespace, profile: str | None) -> dict[str, object]
 
 def run_benchmark(args: argparse.Namespace) -> int:
     ros_environment()  # the domain id is fixed here, so both child processes share it
+    compression = {f'{w}x{h}': jpeg_costs(w, h, args.fps) for w, h in {(args.width, args.height), (320, 240)}}
+    if args.jpeg_only:
+        print(json.dumps({'benchmark': 'camera_bench', 'fps': args.fps, 'jpeg': compression}, indent=2))
+        return 0
     runs = [run_once(args, None)]
     if args.profile:
         runs.append(run_once(args, str(Path(args.profile).resolve())))
@@ -281,6 +351,7 @@ def run_benchmark(args: argparse.Namespace) -> int:
         'duration_s': args.duration,
         'runs': runs,
         'image_data_fill_us': image_data_fill_costs(args.width, args.height),
+        'jpeg': compression,
         'machine': {'cpus': os.cpu_count(), 'loadavg_1min': round(os.getloadavg()[0], 2)},
     }
     print(json.dumps(result, indent=2))
@@ -302,6 +373,7 @@ def main() -> int:
         help='also run with this Fast DDS XML profile ("" to skip)',
     )
     parser.add_argument('--cameras', type=int, default=3, choices=(1, 2, 3), help='how many of the three cameras')
+    parser.add_argument('--jpeg-only', action='store_true', help='only the JPEG bytes and costs, no DDS run')
     args = parser.parse_args()
     global CAMERAS
     CAMERAS = CAMERAS[: args.cameras]

@@ -475,6 +475,7 @@ class Scheduler(Generic[F]):
             'control_period_ms_p99': percentile(s.tick_periods_ms, 99),
             'control_period_ms_max': max(s.tick_periods_ms, default=float('nan')),
             'frame_to_command_ms_p50': percentile(s.frame_to_command_ms, 50),
+            'frame_to_command_ms_p99': percentile(s.frame_to_command_ms, 99),
             'chunk_start': self.timing.chunk_start,
             'chunk_start_before_snapshot_ms_p50': percentile(s.chunk_lead_ms, 50),
             **arrival,

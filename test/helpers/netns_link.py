@@ -206,8 +206,9 @@ class Namespaces:
 class Probe:
     """``helpers/ros_probe.py`` running in a namespace: ``ask('count')`` -> its JSON answer."""
 
-    def __init__(self, ns: Namespaces, side: str, arms: Sequence[str], domain: int) -> None:
+    def __init__(self, ns: Namespaces, side: str, arms: Sequence[str], domain: int, sim_time: bool = False) -> None:
         argv = [sys.executable, str(Path(__file__).with_name('ros_probe.py')), ','.join(arms)]
+        argv += ['sim'] if sim_time else []
         env = ns.dds_env(side, domain)
         env['PYTHONPATH'] = os.pathsep.join([str(ROOT), env.get('PYTHONPATH', '')])
         where = ns.robot if side == 'robot' else ns.policy

@@ -3,6 +3,11 @@
 Each command prints one JSON line on stdout:
 
 * ``count``: joint commands and trajectories received per arm so far, joint_states messages.
+* ``trajectories``: per trajectory received since ``reset``: how late it arrived (arrival minus its start,
+  on this node's clock: sim time with ``sim`` as the second argument) and the jump its splice makes in
+  the goal (its value at arrival against the previous trajectory's there), with the joint positions.
+* ``diag``: the latest ``/diagnostics`` values of the policy node's status.
+* ``reset``: forget the trajectories and motion so far.
 * ``motion S``: how far the joints moved (max |change|, rad) over the next S seconds of joint_states.
 * ``estop 1|0``: publish ``estop`` (latched, as estop_input does).
 * ``enable 1|0``: call ``policy/enable``; its answer.
@@ -19,21 +24,27 @@ import sys
 import threading
 import time
 
+import numpy as np
+
 
 def main() -> int:
     import rclpy
+    from diagnostic_msgs.msg import DiagnosticArray
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.node import Node
+    from rclpy.parameter import Parameter
     from sensor_msgs.msg import JointState
     from std_msgs.msg import Bool
     from std_srvs.srv import SetBool
     from trajectory_msgs.msg import JointTrajectory
 
     from bimanual_vla import topics
+    from bimanual_vla.ros_utils import stamp_to_sec
 
     arms = sys.argv[1].split(',')
+    sim_time = len(sys.argv) > 2 and sys.argv[2] == 'sim'
     rclpy.init()
-    node = Node('ros_probe')
+    node = Node('ros_probe', parameter_overrides=[Parameter('use_sim_time', value=sim_time)])
     lock = threading.Lock()
     counts = {a: 0 for a in arms}
     trajectories = {a: 0 for a in arms}
@@ -47,10 +58,32 @@ def main() -> int:
 
         return cb
 
+    last: dict[str, tuple[float, float, np.ndarray] | None] = {a: None for a in arms}  # t0, dt, points
+    received: list[dict] = []
+
+    def value_at(traj: tuple[float, float, np.ndarray], t: float) -> np.ndarray:
+        t0, dt, pts = traj
+        x = min(max((t - t0) / dt, 0.0), len(pts) - 1.0)
+        i = min(int(x), len(pts) - 1)
+        return pts[i] if i == len(pts) - 1 else pts[i] + (x - i) * (pts[i + 1] - pts[i])
+
     def on_trajectory(arm: str):
-        def cb(_msg) -> None:
+        def cb(msg) -> None:
+            now = node.get_clock().now().nanoseconds * 1e-9
             with lock:
                 trajectories[arm] += 1
+                if not msg.points:  # a stop
+                    last[arm] = None
+                    return
+                t0 = stamp_to_sec(msg.header.stamp)
+                times = [stamp_to_sec(pt.time_from_start) for pt in msg.points]
+                dt = times[1] - times[0] if len(times) > 1 else 0.02
+                traj = (t0 + times[0], dt, np.array([pt.positions for pt in msg.points]))
+                jump = None
+                if last[arm] is not None:
+                    jump = float(np.max(np.abs(value_at(traj, now) - value_at(last[arm], now))))
+                last[arm] = traj
+                received.append({'arm': arm, 'late_s': now - t0, 'jump_rad': jump})
 
         return cb
 
@@ -63,6 +96,16 @@ def main() -> int:
         node.create_subscription(JointState, topics.arm_command(arm), on_command(arm), topics.COMMAND_INPUT_QOS)
         node.create_subscription(JointTrajectory, topics.arm_trajectory(arm), on_trajectory(arm), topics.TRAJECTORY_QOS)
     node.create_subscription(JointState, topics.JOINT_STATES, on_states, topics.SENSOR_QOS)
+    diag: dict[str, str] = {}
+
+    def on_diag(msg: DiagnosticArray) -> None:
+        for status in msg.status:
+            if status.name.endswith(': policy'):
+                with lock:
+                    diag.clear()
+                    diag.update({kv.key: kv.value for kv in status.values})
+
+    node.create_subscription(DiagnosticArray, topics.DIAGNOSTICS, on_diag, topics.DIAGNOSTICS_QOS)
     estop = node.create_publisher(Bool, topics.ESTOP, topics.LATCHED_QOS)
     enable = node.create_client(SetBool, topics.POLICY_ENABLE)
     executor = SingleThreadedExecutor()
@@ -100,6 +143,16 @@ def main() -> int:
                 time.sleep(0.02)
             result = future.result() if future.done() else None
             reply({'success': bool(result and result.success), 'message': result.message if result else 'timeout'})
+        elif cmd == 'trajectories':
+            with lock:
+                reply({'received': list(received)})
+        elif cmd == 'diag':
+            with lock:
+                reply(dict(diag))
+        elif cmd == 'reset':
+            with lock:
+                received.clear()
+            reply({'reset': True})
         elif cmd == 'quit':
             break
     executor.shutdown(timeout_sec=2)

@@ -1,0 +1,264 @@
+#!/usr/bin/env python3
+"""The policy on another computer: the split rig across an emulated link, over delay, jitter and loss.
+
+The robot half (`run --only robot`: the simulated ALOHA rig at real time, three cameras, the clock
+responder) runs in one network namespace, the policy half (`run --only policy`, a tiny checkpoint,
+`command_mode: trajectory`, RTC) in another, joined by test/helpers/netns_link.py's bridge, which adds
+one-way delay with 10 % jitter and random frame loss per direction. Nothing is routed off the
+machine and DDS discovers by unicast only. For each link point, measured over a window after the
+link settled:
+
+* camera-to-command latency: the policy's frame-to-trajectory time (its frames' stamps corrected by the
+  measured clock offset, so in the robot's time) plus how late each trajectory reaches the robot
+  (arrival minus its start, the robot's sim clock), p50 and p99 of each;
+* chunks (trajectories) lost on the link (sent in the policy's namespace, never seen in the robot's)
+  and late (arriving more than 50 ms after their start);
+* the jump a trajectory's splice makes in the arm's goal (its value at arrival against the previous
+  trajectory's there), against the velocity bound (2 rad/s x 20 ms = 0.04 rad);
+* bandwidth per direction (bytes through the bridge), with JPEG and with raw images;
+* the same policy with both halves in one namespace (no link), as the baseline.
+
+Closed-loop success needs the shipped checkpoint over many seeds, which this 2-core machine cannot
+run per point; the figures here are about the link, not the task.
+
+    sudo .venv/bin/python bench/remote_bench.py [--window 20] [--settle 5] [--out result.json]
+
+Needs root and `ip netns` (prints a JSON skip reason otherwise).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / 'test')]
+
+from helpers.netns_link import Impairment, Namespaces, Probe, available, stop  # noqa: E402
+
+ARMS = ['left', 'right']
+CLI = [sys.executable, '-m', 'bimanual_vla.cli.main']
+STEP_BOUND_RAD = 2.0 * 0.02  # the policy's max velocity x the control period
+LATE_S = 0.05
+
+
+def pct(values: list[float], q: float) -> float | None:
+    return round(float(np.percentile(values, q)), 2) if values else None
+
+
+def number(value: object) -> float | None:
+    try:
+        out = float(value)  # diagnostics values arrive as text
+    except (TypeError, ValueError):
+        return None
+    return None if np.isnan(out) else round(out, 2)
+
+
+def setup_files(tmp: Path, args: argparse.Namespace) -> tuple[Path, Path]:
+    from bimanual_vla.cli.main import main as cli
+    from bimanual_vla.config import resolve_rig_path, resolve_share_relative
+
+    ckpt = tmp / 'tiny'
+    assert cli(['make-checkpoint', '--tiny', str(ckpt), '--rig', 'aloha_sim', '--chunk-size', '50']) == 0
+    rig = yaml.safe_load(resolve_rig_path('aloha_sim').read_text())
+    rig['urdf'] = str(resolve_share_relative(rig['urdf']))
+    rig['policy_host'] = '10.77.0.2'
+    rig_path = tmp / 'aloha_split.yaml'
+    rig_path.write_text(yaml.safe_dump(rig))
+    policy = {
+        'checkpoint': str(ckpt),
+        'task': 'transfer the cube to the left arm',
+        'reasoning': {'enabled': False},
+        'inference': {'num_steps': 5, 'execution_horizon': 10, 'chunking': 'rtc', 'torch_threads': 1},
+        'staleness': {'camera_max_age_s': 0.5, 'joint_max_age_s': 0.3},
+        'safety': {'max_velocity_rad_s': 2.0, 'enabled_at_start': True},
+    }
+    policy_path = tmp / 'policy.yaml'
+    policy_path.write_text(yaml.safe_dump(policy))
+    return rig_path, policy_path
+
+
+class Session:
+    """The robot half and the policy half running (split across the namespaces, or both in the robot's)."""
+
+    def __init__(self, ns: Namespaces, rig: Path, policy: Path, transport: str, split: bool, domain: int, tmp: Path):
+        self.ns, self.procs, self.logs = ns, [], []
+        common = ['--rig', str(rig), '--no-estop-key', '--duration', '3600']
+        sim = ['sim_rig.real_time_factor=1.0', 'sim_rig.camera_width=160', 'sim_rig.camera_height=120']
+        # The sim's clock reaches the policy over the link: its offset is the link's delay, up to ~70 ms here.
+        pol = [f'policy_node.image_transport={transport}', 'policy_node.command_mode=trajectory']
+        pol += ['policy_node.max_clock_offset_s=0.2']
+        robot = [*CLI, 'run', *common, '--only', 'robot', *[a for s in sim for a in ('--set', s)]]
+        policy_cmd = [*CLI, 'run', *common, '--only', 'policy', '--policy', str(policy)]
+        policy_cmd += [a for s in pol for a in ('--set', s)]
+        sides = (('robot', ns.robot, robot), ('policy', ns.policy if split else ns.robot, policy_cmd))
+        for side, where, argv in sides:
+            env = ns.dds_env(side if split else 'robot', domain)
+            env['PYTHONPATH'] = os.pathsep.join([str(ROOT), env.get('PYTHONPATH', '')])
+            log = (tmp / f'{side}_{transport}_{"split" if split else "local"}.log').open('w')
+            self.logs.append(log)
+            proc = subprocess.Popen(ns.exec_argv(where, argv), env=env, stdout=log, stderr=subprocess.STDOUT)
+            self.procs.append(proc)
+        self.at_robot = Probe(ns, 'robot', ARMS, domain, sim_time=True)
+        self.at_policy = Probe(ns, 'policy' if split else 'robot', ARMS, domain, sim_time=True)
+
+    def wait_running(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if sum(self.at_robot.ask('count')['trajectories'].values()) > 10:
+                return True
+            time.sleep(1.0)
+        return False
+
+    def close(self) -> None:
+        for probe in (self.at_robot, self.at_policy):
+            probe.close()
+        for proc in reversed(self.procs):
+            stop(proc)
+        for log in self.logs:
+            log.close()
+
+
+def measure(session: Session, window: float, stats_before: dict | None, stats_after_fn) -> dict:
+    session.at_robot.ask('reset')
+    sent0 = sum(session.at_policy.ask('count')['trajectories'].values())
+    got0 = sum(session.at_robot.ask('count')['trajectories'].values())
+    t0 = time.monotonic()
+    time.sleep(window)
+    elapsed = time.monotonic() - t0
+    sent = sum(session.at_policy.ask('count')['trajectories'].values()) - sent0
+    got = sum(session.at_robot.ask('count')['trajectories'].values()) - got0
+    received = session.at_robot.ask('trajectories')['received']
+    diag = session.at_policy.ask('diag')
+    late = [r['late_s'] * 1e3 for r in received]
+    jumps = [r['jump_rad'] for r in received if r['jump_rad'] is not None]
+    out = {
+        'trajectories_sent': sent,
+        'trajectories_received': got,
+        'trajectories_lost': max(0, sent - got),
+        'trajectory_arrival_after_start_ms_p50': pct(late, 50),
+        'trajectory_arrival_after_start_ms_p99': pct(late, 99),
+        f'trajectories_late_over_{int(LATE_S * 1e3)}ms': sum(1 for x in late if x > LATE_S * 1e3),
+        'splice_jump_rad_max': round(max(jumps), 4) if jumps else None,
+        'splice_jump_rad_p99': pct(jumps, 99),
+        'splice_jump_bound_rad': STEP_BOUND_RAD,
+        'splice_jumps_over_bound': sum(1 for j in jumps if j > STEP_BOUND_RAD),
+        'frame_to_trajectory_ms_p50': number(diag.get('frame_to_command_ms_p50')),
+        'frame_to_trajectory_ms_p99': number(diag.get('frame_to_command_ms_p99')),
+        'inference_ms_p50': number(diag.get('inference_ms_p50')),
+        'rtc_delay_steps_planned': number(diag.get('rtc_delay_steps_planned')),
+        'link_delay_ms_estimate': number(diag.get('link_delay_ms')),
+        'clock_offset_ms': number(diag.get('clock_offset_ms')),
+        'clock_round_trip_ms_p50': number(diag.get('clock_round_trip_ms_p50')),
+        'policy_enabled': diag.get('enabled'),
+        'chunks_refused_late': number(diag.get('chunks_refused_late')),
+        'starved_ticks_total': number(diag.get('starved_ticks')),
+        'window_s': round(elapsed, 1),
+    }
+    p50a, p50b = out['frame_to_trajectory_ms_p50'], out['trajectory_arrival_after_start_ms_p50']
+    p99a, p99b = out['frame_to_trajectory_ms_p99'], out['trajectory_arrival_after_start_ms_p99']
+    out['camera_to_command_ms_p50'] = round(p50a + p50b, 1) if None not in (p50a, p50b) else None
+    out['camera_to_command_ms_p99_bound'] = round(p99a + p99b, 1) if None not in (p99a, p99b) else None
+    if stats_before is not None:
+        after = stats_after_fn()
+        dt = after['elapsed_s'] - stats_before['elapsed_s']
+        for direction in ('to_policy', 'to_robot'):
+            moved = after[direction]['bytes'] - stats_before[direction]['bytes']
+            out[f'mbit_s_{direction}'] = round(moved * 8 / max(dt, 1e-6) / 1e6, 3)
+            out[f'ipv4_multicast_frames_{direction}'] = after[direction]['ipv4_multicast_frames']
+    return out
+
+
+def run(args: argparse.Namespace) -> dict:
+    domain = int(os.environ.get('ROS_DOMAIN_ID', '0'))
+    tmp = Path(tempfile.mkdtemp(prefix='remote_bench_'))
+    rig, policy = setup_files(tmp, args)
+    result: dict = {
+        'benchmark': 'remote_bench',
+        'setup': 'aloha_sim at real time, 3 cameras 160x120 @ 15 fps, tiny checkpoint (chunk 50 @ 50 Hz, 5 flow '
+        'steps, execution horizon 10, RTC), command_mode trajectory; robot and policy halves in two network '
+        'namespaces joined by a user-space bridge (MTU 9000); jitter = 10 % of the delay, uniform',
+        'window_s': args.window,
+        'settle_s': args.settle,
+        'machine': {'cpus': os.cpu_count(), 'loadavg_1min_at_start': round(os.getloadavg()[0], 2)},
+        'points': [],
+        'logs': str(tmp),
+    }
+    with Namespaces(args.ident) as ns:
+        if 'local' in args.modes:  # baseline: both halves in one namespace, no link
+            session = Session(ns, rig, policy, 'raw', split=False, domain=domain, tmp=tmp)
+            try:
+                ok = session.wait_running(args.start_timeout)
+                time.sleep(args.settle)
+                point = {'transport': 'raw (shared memory)', 'link': 'none (one namespace)', 'running': ok}
+                point.update(measure(session, args.window, None, None))
+                result['points'].append(point)
+                print(json.dumps(point), file=sys.stderr, flush=True)
+            finally:
+                session.close()
+        for transport in [m for m in args.modes if m != 'local']:
+            ns.start_bridge(Impairment(), Impairment(), tmp / 'link.json')
+            session = Session(ns, rig, policy, transport, split=True, domain=domain, tmp=tmp)
+            try:
+                ok = session.wait_running(args.start_timeout)
+                points = [(d, loss) for d in args.delays for loss in args.losses]
+                if transport == 'raw':
+                    points = [p for p in points if p[1] == 0.0]  # bandwidth is the question: no loss sweep
+                for delay, loss in points:
+                    imp = Impairment(delay_ms=delay, jitter_ms=0.1 * delay, loss=loss)
+                    stats_file = tmp / f'link_{transport}_{delay}_{loss}.json'
+                    ns.start_bridge(imp, imp, stats_file)
+                    time.sleep(args.settle)
+                    before = ns.bridge_stats()
+                    point = {
+                        'transport': transport,
+                        'one_way_delay_ms': delay,
+                        'jitter_ms': round(0.1 * delay, 1),
+                        'loss': loss,
+                        'running': ok,
+                    }
+                    point.update(measure(session, args.window, before, ns.bridge_stats))
+                    result['points'].append(point)
+                    print(json.dumps(point), file=sys.stderr, flush=True)
+            finally:
+                session.close()
+                ns.stop_bridge()
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--window', type=float, default=20.0, help='seconds measured per point')
+    parser.add_argument('--settle', type=float, default=5.0, help='seconds after changing the link before measuring')
+    parser.add_argument('--delays', type=float, nargs='+', default=[0.0, 10.0, 30.0, 60.0], help='one-way, ms')
+    parser.add_argument('--losses', type=float, nargs='+', default=[0.0, 0.01, 0.05], help='fraction per frame')
+    parser.add_argument('--modes', nargs='+', default=['local', 'compressed', 'raw'])
+    parser.add_argument('--start-timeout', type=float, default=240.0)
+    parser.add_argument('--ident', type=int, default=int(os.environ.get('BIMANUAL_TEST_DOMAIN_ID', '90')) % 200)
+    parser.add_argument('--out', default='', help='also write the JSON here')
+    args = parser.parse_args()
+    why = available()
+    if why is not None:
+        print(json.dumps({'benchmark': 'remote_bench', 'skipped': why}))
+        return 0
+    os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
+    os.environ.setdefault('MUJOCO_GL', 'egl')
+    result = run(args)
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text + '\n')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -55,6 +55,10 @@ ANY_PUBLISHER = 'subscribe_from_any_publisher'  # LATCHED_INPUT_QOS + RELIABLE_Q
 AUDIT: dict[str, tuple[QoSProfile | None, list[QoSProfile], QoSProfile | str | None, list[QoSProfile]]] = {
     'cameras/<cam>/image_raw': (topics.SENSOR_QOS, [SENSOR_DATA], topics.SENSOR_QOS, [DEFAULT, SENSOR_DATA]),
     'cameras/<cam>/camera_info': (topics.SENSOR_QOS, [SENSOR_DATA], None, []),
+    'cameras/<cam>/image_raw/compressed': (topics.SENSOR_QOS, [SENSOR_DATA], topics.SENSOR_QOS, [DEFAULT, SENSOR_DATA]),
+    # the policy node's clock probe and clock_responder's answer: the stack's own, best effort both ways
+    topics.CLOCK_SYNC_PING: (topics.SENSOR_QOS, [], topics.SENSOR_QOS, []),
+    topics.CLOCK_SYNC_PONG: (topics.SENSOR_QOS, [], topics.SENSOR_QOS, []),
     'joint_states': (
         topics.STATE_QOS,
         [DEFAULT, SYSTEM_DEFAULT, SENSOR_DATA, MOVEIT_STATE],

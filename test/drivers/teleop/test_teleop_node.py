@@ -324,7 +324,12 @@ def test_with_ramp_the_follower_moves_to_the_leader_slowly_then_follows(harness)
     # Monotonic, and never faster than 0.4 rad/s between two leader readings (by the node's own clock).
     for (t0, a), (t1, b) in zip(ramp, ramp[1:], strict=False):
         assert 0 <= b - a <= 0.4 * (t1 - t0) + 1e-9
-    assert ramp[-1][1] >= 0.6 - 0.2 - 0.4 * 0.05  # handed over within the start tolerance
+    # Handed over within the start tolerance: the step after the last ramp command (however long the
+    # wait for that leader reading on a loaded machine) came within 0.2 of the leader, which reads
+    # 0.6 to within a few ticks (its position goes through ticks and two calibrations).
+    handover_t = next(t for _, t, _, targets in log if t > ramp[-1][0] and targets[0] >= 0.5)
+    assert ramp[-1][1] >= 0.6 - 0.2 - 0.4 * (handover_t - ramp[-1][0]) - 3 * K
+    assert ramp[-1][1] < 0.4 + 3 * K  # and not earlier
     assert pan[-1][1] == pytest.approx(0.6, abs=K)
 
 

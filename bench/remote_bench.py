@@ -128,7 +128,9 @@ class Session:
             log.close()
 
 
-def measure(session: Session, window: float, stats_before: dict | None, stats_after_fn) -> dict:
+def measure(
+    session: Session, window: float, stats_before: dict | None, stats_after_fn, dump: Path | None = None
+) -> dict:
     session.at_robot.ask('reset')
     sent0 = sum(session.at_policy.ask('count')['trajectories'].values())
     got0 = sum(session.at_robot.ask('count')['trajectories'].values())
@@ -139,6 +141,8 @@ def measure(session: Session, window: float, stats_before: dict | None, stats_af
     got = sum(session.at_robot.ask('count')['trajectories'].values()) - got0
     received = session.at_robot.ask('trajectories')['received']
     diag = session.at_policy.ask('diag')
+    if dump is not None:  # every trajectory's lateness and splice jump, for a closer look
+        dump.write_text(json.dumps(received))
     late = [r['late_s'] * 1e3 for r in received]
     jumps = [r['jump_rad'] for r in received if r['jump_rad'] is not None]
     out = {
@@ -226,7 +230,8 @@ def run(args: argparse.Namespace) -> dict:
                         'loss': loss,
                         'running': ok,
                     }
-                    point.update(measure(session, args.window, before, ns.bridge_stats))
+                    dump = tmp / f'trajectories_{transport}_{delay}_{loss}.json'
+                    point.update(measure(session, args.window, before, ns.bridge_stats, dump))
                     result['points'].append(point)
                     print(json.dumps(point), file=sys.stderr, flush=True)
             finally:

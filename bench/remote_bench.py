@@ -165,6 +165,9 @@ def measure(
         'clock_round_trip_ms_p50': number(diag.get('clock_round_trip_ms_p50')),
         'policy_enabled': diag.get('enabled'),
         'chunks_refused_late': number(diag.get('chunks_refused_late')),
+        'control_period_ms_p99': number(diag.get('control_period_ms_p99')),
+        'control_period_ms_max': number(diag.get('control_period_ms_max')),
+        'velocity_clamps_total': number(diag.get('velocity_clamps')),
         'starved_ticks_total': number(diag.get('starved_ticks')),
         'window_s': round(elapsed, 1),
     }

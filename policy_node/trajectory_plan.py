@@ -13,7 +13,10 @@ trajectory only when there is something new to play:
   makes the drivers drop what they play and hold.
 
 Every point passes the same rules as a tick's command (``safety.CommandGate``): the first point is
-this tick's gated command, each later one is clipped to the joint limits and moves at most the
+this tick's gated command, or, while a trajectory plays downstream, where that trajectory is now
+moved at most one max step towards the action (the drivers played it on time even if this node's
+ticks stalled, and the gate, one max step a tick, then lags it: starting from the gate would make the
+splice jump back by the lag); each later one is clipped to the joint limits and moves at most the
 gate's max step (max velocity x control period) from the one before; a non-finite action repeats the
 previous point. Between trajectories the node still runs the gate every tick, so the next trajectory
 starts from where the tick-mode command would be.
@@ -68,13 +71,14 @@ class TrajectoryPlanner:
         self.counters = PlannerCounters()
         self._sent_key: tuple[int, float] | None = None  # the newest chunk of the trajectory in play downstream
         self._in_play = False
+        self._sent: PlannedTrajectory | None = None  # that trajectory
 
     def plan(self, now: float, result: GateResult, executor: ChunkExecutor) -> PlannedTrajectory | None:
         """What to send at this tick (``result``: the gate's decision for it), or None for nothing."""
         if result.command is None:
             if not self._in_play:
                 return None
-            self._in_play, self._sent_key = False, None
+            self._in_play, self._sent_key, self._sent = False, None, None
             self.counters.stops += 1
             return PlannedTrajectory(now, self.period_s, np.zeros((0, len(self.gate.joint_names))))
         current = executor.current
@@ -86,12 +90,15 @@ class TrajectoryPlanner:
         times = now + self.period_s * np.arange(1, min(steps, MAX_POINTS - 1) + 1)
         committed = executor.committed(list(times)) if len(times) else None
         points = [np.asarray(result.command, dtype=np.float64)]
+        if self._in_play and self._sent is not None and current is not None:
+            points = [self._gated(_value_at(self._sent, now), executor.sample(now).action)]
         for action in [] if committed is None else committed:
             points.append(self._gated(points[-1], action))
         self._in_play, self._sent_key = True, key
         self.counters.trajectories += 1
         self.counters.points += len(points)
-        return PlannedTrajectory(now, self.period_s, np.stack(points))
+        self._sent = PlannedTrajectory(now, self.period_s, np.stack(points))
+        return self._sent
 
     def _gated(self, previous: np.ndarray, action: np.ndarray) -> np.ndarray:
         """The gate's rules for one point after ``previous``: limits, max step, non-finite holds."""
@@ -104,6 +111,15 @@ class TrajectoryPlanner:
         if np.any(point != action):
             self.counters.limited_points += 1
         return point
+
+
+def _value_at(plan: PlannedTrajectory, t: float) -> np.ndarray:
+    """Where a trajectory is at ``t``, as the drivers play it: linear between points, its ends held."""
+    x = min(max((t - plan.t0) / plan.dt, 0.0), len(plan.points) - 1.0)
+    i = min(int(x), max(len(plan.points) - 2, 0))
+    if len(plan.points) == 1:
+        return plan.points[0].copy()
+    return plan.points[i] + (x - i) * (plan.points[i + 1] - plan.points[i])
 
 
 def check_command_mode(value: object) -> str:

@@ -155,7 +155,7 @@ def measure(
         'splice_jump_rad_max': round(max(jumps), 4) if jumps else None,
         'splice_jump_rad_p99': pct(jumps, 99),
         'splice_jump_bound_rad': STEP_BOUND_RAD,
-        'splice_jumps_over_bound': sum(1 for j in jumps if j > STEP_BOUND_RAD),
+        'splice_jumps_over_bound': sum(1 for j in jumps if j > STEP_BOUND_RAD + 1e-6),  # not float noise at it
         'frame_to_trajectory_ms_p50': number(diag.get('frame_to_command_ms_p50')),
         'frame_to_trajectory_ms_p99': number(diag.get('frame_to_command_ms_p99')),
         'inference_ms_p50': number(diag.get('inference_ms_p50')),

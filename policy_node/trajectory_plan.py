@@ -12,14 +12,14 @@ trajectory only when there is something new to play:
 * the gate stopped sending (e-stop, disabled, stale inputs, no chunk): one empty trajectory, which
   makes the drivers drop what they play and hold.
 
-Every point passes the same rules as a tick's command (``safety.CommandGate``): the first point is
-this tick's gated command, or, while a trajectory plays downstream, where that trajectory is now
-moved at most one max step towards the action (the drivers played it on time even if this node's
-ticks stalled, and the gate, one max step a tick, then lags it: starting from the gate would make the
-splice jump back by the lag); each later one is clipped to the joint limits and moves at most the
+Every point passes the same rules as a tick's command (``safety.CommandGate``). The first point is
+this tick's gated command when nothing plays downstream; while a trajectory plays, it is where that
+trajectory is now, so the splice is continuous: the drivers played it on time even if this node's
+ticks stalled, while the gate, one max step a tick, then lags it, and starting from the gate would make
+the splice jump back by the lag. Each later point is clipped to the joint limits and moves at most the
 gate's max step (max velocity x control period) from the one before; a non-finite action repeats the
-previous point. Between trajectories the node still runs the gate every tick, so the next trajectory
-starts from where the tick-mode command would be.
+previous point. The node still runs the gate every tick (e-stop, enable, stale inputs stop the
+trajectory at once).
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ class TrajectoryPlanner:
         committed = executor.committed(list(times)) if len(times) else None
         points = [np.asarray(result.command, dtype=np.float64)]
         if self._in_play and self._sent is not None and current is not None:
-            points = [self._gated(_value_at(self._sent, now), executor.sample(now).action)]
+            points = [_value_at(self._sent, now)]  # continuous at the splice; the next points move on from there
         for action in [] if committed is None else committed:
             points.append(self._gated(points[-1], action))
         self._in_play, self._sent_key = True, key

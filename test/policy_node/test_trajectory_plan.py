@@ -67,9 +67,9 @@ def test_a_joined_chunk_sends_a_new_trajectory_from_the_ticks_command_across_the
     ex.add(ramp_chunk(10.06, 0.2, -0.01, seq=1), now=10.065)
     plan = planner.plan(10.08, tick(g, ex, 10.08), ex)
     assert plan is not None and plan.t0 == 10.08
-    # from where the playing trajectory is (0.04 at 10.08) at most a step per period (test_trajectory_stall.py:
-    # not from the gate's command, which lags it when ticks stall), then the new chunk to its end (10.24)
-    assert plan.points[:, 0] == pytest.approx([0.08, 0.12, 0.16, 0.16, 0.15, 0.14, 0.13, 0.12, 0.11])
+    # from where the playing trajectory is (0.04 at 10.08; test_trajectory_stall.py: not from the gate's command,
+    # which lags it when ticks stall) at most a step per period, then the new chunk to its end (10.24)
+    assert plan.points[:, 0] == pytest.approx([0.04, 0.08, 0.12, 0.16, 0.15, 0.14, 0.13, 0.12, 0.11])
     assert planner.counters.trajectories == 2
 
 

@@ -139,3 +139,32 @@ def test_clock_responder_answers_with_the_same_clock(policy_harness, ros_context
         assert call_enable(rig.node, True) == (True, 'enabled')
     finally:
         robot.close()
+
+
+def test_a_remote_rig_enabled_at_start_waits_for_the_clock_offset(
+    policy_harness, ros_context, node_checkpoint, tmp_path
+) -> None:
+    import yaml
+
+    from bimanual_vla.bringup.clock_responder import ClockResponder
+    from bimanual_vla.config import resolve_rig_path, resolve_share_relative
+
+    data = yaml.safe_load(resolve_rig_path('aloha_sim').read_text())
+    data['urdf'] = str(resolve_share_relative(data['urdf']))
+    data['policy_host'] = 'gpu-box'
+    rig_file = tmp_path / 'remote.yaml'
+    rig_file.write_text(yaml.safe_dump(data))
+    rig, start = policy_harness
+    policy = write_policy(tmp_path, node_checkpoint, safety={'max_velocity_rad_s': 2.0, 'enabled_at_start': True})
+    node = start(policy, rig=str(rig_file), image_transport='raw')  # the synthetic rig publishes raw frames
+    assert node.rig.policy_host == 'gpu-box' and node.link.clock.required
+    assert not node.gate.enabled  # no offset measured yet: held disabled
+    ok, message = call_enable(rig.node, True)
+    assert not ok and 'not measured' in message
+    assert not wait_for(lambda: rig.count(rig.commands['left']) > 0, 3)
+    robot = Spinner(ros_context, ClockResponder(context=ros_context))
+    try:
+        assert wait_for(lambda: node.gate.enabled, 10), node.link.values()  # enabled at the first good offset
+        assert wait_for(lambda: rig.count(rig.commands['left']) >= 20, 60), node.diagnostics_values()
+    finally:
+        robot.close()

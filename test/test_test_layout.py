@@ -49,3 +49,12 @@ def test_no_test_module_imports_another_module_of_the_test_tree() -> None:
             if name in local and name != 'helpers':
                 offending.append(f'{path.relative_to(TEST)}:{line}: {name}')
     assert offending == []
+
+
+def test_test_file_names_are_unique_across_folders() -> None:
+    """The test folders are not packages: two test files of one name collide at collection ("import file mismatch")."""
+    seen: dict[str, list[str]] = {}
+    for path in FILES:
+        if path.name.startswith('test_'):
+            seen.setdefault(path.name, []).append(str(path.relative_to(TEST)))
+    assert {name: paths for name, paths in seen.items() if len(paths) > 1} == {}

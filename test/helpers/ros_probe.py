@@ -8,6 +8,7 @@ Each command prints one JSON line on stdout:
   the goal (its value at arrival against the previous trajectory's there), with the joint positions.
 * ``diag``: the latest ``/diagnostics`` values of the policy node's status.
 * ``reset``: forget the trajectories and motion so far.
+* ``episode SEED``: ``sim/reset_seed`` SEED (a new simulated episode); ``success``: the latest ``sim/success``.
 * ``motion S``: how far the joints moved (max |change|, rad) over the next S seconds of joint_states.
 * ``estop 1|0``: publish ``estop`` (latched, as estop_input does).
 * ``enable 1|0``: call ``policy/enable``; its answer.
@@ -34,7 +35,7 @@ def main() -> int:
     from rclpy.node import Node
     from rclpy.parameter import Parameter
     from sensor_msgs.msg import JointState
-    from std_msgs.msg import Bool
+    from std_msgs.msg import Bool, Int64
     from std_srvs.srv import SetBool
     from trajectory_msgs.msg import JointTrajectory
 
@@ -107,6 +108,13 @@ def main() -> int:
 
     node.create_subscription(DiagnosticArray, topics.DIAGNOSTICS, on_diag, topics.DIAGNOSTICS_QOS)
     estop = node.create_publisher(Bool, topics.ESTOP, topics.LATCHED_QOS)
+    reset_seed = node.create_publisher(Int64, topics.SIM_RESET_SEED, topics.RELIABLE_QOS)
+    success = [False]
+
+    def on_success(msg: Bool) -> None:
+        success[0] = bool(msg.data)
+
+    node.create_subscription(Bool, topics.SIM_SUCCESS, on_success, topics.LATCHED_QOS)
     enable = node.create_client(SetBool, topics.POLICY_ENABLE)
     executor = SingleThreadedExecutor()
     executor.add_node(node)
@@ -153,6 +161,12 @@ def main() -> int:
             with lock:
                 received.clear()
             reply({'reset': True})
+        elif cmd == 'episode':
+            success[0] = False
+            reset_seed.publish(Int64(data=int(args[0])))
+            reply({'episode': int(args[0])})
+        elif cmd == 'success':
+            reply({'success': success[0], 'sim_time': node.get_clock().now().nanoseconds * 1e-9})
         elif cmd == 'quit':
             break
     executor.shutdown(timeout_sec=2)

@@ -73,7 +73,21 @@ def test_strip_ros_args_leaves_the_cli_arguments() -> None:
 
 
 def test_every_console_script_is_covered_here() -> None:
-    assert console_scripts() == set(NODE_SCRIPTS) | {'bimanual-vla', 'bag_record', 'bag_replay', 'estop_input'}
+    covered = {'bimanual-vla', 'bag_record', 'bag_replay', 'estop_input', 'clock_responder'}
+    assert console_scripts() == set(NODE_SCRIPTS) | covered
+
+
+def test_clock_responder_takes_ros_arguments_and_stops_cleanly_on_sigint() -> None:
+    """The robot half's clock_responder declares no required parameter: it runs until launch stops it."""
+    process = subprocess.Popen(
+        [str(BIN / 'clock_responder'), *NODE_ROS_ARGS], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    time.sleep(3.0)
+    assert process.poll() is None, process.communicate()[0]  # still running: the arguments were accepted
+    process.send_signal(signal.SIGINT)
+    output = process.communicate(timeout=30)[0]
+    assert process.returncode == 0, output
+    assert 'Traceback' not in output and 'unrecognized arguments' not in output
 
 
 def test_the_cli_takes_ros_arguments_and_refuses_bad_ones_in_one_line() -> None:

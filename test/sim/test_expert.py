@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import gym_aloha  # noqa: F401  (make test installs the sim extra; a missing one must fail, not skip)
 import mujoco  # noqa: F401
@@ -116,7 +117,7 @@ def test_expert_replay_records_when_each_stage_was_first_reached() -> None:
     assert 2.5 < times['1'] < 3.5 and 4.5 < times['4'] < 6.0  # grasp after the 2.4 s descent; handover by 6 s
 
 
-def test_a_speed_limited_expert_trails_its_wrist_flip_then_catches_up_and_still_succeeds(tmp_path) -> None:
+def test_a_speed_limited_expert_trails_its_wrist_flip_then_catches_up_and_still_succeeds(tmp_path, capsys) -> None:
     """`max_joint_speed_rad_s` (collect --expert-max-speed): no arm joint faster than the policy node's gate."""
     free = ScriptedExpert(RIG, 'transfer_cube', 4, options=ExpertOptions(approach='cartesian'))
     limited = ScriptedExpert(
@@ -139,10 +140,11 @@ def test_a_speed_limited_expert_trails_its_wrist_flip_then_catches_up_and_still_
 
     from bimanual_vla.cli.main import main
 
-    with pytest.raises(
-        SystemExit, match=r'collect: max_joint_speed_rad_s must be positive \(None: unlimited\), got -1'
-    ):
-        main(['collect', str(tmp_path / 'bag'), '--episodes', '1', '--expert-max-speed', '-1', '--no-progress'])
+    status = main(['collect', str(tmp_path / 'bag'), '--episodes', '1', '--expert-max-speed', '-1', '--no-progress'])
+    assert status == 2  # bad input: one line, exit status 2
+    assert re.search(
+        r'collect: max_joint_speed_rad_s must be positive \(None: unlimited\), got -1', capsys.readouterr().err
+    )
     assert not (tmp_path / 'bag').exists()
 
 

@@ -4,6 +4,7 @@ robot_state_publisher and rviz2 are optional (left out with one warning when not
 executable of this package stops the launch before anything starts (bimanual_vla/bringup/launch_actions.py).
 
     ros2 launch bimanual_vla rig.launch.py rig:=so101_bimanual policy:=default rviz:=true record:=~/bags/run1
+    ros2 launch bimanual_vla rig.launch.py rig:=my_rig only:=robot     # on the robot; only:=policy on the GPU host
 """
 
 from launch import LaunchDescription
@@ -25,6 +26,7 @@ def _nodes(context):
         rviz=truthy(arg('rviz')),
         record=arg('record'),
         record_split_mb=arg('record_split_mb'),
+        only=arg('only'),
     )
     return launch_actions(processes)
 
@@ -38,6 +40,11 @@ def generate_launch_description():
             DeclareLaunchArgument('record', default_value='', description='record a bag to this directory'),
             DeclareLaunchArgument(
                 'record_split_mb', default_value='0', description='split the bag into files of this many MB (0: one)'
+            ),
+            DeclareLaunchArgument(
+                'only',
+                default_value='',
+                description="robot | policy: one half of a rig split across two hosts (docs/remote_policy.md); '': all",
             ),
             OpaqueFunction(function=_nodes),
         ]

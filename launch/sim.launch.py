@@ -28,6 +28,7 @@ def _nodes(context):
         rviz=truthy(arg('rviz')),
         record=arg('record'),
         record_split_mb=arg('record_split_mb'),
+        only=arg('only'),
     )
     return launch_actions(processes)
 
@@ -54,6 +55,11 @@ def generate_launch_description():
             DeclareLaunchArgument('record', default_value='', description='record a bag to this directory'),
             DeclareLaunchArgument(
                 'record_split_mb', default_value='0', description='split the bag into files of this many MB (0: one)'
+            ),
+            DeclareLaunchArgument(
+                'only',
+                default_value='',
+                description="robot | policy: one half of a rig split across two hosts (docs/remote_policy.md); '': all",
             ),
             OpaqueFunction(function=_nodes),
         ]

@@ -33,10 +33,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bimanual_vla.bringup.launch_availability import COLCON_HINT, PACKAGE, find_executable
-from bimanual_vla.bringup.nodes import NodeSpec, rig_nodes, robot_description
+from bimanual_vla.bringup.nodes import HALVES, Half, NodeSpec, rig_nodes, robot_description
 from bimanual_vla.bringup.preflight import policy_for_rig
 from bimanual_vla.bringup.supervision import LAUNCH_RESPAWN_DELAY_S
-from bimanual_vla.config import load_rig, share_dir
+from bimanual_vla.config import ConfigError, load_rig, share_dir
 
 # How a launch user gets a checkpoint for a rig that has none: a launch takes a policy file, not --set.
 LAUNCH_HOW_TO_GET_A_CHECKPOINT = (
@@ -145,6 +145,28 @@ def choose_policy(rig: str, policy: str) -> tuple[str | None, list[ProcessSpec]]
     return chosen, [ProcessSpec(PACKAGE, 'policy_node', 'policy_node', left_out=note) for note in notes]
 
 
+def launch_half(only: str) -> Half | None:
+    """The `only:=` launch argument: '' for the whole rig, `robot` or `policy` for one half of a rig split
+    across two computers (docs/remote_policy.md), as `bimanual-vla run --only`."""
+    if only.strip() == '':
+        return None
+    if only not in HALVES:
+        raise ConfigError(f"only:={only}: must be one of {', '.join(HALVES)} or '' (the whole rig)")
+    return only  # type: ignore[return-value]
+
+
+def choose_half_policy(rig: str, policy: str, half: Half | None) -> tuple[str | None, list[ProcessSpec]]:
+    """`choose_policy` for one half: the robot half has no policy node (it runs on the policy host), and
+    the policy half without a policy to run is a ConfigError (it would start nothing)."""
+    if half == 'robot':
+        return None, []
+    chosen, left_out = choose_policy(rig, policy)
+    if half == 'policy' and chosen is None:
+        why = f': {left_out[0].left_out}' if left_out else ' (policy:= is empty)'
+        raise ConfigError(f'only:=policy: no policy to run on rig {rig!r}{why}')
+    return chosen, left_out
+
+
 def bringup_processes(
     rig: str,
     specs: list[NodeSpec],
@@ -154,10 +176,14 @@ def bringup_processes(
     record: str,
     record_split_mb: str,
     left_out: Sequence[ProcessSpec] = (),
+    half: Half | None = None,
 ) -> list[ProcessSpec]:
     """The rig's nodes (and the ones `left_out`, for their warnings) plus what every bringup launch
-    adds: robot_state_publisher, and rviz2 and a bag recorder when asked for."""
-    processes = [node_process(s) for s in specs] + list(left_out) + [description_processes(rig, use_sim_time)]
+    adds: robot_state_publisher (on the robot's side only: the policy half gets the robot's), and
+    rviz2 and a bag recorder when asked for."""
+    processes = [node_process(s) for s in specs] + list(left_out)
+    if half != 'policy':
+        processes.append(description_processes(rig, use_sim_time))
     if rviz:
         processes.append(rviz_process(use_sim_time))
     if record:
@@ -165,12 +191,23 @@ def bringup_processes(
     return processes
 
 
-def rig_processes(rig: str, policy: str, *, rviz: bool, record: str, record_split_mb: str = '0') -> list[ProcessSpec]:
-    """launch/rig.launch.py: drivers per arm and camera, the policy node (`policy`: see `choose_policy`)."""
-    chosen, left_out = choose_policy(rig, policy)
-    specs = rig_nodes(rig, policy=chosen, use_sim_time=False)
+def rig_processes(
+    rig: str, policy: str, *, rviz: bool, record: str, record_split_mb: str = '0', only: str = ''
+) -> list[ProcessSpec]:
+    """launch/rig.launch.py: drivers per arm and camera, the policy node (`policy`: see `choose_policy`);
+    `only`: one half (`launch_half`)."""
+    half = launch_half(only)
+    chosen, left_out = choose_half_policy(rig, policy, half)
+    specs = rig_nodes(rig, policy=chosen, use_sim_time=False, only=half)
     return bringup_processes(
-        rig, specs, use_sim_time=False, rviz=rviz, record=record, record_split_mb=record_split_mb, left_out=left_out
+        rig,
+        specs,
+        use_sim_time=False,
+        rviz=rviz,
+        record=record,
+        record_split_mb=record_split_mb,
+        left_out=left_out,
+        half=half,
     )
 
 
@@ -184,11 +221,13 @@ def sim_processes(
     rviz: bool,
     record: str,
     record_split_mb: str = '0',
+    only: str = '',
 ) -> list[ProcessSpec]:
     """launch/sim.launch.py: sim_rig (behind arm_drivers with `servo_bus`) on sim time, the policy node.
 
     `task`, `seed`, `servo_bus` reach sim_rig only when given ('' = the rig's `sim:` block), so one
     launch file serves rigs whose tasks differ (ALOHA's transfer_cube, the SO-101 twin's handover_cube).
+    `only`: one half (`launch_half`); the policy half runs on the sim's clock, which reaches it over the link.
     """
     sim: dict[str, Any] = {}
     if task:
@@ -197,10 +236,18 @@ def sim_processes(
         sim['seed'] = int(seed)
     if servo_bus:
         sim['servo_bus'] = servo_bus
-    chosen, left_out = choose_policy(rig, policy)
-    specs = rig_nodes(rig, policy=chosen, use_sim_time=True, sim_overrides=sim)
+    half = launch_half(only)
+    chosen, left_out = choose_half_policy(rig, policy, half)
+    specs = rig_nodes(rig, policy=chosen, use_sim_time=True, sim_overrides=sim, only=half)
     return bringup_processes(
-        rig, specs, use_sim_time=True, rviz=rviz, record=record, record_split_mb=record_split_mb, left_out=left_out
+        rig,
+        specs,
+        use_sim_time=True,
+        rviz=rviz,
+        record=record,
+        record_split_mb=record_split_mb,
+        left_out=left_out,
+        half=half,
     )
 
 

@@ -23,8 +23,8 @@ from bimanual_vla.config import load_policy, load_rig
 ROOT = Path(__file__).resolve().parents[2]
 LAUNCH_FILES = sorted((ROOT / 'launch').glob('*.launch.py'))
 EXPECTED_ARGS = {
-    'rig.launch.py': {'rig', 'policy', 'rviz', 'record', 'record_split_mb'},
-    'sim.launch.py': {'rig', 'task', 'seed', 'servo_bus', 'policy', 'rviz', 'record', 'record_split_mb'},
+    'rig.launch.py': {'rig', 'policy', 'rviz', 'record', 'record_split_mb', 'only'},
+    'sim.launch.py': {'rig', 'task', 'seed', 'servo_bus', 'policy', 'rviz', 'record', 'record_split_mb', 'only'},
     'replay.launch.py': {'bag', 'rig', 'policy', 'rate', 'rviz'},
 }
 

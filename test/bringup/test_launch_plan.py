@@ -144,6 +144,8 @@ CASES = {
     'sim': ('sim.launch.py', {'rviz': 'true', 'record': '/tmp/bag', 'seed': '3'}),
     'sim-servo-bus': ('sim.launch.py', {'servo_bus': 'feetech', 'policy': ''}),
     'replay': ('replay.launch.py', {'bag': '/tmp/bag', 'rviz': 'true', 'rate': '2.0'}),
+    'rig-robot-half': ('rig.launch.py', {'rig': 'so101_bimanual', 'only': 'robot', 'record': '/tmp/bag'}),
+    'sim-policy-half': ('sim.launch.py', {'only': 'policy', 'rviz': 'true'}),
 }
 
 
@@ -242,7 +244,7 @@ def test_every_parameter_a_launch_file_gives_a_node_is_one_the_node_declares(
             checked.add(key)
             undeclared = set(spec.parameters) - declared_parameters(spec, ros_context, monkeypatch)
             assert not undeclared, f'{name}: {spec.name} does not declare {sorted(undeclared)}'
-    assert executables == {'arm_driver', 'camera_driver', 'sim_rig', 'policy_node'}
+    assert executables == {'arm_driver', 'camera_driver', 'sim_rig', 'policy_node', 'clock_responder'}
 
 
 def test_missing_optional_packages_are_left_out_with_one_warning_each(stub_launch, monkeypatch) -> None:
@@ -395,6 +397,59 @@ def test_sim_launch_gives_sim_rig_the_task_and_seed_only_when_given(stub_launch,
     if rig == 'so101_sim':
         assert [n['executable'] for n in nodes][:3] == ['sim_rig', 'arm_driver', 'arm_driver']
         assert stub_launch.warnings == []
+
+
+@pytest.mark.parametrize(
+    ('name', 'rig', 'robot_half'),
+    [
+        ('rig.launch.py', 'so101_bimanual', ['arm_driver'] * 2 + ['camera_driver'] * 3),
+        ('sim.launch.py', 'aloha_sim', ['sim_rig']),
+    ],
+)
+def test_only_robot_starts_the_robot_half_with_the_clock_responder_and_no_policy(
+    stub_launch, name, rig, robot_half
+) -> None:
+    """only:=robot is `run --only robot`: everything but the policy node, plus the clock responder the
+    policy host measures its offset against; no word about a policy the robot never runs."""
+    nodes = nodes_of(stub_launch.run(name, {'rig': rig, 'only': 'robot'}))
+    executables = [n['executable'] for n in nodes]
+    assert executables == [*robot_half, 'clock_responder', 'robot_state_publisher']
+    assert stub_launch.warnings == []
+
+
+def test_only_policy_starts_the_policy_node_alone(stub_launch) -> None:
+    """only:=policy is `run --only policy`: the policy node and what was asked for (rviz2), no drivers,
+    no simulator, and no robot_state_publisher (robot_description comes from the robot's side)."""
+    nodes = nodes_of(stub_launch.run('sim.launch.py', {'only': 'policy', 'rviz': 'true'}))
+    assert [n['executable'] for n in nodes] == ['policy_node', 'rviz2']
+    assert nodes[0]['parameters'][0]['rig'] == 'aloha_sim'
+    assert nodes[0]['parameters'][0]['use_sim_time'] is True
+
+
+@pytest.mark.parametrize(
+    ('overrides', 'message'),
+    [
+        (
+            {'rig': 'so101_bimanual', 'only': 'policy'},
+            "only:=policy: no policy to run on rig 'so101_bimanual': policy off: ",
+        ),
+        (
+            {'rig': 'so101_bimanual', 'only': 'policy', 'policy': ''},
+            "only:=policy: no policy to run on rig 'so101_bimanual' (policy:= is empty)",
+        ),
+        (
+            {'rig': 'so101_bimanual', 'only': 'robots'},
+            "only:=robots: must be one of robot, policy or '' (the whole rig)",
+        ),
+    ],
+)
+def test_a_half_that_cannot_start_stops_the_launch_in_one_line(stub_launch, overrides, message) -> None:
+    from bimanual_vla.config import ConfigError
+
+    with pytest.raises(ConfigError) as error:
+        stub_launch.run('rig.launch.py', overrides)
+    assert [r for r in Recorded.made if type(r).__name__ == 'Node'] == []
+    assert '\n' not in str(error.value) and str(error.value).startswith(message)
 
 
 def test_find_executable_looks_where_launch_ros_looks(tmp_path, monkeypatch) -> None:

@@ -78,7 +78,14 @@ NODE_PARAMETERS: dict[str, dict[str, str]] = {
         'max_clock_offset_s': DOUBLE,
         **_RCLPY,
     },
-    'estop_input': {'keyboard': BOOL, 'device': STRING, 'key': STRING, 'mode': STRING, **_RCLPY},
+    'estop_input': {
+        'keyboard': BOOL,
+        'device': STRING,
+        'key': STRING,
+        'mode': STRING,
+        'takeover_arms': STRING,
+        **_RCLPY,
+    },
     'robot_description_publisher': {'rig': STRING, **_RCLPY},
     'clock_responder': {**_RCLPY},
     'teleop': {

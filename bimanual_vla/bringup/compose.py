@@ -192,3 +192,27 @@ def compose(
     for node in nodes:
         executor.add_node(node)
     return Composition(nodes, executor, children, supervisor)
+
+
+def run_composed(specs: Iterable[NodeSpec], heading: str, duration_s: float | None = None, **compose_args) -> int:
+    """A command's bringup from start to exit: compose `specs` (`compose`'s keyword arguments), print
+    ``heading: <nodes>``, spin for `duration_s` (None: until Ctrl-C), then shut everything down and
+    rclpy with it. The caller has called `rclpy.init()`. Ctrl-C ends it quietly; exit status 0."""
+    import rclpy
+
+    try:
+        composition = compose(specs, **compose_args)
+        names = [n.get_name() for n in composition.nodes] + [
+            f'{c.spec.name} (own process)' for c in composition.children
+        ]
+        print(f'{heading}: {", ".join(names)}', flush=True)
+        try:
+            composition.spin(duration_s)
+        finally:
+            composition.shutdown()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if rclpy.ok():
+            rclpy.shutdown()
+    return 0

@@ -221,10 +221,20 @@ class KeyboardEstop:
     as a context manager. The previous terminal attributes are restored on close.
     """
 
-    def __init__(self, fd: int, callback: EstopCallback, *, name: str = 'keyboard') -> None:
+    def __init__(
+        self,
+        fd: int,
+        callback: EstopCallback,
+        *,
+        name: str = 'keyboard',
+        on_other_key: Callable[[str], None] | None = None,
+    ) -> None:
+        """`on_other_key(char)`: every other printable key, for a second use of the same terminal (one
+        reader per terminal: two would each get some of the bytes). The e-stop keys never reach it."""
         self.fd = fd
         self.name = name
         self._callback = callback
+        self._on_other_key = on_other_key
         self._saved: list | None = None
         self._stop_r, self._stop_w = os.pipe()
         self._thread = threading.Thread(target=self._run, name=f'estop-{name}', daemon=True)
@@ -232,12 +242,19 @@ class KeyboardEstop:
         self.closed_reason: str | None = None
 
     @classmethod
-    def open(cls, callback: EstopCallback, fd: int | None = None, *, name: str = 'keyboard') -> KeyboardEstop | None:
+    def open(
+        cls,
+        callback: EstopCallback,
+        fd: int | None = None,
+        *,
+        name: str = 'keyboard',
+        on_other_key: Callable[[str], None] | None = None,
+    ) -> KeyboardEstop | None:
         """Start reading `fd` (default: standard input); None if it is not a usable terminal."""
         fd = stdin_fd() if fd is None else fd
         if fd is None or keyboard_unavailable_reason(fd) is not None:
             return None
-        return cls(fd, callback, name=name).start()
+        return cls(fd, callback, name=name, on_other_key=on_other_key).start()
 
     def start(self) -> KeyboardEstop:
         self._saved = termios.tcgetattr(self.fd)
@@ -298,6 +315,8 @@ class KeyboardEstop:
                     elif byte in RELEASE_KEYS:
                         self.presses += 1
                         self._callback(False, f'{self.name} ({chr(byte)})')
+                    elif self._on_other_key is not None and 0x20 < byte < 0x7F:
+                        self._on_other_key(chr(byte))
         except Exception as exc:  # a failing callback ends the reader, loudly, not the process
             self.closed_reason = f'{type(exc).__name__}: {exc}'
             raise

@@ -11,6 +11,9 @@ Parameters:
   key (str, KEY_SPACE)      the device's key: a name (KEY_B, BTN_0, ...) or a code (48, 0x30)
   mode (str, latch)         latch: a press stops until r / the topic releases;
                             hold: dead-man, motion only while the key is held down
+  takeover_arms (str, '')   comma-separated arms: the same terminal's takeover keys publish on
+                            ``teleop/takeover`` (t takes every arm over, h hands all back, 1-9 one arm:
+                            ``drivers/teleop/takeover.py``); '' = no takeover keys
 
 The node follows the topic too: an ``estop`` from another publisher sets or clears the latch (so
 a later press is published as a change), and this node republishes its state when that differs
@@ -30,7 +33,7 @@ import threading
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.node import Node
 from rclpy.subscription import MessageInfo
-from std_msgs.msg import Bool
+from std_msgs.msg import Bool, String
 
 from bimanual_vla import topics
 from bimanual_vla.drivers.estop.input import (
@@ -43,6 +46,7 @@ from bimanual_vla.drivers.estop.input import (
     parse_key,
     stdin_fd,
 )
+from bimanual_vla.drivers.teleop.takeover import takeover_command
 from bimanual_vla.ros_utils import ERROR, OK, WARN, diagnostic_status, run_node, subscribe_from_any_publisher
 
 
@@ -55,6 +59,8 @@ class EstopInput(Node):
         device = str(self.declare_parameter('device', '').value)
         key = str(self.declare_parameter('key', 'KEY_SPACE').value)
         self.mode = str(self.declare_parameter('mode', 'latch').value)
+        takeover_arms = str(self.declare_parameter('takeover_arms', '').value)
+        self.takeover_arms = [a.strip() for a in takeover_arms.split(',') if a.strip()]
         if self.mode not in MODES:
             raise ValueError(f'node {self.get_name()}: parameter mode must be one of {MODES}, not {self.mode!r}')
         parse_key(key)  # a bad key name fails here, at start
@@ -71,6 +77,10 @@ class EstopInput(Node):
         self.estop_pub = self.create_publisher(Bool, topics.ESTOP, topics.LATCHED_QOS)
         self._own_gids = self._publisher_gids()
         self.diag_pub = self.create_publisher(DiagnosticArray, topics.DIAGNOSTICS, topics.DIAGNOSTICS_QOS)
+        # volatile: a takeover key pressed before teleop started is not replayed to it later
+        self.takeover_pub = (
+            self.create_publisher(String, topics.TELEOP_TAKEOVER, topics.RELIABLE_QOS) if self.takeover_arms else None
+        )
         self._no_gid_logged = False
         subscribe_from_any_publisher(self, Bool, topics.ESTOP, self._on_topic, latched=True, with_info=True)
         self.create_timer(1.0, self._publish_diagnostics)
@@ -84,7 +94,11 @@ class EstopInput(Node):
             reason = 'standard input has no file descriptor' if fd is None else keyboard_unavailable_reason(fd)
             if reason is None and fd is not None:
                 self.get_logger().info('keyboard e-stop: SPACE stops, r releases')
-                self.keyboard = KeyboardEstop(fd, self._on_latch_input).start()
+                on_other_key = self._on_takeover_key if self.takeover_pub is not None else None
+                self.keyboard = KeyboardEstop(fd, self._on_latch_input, on_other_key=on_other_key).start()
+                if on_other_key is not None:
+                    numbered = ', '.join(f'{i} {arm}' for i, arm in enumerate(self.takeover_arms[:9], 1))
+                    self.get_logger().info(f'takeover keys: t takes every arm over, h hands back, {numbered}')
                 self.keyboard_state = 'on'
             else:
                 self.keyboard_state = f'off: {reason}'
@@ -103,6 +117,14 @@ class EstopInput(Node):
         with self._lock:
             self.arbiter.latch(active)
             self._changed(active, source)
+
+    def _on_takeover_key(self, key: str) -> None:
+        """A key that is not the e-stop's: a takeover request on ``teleop/takeover`` if it is one."""
+        command = takeover_command(key, self.takeover_arms)
+        if command is None or self.takeover_pub is None:
+            return
+        self.takeover_pub.publish(String(data=command))
+        self.get_logger().info(f'takeover key {key}: teleop/takeover {command!r}')
 
     def _on_device(self, active: bool, source: str) -> None:
         with self._lock:

@@ -26,6 +26,26 @@ from bimanual_vla.drivers.teleop.engage import DISARMED, ENGAGED, ESTOP, Decisio
 
 POLICY = 'policy'
 START, END = 'start', 'end'
+TAKE_ALL_KEY, HAND_BACK_KEY = 't', 'h'
+"""Keys on the operator's terminal (the e-stop's reader passes them on): take every arm over, hand all back;
+the digits 1-9 take one arm over, in the order the arms are listed."""
+
+
+def takeover_command(key: str, arms: Sequence[str]) -> str | None:
+    """The ``teleop/takeover`` message a terminal key stands for (None: not a takeover key).
+
+    ``t``: every arm (``"left right"``); ``h``: ``release`` (every arm handed back); ``1``..``9``: the
+    n-th of ``arms`` alone. A digit past the arms is no key of this map.
+    """
+    if not arms:
+        return None
+    if key == TAKE_ALL_KEY:
+        return ' '.join(arms)
+    if key == HAND_BACK_KEY:
+        return 'release'
+    if key.isdigit() and 1 <= int(key) <= len(arms):
+        return arms[int(key) - 1]
+    return None
 
 
 class TakeoverDetector:

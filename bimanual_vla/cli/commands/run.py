@@ -82,7 +82,7 @@ def _stop_on_sigterm() -> None:
 def run(args: argparse.Namespace) -> int:
     import rclpy
 
-    from bimanual_vla.bringup.compose import OWN_PROCESS, compose
+    from bimanual_vla.bringup.compose import OWN_PROCESS, run_composed
     from bimanual_vla.bringup.nodes import NodeSpec, rig_nodes
     from bimanual_vla.bringup.preflight import apply_set, parse_set, policy_for_rig
     from bimanual_vla.bringup.supervision import RestartPolicy
@@ -117,22 +117,8 @@ def run(args: argparse.Namespace) -> int:
     specs = apply_set(nodes, overrides)
     rclpy.init()
     _stop_on_sigterm()
-    try:
-        description = None if only == 'policy' else args.rig  # robot_description comes from the robot half
-        composition = compose(
-            specs, rig=description, own_process=() if args.composed else OWN_PROCESS, restart=RestartPolicy()
-        )
-        names = ', '.join(
-            [n.get_name() for n in composition.nodes] + [f'{c.spec.name} (own process)' for c in composition.children]
-        )
-        print(f'running {args.rig}: {names}', flush=True)
-        try:
-            composition.spin(args.duration)
-        finally:
-            composition.shutdown()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        if rclpy.ok():
-            rclpy.shutdown()
-    return 0
+    description = None if only == 'policy' else args.rig  # robot_description comes from the robot half
+    own_process = () if args.composed else OWN_PROCESS
+    return run_composed(
+        specs, f'running {args.rig}', args.duration, rig=description, own_process=own_process, restart=RestartPolicy()
+    )

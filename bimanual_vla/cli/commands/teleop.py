@@ -32,7 +32,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         '--takeover',
         action='store_true',
         help='takeover mode beside a running policy: moving a leader takes its arm over (the policy is muted '
-        'for it), holding it still for 1 s hands it back (docs/teleop.md, Human takeover)',
+        'for it), holding it still for 1 s hands it back; keys: t takes every arm over, h hands all back, 1-9 one '
+        'arm (docs/teleop.md, Human takeover)',
     )
     p.add_argument('--no-cameras', action='store_true', help='leave camera drivers out (and the sim rendering off)')
     p.add_argument('--duration', type=float, default=None, help='stop after this many seconds')
@@ -46,7 +47,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def plan(args: argparse.Namespace) -> list:
-    """The node specs of this teleop session; ConfigError (one line) for a rig without the leaders asked for."""
+    """The node specs of this teleop session; ConfigError (one line) for a rig without the leaders asked for.
+
+    The terminal's reader is `estop_input` (SPACE stops, r releases), composed here since it reads this
+    process's terminal; in takeover mode it also turns t / h / 1-9 into `teleop/takeover` requests, and
+    then runs beside `--attach` too (the operator's terminal is this one)."""
     from bimanual_vla.bringup.nodes import NodeSpec, is_twin, rig_nodes
 
     rig = load_rig(args.rig)
@@ -68,8 +73,16 @@ def plan(args: argparse.Namespace) -> list:
             'takeover': bool(getattr(args, 'takeover', False)),
         },
     )
+    takeover = bool(getattr(args, 'takeover', False))
+    keys: list[NodeSpec] = []
+    if getattr(args, 'estop_key', False) and (takeover or not args.attach):  # record-episodes reads its own keys
+        followers = [leader.follower for leader in rig.leaders if not names or leader.name in names]
+        name = 'teleop_keys' if args.attach else 'estop_input'  # attached: the rig's own estop_input runs elsewhere
+        keys = [
+            NodeSpec('estop_input', name, {'keyboard': True, 'takeover_arms': ','.join(followers) if takeover else ''})
+        ]
     if args.attach:
-        return [teleop]
+        return [teleop, *keys]
     specs = rig_nodes(args.rig, policy=None)
     if args.no_cameras:
         specs = [s for s in specs if s.executable != 'camera_driver']
@@ -80,30 +93,16 @@ def plan(args: argparse.Namespace) -> list:
             ]  # fmt: skip
     if is_twin(rig):  # the twin runs on sim time; teleop's leaders are read on wall time either way
         teleop = NodeSpec(teleop.executable, teleop.name, {**teleop.parameters, 'use_sim_time': True})
-    return [*specs, teleop]
+    return [*specs, teleop, *keys]
 
 
 def run(args: argparse.Namespace) -> int:
     import rclpy
 
-    from bimanual_vla.bringup.compose import compose
-    from bimanual_vla.bringup.nodes import NodeSpec
+    from bimanual_vla.bringup.compose import run_composed
 
     specs = plan(args)
-    if args.estop_key and not args.attach:
-        specs.append(NodeSpec('estop_input', 'estop_input', {'keyboard': True}))
     rclpy.init()
-    try:
-        composition = compose(specs, rig=None if args.attach else args.rig, own_process=())
-        names = ', '.join(n.get_name() for n in composition.nodes)
-        print(f'teleop on {args.rig}: {names}', flush=True)
-        try:
-            composition.spin(args.duration)
-        finally:
-            composition.shutdown()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        if rclpy.ok():
-            rclpy.shutdown()
-    return 0
+    return run_composed(
+        specs, f'teleop on {args.rig}', args.duration, rig=None if args.attach else args.rig, own_process=()
+    )

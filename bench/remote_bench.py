@@ -18,10 +18,14 @@ link settled:
 * bandwidth per direction (bytes through the bridge), with JPEG and with raw images;
 * the same policy with both halves in one namespace (no link), as the baseline.
 
-``--success-seeds N`` adds a closed-loop smoke: the shipped checkpoint and default policy (tick mode,
-JPEG over the link) on N seeds of transfer_cube at each of ``--success-delays`` and in one namespace,
-each episode started with ``sim/reset_seed`` and scored by ``sim/success`` within ``--episode-s``.
-The 20 seeds per point the issue asks for are beyond this 2-core machine.
+``--success-seeds N`` adds the closed loop: the shipped checkpoint and default policy (the rig has a
+``policy_host``, so trajectory mode unless ``--success-command-mode tick``; JPEG over the link) on N
+held-out seeds of transfer_cube (from ``--first-seed``, 1000 as eval-sim) in one namespace and at each
+of ``--success-delays`` x ``--success-losses``, each episode started with ``sim/reset_seed`` and
+scored by ``sim/success`` within ``--episode-s``; ``--success-diag KEY ...`` keeps policy diagnostics
+per episode. Needs a quiet machine: the sim runs at real time.
+
+    sudo .venv/bin/python bench/remote_bench.py --modes --success-seeds 20   # the closed loop alone
 
     sudo .venv/bin/python bench/remote_bench.py [--window 20] [--settle 5] [--out result.json]
 
@@ -102,15 +106,19 @@ class Session:
         domain: int,
         tmp: Path,
         closed_loop: bool = False,
+        command_mode: str = 'default',
     ):
         self.ns, self.procs, self.logs = ns, [], []
+        self.diag_keys: list[str] = []
         common = ['--rig', str(rig), '--no-estop-key', '--duration', '3600']
         sim = ['sim_rig.real_time_factor=1.0']
         sim += [] if closed_loop else ['sim_rig.camera_width=160', 'sim_rig.camera_height=120']
         # The sim's clock reaches the policy over the link: its offset is the link's delay, up to ~70 ms here.
         pol = [f'policy_node.image_transport={transport}', 'policy_node.max_clock_offset_s=0.2']
         # the shipped default policy starts disabled; here it enables itself once the clock offset is measured
-        pol += ['policy_node.enabled=true'] if closed_loop else ['policy_node.command_mode=trajectory']
+        pol += ['policy_node.enabled=true'] if closed_loop else []
+        if not closed_loop or command_mode != 'default':  # default: the rig's (trajectory: it has a policy_host)
+            pol += [f'policy_node.command_mode={"trajectory" if not closed_loop else command_mode}']
         robot = [*CLI, 'run', *common, '--only', 'robot', *[a for s in sim for a in ('--set', s)]]
         policy_cmd = [*CLI, 'run', *common, '--only', 'policy', '--policy', str(policy)]
         policy_cmd += [a for s in pol for a in ('--set', s)]
@@ -150,6 +158,9 @@ class Session:
                 if answer['sim_time'] - start > episode_s:
                     break
                 time.sleep(0.5)
+            if self.diag_keys:
+                diag = self.at_policy.ask('diag')
+                result['policy'] = {k: diag.get(k) for k in self.diag_keys} if self.diag_keys != ['*'] else diag
             out.append(result)
             print(json.dumps(result), file=sys.stderr, flush=True)
         return out
@@ -281,30 +292,51 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def closed_loop(ns: Namespaces, rig: Path, domain: int, tmp: Path, args: argparse.Namespace) -> list[dict]:
-    """The shipped checkpoint's default policy on a few seeds, in one namespace and across the link."""
-    seeds = list(range(args.success_seeds))
+    """The shipped checkpoint's default policy on held-out seeds, in one namespace and across the link.
+
+    One session across the link serves every (delay, loss) point: the bridge is restarted with the
+    point's impairment and given ``--settle`` seconds before the point's first episode."""
+    seeds = list(range(args.first_seed, args.first_seed + args.success_seeds))
+    mode = args.success_command_mode
+    key = 'commands' if mode == 'tick' else 'trajectories'  # the split rig has a policy_host: trajectory
     runs = []
-    for delay in [None, *args.success_delays]:
-        split = delay is not None
-        if split:
-            imp = Impairment(delay_ms=delay, jitter_ms=0.1 * delay)
-            ns.start_bridge(imp, imp, tmp / f'link_success_{delay}.json')
-        session = Session(ns, rig, 'default', 'compressed' if split else 'raw', split, domain, tmp, closed_loop=True)
+
+    def run_point(session: Session, ok: bool, link: str, images: str) -> None:
+        episodes = session.episodes(seeds, args.episode_s) if ok else []
+        successes = sum(e['success'] for e in episodes)
+        runs.append(
+            {'link': link, 'images': images, 'command_mode': mode, 'running': ok, 'successes': successes,
+             'episodes': episodes}
+        )  # fmt: skip
+        print(json.dumps({'link': link, 'successes': successes, 'of': len(seeds)}), file=sys.stderr, flush=True)
+
+    if not args.no_success_local:
+        transport = args.success_local_images
+        session = Session(ns, rig, 'default', transport, False, domain, tmp, closed_loop=True, command_mode=mode)
+        session.diag_keys = args.success_diag
         try:
-            ok = session.wait_running(args.start_timeout, key='commands')
-            episodes = session.episodes(seeds, args.episode_s) if ok else []
+            ok = session.wait_running(args.start_timeout, key=key)
+            run_point(session, ok, 'none (one namespace)', 'JPEG' if transport == 'compressed' else 'raw')
         finally:
             session.close()
-            ns.stop_bridge()
-        runs.append(
-            {
-                'link': f'{delay:g} ms one way, 10 % jitter' if split else 'none (one namespace)',
-                'images': 'JPEG' if split else 'raw',
-                'running': ok,
-                'successes': sum(e['success'] for e in episodes),
-                'episodes': episodes,
-            }
-        )
+    points = [(d, loss) for d in args.success_delays for loss in args.success_losses]
+    if not points:
+        return runs
+    ns.start_bridge(Impairment(), Impairment(), tmp / 'link_success_start.json')
+    transport = args.success_images
+    session = Session(ns, rig, 'default', transport, True, domain, tmp, closed_loop=True, command_mode=mode)
+    session.diag_keys = args.success_diag
+    try:
+        ok = session.wait_running(args.start_timeout, key=key)
+        for delay, loss in points:
+            imp = Impairment(delay_ms=delay, jitter_ms=0.1 * delay, loss=loss)
+            ns.start_bridge(imp, imp, tmp / f'link_success_{delay:g}_{loss:g}.json')
+            time.sleep(args.settle)
+            link = f'{delay:g} ms one way, 10 % jitter, {loss:.0%} loss'
+            run_point(session, ok, link, 'JPEG' if transport == 'compressed' else 'raw')
+    finally:
+        session.close()
+        ns.stop_bridge()
     return runs
 
 
@@ -319,7 +351,31 @@ def main() -> int:
     parser.add_argument('--ident', type=int, default=int(os.environ.get('BIMANUAL_TEST_DOMAIN_ID', '90')) % 200)
     parser.add_argument('--out', default='', help='also write the JSON here')
     parser.add_argument('--success-seeds', type=int, default=0, help='closed-loop smoke: seeds per point (0: none)')
-    parser.add_argument('--success-delays', type=float, nargs='+', default=[10.0, 30.0], help='one-way, ms')
+    parser.add_argument(
+        '--first-seed', type=int, default=1000, help='first closed-loop seed (eval-sim holds out 1000 on)'
+    )
+    parser.add_argument(
+        '--success-images', choices=('compressed', 'raw'), default='compressed', help='closed loop across the link'
+    )
+    parser.add_argument(
+        '--success-local-images', choices=('compressed', 'raw'), default='raw', help='closed loop in one namespace'
+    )
+    parser.add_argument(
+        '--no-success-local', action='store_true', help='closed loop across the link only (no one-namespace run)'
+    )
+    parser.add_argument(
+        '--success-diag', nargs='*', default=[], metavar='KEY', help="policy diagnostics kept per episode ('*': all)"
+    )
+    parser.add_argument(
+        '--success-command-mode',
+        choices=('default', 'tick', 'trajectory'),
+        default='default',
+        help="the policy's command_mode (default: the rig's, trajectory for a policy_host)",
+    )
+    parser.add_argument(
+        '--success-losses', type=float, nargs='+', default=[0.0], help='closed loop: loss fractions at each delay'
+    )
+    parser.add_argument('--success-delays', type=float, nargs='+', default=[10.0, 30.0, 60.0], help='one-way, ms')
     parser.add_argument('--episode-s', type=float, default=12.0, help='sim seconds an episode may take (eval-sim: 12)')
     args = parser.parse_args()
     why = available()

@@ -40,7 +40,7 @@ from bimanual_vla.policy_node.rig_fit import check_cameras, commanded_arms
 from bimanual_vla.policy_node.safety import CommandGate
 from bimanual_vla.policy_node.scheduler import Scheduler, scheduler_for_policy
 from bimanual_vla.policy_node.settings import NodeSettings
-from bimanual_vla.policy_node.trajectory_plan import check_command_mode
+from bimanual_vla.policy_node.trajectory_plan import choose_command_mode
 from bimanual_vla.ros_utils import declare_rig, run_node, sec_to_stamp, subscribe_from_any_publisher
 
 
@@ -83,7 +83,7 @@ class PolicyNode(Node):
     def _declare_parameters(self) -> NodeSettings:
         self.rig = declare_rig(self)
         policy = load_policy(self.declare_parameter('policy', 'default').get_parameter_value().string_value)
-        self.command_mode = check_command_mode(self.declare_parameter('command_mode', 'tick').value)
+        self.command_mode = choose_command_mode(self.rig.policy_host, self.declare_parameter('command_mode', '').value)
         return NodeSettings.resolve(
             policy,
             checkpoint=self.declare_parameter('checkpoint', '').get_parameter_value().string_value,
@@ -104,6 +104,7 @@ class PolicyNode(Node):
             strategy=self.settings.chunking,
             on_time_jump=self._on_time_jump,
         )
+        self.scheduler.ticks_lead_by_link = self.command_mode == 'tick'  # trajectories carry the robot's times
         self.stats, self.latency = self.scheduler.stats, self.scheduler.latency
         max_velocity, enabled = self.settings.policy.safety.max_velocity_rad_s, self.settings.enabled
         self.gate = CommandGate.from_rig(self.rig, self.joint_names, max_velocity_rad_s=max_velocity, enabled=enabled)

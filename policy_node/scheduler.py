@@ -172,6 +172,9 @@ class Scheduler(Generic[F]):
         # round trip, policy_node/remote_link.py; 0 on one). The robot switches to a new chunk that much
         # after the node does, so RTC must freeze the steps executed until then too.
         self.link_delay_s = 0.0
+        # Tick mode: a command sent at T acts at the robot at T + link_delay_s, so the tick sends the action
+        # due then. Trajectory mode sends times the driver plays by (on the robot's clock): no lead there.
+        self.ticks_lead_by_link = True
 
     # --------------------------------------------------------------- inputs
 
@@ -297,14 +300,16 @@ class Scheduler(Generic[F]):
 
     def tick(self, now: float) -> TickDecision:
         """The control tick at ``now``: stale inputs drop the executing chunk (its times will be gone
-        by the time inputs recover); otherwise the action at ``now``, held past the end (starved)."""
+        by the time inputs recover); otherwise the action due when this tick's command acts (``now``, plus
+        the link's delay with ``ticks_lead_by_link``), held past the end (starved)."""
         self.note_time(now)
         was_stale, self.stale = self.stale, self.stale_inputs(now)
         action = None
         if self.stale:
             self.executor.clear()
         else:
-            sample = self.executor.step(now)
+            # docs/experiments/2026-12-07-remote-policy-closed-loop.md: without the lead, 0 of 20 over 10 ms
+            sample = self.executor.step(now + (self.link_delay_s if self.ticks_lead_by_link else 0.0))
             if sample.exhausted:
                 self.stats.starved_ticks += 1
             action = sample.action

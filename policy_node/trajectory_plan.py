@@ -122,6 +122,18 @@ def _value_at(plan: PlannedTrajectory, t: float) -> np.ndarray:
     return plan.points[i] + (x - i) * (plan.points[i + 1] - plan.points[i])
 
 
+def choose_command_mode(policy_host: str | None, value: object) -> str:
+    """The ``command_mode`` parameter: ``''`` (the default) is ``trajectory`` on a rig whose policy runs
+    on another computer (its ``policy_host``), ``tick`` otherwise.
+
+    Across a link per-tick commands lost the shipped checkpoint's closed loop where trajectories, which
+    carry the robot's times, kept it (docs/experiments/2026-12-07-remote-policy-closed-loop.md).
+    """
+    if value == '':
+        return 'trajectory' if policy_host else 'tick'
+    return check_command_mode(value)
+
+
 def check_command_mode(value: object) -> str:
     """The ``command_mode`` parameter's value, or ConfigError naming it (one line at start)."""
     if value not in COMMAND_MODES:

@@ -107,3 +107,20 @@ def test_a_lost_chunk_holds_the_last_action_and_the_next_starts_there() -> None:
     # then it departs from the hold no faster than the model's own chunk
     steps = np.abs(np.diff(s.executor.current.actions, axis=0))
     assert steps.max() <= DISAGREE + 1e-9
+
+
+@pytest.mark.parametrize('leads', [True, False])
+def test_a_tick_sends_the_action_due_when_its_command_reaches_the_robot(leads: bool) -> None:
+    """Tick mode across a link: the command sent at T acts at T + L, so the tick takes the chunk's action at
+    T + L. Trajectory mode (``ticks_lead_by_link`` off) sends times the driver plays by: the action at T."""
+    s = make()
+    s.ticks_lead_by_link = leads
+    feed(s, 10.0)
+    assert s.accept_chunk(ramp(10.0, 32), s.plan_inference(10.0), 10.0).status == 'accepted'
+    s.link_delay_s = 3 / 32
+    t = 10.0 + 4 / 32
+    feed(s, t)
+    tick = s.tick(t)
+    due = t + (s.link_delay_s if leads else 0.0)
+    np.testing.assert_allclose(tick.action, s.executor.current.sample(due), atol=1e-12)
+    np.testing.assert_allclose(tick.action, np.full(2, due - 10.0), atol=1e-12)  # the ramp: 1 rad/s from 0 at 10.0

@@ -146,6 +146,22 @@ def test_clock_responder_answers_with_the_same_clock(policy_harness, ros_context
         robot.close()
 
 
+def test_a_remote_rig_sends_trajectories_unless_told_otherwise(policy_harness, node_checkpoint, tmp_path) -> None:
+    import yaml
+
+    from bimanual_vla.config import resolve_rig_path, resolve_share_relative
+
+    data = yaml.safe_load(resolve_rig_path('aloha_sim').read_text())
+    data['urdf'] = str(resolve_share_relative(data['urdf']))
+    data['policy_host'] = 'gpu-box'
+    rig_file = tmp_path / 'remote.yaml'
+    rig_file.write_text(yaml.safe_dump(data))
+    _, start = policy_harness
+    node = start(write_policy(tmp_path, node_checkpoint), rig=str(rig_file), image_transport='raw')
+    assert node.command_mode == 'trajectory' and not node.scheduler.ticks_lead_by_link
+    assert 'arms/left/joint_trajectory' in [p.topic_name.lstrip('/') for p in node.output._pubs.values()]
+
+
 def test_a_remote_rig_enabled_at_start_waits_for_the_clock_offset(
     policy_harness, ros_context, node_checkpoint, tmp_path
 ) -> None:
@@ -161,7 +177,8 @@ def test_a_remote_rig_enabled_at_start_waits_for_the_clock_offset(
     rig_file.write_text(yaml.safe_dump(data))
     rig, start = policy_harness
     policy = write_policy(tmp_path, node_checkpoint, safety={'max_velocity_rad_s': 2.0, 'enabled_at_start': True})
-    node = start(policy, rig=str(rig_file), image_transport='raw')  # the synthetic rig publishes raw frames
+    # the synthetic rig publishes raw frames and counts per-tick commands (a remote rig defaults to trajectories)
+    node = start(policy, rig=str(rig_file), image_transport='raw', command_mode='tick')
     assert node.rig.policy_host == 'gpu-box' and node.link.clock.required
     assert not node.gate.enabled  # no offset measured yet: held disabled
     ok, message = call_enable(rig.node, True)

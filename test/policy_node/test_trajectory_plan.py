@@ -8,7 +8,12 @@ import pytest
 from bimanual_vla.config import ConfigError
 from bimanual_vla.policy_node.chunking import Chunk, ChunkExecutor
 from bimanual_vla.policy_node.safety import CommandGate
-from bimanual_vla.policy_node.trajectory_plan import MAX_POINTS, TrajectoryPlanner, check_command_mode
+from bimanual_vla.policy_node.trajectory_plan import (
+    MAX_POINTS,
+    TrajectoryPlanner,
+    check_command_mode,
+    choose_command_mode,
+)
 
 DT = 0.02
 STEP = 0.04  # the gate's max step per period (2 rad/s at 50 Hz)
@@ -95,6 +100,14 @@ def test_a_long_chunk_is_cut_to_max_points() -> None:
     ex.add(Chunk(np.zeros((MAX_POINTS + 50, 2)), t0=10.0, dt=DT), now=10.0)
     plan = TrajectoryPlanner(g, DT).plan(10.0, tick(g, ex, 10.0), ex)
     assert plan is not None and len(plan.points) == MAX_POINTS
+
+
+def test_the_default_command_mode_is_trajectory_on_a_remote_rig_and_tick_on_one_host() -> None:
+    assert choose_command_mode('gpu-box', '') == 'trajectory'
+    assert choose_command_mode(None, '') == 'tick' and choose_command_mode('', '') == 'tick'
+    assert choose_command_mode('gpu-box', 'tick') == 'tick'  # what the user sets wins
+    with pytest.raises(ConfigError, match='parameter command_mode must be tick or trajectory'):
+        choose_command_mode('gpu-box', 'ticks')
 
 
 def test_command_mode_is_tick_or_trajectory() -> None:

@@ -88,3 +88,15 @@ def policy_harness(ros_context) -> Iterator[tuple[object, Callable[..., object]]
 
     with PolicyHarness(ros_context) as harness:
         yield harness.rig, harness.start
+
+
+@pytest.fixture
+def pty() -> Iterator[tuple[int, int]]:
+    """A pseudo-terminal (master, slave): a terminal for keyboard readers to read, written by the test."""
+    master, slave = os.openpty()
+    yield master, slave
+    for fd in (master, slave):
+        try:
+            os.close(fd)
+        except OSError:
+            pass

@@ -169,18 +169,21 @@ def choose_half_policy(rig: str, policy: str, half: Half | None) -> tuple[str | 
 
 def bringup_processes(
     rig: str,
-    specs: list[NodeSpec],
+    policy: str,
     *,
     use_sim_time: bool,
     rviz: bool,
     record: str,
     record_split_mb: str,
-    left_out: Sequence[ProcessSpec] = (),
-    half: Half | None = None,
+    only: str = '',
+    sim_overrides: dict[str, Any] | None = None,
 ) -> list[ProcessSpec]:
-    """The rig's nodes (and the ones `left_out`, for their warnings) plus what every bringup launch
-    adds: robot_state_publisher (on the robot's side only: the policy half gets the robot's), and
-    rviz2 and a bag recorder when asked for."""
+    """The rig's nodes for the half `only` asks for (`launch_half`), the policy node per `choose_policy`
+    (with the warning of one left out), and what every bringup launch adds: robot_state_publisher (on
+    the robot's side only: the policy half gets the robot's), and rviz2 and a bag recorder when asked for."""
+    half = launch_half(only)
+    chosen, left_out = choose_half_policy(rig, policy, half)
+    specs = rig_nodes(rig, policy=chosen, use_sim_time=use_sim_time, sim_overrides=sim_overrides, only=half)
     processes = [node_process(s) for s in specs] + list(left_out)
     if half != 'policy':
         processes.append(description_processes(rig, use_sim_time))
@@ -196,18 +199,8 @@ def rig_processes(
 ) -> list[ProcessSpec]:
     """launch/rig.launch.py: drivers per arm and camera, the policy node (`policy`: see `choose_policy`);
     `only`: one half (`launch_half`)."""
-    half = launch_half(only)
-    chosen, left_out = choose_half_policy(rig, policy, half)
-    specs = rig_nodes(rig, policy=chosen, use_sim_time=False, only=half)
     return bringup_processes(
-        rig,
-        specs,
-        use_sim_time=False,
-        rviz=rviz,
-        record=record,
-        record_split_mb=record_split_mb,
-        left_out=left_out,
-        half=half,
+        rig, policy, use_sim_time=False, rviz=rviz, record=record, record_split_mb=record_split_mb, only=only
     )
 
 
@@ -236,18 +229,15 @@ def sim_processes(
         sim['seed'] = int(seed)
     if servo_bus:
         sim['servo_bus'] = servo_bus
-    half = launch_half(only)
-    chosen, left_out = choose_half_policy(rig, policy, half)
-    specs = rig_nodes(rig, policy=chosen, use_sim_time=True, sim_overrides=sim, only=half)
     return bringup_processes(
         rig,
-        specs,
+        policy,
         use_sim_time=True,
         rviz=rviz,
         record=record,
         record_split_mb=record_split_mb,
-        left_out=left_out,
-        half=half,
+        only=only,
+        sim_overrides=sim,
     )
 
 

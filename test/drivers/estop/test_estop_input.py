@@ -14,7 +14,7 @@ import struct
 import termios
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -96,17 +96,6 @@ def fifo(tmp_path: Path) -> Path:
     path = tmp_path / 'event7'
     os.mkfifo(path)
     return path
-
-
-@pytest.fixture
-def pty() -> Iterator[tuple[int, int]]:
-    master, slave = os.openpty()
-    yield master, slave
-    for fd in (master, slave):
-        try:
-            os.close(fd)
-        except OSError:
-            pass
 
 
 # --------------------------------------------------------------- records and key names

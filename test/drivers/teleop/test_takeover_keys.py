@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import termios
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,19 +17,6 @@ from bimanual_vla.drivers.estop.input import KeyboardEstop
 from bimanual_vla.drivers.teleop.takeover import takeover_command
 
 TIMEOUT = 20.0
-
-
-@pytest.fixture
-def pty() -> Iterator[tuple[int, int]]:
-    master, slave = os.openpty()
-    try:
-        yield master, slave
-    finally:
-        for fd in (master, slave):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
 
 
 def test_takeover_keys_map_to_teleop_takeover_messages() -> None:

@@ -5,10 +5,11 @@ reader runs in a thread of its own and calls ``callback(active, source)`` from t
 ``active`` True asserts the e-stop, False releases what this reader asserted; ``source`` says
 which input did it and why, for the log.
 
-Keyboard (:class:`KeyboardEstop`): on a terminal, in cbreak mode without echo (Ctrl-C still
-interrupts), **space** asserts the e-stop and **r** releases it. Releasing takes a different key
-on purpose: a second tap of the stop key in a panic must never release. Every other key is
-ignored. The terminal's previous settings come back on :meth:`KeyboardEstop.close` (also when
+Keyboard (:class:`KeyboardEstop`, on the terminal's one :class:`TerminalReader`): on a terminal,
+in cbreak mode without echo (Ctrl-C still interrupts), **space** asserts the e-stop and **r**
+releases it. Releasing takes a different key on purpose: a second tap of the stop key in a panic
+must never release. Every other printable key goes to ``on_other_key`` if given (takeover keys),
+else nowhere. The terminal's previous settings come back on :meth:`KeyboardEstop.close` (also when
 starting fails). Standard input that is not a terminal, or a terminal this process is not in the
 foreground of (started with ``&``), is not used: :meth:`KeyboardEstop.open` returns None and
 :func:`keyboard_unavailable_reason` says why.
@@ -51,6 +52,7 @@ import struct
 import sys
 import termios
 import threading
+import time
 import tty
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -214,8 +216,94 @@ def stdin_fd() -> int | None:
         return None
 
 
+class TerminalReader:
+    """Reads a terminal file descriptor in a thread of its own: ``on_bytes(data, now)`` for what each read
+    returns, ``on_idle(now)`` after ``idle_s`` without a byte (never with ``idle_s`` None). ``now`` is
+    ``time.monotonic()``.
+
+    The one reader of a terminal: the e-stop keys and the recording or takeover keys share it, since two
+    readers of one terminal would each get some of the bytes. A terminal is put in cbreak mode without
+    echo (Ctrl-C still interrupts) and its previous settings come back on :meth:`close` (also when
+    starting fails). The thread ends at end of input, on a read error (a hung-up terminal) or when a
+    callback raises; ``closed_reason`` says which.
+    """
+
+    def __init__(
+        self,
+        fd: int,
+        on_bytes: Callable[[bytes, float], None],
+        *,
+        name: str,
+        idle_s: float | None = None,
+        on_idle: Callable[[float], None] | None = None,
+    ) -> None:
+        self.fd = fd
+        self._on_bytes, self._on_idle, self.idle_s = on_bytes, on_idle, idle_s
+        self._saved: list | None = None
+        self._stop_r, self._stop_w = os.pipe()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self.closed_reason: str | None = None
+
+    def start(self) -> TerminalReader:
+        if os.isatty(self.fd):
+            self._saved = termios.tcgetattr(self.fd)
+        try:
+            if self._saved is not None:
+                tty.setcbreak(self.fd, termios.TCSANOW)  # no line buffering, no echo; Ctrl-C still signals
+            self._thread.start()
+        except BaseException:
+            self._restore()
+            raise
+        return self
+
+    def close(self) -> None:
+        """Stop the reader thread and restore the terminal's attributes."""
+        with contextlib.suppress(OSError):
+            os.write(self._stop_w, b'x')
+        if self._thread.is_alive():
+            self._thread.join(timeout=5.0)
+        self._restore()
+        for fd in (self._stop_r, self._stop_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._stop_r = self._stop_w = -1
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def _restore(self) -> None:
+        if self._saved is not None:
+            with contextlib.suppress(termios.error, OSError):
+                termios.tcsetattr(self.fd, termios.TCSADRAIN, self._saved)
+            self._saved = None
+
+    def _run(self) -> None:
+        try:
+            while True:
+                ready, _, _ = select.select([self.fd, self._stop_r], [], [], self.idle_s)
+                if self._stop_r in ready:
+                    return
+                if self.fd not in ready:
+                    if self._on_idle is not None:
+                        self._on_idle(time.monotonic())
+                    continue
+                try:
+                    data = os.read(self.fd, 256)
+                except OSError as exc:  # EIO: the terminal hung up
+                    self.closed_reason = f'read failed: {exc}'
+                    return
+                if not data:
+                    self.closed_reason = 'end of input'
+                    return
+                self._on_bytes(data, time.monotonic())
+        except Exception as exc:  # a failing callback ends the reader, loudly, not the process
+            self.closed_reason = f'{type(exc).__name__}: {exc}'
+            raise
+
+
 class KeyboardEstop:
-    """Space asserts, r releases: read from a terminal in cbreak mode without echo.
+    """Space asserts, r releases: read from a terminal in cbreak mode without echo (a :class:`TerminalReader`).
 
     Use :meth:`open` (None where the fd is not a usable terminal), then :meth:`close`, or use it
     as a context manager. The previous terminal attributes are restored on close.
@@ -235,11 +323,8 @@ class KeyboardEstop:
         self.name = name
         self._callback = callback
         self._on_other_key = on_other_key
-        self._saved: list | None = None
-        self._stop_r, self._stop_w = os.pipe()
-        self._thread = threading.Thread(target=self._run, name=f'estop-{name}', daemon=True)
+        self._reader = TerminalReader(fd, self._on_bytes, name=f'estop-{name}')
         self.presses = 0
-        self.closed_reason: str | None = None
 
     @classmethod
     def open(
@@ -257,26 +342,12 @@ class KeyboardEstop:
         return cls(fd, callback, name=name, on_other_key=on_other_key).start()
 
     def start(self) -> KeyboardEstop:
-        self._saved = termios.tcgetattr(self.fd)
-        try:
-            tty.setcbreak(self.fd, termios.TCSANOW)  # no line buffering, no echo; Ctrl-C still signals
-            self._thread.start()
-        except BaseException:
-            self._restore()
-            raise
+        self._reader.start()
         return self
 
     def close(self) -> None:
         """Stop the reader thread and restore the terminal's attributes."""
-        with contextlib.suppress(OSError):
-            os.write(self._stop_w, b'x')
-        if self._thread.is_alive():
-            self._thread.join(timeout=5.0)
-        self._restore()
-        for fd in (self._stop_r, self._stop_w):
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        self._stop_r = self._stop_w = -1
+        self._reader.close()
 
     def __enter__(self) -> KeyboardEstop:
         return self
@@ -286,40 +357,22 @@ class KeyboardEstop:
 
     @property
     def running(self) -> bool:
-        return self._thread.is_alive()
+        return self._reader.running
 
-    def _restore(self) -> None:
-        if self._saved is not None:
-            with contextlib.suppress(termios.error, OSError):
-                termios.tcsetattr(self.fd, termios.TCSADRAIN, self._saved)
-            self._saved = None
+    @property
+    def closed_reason(self) -> str | None:
+        return self._reader.closed_reason
 
-    def _run(self) -> None:
-        try:
-            while True:
-                ready, _, _ = select.select([self.fd, self._stop_r], [], [])
-                if self._stop_r in ready:
-                    return
-                try:
-                    data = os.read(self.fd, 64)
-                except OSError as exc:  # EIO: the terminal hung up
-                    self.closed_reason = f'read failed: {exc}'
-                    return
-                if not data:
-                    self.closed_reason = 'end of input'
-                    return
-                for byte in data:
-                    if byte in STOP_KEYS:
-                        self.presses += 1
-                        self._callback(True, f'{self.name} (space)')
-                    elif byte in RELEASE_KEYS:
-                        self.presses += 1
-                        self._callback(False, f'{self.name} ({chr(byte)})')
-                    elif self._on_other_key is not None and 0x20 < byte < 0x7F:
-                        self._on_other_key(chr(byte))
-        except Exception as exc:  # a failing callback ends the reader, loudly, not the process
-            self.closed_reason = f'{type(exc).__name__}: {exc}'
-            raise
+    def _on_bytes(self, data: bytes, now: float) -> None:
+        for byte in data:
+            if byte in STOP_KEYS:
+                self.presses += 1
+                self._callback(True, f'{self.name} (space)')
+            elif byte in RELEASE_KEYS:
+                self.presses += 1
+                self._callback(False, f'{self.name} ({chr(byte)})')
+            elif self._on_other_key is not None and 0x20 < byte < 0x7F:
+                self._on_other_key(chr(byte))
 
 
 # ------------------------------------------------------------------ evdev

@@ -21,17 +21,21 @@ laid out) and reopens a device that vanished every ``reopen_s``.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import select
-import termios
 import threading
-import time
-import tty
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from bimanual_vla.drivers.estop.input import EV_KEY, EVENT_SIZE, PRESS, decode_events, key_name, parse_key
+from bimanual_vla.drivers.estop.input import (
+    EV_KEY,
+    EVENT_SIZE,
+    PRESS,
+    TerminalReader,
+    decode_events,
+    key_name,
+    parse_key,
+)
 
 NEXT, RERECORD, STOP = 'next', 'rerecord', 'stop'
 ACTIONS = (NEXT, RERECORD, STOP)
@@ -122,37 +126,24 @@ class KeyDecoder:
 
 
 class TerminalKeys:
-    """Reads keys from a terminal file descriptor in a thread; ``callback(key)`` for each (from that thread)."""
+    """Reads keys from a terminal file descriptor in a thread (the e-stop's :class:`TerminalReader`);
+    ``callback(key)`` for each, from that thread."""
 
     def __init__(self, fd: int, callback: Callable[[Key], None], *, escape_timeout_s: float = 0.05) -> None:
         self.fd = fd
         self.decoder = KeyDecoder(escape_timeout_s)
         self._callback = callback
-        self._saved: list | None = None
-        self._stop_r, self._stop_w = os.pipe()
-        self._thread = threading.Thread(target=self._run, name='record-keys', daemon=True)
-        self.closed_reason: str | None = None
+        self._reader = TerminalReader(
+            fd, self._on_bytes, name='record-keys', idle_s=escape_timeout_s, on_idle=self._on_idle
+        )
 
     def start(self) -> TerminalKeys:
         """cbreak mode without echo (Ctrl-C still interrupts), then read."""
-        if os.isatty(self.fd):
-            self._saved = termios.tcgetattr(self.fd)
-            tty.setcbreak(self.fd, termios.TCSANOW)
-        self._thread.start()
+        self._reader.start()
         return self
 
     def close(self) -> None:
-        with contextlib.suppress(OSError):
-            os.write(self._stop_w, b'x')
-        if self._thread.is_alive():
-            self._thread.join(timeout=5.0)
-        if self._saved is not None:
-            with contextlib.suppress(termios.error, OSError):
-                termios.tcsetattr(self.fd, termios.TCSADRAIN, self._saved)
-            self._saved = None
-        for fd in (self._stop_r, self._stop_w):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        self._reader.close()
 
     def __enter__(self) -> TerminalKeys:
         return self
@@ -160,26 +151,17 @@ class TerminalKeys:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _run(self) -> None:
-        timeout = self.decoder.escape_timeout_s
-        while True:
-            ready, _, _ = select.select([self.fd, self._stop_r], [], [], timeout)
-            if self._stop_r in ready:
-                return
-            if self.fd not in ready:
-                keys = self.decoder.flush(time.monotonic())
-            else:
-                try:
-                    data = os.read(self.fd, 256)
-                except OSError as exc:  # EIO: the terminal hung up
-                    self.closed_reason = f'read failed: {exc}'
-                    return
-                if not data:
-                    self.closed_reason = 'end of input'
-                    return
-                keys = self.decoder.feed(data, time.monotonic())
-            for key in keys:
-                self._callback(key)
+    @property
+    def closed_reason(self) -> str | None:
+        return self._reader.closed_reason
+
+    def _on_bytes(self, data: bytes, now: float) -> None:
+        for key in self.decoder.feed(data, now):
+            self._callback(key)
+
+    def _on_idle(self, now: float) -> None:
+        for key in self.decoder.flush(now):  # a lone ESC whose timeout has passed: the Esc key
+            self._callback(key)
 
 
 def parse_pedal_map(text: str) -> dict[int, str]:

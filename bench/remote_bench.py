@@ -50,6 +50,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / 'test')]
 
 from helpers.netns_link import Impairment, Namespaces, Probe, available, stop  # noqa: E402
+from helpers.policy_node import remote_rig_file  # noqa: E402
 
 ARMS = ['left', 'right']
 CLI = [sys.executable, '-m', 'bimanual_vla.cli.main']
@@ -71,15 +72,10 @@ def number(value: object) -> float | None:
 
 def setup_files(tmp: Path, args: argparse.Namespace) -> tuple[Path, Path]:
     from bimanual_vla.cli.main import main as cli
-    from bimanual_vla.config import resolve_rig_path, resolve_share_relative
 
     ckpt = tmp / 'tiny'
     assert cli(['make-checkpoint', '--tiny', str(ckpt), '--rig', 'aloha_sim', '--chunk-size', '50']) == 0
-    rig = yaml.safe_load(resolve_rig_path('aloha_sim').read_text())
-    rig['urdf'] = str(resolve_share_relative(rig['urdf']))
-    rig['policy_host'] = '10.77.0.2'
-    rig_path = tmp / 'aloha_split.yaml'
-    rig_path.write_text(yaml.safe_dump(rig))
+    rig_path = remote_rig_file(tmp)
     policy = {
         'checkpoint': str(ckpt),
         'task': 'transfer the cube to the left arm',

@@ -37,6 +37,19 @@ def make_node_checkpoint(out: Path) -> Path:
     return out
 
 
+def remote_rig_file(directory: Path, policy_host: str = '10.77.0.2') -> Path:
+    """``directory/aloha_split.yaml``: aloha_sim with its policy on ``policy_host`` (the rig file of a policy
+    on another computer; the URDF path made absolute, since the file moves)."""
+    from bimanual_vla.config import resolve_rig_path, resolve_share_relative
+
+    data = yaml.safe_load(resolve_rig_path('aloha_sim').read_text())
+    data['urdf'] = str(resolve_share_relative(data['urdf']))
+    data['policy_host'] = policy_host
+    path = directory / 'aloha_split.yaml'
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
 def write_policy(tmp_path: Path, checkpoint: Path, **overrides) -> Path:
     """``tmp_path/policy.yaml`` for ``checkpoint``: 5 flow steps, RTC, one torch thread, disabled at
     start; each override replaces a top-level value or updates a section (a dict)."""

@@ -4,10 +4,9 @@ the clock probe against a responder, and enabling refused for a clock offset ove
 from __future__ import annotations
 
 import threading
-from pathlib import Path
 
 import pytest
-from helpers.policy_node import CAMERAS, wait_for, write_policy
+from helpers.policy_node import CAMERAS, remote_rig_file, wait_for, write_policy
 
 from bimanual_vla import topics
 
@@ -147,22 +146,8 @@ def test_clock_responder_answers_with_the_same_clock(policy_harness, ros_context
         robot.close()
 
 
-def remote_rig_file(tmp_path: Path) -> Path:
-    """aloha_sim with a policy_host: the rig file of a policy on another computer."""
-    import yaml
-
-    from bimanual_vla.config import resolve_rig_path, resolve_share_relative
-
-    data = yaml.safe_load(resolve_rig_path('aloha_sim').read_text())
-    data['urdf'] = str(resolve_share_relative(data['urdf']))
-    data['policy_host'] = 'gpu-box'
-    rig_file = tmp_path / 'remote.yaml'
-    rig_file.write_text(yaml.safe_dump(data))
-    return rig_file
-
-
 def test_a_remote_rig_sends_trajectories_unless_told_otherwise(policy_harness, node_checkpoint, tmp_path) -> None:
-    rig_file = remote_rig_file(tmp_path)
+    rig_file = remote_rig_file(tmp_path, 'gpu-box')
     _, start = policy_harness
     node = start(write_policy(tmp_path, node_checkpoint), rig=str(rig_file), image_transport='raw')
     assert node.command_mode == 'trajectory' and not node.scheduler.ticks_lead_by_link
@@ -174,7 +159,7 @@ def test_a_remote_rig_enabled_at_start_waits_for_the_clock_offset(
 ) -> None:
     from bimanual_vla.bringup.clock_responder import ClockResponder
 
-    rig_file = remote_rig_file(tmp_path)
+    rig_file = remote_rig_file(tmp_path, 'gpu-box')
     rig, start = policy_harness
     policy = write_policy(tmp_path, node_checkpoint, safety={'max_velocity_rad_s': 2.0, 'enabled_at_start': True})
     # the synthetic rig publishes raw frames and counts per-tick commands (a remote rig defaults to trajectories)

@@ -17,26 +17,13 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 from helpers.netns_link import ROOT, Impairment, Namespaces, Probe, available, stop
-from helpers.policy_node import write_policy
-
-from bimanual_vla.config import resolve_rig_path, resolve_share_relative
+from helpers.policy_node import remote_rig_file, write_policy
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 
 ARMS = ['left', 'right']
 CLI = [sys.executable, '-m', 'bimanual_vla.cli.main']
-
-
-def split_rig(tmp_path: Path) -> Path:
-    """aloha_sim with its policy on 10.77.0.2 (the URDF path made absolute, since the file moves)."""
-    data = yaml.safe_load(resolve_rig_path('aloha_sim').read_text())
-    data['urdf'] = str(resolve_share_relative(data['urdf']))
-    data['policy_host'] = '10.77.0.2'
-    path = tmp_path / 'aloha_split.yaml'
-    path.write_text(yaml.safe_dump(data))
-    return path
 
 
 def wait_until(probe: Probe, predicate, timeout: float) -> dict:
@@ -85,7 +72,7 @@ def test_policy_in_one_namespace_drives_the_sim_rig_in_another_and_either_estop_
         assert not [r for r in link.routes(ns) if r.startswith('default')], link.routes(ns)
     delay = Impairment(delay_ms=10.0, jitter_ms=1.0)
     link.start_bridge(delay, delay, tmp_path / 'link.json')
-    rig = split_rig(tmp_path)
+    rig = remote_rig_file(tmp_path)
     policy = write_policy(tmp_path, node_checkpoint, safety={'max_velocity_rad_s': 2.0, 'enabled_at_start': True})
     logs = {side: (tmp_path / f'{side}.log').open('w') for side in ('robot', 'policy')}
     common = ['--rig', str(rig), '--no-estop-key', '--duration', '240']

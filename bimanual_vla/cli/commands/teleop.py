@@ -61,6 +61,7 @@ def plan(args: argparse.Namespace) -> list:
     for name in names:
         rig.leader(name)  # ConfigError naming the leaders there are
     check_override('teleop', '--ramp-velocity', args.ramp_velocity, MAX_VELOCITY_RAD_S)
+    takeover = bool(getattr(args, 'takeover', False))
     teleop = NodeSpec(
         'teleop',
         'teleop',
@@ -70,10 +71,9 @@ def plan(args: argparse.Namespace) -> list:
             'ramp': bool(args.ramp),
             'ramp_velocity_rad_s': float(args.ramp_velocity),
             'armed': not args.disarmed,
-            'takeover': bool(getattr(args, 'takeover', False)),
+            'takeover': takeover,
         },
     )
-    takeover = bool(getattr(args, 'takeover', False))
     keys: list[NodeSpec] = []
     if getattr(args, 'estop_key', False) and (takeover or not args.attach):  # record-episodes reads its own keys
         followers = [leader.follower for leader in rig.leaders if not names or leader.name in names]

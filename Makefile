@@ -31,8 +31,11 @@ endif
 	$(PIP) install -q -c constraints.txt -e '.[all,test]'
 	@touch $(STAMP)
 
+# `make demo RIG=so101_sim`: the SO-101 twin, its cameras at the 160x120 its checkpoint was trained on (a CPU
+# cannot render three 640x480 cameras in real time, and the twin runs in real time).
+RIG ?= aloha_sim
 demo: $(STAMP)
-	$(VENV)/bin/bimanual-vla demo --out out/demo
+	$(VENV)/bin/bimanual-vla demo --out out/demo --rig $(RIG) $(if $(filter so101_sim,$(RIG)),--camera-size 160x120)
 
 # The folders setup.py maps into the bimanual_vla namespace (PACKAGE_DIR; test_package_metadata checks
 # the two agree). import-linter reads packages from disk, so `lint` lays them out as installed first.

@@ -188,11 +188,13 @@ def run_demo(
     max_wall_s: float = 300.0,
     real_time_factor: float = 1.0,
     video_fps: float = 10.0,
+    camera_size: tuple[int, int] | None = None,
 ) -> DemoResult:
     """Run one episode of `task` (None: the rig's) and write its video, contact sheet and result; return the result.
 
     On a twin the arm drivers run in processes of their own (as launch starts them), and
     `real_time_factor` must be in (0, 1] (the drivers run on wall time): ValueError otherwise.
+    `camera_size` (width, height) renders every camera at that size instead of the rig file's.
     """
     import rclpy
 
@@ -209,6 +211,8 @@ def run_demo(
             f'got {real_time_factor:g}'
         )
     sim = {'task': task, 'seed': seed, 'real_time_factor': real_time_factor, 'expert': driver == 'expert'}
+    if camera_size is not None:
+        sim['camera_width'], sim['camera_height'] = camera_size
     specs = rig_nodes(
         rig_name,
         policy='default' if driver == 'policy' else None,

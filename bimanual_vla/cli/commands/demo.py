@@ -37,7 +37,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         '--real-time-factor', type=float, default=1.0, help='1 = real time, 0 = as fast as possible (not on a twin)'
     )
+    p.add_argument(
+        '--camera-size',
+        type=camera_size,
+        metavar='WxH',
+        help="render every camera at this size instead of the rig file's (a CPU cannot render the twin's three "
+        '640x480 cameras in real time; its checkpoint was trained at 160x120)',
+    )
     p.set_defaults(func=run)
+
+
+def camera_size(text: str) -> tuple[int, int]:
+    """'160x120' -> (160, 120); argparse turns the ValueError into one line and status 2."""
+    width, sep, height = text.lower().partition('x')
+    if not sep or not width.isdigit() or not height.isdigit() or int(width) <= 0 or int(height) <= 0:
+        raise argparse.ArgumentTypeError(f'{text!r} is not WIDTHxHEIGHT in pixels, e.g. 160x120')
+    return int(width), int(height)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -69,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         max_sim_s=args.max_sim_s,
         real_time_factor=args.real_time_factor,
+        camera_size=args.camera_size,
     )
     print(json.dumps(result.__dict__, indent=2))
     return 0 if result.success else 1

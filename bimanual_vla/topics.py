@@ -151,6 +151,8 @@ SIM_EXPERT_SUBTASK = 'sim/expert_subtask'
 """std_msgs/String, latched: the scripted expert's current subtask while it drives the sim."""
 SIM_RESET_SEED = 'sim/reset_seed'
 """std_msgs/Int64: reset the sim episode to this seed."""
+SIM_PERTURB = 'sim/perturb'
+"""std_msgs/String: perturb the running episode at the next tick: ``drop`` | ``move`` (sim/perturbation.py)."""
 
 # --------------------------------------------------------------------- services
 

@@ -79,6 +79,8 @@ class EvalObserver(Node):
                 Image, topics.camera_image(cam.name), lambda m, c=cam.name: self._on_image(c, m), topics.SENSOR_QOS
             )
         self.task_pub = self.create_publisher(String, topics.POLICY_TASK, topics.LATCHED_QOS)
+        self.coach_pub = self.create_publisher(String, topics.POLICY_SUBTASK, topics.LATCHED_QOS)
+        self.perturb_pub = self.create_publisher(String, topics.SIM_PERTURB, topics.RELIABLE_QOS)
         self.reset_pub = self.create_publisher(Int64, topics.SIM_RESET_SEED, topics.RELIABLE_QOS)
         self.enable_client = self.create_client(SetBool, topics.POLICY_ENABLE)
 
@@ -184,10 +186,12 @@ class EvalObserver(Node):
             self.recording = False
 
 
-def call_enable(observer: EvalObserver, value: bool, timeout_s: float = 10.0) -> None:
-    if not observer.enable_client.wait_for_service(timeout_sec=timeout_s):
+def call_enable(client: Any, value: bool, timeout_s: float = 10.0) -> None:
+    """Call policy/enable through `client` (a SetBool client whose node another thread spins); RuntimeError
+    if the service is not there or does not answer within `timeout_s` each, or refuses to enable."""
+    if not client.wait_for_service(timeout_sec=timeout_s):
         raise RuntimeError('policy/enable service not available')
-    future = observer.enable_client.call_async(SetBool.Request(data=value))
+    future = client.call_async(SetBool.Request(data=value))
     deadline = time.monotonic() + timeout_s
     while not future.done():
         if time.monotonic() > deadline:

@@ -46,6 +46,12 @@ class EpisodeReport:
     subtasks: list[str] = field(default_factory=list)
     # [sim time, policy subtask in force, expert label] at every tick where either changes
     timeline: list[tuple[float, str, str]] = field(default_factory=list)
+    # per coaching event (eval-sim --coach): the coached and the model's own subtask and when the arms
+    # followed each (learning/coaching.py)
+    coaching: list[dict] = field(default_factory=list)
+    # per perturbation the simulator applied (eval-sim --perturb): what, when the text went back (learning/recovery.py)
+    recovery: list[dict] = field(default_factory=list)
+    perturbations_asked: int = 0
     wall_s: float = 0.0
 
 
@@ -67,6 +73,12 @@ class ExpertReplay:
     labels: list[str]  # its label at each step
 
 
+def joint_weights(rig: RigConfig) -> np.ndarray:
+    """Per joint (EvalObserver.joint_names order): grippers 30, arm joints 1, so a gripper's ~0.036 m of
+    stroke counts on the scale of the arm joints' radians when motions are compared."""
+    return np.array([30.0 if j.name == a.gripper else 1.0 for a in rig.arms for j in a.joints])
+
+
 def aligned_labels(ticks: list, replay: ExpertReplay, rig: RigConfig) -> list[str] | None:
     """Per tick, the expert's label at the step of its own run the measured joints align with (DTW).
 
@@ -82,8 +94,7 @@ def aligned_labels(ticks: list, replay: ExpertReplay, rig: RigConfig) -> list[st
     if not finite.any():
         return None
     q[~finite] = q[np.argmax(finite)]  # before the first state: the first state
-    weights = np.array([30.0 if j.name == a.gripper else 1.0 for a in rig.arms for j in a.joints])
-    steps = dtw_align(q, replay.joints, weights)
+    steps = dtw_align(q, replay.joints, joint_weights(rig))
     return [replay.labels[k] for k in steps]
 
 

@@ -18,16 +18,19 @@ from rclpy.parameter import Parameter
 from std_msgs.msg import Int64, String
 
 from bimanual_vla.config import RigConfig, load_rig
+from bimanual_vla.learning.coaching import CoachEvent, coaching_outcomes, summarise_coaching
 from bimanual_vla.learning.eval_observer import EvalObserver, call_enable
 from bimanual_vla.learning.eval_report import (
     EpisodeReport,
     ExpertReplay,
     aligned_labels,
+    joint_weights,
     latency_percentiles,
     score_subtasks,
     summarise,
     tick_log_line,
 )
+from bimanual_vla.learning.recovery import PerturbEvent, recovery_outcomes, summarise_recovery
 from bimanual_vla.learning.tasks import SO101_TASKS, TASK_TEXT, task_for_rig
 
 if TYPE_CHECKING:
@@ -39,6 +42,15 @@ if TYPE_CHECKING:
 class EvalSettings:
     """How `evaluate_closed_loop` runs: `episodes` episodes of `task` (None: the rig's `sim.task`) from seed `seed` on.
 
+    `prompt`: what the policy is told on ``policy/task`` instead of the task's own text (TASK_TEXT): a
+    phrasing held out of training, or another task's prompt in this task's scene. Success, stages and labels
+    stay the task's.
+    `coach`: subtasks put on ``policy/subtask`` at set sim times of every episode (cleared at its start and
+    end); with `expert_pace`, each is scored against the expert's motion for it (learning/coaching.py).
+    `perturb`: perturbations asked of the simulator (``sim/perturb``) at set sim times of every episode; each
+    applied one is reported with when the policy's text went back to an earlier subtask (learning/recovery.py).
+    `seeds`: these seeds instead, one episode each (`episodes` and `seed` then follow from them), e.g. to
+    run again the episodes another evaluation failed.
     An episode ends `settle_s` after success is first reached or at `max_sim_s`. `num_steps` and
     `torch_threads` override the policy file's inference settings (None: the file's). The first
     `video_episodes` are drawn into the video.
@@ -83,10 +95,18 @@ class EvalSettings:
     narrate_expert: bool = False
     expert_pace: bool = True
     expert_approach: str | None = None
+    seeds: tuple[int, ...] = ()
+    prompt: str | None = None
+    coach: tuple[CoachEvent, ...] = ()
+    perturb: tuple[PerturbEvent, ...] = ()
 
     def __post_init__(self) -> None:
         from bimanual_vla.bringup.nodes import is_twin
 
+        if self.seeds:
+            object.__setattr__(self, 'seeds', tuple(int(x) for x in self.seeds))
+            object.__setattr__(self, 'episodes', len(self.seeds))
+            object.__setattr__(self, 'seed', self.seeds[0])
         rig = load_rig(self.rig_name)
         object.__setattr__(self, 'task', task_for_rig(rig, self.task))
         if is_twin(rig) and not 0.0 < self.real_time_factor <= 1.0:
@@ -94,6 +114,10 @@ class EvalSettings:
                 f'real_time_factor must be in (0, 1] on the twin {rig.name!r} (its arm drivers run on wall time), '
                 f'got {self.real_time_factor:g}'
             )
+
+    def episode_seed(self, i: int) -> int:
+        """The seed of episode `i`: ``seeds[i]`` where given, else ``seed + i``."""
+        return self.seeds[i] if self.seeds else self.seed + i
 
     def own_process(self) -> tuple[str, ...]:
         """The executables that get a child process: the policy node (unless composed), a twin's arm drivers."""
@@ -152,7 +176,7 @@ def evaluate_closed_loop(checkpoint: Path, out: Path, settings: EvalSettings | N
     spinner = None
     try:
         observer = EvalObserver(rig, context=context, parameter_overrides=[Parameter('use_sim_time', value=True)])
-        observer.task_pub.publish(String(data=TASK_TEXT[s.task]))
+        observer.task_pub.publish(String(data=s.prompt or TASK_TEXT[s.task]))
         composition = compose(
             specs, rig=s.rig_name, context=context, extra_nodes=[observer], own_process=s.own_process()
         )
@@ -193,10 +217,10 @@ def _run_episodes(run: _Run) -> None:
 def _run_episode(run: _Run, i: int) -> EpisodeReport:
     """Reset to episode `i`'s seed, let the policy (or the expert) drive until it ends, score it."""
     s, observer = run.settings, run.observer
-    ep_seed = s.seed + i
+    ep_seed = s.episode_seed(i)
     wall0 = time.monotonic()
     report = EpisodeReport(index=i, seed=ep_seed)
-    call_enable(observer, False)
+    call_enable(observer.enable_client, False)
     expert = plan_expert(run.rig, s.task, ep_seed, run.expert)
     observer.expert_labels = expert.labels
     observer.expect_reset()
@@ -204,10 +228,14 @@ def _run_episode(run: _Run, i: int) -> EpisodeReport:
     if not observer.reset_seen.wait(30.0) or not observer.frame_after_reset.wait(30.0):
         raise RuntimeError(f'episode {i}: the sim did not reset to seed {ep_seed}')
     observer.start_recording(video=i < s.video_episodes)
+    if s.coach:
+        observer.coach_pub.publish(String(data=''))  # the model's own subtasks until the first event
     if not s.narrate_expert:
-        call_enable(observer, True)
+        call_enable(observer.enable_client, True)
     report.first_success_s = _wait_for_the_end(run, report)
-    call_enable(observer, False)
+    call_enable(observer.enable_client, False)
+    if s.coach:
+        observer.coach_pub.publish(String(data=''))
     observer.stop_recording()
     sim = run.composition.node('sim_rig')
     _note_stages(sim, report, observer.sim_time)
@@ -216,6 +244,14 @@ def _run_episode(run: _Run, i: int) -> EpisodeReport:
         report.final_stage = int(sim.scene.reward)
         report.success = bool(sim.scene.success)
     report.sim_time_s = round(observer.sim_time, 3)
+    if s.perturb:
+        # a perturbation asked for at the episode's very end must land in this episode, not the next one's start
+        deadline = time.monotonic() + 5.0
+        while len(sim.perturbations) < report.perturbations_asked and time.monotonic() < deadline:
+            time.sleep(0.01)
+        with sim._lock:
+            applied = list(sim.perturbations)
+        report.recovery = recovery_outcomes(applied, list(observer.tick_log), expert.labels, report.success)
     _score_episode(run, report, expert, i)
     report.wall_s = round(time.monotonic() - wall0, 2)
     return report
@@ -225,8 +261,15 @@ def _wait_for_the_end(run: _Run, report: EpisodeReport) -> float | None:
     """Follow the episode until `settle_s` after success or `max_sim_s`; the sim time success began."""
     observer, sim = run.observer, run.composition.node('sim_rig')
     first_success = None
+    coach = sorted(run.settings.coach, key=lambda e: e.at_s)
+    perturb = sorted(run.settings.perturb, key=lambda e: e.at_s)
     while True:
         now = observer.sim_time
+        while coach and now >= coach[0].at_s:
+            observer.coach_pub.publish(String(data=coach.pop(0).text))
+        while perturb and now >= perturb[0].at_s:
+            observer.perturb_pub.publish(String(data=perturb.pop(0).kind))
+            report.perturbations_asked += 1
         _note_stages(sim, report, now)
         if observer.success and first_success is None:
             first_success = now
@@ -254,6 +297,9 @@ def _score_episode(run: _Run, report: EpisodeReport, expert: ScriptedExpert | So
         replay = replay_expert(expert)
         report.expert_stage_first_s = replay.stage_first_s
         aligned = aligned_labels(ticks, replay, run.rig)
+        if run.settings.coach:
+            weights = joint_weights(run.rig)
+            report.coaching = coaching_outcomes(run.settings.coach, ticks, replay.joints, replay.labels, weights)
     score_subtasks(report, ticks, infs, aligned)
     delays = [at - t for t, at in changes]
     chunk_delays = [at - t for t, at, *_ in infs]
@@ -288,6 +334,15 @@ def _write_report(run: _Run, checkpoint: Path) -> dict:
     report['policy_in_own_process'] = s.policy_process
     report['driver'] = 'expert (the policy narrates)' if s.narrate_expert else 'policy'
     report['expert_approach'] = run.expert.approach
+    if s.seeds:
+        report['seeds'] = list(s.seeds)
+    report['prompt'] = s.prompt or TASK_TEXT[s.task]
+    if s.coach:
+        report['coach'] = [[e.at_s, e.text] for e in s.coach]
+        report['coaching'] = summarise_coaching([row for r in run.reports for row in r.coaching])
+    if s.perturb:
+        report['perturb'] = [[e.at_s, e.kind] for e in s.perturb]
+        report['recovery'] = summarise_recovery([r.recovery for r in run.reports])
     return report
 
 

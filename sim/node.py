@@ -22,7 +22,9 @@ Threads, and why:
 
 Reset: call ``sim/reset`` (std_srvs/Trigger) to restart with the ``seed`` parameter
 (set it first with a parameter client to choose the episode), or publish a seed on
-``sim/reset_seed`` (std_msgs/Int64) to reset to that seed in one message.
+``sim/reset_seed`` (std_msgs/Int64) to reset to that seed in one message. Perturb the running
+episode with ``sim/perturb`` (std_msgs/String ``drop`` or ``move``: the task object knocked out of the
+gripper, or put down elsewhere; sim/perturbation.py) for recovery tests.
 With ``expert:=true`` the node drives the arms with the built-in scripted expert,
 publishes its targets on ``arms/<arm>/joint_command`` (so a recording holds them as
 actions) and its subtask on ``sim/expert_subtask``.
@@ -63,6 +65,7 @@ from bimanual_vla.ros_utils import (
 )
 from bimanual_vla.sim.expert import ExpertOptions, ScriptedExpert
 from bimanual_vla.sim.fault_injection import CameraFaults
+from bimanual_vla.sim.perturbation import PERTURBATIONS
 from bimanual_vla.sim.scene import MAX_REWARD, SceneRenderer, SimScene, rig_cameras, snapshot
 from bimanual_vla.sim.servo_bus import (
     SimServoBus,
@@ -221,6 +224,9 @@ class SimRig(Node):
         self._render_request = threading.Condition()  # render snapshot hand-over
         self._estop = False
         self._pending_reset: int | None = None
+        self._pending_perturb: list[str] = []
+        # this episode's perturbations: (sim time, kind, object xyz before, after), for eval-sim and diagnostics
+        self.perturbations: list[tuple[float, str, list[float], list[float]]] = []
         self._expert: ScriptedExpert | None = None
         self._expert_subtask = ''
         self._expert_subtask_update = ''
@@ -286,6 +292,7 @@ class SimRig(Node):
                 )
         subscribe_from_any_publisher(self, Bool, topics.ESTOP, self._on_estop, latched=True)
         subscribe_from_any_publisher(self, Int64, topics.SIM_RESET_SEED, self._on_reset_seed, latched=False)
+        subscribe_from_any_publisher(self, String, topics.SIM_PERTURB, self._on_perturb, latched=False)
         self.create_service(Trigger, topics.SIM_RESET, self._on_reset)
         self.create_timer(1.0, self._publish_diagnostics)
 
@@ -396,6 +403,14 @@ class SimRig(Node):
         with self._lock:
             self._pending_reset = int(msg.data)
 
+    def _on_perturb(self, msg: String) -> None:
+        kind = msg.data.strip()
+        if kind not in PERTURBATIONS:
+            self.get_logger().error(f'{topics.SIM_PERTURB}: unknown perturbation {kind!r}; choose from {PERTURBATIONS}')
+            return
+        with self._lock:
+            self._pending_perturb.append(kind)
+
     def _start_expert(self) -> None:
         if self.scene.task in SO101_TASKS:  # the SO-101 twin's expert takes no options (no DART, no aiming)
             self._expert = So101Expert(self.rig, self.scene.task, self.scene.seed)
@@ -440,6 +455,8 @@ class SimRig(Node):
         """One physics tick under the sim lock: a pending reset, the expert's targets, the step, a frame due."""
         if self._pending_reset is not None:
             self._reset_locked(self._pending_reset)
+        while self._pending_perturb:
+            self._perturb_locked(self._pending_perturb.pop(0))
         expert_targets = None
         issued = self.scene.time  # the expert's targets act from now until the next tick
         if self._expert is not None and not self._estop:
@@ -472,10 +489,19 @@ class SimRig(Node):
                     self._render_request.notify()
         return _Tick(sim_time, states, self.scene.success, expert_targets, issued, frame_due)
 
+    def _perturb_locked(self, kind: str) -> None:
+        """Apply a perturbation (sim lock held), seeded by the episode's seed and how many came before it."""
+        rng = np.random.default_rng([self.scene.seed, len(self.perturbations), 31])
+        before, after = (np.round(p[:3], 4).tolist() for p in self.scene.perturb(kind, rng))
+        self.perturbations.append((round(self.scene.time, 3), kind, before, after))
+        self.get_logger().info(f'perturbation {kind} at {self.scene.time:.2f} s: object {before} -> {after}')
+
     def _reset_locked(self, seed: int) -> None:
         """Restart the episode at `seed` (sim lock held): servos power-cycled, the expert planned again."""
         self.scene.reset(seed)
         self._pending_reset = None
+        self._pending_perturb.clear()
+        self.perturbations = []  # this episode's: each seeded by the episode seed and its index
         for player in self._players.values():
             player.clear('reset')
         for bus in self.servo_buses.values():

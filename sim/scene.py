@@ -230,6 +230,14 @@ class SimScene:
         self.max_reward_reached = 0
         self.steps = 0
 
+    def perturb(self, kind: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """Knock the task's first object (the cube, the peg) out of the gripper or move it (sim/perturbation.py);
+        its pose before and after."""
+        from bimanual_vla.sim.perturbation import place_on_table
+
+        joint, ranges = ('red_box_joint', CUBE_RANGE) if self.task == 'transfer_cube' else ('red_peg_joint', PEG_RANGE)
+        return place_on_table(self.model, self.data, joint, kind, ranges, OBJECT_Z, rng)
+
     def object_pose(self, joint: str) -> np.ndarray:
         """7-vector pose of a free-jointed object (``red_box_joint``, ``red_peg_joint``, ``blue_socket_joint``)."""
         jid = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_JOINT, joint)

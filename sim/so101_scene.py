@@ -337,6 +337,13 @@ class So101Scene(SimScene):
         self.max_reward_reached = 0
         self.steps = 0
 
+    def perturb(self, kind: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """Knock the task's object out of the grippers or move it (sim/perturbation.py): its pose before and after."""
+        from bimanual_vla.sim.perturbation import place_on_table
+
+        ranges = CUBE_RANGE if self.task == 'handover_cube' else BAR_RANGE
+        return place_on_table(self.model, self.data, self._object_joint, kind, ranges, self._object_rest_z, rng)
+
     def object_position(self) -> np.ndarray:
         """The task object's centre (world frame, m)."""
         return self.data.xpos[self._object_body].copy()

@@ -25,11 +25,25 @@ def checkpoint(tmp_path_factory) -> Path:
 def test_short_episodes_drive_the_sim_within_limits(checkpoint, tmp_path):
     import numpy as np
 
+    from bimanual_vla.learning.coaching import CoachEvent
     from bimanual_vla.learning.eval_sim import EvalSettings, evaluate_closed_loop, normalise_text
 
     # Half real time: on a loaded machine the policy still gets its frames fresh and its chunks out within the
     # episode's 6 sim seconds (at real time, with the 2 cores shared by 3 busy loops, it wrote none).
-    settings = EvalSettings(episodes=2, seed=1000, max_sim_s=6.0, progress=False, tick_log=True, real_time_factor=0.5)
+    from bimanual_vla.learning.recovery import PerturbEvent
+
+    coach = (CoachEvent(2.0, 'lift the cube'),)  # coached on policy/subtask 2 s into each episode
+    perturb = (PerturbEvent(4.0, 'move'),)  # and the cube put down elsewhere at 4 s
+    settings = EvalSettings(
+        episodes=2,
+        seed=1000,
+        max_sim_s=6.0,
+        progress=False,
+        tick_log=True,
+        real_time_factor=0.5,
+        coach=coach,
+        perturb=perturb,
+    )
     report = evaluate_closed_loop(checkpoint, tmp_path / 'eval', settings)
     assert json.loads((tmp_path / 'eval' / 'report.json').read_text())['episodes'] == 2
     episodes = report['per_episode']
@@ -58,6 +72,24 @@ def test_short_episodes_drive_the_sim_within_limits(checkpoint, tmp_path):
     assert (tmp_path / 'eval' / 'contact_sheet.png').stat().st_size > 10_000
     assert (tmp_path / 'eval' / 'episode.mp4').stat().st_size > 10_000
     assert report['policy_in_own_process'] is True and report['driver'] == 'policy'
+    # the coach's subtask replaced the model's own from 2 s on (its text, marked, on policy/reasoning), and each
+    # episode scored it against the expert's motion for it
+    for line in (tmp_path / 'eval' / 'ticks.jsonl').read_text().splitlines():
+        said = {normalise_text(p) for t, p, *_ in json.loads(line)['ticks'] if t > 2.0}
+        assert 'lift the cube' in said, said
+        assert not {normalise_text(p) for t, p, *_ in json.loads(line)['ticks'] if t < 2.0} & {'lift the cube'}
+    assert report['coach'] == [[2.0, 'lift the cube']]
+    assert [[r['coached'], r['coached_has_expert_motion']] for e in episodes for r in e['coaching']] == [
+        ['lift the cube', True]
+    ] * 2
+    assert report['coaching']['events'] == 2
+    # the simulator moved the cube once per episode, at the first tick from 4 s, within the task's start range
+    for episode in episodes:
+        (row,) = episode['recovery']
+        assert row['kind'] == 'move' and 4.0 <= row['at_s'] < 4.5
+        assert 0.0 <= row['object_after'][0] <= 0.2 and 0.4 <= row['object_after'][1] <= 0.6
+        assert row['object_after'][:2] != row['object_before'][:2]
+    assert report['perturb'] == [[4.0, 'move']] and report['recovery']['perturbations'] == 2
     # the expert is replayed the way the checkpoint's data moved (the shipped one: the straight line)
     from bimanual_vla.policy_node.checkpoint import read_metadata
 
@@ -191,3 +223,24 @@ def test_the_eval_sim_flags_become_settings(monkeypatch, tmp_path):
         progress=False,
         policy='fast',
     )
+    assert main(['eval-sim', '--checkpoint', 'ck', '--out', str(tmp_path), '--seeds', '1003', '1017', '1040']) == 0
+    again = got[2][2]
+    assert (again.seeds, again.episodes, again.seed) == ((1003, 1017, 1040), 3, 1003)
+    assert [again.episode_seed(i) for i in range(3)] == [1003, 1017, 1040]
+    assert [got[1][2].episode_seed(i) for i in range(3)] == [7, 8, 9]
+    peg = 'put the peg in the socket'
+    assert main(['eval-sim', '--checkpoint', 'ck', '--out', str(tmp_path), '--prompt', peg]) == 0
+    assert got[3][2] == EvalSettings(progress=True, prompt=peg)
+    from bimanual_vla.learning.coaching import CoachEvent
+
+    coach = ['--coach', 't=2:release the cube from the right gripper', '--coach', 't=4.5:']
+    assert main(['eval-sim', '--checkpoint', 'ck', '--out', str(tmp_path), *coach]) == 0
+    assert got[4][2].coach == (CoachEvent(2.0, 'release the cube from the right gripper'), CoachEvent(4.5, ''))
+    with pytest.raises(SystemExit):
+        main(['eval-sim', '--checkpoint', 'ck', '--out', str(tmp_path), '--coach', 'at 2 s: lift'])
+    from bimanual_vla.learning.recovery import PerturbEvent
+
+    assert main(['eval-sim', '--checkpoint', 'ck', '--out', str(tmp_path), '--perturb', 't=3.8:drop']) == 0
+    assert got[5][2].perturb == (PerturbEvent(3.8, 'drop'),)
+    with pytest.raises(SystemExit):
+        main(['eval-sim', '--checkpoint', 'ck', '--out', str(tmp_path), '--perturb', 't=3.8:shake'])

@@ -22,9 +22,35 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument('--episodes', type=int, default=50)
     p.add_argument('--seed', type=int, default=1000, help='seed of the first episode (then seed+1, ...)')
     p.add_argument(
+        '--seeds', type=int, nargs='+', default=(), metavar='SEED',
+        help='exactly these seeds, one episode each (instead of --episodes from --seed), e.g. the failures of a run',
+    )  # fmt: skip
+    p.add_argument(
         '--task',
         choices=sorted(TASK_TEXT),
         help="default: the rig's sim.task; aloha_sim: transfer_cube | insertion, so101_sim: handover_cube | lift_bar",
+    )
+    p.add_argument(
+        '--prompt',
+        help="tell the policy this instead of the task's own prompt (a held-out phrasing, another task's prompt)",
+    )
+    p.add_argument(
+        '--coach',
+        action='append',
+        type=_coach,
+        default=[],
+        metavar='t=S:SUBTASK',
+        help='put SUBTASK on policy/subtask S sim seconds into every episode (repeat for a schedule; an empty '
+        "SUBTASK hands back to the model); scored against the expert's motion for it",
+    )
+    p.add_argument(
+        '--perturb',
+        action='append',
+        type=_perturb,
+        default=[],
+        metavar='t=S:KIND',
+        help='at S sim seconds into every episode knock the object out of the gripper (drop) or put it down '
+        'elsewhere (move); reports whether the text went back to an earlier subtask and the episode succeeded',
     )
     p.add_argument('--rig', default='aloha_sim', help='simulated rig or twin (so101_sim): YAML or shipped name')
     p.add_argument('--policy', default='default', help='policy YAML (inference settings) or shipped name')
@@ -100,4 +126,28 @@ def _settings(args: argparse.Namespace, settings_class: type):
         narrate_expert=args.narrate_expert,
         expert_pace=not args.no_expert_pace,
         expert_approach=args.expert_approach,
+        seeds=tuple(args.seeds),
+        prompt=args.prompt,
+        coach=tuple(args.coach),
+        perturb=tuple(args.perturb),
     )
+
+
+def _coach(text: str):
+    """argparse type for --coach: a CoachEvent, or one line naming what is wrong."""
+    from bimanual_vla.learning.coaching import parse_coach
+
+    try:
+        return parse_coach(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _perturb(text: str):
+    """argparse type for --perturb: a PerturbEvent, or one line naming what is wrong."""
+    from bimanual_vla.learning.recovery import parse_perturb
+
+    try:
+        return parse_perturb(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None

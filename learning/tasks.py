@@ -19,6 +19,60 @@ TASK_TEXT = {
     'lift_bar': 'lift the bar with both arms',
 }
 
+#: Other words for each task: `train --paraphrase` trains on all of these (the TASK_TEXT first), so a
+#: prompt means the task, not one string. The tiny word-level tokenizer learns every word in them.
+TASK_PHRASINGS = {
+    'transfer_cube': (
+        TASK_TEXT['transfer_cube'],
+        'pass the cube from the right gripper to the left gripper',
+        'give the cube to the left arm',
+        'move the cube over to the left arm',
+        'the right arm picks up the cube and hands it to the left arm',
+    ),
+    'insertion': (
+        TASK_TEXT['insertion'],
+        'put the peg in the socket',
+        'pick up the peg and the socket and fit them together',
+        'insert the peg in the hole of the socket',
+        'push the peg into the socket with both arms',
+    ),
+    'handover_cube': (
+        TASK_TEXT['handover_cube'],
+        'pass the cube from the right gripper to the left gripper',
+        'give the cube to the left arm',
+        'the right arm picks up the cube and hands it to the left arm',
+    ),
+    'lift_bar': (
+        TASK_TEXT['lift_bar'],
+        'pick up the bar with both grippers',
+        'raise the bar using both arms',
+    ),
+}
+
+#: Phrasings kept out of training, for evaluating prompts a checkpoint never saw (`eval-sim --prompt`).
+HELD_OUT_PHRASINGS = {
+    'transfer_cube': ('move the cube from the right arm to the left arm', 'hand the cube to the left gripper'),
+    'insertion': ('fit the peg into the socket', 'put the peg into the socket with both arms'),
+    'handover_cube': ('move the cube from the right arm to the left arm',),
+    'lift_bar': ('lift the bar using both grippers',),
+}
+
+
+def phrasings_of(text: str) -> tuple[str, ...]:
+    """The training phrasings of the task `text` names (its TASK_TEXT or one of its phrasings), else `text` alone.
+
+    Paraphrases shared by two tasks (the two handovers) resolve to the first task in TASK_PHRASINGS whose
+    own TASK_TEXT is `text`, else the first that lists it.
+    """
+    for task, texts in TASK_PHRASINGS.items():
+        if TASK_TEXT[task] == text:
+            return texts
+    for texts in TASK_PHRASINGS.values():
+        if text in texts:
+            return texts
+    return (text,)
+
+
 ALOHA_TASKS = ('transfer_cube', 'insertion')  # sim/scene.py, TASKS
 SO101_TASKS = ('handover_cube', 'lift_bar')  # sim/so101_scene.py, SO101_TASKS (the twin's scene)
 

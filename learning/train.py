@@ -52,6 +52,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from bimanual_vla.learning.tasks import phrasings_of
 from bimanual_vla.learning.train_data import CachedSamples, action_time_offset_s, expert_approach
 from bimanual_vla.policy_node.checkpoint import (
     CheckpointError,
@@ -113,6 +114,7 @@ class TrainConfig:
     start_oversample_factor: int = 1
     action_source: str = 'commands'  # 'commands' (followers' joint_command) | 'leader' (leader/<arm>/joint_states)
     interventions_weight: float = 1.0  # how often an epoch visits a sample inside a human takeover
+    paraphrase: bool = False  # each sample's task said in one of its phrasings (learning/tasks.py), drawn per step
     normalization: str = 'mean_std'
     seed: int = 0
     save_every: int = 500
@@ -225,6 +227,7 @@ class BatchMaker:
         metadata: CheckpointMetadata,
         config: Any,
         subtask_lookahead_s: float = 0.0,
+        paraphrase: bool = False,
     ) -> None:
         self.samples = samples
         self.subtask_target = subtask_targets(samples, subtask_lookahead_s)
@@ -237,12 +240,15 @@ class BatchMaker:
         self.cam_index = [samples.cameras.index(c) for c in metadata.camera_names]
         self.end_id = tokenizer.token_to_id(t.subtask_end)
         self.pad_id = tokenizer.token_to_id(t.pad)
-        self.prompts = []
+        self.prompts: list[list[list[int]]] = []  # per task id, the token ids of each way of saying it
         for task in samples.tasks:
-            ids = tokenizer.encode(f'{t.image * n_image}{t.bos}{task}{t.newline}', add_special_tokens=False).ids
-            if len(ids) - n_image > metadata.max_task_tokens:
-                raise ValueError(f'task {task!r} is longer than max_task_tokens ({metadata.max_task_tokens})')
-            self.prompts.append(ids)
+            alternatives = []
+            for text in task_phrasings(task, paraphrase):
+                ids = tokenizer.encode(f'{t.image * n_image}{t.bos}{text}{t.newline}', add_special_tokens=False).ids
+                if len(ids) - n_image > metadata.max_task_tokens:
+                    raise ValueError(f'task {text!r} is longer than max_task_tokens ({metadata.max_task_tokens})')
+                alternatives.append(ids)
+            self.prompts.append(alternatives)
         self.subtask_ids = [
             [*tokenizer.encode(s, add_special_tokens=False).ids, self.end_id] if s else [] for s in samples.subtasks
         ]
@@ -252,12 +258,14 @@ class BatchMaker:
         order = [samples.joint_names.index(j) for j in metadata.joint_names]
         self.joint_order = np.asarray(order)
 
-    def __call__(self, indices: np.ndarray) -> Batch:
+    def __call__(self, indices: np.ndarray, rng: np.random.Generator | None = None) -> Batch:
+        """The batch of samples `indices`; `rng` draws each sample's phrasing of its task (None: the first)."""
         s = self.samples
         b = len(indices)
         seqs, types, label_rows = [], [], []
         for i in indices:
-            prompt = self.prompts[s.task_id[i]]
+            alternatives = self.prompts[s.task_id[i]]
+            prompt = alternatives[int(rng.integers(len(alternatives)))] if rng is not None else alternatives[0]
             sub = self.subtask_ids[self.subtask_target[i]] if self.metadata.reasoning else []
             seqs.append(prompt + sub)
             types.append([0] * len(prompt) + [1] * len(sub))
@@ -294,6 +302,11 @@ class BatchMaker:
             actions=torch.from_numpy(actions),
             action_mask=torch.from_numpy(action_mask),
         )
+
+
+def task_phrasings(task: str, paraphrase: bool) -> tuple[str, ...]:
+    """The ways a sample's task is said in training: its training phrasings with `paraphrase`, else itself."""
+    return phrasings_of(task) if paraphrase else (task,)
 
 
 def subtask_targets(samples: CachedSamples, lookahead_s: float) -> np.ndarray:
@@ -545,7 +558,12 @@ class Trainer:
         self.model.train()
         self.model.requires_grad_(True)
         self.batches = BatchMaker(
-            samples, self.tokenizer, self.metadata, self.model.config, subtask_lookahead_s=cfg.subtask_lookahead_s
+            samples,
+            self.tokenizer,
+            self.metadata,
+            self.model.config,
+            subtask_lookahead_s=cfg.subtask_lookahead_s,
+            paraphrase=cfg.paraphrase,
         )
         self.optimizer = self._new_optimizer()
         self.index_table = sample_table(samples, cfg)
@@ -556,10 +574,14 @@ class Trainer:
             self.step = int(state['step'])
             self.history = list(state.get('history', []))
 
+    def _task_texts(self) -> list[str]:
+        """Every prompt this run trains on: the data's tasks, and their phrasings with `paraphrase`."""
+        return list(dict.fromkeys(t for task in self.samples.tasks for t in task_phrasings(task, self.cfg.paraphrase)))
+
     def _load_or_create_model(self, source: Path | None) -> _ModelStart:
         """Set self.model and self.tokenizer from checkpoint `source`, or new ones when it is None."""
         cfg, samples = self.cfg, self.samples
-        texts = list(samples.tasks) + [s for s in samples.subtasks if s]
+        texts = self._task_texts() + [s for s in samples.subtasks if s]
         if source is None:
             self.tokenizer = new_tokenizer(texts)
             self.model = new_model(cfg.shape, self.tokenizer, cfg.chunk_size, cfg.seed)
@@ -613,7 +635,7 @@ class Trainer:
             reasoning=start.reasoning,
             max_task_tokens=cfg.max_task_tokens,
             # a fine-tune keeps what its initial checkpoint was trained on and adds this data's
-            tasks=list(dict.fromkeys([*start.prior_tasks, *samples.tasks])),
+            tasks=list(dict.fromkeys([*start.prior_tasks, *self._task_texts()])),
             subtasks=list(dict.fromkeys([*start.prior_subtasks, *(t for t in samples.subtasks if t)])),
             action_time_offset_s=action_time_offset_s(cfg.data, rate_hz),
             expert_approach=approach,
@@ -642,7 +664,8 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group['lr'] = lr
         picks = batch_indices(self.step, len(self.index_table), cfg.batch_size, cfg.seed)
-        batch = self.batches(self.index_table[picks])
+        phrasing = np.random.default_rng([cfg.seed, self.step, 30]) if cfg.paraphrase else None
+        batch = self.batches(self.index_table[picks], phrasing)
         generator = step_generator(cfg.seed, self.step)
         if cfg.state_dropout > 0:
             # Zero (= the data mean, after normalisation) the state of some samples, so the model must

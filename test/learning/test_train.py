@@ -105,6 +105,36 @@ def test_teacher_forced_subtask_matches_token_by_token_decoding(samples, tmp_pat
     assert batch.labels[0, n - 1 : n - 1 + len(sub)].tolist() == sub
 
 
+def test_paraphrase_says_the_task_in_each_of_its_phrasings(samples, tmp_path):
+    """`--paraphrase`: a sample's prompt is one of its task's phrasings, drawn per step; the checkpoint knows them."""
+    from bimanual_vla.learning.tasks import TASK_PHRASINGS
+    from bimanual_vla.policy_node.checkpoint import read_metadata
+
+    phrasings = TASK_PHRASINGS['transfer_cube']
+    trainer = Trainer(config(tmp_path / 'ckpt', paraphrase=True), samples)
+    n_image = len(samples.cameras) * (TINY.image_size // TINY.patch_size) ** 2
+
+    def prompts(batch) -> list[str]:
+        out = []
+        for row, mask in zip(batch.input_ids, batch.token_type_ids, strict=True):
+            ids = row[n_image + 1 : int((mask == 0).sum()) - 1].tolist()  # after the images and <bos>, before "\n"
+            out.append(trainer.tokenizer.decode(ids).replace(' ', ''))
+        return out
+
+    squash = {p.replace(' ', ''): p for p in phrasings}
+    seen = set()
+    for step in range(6):
+        said = prompts(trainer.batches(np.arange(8), np.random.default_rng([0, step, 30])))
+        assert set(said) <= set(squash), said
+        seen.update(said)
+    assert len(seen) >= 4  # 48 draws from 5 phrasings
+    assert set(prompts(trainer.batches(np.arange(8)))) == {phrasings[0].replace(' ', '')}  # no rng: the task itself
+    trainer.run()
+    assert read_metadata(tmp_path / 'ckpt').tasks == list(phrasings)
+    plain = Trainer(config(tmp_path / 'plain'), samples)
+    assert len(plain.batches.prompts[0]) == 1 and plain._task_texts() == [phrasings[0]]
+
+
 def test_short_training_lowers_the_loss(samples, tmp_path):
     trainer = Trainer(config(tmp_path / 'ckpt', steps=40, batch_size=8, lr=1e-2), samples)
     batch = trainer.batches(np.arange(0, len(samples), 4)[:16])

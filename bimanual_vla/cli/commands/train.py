@@ -87,6 +87,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar='W',
         help='visit samples inside recorded human takeovers (teleop/intervention) W times per epoch (weight W)',
     )
+    p.add_argument(
+        '--paraphrase',
+        action='store_true',
+        help='say each known task in one of its phrasings (learning/tasks.py, TASK_PHRASINGS), drawn per sample',
+    )
     p.add_argument('--normalization', choices=['mean_std', 'quantile'], default='mean_std')
     p.add_argument('--seed', type=int, default=0)
     p.add_argument(
@@ -218,6 +223,7 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
             start_oversample_factor=int(args.start_oversample[1]),
             action_source=action_source,
             interventions_weight=float(args.interventions_weight),
+            paraphrase=bool(args.paraphrase),
             normalization=args.normalization,
             seed=args.seed,
             save_every=args.save_every,

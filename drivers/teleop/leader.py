@@ -32,6 +32,7 @@ from bimanual_vla.drivers.servo.calibration import (
     now_iso,
 )
 from bimanual_vla.drivers.servo.control_table import Register
+from bimanual_vla.drivers.teleop.mapping import leader_gripper_range
 
 Log = Callable[[str, str], None]  # (level: 'info'|'warn'|'error', message)
 
@@ -194,12 +195,7 @@ class LeaderReader:
 
     def gripper_range(self) -> tuple[float, float]:
         """The leader gripper's (closed, open) angles: the rig file's, else its calibrated range, low end closed."""
-        grip = self.leader.gripper
-        assert grip is not None
-        low, high = self.calibration.range_radians(grip.joint)
-        closed = grip.leader_closed if grip.leader_closed is not None else low
-        opened = grip.leader_open if grip.leader_open is not None else high
-        return closed, opened
+        return leader_gripper_range(self.leader, self.calibration)
 
     def _hold_trigger_with_spring(self, bus: ServoBus) -> None:
         """Koch leader: the gripper in current-based position mode, torque on, held part-way open (LeRobot's

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from bimanual_vla.config import ArmConfig, LeaderConfig
-from bimanual_vla.drivers.servo.calibration import ArmCalibration
+from bimanual_vla.drivers.servo.calibration import ArmCalibration, load_calibration
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,39 @@ class GripperMap:
         u = (leader - self.leader_closed) / (self.leader_open - self.leader_closed)
         u = min(max(u, 0.0), 1.0)
         return self.follower_closed + u * (self.follower_open - self.follower_closed)
+
+    def leader_angle(self, follower: float) -> float:
+        """The leader angle this map turns into `follower` (clamped to the follower's range first): what a
+        scripted leader holds to make the follower's gripper go to `follower`."""
+        u = (follower - self.follower_closed) / (self.follower_open - self.follower_closed)
+        u = min(max(u, 0.0), 1.0)
+        return self.leader_closed + u * (self.leader_open - self.leader_closed)
+
+
+def leader_gripper_range(leader: LeaderConfig, calibration: ArmCalibration) -> tuple[float, float]:
+    """The leader gripper's (closed, open) angles: the rig file's, else its calibrated range, low end closed."""
+    grip = leader.gripper
+    assert grip is not None
+    low, high = calibration.range_radians(grip.joint)
+    closed = grip.leader_closed if grip.leader_closed is not None else low
+    opened = grip.leader_open if grip.leader_open is not None else high
+    return closed, opened
+
+
+def follower_calibration(follower: ArmConfig) -> ArmCalibration | None:
+    """The follower's calibration file, read for its gripper range only (the arm driver applies it); None if absent."""
+    if not follower.calibration or not Path(follower.calibration).expanduser().exists():
+        return None
+    return load_calibration(Path(follower.calibration).expanduser(), arm=follower)
+
+
+def gripper_map(leader: LeaderConfig, follower: ArmConfig, leader_calibration: ArmCalibration) -> GripperMap | None:
+    """The map teleop puts between `leader`'s gripper and `follower`'s (None for a leader without a gripper)."""
+    if leader.gripper is None:
+        return None
+    closed, opened = leader_gripper_range(leader, leader_calibration)
+    f_closed, f_open = follower_gripper_range(leader, follower, follower_calibration(follower))
+    return GripperMap(closed, opened, f_closed, f_open)
 
 
 def follower_gripper_range(

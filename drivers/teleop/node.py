@@ -31,7 +31,6 @@ import collections
 import sys
 import threading
 import time
-from pathlib import Path
 
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.node import Node
@@ -41,10 +40,10 @@ from std_srvs.srv import SetBool
 
 from bimanual_vla import topics
 from bimanual_vla.config import MAX_VELOCITY_RAD_S, STALENESS_S, Bound, ConfigError, LeaderConfig, check_override
-from bimanual_vla.drivers.servo.calibration import ArmCalibration, CalibrationError, load_calibration
+from bimanual_vla.drivers.servo.calibration import CalibrationError
 from bimanual_vla.drivers.teleop.engage import ENGAGED, ESTOP, LEADER_LOST, Engagement
 from bimanual_vla.drivers.teleop.leader import LeaderReader, leader_calibration
-from bimanual_vla.drivers.teleop.mapping import GripperMap, LeaderMapping, follower_gripper_range
+from bimanual_vla.drivers.teleop.mapping import LeaderMapping, gripper_map
 from bimanual_vla.drivers.teleop.takeover import POLICY, TakeoverDetector
 from bimanual_vla.intervention_msgs import STATE, intervention_payload
 from bimanual_vla.ros_utils import (
@@ -117,12 +116,7 @@ class TeleopNode(Node):
                 self.get_logger().warning(warning)
             follower = self.rig.arm(lead.follower)
             reader = LeaderReader(lead, calibration, log=self._log)
-            gripper = None
-            if lead.gripper is not None:
-                closed, opened = reader.gripper_range()
-                f_closed, f_open = follower_gripper_range(lead, follower, self._follower_calibration(follower))
-                gripper = GripperMap(closed, opened, f_closed, f_open)
-            mapping = LeaderMapping(lead, follower, gripper)
+            mapping = LeaderMapping(lead, follower, gripper_map(lead, follower, calibration))
             engagement = Engagement(
                 mapping.joints,
                 tolerance_rad=lead.start_tolerance_rad,
@@ -176,12 +170,6 @@ class TeleopNode(Node):
             + (f'; takeover mode: a leader moved {thresholds["takeover_threshold_rad"]:g} rad takes its arm over'
                if takeover else '')
         )  # fmt: skip
-
-    def _follower_calibration(self, follower) -> ArmCalibration | None:
-        """The follower's calibration file, read for its gripper range only (the arm driver applies it)."""
-        if not follower.calibration or not Path(follower.calibration).expanduser().exists():
-            return None
-        return load_calibration(Path(follower.calibration).expanduser(), arm=follower)
 
     def _log(self, level: str, message: str) -> None:
         log_at(self, level, message)

@@ -37,9 +37,10 @@ def make_node_checkpoint(out: Path) -> Path:
     return out
 
 
-def remote_rig_file(directory: Path, policy_host: str = '10.77.0.2') -> Path:
+def remote_rig_file(directory: Path, policy_host: object = '10.77.0.2') -> Path:
     """``directory/aloha_split.yaml``: aloha_sim with its policy on ``policy_host`` (the rig file of a policy
-    on another computer; the URDF path made absolute, since the file moves)."""
+    on another computer; the URDF path made absolute, since the file moves). Any value is written as given,
+    so a test can also write a bad one."""
     from bimanual_vla.config import resolve_rig_path, resolve_share_relative
 
     data = yaml.safe_load(resolve_rig_path('aloha_sim').read_text())

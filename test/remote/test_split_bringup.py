@@ -5,20 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import yaml
+from helpers.policy_node import remote_rig_file
 
 from bimanual_vla.bringup.nodes import rig_nodes
-from bimanual_vla.config import ConfigError, load_rig, resolve_rig_path, resolve_share_relative
-
-
-def remote_rig(tmp_path: Path, host: object = 'gpu-box.local') -> Path:
-    """aloha_sim with a policy_host (the URDF made absolute, since the file moves)."""
-    data = yaml.safe_load(resolve_rig_path('aloha_sim').read_text())
-    data['urdf'] = str(resolve_share_relative(data['urdf']))
-    data['policy_host'] = host
-    path = tmp_path / 'remote.yaml'
-    path.write_text(yaml.safe_dump(data))
-    return path
+from bimanual_vla.config import ConfigError, load_rig
 
 
 def executables(specs) -> list[str]:
@@ -31,7 +21,7 @@ def test_one_computer_is_unchanged_by_default() -> None:
 
 
 def test_halves(tmp_path: Path) -> None:
-    rig = remote_rig(tmp_path)
+    rig = remote_rig_file(tmp_path, 'gpu-box.local')
     assert load_rig(rig).policy_host == 'gpu-box.local'
     robot = rig_nodes(str(rig), only='robot')
     assert executables(robot) == ['sim_rig', 'clock_responder']
@@ -53,12 +43,13 @@ def test_real_rig_robot_half_is_drivers_cameras_and_responder() -> None:
 @pytest.mark.parametrize('host', ['gpu box', 12, 'a;b'])
 def test_policy_host_is_strict(tmp_path: Path, host: object) -> None:
     with pytest.raises(ConfigError, match='policy_host'):
-        load_rig(remote_rig(tmp_path, host))
+        load_rig(remote_rig_file(tmp_path, host))
 
 
 def test_run_only_policy_without_a_policy_is_one_line_exit_2(tmp_path: Path, capsys) -> None:
     from bimanual_vla.cli.main import main
 
-    assert main(['run', '--rig', str(remote_rig(tmp_path)), '--only', 'policy', '--policy', 'none']) == 2
+    rig = remote_rig_file(tmp_path, 'gpu-box.local')
+    assert main(['run', '--rig', str(rig), '--only', 'policy', '--policy', 'none']) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].endswith("run --only policy: no policy to run on rig 'aloha_sim' (see the note above)"), err

@@ -199,6 +199,15 @@ def test_mapping_sends_body_joints_by_name_and_the_gripper_range_onto_the_follow
     assert mapping([0.1, None, 0.3, 0.4, 0.5, 0.0]) is None
 
 
+def test_a_scripted_leader_finds_the_leader_angle_for_a_follower_gripper_angle() -> None:
+    """A scripted leader replaying follower angles (the takeover demo) holds the trigger where the map inverts."""
+    grip = GripperMap(-3.1, 3.1, -0.2, 0.6)  # an uncalibrated leader's whole turn onto a follower jaw
+    assert grip.leader_angle(0.2) == pytest.approx(0.0)
+    for follower in (-0.2, -0.05, 0.3, 0.6):
+        assert grip(grip.leader_angle(follower)) == pytest.approx(follower)
+    assert grip.leader_angle(1.0) == pytest.approx(3.1)  # past the follower's open: clamped to the leader's
+
+
 def test_the_followers_gripper_range_comes_from_its_calibration_within_its_limits(tmp_path: Path) -> None:
     arm = follower_arm()
     lead = leader_config('/dev/null')

@@ -10,13 +10,13 @@ import pytest
 from helpers.so101_twin import twin_rig_file
 
 
-def test_demo_on_the_twin_without_a_checkpoint_says_none_is_shipped_and_how_to_make_one(tmp_path, capsys):
+def test_demo_of_a_twin_task_without_a_checkpoint_says_none_is_shipped_and_how_to_make_one(tmp_path, capsys):
     from bimanual_vla.cli.main import main
 
-    assert main(['demo', '--rig', 'so101_sim', '--out', str(tmp_path / 'demo')]) == 2
+    assert main(['demo', '--rig', 'so101_sim', '--task', 'lift_bar', '--out', str(tmp_path / 'demo')]) == 2
     assert capsys.readouterr().err == (
-        "error: no checkpoint for rig 'so101_sim' and task handover_cube is shipped yet; to make one, collect "
-        'demonstrations (bimanual-vla collect OUT --rig so101_sim --task handover_cube --episodes 50), train on them '
+        "error: no checkpoint for rig 'so101_sim' and task lift_bar is shipped yet; to make one, collect "
+        'demonstrations (bimanual-vla collect OUT --rig so101_sim --task lift_bar --episodes 50), train on them '
         '(bimanual-vla train --data OUT --rig so101_sim --out DIR), then pass --checkpoint DIR; --driver expert '
         'shows the scripted expert meanwhile\n'
     )
@@ -30,6 +30,23 @@ def test_demo_on_the_twin_without_a_checkpoint_says_none_is_shipped_and_how_to_m
     assert main(['demo', '--rig', 'so101_sim', '--real-time-factor', '0', '--driver', 'expert']) == 2
     assert "--real-time-factor must be in (0, 1] on the twin 'so101_sim'" in capsys.readouterr().err
     assert not (tmp_path / 'demo').exists()
+
+
+def test_the_demo_renders_the_cameras_at_the_size_asked(monkeypatch, tmp_path, capsys):
+    """`demo --camera-size 160x120` (what `make demo RIG=so101_sim` passes) reaches run_demo; a bad size is one line."""
+    from bimanual_vla.cli.main import main
+    from bimanual_vla.learning import demo
+
+    got = []
+    monkeypatch.setattr(demo, 'run_demo', lambda out, **kw: got.append(kw) or demo.DemoResult('expert', 'x', 1))
+    main(['demo', '--rig', 'so101_sim', '--driver', 'expert', '--camera-size', '160x120', '--out', str(tmp_path)])
+    assert got[0]['camera_size'] == (160, 120)
+    main(['demo', '--rig', 'so101_sim', '--driver', 'expert', '--out', str(tmp_path)])
+    assert got[1]['camera_size'] is None
+    with pytest.raises(SystemExit) as exit_info:
+        main(['demo', '--rig', 'so101_sim', '--camera-size', '160 by 120'])
+    assert exit_info.value.code == 2
+    assert "'160 by 120' is not WIDTHxHEIGHT in pixels, e.g. 160x120" in capsys.readouterr().err
 
 
 def test_the_demo_driver_follows_the_rig_and_the_checkpoint_given(tmp_path):

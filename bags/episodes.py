@@ -109,6 +109,12 @@ def intervention_segments(bag: BagReader, namespace: str = '/') -> list[Segment]
     return sorted(segments, key=lambda s: (s.start_ns, s.arm))
 
 
+def source_switches(segments: Sequence[Segment]) -> np.ndarray:
+    """Sorted receive times (ns) at which an arm's commands change publisher: every takeover's start and end."""
+    times = [t for seg in segments for t in (seg.start_ns, seg.end_ns) if t is not None]
+    return np.array(sorted(times), dtype=np.int64)
+
+
 def in_interventions(times_ns: Sequence[int] | np.ndarray, segments: Sequence[Segment]) -> np.ndarray:
     """bool per time: inside some takeover segment (start inclusive, end exclusive)."""
     t = np.asarray(times_ns, dtype=np.int64)

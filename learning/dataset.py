@@ -16,7 +16,11 @@ A sample at time ``t`` (one control tick of an episode) holds
   positions, ``leader/<arm>/joint_states`` (follower joint names, already mapped). With
   ``action_source='joint_states'`` the future measured positions are used (interpolated):
   the choice for bags that hold no commands. Steps past the end of the episode's actions are
-  padded with the last action and flagged in ``actions_is_pad`` (as LeRobot does);
+  padded with the last action and flagged in ``actions_is_pad`` (as LeRobot does). Around a
+  recorded takeover's start and end the command topic switches publisher (the policy's last
+  command, teleop's first, which can be far apart), so with ``action_source='commands'`` the
+  steps from the first one within ``switch_guard_s`` of a switch on to the chunk's end are
+  padded too: the model is never taught the jump between two sources;
 * ``task`` (latest ``policy/task``), ``subtask`` (latest label of ``policy/subtask`` or the
   sim expert's ``sim/expert_subtask``, whichever the bag has), ``episode`` (index over all
   bags), ``episode_label``, ``timestamp`` (seconds since the episode's first sample), ``bag``,
@@ -64,7 +68,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from bimanual_vla import topics as T
-from bimanual_vla.bags.episodes import in_interventions, intervention_segments, kept_episodes
+from bimanual_vla.bags.episodes import in_interventions, intervention_segments, kept_episodes, source_switches
 from bimanual_vla.bags.read import BagError, BagReader, MissingTopicError
 from bimanual_vla.bags.time_base import AUTO, TimeBase, check_time_base, header_stamp_ns, resolve_time_base
 from bimanual_vla.image_msgs import image_to_rgb
@@ -102,6 +106,7 @@ class DatasetOptions:
     namespace: str = '/'
     subtask_topics: tuple[str, ...] = DEFAULT_SUBTASK_TOPICS
     default_task: str = ''  # used where the bag has no policy/task (else the episode label)
+    switch_guard_s: float = 0.1  # commands this close to a takeover's start or end may come from either source
 
     def validate(self) -> None:
         if self.action_source not in ACTION_SOURCES:
@@ -111,6 +116,8 @@ class DatasetOptions:
         check_time_base(self.time_base)
         if self.chunk_size < 1:
             raise ValueError(f'chunk_size must be >= 1, got {self.chunk_size}')
+        if not (math.isfinite(self.switch_guard_s) and self.switch_guard_s >= 0):
+            raise ValueError(f'switch_guard_s must be >= 0, got {self.switch_guard_s}')
         for name in ('rate_hz', 'sample_hz'):
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value > 0):
@@ -160,6 +167,7 @@ class _EpisodeIndex:
     act_cols: list[np.ndarray] = field(default_factory=list)  # per action group: columns in joint order
     samples: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # sample times (time base)
     intervention: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))  # per sample: in a takeover
+    switches: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # command source switches (receive)
     frames: dict[str, np.ndarray] = field(default_factory=dict)  # camera -> frame number per sample
 
 
@@ -280,6 +288,8 @@ class BagDataset(Dataset):
             self._fill_episode(idx, scan, k, topics.arms, where)
             self._plan_samples(idx)
             idx.intervention = in_interventions(self._receive_times(idx, idx.samples), segments)
+            if self.options.action_source == 'commands':
+                idx.switches = source_switches(segments)
             self.episodes.append(idx)
         log.info('%s: %d episode(s) indexed (episodes %d..)', where, len(episodes), ep_offset)
 
@@ -497,6 +507,10 @@ class BagDataset(Dataset):
             for j, (times, q) in enumerate(zip(ep.joint_t, ep.joint_q, strict=True)):
                 pad |= steps > times[-1]
                 out[:, j] = np.interp(steps, times, q)
+        if len(ep.switches):
+            recv = self._receive_times(ep, steps)
+            guard = int(self.options.switch_guard_s * 1e9)
+            pad |= np.any(np.abs(recv[:, None] - ep.switches[None, :]) <= guard, axis=1)
         if pad.any():  # past the end: repeat the last real action
             first_pad = int(np.argmax(pad))
             pad[first_pad:] = True

@@ -37,7 +37,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 2  # 2: every episode decoded, labels listed; skipping happens when joining
+# 2: every episode decoded, labels listed; skipping happens when joining; 3: commands padded at takeover switches
+CACHE_VERSION = 3
 
 
 class StackedFrames:

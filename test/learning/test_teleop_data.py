@@ -136,3 +136,25 @@ def test_train_and_export_take_the_bag_as_it_is(teleop_bag, tmp_path, capsys):
     assert main([*argv, '--action-source', 'leader', '--vcodec', 'h264']) == 0
     info = json.loads((out / 'meta' / 'info.json').read_text())
     assert info['total_episodes'] == 2  # the discarded take is not exported
+
+
+@pytest.mark.parametrize('source', ['commands', 'leader'])
+def test_command_steps_near_a_takeover_switch_are_padded(teleop_bag, source):
+    """The takeover starts at 0.5 s and ends at 1.0 s: a recorded command chunk that reaches within the guard
+    of either switch is padded from there on (two publishers meet there); the leader's stream never switches."""
+    from bimanual_vla.learning.dataset import BagDataset
+
+    ds = BagDataset([teleop_bag], rig='aloha_sim', chunk_size=25, action_source=source, time_base='receive')
+    guard, switches = int(0.1 * SEC), np.array([T0 + SEC // 2, T0 + SEC])  # the default guard: 0.1 s
+    checked = padded = 0
+    for index in ds.episode_range(0):
+        s = ds.sample(index, images=False)
+        if s['time_ns'] >= T0 + int(0.9 * SEC):  # later chunks also reach the episode's end
+            break
+        steps = s['time_ns'] + np.arange(25) * 20 * MS
+        near = np.abs(steps[:, None] - switches[None, :]).min(axis=1) <= guard
+        want = np.maximum.accumulate(near) if source == 'commands' else np.zeros(25, bool)
+        np.testing.assert_array_equal(s['actions_is_pad'], want, err_msg=f'sample at {s["time_ns"] - T0} ns')
+        checked += 1
+        padded += int(want.any())
+    assert checked > 20 and (padded > 10) == (source == 'commands')

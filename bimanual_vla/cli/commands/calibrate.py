@@ -29,6 +29,12 @@ if TYPE_CHECKING:
     from bimanual_vla.drivers.servo.bus import ServoBus
 
 MIN_RANGE_TICKS = 20  # a joint whose extremes differ by less was not moved
+# Calibration is interactive, not real time: each reply may take this long past its wire time, and each
+# transaction is tried this many times more, so a USB adapter with a 16 ms latency timer or a busy host
+# (the twin's servos answer from a simulator process) does not abort it. The driver keeps the bus's tight
+# control-rate defaults.
+REPLY_MARGIN_S = 0.1
+RETRIES = 4
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -194,7 +200,7 @@ def interactive(arm: ArmConfig, port: str, reverse: set[str], stdin: TextIO, out
     ids = [j.id for j in arm.joints]
     names = {j.id: j.name for j in arm.joints}
     try:
-        with ServoBus(port, arm.protocol, arm.baudrate) as bus:
+        with ServoBus(port, arm.protocol, arm.baudrate, retries=RETRIES, timeout_margin_s=REPLY_MARGIN_S) as bus:
             ct = bus.control_table
             missing = []
             for sid in ids:

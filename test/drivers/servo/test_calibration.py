@@ -398,3 +398,26 @@ def test_cli_interactive_fails_cleanly_without_servos(tmp_path) -> None:
     assert proc.returncode == 1
     assert b'servo(s) [4] do not answer' in proc.stdout
     assert not out.exists()
+
+
+def test_cli_interactive_tolerates_slow_replies(tmp_path) -> None:
+    """Every reply 40 ms late (a USB adapter's latency timer, a busy host): calibration still finds the servos,
+    turns torque off and sets the homing offsets; the bus's 10 ms control-rate margin would give up at once."""
+    import subprocess
+    import sys
+
+    from bimanual_vla.drivers.servo.emulator import FaultConfig, ServoBusEmulator
+
+    with ServoBusEmulator('feetech', [1, 2, 3, 4, 5, 6], faults=FaultConfig(reply_delay_s=0.04)) as emu:
+        emu.external_motion = True
+        for sid in range(1, 7):
+            emu.set_present_position(sid, 2500)
+        rig = write_rig(tmp_path, port=emu.port)
+        out = tmp_path / 'left.json'
+        cmd = [sys.executable, '-m', 'bimanual_vla.cli.main', 'calibrate', '--rig', str(rig), '--arm', 'left']
+        proc = subprocess.run(cmd + ['--output', str(out)], input=b'\n', capture_output=True, timeout=120)
+        offsets = [emu.servo(sid).read_register('homing_offset') for sid in range(1, 7)]
+    text = proc.stdout.decode()
+    assert '6 servos found, torque is OFF' in text and 'Step 2/3' in text, text
+    assert offsets == [2500 - 2047] * 6
+    assert 'input ended before calibration finished; nothing written' in text and not out.exists()

@@ -835,6 +835,8 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
 
     from bimanual_vla.config import load_policy, load_rig
 
+    if args.record_dir is not None:  # made before anything starts, not found missing once the rig runs
+        args.record_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix='fault_soak_'))  # servo-bus files, tiny checkpoint, bag and its log
     checkpoint = checkpoint_for(args, work)
     rig = load_rig(RIG)

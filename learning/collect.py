@@ -213,7 +213,7 @@ class CollectSettings:
     the gate would clamp), the approach above the cube, a time warp per episode so no move can be timed
     by the previous one, a handover point moved per episode and the left grasp aimed at the cube, so
     the data shows the left gripper going where the cube is held instead of to one fixed spot.
-    The SO-101 twin's expert takes no options (sim/so101_expert.py): any is refused for its tasks.
+    The SO-101 twin's expert takes the DART noise alone (sim/so101_expert.py): the rest is refused for its tasks.
     Checked when made (ValueError): nothing starts with settings that cannot run.
     """
 
@@ -244,8 +244,6 @@ class CollectSettings:
                 f'real_time_factor must be in (0, 1] on the twin {rig.name!r} (its arm drivers run on wall time), '
                 f'got {self.real_time_factor:g}'
             )
-        if self.task in SO101_TASKS and self.expert != ExpertOptions():
-            raise ValueError(f"the SO-101 twin's expert takes no options (--expert-*), not for {self.task!r}")
         self.expert.check_task(self.task)
 
     def sim_parameters(self) -> dict[str, Any]:

@@ -28,6 +28,7 @@ import mujoco
 import numpy as np
 
 from bimanual_vla.config import RigConfig
+from bimanual_vla.sim.dart import MAX_NOISE_RAD, slow_offsets
 from bimanual_vla.sim.scene import ARM_PREFIX, SimScene, load_model, sample_object_poses
 
 # Point between the fingertips, in the gripper_link frame (x: pointing, y: finger closing axis).
@@ -45,7 +46,6 @@ PIN_END_X = 0.04  # the pin's +x end in the socket frame
 # 'cartesian': a straight line, which crosses the wrist singularity and rolls the forearm half a turn either
 # way (the shipped checkpoint's data).
 APPROACHES = ('joint', 'cartesian')
-MAX_NOISE_RAD = 0.2  # ExpertOptions.noise_rad: DART offsets of at most this std
 MAX_TIME_WARP = 0.5  # ExpertOptions.time_warp: segments at most e^0.5 = 1.65x longer or shorter
 MAX_MEET_JITTER = 0.03  # ExpertOptions.meet_jitter: the handover point moves at most 3 cm per axis
 # transfer_cube: where the left gripper's TCP closes, relative to the handover point. Level with the cube's
@@ -222,7 +222,12 @@ class ExpertOptions:
             raise ValueError(f'meet_jitter must be in [0, {MAX_MEET_JITTER}] m, got {self.meet_jitter}')
 
     def check_task(self, task: str) -> None:
-        """Refuse the options that only transfer_cube has a use for (ValueError) for any other task."""
+        """Refuse (ValueError) the options that only transfer_cube has a use for on any other task, and on the
+        SO-101 twin's tasks anything but noise_rad (its expert, sim/so101_expert.py, has no other option)."""
+        from bimanual_vla.sim.so101_scene import SO101_TASKS
+
+        if task in SO101_TASKS and replace(self, noise_rad=0.0) != ExpertOptions():
+            raise ValueError(f"the SO-101 twin's expert takes only the DART noise (--expert-noise), not for {task!r}")
         if (self.aim_left or self.meet_jitter > 0) and task != 'transfer_cube':
             raise ValueError(f'aim_left and meet_jitter apply to transfer_cube only, not {task!r}')
 
@@ -503,29 +508,11 @@ class ScriptedExpert:
         return right if 'right' in right and 'left' not in left else left
 
     def _smooth_noise(self, arm: str, std: float) -> np.ndarray:
-        """(steps, joints) slow random offsets (std `std` rad, none on the gripper), for DART-style data.
-
-        Demonstrations that only ever visit the expert's own states teach a cloned policy nothing
-        about coming back when it drifts (Laskey et al., DART, 2017). Executing the plan with these
-        offsets added, while recording the clean plan as the action, shows the way back from every
-        perturbed state. The offsets are sums of 0.2-1 Hz sines (the arms' position loops follow
-        that without overshoot), seeded by the episode seed, faded in over the first second.
-        """
-        cols = self.joint_plan[arm].shape[1]
-        out = np.zeros((self.num_steps, cols))
-        if std <= 0:
-            return out
-        rng = np.random.default_rng([self.seed, 1 if arm == 'right' else 0, 7])
-        t = np.arange(self.num_steps) * self.dt
-        gripper = self.rig.arm(arm).joint_names.index(self.rig.arm(arm).gripper)
-        for j in range(cols):
-            if j == gripper:
-                continue
-            freqs = rng.uniform(0.2, 1.0, 3)
-            phases = rng.uniform(0, 2 * np.pi, 3)
-            wave = np.sin(2 * np.pi * freqs[:, None] * t[None] + phases[:, None]).sum(axis=0)
-            out[:, j] = std * wave / np.sqrt(1.5)  # three unit sines: variance 1.5
-        return out * np.clip(t / 1.0, 0.0, 1.0)[:, None]
+        """(steps, joints) DART offsets for `arm` (sim/dart.py), none on the gripper, seeded by the episode."""
+        cfg = self.rig.arm(arm)
+        gripper = cfg.joint_names.index(cfg.gripper)
+        seed = (self.seed, 1 if arm == 'right' else 0, 7)
+        return slow_offsets(self.num_steps, self.dt, self.joint_plan[arm].shape[1], [gripper], std, seed)
 
     # ------------------------------------------------------------------ aiming
 

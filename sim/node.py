@@ -227,7 +227,8 @@ class SimRig(Node):
         self._pending_perturb: list[str] = []
         # this episode's perturbations: (sim time, kind, object xyz before, after), for eval-sim and diagnostics
         self.perturbations: list[tuple[float, str, list[float], list[float]]] = []
-        self._expert: ScriptedExpert | None = None
+        self._expert: ScriptedExpert | So101Expert | None = None
+        self._bus_goals: dict[str, dict[str, float]] = {}  # arm -> joint -> last goal written over its bus
         self._expert_subtask = ''
         self._expert_subtask_update = ''
         self._rejected = 0
@@ -412,8 +413,8 @@ class SimRig(Node):
             self._pending_perturb.append(kind)
 
     def _start_expert(self) -> None:
-        if self.scene.task in SO101_TASKS:  # the SO-101 twin's expert takes no options (no DART, no aiming)
-            self._expert = So101Expert(self.rig, self.scene.task, self.scene.seed)
+        if self.scene.task in SO101_TASKS:  # the SO-101 twin's expert takes the DART noise alone (check_task)
+            self._expert = So101Expert(self.rig, self.scene.task, self.scene.seed, self.expert_options.noise_rad)
             return
         self._expert = ScriptedExpert(self.rig, self.scene.task, self.scene.seed, options=self.expert_options)
 
@@ -507,6 +508,7 @@ class SimRig(Node):
         for bus in self.servo_buses.values():
             bus.take_goals()  # goals aimed at the old episode's pose
             bus.power_cycle()
+        self._bus_goals.clear()
         self._next_render = 0.0
         self._last_success = None
         if self.use_expert:
@@ -550,12 +552,20 @@ class SimRig(Node):
 
         Limp: the joint's target follows its measured position every tick, so gravity and
         contacts move it, the nearest a position-actuated model gets to an unpowered servo.
-        Called with the sim lock held.
+        While the expert drives (not under e-stop), its DART offsets are added here, where a servo
+        turns its goal into motion: the drivers write, and the bag records, the clean plan, and the
+        servos report where the arm really is (sim/dart.py). Called with the sim lock held.
         """
+        dart = self._expert.offsets(self.scene.steps) if self._expert is not None and not self._estop else None
         for arm, bus in self.servo_buses.items():
             bus.update()
             goals = bus.take_goals()
+            last = self._bus_goals.setdefault(arm, {})
+            last.update(goals)
             limp = bus.torque_off()
+            if dart is not None and np.any(dart[arm]):
+                names = self.scene.arms[arm].config.joint_names
+                goals = {n: last[n] + float(dart[arm][i]) for i, n in enumerate(names) if n in last and n not in limp}
             if limp:
                 current = self.scene.joint_positions(arm)
                 names = self.scene.arms[arm].config.joint_names

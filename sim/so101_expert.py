@@ -30,6 +30,7 @@ import mujoco
 import numpy as np
 
 from bimanual_vla.config import RigConfig
+from bimanual_vla.sim.dart import MAX_NOISE_RAD, slow_offsets
 from bimanual_vla.sim.so101_scene import BAR_HALF, CUBE_HALF, So101Scene, sample_object_pose
 
 # Where a grasped 25 mm cube's centre sits in the gripper body (x: from the fixed jaw toward the
@@ -152,7 +153,10 @@ class So101IK:
 class So101Expert:
     """Plans one episode of ``task`` from the seed's object pose; ``act(step)`` gives joint targets + subtask."""
 
-    def __init__(self, rig: RigConfig, task: str, seed: int) -> None:
+    def __init__(self, rig: RigConfig, task: str, seed: int, noise_rad: float = 0.0) -> None:
+        """`noise_rad`: DART offsets of this std (sim/dart.py) executed, not published (`offsets`)."""
+        if not 0.0 <= noise_rad <= MAX_NOISE_RAD:
+            raise ValueError(f'noise_rad must be in [0, {MAX_NOISE_RAD}] rad, got {noise_rad}')
         self.rig, self.task, self.seed = rig, task, seed
         self.dt = 1.0 / rig.control_rate_hz
         scene = So101Scene(rig, task=task, seed=seed)  # a private copy: the start pose and the kinematics
@@ -165,6 +169,13 @@ class So101Expert:
         self.joint_plan: dict[str, np.ndarray] = {}
         labels = {arm: self._solve(arm, wps) for arm, wps in self.plans.items()}
         self.labels = [self._merge(labels['left'][k], labels['right'][k]) for k in range(self.num_steps)]
+        self.noise = {arm: self._dart(arm, noise_rad) for arm in self.joint_plan}
+
+    def _dart(self, arm: str, std: float) -> np.ndarray:
+        cfg = self.rig.arm(arm)
+        skip = [cfg.joint_names.index(cfg.gripper)] if cfg.gripper else []
+        seed = (self.seed, 1 if arm == 'right' else 0, 101)
+        return slow_offsets(self.num_steps, self.dt, self.joint_plan[arm].shape[1], skip, std, seed)
 
     # ------------------------------------------------------------------ plans
 
@@ -295,8 +306,9 @@ class So101Expert:
         return False
 
     def offsets(self, step: int) -> dict[str, np.ndarray]:
-        """No DART offsets: zeros, so the sim rig executes the plan as published."""
-        return {arm: np.zeros(plan.shape[1]) for arm, plan in self.joint_plan.items()}
+        """The DART offsets at ``step`` (zeros without noise), added to ``act(step)``'s targets when executing."""
+        k = min(max(int(step), 0), self.num_steps - 1)
+        return {arm: noise[k].copy() for arm, noise in self.noise.items()}
 
     def act(self, step: int) -> tuple[dict[str, np.ndarray], str]:
         """Joint targets (rig order) for control step ``step`` (0 = first tick) and its subtask."""
@@ -309,8 +321,9 @@ def run_episode(scene: So101Scene, expert: So101Expert, extra_steps: int = 25) -
     labels = []
     for k in range(expert.num_steps + extra_steps):
         targets, label = expert.act(k)
+        offsets = expert.offsets(k)  # executed as the sim rig executes them (DART), never published
         for arm, target in targets.items():
-            scene.command(arm, target)
+            scene.command(arm, target + offsets[arm])
         scene.step()
         labels.append(label)
     return {
@@ -323,15 +336,17 @@ def run_episode(scene: So101Scene, expert: So101Expert, extra_steps: int = 25) -
     }
 
 
-def evaluate(rig: RigConfig, task: str, episodes: int, seed: int) -> dict:
-    """Success rate of the expert over ``episodes`` seeds from ``seed`` (success: stage 4 at the end)."""
+def evaluate(rig: RigConfig, task: str, episodes: int, seed: int, noise_rad: float = 0.0) -> dict:
+    """Success rate of the expert over ``episodes`` seeds from ``seed`` (success: stage 4 at the end), executed
+    with DART offsets of ``noise_rad``."""
     results = []
     for i in range(episodes):
         scene = So101Scene(rig, task=task, seed=seed + i)
-        results.append(run_episode(scene, So101Expert(rig, task, seed + i)))
+        results.append(run_episode(scene, So101Expert(rig, task, seed + i, noise_rad)))
     successes = sum(r['success'] for r in results)
     return {
         'task': task,
+        'noise_rad': noise_rad,
         'episodes': episodes,
         'first_seed': seed,
         'successes': successes,

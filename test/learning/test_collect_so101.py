@@ -44,7 +44,10 @@ def test_the_twin_collects_its_own_tasks_in_real_time_and_says_so(tmp_path):
             ['--rig', 'so101_sim', '--real-time-factor', '0'],
             "real_time_factor must be in (0, 1] on the twin 'so101_sim'",
         ),
-        (['--rig', 'so101_sim', '--expert-noise', '0.01'], "the SO-101 twin's expert takes no options (--expert-*)"),
+        (
+            ['--rig', 'so101_sim', '--expert-noise', '0.01', '--expert-time-warp', '0.2'],
+            "the SO-101 twin's expert takes only the DART noise (--expert-noise), not for 'handover_cube'",
+        ),
         (['--rig', 'so101_bimanual'], "rig 'so101_bimanual' is not simulated (no sim: block)"),
     ],
 )

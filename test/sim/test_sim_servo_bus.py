@@ -263,3 +263,50 @@ def test_arm_drivers_drive_the_sim_through_emulated_buses(ros_context, spin, tmp
         estop_pub.publish(Bool(data=False))
         composition.shutdown()
     assert not os.path.lexists(tmp_path / 'left.tty')  # links removed with the simulator
+
+
+def test_dart_offsets_are_added_where_a_servo_executes_its_goal(tmp_path: Path) -> None:
+    """With buses, the drivers write the expert's clean plan; the simulated servos execute it plus the DART
+    offsets, every tick (also between goal writes), never for a limp joint, never under e-stop."""
+    from types import SimpleNamespace
+
+    from bimanual_vla.drivers.servo.bus import ServoBus
+    from bimanual_vla.sim.node import SimRig
+    from bimanual_vla.sim.scene import SimScene
+
+    rig = load_rig('aloha_sim')
+    arm = rig.arm('left')
+    offsets = {'left': np.array([0.1, -0.05, 0.02, 0.0, 0.0, 0.0, 0.0]), 'right': np.zeros(7)}
+    expert = SimpleNamespace(offsets=lambda step: {a: o * (step + 1) for a, o in offsets.items()})
+    sim_bus = SimServoBus(arm, 'feetech', port_link(tmp_path, 'left'))
+    sim_bus.start(START)
+    scene = SimScene(rig, task='transfer_cube', seed=0)
+    sim = SimpleNamespace(_expert=expert, _estop=False, servo_buses={'left': sim_bus}, _bus_goals={}, scene=scene)
+    apply = SimRig._apply_servo_buses.__get__(sim)
+    try:
+        with ServoBus(str(port_link(tmp_path, 'left')), 'feetech') as bus:
+            ct = bus.control_table
+            goal = [0.3, -0.5, 0.8, 0.0, 0.1, 0.0, 0.03]
+            bus.sync_write(ct.goal_position.address, {i + 1: ct.encode(ct.goal_position, to_ticks(v))
+                                                      for i, v in enumerate(goal)})  # fmt: skip
+            bus.ping(1)  # answered after the emulator took the sync write (which has no reply)
+            apply()  # step 0: goal + offsets
+            wrote = np.array([to_value(to_ticks(v)) for v in goal])
+            np.testing.assert_allclose(scene.goal('left'), np.clip(wrote + offsets['left'], *limits(arm)), atol=1e-9)
+            scene.steps = 2
+            apply()  # no new goal written: the offsets still follow the plan's clock
+            np.testing.assert_allclose(scene.goal('left'), wrote + 3 * offsets['left'], atol=1e-9)
+            bus.write(2, ct.torque_enable.address, b'\x00')  # shoulder limp: it follows where it is, no offset
+            apply()
+            assert scene.goal('left')[1] == pytest.approx(scene.joint_positions('left')[1])
+            sim._estop = True  # under e-stop the servos hold their goals: nothing moves them
+            before = scene.goal('left').copy()
+            scene.steps = 9
+            apply()
+            np.testing.assert_allclose(scene.goal('left')[[0, 2]], before[[0, 2]])
+    finally:
+        sim_bus.stop()
+
+
+def limits(arm) -> tuple[np.ndarray, np.ndarray]:
+    return np.array([j.lower for j in arm.joints]), np.array([j.upper for j in arm.joints])

@@ -77,3 +77,25 @@ def test_without_the_expert_nothing_succeeds() -> None:
 def test_expert_success_rate_at_least_95_percent(task: str) -> None:
     result = evaluate(RIG, task, 20, 1000)
     assert result['success_rate'] >= 0.95, result
+
+
+def test_dart_offsets_move_the_executed_arm_joints_not_the_plan_nor_the_grippers() -> None:
+    clean = So101Expert(RIG, 'handover_cube', 5)
+    noisy = So101Expert(RIG, 'handover_cube', 5, noise_rad=0.05)
+    assert all(not np.any(o) for o in clean.offsets(200).values())
+    offsets = {arm: np.array([noisy.offsets(k)[arm] for k in range(noisy.num_steps)]) for arm in ('left', 'right')}
+    for arm, table in offsets.items():
+        gripper = RIG.arm(arm).joint_names.index(RIG.arm(arm).gripper)
+        assert not np.any(table[:, gripper])
+        body = np.delete(table, gripper, axis=1)
+        assert np.all(np.abs(body) <= 0.05 * 3 / np.sqrt(1.5) + 1e-12)  # three unit sines, scaled to the std
+        assert 0.02 < float(np.std(body[noisy.num_steps // 4 :])) < 0.08, arm
+        assert not np.any(table[0])  # faded in: the episode starts on its plan
+    assert not np.allclose(offsets['left'], offsets['right'])
+    for k in (0, 150, noisy.num_steps - 1):  # the published plan and labels are the clean expert's
+        for arm, target in noisy.act(k)[0].items():
+            np.testing.assert_array_equal(target, clean.act(k)[0][arm])
+    again = So101Expert(RIG, 'handover_cube', 5, noise_rad=0.05)
+    np.testing.assert_array_equal(again.offsets(300)['left'], noisy.offsets(300)['left'])
+    with pytest.raises(ValueError, match=r'noise_rad must be in \[0, 0.2\] rad, got 0.3'):
+        So101Expert(RIG, 'handover_cube', 5, noise_rad=0.3)

@@ -854,11 +854,15 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
         runner.fatal = f'{type(exc).__name__}: {exc}'
     finally:
         runner.ended = time.monotonic()
-        runner.clear_all()
-        if recorder is not None:
-            stop_recorder(recorder, log)
-        composition.shutdown()
-        rclpy.try_shutdown()
+        try:
+            runner.clear_all()
+        except Exception as exc:  # after Ctrl-C rclpy's own handler has already shut the context down
+            runner.problems.append(f'clearing the faults at the end failed: {type(exc).__name__}: {exc}')
+        finally:  # the recorder, a process of its own, must never outlive the soak (it fills the disk)
+            if recorder is not None:
+                stop_recorder(recorder, log)
+            composition.shutdown()
+            rclpy.try_shutdown()
     recording = None
     if recorder is not None:
         try:

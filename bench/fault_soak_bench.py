@@ -830,6 +830,10 @@ def checkpoint_for(args: argparse.Namespace, work: Path) -> Path:
     return checkpoint
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def soak(args: argparse.Namespace) -> dict[str, Any]:
     import rclpy
 
@@ -840,7 +844,13 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix='fault_soak_'))  # servo-bus files, tiny checkpoint, bag and its log
     checkpoint = checkpoint_for(args, work)
     rig = load_rig(RIG)
-    rclpy.init()
+    # Ctrl-C and SIGTERM raise KeyboardInterrupt in this thread and nothing else: rclpy's own handler would shut
+    # the context down under the soak (its clean-up could then publish nothing) and, depending on where the
+    # main thread is, may not interrupt it at all, leaving the soak and its recorder running.
+    from rclpy.signals import SignalHandlerOptions
+
+    signal.signal(signal.SIGTERM, _interrupt)
+    rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
     probe = make_probe([a.name for a in rig.arms], [c.name for c in rig.cameras], load_policy('default').task)
     composition = compose_rig(args, checkpoint, probe, work / 'servo_bus')
     offset = time.time() - time.monotonic()

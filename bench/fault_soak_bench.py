@@ -849,7 +849,8 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
     # main thread is, may not interrupt it at all, leaving the soak and its recorder running.
     from rclpy.signals import SignalHandlerOptions
 
-    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)  # also where a shell started the soak in the background, with SIGINT
+    signal.signal(signal.SIGTERM, _interrupt)  # ignored (as non-interactive shells do for `cmd &`)
     rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
     probe = make_probe([a.name for a in rig.arms], [c.name for c in rig.cameras], load_policy('default').task)
     composition = compose_rig(args, checkpoint, probe, work / 'servo_bus')

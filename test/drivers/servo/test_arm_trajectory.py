@@ -126,6 +126,7 @@ def test_trajectory_moves_goals_along_it_splices_without_a_jump_holds_and_estop_
     assert h.spin(lambda: ros_now(h) > t3 + 0.3, 5)
     h.estop(True)
     assert h.spin(lambda: h.node.controller.filter.estopped, 5)
+    h.spin(lambda: False, 0.3)  # a goal write already under way when the flag turned lands after it
     held = h.servo(1).goal_position
     assert held < ticks(1.0 - 0.05)  # it had started down
     d = h.fresh_diag(lambda d: d.get('estop') == 'True')

@@ -849,8 +849,9 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
     # main thread is, may not interrupt it at all, leaving the soak and its recorder running.
     from rclpy.signals import SignalHandlerOptions
 
-    signal.signal(signal.SIGINT, _interrupt)  # also where a shell started the soak in the background, with SIGINT
-    signal.signal(signal.SIGTERM, _interrupt)  # ignored (as non-interactive shells do for `cmd &`)
+    # Installed explicitly: a non-interactive shell starts `cmd &` with SIGINT ignored, and Python then adds none.
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
     rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
     probe = make_probe([a.name for a in rig.arms], [c.name for c in rig.cameras], load_policy('default').task)
     composition = compose_rig(args, checkpoint, probe, work / 'servo_bus')
@@ -867,7 +868,7 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
         runner.ended = time.monotonic()
         try:
             runner.clear_all()
-        except Exception as exc:  # after Ctrl-C rclpy's own handler has already shut the context down
+        except Exception as exc:  # e.g. a context already shut down: report it, and still stop the recorder
             runner.problems.append(f'clearing the faults at the end failed: {type(exc).__name__}: {exc}')
         finally:  # the recorder, a process of its own, must never outlive the soak (it fills the disk)
             if recorder is not None:

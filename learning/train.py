@@ -54,6 +54,7 @@ import torch.nn.functional as F
 
 from bimanual_vla.learning.tasks import phrasings_of
 from bimanual_vla.learning.train_data import CachedSamples, action_time_offset_s, expert_approach
+from bimanual_vla.learning.vocabulary import extend_tokenizer, grow_text_embeddings, missing_words, words_of
 from bimanual_vla.policy_node.checkpoint import (
     CheckpointError,
     CheckpointMetadata,
@@ -133,23 +134,11 @@ class TrainConfig:
 # --------------------------------------------------------------------------- model and tokenizer
 
 
-def _words(texts: list[str]) -> list[str]:
-    from tokenizers import pre_tokenizers
-
-    pre = pre_tokenizers.Whitespace()
-    words: list[str] = []
-    for text in texts:
-        for word, _ in pre.pre_tokenize_str(text.lower()):
-            if word not in words:
-                words.append(word)
-    return words
-
-
 def new_tokenizer(texts: list[str]):
     """The tiny word-level tokenizer, extended with every word of the data's tasks and subtasks."""
     from bimanual_vla.learning.tiny_checkpoint import VOCABULARY, build_tokenizer
 
-    extra = tuple(w for w in _words(texts) if w not in VOCABULARY)
+    extra = tuple(w for w in words_of(texts) if w not in VOCABULARY)
     return build_tokenizer(SpecialTokens(), VOCABULARY + extra)
 
 
@@ -541,6 +530,7 @@ class Trainer:
         self.samples = samples
         torch.set_num_threads(max(1, cfg.threads))
         self.step = 0
+        self.new_words: list[str] = []  # words a fine-tune added to the initial checkpoint's vocabulary
         state_dir = self.out / TRAIN_STATE_DIR
         if resume:
             if not (state_dir / 'state.json').is_file():
@@ -595,6 +585,11 @@ class Trainer:
         self.tokenizer = load_tokenizer(directory)
         init_meta = read_metadata(directory)
         self.model = load_pi0(directory)
+        new_words = missing_words(self.tokenizer, texts)
+        if new_words:  # a second task, other phrasings: grow the vocabulary (every old id keeps its word)
+            self.tokenizer = extend_tokenizer(self.tokenizer, new_words)
+            grow_text_embeddings(self.model, self.tokenizer.get_vocab_size(with_added_tokens=True))
+        self.new_words = new_words
         check_tokenizer_covers(self.tokenizer, texts, str(directory))
         crops = {c: tuple(b) for c, b in init_meta.image_crops.items()}
         if cfg.crops and {c: tuple(b) for c, b in cfg.crops.items()} != crops:

@@ -135,6 +135,47 @@ def test_paraphrase_says_the_task_in_each_of_its_phrasings(samples, tmp_path):
     assert len(plain.batches.prompts[0]) == 1 and plain._task_texts() == [phrasings[0]]
 
 
+def test_fine_tune_grows_the_vocabulary_for_new_words_keeping_every_old_id(samples, tmp_path):
+    """`--init` on data with words the checkpoint lacks (other phrasings, a second task): the tokenizer
+    gains them at new ids, the embeddings gain rows at the mean of the old ones, the old rows and ids stay."""
+    from bimanual_vla.learning.tasks import TASK_PHRASINGS
+    from bimanual_vla.policy_node.checkpoint import load_pi0, load_tokenizer, read_metadata
+    from bimanual_vla.policy_node.model import Observation, VLAPolicy
+
+    base = tmp_path / 'base'
+    Trainer(config(base, steps=1), samples).run()  # one phrasing: 'pass', 'give', 'picks' ... are unknown
+    old_tokenizer, old_model = load_tokenizer(base), load_pi0(base)
+    old_vocab = old_tokenizer.get_vocab(with_added_tokens=True)
+    assert 'give' not in old_vocab and 'picks' not in old_vocab
+
+    tuned = Trainer(config(tmp_path / 'tuned', steps=1, init=str(base), paraphrase=True), samples)
+    assert {'pass', 'give', 'picks', 'hands'} <= set(tuned.new_words)
+    vocab = tuned.tokenizer.get_vocab(with_added_tokens=True)
+    assert all(vocab[word] == i for word, i in old_vocab.items())  # every old id keeps its word
+    assert sorted(vocab[w] for w in tuned.new_words) == list(range(len(old_vocab), len(vocab)))
+    rows = len(vocab)
+    for name, old in (('vlm', old_model.model.vlm.get_input_embeddings()), ('dit', old_model.model.dit.embed_tokens)):
+        new = tuned.model.model.vlm.get_input_embeddings() if name == 'vlm' else tuned.model.model.dit.embed_tokens
+        assert new.weight.shape == (rows, old.weight.shape[1]), name
+        assert torch.equal(new.weight[: len(old_vocab)], old.weight), name
+        assert torch.allclose(new.weight[len(old_vocab) :], old.weight.mean(0).expand(rows - len(old_vocab), -1))
+    unk = vocab['<unk>']
+    for text in TASK_PHRASINGS['transfer_cube']:
+        assert unk not in tuned.tokenizer.encode(text, add_special_tokens=False).ids, text
+
+    tuned.run()
+    assert read_metadata(tmp_path / 'tuned').tasks == list(TASK_PHRASINGS['transfer_cube'])
+    policy = VLAPolicy.load(tmp_path / 'tuned', num_steps=2, rig_joint_names=samples.joint_names)
+    assert policy.model.config.vlm_config.text_config.vocab_size == rows
+    images = {c: np.zeros((240, 320, 3), np.uint8) for c in samples.cameras}
+    state = samples.state[0].astype(np.float64)
+    result = policy.infer(Observation(images=images, state=state, task='give the cube to the left arm'))
+    assert result.actions.shape == (10, 14) and np.all(np.isfinite(result.actions))
+    # a second fine-tune on the same words adds none
+    again = Trainer(config(tmp_path / 'again', steps=1, init=str(tmp_path / 'tuned'), paraphrase=True), samples)
+    assert again.new_words == []
+
+
 def test_short_training_lowers_the_loss(samples, tmp_path):
     trainer = Trainer(config(tmp_path / 'ckpt', steps=40, batch_size=8, lr=1e-2), samples)
     batch = trainer.batches(np.arange(0, len(samples), 4)[:16])

@@ -30,7 +30,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument('--out', required=True, type=Path, help='checkpoint directory to write')
     src = p.add_mutually_exclusive_group()
-    src.add_argument('--init', type=Path, help='checkpoint to fine-tune (its tokenizer, cameras and shape)')
+    src.add_argument(
+        '--init',
+        type=Path,
+        help="checkpoint to fine-tune (its cameras and shape; its tokenizer, grown by the data's new words)",
+    )
     src.add_argument(
         '--tiny-config',
         metavar='KEY=VALUE',
@@ -287,6 +291,7 @@ def run(args: argparse.Namespace) -> int:
                 'parameters': trainer.parameters,
                 'start_step': trainer.step,
                 'steps': cfg.steps,
+                'new_words': trainer.new_words,
                 'demonstration_speed': speed,
             }
         ),

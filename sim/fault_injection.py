@@ -205,8 +205,9 @@ class GoalChecker:
     to whole ticks, as the calibration's range is). Too fast: a goal that moved from the joint's
     previous goal by more than ``v * (dt + jitter_s) + margin_ticks`` ticks' worth, where dt is the
     time between the two writes as received (``jitter_s`` absorbs their delivery jitter) and
-    ``margin_ticks`` the rounding to ticks; a take-over write (the goal put where the servo is, as a
-    driver does on connecting or when a servo returns) is no motion and never counts.
+    ``margin_ticks`` the rounding to ticks; a take-over write (a change that would be too fast, to
+    where the servo is within that slack, as a driver writes on connecting or when a servo returns)
+    is no motion and never counts. Every other change counts toward the largest step.
     """
 
     def __init__(
@@ -250,15 +251,19 @@ class GoalChecker:
         self.last_change[write.arm] = max(self.last_change.get(write.arm, -math.inf), write.t)
         v = self.max_velocity.get(write.arm, math.inf)
         slack = v * self.jitter_s + self.margin_ticks * self.rad_per_tick
-        if abs(write.ticks - write.present) * self.rad_per_tick <= slack:
-            return  # take-over: the goal is where the servo already is
         dt = write.t - previous[0]
         step = abs(write.ticks - previous[1]) * self.rad_per_tick
+        too_fast = step > v * dt + slack
+        if too_fast and abs(write.ticks - write.present) * self.rad_per_tick <= slack:
+            # A take-over: the goal put where the servo already is, far from the previous goal, is no motion.
+            # Only a change that would count as too fast is exempted, so the largest step covers every other
+            # change (exempting any goal near the servo hid every step of an arm that tracks closely).
+            return
         if step > self.max_step_rad:
             self.max_step_rad = step
             self.examples['largest_step'] = []
             self._example('largest_step', write, note, step_rad=round(step, 4), dt_s=round(dt, 4))
-        if step > v * dt + slack:
+        if too_fast:
             self.too_fast += 1
             self._example('too_fast', write, note, step_rad=round(step, 4), dt_s=round(dt, 4))
 

@@ -86,6 +86,18 @@ def test_goal_checker_limits_and_velocity() -> None:
     assert math.isclose(c.hold_latency('left', 0.025), 0.005) and c.hold_latency('left', 0.5) == 0.0
 
 
+def test_goal_checker_largest_step_counts_goals_that_track_the_servo_closely() -> None:
+    """A goal a few ticks ahead of a servo that follows it is motion: it sets the largest step (only a
+    change that would be too fast is exempted as a take-over when it lands where the servo is)."""
+    c = checker()
+    c.add(GoalWrite(0.00, 'left', 1, 2000, 2000))
+    c.add(GoalWrite(0.02, 'left', 1, 2030, 2028))  # 0.03 rad in 20 ms (1.5 rad/s), the servo 2 ticks behind
+    assert c.too_fast == 0 and c.max_step_rad == pytest.approx(0.03)
+    assert c.examples['largest_step'][0]['step_rad'] == pytest.approx(0.03)
+    c.add(GoalWrite(0.03, 'left', 1, 2500, 2500))  # 0.47 rad in 10 ms, where the servo is: a take-over
+    assert c.too_fast == 0 and c.max_step_rad == pytest.approx(0.03)
+
+
 def test_goal_checker_counts_repeats_as_no_change() -> None:
     c = checker()
     c.add(GoalWrite(0.0, 'left', 1, 2000, 2000))

@@ -1,4 +1,4 @@
-"""Human takeover end to end on the SO-101 twin: run a policy, correct it with scripted leaders, fine-tune.
+"""Human takeover end to end on a simulated rig: run a policy, correct it with scripted leaders, fine-tune.
 
 Every step runs the user's commands (`bimanual-vla eval-sim`, `run`, `teleop --takeover`, `record`,
 `train`); only the human is scripted:
@@ -11,7 +11,9 @@ Every step runs the user's commands (`bimanual-vla eval-sim`, `run`, `teleop --t
    are emulated STS3215 buses in this process, linked at the rig's leader ports, moved by a scripted
    hand (`MotionPlayer`): it holds each leader at the scripted expert's pose of ``--takeover-at`` seconds
    into the episode, then, at that sim time, moves it along the rest of the expert's plan for that seed
-   (`sim/so101_expert.py`): the leader moves past the takeover threshold, teleop takes the arm over from
+   (`sim/so101_expert.py` on the twin, `sim/expert.py` on the ALOHA scene; ``--takeover-arms`` picks
+   which leaders move, the others hold still and leave their arm to the policy): the leader moves past
+   the takeover threshold, teleop takes the arm over from
    the policy (ramping from the follower's measured pose), drives it through the expert's remaining
    motion, and hands it back once the hand holds still at the end. The leader gripper follows the
    expert's follower gripper angle through the inverse of teleop's own gripper map, so the follower jaw
@@ -26,12 +28,20 @@ Every step runs the user's commands (`bimanual-vla eval-sim`, `run`, `teleop --t
    deterministic: a seed failed once may pass the next time) against the fine-tuned checkpoint; with
    ``--full-eval`` the fine-tuned one on every base seed too. A JSON summary (OUT/summary.json).
 
-Costs real time on the twin (its drivers run on wall time): about N x (episode + 10 s) per collection and
+The rig: the SO-101 twin (`so101_sim` or a copy), whose rig file has leader arms, or a simulated rig
+without them (`aloha_sim`): the demo then runs a copy of it, OUT/rig.yaml, with every arm behind an
+emulated servo bus driven by a real `arm_driver` (``sim.servo_bus``) and one emulated STS3215 leader per
+arm with that arm's joints (identity calibration; the gripper's whole turn mapped onto the follower's
+range), so teleop drives the followers through the drivers as on a real rig.
+
+Costs real time (the drivers run on wall time): about N x (episode + 10 s) per collection and
 per evaluation, plus the fine-tune. The result is recorded in docs/experiments/ (see docs/teleop.md).
 
     python bench/takeover_finetune_demo.py --base out/ckpt/so101_stage1 \\
         --rig out/rigs/so101_sim_small.yaml --out out/takeover_demo --base-eval out/eval/so101_handover \\
         --takeover-at 1.2 --extra-data out/bags/so101_clean
+    python bench/takeover_finetune_demo.py --base checkpoints/aloha_transfer_cube --rig aloha_sim \
+        --out out/takeover_aloha --episodes 50 --seed 4000 --takeover-at 3.4 --extra-data out/bags/clean
 """
 
 from __future__ import annotations
@@ -42,6 +52,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -60,9 +71,41 @@ def sh(args: list[str]) -> None:
 def evaluate(checkpoint: str, out: Path, seeds: list[int], args: argparse.Namespace) -> dict:
     """eval-sim on exactly `seeds` (a finished evaluation in `out` is reused: the demo can be rerun)."""
     if not (out / 'report.json').exists():
+        limit = ['--max-sim-s', str(args.max_sim_s)] if args.max_sim_s else []
         sh([CLI, 'eval-sim', '--checkpoint', checkpoint, '--rig', args.rig, '--out', str(out), '--seeds',
-            *map(str, seeds), '--max-sim-s', str(args.max_sim_s), '--no-progress'])  # fmt: skip
+            *map(str, seeds), *limit, '--no-progress'])  # fmt: skip
     return json.loads((out / 'report.json').read_text())
+
+
+def rig_with_leaders(rig_arg: str, out: Path) -> str:
+    """`rig_arg` if its rig has leader arms; else a copy (OUT/rig.yaml) with emulated leaders and servo-bus arms."""
+    import yaml
+
+    from bimanual_vla.config import load_rig, resolve_rig_path
+
+    rig = load_rig(rig_arg)
+    if rig.leaders:
+        return rig_arg
+    data = yaml.safe_load(resolve_rig_path(rig_arg).read_text())
+    sim = data.setdefault('sim', {})
+    sim['servo_bus'] = sim.get('servo_bus') or 'feetech'  # each arm an emulated bus behind a real arm_driver
+    ports = Path(tempfile.gettempdir()) / f'bimanual_vla_{rig.name}_leaders'
+    data['leaders'] = [
+        {
+            'name': f'{arm.name}_leader',
+            'protocol': 'feetech',
+            'port': str(ports / f'{arm.name}_leader.tty'),
+            'follower': arm.name,
+            'joints': [{'id': j.id, 'name': j.name} for j in arm.joints],
+            **({'gripper': {'joint': arm.gripper}} if arm.gripper else {}),
+        }
+        for arm in rig.arms
+    ]
+    path = out / 'rig.yaml'
+    path.write_text('# written by bench/takeover_finetune_demo.py: ' + rig_arg + ' with emulated leaders\n'
+                    + yaml.safe_dump(data, sort_keys=False))  # fmt: skip
+    load_rig(path)  # refuse here, in one line, what teleop would refuse later
+    return str(path)
 
 
 class ScriptedHands:
@@ -132,12 +175,16 @@ def collect_takeovers(args: argparse.Namespace, bag: Path, seeds: list[int], tak
     from bimanual_vla.config import load_rig
     from bimanual_vla.learning.collect import CollectConductor, episode_duration_s
     from bimanual_vla.learning.eval_observer import call_enable
+    from bimanual_vla.learning.eval_runner import plan_expert
     from bimanual_vla.learning.tasks import TASK_TEXT
-    from bimanual_vla.sim.so101_expert import So101Expert
+    from bimanual_vla.sim.expert import ExpertOptions
 
     rig = load_rig(args.rig)
     task = rig.sim.task
+    # the ALOHA expert as the base's data had it (the twin's takes no options)
+    options = ExpertOptions(max_joint_speed_rad_s=args.expert_max_speed or None)
     hands = ScriptedHands(rig)
+    moving = [arm for arm in hands.emulators if not args.takeover_arms or arm in args.takeover_arms]
     background = [
         subprocess.Popen([CLI, 'run', '--rig', args.rig, '--policy', args.policy, '--no-estop-key',
                           '--set', f'policy_node.checkpoint={Path(args.base).resolve()}']),
@@ -176,7 +223,7 @@ def collect_takeovers(args: argparse.Namespace, bag: Path, seeds: list[int], tak
     teleop = None
     try:
         for seed in seeds:
-            expert = So101Expert(rig, task, seed)
+            expert = plan_expert(rig, task, seed, options)
             start = min(int(round(args.takeover_at / expert.dt)), expert.num_steps - 1)
             set_policy(False)
             if teleop is not None:
@@ -209,8 +256,8 @@ def collect_takeovers(args: argparse.Namespace, bag: Path, seeds: list[int], tak
                 if seed in takeover_seeds and not moved and t >= args.takeover_at:
                     rest = expert.joint_plan
                     times = expert.dt * np.arange(expert.num_steps - start)
-                    for arm, plan in rest.items():
-                        hands.play(arm, times, plan[start:])
+                    for arm in moving:
+                        hands.play(arm, times, rest[arm][start:])
                     moved = True
                 time.sleep(0.005)
             conductor.end_episode()
@@ -233,8 +280,12 @@ def collect_takeovers(args: argparse.Namespace, bag: Path, seeds: list[int], tak
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    p.add_argument('--base', required=True, help='the checkpoint to correct (trained for the twin)')
-    p.add_argument('--rig', default='so101_sim', help='the twin rig (a copy with smaller cameras on a CPU)')
+    p.add_argument('--base', required=True, help='the checkpoint to correct (trained for --rig)')
+    p.add_argument(
+        '--rig',
+        default='so101_sim',
+        help='the twin (a copy with smaller cameras on a CPU), or a sim rig without leaders (aloha_sim)',
+    )
     p.add_argument('--out', required=True, type=Path)
     p.add_argument('--policy', default='default')
     p.add_argument('--episodes', type=int, default=50)
@@ -243,8 +294,25 @@ def main() -> int:
     p.add_argument('--collect', choices=('takeovers', 'all'), default='takeovers',
                    help='record the takeover seeds only (default) or every seed (the others policy-only)')  # fmt: skip
     p.add_argument('--tail-s', type=float, default=4.0, help='sim seconds past the expert plan per recorded episode')
-    p.add_argument('--max-sim-s', type=float, default=18.0, help="eval-sim's episode limit (2x the handover's plan)")
+    p.add_argument(
+        '--max-sim-s',
+        type=float,
+        default=None,
+        help="eval-sim's episode limit (default: eval-sim's; 18 on the twin is 2x the handover's plan)",
+    )
     p.add_argument('--takeover-at', type=float, default=3.0, help='seconds into an episode the human takes over')
+    p.add_argument(
+        '--takeover-arms',
+        nargs='*',
+        default=[],
+        help='the arms whose leaders move (default: every arm); the others hold still',
+    )
+    p.add_argument(
+        '--expert-max-speed',
+        type=float,
+        default=2.0,
+        help="ALOHA: the expert's joint speed limit (rad/s) the hands move at; 0: unlimited",
+    )
     p.add_argument('--ramp-velocity', type=float, default=1.0, help="teleop's takeover ramp (rad/s)")
     p.add_argument('--takeovers', choices=('failed', 'all'), default='failed',
                    help='take over on the seeds the base failed (default) or on every seed')  # fmt: skip
@@ -257,6 +325,7 @@ def main() -> int:
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
+    args.rig = rig_with_leaders(args.rig, args.out)
 
     if args.base_eval is not None:
         base = json.loads((args.base_eval / 'report.json').read_text())
@@ -296,6 +365,7 @@ def main() -> int:
         'base_success': rate(base),
         'takeover_seeds': takeover_seeds,
         'takeover_at_s': args.takeover_at,
+        'takeover_arms': args.takeover_arms or 'all',
         'episodes_recorded': len(outcomes),
         'episodes_with_a_takeover': sum(1 for o in outcomes if any(m['event'] == 'start' for m in o['interventions'])),
         'recorded_success': rate({'per_episode': outcomes}),

@@ -1,0 +1,40 @@
+"""The takeover demo's rig: a sim rig without leader arms gets emulated leaders and servo-bus arms in a copy."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from bimanual_vla.config import load_rig
+
+BENCH = Path(__file__).resolve().parents[2] / 'bench' / 'takeover_finetune_demo.py'
+
+
+def load_bench():
+    spec = importlib.util.spec_from_file_location('takeover_finetune_demo', BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_rig_without_leaders_gets_one_emulated_leader_per_arm(tmp_path):
+    demo = load_bench()
+    path = demo.rig_with_leaders('aloha_sim', tmp_path)
+    assert Path(path) == tmp_path / 'rig.yaml'
+    rig, source = load_rig(path), load_rig('aloha_sim')
+    assert rig.sim.servo_bus == 'feetech'  # the arms behind real arm drivers, as teleop needs
+    assert [lead.follower for lead in rig.leaders] == [arm.name for arm in source.arms]
+    for lead in rig.leaders:
+        arm = source.arm(lead.follower)
+        assert lead.protocol == 'feetech' and lead.joint_names == arm.joint_names
+        assert [j.id for j in lead.joints] == [j.id for j in arm.joints]
+        assert lead.gripper is not None and lead.gripper.joint == arm.gripper
+        assert lead.port != ''
+    # everything else is the source rig's
+    assert rig.arms == source.arms and rig.cameras == source.cameras and rig.sim.task == source.sim.task
+
+
+def test_a_rig_with_leaders_is_used_as_it_is(tmp_path):
+    demo = load_bench()
+    assert demo.rig_with_leaders('so101_sim', tmp_path) == 'so101_sim'
+    assert not (tmp_path / 'rig.yaml').exists()

@@ -38,6 +38,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from rclpy.node import Node
 from rosgraph_msgs.msg import Clock
 from std_msgs.msg import Bool, Int64, String
@@ -45,6 +46,7 @@ from std_msgs.msg import Bool, Int64, String
 from bimanual_vla import topics
 from bimanual_vla.bags.record import EPISODE_QOS
 from bimanual_vla.config import RigConfig, load_rig
+from bimanual_vla.learning.recovery import PerturbEvent
 from bimanual_vla.learning.tasks import SO101_TASKS, TASK_TEXT, task_for_rig
 from bimanual_vla.ros_utils import stamp_to_sec
 from bimanual_vla.sim.expert import ExpertOptions
@@ -52,6 +54,7 @@ from bimanual_vla.sim.expert import ExpertOptions
 __all__ = ['TASK_TEXT', 'CollectSettings', 'collect']  # TASK_TEXT: learning/tasks.py, re-exported
 
 SUMMARY_FILE = 'collect.json'
+MAX_PERTURB_JITTER_S = 3.0  # CollectSettings.perturb_jitter_s
 
 # collect.json's format, in its `format_version` field:
 #   1: no `format_version` field (the files written before it existed). Any of the keys below may be
@@ -60,7 +63,9 @@ SUMMARY_FILE = 'collect.json'
 #      one tick earlier); no `expert_approach`, 'cartesian'; no `expert_time_warp`, `expert_meet_jitter`
 #      or `expert_aim_left`, 0, 0 and false.
 #   2: `format_version` and every key of CollectResult.to_json, always written.
-FORMAT_VERSION = 2
+#   3: `perturb` and `perturb_jitter_s` (what the collection asked the simulator to do to the objects), and
+#      each episode's `perturbations` (when, sim seconds after its start); absent in 1 and 2: none asked.
+FORMAT_VERSION = 3
 
 
 def summary_format_version(summary: dict) -> int:
@@ -80,6 +85,8 @@ class EpisodeOutcome:
     # topics only this collection should publish that had another publisher during the episode: a
     # second sim or collect on the same ROS_DOMAIN_ID mixed into the recording (train leaves it out)
     foreign_publishers: list[str] = field(default_factory=list)
+    # [[sim seconds after the episode's first tick, kind], ...] the perturbations asked for in this episode
+    perturbations: list[list] = field(default_factory=list)
 
 
 @dataclass
@@ -100,12 +107,18 @@ class CollectResult:
     expert_time_warp: float = 0.0  # 0: the nominal timeline
     expert_meet_jitter: float = 0.0  # m; 0: the nominal handover point
     expert_aim_left: bool = False  # the left grasp aimed at the measured cube
+    perturb: list[list] = field(default_factory=list)  # [[at_s, kind], ...] asked in every episode
+    perturb_jitter_s: float = 0.0  # each episode's times moved by U(-j, j) s, seeded by its seed
     format_version: int = FORMAT_VERSION
 
     @classmethod
-    def start(cls, out: Path, task: str, expert: ExpertOptions) -> CollectResult:
+    def start(
+        cls, out: Path, task: str, expert: ExpertOptions, perturb: tuple = (), perturb_jitter_s: float = 0.0
+    ) -> CollectResult:
         """An empty result for a collection of `task` with the expert's `options`, into the bag `out`."""
         return cls(
+            perturb=[[e.at_s, e.kind] for e in perturb],
+            perturb_jitter_s=float(perturb_jitter_s),
             bag=str(out),
             task=task,
             task_text=TASK_TEXT[task],
@@ -145,6 +158,7 @@ class CollectConductor(Node):
         self._task_pub = self.create_publisher(String, topics.POLICY_TASK, topics.LATCHED_QOS)
         self._episode_pub = self.create_publisher(String, topics.RECORD_EPISODE, EPISODE_QOS)
         self._reset_pub = self.create_publisher(Int64, topics.SIM_RESET_SEED, topics.RELIABLE_QOS)
+        self.perturb_pub = self.create_publisher(String, topics.SIM_PERTURB, topics.RELIABLE_QOS)
         self.create_subscription(Clock, topics.CLOCK, self._on_clock, topics.CLOCK_QOS)
         self.create_subscription(Bool, topics.SIM_SUCCESS, self._on_success, topics.LATCHED_QOS)
         self._task_pub.publish(String(data=task_text))
@@ -214,6 +228,11 @@ class CollectSettings:
     by the previous one, a handover point moved per episode and the left grasp aimed at the cube, so
     the data shows the left gripper going where the cube is held instead of to one fixed spot.
     The SO-101 twin's expert takes the DART noise alone (sim/so101_expert.py): the rest is refused for its tasks.
+    `perturb`: perturbations asked of the simulator (``sim/perturb``: the object knocked out of the gripper,
+    or moved) at set sim times of every episode, each moved by a seeded U(-`perturb_jitter_s`, +) per
+    episode; the expert plans the task again from there (ScriptedExpert.replan), so its labels go back
+    and its arms retry: demonstrations of recovery. Such an episode lasts its last perturbation's time
+    longer. Not on the twin (its expert does not plan again).
     Checked when made (ValueError): nothing starts with settings that cannot run.
     """
 
@@ -228,6 +247,8 @@ class CollectSettings:
     max_wall_per_episode_s: float = 300.0
     episode_s: float | None = None
     expert: ExpertOptions = field(default_factory=ExpertOptions)
+    perturb: tuple[PerturbEvent, ...] = ()
+    perturb_jitter_s: float = 0.0
 
     def __post_init__(self) -> None:
         from bimanual_vla.bringup.nodes import is_twin
@@ -245,6 +266,22 @@ class CollectSettings:
                 f'got {self.real_time_factor:g}'
             )
         self.expert.check_task(self.task)
+        if self.perturb and self.task in SO101_TASKS:
+            raise ValueError(f"perturb: the SO-101 twin's expert does not plan again after one ({self.task})")
+        if not 0.0 <= self.perturb_jitter_s <= MAX_PERTURB_JITTER_S:
+            raise ValueError(f'perturb_jitter_s must be in [0, {MAX_PERTURB_JITTER_S}] s, got {self.perturb_jitter_s}')
+        if self.perturb_jitter_s and not self.perturb:
+            raise ValueError('perturb_jitter_s moves the perturbations: give at least one (perturb)')
+
+    def perturbations(self, seed: int) -> list[tuple[float, str]]:
+        """Episode `seed`'s perturbations: (sim seconds after its first tick, kind), each `perturb` time moved
+        by its own U(-jitter, jitter) seeded by the episode, never before 0.1 s; in time order."""
+        rng = np.random.default_rng([seed, 41])
+        moved = [
+            (max(0.1, e.at_s + float(rng.uniform(-self.perturb_jitter_s, self.perturb_jitter_s))), e.kind)
+            for e in self.perturb
+        ]
+        return sorted((round(t, 3), kind) for t, kind in moved)
 
     def sim_parameters(self) -> dict[str, Any]:
         """The sim rig's parameters for this collection: the task, its first seed, its pace, the expert on."""
@@ -287,7 +324,7 @@ def collect(out: Path, settings: CollectSettings | None = None) -> CollectResult
     if out.exists():
         raise FileExistsError(f'{out}: output exists; the recorder writes a new bag directory')
     rig = load_rig(settings.rig_name)
-    result = CollectResult.start(out, settings.task, settings.expert)
+    result = CollectResult.start(out, settings.task, settings.expert, settings.perturb, settings.perturb_jitter_s)
     started = time.monotonic()
     context = rclpy.Context()
     rclpy.init(context=context)
@@ -386,13 +423,20 @@ def _record_episode(
     """Reset the sim to episode `i`'s seed, record `duration` sim seconds of it between markers, report it."""
     ep_seed = settings.seed + i
     label = f'{settings.task} seed {ep_seed}'
+    perturbations = settings.perturbations(ep_seed)
+    pending = list(perturbations)
+    if perturbations and settings.episode_s is None:  # the expert starts over at the last one
+        duration += perturbations[-1][0]
     t0 = time.monotonic()
     conductor.start_episode(ep_seed, label)
     if not conductor.reset_done.wait(30.0):
         raise RuntimeError(f'episode {i}: the sim did not reset to seed {ep_seed} within 30 s')
+    first_tick = conductor.first_tick_s or 0.0
     foreign: set[str] = set(conductor.foreign_publishers())
     next_check = time.monotonic() + 0.2
     while conductor.sim_time < duration:
+        while pending and conductor.sim_time - first_tick >= pending[0][0]:
+            conductor.perturb_pub.publish(String(data=pending.pop(0)[1]))
         if time.monotonic() >= next_check:
             foreign.update(conductor.foreign_publishers())
             next_check = time.monotonic() + 0.2
@@ -418,6 +462,7 @@ def _record_episode(
         first_tick_s=conductor.first_tick_s,
         wall_s=round(time.monotonic() - t0, 2),
         foreign_publishers=sorted(foreign),
+        perturbations=[[t, kind] for t, kind in perturbations],
     )
 
 

@@ -9,9 +9,12 @@ private kinematic copy of the model (a waypoint marked `joint_space` is reached 
 move instead, see APPROACHES). The plan is computed once per episode, so
 :meth:`ScriptedExpert.act` is a table look-up by control step: the same plan can be
 played in-process (:func:`run_episode`) or over ROS topics against the ``sim_rig`` node.
-The one exception is ``aim_left`` (transfer_cube): :meth:`ScriptedExpert.observe` reads the
+Two exceptions: ``aim_left`` (transfer_cube): :meth:`ScriptedExpert.observe` reads the
 cube's position once, halfway through the left gripper's approach, and solves the rest of the
-left arm's plan again around it.
+left arm's plan again around it; and :meth:`ScriptedExpert.replan`, after the objects were
+disturbed (a perturbation: the cube knocked out of the gripper or moved), plans the task again from
+where the arms and the objects are, so the labels go back to the first subtask and the arms retry:
+the demonstrations of recovery a policy that reasons in text learns from.
 
 Each waypoint carries a subtask in words ("move the right gripper above the cube",
 "grasp the cube", ...), the label a pi0.5-style policy learns to write before acting.
@@ -242,7 +245,10 @@ class ScriptedExpert:
         seed: int,
         object_poses: dict[str, np.ndarray] | None = None,
         options: ExpertOptions | None = None,
+        start_q: dict[str, np.ndarray] | None = None,
     ) -> None:
+        """`start_q`: per arm, the joints (rig order, gripper included) the plan starts from; default the
+        scene's home pose with the grippers open (a fresh episode). `replan` starts from the arms' last targets."""
         self.options = options if options is not None else ExpertOptions()
         self.options.check_task(task)
         self.approach = self.options.approach
@@ -254,8 +260,14 @@ class ScriptedExpert:
         self.poses = object_poses if object_poses is not None else sample_object_poses(task, seed)
         model = load_model(task)
         self.ik = {arm: ArmIK(model, rig, arm) for arm in ('left', 'right')}
-        scene_home = SimScene(rig, task=task, seed=seed)
-        self.home_q = {arm: self._arm_only(rig, arm, scene_home.joint_positions(arm)) for arm in self.ik}
+        if start_q is None:
+            scene_home = SimScene(rig, task=task, seed=seed)
+            self.home_q = {arm: self._arm_only(rig, arm, scene_home.joint_positions(arm)) for arm in self.ik}
+            self.start_grip = {arm: GRIPPER_OPEN for arm in self.ik}
+        else:
+            self.home_q = {arm: self._arm_only(rig, arm, np.asarray(start_q[arm], float)) for arm in self.ik}
+            self.start_grip = {arm: self._gripper_of(rig, arm, np.asarray(start_q[arm], float)) for arm in self.ik}
+        self.replans: list[int] = []  # the steps `replan` planned the task again from
         self.plans = self._warp_times(self._waypoints(), self.options.time_warp)
         self.num_steps = int(round(max(w[-1].t for w in self.plans.values()) / self.dt)) + 1
         self.joint_plan: dict[str, np.ndarray] = {}
@@ -270,12 +282,18 @@ class ScriptedExpert:
         # aim_left: the step at which observe() measures the cube, and the correction it applied
         self.aim_step = self._aim_step() if self.options.aim_left else None
         self.aim_correction: np.ndarray | None = None
+        self._fresh: tuple[int, ScriptedExpert] | None = None  # (first step, plan) of the last replan
         self.noise = {arm: self._smooth_noise(arm, self.options.noise_rad) for arm in self.joint_plan}
 
     @staticmethod
     def _arm_only(rig: RigConfig, arm: str, q: np.ndarray) -> np.ndarray:
         cfg = rig.arm(arm)
         return np.array([v for j, v in zip(cfg.joints, q, strict=True) if j.name != cfg.gripper])
+
+    @staticmethod
+    def _gripper_of(rig: RigConfig, arm: str, q: np.ndarray) -> float:
+        cfg = rig.arm(arm)
+        return float(q[cfg.joint_names.index(cfg.gripper)])
 
     # ------------------------------------------------------------------ waypoints
 
@@ -321,7 +339,7 @@ class ScriptedExpert:
 
     def _start(self, arm: str, label: str) -> Waypoint:
         pos, rot = self.ik[arm].tcp(self.home_q[arm])
-        return Waypoint(0.0, pos, rot, GRIPPER_OPEN, label)
+        return Waypoint(0.0, pos, rot, self.start_grip[arm], label)
 
     def _transfer_cube(self) -> dict[str, list[Waypoint]]:
         cube = self.poses['red_box_joint'][:3].copy()
@@ -534,6 +552,13 @@ class ScriptedExpert:
         meet_jitter) is then missed or only just caught, and such episodes were the demonstrations
         that failed. Returns True when it re-planned.
         """
+        if self._fresh is not None:
+            offset, fresh = self._fresh
+            if step < offset or not fresh.observe(step - offset, cube_position):
+                return False
+            self.joint_plan['left'][offset:] = fresh.joint_plan['left']
+            self.aim_correction = fresh.aim_correction
+            return True
         if self.aim_step is None or step != self.aim_step or self.aim_correction is not None:
             return False
         left = self.plans['left']
@@ -552,7 +577,35 @@ class ScriptedExpert:
             self._limit_speed(self.max_joint_speed_rad_s, arms=('left',))
         return True
 
-    # ------------------------------------------------------------------ playing
+    # ------------------------------------------------------------------ re-planning
+
+    def replan(self, step: int, object_poses: dict[str, np.ndarray]) -> None:
+        """Plan the task again from control step `step` on, as a fresh episode would go from here.
+
+        After the objects were disturbed (``sim/perturb``: the cube knocked out of the gripper or moved)
+        the rest of the plan aims at where they were. The new plan starts from the arms' targets of the
+        step before (so the commands stay continuous, grippers included), reaches for the objects at
+        `object_poses` (the scene's poses now, as `sample_object_poses` gives them), and labels its
+        steps from the task's first subtask again: the text goes back and the arms retry. The steps
+        before `step` are kept; the DART offsets of the old plan fade out over a second as the new
+        plan's fade in; ``aim_left`` aims the new plan's left grasp as it did the first.
+        """
+        k = min(max(int(step), 1), self.num_steps)
+        start_q = {arm: plan[k - 1].copy() for arm, plan in self.joint_plan.items()}
+        fresh = ScriptedExpert(self.rig, self.task, self.seed, object_poses, self.options, start_q=start_q)
+        fade = np.clip(1.0 - np.arange(fresh.num_steps) * self.dt, 0.0, 1.0)[:, None]
+        for arm in self.joint_plan:
+            self.joint_plan[arm] = np.concatenate([self.joint_plan[arm][:k], fresh.joint_plan[arm]])
+            self._ik_plan[arm] = np.concatenate([self._ik_plan[arm][:k], fresh._ik_plan[arm]])
+            self.noise[arm] = np.concatenate([self.noise[arm][:k], fresh.noise[arm] + fade * self.noise[arm][k - 1]])
+        self.labels = self.labels[:k] + fresh.labels
+        self.num_steps = k + fresh.num_steps
+        self.poses = {name: np.asarray(pose, float).copy() for name, pose in object_poses.items()}
+        self.max_ik_error = max(self.max_ik_error, fresh.max_ik_error)
+        self._fresh = (k, fresh)
+        self.replans.append(k)
+
+        # ------------------------------------------------------------------ playing
 
     def offsets(self, step: int) -> dict[str, np.ndarray]:
         """The DART offsets at `step` (zeros if noise is 0), to add to `act(step)`'s targets when executing."""

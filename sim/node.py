@@ -496,6 +496,8 @@ class SimRig(Node):
         before, after = (np.round(p[:3], 4).tolist() for p in self.scene.perturb(kind, rng))
         self.perturbations.append((round(self.scene.time, 3), kind, before, after))
         self.get_logger().info(f'perturbation {kind} at {self.scene.time:.2f} s: object {before} -> {after}')
+        if isinstance(self._expert, ScriptedExpert):  # the expert drives: it retries from here, labels and all
+            self._expert.replan(self.scene.steps, {name: self.scene.object_pose(name) for name in self._expert.poses})
 
     def _reset_locked(self, seed: int) -> None:
         """Restart the episode at `seed` (sim lock held): servos power-cycled, the expert planned again."""

@@ -149,6 +149,55 @@ def test_summary_names_every_episode_with_its_seed_and_outcome(collected):
         assert e.first_tick_s is not None and e.first_tick_s <= 0.1  # the marker follows the reset's first tick
 
 
+def test_a_perturbed_episode_records_the_expert_starting_over(tmp_path):
+    """`--perturb t=3.8:drop`: the cube knocked out of the right gripper after the lift; the recorded labels go
+    back to the first subtask and the commands stay continuous; collect.json says what was asked and when."""
+    from bimanual_vla.learning.collect import CollectSettings, collect
+    from bimanual_vla.learning.dataset import BagDataset
+    from bimanual_vla.learning.recovery import PerturbEvent
+    from bimanual_vla.sim.expert import ExpertOptions
+
+    out = tmp_path / 'bag'
+    settings = CollectSettings(
+        task='transfer_cube', episodes=1, seed=7, episode_s=5.5, progress=False,
+        expert=ExpertOptions(max_joint_speed_rad_s=2.0), perturb=(PerturbEvent(3.8, 'drop'),),
+    )  # fmt: skip
+    collect(out, settings)
+    summary = json.loads((out / 'collect.json').read_text())
+    assert summary['perturb'] == [[3.8, 'drop']] and summary['episodes'][0]['perturbations'] == [[3.8, 'drop']]
+    ds = BagDataset(out, rig='aloha_sim', chunk_size=1, time_base='header')
+    rows = [ds.sample(i, images=False) for i in ds.episode_range(0)]
+    times = np.array([r['time_ns'] * 1e-9 for r in rows])
+    labels = [r['subtask'] for r in rows]
+    before = [label for t, label in zip(times, labels, strict=True) if t < 3.8]
+    after = [label for t, label in zip(times, labels, strict=True) if t > 4.0]
+    assert 'lift the cube' in before and 'lift the cube' not in after[:5]
+    assert after[0] == 'move the right gripper above the cube'  # the task over again, from its first subtask
+    actions = np.array([r['actions'][0] for r in rows])
+    arm_cols = [c for c in range(14) if c not in (6, 13)]  # the grippers are in metres
+    assert np.abs(np.diff(actions[:, arm_cols], axis=0)).max() < 2.0 * 0.02 * 1.5  # no jump at the re-plan
+
+
+def test_perturbation_times_are_jittered_per_episode_and_refused_where_they_cannot_run():
+    from bimanual_vla.learning.collect import CollectSettings
+    from bimanual_vla.learning.recovery import PerturbEvent
+
+    asked = (PerturbEvent(4.0, 'drop'), PerturbEvent(1.0, 'move'))
+    fixed = CollectSettings(task='transfer_cube', perturb=asked)
+    assert fixed.perturbations(3) == [(1.0, 'move'), (4.0, 'drop')]
+    jittered = CollectSettings(task='transfer_cube', perturb=asked, perturb_jitter_s=0.5)
+    a, b = jittered.perturbations(3), jittered.perturbations(4)
+    assert a == jittered.perturbations(3) != b  # seeded by the episode
+    for got in (a, b):
+        assert abs(got[0][0] - 1.0) <= 0.5 and abs(got[1][0] - 4.0) <= 0.5
+    with pytest.raises(ValueError, match='does not plan again'):
+        CollectSettings(task='handover_cube', rig_name='so101_sim', perturb=asked)
+    with pytest.raises(ValueError, match='give at least one'):
+        CollectSettings(task='transfer_cube', perturb_jitter_s=0.5)
+    with pytest.raises(ValueError, match='perturb_jitter_s'):
+        CollectSettings(task='transfer_cube', perturb=asked, perturb_jitter_s=9.0)
+
+
 def test_bag_holds_labelled_episodes_with_fresh_frames_and_expert_labels(collected):
     from bimanual_vla.bags.read import BagReader
     from bimanual_vla.learning.dataset import BagDataset
@@ -243,8 +292,9 @@ def test_collect_json_says_its_format_version_and_a_file_without_one_is_the_olde
     from bimanual_vla.sim.expert import ExpertOptions
 
     written = CollectResult.start(Path('bag'), 'transfer_cube', ExpertOptions(max_joint_speed_rad_s=2.0)).to_json()
-    assert written['format_version'] == FORMAT_VERSION == 2
-    assert summary_format_version(json.loads(json.dumps(written))) == 2
+    assert written['format_version'] == FORMAT_VERSION == 3
+    assert summary_format_version(json.loads(json.dumps(written))) == 3
+    assert written['perturb'] == [] and written['perturb_jitter_s'] == 0.0
     assert written['expert_max_joint_speed_rad_s'] == 2.0 and written['expert_aim_left'] is False
     assert summary_format_version({'command_stamps': 'issued', 'episodes': []}) == 1
 

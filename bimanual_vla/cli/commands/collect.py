@@ -84,6 +84,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="transfer_cube: aim the left gripper's grasp at the cube where it is measured halfway through the "
         'approach, instead of at the planned point (a cube held off that point is otherwise missed)',
     )
+    p.add_argument(
+        '--perturb',
+        action='append',
+        default=[],
+        metavar='t=S:KIND',
+        help='ask the simulator to knock the object out of the gripper (drop) or move it (move) S sim seconds into '
+        'every episode (repeatable); the expert plans the task again from there, its labels going back: '
+        'demonstrations of recovery (not on the twin)',
+    )
+    p.add_argument(
+        '--perturb-jitter',
+        type=float,
+        default=0.0,
+        metavar='J',
+        help='move each --perturb time by its own U(-J, J) seconds per episode, seeded by the episode',
+    )
     p.add_argument('--compress', action='store_true', help='zstd-compress the MCAP chunks')
     p.add_argument('--no-progress', action='store_true')
     p.set_defaults(func=run)
@@ -105,9 +121,11 @@ def settings(args: argparse.Namespace) -> CollectSettings:
     """The collection the flags describe; ConfigError (one line, status 2) naming the setting if one is out of range."""
     from bimanual_vla.config import ConfigError
     from bimanual_vla.learning.collect import CollectSettings
+    from bimanual_vla.learning.recovery import parse_perturb
     from bimanual_vla.sim.expert import ExpertOptions
 
     try:
+        perturb = tuple(parse_perturb(spec) for spec in args.perturb)
         expert = ExpertOptions(
             noise_rad=args.expert_noise,
             max_joint_speed_rad_s=args.expert_max_speed or None,  # 0: unlimited
@@ -127,6 +145,8 @@ def settings(args: argparse.Namespace) -> CollectSettings:
             episode_s=args.episode_s,
             progress=not args.no_progress,
             expert=expert,
+            perturb=perturb,
+            perturb_jitter_s=args.perturb_jitter,
         )
     except ValueError as exc:
         raise ConfigError(f'collect: {exc}') from None

@@ -153,6 +153,8 @@ SIM_RESET_SEED = 'sim/reset_seed'
 """std_msgs/Int64: reset the sim episode to this seed."""
 SIM_PERTURB = 'sim/perturb'
 """std_msgs/String: perturb the running episode at the next tick: ``drop`` | ``move`` (sim/perturbation.py)."""
+SIM_EXPERT_COACH = 'sim/expert_coach'
+"""std_msgs/String: a subtask the sim's scripted expert does at the next tick, then the task again (collect --coach)."""
 
 # --------------------------------------------------------------------- services
 

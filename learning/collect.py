@@ -31,6 +31,7 @@ at rest) can fall before it. ``collect.json`` reports the first recorded stamp o
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 import time
@@ -46,6 +47,7 @@ from std_msgs.msg import Bool, Int64, String
 from bimanual_vla import topics
 from bimanual_vla.bags.record import EPISODE_QOS
 from bimanual_vla.config import RigConfig, load_rig
+from bimanual_vla.learning.coaching import CoachEvent
 from bimanual_vla.learning.recovery import PerturbEvent
 from bimanual_vla.learning.tasks import SO101_TASKS, TASK_TEXT, task_for_rig
 from bimanual_vla.ros_utils import stamp_to_sec
@@ -54,7 +56,7 @@ from bimanual_vla.sim.expert import ExpertOptions
 __all__ = ['TASK_TEXT', 'CollectSettings', 'collect']  # TASK_TEXT: learning/tasks.py, re-exported
 
 SUMMARY_FILE = 'collect.json'
-MAX_PERTURB_JITTER_S = 3.0  # CollectSettings.perturb_jitter_s
+MAX_EVENT_JITTER_S = 3.0  # CollectSettings.jitter_s
 
 # collect.json's format, in its `format_version` field:
 #   1: no `format_version` field (the files written before it existed). Any of the keys below may be
@@ -63,8 +65,9 @@ MAX_PERTURB_JITTER_S = 3.0  # CollectSettings.perturb_jitter_s
 #      one tick earlier); no `expert_approach`, 'cartesian'; no `expert_time_warp`, `expert_meet_jitter`
 #      or `expert_aim_left`, 0, 0 and false.
 #   2: `format_version` and every key of CollectResult.to_json, always written.
-#   3: `perturb` and `perturb_jitter_s` (what the collection asked the simulator to do to the objects), and
-#      each episode's `perturbations` (when, sim seconds after its start); absent in 1 and 2: none asked.
+#   3: `perturb`, `coach` and `jitter_s` (what the collection asked the simulator to do to the objects and
+#      its expert to do), and each episode's `events` (when, sim seconds after its start); absent in 1 and
+#      2: none asked.
 FORMAT_VERSION = 3
 
 
@@ -85,8 +88,8 @@ class EpisodeOutcome:
     # topics only this collection should publish that had another publisher during the episode: a
     # second sim or collect on the same ROS_DOMAIN_ID mixed into the recording (train leaves it out)
     foreign_publishers: list[str] = field(default_factory=list)
-    # [[sim seconds after the episode's first tick, kind], ...] the perturbations asked for in this episode
-    perturbations: list[list] = field(default_factory=list)
+    # [[sim seconds after the episode's first tick, 'perturb', kind] | [..., 'coach', subtask, move_s], ...]
+    events: list[list] = field(default_factory=list)
 
 
 @dataclass
@@ -108,17 +111,19 @@ class CollectResult:
     expert_meet_jitter: float = 0.0  # m; 0: the nominal handover point
     expert_aim_left: bool = False  # the left grasp aimed at the measured cube
     perturb: list[list] = field(default_factory=list)  # [[at_s, kind], ...] asked in every episode
-    perturb_jitter_s: float = 0.0  # each episode's times moved by U(-j, j) s, seeded by its seed
+    coach: list[list] = field(default_factory=list)  # [[at_s, subtask], ...] asked of the expert in every episode
+    jitter_s: float = 0.0  # each episode's event times moved by U(-j, j) s, seeded by its seed
     format_version: int = FORMAT_VERSION
 
     @classmethod
     def start(
-        cls, out: Path, task: str, expert: ExpertOptions, perturb: tuple = (), perturb_jitter_s: float = 0.0
+        cls, out: Path, task: str, expert: ExpertOptions, perturb: tuple = (), coach: tuple = (), jitter_s: float = 0.0
     ) -> CollectResult:
         """An empty result for a collection of `task` with the expert's `options`, into the bag `out`."""
         return cls(
             perturb=[[e.at_s, e.kind] for e in perturb],
-            perturb_jitter_s=float(perturb_jitter_s),
+            coach=[[e.at_s, e.text] for e in coach],
+            jitter_s=float(jitter_s),
             bag=str(out),
             task=task,
             task_text=TASK_TEXT[task],
@@ -159,6 +164,7 @@ class CollectConductor(Node):
         self._episode_pub = self.create_publisher(String, topics.RECORD_EPISODE, EPISODE_QOS)
         self._reset_pub = self.create_publisher(Int64, topics.SIM_RESET_SEED, topics.RELIABLE_QOS)
         self.perturb_pub = self.create_publisher(String, topics.SIM_PERTURB, topics.RELIABLE_QOS)
+        self.coach_pub = self.create_publisher(String, topics.SIM_EXPERT_COACH, topics.RELIABLE_QOS)
         self.create_subscription(Clock, topics.CLOCK, self._on_clock, topics.CLOCK_QOS)
         self.create_subscription(Bool, topics.SIM_SUCCESS, self._on_success, topics.LATCHED_QOS)
         self._task_pub.publish(String(data=task_text))
@@ -229,10 +235,13 @@ class CollectSettings:
     the data shows the left gripper going where the cube is held instead of to one fixed spot.
     The SO-101 twin's expert takes the DART noise alone (sim/so101_expert.py): the rest is refused for its tasks.
     `perturb`: perturbations asked of the simulator (``sim/perturb``: the object knocked out of the gripper,
-    or moved) at set sim times of every episode, each moved by a seeded U(-`perturb_jitter_s`, +) per
-    episode; the expert plans the task again from there (ScriptedExpert.replan), so its labels go back
-    and its arms retry: demonstrations of recovery. Such an episode lasts its last perturbation's time
-    longer. Not on the twin (its expert does not plan again).
+    or moved) at set sim times of every episode; the expert plans the task again from there
+    (ScriptedExpert.replan), so its labels go back and its arms retry: demonstrations of recovery.
+    `coach`: subtasks the expert is told to do at set sim times (``sim/expert_coach``): it does that
+    subtask's move from where its arms are, labelled so, then plans the task again (ScriptedExpert.follow):
+    demonstrations in which the text says what the arms do next. Each event's time is moved by a seeded
+    U(-`jitter_s`, +) per episode. Such an episode lasts its last event's time (and a coached move) longer.
+    Neither on the twin (its expert does not plan again).
     Checked when made (ValueError): nothing starts with settings that cannot run.
     """
 
@@ -248,7 +257,8 @@ class CollectSettings:
     episode_s: float | None = None
     expert: ExpertOptions = field(default_factory=ExpertOptions)
     perturb: tuple[PerturbEvent, ...] = ()
-    perturb_jitter_s: float = 0.0
+    coach: tuple[CoachEvent, ...] = ()
+    jitter_s: float = 0.0
 
     def __post_init__(self) -> None:
         from bimanual_vla.bringup.nodes import is_twin
@@ -266,22 +276,46 @@ class CollectSettings:
                 f'got {self.real_time_factor:g}'
             )
         self.expert.check_task(self.task)
-        if self.perturb and self.task in SO101_TASKS:
-            raise ValueError(f"perturb: the SO-101 twin's expert does not plan again after one ({self.task})")
-        if not 0.0 <= self.perturb_jitter_s <= MAX_PERTURB_JITTER_S:
-            raise ValueError(f'perturb_jitter_s must be in [0, {MAX_PERTURB_JITTER_S}] s, got {self.perturb_jitter_s}')
-        if self.perturb_jitter_s and not self.perturb:
-            raise ValueError('perturb_jitter_s moves the perturbations: give at least one (perturb)')
+        if (self.perturb or self.coach) and self.task in SO101_TASKS:
+            raise ValueError(f"perturb, coach: the SO-101 twin's expert does not plan again ({self.task})")
+        if not 0.0 <= self.jitter_s <= MAX_EVENT_JITTER_S:
+            raise ValueError(f'jitter_s must be in [0, {MAX_EVENT_JITTER_S}] s, got {self.jitter_s}')
+        if self.jitter_s and not (self.perturb or self.coach):
+            raise ValueError('jitter_s moves the perturbations and coaching: give at least one (perturb, coach)')
+        if self.coach:
+            known = self.coached_moves
+            unknown = [e.text for e in self.coach if e.text not in known]
+            if unknown:
+                raise ValueError(f'coach: {self.task} has no subtask {unknown[0]!r}; it has {list(known)}')
 
-    def perturbations(self, seed: int) -> list[tuple[float, str]]:
-        """Episode `seed`'s perturbations: (sim seconds after its first tick, kind), each `perturb` time moved
-        by its own U(-jitter, jitter) seeded by the episode, never before 0.1 s; in time order."""
+    @functools.cached_property
+    def coached_moves(self) -> dict[str, float]:
+        """The task's subtasks and how long the expert's move for each lasts (s), from a plan of the first seed."""
+        from bimanual_vla.sim.expert import ScriptedExpert
+
+        rig = load_rig(self.rig_name)
+        labels = ScriptedExpert(rig, self.task, self.seed, options=self.expert).subtasks_with_steps()
+        return {text: steps / rig.control_rate_hz for text, steps in labels.items()}
+
+    def events(self, seed: int) -> list[tuple[float, str, str]]:
+        """Episode `seed`'s events: (sim seconds after its first tick, 'perturb' | 'coach', kind or subtask), each
+        time moved by its own U(-jitter_s, jitter_s) seeded by the episode, never before 0.1 s; in time order."""
         rng = np.random.default_rng([seed, 41])
-        moved = [
-            (max(0.1, e.at_s + float(rng.uniform(-self.perturb_jitter_s, self.perturb_jitter_s))), e.kind)
-            for e in self.perturb
-        ]
-        return sorted((round(t, 3), kind) for t, kind in moved)
+        asked = [(e.at_s, 'perturb', e.kind) for e in self.perturb] + [(e.at_s, 'coach', e.text) for e in self.coach]
+        moved = [(max(0.1, t + float(rng.uniform(-self.jitter_s, self.jitter_s))), w, x) for t, w, x in asked]
+        return sorted((round(t, 3), what, text) for t, what, text in moved)
+
+    def coached_move_s(self, subtask: str) -> float:
+        """How long the expert's move for a coached `subtask` lasts (s)."""
+        return round(self.coached_moves[subtask], 3)
+
+    def extra_duration_s(self, events: list[tuple[float, str, str]]) -> float:
+        """How much longer an episode with `events` lasts: the expert starts over at the last one, after the
+        coached move if it is one."""
+        if not events:
+            return 0.0
+        t, what, text = events[-1]
+        return t + (self.coached_moves[text] if what == 'coach' else 0.0)
 
     def sim_parameters(self) -> dict[str, Any]:
         """The sim rig's parameters for this collection: the task, its first seed, its pace, the expert on."""
@@ -324,7 +358,9 @@ def collect(out: Path, settings: CollectSettings | None = None) -> CollectResult
     if out.exists():
         raise FileExistsError(f'{out}: output exists; the recorder writes a new bag directory')
     rig = load_rig(settings.rig_name)
-    result = CollectResult.start(out, settings.task, settings.expert, settings.perturb, settings.perturb_jitter_s)
+    result = CollectResult.start(
+        out, settings.task, settings.expert, settings.perturb, settings.coach, settings.jitter_s
+    )
     started = time.monotonic()
     context = rclpy.Context()
     rclpy.init(context=context)
@@ -423,10 +459,10 @@ def _record_episode(
     """Reset the sim to episode `i`'s seed, record `duration` sim seconds of it between markers, report it."""
     ep_seed = settings.seed + i
     label = f'{settings.task} seed {ep_seed}'
-    perturbations = settings.perturbations(ep_seed)
-    pending = list(perturbations)
-    if perturbations and settings.episode_s is None:  # the expert starts over at the last one
-        duration += perturbations[-1][0]
+    events = settings.events(ep_seed)
+    pending = list(events)
+    if settings.episode_s is None:
+        duration += settings.extra_duration_s(events)
     t0 = time.monotonic()
     conductor.start_episode(ep_seed, label)
     if not conductor.reset_done.wait(30.0):
@@ -436,7 +472,8 @@ def _record_episode(
     next_check = time.monotonic() + 0.2
     while conductor.sim_time < duration:
         while pending and conductor.sim_time - first_tick >= pending[0][0]:
-            conductor.perturb_pub.publish(String(data=pending.pop(0)[1]))
+            _, what, text = pending.pop(0)
+            (conductor.perturb_pub if what == 'perturb' else conductor.coach_pub).publish(String(data=text))
         if time.monotonic() >= next_check:
             foreign.update(conductor.foreign_publishers())
             next_check = time.monotonic() + 0.2
@@ -462,7 +499,8 @@ def _record_episode(
         first_tick_s=conductor.first_tick_s,
         wall_s=round(time.monotonic() - t0, 2),
         foreign_publishers=sorted(foreign),
-        perturbations=[[t, kind] for t, kind in perturbations],
+        # a coach event also says how long the coached move lasts: train does not teach the text to predict it
+        events=[[*e, settings.coached_move_s(e[2])] if e[1] == 'coach' else list(e) for e in events],
     )
 
 

@@ -220,6 +220,9 @@ class BatchMaker:
     ) -> None:
         self.samples = samples
         self.subtask_target = subtask_targets(samples, subtask_lookahead_s)
+        # the text is not trained where its target lies inside a coached move (an instruction, not a prediction);
+        # the action expert still reads the label there, as it reads a coach's words at run time
+        self.text_counts = ~coached_targets(samples, subtask_lookahead_s)
         self.metadata = metadata
         self.config = config
         t = metadata.tokens
@@ -259,7 +262,8 @@ class BatchMaker:
             seqs.append(prompt + sub)
             types.append([0] * len(prompt) + [1] * len(sub))
             # position p predicts token p+1: the last prompt token predicts the first subtask token
-            label_rows.append([-100] * (len(prompt) - 1) + sub + [-100])
+            targets = sub if self.text_counts[i] else [-100] * len(sub)
+            label_rows.append([-100] * (len(prompt) - 1) + targets + [-100])
         length = max(len(q) for q in seqs)
         ids = torch.full((b, length), self.pad_id, dtype=torch.long)
         mask = torch.zeros((b, length), dtype=torch.long)
@@ -298,6 +302,22 @@ def task_phrasings(task: str, paraphrase: bool) -> tuple[str, ...]:
     return phrasings_of(task) if paraphrase else (task,)
 
 
+def _lookahead_index(samples: CachedSamples, lookahead_s: float) -> np.ndarray:
+    """Per sample, the index `lookahead_s` later in the same episode (its last sample near the end)."""
+    n = len(samples)
+    if lookahead_s <= 0 or n == 0:
+        return np.arange(n)
+    shift = int(round(lookahead_s * float(samples.info.get('rate_hz', 50.0))))
+    last = np.r_[samples.episode[1:] != samples.episode[:-1], True]
+    ends = np.minimum.accumulate(np.where(last, np.arange(n), n)[::-1])[::-1]  # last index of each episode
+    return np.minimum(np.arange(n) + shift, ends)
+
+
+def coached_targets(samples: CachedSamples, lookahead_s: float) -> np.ndarray:
+    """Per sample, whether the label its text is trained on (`subtask_targets`) is inside a coached move."""
+    return samples.coached[_lookahead_index(samples, lookahead_s)]
+
+
 def subtask_targets(samples: CachedSamples, lookahead_s: float) -> np.ndarray:
     """Per sample, the subtask id the text is trained on: the label `lookahead_s` later in the same episode.
 
@@ -307,13 +327,7 @@ def subtask_targets(samples: CachedSamples, lookahead_s: float) -> np.ndarray:
     text name what the chunk is about to do rather than what the observation shows being done.
     Near an episode's end the episode's last label is used.
     """
-    n = len(samples)
-    if lookahead_s <= 0 or n == 0:
-        return samples.subtask_id.copy()
-    shift = int(round(lookahead_s * float(samples.info.get('rate_hz', 50.0))))
-    last = np.r_[samples.episode[1:] != samples.episode[:-1], True]
-    ends = np.minimum.accumulate(np.where(last, np.arange(n), n)[::-1])[::-1]  # last index of each episode
-    return samples.subtask_id[np.minimum(np.arange(n) + shift, ends)]
+    return samples.subtask_id[_lookahead_index(samples, lookahead_s)]
 
 
 # --------------------------------------------------------------------------- loss

@@ -88,10 +88,15 @@ class CachedSamples:
     subtasks: list[str]
     info: dict[str, Any]
     intervention: np.ndarray | None = None  # (N,) bool: inside a recorded human takeover (None: none recorded)
+    # (N,) bool: inside a move the collection's coach asked of the expert (`collect --coach`); its label is
+    # an instruction, not what the scene shows, so the text is not trained to predict it (None: none)
+    coached: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.intervention is None:
             self.intervention = np.zeros(len(self.state), dtype=bool)
+        if self.coached is None:
+            self.coached = np.zeros(len(self.state), dtype=bool)
 
     def __len__(self) -> int:
         return int(self.state.shape[0])
@@ -180,6 +185,7 @@ def build_cache(
             for label, why in sorted(suspect.items()):
                 log.warning('%s: leaving out episode %r: %s', path, label, why)
             skip |= set(suspect)
+            part = dataclasses.replace(part, coached=coached_samples(part, coached_windows(summary)))
         parts.append(leave_out_episodes(part, skip))
     kept = [p for p in parts if len(p)]
     if not kept:
@@ -342,6 +348,7 @@ def leave_out_episodes(part: CachedSamples, labels: set[str]) -> CachedSamples:
         subtask_id=part.subtask_id[keep],
         episode=part.episode[keep],
         intervention=part.intervention[keep],
+        coached=part.coached[keep],
         info={
             **part.info,
             'samples': int(keep.sum()),
@@ -401,10 +408,42 @@ def join_caches(parts: list[CachedSamples]) -> CachedSamples:
         subtask_id=np.concatenate(subtask_id),
         episode=np.concatenate(episode),
         intervention=np.concatenate([p.intervention for p in parts]),
+        coached=np.concatenate([p.coached for p in parts]),
         tasks=tasks,
         subtasks=subtasks,
         info=info,
     )
+
+
+COACHED_PAD_S = 0.1  # around a coached move: the sample clock starts within a tick or two of the episode's
+
+
+def coached_windows(summary: dict[str, Any]) -> dict[str, list[tuple[float, float]]]:
+    """Per episode label, the (start, end) seconds after its start of every coached move a `collect.json` lists
+    (its episodes' ``events`` rows ``[t, 'coach', subtask, move_s]``; none before format 3)."""
+    out: dict[str, list[tuple[float, float]]] = {}
+    for episode in summary.get('episodes', []):
+        for event in episode.get('events', []):
+            if len(event) >= 4 and event[1] == 'coach':
+                out.setdefault(episode['label'], []).append((float(event[0]), float(event[0]) + float(event[3])))
+    return out
+
+
+def coached_samples(part: CachedSamples, windows: dict[str, list[tuple[float, float]]]) -> np.ndarray:
+    """(N,) bool: the samples of `part` inside a coached move (samples are one per control tick from the
+    episode's first, so a sample's time is its index in the episode over the rate), padded by COACHED_PAD_S."""
+    coached = part.coached.copy()
+    if not windows:
+        return coached
+    rate = float(part.info.get('rate_hz', 50.0))
+    labels = part.info['episode_labels']
+    starts = np.r_[0, np.flatnonzero(part.episode[1:] != part.episode[:-1]) + 1]
+    ends = np.r_[starts[1:], len(part.episode)]
+    for a, b in zip(starts, ends, strict=True):
+        for t0, t1 in windows.get(labels[int(part.episode[a])], []):
+            t = np.arange(b - a) / rate
+            coached[a:b] |= (t >= t0 - COACHED_PAD_S) & (t <= t1 + COACHED_PAD_S)
+    return coached
 
 
 def collect_summary(bag: str | Path) -> dict[str, Any] | None:

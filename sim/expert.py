@@ -283,6 +283,11 @@ class ScriptedExpert:
         self.aim_step = self._aim_step() if self.options.aim_left else None
         self.aim_correction: np.ndarray | None = None
         self._fresh: tuple[int, ScriptedExpert] | None = None  # (first step, plan) of the last replan
+        # follow(): the plan as first made (the moves a coached subtask copies), and the step at which the
+        # coached move ends and the task must be planned again (the caller knows where the objects are then)
+        self._nominal = ({arm: plan.copy() for arm, plan in self.joint_plan.items()}, list(self.labels))
+        self.replan_due: int | None = None
+        self.coached: list[tuple[int, str]] = []  # (step, subtask) of every follow()
         self.noise = {arm: self._smooth_noise(arm, self.options.noise_rad) for arm in self.joint_plan}
 
     @staticmethod
@@ -604,6 +609,62 @@ class ScriptedExpert:
         self.max_ik_error = max(self.max_ik_error, fresh.max_ik_error)
         self._fresh = (k, fresh)
         self.replans.append(k)
+        self.replan_due = None
+
+    @property
+    def subtasks(self) -> list[str]:
+        """The task's subtasks in the order a fresh plan does them (what `follow` accepts)."""
+        return list(dict.fromkeys(self._nominal[1]))
+
+    def subtasks_with_steps(self) -> dict[str, int]:
+        """Each subtask and the steps of its move in a fresh plan (its first run of steps: `follow` does that one)."""
+        labels = self._nominal[1]
+        out = {}
+        for text in self.subtasks:
+            a = b = labels.index(text)
+            while b < len(labels) and labels[b] == text:
+                b += 1
+            out[text] = b - a
+        return out
+
+    def follow(self, step: int, subtask: str) -> int:
+        """Do `subtask` now, as a coach asked: its move from the arms' last targets, then the task again.
+
+        The move is the one the plan as first made does over that subtask (each joint's change from the
+        subtask's first step, the grippers' included), added to the targets of the step before `step`,
+        within the joint limits, and labelled `subtask`: the same displacement the coaching measure
+        (learning/coaching.py) expects of a policy told that subtask. When it ends (the returned step,
+        `replan_due`) the caller plans the task again with the objects where they are then (`replan`);
+        until then the expert holds the move's last targets. Demonstrations in which the text, not the
+        scene, says what the arms do next: what a policy learns to follow a coached subtask from.
+        ValueError for a subtask the task does not have.
+        """
+        plan, labels = self._nominal
+        if subtask not in labels:
+            raise ValueError(f'{self.task} has no subtask {subtask!r}; it has {self.subtasks}')
+        a = labels.index(subtask)
+        b = a
+        while b < len(labels) and labels[b] == subtask:
+            b += 1
+        k = min(max(int(step), 1), self.num_steps)
+        for arm in self.joint_plan:
+            cfg = self.rig.arm(arm)
+            low, high = np.array([j.lower for j in cfg.joints]), np.array([j.upper for j in cfg.joints])
+            origin = plan[arm][max(a - 1, 0)]
+            move = np.clip(self.joint_plan[arm][k - 1] + (plan[arm][a:b] - origin), low, high)
+            self.joint_plan[arm] = np.concatenate([self.joint_plan[arm][:k], move])
+            # a replan follows, which never reads these rows again: the last IK solution held, for the shape
+            ik = self._ik_plan[arm]
+            self._ik_plan[arm] = np.concatenate([ik[:k], np.repeat(ik[k - 1][None, :], b - a, axis=0)])
+            held = np.repeat(self.noise[arm][k - 1][None, :], b - a, axis=0)
+            self.noise[arm] = np.concatenate([self.noise[arm][:k], held])
+        self.labels = self.labels[:k] + [subtask] * (b - a)
+        self.num_steps = k + (b - a)
+        self._fresh = None  # the aim of an earlier plan no longer applies
+        self.aim_step = None
+        self.replan_due = self.num_steps
+        self.coached.append((k, subtask))
+        return self.num_steps
 
         # ------------------------------------------------------------------ playing
 

@@ -225,6 +225,7 @@ class SimRig(Node):
         self._estop = False
         self._pending_reset: int | None = None
         self._pending_perturb: list[str] = []
+        self._pending_coach: list[str] = []  # sim/expert_coach: subtasks for the expert, applied at the next tick
         # this episode's perturbations: (sim time, kind, object xyz before, after), for eval-sim and diagnostics
         self.perturbations: list[tuple[float, str, list[float], list[float]]] = []
         self._expert: ScriptedExpert | So101Expert | None = None
@@ -294,6 +295,7 @@ class SimRig(Node):
         subscribe_from_any_publisher(self, Bool, topics.ESTOP, self._on_estop, latched=True)
         subscribe_from_any_publisher(self, Int64, topics.SIM_RESET_SEED, self._on_reset_seed, latched=False)
         subscribe_from_any_publisher(self, String, topics.SIM_PERTURB, self._on_perturb, latched=False)
+        subscribe_from_any_publisher(self, String, topics.SIM_EXPERT_COACH, self._on_expert_coach, latched=False)
         self.create_service(Trigger, topics.SIM_RESET, self._on_reset)
         self.create_timer(1.0, self._publish_diagnostics)
 
@@ -412,6 +414,10 @@ class SimRig(Node):
         with self._lock:
             self._pending_perturb.append(kind)
 
+    def _on_expert_coach(self, msg: String) -> None:
+        with self._lock:
+            self._pending_coach.append(msg.data.strip())
+
     def _start_expert(self) -> None:
         if self.scene.task in SO101_TASKS:  # the SO-101 twin's expert takes the DART noise alone (check_task)
             self._expert = So101Expert(self.rig, self.scene.task, self.scene.seed, self.expert_options.noise_rad)
@@ -458,6 +464,12 @@ class SimRig(Node):
             self._reset_locked(self._pending_reset)
         while self._pending_perturb:
             self._perturb_locked(self._pending_perturb.pop(0))
+        while self._pending_coach:
+            self._coach_expert_locked(self._pending_coach.pop(0))
+        expert = self._expert
+        due = expert.replan_due if isinstance(expert, ScriptedExpert) else None
+        if due is not None and self.scene.steps >= due:  # a coached move ended: the task again from here
+            expert.replan(self.scene.steps, {name: self.scene.object_pose(name) for name in expert.poses})
         expert_targets = None
         issued = self.scene.time  # the expert's targets act from now until the next tick
         if self._expert is not None and not self._estop:
@@ -499,11 +511,24 @@ class SimRig(Node):
         if isinstance(self._expert, ScriptedExpert):  # the expert drives: it retries from here, labels and all
             self._expert.replan(self.scene.steps, {name: self.scene.object_pose(name) for name in self._expert.poses})
 
+    def _coach_expert_locked(self, subtask: str) -> None:
+        """The expert does `subtask` now (sim lock held), then the task again: see ScriptedExpert.follow."""
+        if not isinstance(self._expert, ScriptedExpert):
+            self.get_logger().error(f'{topics.SIM_EXPERT_COACH}: no expert here that can follow {subtask!r}')
+            return
+        try:
+            self._expert.follow(self.scene.steps, subtask)
+        except ValueError as exc:
+            self.get_logger().error(f'{topics.SIM_EXPERT_COACH}: {exc}')
+            return
+        self.get_logger().info(f'expert coached at {self.scene.time:.2f} s: {subtask}')
+
     def _reset_locked(self, seed: int) -> None:
         """Restart the episode at `seed` (sim lock held): servos power-cycled, the expert planned again."""
         self.scene.reset(seed)
         self._pending_reset = None
         self._pending_perturb.clear()
+        self._pending_coach.clear()
         self.perturbations = []  # this episode's: each seeded by the episode seed and its index
         for player in self._players.values():
             player.clear('reset')

@@ -94,6 +94,7 @@ AUDIT: dict[str, tuple[QoSProfile | None, list[QoSProfile], QoSProfile | str | N
     'sim/expert_subtask': (topics.LATCHED_QOS, [DEFAULT, LATCHED_READER], None, []),
     'sim/reset_seed': (topics.RELIABLE_QOS, [DEFAULT], ANY_PUBLISHER, [DEFAULT, BEST_EFFORT]),
     'sim/perturb': (topics.RELIABLE_QOS, [DEFAULT], ANY_PUBLISHER, [DEFAULT, BEST_EFFORT]),
+    'sim/expert_coach': (topics.RELIABLE_QOS, [DEFAULT], ANY_PUBLISHER, [DEFAULT, BEST_EFFORT]),
     'record/discard': (topics.RELIABLE_QOS, [DEFAULT], None, []),
     'record/control': (None, [], ANY_PUBLISHER, [DEFAULT, BEST_EFFORT, LATCHED_WRITER]),
     'teleop/intervention': (

@@ -164,7 +164,7 @@ def test_a_perturbed_episode_records_the_expert_starting_over(tmp_path):
     )  # fmt: skip
     collect(out, settings)
     summary = json.loads((out / 'collect.json').read_text())
-    assert summary['perturb'] == [[3.8, 'drop']] and summary['episodes'][0]['perturbations'] == [[3.8, 'drop']]
+    assert summary['perturb'] == [[3.8, 'drop']] and summary['episodes'][0]['events'] == [[3.8, 'perturb', 'drop']]
     ds = BagDataset(out, rig='aloha_sim', chunk_size=1, time_base='header')
     rows = [ds.sample(i, images=False) for i in ds.episode_range(0)]
     times = np.array([r['time_ns'] * 1e-9 for r in rows])
@@ -178,24 +178,67 @@ def test_a_perturbed_episode_records_the_expert_starting_over(tmp_path):
     assert np.abs(np.diff(actions[:, arm_cols], axis=0)).max() < 2.0 * 0.02 * 1.5  # no jump at the re-plan
 
 
-def test_perturbation_times_are_jittered_per_episode_and_refused_where_they_cannot_run():
+def test_event_times_are_jittered_per_episode_and_refused_where_they_cannot_run():
+    from bimanual_vla.learning.coaching import CoachEvent
     from bimanual_vla.learning.collect import CollectSettings
     from bimanual_vla.learning.recovery import PerturbEvent
 
     asked = (PerturbEvent(4.0, 'drop'), PerturbEvent(1.0, 'move'))
-    fixed = CollectSettings(task='transfer_cube', perturb=asked)
-    assert fixed.perturbations(3) == [(1.0, 'move'), (4.0, 'drop')]
-    jittered = CollectSettings(task='transfer_cube', perturb=asked, perturb_jitter_s=0.5)
-    a, b = jittered.perturbations(3), jittered.perturbations(4)
-    assert a == jittered.perturbations(3) != b  # seeded by the episode
+    coach = (CoachEvent(6.0, 'lift the cube'),)
+    fixed = CollectSettings(task='transfer_cube', perturb=asked, coach=coach)
+    assert fixed.events(3) == [(1.0, 'perturb', 'move'), (4.0, 'perturb', 'drop'), (6.0, 'coach', 'lift the cube')]
+    # the expert starts over after the last event, here after the coached lift (0.4 s of the plan)
+    assert fixed.extra_duration_s(fixed.events(3)) == pytest.approx(6.4, abs=0.05)
+    jittered = CollectSettings(task='transfer_cube', perturb=asked, jitter_s=0.5)
+    a, b = jittered.events(3), jittered.events(4)
+    assert a == jittered.events(3) != b  # seeded by the episode
     for got in (a, b):
         assert abs(got[0][0] - 1.0) <= 0.5 and abs(got[1][0] - 4.0) <= 0.5
     with pytest.raises(ValueError, match='does not plan again'):
         CollectSettings(task='handover_cube', rig_name='so101_sim', perturb=asked)
+    with pytest.raises(ValueError, match='does not plan again'):
+        CollectSettings(task='handover_cube', rig_name='so101_sim', coach=coach)
     with pytest.raises(ValueError, match='give at least one'):
-        CollectSettings(task='transfer_cube', perturb_jitter_s=0.5)
-    with pytest.raises(ValueError, match='perturb_jitter_s'):
-        CollectSettings(task='transfer_cube', perturb=asked, perturb_jitter_s=9.0)
+        CollectSettings(task='transfer_cube', jitter_s=0.5)
+    with pytest.raises(ValueError, match='jitter_s'):
+        CollectSettings(task='transfer_cube', perturb=asked, jitter_s=9.0)
+    with pytest.raises(ValueError, match="no subtask 'dance'"):
+        CollectSettings(task='transfer_cube', coach=(CoachEvent(2.0, 'dance'),))
+
+
+def test_a_coached_episode_records_the_coached_move_under_its_label_then_the_task_again(tmp_path):
+    """`--coach "t=4.0:release the cube from the right gripper"`: the expert opens the right gripper at 4 s (the
+    cube is held, long before the handover), labelled so, for as long as that move lasts; then it starts over."""
+    from bimanual_vla.config import load_rig
+    from bimanual_vla.learning.coaching import CoachEvent
+    from bimanual_vla.learning.collect import CollectSettings, collect
+    from bimanual_vla.learning.dataset import BagDataset
+    from bimanual_vla.sim.expert import ExpertOptions, ScriptedExpert
+
+    release = 'release the cube from the right gripper'
+    out = tmp_path / 'bag'
+    options = ExpertOptions(max_joint_speed_rad_s=2.0)
+    settings = CollectSettings(
+        task='transfer_cube', episodes=1, seed=7, episode_s=5.6, progress=False, expert=options,
+        coach=(CoachEvent(4.0, release),),
+    )  # fmt: skip
+    collect(out, settings)
+    summary = json.loads((out / 'collect.json').read_text())
+    steps = ScriptedExpert(load_rig('aloha_sim'), 'transfer_cube', 7, options=options).subtasks_with_steps()[release]
+    assert summary['coach'] == [[4.0, release]]
+    assert summary['episodes'][0]['events'] == [[4.0, 'coach', release, pytest.approx(steps / 50)]]
+    ds = BagDataset(out, rig='aloha_sim', chunk_size=1, time_base='header')
+    rows = [ds.sample(i, images=False) for i in ds.episode_range(0)]
+    times = np.array([r['time_ns'] * 1e-9 for r in rows])
+    labels = [r['subtask'] for r in rows]
+    coached = [t for t, label in zip(times, labels, strict=True) if label == release]
+    assert coached and 3.95 <= min(coached) <= 4.2  # asked at 4.0, done from the next tick the sim saw it
+    assert max(coached) - min(coached) == pytest.approx(steps / 50, abs=0.06)  # the plan's own release move
+    after = [label for t, label in zip(times, labels, strict=True) if t > max(coached) + 0.05]
+    assert after and after[0] == 'move the right gripper above the cube'  # then the task from its start
+    gripper = np.array([r['actions'][0][13] for r in rows])  # the right gripper (m): opens during the move
+    inside = (times >= min(coached)) & (times <= max(coached))
+    assert gripper[inside][-1] - gripper[inside][0] > 0.02
 
 
 def test_bag_holds_labelled_episodes_with_fresh_frames_and_expert_labels(collected):
@@ -294,7 +337,7 @@ def test_collect_json_says_its_format_version_and_a_file_without_one_is_the_olde
     written = CollectResult.start(Path('bag'), 'transfer_cube', ExpertOptions(max_joint_speed_rad_s=2.0)).to_json()
     assert written['format_version'] == FORMAT_VERSION == 3
     assert summary_format_version(json.loads(json.dumps(written))) == 3
-    assert written['perturb'] == [] and written['perturb_jitter_s'] == 0.0
+    assert written['perturb'] == [] and written['coach'] == [] and written['jitter_s'] == 0.0
     assert written['expert_max_joint_speed_rad_s'] == 2.0 and written['expert_aim_left'] is False
     assert summary_format_version({'command_stamps': 'issued', 'episodes': []}) == 1
 

@@ -176,6 +176,35 @@ def test_fine_tune_grows_the_vocabulary_for_new_words_keeping_every_old_id(sampl
     assert again.new_words == []
 
 
+def test_the_text_is_not_trained_to_predict_a_coached_subtask_but_the_actions_still_read_it(samples, tmp_path):
+    """Inside a coached move (collect --coach, from collect.json's events) the label is an instruction: the
+    subtask tokens stay in the sequence the action expert attends to, and carry no text loss."""
+    import dataclasses
+
+    from bimanual_vla.learning.train_data import COACHED_PAD_S, coached_samples, coached_windows
+
+    summary = {'episodes': [
+        {'label': 'transfer_cube seed 3', 'events': [[0.4, 'perturb', 'drop'], [0.5, 'coach', 'lift the cube', 0.2]]},
+        {'label': 'transfer_cube seed 4', 'events': [[0.3, 'coach', 'lift the cube']]},  # no move_s: not counted
+    ]}  # fmt: skip
+    windows = coached_windows(summary)
+    assert windows == {'transfer_cube seed 3': [(0.5, 0.7)]}
+    coached = coached_samples(samples, windows)
+    first = np.flatnonzero(samples.episode == 0)
+    t = (np.arange(len(first))) / 50.0
+    expected = (t >= 0.5 - COACHED_PAD_S) & (t <= 0.7 + COACHED_PAD_S)
+    assert np.array_equal(coached[first], expected) and not coached[samples.episode == 1].any()
+    marked = dataclasses.replace(samples, coached=coached)
+    trainer = Trainer(config(tmp_path / 'ckpt'), marked)
+    inside, outside = int(first[expected][3]), int(first[~expected][-1])
+    batch = trainer.batches(np.array([inside, outside]))
+    for row, counted in ((0, False), (1, True)):
+        sub = trainer.batches.subtask_ids[trainer.batches.subtask_target[[inside, outside][row]]]
+        n_sub = int((batch.token_type_ids[row][batch.attention_mask[row] == 1] == 1).sum())
+        assert n_sub == len(sub) > 0  # the label is in the input either way
+        assert int((batch.labels[row] != -100).sum()) == (len(sub) if counted else 0)
+
+
 def test_short_training_lowers_the_loss(samples, tmp_path):
     trainer = Trainer(config(tmp_path / 'ckpt', steps=40, batch_size=8, lr=1e-2), samples)
     batch = trainer.batches(np.arange(0, len(samples), 4)[:16])

@@ -328,6 +328,42 @@ def test_after_a_perturbation_the_expert_plans_again_and_retries_from_the_first_
     assert expert.num_steps > nominal.num_steps + at - 10
 
 
+def test_a_coached_subtask_is_done_from_where_the_arms_are_then_the_task_again() -> None:
+    """`follow`: told 'release the cube from the right gripper' at 4 s (held, long before the handover), the
+    expert does that subtask's move (the plan's own joint change over it) from its last targets, labelled so;
+    then, planned again from the cube on the table, it still succeeds."""
+    seed, release = 302, 'release the cube from the right gripper'
+    options = ExpertOptions(max_joint_speed_rad_s=2.0)
+    expert, nominal = (ScriptedExpert(RIG, 'transfer_cube', seed, options=options) for _ in range(2))
+    steps = expert.subtasks_with_steps()
+    assert list(steps) == expert.subtasks and release in steps and sum(steps.values()) <= expert.num_steps
+    with pytest.raises(ValueError, match="no subtask 'dance'"):
+        expert.follow(10, 'dance')
+    scene = SimScene(RIG, task='transfer_cube', seed=seed)
+    at, k = 200, 0
+    while k < expert.num_steps + 50:
+        if k == at:
+            end = expert.follow(k, release)
+            assert end == at + steps[release] == expert.replan_due
+        if expert.replan_due is not None and k >= expert.replan_due:
+            expert.replan(k, {name: scene.object_pose(name) for name in expert.poses})
+        for arm, target in expert.perturbed(k).items():
+            scene.command(arm, target)
+        scene.step()
+        k += 1
+    assert scene.success and expert.coached == [(at, release)] and expert.replans == [end]
+    assert expert.labels[at:end] == [release] * steps[release]
+    assert expert.labels[end] == 'move the right gripper above the cube'
+    a = nominal.labels.index(release)
+    for arm in ('left', 'right'):
+        moved = expert.joint_plan[arm][end - 1] - expert.joint_plan[arm][at - 1]
+        planned = nominal.joint_plan[arm][a + steps[release] - 1] - nominal.joint_plan[arm][a - 1]
+        np.testing.assert_allclose(moved, planned, atol=1e-9)  # the same displacement, from elsewhere
+    right = RIG.arm('right')
+    grip = right.joint_names.index(right.gripper)
+    assert expert.joint_plan['right'][end - 1, grip] - expert.joint_plan['right'][at - 1, grip] > 0.02  # it opened
+
+
 def test_a_jittered_handover_point_moves_both_arms_and_is_seeded() -> None:
     """`meet_jitter`: the right arm hands over at a seeded point within the bound; the left grasp follows it."""
     from bimanual_vla.sim.expert import AIM_LABEL

@@ -94,11 +94,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         'demonstrations of recovery (not on the twin)',
     )
     p.add_argument(
-        '--perturb-jitter',
+        '--coach',
+        action='append',
+        default=[],
+        metavar='t=S:SUBTASK',
+        help="tell the expert to do SUBTASK (one of the task's, as its labels say it) S sim seconds into every "
+        "episode (repeatable): it does that subtask's move from where its arms are, labelled so, then the task "
+        'again: demonstrations in which the text says what the arms do (not on the twin)',
+    )
+    p.add_argument(
+        '--jitter',
         type=float,
         default=0.0,
         metavar='J',
-        help='move each --perturb time by its own U(-J, J) seconds per episode, seeded by the episode',
+        help='move each --perturb and --coach time by its own U(-J, J) seconds per episode, seeded by the episode',
     )
     p.add_argument('--compress', action='store_true', help='zstd-compress the MCAP chunks')
     p.add_argument('--no-progress', action='store_true')
@@ -120,12 +129,14 @@ def run(args: argparse.Namespace) -> int:
 def settings(args: argparse.Namespace) -> CollectSettings:
     """The collection the flags describe; ConfigError (one line, status 2) naming the setting if one is out of range."""
     from bimanual_vla.config import ConfigError
+    from bimanual_vla.learning.coaching import parse_coach
     from bimanual_vla.learning.collect import CollectSettings
     from bimanual_vla.learning.recovery import parse_perturb
     from bimanual_vla.sim.expert import ExpertOptions
 
     try:
         perturb = tuple(parse_perturb(spec) for spec in args.perturb)
+        coach = tuple(parse_coach(spec) for spec in args.coach)
         expert = ExpertOptions(
             noise_rad=args.expert_noise,
             max_joint_speed_rad_s=args.expert_max_speed or None,  # 0: unlimited
@@ -146,7 +157,8 @@ def settings(args: argparse.Namespace) -> CollectSettings:
             progress=not args.no_progress,
             expert=expert,
             perturb=perturb,
-            perturb_jitter_s=args.perturb_jitter,
+            coach=coach,
+            jitter_s=args.jitter,
         )
     except ValueError as exc:
         raise ConfigError(f'collect: {exc}') from None

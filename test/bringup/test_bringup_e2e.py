@@ -149,6 +149,22 @@ def test_demo_writes_video_contact_sheet_and_result(tmp_path: Path) -> None:
     assert int(video.get(cv2.CAP_PROP_FRAME_COUNT)) == result.frames > 10
 
 
+def test_demo_task_all_runs_each_task_of_the_scene_with_its_own_prompt(tmp_path: Path, capsys) -> None:
+    """`demo --task all`: transfer_cube then insertion, each in OUT/<task>/ with its own narration."""
+    import json
+
+    from bimanual_vla.cli.main import main
+
+    args = ['demo', '--task', 'all', '--driver', 'expert', '--seed', '1', '--max-sim-s', '2.0']
+    main([*args, '--real-time-factor', '0', '--out', str(tmp_path / 'demo')])  # 2 s: not a success, 1
+    printed = json.loads(capsys.readouterr().out)
+    assert [r['task'] for r in printed] == ['transfer_cube', 'insertion']
+    for task, first in (('transfer_cube', 'move the right gripper'), ('insertion', 'move the grippers above')):
+        data = json.loads((tmp_path / 'demo' / task / 'result.json').read_text())
+        assert data['task'] == task and data['driver'] == 'expert' and data['frames'] > 5
+        assert data['subtasks'][0].startswith(first), data['subtasks']
+
+
 def test_demo_drives_the_rig_with_the_shipped_checkpoint(tmp_path: Path) -> None:
     """`make demo` uses the trained checkpoint shipped in checkpoints/: it loads, moves the arms and narrates."""
     from bimanual_vla.learning.demo import run_demo, trained_checkpoint

@@ -192,6 +192,12 @@ def test_demo_refuses_a_policy_driver_it_has_no_checkpoint_for_in_one_line(tmp_p
     assert line.endswith('use --driver expert for insertion'), line
 
 
+def test_demo_task_all_refuses_before_anything_starts_when_one_task_cannot_be_driven(tmp_path: Path) -> None:
+    result = cli('demo', '--task', 'all', '--driver', 'policy', '--out', str(tmp_path / 'demo'))
+    assert one_error_line(result).endswith('use --driver expert for insertion')
+    assert not (tmp_path / 'demo').exists()  # not even the first task ran
+
+
 @pytest.mark.parametrize(
     ('executable', 'params', 'expected'),
     [

@@ -28,8 +28,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         '--task',
-        choices=sorted(TASK_TEXT),
-        help="default: the rig's sim.task; aloha_sim: transfer_cube | insertion, so101_sim: handover_cube | lift_bar",
+        choices=[*sorted(TASK_TEXT), 'all'],
+        help="default: the rig's sim.task; aloha_sim: transfer_cube | insertion, so101_sim: handover_cube | lift_bar; "
+        "all: each of the rig's tasks in turn, with its own prompt (OUT/<task>/), each driven as --driver says",
     )
     p.add_argument('--checkpoint', type=Path, help="a checkpoint for the rig to drive it with (default: the rig's)")
     p.add_argument('--seed', type=int, default=None, help='object-pose seed (default: a seed held out from training)')
@@ -60,31 +61,38 @@ def run(args: argparse.Namespace) -> int:
     from bimanual_vla.bringup.preflight import choose_checkpoint
     from bimanual_vla.config import ConfigError, load_rig
     from bimanual_vla.learning.demo import _choose_driver, run_demo
+    from bimanual_vla.learning.tasks import rig_tasks
 
-    # Which driver, and a checkpoint that can drive the rig: one line and status 2 if not, before the sim starts.
+    # Which driver, and a checkpoint that can drive the rig, for every task: one line and status 2 if not,
+    # before the sim starts.
     rig = load_rig(args.rig)
     try:
-        driver, checkpoint, task = _choose_driver(args.task, args.driver, args.rig, args.checkpoint)
+        tasks = list(rig_tasks(rig)) if args.task == 'all' else [args.task]
+        plans = [_choose_driver(task, args.driver, args.rig, args.checkpoint) for task in tasks]
     except (ValueError, FileNotFoundError) as exc:
         raise ConfigError(str(exc)) from None
     if is_twin(rig) and not 0.0 < args.real_time_factor <= 1.0:
         raise ConfigError(
             f'--real-time-factor must be in (0, 1] on the twin {rig.name!r} (its drivers run on wall time)'
         )
-    if driver == 'policy':
-        named_by = '--checkpoint' if args.checkpoint is not None else "the rig's checkpoint"
-        choose_checkpoint(rig, 'default', str(checkpoint), named_by)
+    named_by = '--checkpoint' if args.checkpoint is not None else "the rig's checkpoint"
+    for driver, checkpoint, _ in plans:
+        if driver == 'policy':
+            choose_checkpoint(rig, 'default', str(checkpoint), named_by)
 
-    result = run_demo(
-        args.out,
-        rig_name=args.rig,
-        driver=driver,
-        task=task,
-        checkpoint=checkpoint if args.checkpoint is not None else None,
-        seed=args.seed,
-        max_sim_s=args.max_sim_s,
-        real_time_factor=args.real_time_factor,
-        camera_size=args.camera_size,
-    )
-    print(json.dumps(result.__dict__, indent=2))
-    return 0 if result.success else 1
+    results = []
+    for driver, checkpoint, task in plans:  # one after the other: the sim's task is fixed when it starts
+        result = run_demo(
+            args.out / task if args.task == 'all' else args.out,
+            rig_name=args.rig,
+            driver=driver,
+            task=task,
+            checkpoint=checkpoint if args.checkpoint is not None else None,
+            seed=args.seed,
+            max_sim_s=args.max_sim_s,
+            real_time_factor=args.real_time_factor,
+            camera_size=args.camera_size,
+        )
+        results.append(result.__dict__)
+    print(json.dumps(results if args.task == 'all' else results[0], indent=2))
+    return 0 if all(r['success'] for r in results) else 1

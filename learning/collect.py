@@ -67,7 +67,7 @@ MAX_EVENT_JITTER_S = 3.0  # CollectSettings.jitter_s
 #   2: `format_version` and every key of CollectResult.to_json, always written.
 #   3: `perturb`, `coach` and `jitter_s` (what the collection asked the simulator to do to the objects and
 #      its expert to do), and each episode's `events` (when, sim seconds after its start); absent in 1 and
-#      2: none asked.
+#      2: none asked. `episode_s`: the cut of a collection of partial episodes (absent: none, or unknown).
 FORMAT_VERSION = 3
 
 
@@ -113,14 +113,23 @@ class CollectResult:
     perturb: list[list] = field(default_factory=list)  # [[at_s, kind], ...] asked in every episode
     coach: list[list] = field(default_factory=list)  # [[at_s, subtask], ...] asked of the expert in every episode
     jitter_s: float = 0.0  # each episode's event times moved by U(-j, j) s, seeded by its seed
+    episode_s: float | None = None  # every episode cut after this many sim seconds (partial demonstrations)
     format_version: int = FORMAT_VERSION
 
     @classmethod
     def start(
-        cls, out: Path, task: str, expert: ExpertOptions, perturb: tuple = (), coach: tuple = (), jitter_s: float = 0.0
+        cls,
+        out: Path,
+        task: str,
+        expert: ExpertOptions,
+        perturb: tuple = (),
+        coach: tuple = (),
+        jitter_s: float = 0.0,
+        episode_s: float | None = None,
     ) -> CollectResult:
         """An empty result for a collection of `task` with the expert's `options`, into the bag `out`."""
         return cls(
+            episode_s=episode_s,
             perturb=[[e.at_s, e.kind] for e in perturb],
             coach=[[e.at_s, e.text] for e in coach],
             jitter_s=float(jitter_s),
@@ -359,7 +368,7 @@ def collect(out: Path, settings: CollectSettings | None = None) -> CollectResult
         raise FileExistsError(f'{out}: output exists; the recorder writes a new bag directory')
     rig = load_rig(settings.rig_name)
     result = CollectResult.start(
-        out, settings.task, settings.expert, settings.perturb, settings.coach, settings.jitter_s
+        out, settings.task, settings.expert, settings.perturb, settings.coach, settings.jitter_s, settings.episode_s
     )
     started = time.monotonic()
     context = rclpy.Context()

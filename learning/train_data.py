@@ -483,9 +483,14 @@ def failed_episode_labels(bags: list[Path]) -> set[str]:
 
 
 def failed_labels(summary: dict[str, Any]) -> set[str]:
-    """The labels one `collect.json` marks failed or recorded beside another node (`failed_episode_labels`)."""
+    """The labels one `collect.json` marks failed or recorded beside another node (`failed_episode_labels`).
+
+    A collection cut short (`collect --episode-s`, its `episode_s`) holds partial demonstrations (the reach
+    phase, say): none of them could succeed, so not succeeding is no failure there, and they are kept.
+    """
     episodes = summary.get('episodes', [])
-    return {e['label'] for e in episodes if not e.get('success', True) or e.get('foreign_publishers')}
+    cut = summary.get('episode_s') is not None
+    return {e['label'] for e in episodes if (not cut and not e.get('success', True)) or e.get('foreign_publishers')}
 
 
 def action_time_offset_s(bags: list[str | Path], rate_hz: float) -> float:

@@ -338,8 +338,29 @@ def test_collect_json_says_its_format_version_and_a_file_without_one_is_the_olde
     assert written['format_version'] == FORMAT_VERSION == 3
     assert summary_format_version(json.loads(json.dumps(written))) == 3
     assert written['perturb'] == [] and written['coach'] == [] and written['jitter_s'] == 0.0
+    assert written['episode_s'] is None
     assert written['expert_max_joint_speed_rad_s'] == 2.0 and written['expert_aim_left'] is False
     assert summary_format_version({'command_stamps': 'issued', 'episodes': []}) == 1
+
+
+def test_episodes_cut_short_are_partial_demonstrations_not_failures():
+    """`collect --episode-s 3.5` (the reach phase) never succeeds; train keeps such episodes without --keep-failed,
+    and still leaves out failed full-length ones and any recorded beside another node."""
+    from bimanual_vla.learning.collect import CollectResult
+    from bimanual_vla.learning.train_data import failed_labels
+    from bimanual_vla.sim.expert import ExpertOptions
+
+    episodes = [
+        {'label': 'a', 'success': False, 'foreign_publishers': []},
+        {'label': 'b', 'success': True, 'foreign_publishers': []},
+        {'label': 'c', 'success': False, 'foreign_publishers': ['/clock']},
+    ]
+    full = {**CollectResult.start(Path('bag'), 'handover_cube', ExpertOptions()).to_json(), 'episodes': episodes}
+    cut = {**CollectResult.start(Path('bag'), 'handover_cube', ExpertOptions(), episode_s=3.5).to_json(),
+           'episodes': episodes}  # fmt: skip
+    assert cut['episode_s'] == 3.5
+    assert failed_labels(full) == {'a', 'c'}
+    assert failed_labels(cut) == {'c'}
 
 
 def test_a_second_sim_on_the_domain_marks_the_episode_and_train_leaves_it_out(tmp_path, ros_context):

@@ -96,13 +96,20 @@ def test_skipping_or_dropping_failed_episodes_decodes_nothing_again(bags, tmp_pa
     assert only_b.info['episodes_left_out'] == ['transfer_cube seed 3']
     np.testing.assert_array_equal(only_b.state, everything.state[n_a:])
     np.testing.assert_array_equal(only_b.images(np.array([5])), everything.images(np.array([n_a + 5])))
-    # collect.json decides which episodes failed (the 0.8 s cut fails both); it is read on every run,
-    # so editing it changes what is left out, without decoding anything again
+    # collect.json decides which episodes failed; it is read on every run, so editing it changes what is
+    # left out, without decoding anything again. Cut at 0.8 s (episode_s), neither succeeded, and neither
+    # failed: partial demonstrations are kept
+    args = {**CACHE_ARGS, 'keep_failed': False}
     assert not json.loads((a / 'collect.json').read_text())['episodes'][0]['success']
+    assert json.loads((a / 'collect.json').read_text())['episode_s'] == pytest.approx(0.8)
+    assert len(build_cache([a, b_copy], tmp_path / 'cache', **args)) == len(everything)
+    for bag in (a, b_copy):  # as if they had run their whole length: then not succeeding is failing
+        full = json.loads((bag / 'collect.json').read_text())
+        full['episode_s'] = None
+        (bag / 'collect.json').write_text(json.dumps(full))
     summary = json.loads((b_copy / 'collect.json').read_text())
     summary['episodes'][0]['success'] = True
     (b_copy / 'collect.json').write_text(json.dumps(summary))
-    args = {**CACHE_ARGS, 'keep_failed': False}
     without_failed = build_cache([a, b_copy], tmp_path / 'cache', **args)
     assert len(without_failed) == len(everything) - n_a and without_failed.info['episodes'] == 1
     assert without_failed.info['episodes_left_out'] == ['transfer_cube seed 3']

@@ -36,7 +36,7 @@ def test_the_speed_limited_expert_records_no_command_faster_than_the_gate(collec
     out, _ = collected
     summary = json.loads((out / 'collect.json').read_text())
     assert summary['expert_max_joint_speed_rad_s'] == 2.0 and summary['command_stamps'] == 'issued'
-    assert summary['format_version'] == 2
+    assert summary['format_version'] == 3
     assert summary['expert_approach'] == 'cartesian'  # reached the sim: the joint approach peaks at 1.1 here
     rig = load_rig('aloha_sim')
     ticks = int(EPISODE_S * 50)

@@ -205,6 +205,23 @@ def test_the_text_is_not_trained_to_predict_a_coached_subtask_but_the_actions_st
         assert int((batch.labels[row] != -100).sum()) == (len(sub) if counted else 0)
 
 
+def test_a_fine_tune_keeps_the_normalisation_its_weights_were_trained_with(samples, tmp_path):
+    """`--init` on a few episodes (takeover corrections): the checkpoint's statistics stay, unless --renormalize."""
+    from bimanual_vla.learning.train import compute_stats
+    from bimanual_vla.learning.train_data import leave_out_episodes
+    from bimanual_vla.policy_node.checkpoint import read_metadata
+
+    base = tmp_path / 'base'
+    Trainer(config(base, steps=1), samples).run()
+    few = leave_out_episodes(samples, {samples.info['episode_labels'][0]})  # one of the two episodes
+    assert 0 < len(few) < len(samples)
+    kept = Trainer(config(tmp_path / 'kept', steps=1, init=str(base)), few)
+    assert kept.metadata.normalization == read_metadata(base).normalization
+    redone = Trainer(config(tmp_path / 'redone', steps=1, init=str(base), renormalize=True), few)
+    assert redone.metadata.normalization.state == compute_stats(few.state)
+    assert redone.metadata.normalization != read_metadata(base).normalization
+
+
 def test_short_training_lowers_the_loss(samples, tmp_path):
     trainer = Trainer(config(tmp_path / 'ckpt', steps=40, batch_size=8, lr=1e-2), samples)
     batch = trainer.batches(np.arange(0, len(samples), 4)[:16])

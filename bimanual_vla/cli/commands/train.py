@@ -69,6 +69,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         '--state-dropout', type=float, default=0.0, help='probability of hiding the joint state from a sample'
     )
     p.add_argument(
+        '--renormalize',
+        action='store_true',
+        help="with --init: normalise with this data's statistics instead of the checkpoint's (by default a "
+        'fine-tune keeps the statistics its weights were trained with)',
+    )
+    p.add_argument(
         '--start-oversample',
         nargs=2,
         type=float,
@@ -223,6 +229,7 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
             subtask_lookahead_s=args.subtask_lookahead,
             flow_samples=args.flow_samples,
             state_dropout=args.state_dropout,
+            renormalize=args.renormalize,
             start_oversample_s=float(args.start_oversample[0]),
             start_oversample_factor=int(args.start_oversample[1]),
             action_source=action_source,

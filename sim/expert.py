@@ -616,16 +616,17 @@ class ScriptedExpert:
         """The task's subtasks in the order a fresh plan does them (what `follow` accepts)."""
         return list(dict.fromkeys(self._nominal[1]))
 
+    def _subtask_span(self, subtask: str) -> tuple[int, int]:
+        """The steps [a, b) of `subtask`'s first run in the plan as first made (the move `follow` copies)."""
+        labels = self._nominal[1]
+        a = b = labels.index(subtask)
+        while b < len(labels) and labels[b] == subtask:
+            b += 1
+        return a, b
+
     def subtasks_with_steps(self) -> dict[str, int]:
         """Each subtask and the steps of its move in a fresh plan (its first run of steps: `follow` does that one)."""
-        labels = self._nominal[1]
-        out = {}
-        for text in self.subtasks:
-            a = b = labels.index(text)
-            while b < len(labels) and labels[b] == text:
-                b += 1
-            out[text] = b - a
-        return out
+        return {text: b - a for text, (a, b) in ((t, self._subtask_span(t)) for t in self.subtasks)}
 
     def follow(self, step: int, subtask: str) -> int:
         """Do `subtask` now, as a coach asked: its move from the arms' last targets, then the task again.
@@ -642,10 +643,7 @@ class ScriptedExpert:
         plan, labels = self._nominal
         if subtask not in labels:
             raise ValueError(f'{self.task} has no subtask {subtask!r}; it has {self.subtasks}')
-        a = labels.index(subtask)
-        b = a
-        while b < len(labels) and labels[b] == subtask:
-            b += 1
+        a, b = self._subtask_span(subtask)
         k = min(max(int(step), 1), self.num_steps)
         for arm in self.joint_plan:
             cfg = self.rig.arm(arm)
@@ -666,7 +664,7 @@ class ScriptedExpert:
         self.coached.append((k, subtask))
         return self.num_steps
 
-        # ------------------------------------------------------------------ playing
+    # ------------------------------------------------------------------ playing
 
     def offsets(self, step: int) -> dict[str, np.ndarray]:
         """The DART offsets at `step` (zeros if noise is 0), to add to `act(step)`'s targets when executing."""

@@ -466,10 +466,9 @@ class SimRig(Node):
             self._perturb_locked(self._pending_perturb.pop(0))
         while self._pending_coach:
             self._coach_expert_locked(self._pending_coach.pop(0))
-        expert = self._expert
-        due = expert.replan_due if isinstance(expert, ScriptedExpert) else None
+        due = self._expert.replan_due if isinstance(self._expert, ScriptedExpert) else None
         if due is not None and self.scene.steps >= due:  # a coached move ended: the task again from here
-            expert.replan(self.scene.steps, {name: self.scene.object_pose(name) for name in expert.poses})
+            self._replan_expert_locked()
         expert_targets = None
         issued = self.scene.time  # the expert's targets act from now until the next tick
         if self._expert is not None and not self._estop:
@@ -509,7 +508,11 @@ class SimRig(Node):
         self.perturbations.append((round(self.scene.time, 3), kind, before, after))
         self.get_logger().info(f'perturbation {kind} at {self.scene.time:.2f} s: object {before} -> {after}')
         if isinstance(self._expert, ScriptedExpert):  # the expert drives: it retries from here, labels and all
-            self._expert.replan(self.scene.steps, {name: self.scene.object_pose(name) for name in self._expert.poses})
+            self._replan_expert_locked()
+
+    def _replan_expert_locked(self) -> None:
+        """The ALOHA expert plans the task again from this tick, the objects where they are now (sim lock held)."""
+        self._expert.replan(self.scene.steps, {name: self.scene.object_pose(name) for name in self._expert.poses})
 
     def _coach_expert_locked(self, subtask: str) -> None:
         """The expert does `subtask` now (sim lock held), then the task again: see ScriptedExpert.follow."""

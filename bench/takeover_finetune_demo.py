@@ -60,6 +60,7 @@ from pathlib import Path
 import numpy as np
 
 BIN = Path(sys.executable).parent
+TWIN_MAX_SIM_S = 18.0  # twice the twin's 8.7 s handover plan (docs/experiments/2026-12-07-so101-first-checkpoint.md)
 CLI = str(BIN / 'bimanual-vla')
 
 
@@ -75,6 +76,17 @@ def evaluate(checkpoint: str, out: Path, seeds: list[int], args: argparse.Namesp
         sh([CLI, 'eval-sim', '--checkpoint', checkpoint, '--rig', args.rig, '--out', str(out), '--seeds',
             *map(str, seeds), *limit, '--no-progress'])  # fmt: skip
     return json.loads((out / 'report.json').read_text())
+
+
+def episode_limit_s(rig_arg: str, given: float | None) -> float | None:
+    """eval-sim's episode limit: `given`, else 18 s on the twin (eval-sim's own is ALOHA's, too short for the
+    twin's handover), else None (eval-sim's own)."""
+    from bimanual_vla.config import load_rig
+    from bimanual_vla.learning.tasks import SO101_TASKS
+
+    if given is not None:
+        return given
+    return TWIN_MAX_SIM_S if load_rig(rig_arg).sim.task in SO101_TASKS else None
 
 
 def rig_with_leaders(rig_arg: str, out: Path) -> str:
@@ -298,7 +310,7 @@ def main() -> int:
         '--max-sim-s',
         type=float,
         default=None,
-        help="eval-sim's episode limit (default: eval-sim's; 18 on the twin is 2x the handover's plan)",
+        help="eval-sim's episode limit (default: 18 on the twin, 2x the handover's plan; eval-sim's own elsewhere)",
     )
     p.add_argument('--takeover-at', type=float, default=3.0, help='seconds into an episode the human takes over')
     p.add_argument(
@@ -326,6 +338,7 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
     args.rig = rig_with_leaders(args.rig, args.out)
+    args.max_sim_s = episode_limit_s(args.rig, args.max_sim_s)
 
     if args.base_eval is not None:
         base = json.loads((args.base_eval / 'report.json').read_text())

@@ -38,3 +38,10 @@ def test_a_rig_with_leaders_is_used_as_it_is(tmp_path):
     demo = load_bench()
     assert demo.rig_with_leaders('so101_sim', tmp_path) == 'so101_sim'
     assert not (tmp_path / 'rig.yaml').exists()
+
+
+def test_the_episode_limit_is_the_twins_own_on_the_twin_and_eval_sims_elsewhere():
+    demo = load_bench()
+    assert demo.episode_limit_s('so101_sim', None) == demo.TWIN_MAX_SIM_S == 18.0
+    assert demo.episode_limit_s('aloha_sim', None) is None
+    assert demo.episode_limit_s('so101_sim', 25.0) == 25.0

@@ -20,13 +20,17 @@ Every step runs the user's commands (`bimanual-vla eval-sim`, `run`, `teleop --t
    gets the expert's angle. The expert's subtask labels are published on ``sim/expert_subtask`` on the
    sim clock, as an operator speaking the subtask would be; they are the fine-tune's reasoning labels.
    Each episode is bracketed by ``record/episode`` markers; the takeovers are recorded on
-   ``teleop/intervention``.
+   ``teleop/intervention``. With ``--perturb t=S:KIND`` (ALOHA) every evaluated and recorded episode is
+   perturbed at S (``sim/perturb``: the cube put down elsewhere, or dropped) and the hands play the
+   expert's plan made again after the same perturbation (eval_runner.replan_after_perturbation): a
+   situation the base fails again and again, and the retry a person would show it.
 3. **Fine-tune** (`train --init BASE --action-source command --interventions-weight W`, plus any
    ``--extra-data`` bags so the rest is not forgotten): the followers' commands are the policy's own
    outside takeovers and the human's inside them; takeover samples weigh W times.
 4. **Compare** on the takeover seeds (`eval-sim --seeds`): the base run again (a closed loop is not
    deterministic: a seed failed once may pass the next time) against the fine-tuned checkpoint; with
-   ``--full-eval`` the fine-tuned one on every base seed too. A JSON summary (OUT/summary.json).
+   ``--full-eval`` the fine-tuned one on every base seed too, and with ``--heldout SEED N`` both on N
+   seeds nobody took over. A JSON summary (OUT/summary.json).
 
 The rig: the SO-101 twin (`so101_sim` or a copy), whose rig file has leader arms, or a simulated rig
 without them (`aloha_sim`): the demo then runs a copy of it, OUT/rig.yaml, with every arm behind an
@@ -40,8 +44,11 @@ per evaluation, plus the fine-tune. The result is recorded in docs/experiments/ 
     python bench/takeover_finetune_demo.py --base out/ckpt/so101_stage1 \\
         --rig out/rigs/so101_sim_small.yaml --out out/takeover_demo --base-eval out/eval/so101_handover \\
         --takeover-at 1.2 --extra-data out/bags/so101_clean
-    python bench/takeover_finetune_demo.py --base checkpoints/aloha_transfer_cube --rig aloha_sim \
+    python bench/takeover_finetune_demo.py --base checkpoints/aloha_transfer_cube --rig aloha_sim \\
         --out out/takeover_aloha --episodes 50 --seed 4000 --takeover-at 3.4 --extra-data out/bags/clean
+    python bench/takeover_finetune_demo.py --base checkpoints/aloha_transfer_cube --rig aloha_sim \\
+        --out out/takeover_move --episodes 30 --seed 5000 --perturb t=4.0:move --takeover-at 4.2 \\
+        --takeovers all --collect all --heldout 6000 30 --extra-data out/bags/clean
 """
 
 from __future__ import annotations
@@ -73,8 +80,9 @@ def evaluate(checkpoint: str, out: Path, seeds: list[int], args: argparse.Namesp
     """eval-sim on exactly `seeds` (a finished evaluation in `out` is reused: the demo can be rerun)."""
     if not (out / 'report.json').exists():
         limit = ['--max-sim-s', str(args.max_sim_s)] if args.max_sim_s else []
+        perturb = ['--perturb', args.perturb] if args.perturb else []
         sh([CLI, 'eval-sim', '--checkpoint', checkpoint, '--rig', args.rig, '--out', str(out), '--seeds',
-            *map(str, seeds), *limit, '--no-progress'])  # fmt: skip
+            *map(str, seeds), *limit, *perturb, '--no-progress'])  # fmt: skip
     return json.loads((out / 'report.json').read_text())
 
 
@@ -87,6 +95,25 @@ def episode_limit_s(rig_arg: str, given: float | None) -> float | None:
     if given is not None:
         return given
     return TWIN_MAX_SIM_S if load_rig(rig_arg).sim.task in SO101_TASKS else None
+
+
+def check_perturbation(args: argparse.Namespace) -> str | None:
+    """What is wrong with --perturb beside the other options, in one line; None if nothing."""
+    if not args.perturb:
+        return None
+    from bimanual_vla.config import load_rig
+    from bimanual_vla.learning.recovery import parse_perturb
+    from bimanual_vla.learning.tasks import SO101_TASKS
+
+    try:
+        event = parse_perturb(args.perturb)
+    except ValueError as exc:
+        return f'--perturb: {exc}'
+    if load_rig(args.rig).sim.task in SO101_TASKS:
+        return "--perturb: the twin's expert does not plan again after a perturbation (ALOHA rigs only)"
+    if args.takeover_at < event.at_s:
+        return f'--takeover-at {args.takeover_at} comes before the perturbation at {event.at_s} s: the hands retry after it'
+    return None
 
 
 def rig_with_leaders(rig_arg: str, out: Path) -> str:
@@ -185,9 +212,10 @@ def collect_takeovers(args: argparse.Namespace, bag: Path, seeds: list[int], tak
 
     from bimanual_vla import topics
     from bimanual_vla.config import load_rig
-    from bimanual_vla.learning.collect import CollectConductor, episode_duration_s
+    from bimanual_vla.learning.collect import CollectConductor
     from bimanual_vla.learning.eval_observer import call_enable
-    from bimanual_vla.learning.eval_runner import plan_expert
+    from bimanual_vla.learning.eval_runner import plan_expert, replan_after_perturbation
+    from bimanual_vla.learning.recovery import parse_perturb
     from bimanual_vla.learning.tasks import TASK_TEXT
     from bimanual_vla.sim.expert import ExpertOptions
 
@@ -205,6 +233,8 @@ def collect_takeovers(args: argparse.Namespace, bag: Path, seeds: list[int], tak
     rclpy.init()
     conductor = CollectConductor(TASK_TEXT[task])
     labels = conductor.create_publisher(String, topics.SIM_EXPERT_SUBTASK, topics.LATCHED_QOS)
+    perturber = conductor.create_publisher(String, topics.SIM_PERTURB, 10)
+    perturbation = parse_perturb(args.perturb) if args.perturb else None
     enable = conductor.create_client(SetBool, topics.POLICY_ENABLE)
     interventions: list[str] = []
     conductor.create_subscription(
@@ -236,6 +266,8 @@ def collect_takeovers(args: argparse.Namespace, bag: Path, seeds: list[int], tak
     try:
         for seed in seeds:
             expert = plan_expert(rig, task, seed, options)
+            if perturbation is not None:  # the hands retry as the expert would after the same perturbation
+                expert = replan_after_perturbation(expert, perturbation.at_s, perturbation.kind)
             start = min(int(round(args.takeover_at / expert.dt)), expert.num_steps - 1)
             set_policy(False)
             if teleop is not None:
@@ -251,16 +283,19 @@ def collect_takeovers(args: argparse.Namespace, bag: Path, seeds: list[int], tak
                     raise RuntimeError('teleop did not start reading the leaders')
                 time.sleep(0.05)
             label = f'{task} seed {seed}' + (' takeover' if seed in takeover_seeds else '')
-            duration = episode_duration_s(rig, task, seed, args.tail_s)
+            duration = expert.num_steps * expert.dt + args.tail_s  # the hands' plan, re-planned or not
             interventions.clear()
             conductor.start_episode(seed, label)
             if not conductor.reset_done.wait(30.0):
                 raise RuntimeError(f'the twin did not reset to seed {seed}')
             t0 = conductor.first_tick_s or 0.0
             set_policy(True)
-            moved, said = False, None
+            moved, said, perturbed = False, None, perturbation is None
             while conductor.sim_time - t0 < duration:
                 t = conductor.sim_time - t0
+                if not perturbed and t >= perturbation.at_s:
+                    perturber.publish(String(data=perturbation.kind))
+                    perturbed = True
                 step = min(int(t / expert.dt), expert.num_steps - 1)
                 if expert.labels[step] != said:
                     said = expert.labels[step]
@@ -334,7 +369,24 @@ def main() -> int:
     p.add_argument('--steps', type=int, default=500)
     p.add_argument('--lr', type=float, default=2e-4)
     p.add_argument('--full-eval', action='store_true', help='also evaluate the fine-tuned policy on every seed')
+    p.add_argument(
+        '--perturb',
+        metavar='t=S:KIND',
+        help="ALOHA: perturb every episode (eval-sim's --perturb, e.g. t=4.0:move); the hands retry as the expert "
+        'would after it (take over at or after S)',
+    )
+    p.add_argument(
+        '--heldout',
+        type=int,
+        nargs=2,
+        metavar=('SEED', 'N'),
+        help='also compare the base and the fine-tune on N seeds from SEED that were neither evaluated nor taken over',
+    )
     args = p.parse_args()
+    problem = check_perturbation(args)
+    if problem:
+        print(f'takeover_finetune_demo: {problem}', file=sys.stderr)
+        return 2
     args.out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
     args.rig = rig_with_leaders(args.rig, args.out)
@@ -378,6 +430,7 @@ def main() -> int:
         'base_success': rate(base),
         'takeover_seeds': takeover_seeds,
         'takeover_at_s': args.takeover_at,
+        'perturb': args.perturb,
         'takeover_arms': args.takeover_arms or 'all',
         'episodes_recorded': len(outcomes),
         'episodes_with_a_takeover': sum(1 for o in outcomes if any(m['event'] == 'start' for m in o['interventions'])),
@@ -395,6 +448,16 @@ def main() -> int:
             'finetuned': len(tuned['command_limit_violations']),
         },
     }
+    if args.heldout:
+        first, count = args.heldout
+        heldout = [first + k for k in range(count)]
+        base_heldout = evaluate(args.base, args.out / 'eval_base_heldout', heldout, args)
+        tuned_heldout = evaluate(str(finetuned), args.out / 'eval_finetuned_heldout', heldout, args)
+        summary['heldout_seeds'] = [first, first + count - 1]
+        summary['base_success_heldout'] = rate(base_heldout)
+        summary['finetuned_success_heldout'] = rate(tuned_heldout)
+        summary['command_limit_violations']['base_heldout'] = len(base_heldout['command_limit_violations'])
+        summary['command_limit_violations']['finetuned_heldout'] = len(tuned_heldout['command_limit_violations'])
     if args.full_eval:
         full = evaluate(str(finetuned), args.out / 'eval_finetuned_all', every, args)
         summary['finetuned_success_on_base_seeds'] = rate(full)

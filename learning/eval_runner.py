@@ -35,6 +35,7 @@ from bimanual_vla.learning.tasks import SO101_TASKS, TASK_TEXT, task_for_rig
 
 if TYPE_CHECKING:
     from bimanual_vla.sim.expert import ExpertOptions, ScriptedExpert
+    from bimanual_vla.sim.scene import SimScene
     from bimanual_vla.sim.so101_expert import So101Expert
 
 
@@ -367,26 +368,55 @@ def plan_expert(rig: RigConfig, task: str, seed: int, options: ExpertOptions) ->
 def replay_expert(expert: ScriptedExpert | So101Expert) -> ExpertReplay:
     """Play a planned expert on its seed in-process (physics only, no rendering, ~1 s), as sim_rig executes it:
     its targets plus its offsets (DART, if any) each tick; the joints and the first time of each reward stage."""
+    scene = _expert_scene(expert)
+    joints: list[np.ndarray] = []
+    stage_first_s: dict[str, float] = {}
+    for k in range(expert.num_steps):
+        _play_expert_step(expert, scene, k)
+        scene.note_stages(stage_first_s, round((k + 1) * expert.dt, 3))
+        joints.append(np.concatenate([scene.joint_positions(a.name) for a in expert.rig.arms]))
+    return ExpertReplay(stage_first_s, np.array(joints), list(expert.labels))
+
+
+def replan_after_perturbation(expert: ScriptedExpert, at_s: float, kind: str) -> ScriptedExpert:
+    """`expert` (ALOHA) planned again as sim_rig plans it when perturbation `kind` comes `at_s` into its episode.
+
+    The plan is played in-process up to that tick, the object perturbed with the sim's own draw (the
+    episode's first perturbation, sim/perturbation.py), and the task planned again from there
+    (ScriptedExpert.replan): what a scripted operator does after the object was disturbed. Exact for
+    ``move`` (the new place depends on the seed alone); after a ``drop`` the object lies below where the
+    expert's own episode carried it, which a policy's episode matches only as closely as it tracks the expert.
+    """
+    from bimanual_vla.sim.perturbation import perturbation_rng
+
+    scene = _expert_scene(expert)
+    step = min(max(int(round(at_s / expert.dt)), 1), expert.num_steps)
+    for k in range(step):
+        _play_expert_step(expert, scene, k)
+    scene.perturb(kind, perturbation_rng(expert.seed, 0))
+    expert.replan(step, {name: scene.object_pose(name) for name in expert.poses})
+    return expert
+
+
+def _expert_scene(expert: ScriptedExpert | So101Expert) -> SimScene:
+    """A fresh scene of the expert's task at its seed, physics only."""
     from bimanual_vla.sim.scene import SimScene
 
     if expert.task in SO101_TASKS:
         from bimanual_vla.sim.so101_scene import So101Scene
 
-        scene: SimScene = So101Scene(expert.rig, task=expert.task, seed=expert.seed)
-    else:
-        scene = SimScene(expert.rig, task=expert.task, seed=expert.seed)
-    joints: list[np.ndarray] = []
-    stage_first_s: dict[str, float] = {}
-    for k in range(expert.num_steps):
-        expert.observe(k, lambda: scene.object_pose('red_box_joint')[:3])
-        targets, _ = expert.act(k)
-        offsets = expert.offsets(k)
-        for arm, target in targets.items():
-            scene.command(arm, target + offsets[arm])
-        scene.step()
-        scene.note_stages(stage_first_s, round((k + 1) * expert.dt, 3))
-        joints.append(np.concatenate([scene.joint_positions(a.name) for a in expert.rig.arms]))
-    return ExpertReplay(stage_first_s, np.array(joints), list(expert.labels))
+        return So101Scene(expert.rig, task=expert.task, seed=expert.seed)
+    return SimScene(expert.rig, task=expert.task, seed=expert.seed)
+
+
+def _play_expert_step(expert: ScriptedExpert | So101Expert, scene: SimScene, k: int) -> None:
+    """One control tick of the expert on `scene`, as sim_rig runs it: observe, targets plus offsets, step."""
+    expert.observe(k, lambda: scene.object_pose('red_box_joint')[:3])
+    targets, _ = expert.act(k)
+    offsets = expert.offsets(k)
+    for arm, target in targets.items():
+        scene.command(arm, target + offsets[arm])
+    scene.step()
 
 
 def _note_stages(sim: Any, report: EpisodeReport, now: float) -> None:

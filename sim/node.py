@@ -65,7 +65,7 @@ from bimanual_vla.ros_utils import (
 )
 from bimanual_vla.sim.expert import ExpertOptions, ScriptedExpert
 from bimanual_vla.sim.fault_injection import CameraFaults
-from bimanual_vla.sim.perturbation import PERTURBATIONS
+from bimanual_vla.sim.perturbation import PERTURBATIONS, perturbation_rng
 from bimanual_vla.sim.scene import MAX_REWARD, SceneRenderer, SimScene, rig_cameras, snapshot
 from bimanual_vla.sim.servo_bus import (
     SimServoBus,
@@ -503,7 +503,7 @@ class SimRig(Node):
 
     def _perturb_locked(self, kind: str) -> None:
         """Apply a perturbation (sim lock held), seeded by the episode's seed and how many came before it."""
-        rng = np.random.default_rng([self.scene.seed, len(self.perturbations), 31])
+        rng = perturbation_rng(self.scene.seed, len(self.perturbations))
         before, after = (np.round(p[:3], 4).tolist() for p in self.scene.perturb(kind, rng))
         self.perturbations.append((round(self.scene.time, 3), kind, before, after))
         self.get_logger().info(f'perturbation {kind} at {self.scene.time:.2f} s: object {before} -> {after}')

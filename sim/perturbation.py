@@ -20,6 +20,15 @@ import numpy as np
 PERTURBATIONS = ('drop', 'move')
 
 
+def perturbation_rng(seed: int, index: int) -> np.random.Generator:
+    """The random stream of an episode's `index`-th perturbation (where a ``move`` puts the object down).
+
+    Seeded by the episode seed and the index alone, so a replay of the episode in-process (a scripted
+    operator planning the retry, eval_runner.replan_after_perturbation) draws the place sim_rig draws.
+    """
+    return np.random.default_rng([seed, index, 31])
+
+
 def place_on_table(
     model: mujoco.MjModel,
     data: mujoco.MjData,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 from pathlib import Path
 
@@ -45,3 +46,17 @@ def test_the_episode_limit_is_the_twins_own_on_the_twin_and_eval_sims_elsewhere(
     assert demo.episode_limit_s('so101_sim', None) == demo.TWIN_MAX_SIM_S == 18.0
     assert demo.episode_limit_s('aloha_sim', None) is None
     assert demo.episode_limit_s('so101_sim', 25.0) == 25.0
+
+
+def test_a_perturbation_is_refused_on_the_twin_or_after_the_takeover_in_one_line():
+    demo = load_bench()
+
+    def problem(**given):
+        return demo.check_perturbation(argparse.Namespace(**{'rig': 'aloha_sim', 'perturb': None, 'takeover_at': 4.2, **given}))
+
+    assert problem() is None and problem(perturb='t=4.0:move') is None
+    assert problem(perturb='t=4.0:move', takeover_at=3.0) == (
+        '--takeover-at 3.0 comes before the perturbation at 4.0 s: the hands retry after it'
+    )
+    assert 'ALOHA rigs only' in problem(rig='so101_sim', perturb='t=1.0:move', takeover_at=1.0)
+    assert problem(perturb='t=4.0:shake').startswith("--perturb: perturb 't=4.0:shake': 'shake' is not one of")

@@ -101,3 +101,39 @@ def test_the_twin_perturbs_its_cube_too() -> None:
     assert CUBE_RANGE[0][0] <= after[0] <= CUBE_RANGE[0][1] and CUBE_RANGE[1][0] <= after[1] <= CUBE_RANGE[1][1]
     assert after[:2] != pytest.approx(before[:2]) and scene.object_position()[:2] == pytest.approx(after[:2], abs=1e-6)
     assert after[2] == pytest.approx(rest, abs=1e-3)
+
+
+def test_a_replayed_expert_retries_from_where_sim_rig_moves_the_cube_and_succeeds(ros_context) -> None:
+    """eval_runner.replan_after_perturbation (the takeover demo's scripted hands): the same seeded place as
+    sim_rig's own `move`, labels back to the first subtask, and a plan that completes the task from there."""
+    pytest.importorskip('mujoco')
+    from helpers.sim_rig import sim_rig_node
+    from std_msgs.msg import String
+
+    from bimanual_vla.learning.eval_runner import _play_expert_step, replan_after_perturbation
+    from bimanual_vla.sim.expert import ScriptedExpert
+    from bimanual_vla.sim.perturbation import perturbation_rng
+    from bimanual_vla.sim.scene import SimScene
+
+    rig, seed = load_rig('aloha_sim'), 11
+    expert = replan_after_perturbation(ScriptedExpert(rig, 'transfer_cube', seed), 4.0, 'move')
+    step = int(round(4.0 / expert.dt))
+    assert expert.replans == [step]
+    assert expert.labels[step] == expert.labels[0] != expert.labels[step - 1]  # the text goes back
+
+    sim = sim_rig_node(ros_context, real_time_factor=0.0, render_rate_hz=0.0, seed=seed, task='transfer_cube')
+    try:
+        sim._on_perturb(String(data='move'))
+        with sim._lock:
+            sim._step_locked(0.1)
+        moved = sim.perturbations[0][3]
+    finally:
+        sim.destroy_node()
+    assert expert.poses['red_box_joint'][:3] == pytest.approx(moved, abs=1e-4)
+
+    scene = SimScene(rig, task='transfer_cube', seed=seed)
+    for k in range(expert.num_steps):
+        if k == step:
+            scene.perturb('move', perturbation_rng(seed, 0))
+        _play_expert_step(expert, scene, k)
+    assert scene.success

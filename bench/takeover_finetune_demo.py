@@ -112,7 +112,8 @@ def check_perturbation(args: argparse.Namespace) -> str | None:
     if load_rig(args.rig).sim.task in SO101_TASKS:
         return "--perturb: the twin's expert does not plan again after a perturbation (ALOHA rigs only)"
     if args.takeover_at < event.at_s:
-        return f'--takeover-at {args.takeover_at} comes before the perturbation at {event.at_s} s: the hands retry after it'
+        at, then = args.takeover_at, event.at_s
+        return f'--takeover-at {at} comes before the perturbation at {then} s: the hands retry after it'
     return None
 
 

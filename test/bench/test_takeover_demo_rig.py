@@ -52,7 +52,8 @@ def test_a_perturbation_is_refused_on_the_twin_or_after_the_takeover_in_one_line
     demo = load_bench()
 
     def problem(**given):
-        return demo.check_perturbation(argparse.Namespace(**{'rig': 'aloha_sim', 'perturb': None, 'takeover_at': 4.2, **given}))
+        options = {'rig': 'aloha_sim', 'perturb': None, 'takeover_at': 4.2, **given}
+        return demo.check_perturbation(argparse.Namespace(**options))
 
     assert problem() is None and problem(perturb='t=4.0:move') is None
     assert problem(perturb='t=4.0:move', takeover_at=3.0) == (

@@ -630,17 +630,18 @@ class Trainer:
         # a fine-tune keeps a single approach only if its initial checkpoint learned the same one
         approach = expert_approach(cfg.data)
         approach = approach if all(p == approach for p in start.prior_approaches) else None
-        norm = NormalizationConfig(
-            mode=cfg.normalization,
-            state=compute_stats(samples.state),
-            actions=compute_stats(samples.actions, samples.actions_is_pad),
-        )
         if start.normalization is not None and not cfg.renormalize and start.joint_names == list(samples.joint_names):
             # A fine-tune keeps the statistics its weights were trained with: a few corrected episodes give other
             # means and spreads, and re-normalising with them moves every input and output the model knows (on two
             # takeover episodes the flow loss at step 10 was 1.38 against 0.91 with the checkpoint's statistics:
             # docs/experiments/2026-12-07-takeover-finetune-aloha.md).
             norm = start.normalization
+        else:
+            norm = NormalizationConfig(
+                mode=cfg.normalization,
+                state=compute_stats(samples.state),
+                actions=compute_stats(samples.actions, samples.actions_is_pad),
+            )
         rate_hz = float(samples.info.get('rate_hz', 50.0))
         return CheckpointMetadata(
             rig=cfg.rig,

@@ -626,7 +626,8 @@ class ScriptedExpert:
 
     def subtasks_with_steps(self) -> dict[str, int]:
         """Each subtask and the steps of its move in a fresh plan (its first run of steps: `follow` does that one)."""
-        return {text: b - a for text, (a, b) in ((t, self._subtask_span(t)) for t in self.subtasks)}
+        spans = {text: self._subtask_span(text) for text in self.subtasks}
+        return {text: b - a for text, (a, b) in spans.items()}
 
     def follow(self, step: int, subtask: str) -> int:
         """Do `subtask` now, as a coach asked: its move from the arms' last targets, then the task again.

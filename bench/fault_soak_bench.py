@@ -42,7 +42,7 @@ the bus loop starved on a loaded machine, the usual cause of such a gap). Prints
 
     .venv/bin/python bench/fault_soak_bench.py --minutes 3 --tiny --fault-every 15 15
     .venv/bin/python bench/fault_soak_bench.py --minutes 30 --seed 1 --report soak.jsonl [--servo-bus dynamixel]
-        [--kinds port_vanish,estop_qos] [--record-dir DIR --keep-bag] [--no-record]
+        [--kinds port_vanish,estop_qos] [--record-dir DIR --keep-bag] [--no-record] [--samples FILE]
     .venv/bin/python bench/fault_soak_bench.py --summarise soak.jsonl
 """
 
@@ -114,6 +114,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument('--record-split-s', type=float, default=60.0, help='split the bag every so many seconds')
     p.add_argument('--keep-bag', action='store_true', help='keep the bag after reading it back')
     p.add_argument('--report', type=Path, metavar='FILE', help='append the JSON report to this JSON-lines file')
+    p.add_argument('--samples', type=Path, metavar='FILE', help='write every process sample series here (JSON lines)')
     return p.parse_args()
 
 
@@ -257,6 +258,15 @@ class ProcessSamples:
             except OSError:  # it just exited
                 continue
             series['t'].append(t)
+
+    def write(self, path: Path) -> None:
+        """One JSON line per series (label, pid, t in s from the soak's start, rss_mb, threads, fds): the
+        data behind a growth fit, to tell a one-time step from a leak."""
+        with path.open('w') as f:
+            for s in self.series:
+                row = {'label': s['label'], 'pid': s['pid'], 't': [round(t, 1) for t in s['t']]}
+                row.update({key: [r[i] for r in s['rows']] for i, key in enumerate(('rss_mb', 'threads', 'fds'))})
+                f.write(json.dumps(row) + '\n')
 
     def report(self, warmup: float) -> dict[str, Any]:
         out = {}
@@ -691,6 +701,8 @@ class FaultSoak:
         end = self.ended or time.monotonic()
         healthy = self.healthy_at or end
         processes = self.samples.report(self.args.warmup)
+        if self.args.samples:
+            self.samples.write(self.args.samples)
         goals = self.checker.report()
         report = {
             'bench': 'fault_soak',

@@ -6,26 +6,17 @@ of an 8-minute half-life fits 150 MB/h); the series itself tells a step from a l
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-BENCH = Path(__file__).resolve().parents[2] / 'bench' / 'fault_soak_bench.py'
-
-
-def load_bench():
-    sys.path.insert(0, str(BENCH.parent))  # the bench imports its sibling soak_bench, as when run as a script
-    spec = importlib.util.spec_from_file_location('fault_soak_bench', BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from helpers.bench import load_bench
 
 
 def test_samples_file_holds_each_series_a_restart_starting_a_new_one(tmp_path: Path) -> None:
-    bench = load_bench()
+    bench = load_bench('fault_soak_bench')
     samples = bench.ProcessSamples()
     samples.sample({'policy': os.getpid()}, 0.0)
     samples.sample({'policy': os.getpid()}, 2.04)

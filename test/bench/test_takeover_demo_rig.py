@@ -3,23 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 from pathlib import Path
+
+from helpers.bench import load_bench
 
 from bimanual_vla.config import load_rig
 
-BENCH = Path(__file__).resolve().parents[2] / 'bench' / 'takeover_finetune_demo.py'
-
-
-def load_bench():
-    spec = importlib.util.spec_from_file_location('takeover_finetune_demo', BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 def test_a_rig_without_leaders_gets_one_emulated_leader_per_arm(tmp_path):
-    demo = load_bench()
+    demo = load_bench('takeover_finetune_demo')
     path = demo.rig_with_leaders('aloha_sim', tmp_path)
     assert Path(path) == tmp_path / 'rig.yaml'
     rig, source = load_rig(path), load_rig('aloha_sim')
@@ -36,20 +28,20 @@ def test_a_rig_without_leaders_gets_one_emulated_leader_per_arm(tmp_path):
 
 
 def test_a_rig_with_leaders_is_used_as_it_is(tmp_path):
-    demo = load_bench()
+    demo = load_bench('takeover_finetune_demo')
     assert demo.rig_with_leaders('so101_sim', tmp_path) == 'so101_sim'
     assert not (tmp_path / 'rig.yaml').exists()
 
 
 def test_the_episode_limit_is_the_twins_own_on_the_twin_and_eval_sims_elsewhere():
-    demo = load_bench()
+    demo = load_bench('takeover_finetune_demo')
     assert demo.episode_limit_s('so101_sim', None) == demo.TWIN_MAX_SIM_S == 18.0
     assert demo.episode_limit_s('aloha_sim', None) is None
     assert demo.episode_limit_s('so101_sim', 25.0) == 25.0
 
 
 def test_a_perturbation_is_refused_on_the_twin_or_after_the_takeover_in_one_line():
-    demo = load_bench()
+    demo = load_bench('takeover_finetune_demo')
 
     def problem(**given):
         options = {'rig': 'aloha_sim', 'perturb': None, 'takeover_at': 4.2, **given}

@@ -630,13 +630,24 @@ class Trainer:
         # a fine-tune keeps a single approach only if its initial checkpoint learned the same one
         approach = expert_approach(cfg.data)
         approach = approach if all(p == approach for p in start.prior_approaches) else None
-        if start.normalization is not None and not cfg.renormalize and start.joint_names == list(samples.joint_names):
-            # A fine-tune keeps the statistics its weights were trained with: a few corrected episodes give other
-            # means and spreads, and re-normalising with them moves every input and output the model knows (on two
-            # takeover episodes the flow loss at step 10 was 1.38 against 0.91 with the checkpoint's statistics:
-            # docs/experiments/2026-12-07-takeover-finetune-aloha.md).
+        new_tasks = [t for t in samples.tasks if t not in start.prior_tasks]
+        if (
+            start.normalization is not None
+            and not cfg.renormalize
+            and not new_tasks
+            and start.joint_names == list(samples.joint_names)
+        ):
+            # A fine-tune on the tasks it knows keeps the statistics its weights were trained with: a few corrected
+            # episodes give other means and spreads, and re-normalising with them moves every input and output the
+            # model knows (on two takeover episodes the flow loss at step 10 was 1.38 against 0.91 with the
+            # checkpoint's statistics: docs/experiments/2026-12-07-takeover-finetune-aloha.md). A new task moves the
+            # arms elsewhere and its actions lie many spreads out under the old statistics (adding insertion to the
+            # cube checkpoint: flow loss 22.7 at step 70 against 0.61 re-normalised,
+            # docs/experiments/2026-12-08-multi-task-normalisation.md).
             norm = start.normalization
         else:
+            if start.normalization is not None and new_tasks and not cfg.renormalize:
+                log.warning("normalising with this data's statistics: task(s) %s are new to %s", new_tasks, cfg.init)
             norm = NormalizationConfig(
                 mode=cfg.normalization,
                 state=compute_stats(samples.state),

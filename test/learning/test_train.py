@@ -222,6 +222,24 @@ def test_a_fine_tune_keeps_the_normalisation_its_weights_were_trained_with(sampl
     assert redone.metadata.normalization != read_metadata(base).normalization
 
 
+def test_a_fine_tune_on_a_task_new_to_the_checkpoint_normalises_with_its_own_data(samples, tmp_path, caplog):
+    """A second task (insertion added to a cube checkpoint) moves the arms elsewhere: the checkpoint's statistics
+    would put its actions many spreads out, so `--init` recomputes them and says why."""
+    import dataclasses
+
+    from bimanual_vla.learning.train import compute_stats
+    from bimanual_vla.policy_node.checkpoint import read_metadata
+
+    base = tmp_path / 'base'
+    Trainer(config(base, steps=1), samples).run()
+    peg = dataclasses.replace(samples, tasks=['insert the peg into the socket'], state=samples.state + 0.5)
+    with caplog.at_level('WARNING', logger='bimanual_vla.learning.train'):
+        tuned = Trainer(config(tmp_path / 'tuned', steps=1, init=str(base)), peg)
+    assert tuned.metadata.normalization.state == compute_stats(peg.state)
+    assert tuned.metadata.normalization != read_metadata(base).normalization
+    assert "task(s) ['insert the peg into the socket'] are new to" in caplog.text
+
+
 def test_short_training_lowers_the_loss(samples, tmp_path):
     trainer = Trainer(config(tmp_path / 'ckpt', steps=40, batch_size=8, lr=1e-2), samples)
     batch = trainer.batches(np.arange(0, len(samples), 4)[:16])

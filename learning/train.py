@@ -631,12 +631,8 @@ class Trainer:
         approach = expert_approach(cfg.data)
         approach = approach if all(p == approach for p in start.prior_approaches) else None
         new_tasks = [t for t in samples.tasks if t not in start.prior_tasks]
-        if (
-            start.normalization is not None
-            and not cfg.renormalize
-            and not new_tasks
-            and start.joint_names == list(samples.joint_names)
-        ):
+        reusable = start.normalization is not None and not cfg.renormalize and start.joint_names == samples.joint_names
+        if reusable and not new_tasks:
             # A fine-tune on the tasks it knows keeps the statistics its weights were trained with: a few corrected
             # episodes give other means and spreads, and re-normalising with them moves every input and output the
             # model knows (on two takeover episodes the flow loss at step 10 was 1.38 against 0.91 with the
@@ -646,7 +642,7 @@ class Trainer:
             # docs/experiments/2026-12-08-multi-task-normalisation.md).
             norm = start.normalization
         else:
-            if start.normalization is not None and new_tasks and not cfg.renormalize:
+            if reusable:  # the new tasks alone make it recompute
                 log.warning("normalising with this data's statistics: task(s) %s are new to %s", new_tasks, cfg.init)
             norm = NormalizationConfig(
                 mode=cfg.normalization,
